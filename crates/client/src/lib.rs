@@ -1,0 +1,1 @@
+//! Tidings client.

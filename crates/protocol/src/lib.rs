@@ -1,0 +1,21 @@
+//! The Tidings wire protocol, version 1 (JSON codec).
+//!
+//! Pure types and codecs: no I/O, no async. Decoding never panics; every
+//! malformed input becomes a [`DecodeError`] that the server maps to code 101.
+
+pub mod channel;
+pub mod codes;
+pub mod command;
+pub mod message;
+pub mod reply;
+
+pub use channel::{ChannelName, ChannelNameError};
+pub use codes::{DisconnectCode, ErrorCode};
+pub use command::{Command, CommandKind, DecodeError, SinceArg, SubscribeArg, decode_commands};
+pub use message::{
+    ClientInfo, Disconnect, ErrorBody, Publication, Push, Reply, ServerMessage, StreamPosition,
+    decode_server_messages, encode_error_reply, encode_ok_reply, encode_push,
+};
+
+/// The WebSocket subprotocol name of this codec.
+pub const SUBPROTOCOL_JSON: &str = "tidings.v1.json";

@@ -1,0 +1,429 @@
+//! Server → client messages: replies and pushes, their encoders and decoder.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+
+use crate::codes::{DisconnectCode, ErrorCode};
+use crate::command::DecodeError;
+
+/// A channel's stream position: the top offset and the epoch of its history.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamPosition {
+    /// Offset of the newest publication (0 when there is none).
+    pub offset: u64,
+    /// Names this incarnation of the channel's history.
+    pub epoch: String,
+}
+
+/// Who published, when a client did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ClientInfo {
+    /// Connection id.
+    pub client: String,
+    /// User id (empty for anonymous).
+    pub user: String,
+    /// Connection info from the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<Box<RawValue>>,
+}
+
+/// One publication as history stores it and replies carry it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Publication {
+    /// Offset in the channel (absent in ephemeral channels).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+    /// Opaque JSON payload.
+    pub data: Box<RawValue>,
+    /// The publishing client, if a client published.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<ClientInfo>,
+    /// Free-form tags.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tags: Option<BTreeMap<String, String>>,
+    /// Server time of the publish, milliseconds since the Unix epoch.
+    #[serde(default)]
+    pub time: u64,
+}
+
+/// The body of an error reply.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Numeric code (see [`ErrorCode`]).
+    pub code: u16,
+    /// Human-readable message.
+    pub message: String,
+    /// Whether the same command may succeed later.
+    #[serde(default)]
+    pub temporary: bool,
+}
+
+impl ErrorBody {
+    /// An error body for `code` with a specific message.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code: code.code(),
+            message: message.into(),
+            temporary: code.temporary(),
+        }
+    }
+}
+
+/// The `disconnect` push: sent just before the server closes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Disconnect {
+    /// Close code (3000–3999).
+    pub code: u16,
+    /// Why.
+    pub reason: String,
+    /// Whether the client should come back.
+    pub reconnect: bool,
+    /// Wait at least this long before reconnecting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+}
+
+impl Disconnect {
+    /// A disconnect for `code` with its default reason.
+    pub fn new(code: DisconnectCode, delay_ms: Option<u64>) -> Self {
+        Self {
+            code: code.0,
+            reason: code.reason().into(),
+            reconnect: code.reconnect(),
+            delay_ms,
+        }
+    }
+}
+
+/// A reply to a command.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    /// The command's id.
+    pub id: u32,
+    /// The `ok` body (raw JSON, decode it by the command) or the error.
+    pub result: Result<Box<RawValue>, ErrorBody>,
+}
+
+/// A push: a message the server sends unasked.
+#[derive(Debug, Clone)]
+pub enum Push {
+    /// A publication in a subscribed channel.
+    Pub {
+        /// Channel name.
+        channel: String,
+        /// Epoch of the channel's history, when it has one.
+        epoch: Option<String>,
+        /// The publication (its `time` is 0: pushes do not carry it).
+        publication: Publication,
+    },
+    /// A client joined a channel.
+    Join {
+        /// Channel name.
+        channel: String,
+        /// Who.
+        info: ClientInfo,
+    },
+    /// A client left a channel.
+    Leave {
+        /// Channel name.
+        channel: String,
+        /// Who.
+        info: ClientInfo,
+    },
+    /// The server ended a subscription.
+    Unsub {
+        /// Channel name.
+        channel: String,
+        /// Close-style code: 3000–3499 means resubscribe.
+        code: u16,
+        /// Why.
+        reason: String,
+    },
+    /// The server is about to close the connection.
+    Disconnect(Disconnect),
+    /// Heartbeat; answer with `{"op":"pong"}`.
+    Ping,
+}
+
+/// Anything the server sends.
+#[derive(Debug, Clone)]
+pub enum ServerMessage {
+    /// A reply to a command.
+    Reply(Reply),
+    /// A push.
+    Push(Push),
+}
+
+#[derive(Serialize)]
+struct OkReply<'a, T: Serialize> {
+    id: u32,
+    ok: &'a T,
+}
+
+#[derive(Serialize)]
+struct ErrReply<'a> {
+    id: u32,
+    error: &'a ErrorBody,
+}
+
+/// Encodes `{"id": id, "ok": body}`.
+pub fn encode_ok_reply<T: Serialize>(id: u32, body: &T) -> Bytes {
+    to_bytes(&OkReply { id, ok: body })
+}
+
+/// Encodes `{"id": id, "error": {...}}`.
+pub fn encode_error_reply(id: u32, error: &ErrorBody) -> Bytes {
+    to_bytes(&ErrReply { id, error })
+}
+
+#[derive(Serialize)]
+#[serde(tag = "push", rename_all = "snake_case")]
+enum PushOut<'a> {
+    Pub {
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+        data: &'a RawValue,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        info: Option<&'a ClientInfo>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        tags: Option<&'a BTreeMap<String, String>>,
+    },
+    Join {
+        channel: &'a str,
+        #[serde(flatten)]
+        info: &'a ClientInfo,
+    },
+    Leave {
+        channel: &'a str,
+        #[serde(flatten)]
+        info: &'a ClientInfo,
+    },
+    Unsub {
+        channel: &'a str,
+        code: u16,
+        reason: &'a str,
+    },
+    Disconnect(&'a Disconnect),
+    Ping {},
+}
+
+/// Encodes a push. The `pub` encoding is the one shared by all subscribers.
+pub fn encode_push(push: &Push) -> Bytes {
+    let out = match push {
+        Push::Pub {
+            channel,
+            epoch,
+            publication: p,
+        } => PushOut::Pub {
+            channel,
+            offset: p.offset,
+            epoch: epoch.as_deref(),
+            data: &p.data,
+            info: p.info.as_ref(),
+            tags: p.tags.as_ref(),
+        },
+        Push::Join { channel, info } => PushOut::Join { channel, info },
+        Push::Leave { channel, info } => PushOut::Leave { channel, info },
+        Push::Unsub {
+            channel,
+            code,
+            reason,
+        } => PushOut::Unsub {
+            channel,
+            code: *code,
+            reason,
+        },
+        Push::Disconnect(d) => PushOut::Disconnect(d),
+        Push::Ping => PushOut::Ping {},
+    };
+    to_bytes(&out)
+}
+
+fn to_bytes<T: Serialize>(v: &T) -> Bytes {
+    // Serializing our own types into a Vec cannot fail: no maps with non-string keys.
+    Bytes::from(serde_json::to_vec(v).unwrap_or_default())
+}
+
+/// Every field a server message may carry.
+#[derive(Deserialize)]
+struct RawServerMessage {
+    id: Option<u32>,
+    ok: Option<Box<RawValue>>,
+    error: Option<ErrorBody>,
+    push: Option<String>,
+    channel: Option<String>,
+    offset: Option<u64>,
+    epoch: Option<String>,
+    data: Option<Box<RawValue>>,
+    info: Option<Box<RawValue>>,
+    tags: Option<BTreeMap<String, String>>,
+    client: Option<String>,
+    user: Option<String>,
+    code: Option<u16>,
+    reason: Option<String>,
+    reconnect: Option<bool>,
+    delay_ms: Option<u64>,
+}
+
+impl ServerMessage {
+    /// Decodes one JSON server message. Never panics.
+    pub fn decode(bytes: &[u8]) -> Result<ServerMessage, DecodeError> {
+        let bad = |message: String| DecodeError { id: None, message };
+        let raw: RawServerMessage =
+            serde_json::from_slice(bytes).map_err(|e| bad(format!("malformed message: {e}")))?;
+        if let Some(push) = raw.push.as_deref() {
+            let channel = || raw.channel.clone().ok_or_else(|| bad("missing `channel`".into()));
+            let who = || -> Result<ClientInfo, DecodeError> {
+                Ok(ClientInfo {
+                    client: raw.client.clone().unwrap_or_default(),
+                    user: raw.user.clone().unwrap_or_default(),
+                    info: raw.info.clone(),
+                })
+            };
+            let push = match push {
+                "pub" => Push::Pub {
+                    channel: channel()?,
+                    epoch: raw.epoch.clone(),
+                    publication: Publication {
+                        offset: raw.offset,
+                        data: raw.data.clone().ok_or_else(|| bad("missing `data`".into()))?,
+                        info: match &raw.info {
+                            Some(i) => Some(
+                                serde_json::from_str(i.get())
+                                    .map_err(|e| bad(format!("bad `info`: {e}")))?,
+                            ),
+                            None => None,
+                        },
+                        tags: raw.tags.clone(),
+                        time: 0,
+                    },
+                },
+                "join" => Push::Join {
+                    channel: channel()?,
+                    info: who()?,
+                },
+                "leave" => Push::Leave {
+                    channel: channel()?,
+                    info: who()?,
+                },
+                "unsub" => Push::Unsub {
+                    channel: channel()?,
+                    code: raw.code.unwrap_or(0),
+                    reason: raw.reason.clone().unwrap_or_default(),
+                },
+                "disconnect" => Push::Disconnect(Disconnect {
+                    code: raw.code.unwrap_or(0),
+                    reason: raw.reason.clone().unwrap_or_default(),
+                    reconnect: raw.reconnect.unwrap_or(false),
+                    delay_ms: raw.delay_ms,
+                }),
+                "ping" => Push::Ping,
+                other => return Err(bad(format!("unknown push `{}`", other.escape_default()))),
+            };
+            return Ok(ServerMessage::Push(push));
+        }
+        let id = raw.id.ok_or_else(|| bad("neither `push` nor `id`".into()))?;
+        let result = match (raw.ok, raw.error) {
+            (Some(ok), None) => Ok(ok),
+            (None, Some(err)) => Err(err),
+            _ => return Err(bad("a reply needs exactly one of `ok` and `error`".into())),
+        };
+        Ok(ServerMessage::Reply(Reply { id, result }))
+    }
+}
+
+/// Splits a frame into its `\n`-separated messages and decodes each.
+pub fn decode_server_messages(
+    frame: &[u8],
+) -> impl Iterator<Item = Result<ServerMessage, DecodeError>> + '_ {
+    frame
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.iter().all(u8::is_ascii_whitespace))
+        .map(ServerMessage::decode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn pub_push_round_trips() {
+        let push = Push::Pub {
+            channel: "chat:a".into(),
+            epoch: Some("e1".into()),
+            publication: Publication {
+                offset: Some(5),
+                data: raw(r#"{"text":"hi"}"#),
+                info: Some(ClientInfo {
+                    client: "c1".into(),
+                    user: "alice".into(),
+                    info: None,
+                }),
+                tags: None,
+                time: 0,
+            },
+        };
+        let bytes = encode_push(&push);
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"push":"pub","channel":"chat:a","offset":5,"epoch":"e1","data":{"text":"hi"},"info":{"client":"c1","user":"alice"}}"#
+        );
+        match ServerMessage::decode(&bytes).unwrap() {
+            ServerMessage::Push(Push::Pub {
+                channel,
+                publication,
+                ..
+            }) => {
+                assert_eq!(channel, "chat:a");
+                assert_eq!(publication.offset, Some(5));
+                assert_eq!(publication.info.unwrap().user, "alice");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn replies_round_trip() {
+        let ok = encode_ok_reply(3, &StreamPosition {
+            offset: 1,
+            epoch: "e".into(),
+        });
+        let err = encode_error_reply(4, &ErrorBody::new(ErrorCode::RateLimited, "slow down"));
+        let mut frame = ok.to_vec();
+        frame.push(b'\n');
+        frame.extend_from_slice(&err);
+        let msgs: Vec<_> = decode_server_messages(&frame).map(Result::unwrap).collect();
+        match (&msgs[0], &msgs[1]) {
+            (ServerMessage::Reply(a), ServerMessage::Reply(b)) => {
+                assert_eq!(a.id, 3);
+                assert!(a.result.is_ok());
+                let e = b.result.as_ref().unwrap_err();
+                assert_eq!((e.code, e.temporary), (105, true));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ping_and_disconnect_encode() {
+        assert_eq!(&encode_push(&Push::Ping)[..], br#"{"push":"ping"}"#);
+        let d = encode_push(&Push::Disconnect(Disconnect::new(
+            DisconnectCode::SHUTDOWN,
+            Some(1200),
+        )));
+        assert_eq!(
+            std::str::from_utf8(&d).unwrap(),
+            r#"{"push":"disconnect","code":3001,"reason":"server shutting down","reconnect":true,"delay_ms":1200}"#
+        );
+    }
+}
