@@ -14,7 +14,7 @@ pub use codes::{DisconnectCode, ErrorCode};
 pub use command::{Command, CommandKind, DecodeError, SinceArg, SubscribeArg, decode_commands};
 pub use message::{
     ClientInfo, Disconnect, ErrorBody, Publication, Push, Reply, ServerMessage, StreamPosition,
-    decode_server_messages, encode_error_reply, encode_ok_reply, encode_push,
+    decode_server_messages, encode_error_reply, encode_ok_reply, encode_pub, encode_push,
 };
 
 /// The WebSocket subprotocol name of this codec.

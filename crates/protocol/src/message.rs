@@ -213,21 +213,26 @@ enum PushOut<'a> {
     Ping {},
 }
 
-/// Encodes a push. The `pub` encoding is the one shared by all subscribers.
+/// Encodes a `pub` push without building a [`Push`]: the bytes shared by all subscribers.
+pub fn encode_pub(channel: &str, epoch: Option<&str>, p: &Publication) -> Bytes {
+    to_bytes(&PushOut::Pub {
+        channel,
+        offset: p.offset,
+        epoch,
+        data: &p.data,
+        info: p.info.as_ref(),
+        tags: p.tags.as_ref(),
+    })
+}
+
+/// Encodes a push.
 pub fn encode_push(push: &Push) -> Bytes {
     let out = match push {
         Push::Pub {
             channel,
             epoch,
-            publication: p,
-        } => PushOut::Pub {
-            channel,
-            offset: p.offset,
-            epoch: epoch.as_deref(),
-            data: &p.data,
-            info: p.info.as_ref(),
-            tags: p.tags.as_ref(),
-        },
+            publication,
+        } => return encode_pub(channel, epoch.as_deref(), publication),
         Push::Join { channel, info } => PushOut::Join { channel, info },
         Push::Leave { channel, info } => PushOut::Leave { channel, info },
         Push::Unsub {

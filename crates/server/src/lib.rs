@@ -1,1 +1,18 @@
-//! Tidings server.
+//! The Tidings server: a real-time updates server.
+//!
+//! Dependencies point one way: transport → session → hub → engine → protocol.
+
+pub mod api;
+pub mod auth;
+pub mod config;
+pub mod engine;
+pub mod hub;
+pub mod metrics;
+pub mod node;
+pub mod outbox;
+pub mod server;
+pub mod session;
+pub mod transport;
+
+pub use config::Config;
+pub use server::{DevCredentials, Server, ServerError};

@@ -1,0 +1,259 @@
+//! The HTTP server API for backends: `POST /v1/api/<method>` with an API key.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
+use tidings_protocol::reply::{Empty, PresenceOk};
+use tidings_protocol::{Disconnect, DisconnectCode, ErrorBody, ErrorCode, SinceArg};
+
+use crate::node::{Control, Node, resolve};
+use crate::session;
+
+/// An API error: the HTTP status follows the protocol code.
+pub struct ApiError(pub ErrorBody);
+
+impl From<ErrorBody> for ApiError {
+    fn from(e: ErrorBody) -> Self {
+        ApiError(e)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match ErrorCode::try_from(self.0.code) {
+            Ok(ErrorCode::BadRequest) => StatusCode::BAD_REQUEST,
+            Ok(ErrorCode::UnknownChannel) => StatusCode::NOT_FOUND,
+            Ok(ErrorCode::PermissionDenied) => StatusCode::FORBIDDEN,
+            Ok(ErrorCode::LimitExceeded) => StatusCode::PAYLOAD_TOO_LARGE,
+            Ok(ErrorCode::RateLimited) => StatusCode::TOO_MANY_REQUESTS,
+            Ok(ErrorCode::TokenExpired) => StatusCode::UNAUTHORIZED,
+            Ok(ErrorCode::Unrecoverable) => StatusCode::CONFLICT,
+            Ok(ErrorCode::AlreadySubscribed | ErrorCode::NotSubscribed) => StatusCode::CONFLICT,
+            Ok(ErrorCode::Internal) | Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        (status, Json(serde_json::json!({ "error": self.0 }))).into_response()
+    }
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    ApiError(ErrorBody::new(ErrorCode::BadRequest, message))
+}
+
+fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    serde_json::from_slice(body).map_err(|e| bad(format!("malformed body: {e}")))
+}
+
+fn ok<T: Serialize>(body: &T) -> Result<Response, ApiError> {
+    Ok(Json(body).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PublishBody {
+    channel: String,
+    data: Box<RawValue>,
+    idempotency_key: Option<String>,
+    tags: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BroadcastBody {
+    channels: Vec<String>,
+    data: Box<RawValue>,
+    idempotency_key: Option<String>,
+    tags: Option<BTreeMap<String, String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryBody {
+    channel: String,
+    since: Option<SinceArg>,
+    limit: Option<u32>,
+    #[serde(default)]
+    reverse: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelBody {
+    channel: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ChannelsBody {
+    #[serde(default)]
+    prefix: String,
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DisconnectBody {
+    user: String,
+    client: Option<String>,
+    code: Option<u16>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct UnsubscribeBody {
+    user: String,
+    channel: String,
+}
+
+#[derive(Serialize)]
+struct ChannelEntry {
+    channel: String,
+    subscribers: usize,
+}
+
+#[derive(Serialize)]
+struct ChannelsOk {
+    channels: Vec<ChannelEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
+}
+
+#[derive(Serialize)]
+struct NodeInfo {
+    id: String,
+    connections: usize,
+    subscriptions: usize,
+    channels: usize,
+    uptime_s: u64,
+}
+
+/// Most channels one `channels` page returns.
+const MAX_CHANNELS_PAGE: usize = 1000;
+
+/// `POST /v1/api/{method}`.
+pub async fn handle(
+    State(node): State<Arc<Node>>,
+    Path(method): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    if !node.api_keys.check_header(auth) {
+        let e = ErrorBody::new(ErrorCode::PermissionDenied, "a valid API key is required");
+        let mut res = ApiError(e).into_response();
+        *res.status_mut() = StatusCode::UNAUTHORIZED;
+        return res;
+    }
+    let header_key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    match call(&node, &method, &body, header_key).await {
+        Ok(res) => res,
+        Err(e) => {
+            node.metrics.command_error(e.0.code);
+            e.into_response()
+        }
+    }
+}
+
+async fn call(node: &Node, method: &str, body: &[u8], header_key: Option<String>) -> Result<Response, ApiError> {
+    match method {
+        "publish" => {
+            let b: PublishBody = parse(body)?;
+            let (_, ns) = resolve(&node.config, &b.channel)?;
+            let key = b.idempotency_key.or(header_key);
+            ok(&session::publish(node, &b.channel, ns, b.data, None, b.tags, key).await?)
+        }
+        "broadcast" => {
+            let b: BroadcastBody = parse(body)?;
+            let key = b.idempotency_key.or(header_key);
+            let mut results = Vec::with_capacity(b.channels.len());
+            for channel in &b.channels {
+                let r = match resolve(&node.config, channel) {
+                    Ok((_, ns)) => {
+                        session::publish(node, channel, ns, b.data.clone(), None, b.tags.clone(), key.clone()).await
+                    }
+                    Err(e) => Err(e),
+                };
+                results.push(match r {
+                    Ok(p) => serde_json::to_value(p).unwrap_or_default(),
+                    Err(e) => serde_json::json!({ "error": e }),
+                });
+            }
+            ok(&serde_json::json!({ "results": results }))
+        }
+        "history" => {
+            let b: HistoryBody = parse(body)?;
+            let (_, ns) = resolve(&node.config, &b.channel)?;
+            ok(&session::history(node, &b.channel, ns, b.since, b.limit, b.reverse).await?)
+        }
+        "presence" => {
+            let b: ChannelBody = parse(body)?;
+            let (_, ns) = resolve(&node.config, &b.channel)?;
+            let clients = session::presence_list(node, &b.channel, ns).await?;
+            ok(&PresenceOk { clients })
+        }
+        "presence_stats" => {
+            let b: ChannelBody = parse(body)?;
+            let (_, ns) = resolve(&node.config, &b.channel)?;
+            ok(&session::presence_stats(node, &b.channel, ns).await?)
+        }
+        "channels" => {
+            let b: ChannelsBody = parse(body)?;
+            let limit = b.limit.unwrap_or(100).clamp(1, MAX_CHANNELS_PAGE);
+            // One more than asked tells whether another page follows.
+            let mut page = node.hub.channels(&b.prefix, b.cursor.as_deref(), limit + 1);
+            let next_cursor = (page.len() > limit).then(|| {
+                page.truncate(limit);
+                page.last().map(|(c, _)| c.clone()).unwrap_or_default()
+            });
+            let channels = page
+                .into_iter()
+                .map(|(channel, subscribers)| ChannelEntry { channel, subscribers })
+                .collect();
+            ok(&ChannelsOk { channels, next_cursor })
+        }
+        "disconnect" => {
+            let b: DisconnectBody = parse(body)?;
+            let code = DisconnectCode(b.code.unwrap_or(DisconnectCode::FORCE_RECONNECT.0));
+            if !(3000..4000).contains(&code.0) {
+                return Err(bad("`code` must be within 3000..3999"));
+            }
+            node.disconnect_user(&b.user, b.client.as_deref(), &Disconnect::new(code, None));
+            ok(&Empty {})
+        }
+        "unsubscribe" => {
+            let b: UnsubscribeBody = parse(body)?;
+            resolve(&node.config, &b.channel)?;
+            node.control_user(&b.user, || Control::Unsubscribe {
+                channel: b.channel.clone(),
+                code: DisconnectCode::FORBIDDEN.0,
+            });
+            ok(&Empty {})
+        }
+        "info" => {
+            let (channels, subscriptions) = node.hub.counts();
+            ok(&serde_json::json!({ "nodes": [NodeInfo {
+                id: node.id.clone(),
+                connections: node.connection_count(),
+                subscriptions,
+                channels,
+                uptime_s: node.started.elapsed().as_secs(),
+            }] }))
+        }
+        other => Err(ApiError(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!("unknown API method `{}`", other.escape_default()),
+        ))),
+    }
+}

@@ -1,0 +1,384 @@
+//! Configuration: defaults < file < environment < command line, validated at start.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Format, Serialized, Toml};
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+/// Who may publish from a client connection in a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientPublish {
+    /// Only the server API publishes.
+    None,
+    /// Clients subscribed to the channel may publish.
+    Subscribers,
+    /// Any connected client may publish.
+    Any,
+}
+
+/// Options of one namespace (`[channels]` for the default one, `[namespaces.NAME]` for others).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NamespaceOptions {
+    /// Publications kept per channel; 0 makes the namespace ephemeral (no offsets).
+    pub history_size: usize,
+    /// How long a publication stays in history.
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
+    /// Who may publish from a client connection.
+    pub client_publish: ClientPublish,
+    /// Whether connections without a token may subscribe and publish.
+    pub anonymous: bool,
+    /// Largest accepted `data`, in bytes.
+    pub max_message_size: usize,
+    /// Whether the channel tracks presence (who is subscribed).
+    pub presence: bool,
+}
+
+impl Default for NamespaceOptions {
+    fn default() -> Self {
+        Self {
+            history_size: 100,
+            history_ttl: Duration::from_secs(600),
+            client_publish: ClientPublish::Subscribers,
+            anonymous: false,
+            max_message_size: 64 * 1024,
+            presence: false,
+        }
+    }
+}
+
+impl NamespaceOptions {
+    /// Whether channels of this namespace have history and offsets.
+    pub fn has_history(&self) -> bool {
+        self.history_size > 0
+    }
+}
+
+/// Connection tokens and API keys.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// HS256 secret for connection tokens. None = dev mode.
+    pub token_secret: Option<String>,
+    /// Keys accepted on `/v1/api/*`.
+    pub api_keys: Vec<String>,
+}
+
+/// Per-connection limits and timers.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClientConfig {
+    /// Interval between server pings.
+    #[serde(with = "humantime_serde")]
+    pub ping_interval: Duration,
+    /// How long the server waits for a pong after a ping.
+    #[serde(with = "humantime_serde")]
+    pub pong_timeout: Duration,
+    /// Bytes a connection's outbox may hold before it is cut off as a slow consumer.
+    pub outbox_bytes: usize,
+    /// Largest WebSocket frame accepted from a client.
+    pub max_frame_size: usize,
+    /// Subscriptions per connection.
+    pub max_subscriptions: usize,
+    /// Publications a recovery may return; beyond it, `recovered: false`.
+    pub recovery_max: usize,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        Self {
+            ping_interval: Duration::from_secs(25),
+            pong_timeout: Duration::from_secs(10),
+            outbox_bytes: 1024 * 1024,
+            max_frame_size: 1024 * 1024,
+            max_subscriptions: 1024,
+            recovery_max: 1000,
+        }
+    }
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// Directory for durable data.
+    pub data_dir: PathBuf,
+    /// Tokens and API keys.
+    pub auth: AuthConfig,
+    /// Options of the default namespace.
+    pub channels: NamespaceOptions,
+    /// Named namespaces: channels `NAME:...`.
+    pub namespaces: BTreeMap<String, NamespaceOptions>,
+    /// Per-connection limits.
+    pub client: ClientConfig,
+    /// How long an idempotency key is remembered.
+    #[serde(with = "humantime_serde")]
+    pub idempotency_window: Duration,
+    /// Clients are told to come back at random within this spread on shutdown.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_spread: Duration,
+    /// Upper bound on how long a graceful shutdown waits for connections to close.
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            data_dir: PathBuf::from("./data"),
+            auth: AuthConfig::default(),
+            channels: NamespaceOptions::default(),
+            namespaces: BTreeMap::new(),
+            client: ClientConfig::default(),
+            idempotency_window: Duration::from_secs(300),
+            shutdown_spread: Duration::from_secs(5),
+            shutdown_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A configuration that could not be loaded or is invalid.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file or environment could not be parsed.
+    #[error("{0}")]
+    Parse(String),
+    /// One or more keys have bad values; each is named.
+    #[error("invalid configuration:\n{}", .0.join("\n"))]
+    Invalid(Vec<String>),
+}
+
+/// Overrides given on the command line (highest precedence).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--data-dir`.
+    pub data_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Loads defaults < `file` < environment (`TIDINGS_*`) < `overrides`, then validates.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut fig = Figment::from(Serialized::defaults(Config::default()));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(ConfigError::Parse(format!(
+                    "config file {} does not exist",
+                    path.display()
+                )));
+            }
+            fig = fig.merge(Toml::file_exact(path));
+        }
+        fig = merge_env(fig, |k| std::env::var(k).ok());
+        if let Some(listen) = overrides.listen {
+            fig = fig.merge(("listen", listen.to_string()));
+        }
+        if let Some(dir) = &overrides.data_dir {
+            fig = fig.merge(("data_dir", dir.display().to_string()));
+        }
+        let config: Config = fig.extract().map_err(|e| {
+            ConfigError::Parse(
+                e.into_iter()
+                    .map(|e| {
+                        let key = e.path.join(".");
+                        let source = e
+                            .metadata
+                            .as_ref()
+                            .map(|m| m.name.to_string())
+                            .unwrap_or_default();
+                        if key.is_empty() {
+                            format!("{source}: {}", e.kind)
+                        } else {
+                            format!("`{key}` ({source}): {}", e.kind)
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            )
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks values that parse but make no sense; names every bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut bad = Vec::new();
+        let mut check_ns = |key: &str, ns: &NamespaceOptions| {
+            if ns.max_message_size == 0 {
+                bad.push(format!("`{key}.max_message_size`: must be greater than 0"));
+            }
+            if ns.max_message_size > self.client.max_frame_size {
+                bad.push(format!(
+                    "`{key}.max_message_size`: {} is larger than `client.max_frame_size` ({})",
+                    ns.max_message_size, self.client.max_frame_size
+                ));
+            }
+            if ns.has_history() && ns.history_ttl.is_zero() {
+                bad.push(format!(
+                    "`{key}.history_ttl`: must be greater than 0 when history_size > 0"
+                ));
+            }
+            if ns.history_size > 1_000_000 {
+                bad.push(format!("`{key}.history_size`: at most 1000000"));
+            }
+        };
+        check_ns("channels", &self.channels);
+        for (name, ns) in &self.namespaces {
+            check_ns(&format!("namespaces.{name}"), ns);
+        }
+        for name in self.namespaces.keys() {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                bad.push(format!(
+                    "`namespaces.{name}`: a namespace name is letters, digits, `_` and `-`"
+                ));
+            }
+        }
+        if self.client.ping_interval.is_zero() {
+            bad.push("`client.ping_interval`: must be greater than 0".into());
+        }
+        if self.client.pong_timeout.is_zero() {
+            bad.push("`client.pong_timeout`: must be greater than 0".into());
+        }
+        if self.client.outbox_bytes < 1024 {
+            bad.push("`client.outbox_bytes`: at least 1024".into());
+        }
+        if self.client.max_frame_size < 1024 {
+            bad.push("`client.max_frame_size`: at least 1024".into());
+        }
+        if self.client.max_subscriptions == 0 {
+            bad.push("`client.max_subscriptions`: must be greater than 0".into());
+        }
+        if self.auth.api_keys.iter().any(|k| k.len() < 8) {
+            bad.push("`auth.api_keys`: each key needs at least 8 characters".into());
+        }
+        if self.auth.token_secret.as_deref().is_some_and(|s| s.len() < 8) {
+            bad.push("`auth.token_secret`: at least 8 characters".into());
+        }
+        if bad.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError::Invalid(bad))
+        }
+    }
+
+    /// The options of the namespace `ns` ("" = default), if it exists.
+    pub fn namespace(&self, ns: &str) -> Option<&NamespaceOptions> {
+        if ns.is_empty() {
+            Some(&self.channels)
+        } else {
+            self.namespaces.get(ns)
+        }
+    }
+
+    /// Dev mode: no token secret configured.
+    pub fn dev_mode(&self) -> bool {
+        self.auth.token_secret.is_none()
+    }
+}
+
+/// Merges the documented `TIDINGS_*` variables (read through `var`, for tests).
+fn merge_env(mut fig: Figment, var: impl Fn(&str) -> Option<String>) -> Figment {
+    for (env, key) in [
+        ("TIDINGS_LISTEN", "listen"),
+        ("TIDINGS_DATA_DIR", "data_dir"),
+        ("TIDINGS_TOKEN_SECRET", "auth.token_secret"),
+    ] {
+        if let Some(v) = var(env).filter(|v| !v.is_empty()) {
+            fig = fig.merge((key, v));
+        }
+    }
+    if let Some(keys) = var("TIDINGS_API_KEYS").filter(|v| !v.is_empty()) {
+        let keys: Vec<String> = keys
+            .split(',')
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(String::from)
+            .collect();
+        fig = fig.merge(("auth.api_keys", keys));
+    }
+    fig
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
+        let p = dir.path().join("tidings.toml");
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    #[test]
+    fn file_then_env_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(
+            &dir,
+            r#"
+listen = "127.0.0.1:9000"
+[auth]
+token_secret = "file-secret"
+[namespaces.chat]
+history_size = 1000
+history_ttl = "24h"
+client_publish = "any"
+"#,
+        );
+        let c = Config::load(Some(&p), &Overrides::default()).unwrap();
+        assert_eq!(c.listen.port(), 9000);
+        let chat = c.namespace("chat").unwrap();
+        assert_eq!(chat.history_ttl, Duration::from_secs(86400));
+        assert_eq!(chat.client_publish, ClientPublish::Any);
+
+        let fig = merge_env(Figment::from(Serialized::defaults(c.clone())), |k| match k {
+            "TIDINGS_LISTEN" => Some("127.0.0.1:9100".into()),
+            "TIDINGS_API_KEYS" => Some("key-one-1, key-two-2".into()),
+            _ => None,
+        });
+        let from_env: Config = fig.extract().unwrap();
+        assert_eq!(from_env.listen.port(), 9100);
+        assert_eq!(from_env.auth.api_keys, vec!["key-one-1", "key-two-2"]);
+        assert_eq!(from_env.auth.token_secret.as_deref(), Some("file-secret"));
+
+        let flags = Overrides {
+            listen: Some("127.0.0.1:9200".parse().unwrap()),
+            data_dir: None,
+        };
+        assert_eq!(Config::load(Some(&p), &flags).unwrap().listen.port(), 9200);
+    }
+
+    #[test]
+    fn names_bad_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = write(&dir, "[channels]\nhistory_sise = 3\n");
+        let e = Config::load(Some(&p), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("history_sise"), "{e}");
+
+        let p = write(&dir, "[namespaces.chat]\nclient_publish = \"everyone\"\n");
+        let e = Config::load(Some(&p), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("namespaces.chat.client_publish"), "{e}");
+
+        let p = write(
+            &dir,
+            "[channels]\nmax_message_size = 0\n[client]\nping_interval = \"0s\"\n",
+        );
+        let e = Config::load(Some(&p), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("channels.max_message_size"), "{e}");
+        assert!(e.contains("client.ping_interval"), "{e}");
+    }
+}

@@ -1,0 +1,362 @@
+//! The single-node engine: history, idempotency keys and presence in memory.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use tidings_protocol::{ClientInfo, Publication, StreamPosition};
+
+use super::{
+    Broker, ChannelPolicy, EngineError, History, HistoryPage, HistoryQuery, Presence,
+    PublicationSink, PublishOutcome, PublishRequest, new_epoch, now_ms,
+};
+
+const SHARDS: usize = 64;
+
+/// One channel's log: its position, retained publications and recent keys.
+struct ChannelLog {
+    epoch: String,
+    top: u64,
+    /// Retained publications with the instant they were appended, oldest first.
+    retained: VecDeque<(Instant, Arc<Publication>)>,
+    keys: HashMap<String, PublishOutcome>,
+    key_order: VecDeque<(Instant, String)>,
+}
+
+impl ChannelLog {
+    fn new() -> Self {
+        Self {
+            epoch: new_epoch(),
+            top: 0,
+            retained: VecDeque::new(),
+            keys: HashMap::new(),
+            key_order: VecDeque::new(),
+        }
+    }
+
+    fn position(&self) -> StreamPosition {
+        StreamPosition {
+            offset: self.top,
+            epoch: self.epoch.clone(),
+        }
+    }
+
+    /// Drops what is over size or past its TTL, and expired keys.
+    fn trim(&mut self, policy: &ChannelPolicy, now: Instant) {
+        while self.retained.len() > policy.history_size {
+            self.retained.pop_front();
+        }
+        while self
+            .retained
+            .front()
+            .is_some_and(|(at, _)| now.duration_since(*at) >= policy.history_ttl)
+        {
+            self.retained.pop_front();
+        }
+        while let Some((at, _)) = self.key_order.front() {
+            if now.duration_since(*at) < policy.idempotency_window {
+                break;
+            }
+            if let Some((_, key)) = self.key_order.pop_front() {
+                self.keys.remove(&key);
+            }
+        }
+    }
+}
+
+type Shard<V> = Mutex<HashMap<String, V>>;
+
+/// The memory engine. Clone-free: share it in an `Arc`.
+pub struct MemoryEngine {
+    logs: Vec<Shard<Arc<Mutex<ChannelLog>>>>,
+    presence: Vec<Shard<BTreeMap<String, (Instant, ClientInfo)>>>,
+    hasher: std::collections::hash_map::RandomState,
+    sink: OnceLock<Arc<dyn PublicationSink>>,
+}
+
+impl Default for MemoryEngine {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl MemoryEngine {
+    /// An empty engine; call [`MemoryEngine::set_sink`] before publishing.
+    pub fn new() -> Self {
+        Self {
+            logs: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            presence: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+            sink: OnceLock::new(),
+        }
+    }
+
+    /// Sets where publications go (this node's hub). Only the first call counts.
+    pub fn set_sink(&self, sink: Arc<dyn PublicationSink>) {
+        let _ = self.sink.set(sink);
+    }
+
+    fn shard(&self, channel: &str) -> usize {
+        let mut h = self.hasher.build_hasher();
+        channel.hash(&mut h);
+        (h.finish() as usize) % SHARDS
+    }
+
+    fn log(&self, channel: &str) -> Arc<Mutex<ChannelLog>> {
+        let mut shard = self.logs[self.shard(channel)].lock();
+        if let Some(log) = shard.get(channel) {
+            return log.clone();
+        }
+        let log = Arc::new(Mutex::new(ChannelLog::new()));
+        shard.insert(channel.to_string(), log.clone());
+        log
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryEngine {
+    async fn publish(
+        &self,
+        channel: &str,
+        request: PublishRequest,
+        policy: &ChannelPolicy,
+    ) -> Result<PublishOutcome, EngineError> {
+        let log = self.log(channel);
+        let mut log = log.lock();
+        let now = Instant::now();
+        log.trim(policy, now);
+        if let Some(key) = &request.idempotency_key
+            && let Some(first) = log.keys.get(key)
+        {
+            return Ok(PublishOutcome {
+                position: first.position.clone(),
+                duplicate: true,
+            });
+        }
+        let history = policy.history_size > 0;
+        let offset = history.then(|| {
+            log.top += 1;
+            log.top
+        });
+        let publication = Arc::new(Publication {
+            offset,
+            data: request.data,
+            info: request.info,
+            tags: request.tags,
+            time: now_ms(),
+        });
+        if history {
+            log.retained.push_back((now, publication.clone()));
+            log.trim(policy, now);
+        }
+        let outcome = PublishOutcome {
+            position: history.then(|| log.position()),
+            duplicate: false,
+        };
+        if let Some(key) = request.idempotency_key {
+            log.key_order.push_back((now, key.clone()));
+            log.keys.insert(key, outcome.clone());
+        }
+        // Delivered under the channel lock: this is the per-channel order.
+        if let Some(sink) = self.sink.get() {
+            let epoch = history.then_some(log.epoch.as_str());
+            sink.deliver(channel, epoch, &publication);
+        }
+        Ok(outcome)
+    }
+
+    async fn node_subscribe(&self, _channel: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    async fn node_unsubscribe(&self, _channel: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl History for MemoryEngine {
+    async fn read(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+        policy: &ChannelPolicy,
+    ) -> Result<HistoryPage, EngineError> {
+        let log = self.log(channel);
+        let mut log = log.lock();
+        log.trim(policy, Instant::now());
+        let after = query.after.unwrap_or(0);
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let matching = log
+            .retained
+            .iter()
+            .map(|(_, p)| p)
+            .filter(|p| p.offset.unwrap_or(0) > after);
+        let publications = if query.reverse {
+            matching.rev().take(limit).cloned().collect()
+        } else {
+            matching.take(limit).cloned().collect()
+        };
+        Ok(HistoryPage {
+            publications,
+            position: log.position(),
+        })
+    }
+
+    async fn position(
+        &self,
+        channel: &str,
+        _policy: &ChannelPolicy,
+    ) -> Result<StreamPosition, EngineError> {
+        Ok(self.log(channel).lock().position())
+    }
+}
+
+#[async_trait]
+impl Presence for MemoryEngine {
+    async fn add(
+        &self,
+        channel: &str,
+        info: &ClientInfo,
+        ttl: Duration,
+    ) -> Result<(), EngineError> {
+        let mut shard = self.presence[self.shard(channel)].lock();
+        shard
+            .entry(channel.to_string())
+            .or_default()
+            .insert(info.client.clone(), (Instant::now() + ttl, info.clone()));
+        Ok(())
+    }
+
+    async fn remove(&self, channel: &str, client: &str) -> Result<(), EngineError> {
+        let mut shard = self.presence[self.shard(channel)].lock();
+        if let Some(members) = shard.get_mut(channel) {
+            members.remove(client);
+            if members.is_empty() {
+                shard.remove(channel);
+            }
+        }
+        Ok(())
+    }
+
+    async fn list(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, EngineError> {
+        let now = Instant::now();
+        let shard = self.presence[self.shard(channel)].lock();
+        Ok(shard
+            .get(channel)
+            .map(|m| {
+                m.iter()
+                    .filter(|(_, (until, _))| *until > now)
+                    .map(|(k, (_, info))| (k.clone(), info.clone()))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    async fn stats(&self, channel: &str) -> Result<(u64, u64), EngineError> {
+        let members = self.list(channel).await?;
+        let users: std::collections::HashSet<&str> =
+            members.values().map(|i| i.user.as_str()).collect();
+        Ok((members.len() as u64, users.len() as u64))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::value::RawValue;
+
+    fn policy(size: usize, ttl_ms: u64) -> ChannelPolicy {
+        ChannelPolicy {
+            history_size: size,
+            history_ttl: Duration::from_millis(ttl_ms),
+            idempotency_window: Duration::from_secs(300),
+        }
+    }
+
+    fn req(n: u64, key: Option<&str>) -> PublishRequest {
+        PublishRequest {
+            data: RawValue::from_string(n.to_string()).unwrap(),
+            info: None,
+            tags: None,
+            idempotency_key: key.map(String::from),
+        }
+    }
+
+    #[tokio::test]
+    async fn offsets_grow_and_keys_dedup() {
+        let e = MemoryEngine::new();
+        let p = policy(10, 60_000);
+        let a = e.publish("c", req(1, Some("k")), &p).await.unwrap();
+        let b = e.publish("c", req(2, Some("k")), &p).await.unwrap();
+        let c = e.publish("c", req(3, None), &p).await.unwrap();
+        assert_eq!(a.position.as_ref().unwrap().offset, 1);
+        assert_eq!((b.position, b.duplicate), (a.position.clone(), true));
+        assert_eq!(c.position.unwrap().offset, 2);
+        let page = e.read("c", HistoryQuery::default(), &p).await.unwrap();
+        let data: Vec<_> = page.publications.iter().map(|p| p.data.get()).collect();
+        assert_eq!(data, ["1", "3"]);
+    }
+
+    #[tokio::test]
+    async fn ephemeral_has_no_offsets() {
+        let e = MemoryEngine::new();
+        let out = e.publish("t", req(1, None), &policy(0, 1000)).await.unwrap();
+        assert_eq!(out.position, None);
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Publish,
+        Sleep(u64),
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Size trimming against a model: history is always the newest
+        /// `min(size, published)` offsets, contiguous and in order.
+        #[test]
+        fn trims_like_the_model(size in 1usize..20, ops in proptest::collection::vec(
+            prop_oneof![4 => Just(Op::Publish), 1 => (0u64..3).prop_map(Op::Sleep)], 1..80)) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let e = MemoryEngine::new();
+                let p = policy(size, 60_000);
+                let mut published = 0u64;
+                for op in ops {
+                    match op {
+                        Op::Publish => {
+                            published += 1;
+                            let out = e.publish("c", req(published, None), &p).await.unwrap();
+                            prop_assert_eq!(out.position.unwrap().offset, published);
+                        }
+                        Op::Sleep(ms) => tokio::time::sleep(Duration::from_millis(ms)).await,
+                    }
+                    let page = e.read("c", HistoryQuery::default(), &p).await.unwrap();
+                    let got: Vec<u64> = page.publications.iter().filter_map(|p| p.offset).collect();
+                    let first = published.saturating_sub(size as u64) + 1;
+                    let want: Vec<u64> = (first..=published).collect();
+                    prop_assert_eq!(got, want);
+                }
+                Ok(())
+            })?;
+        }
+    }
+
+    #[tokio::test]
+    async fn ttl_trims() {
+        let e = MemoryEngine::new();
+        let p = policy(100, 30);
+        e.publish("c", req(1, None), &p).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        e.publish("c", req(2, None), &p).await.unwrap();
+        let page = e.read("c", HistoryQuery::default(), &p).await.unwrap();
+        let offsets: Vec<_> = page.publications.iter().map(|p| p.offset).collect();
+        assert_eq!(offsets, [Some(2)]);
+        assert_eq!(page.position.offset, 2);
+    }
+}

@@ -1,0 +1,206 @@
+//! The node-local channel registry: who is subscribed where, and fanout.
+//!
+//! A publication is encoded once and the same `Bytes` go to every
+//! subscriber's outbox. Sharded by channel; no lock is held while writing to
+//! sockets (the writers do that).
+
+use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use parking_lot::{Mutex, RwLock};
+use tidings_protocol::{Publication, encode_pub};
+
+use crate::engine::PublicationSink;
+use crate::metrics::Metrics;
+use crate::outbox::{Outbox, Pushed};
+
+const SHARDS: usize = 64;
+
+/// A connection id, unique within this node.
+pub type ConnId = u64;
+
+enum SubState {
+    /// Pushes go straight to the outbox.
+    Live,
+    /// Subscribing: live pushes wait here (with their offsets) until the
+    /// subscribe reply is queued.
+    Buffering(Vec<(Option<u64>, Bytes)>),
+}
+
+/// One connection's subscription to one channel.
+pub struct Subscriber {
+    outbox: Arc<Outbox>,
+    state: Mutex<SubState>,
+}
+
+/// Live publications seen while subscribing skipped an offset.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Gap;
+
+impl Subscriber {
+    fn offer(&self, offset: Option<u64>, bytes: &Bytes) -> Pushed {
+        let mut state = self.state.lock();
+        match &mut *state {
+            SubState::Live => self.outbox.push(bytes.clone()),
+            SubState::Buffering(buf) => {
+                buf.push((offset, bytes.clone()));
+                Pushed::Queued
+            }
+        }
+    }
+
+    /// Ends buffering: queues `reply` (if any), then the buffered publications newer
+    /// than `top` (older ones are in the reply or before the client's
+    /// position), and switches to live delivery — all under the state lock,
+    /// so no live publication can overtake. Fails on an offset gap after `top`.
+    pub fn go_live(&self, reply: Option<Bytes>, top: Option<u64>) -> Result<(), Gap> {
+        let mut state = self.state.lock();
+        let SubState::Buffering(buf) = std::mem::replace(&mut *state, SubState::Live) else {
+            return Ok(());
+        };
+        if let Some(reply) = reply {
+            self.outbox.push(reply);
+        }
+        let mut expect = top.map(|t| t + 1);
+        for (offset, bytes) in buf {
+            match (offset, expect) {
+                (Some(o), Some(_)) if o <= top.unwrap_or(0) => continue,
+                (Some(o), Some(e)) if o != e => return Err(Gap),
+                _ => {}
+            }
+            expect = offset.map(|o| o + 1);
+            self.outbox.push(bytes);
+        }
+        Ok(())
+    }
+}
+
+struct Channel {
+    subscribers: HashMap<ConnId, Arc<Subscriber>>,
+}
+
+/// The hub.
+pub struct Hub {
+    shards: Vec<RwLock<HashMap<String, Channel>>>,
+    hasher: std::collections::hash_map::RandomState,
+    metrics: Arc<Metrics>,
+}
+
+/// A subscription could not be added.
+#[derive(Debug, PartialEq, Eq)]
+pub struct AlreadySubscribed;
+
+impl Hub {
+    /// An empty hub counting into `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            hasher: Default::default(),
+            metrics,
+        }
+    }
+
+    fn shard(&self, channel: &str) -> &RwLock<HashMap<String, Channel>> {
+        let mut h = self.hasher.build_hasher();
+        channel.hash(&mut h);
+        &self.shards[(h.finish() as usize) % SHARDS]
+    }
+
+    /// Adds a subscriber in buffering state; call [`Subscriber::go_live`]
+    /// once the reply is ready. Returns whether it is the channel's first.
+    pub fn subscribe(
+        &self,
+        channel: &str,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+    ) -> Result<(Arc<Subscriber>, bool), AlreadySubscribed> {
+        let mut shard = self.shard(channel).write();
+        let first = !shard.contains_key(channel);
+        let entry = shard.entry(channel.to_string()).or_insert_with(|| Channel {
+            subscribers: HashMap::new(),
+        });
+        if entry.subscribers.contains_key(&conn) {
+            return Err(AlreadySubscribed);
+        }
+        let sub = Arc::new(Subscriber {
+            outbox,
+            state: Mutex::new(SubState::Buffering(Vec::new())),
+        });
+        entry.subscribers.insert(conn, sub.clone());
+        if first {
+            self.metrics.channels.inc();
+        }
+        self.metrics.subscriptions.inc();
+        Ok((sub, first))
+    }
+
+    /// Removes a subscriber. Returns `Some(last)` when it was there, `last`
+    /// telling whether the channel has no local subscriber left.
+    pub fn unsubscribe(&self, channel: &str, conn: ConnId) -> Option<bool> {
+        let mut shard = self.shard(channel).write();
+        let entry = shard.get_mut(channel)?;
+        entry.subscribers.remove(&conn)?;
+        self.metrics.subscriptions.dec();
+        let last = entry.subscribers.is_empty();
+        if last {
+            shard.remove(channel);
+            self.metrics.channels.dec();
+        }
+        Some(last)
+    }
+
+    /// Channels with local subscribers, sorted by name: those starting with
+    /// `prefix`, after `cursor`, at most `limit`.
+    pub fn channels(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Vec<(String, usize)> {
+        let mut all: Vec<(String, usize)> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.read()
+                    .iter()
+                    .filter(|(name, _)| {
+                        name.starts_with(prefix) && cursor.is_none_or(|c| name.as_str() > c)
+                    })
+                    .map(|(name, ch)| (name.clone(), ch.subscribers.len()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort_unstable();
+        all.truncate(limit);
+        all
+    }
+
+    /// Number of channels and of subscriptions on this node.
+    pub fn counts(&self) -> (usize, usize) {
+        self.shards.iter().fold((0, 0), |(c, s), shard| {
+            let shard = shard.read();
+            (
+                c + shard.len(),
+                s + shard.values().map(|ch| ch.subscribers.len()).sum::<usize>(),
+            )
+        })
+    }
+}
+
+impl PublicationSink for Hub {
+    fn deliver(&self, channel: &str, epoch: Option<&str>, publication: &Arc<Publication>) {
+        let shard = self.shard(channel).read();
+        let Some(entry) = shard.get(channel) else {
+            return;
+        };
+        let bytes = encode_pub(channel, epoch, publication);
+        let mut queued = 0u64;
+        for sub in entry.subscribers.values() {
+            match sub.offer(publication.offset, &bytes) {
+                Pushed::Queued => queued += 1,
+                Pushed::Overflow => {
+                    self.metrics.slow_consumer_disconnects.inc();
+                }
+                Pushed::Closed => {}
+            }
+        }
+        self.metrics.messages_out.inc_by(queued);
+    }
+}

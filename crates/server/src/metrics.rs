@@ -1,0 +1,92 @@
+//! Prometheus metrics of one server instance (its own registry, so several
+//! servers in one process, as in tests, do not mix their numbers).
+
+use std::sync::atomic::{AtomicI64, AtomicU64};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+/// Label of `tidings_command_errors_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The protocol error code.
+    pub code: u16,
+}
+
+/// The server's metrics.
+pub struct Metrics {
+    registry: Registry,
+    /// Open client connections.
+    pub connections: Gauge<i64, AtomicI64>,
+    /// Subscriptions across connections.
+    pub subscriptions: Gauge<i64, AtomicI64>,
+    /// Channels with at least one local subscriber.
+    pub channels: Gauge<i64, AtomicI64>,
+    /// Publications accepted (API and clients).
+    pub publications_in: Counter<u64, AtomicU64>,
+    /// Messages queued to clients (pushes and replies).
+    pub messages_out: Counter<u64, AtomicU64>,
+    /// Bytes written to client sockets.
+    pub bytes_out: Counter<u64, AtomicU64>,
+    /// Connections cut off because their outbox overflowed.
+    pub slow_consumer_disconnects: Counter<u64, AtomicU64>,
+    /// Error replies, by code.
+    pub command_errors: Family<CodeLabel, Counter<u64, AtomicU64>>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh registry with every metric registered.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tidings");
+        let m = Metrics {
+            registry: Registry::default(),
+            connections: Gauge::default(),
+            subscriptions: Gauge::default(),
+            channels: Gauge::default(),
+            publications_in: Counter::default(),
+            messages_out: Counter::default(),
+            bytes_out: Counter::default(),
+            slow_consumer_disconnects: Counter::default(),
+            command_errors: Family::default(),
+        };
+        registry.register("connections", "Open client connections", m.connections.clone());
+        registry.register("subscriptions", "Subscriptions", m.subscriptions.clone());
+        registry.register("channels", "Channels with local subscribers", m.channels.clone());
+        registry.register("publications_in", "Publications accepted", m.publications_in.clone());
+        registry.register("messages_out", "Messages queued to clients", m.messages_out.clone());
+        registry.register("bytes_out", "Bytes written to clients", m.bytes_out.clone());
+        registry.register(
+            "slow_consumer_disconnects",
+            "Connections cut off for a full outbox",
+            m.slow_consumer_disconnects.clone(),
+        );
+        registry.register(
+            "command_errors",
+            "Error replies by code",
+            m.command_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counts an error reply.
+    pub fn command_error(&self, code: u16) {
+        self.command_errors.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,168 @@
+//! What every connection and request of this node shares.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tidings_protocol::{ChannelName, Disconnect, ErrorBody, ErrorCode};
+use tokio::sync::mpsc;
+
+use crate::auth::{ApiKeys, TokenVerifier};
+use crate::config::{Config, NamespaceOptions};
+use crate::engine::{ChannelPolicy, Engine};
+use crate::hub::{ConnId, Hub};
+use crate::metrics::Metrics;
+use crate::outbox::Outbox;
+
+/// An instruction from outside a connection's task (the server API).
+#[derive(Debug)]
+pub enum Control {
+    /// End a subscription with an `unsub` push.
+    Unsubscribe {
+        /// Channel name.
+        channel: String,
+        /// Code of the `unsub` push.
+        code: u16,
+    },
+}
+
+/// A registered connection, as the API sees it.
+pub struct ConnHandle {
+    /// The client id.
+    pub client: String,
+    /// The user ("" when anonymous).
+    pub user: String,
+    /// Its outbox (to disconnect it).
+    pub outbox: Arc<Outbox>,
+    /// Its control channel.
+    pub control: mpsc::UnboundedSender<Control>,
+}
+
+/// Shared node state.
+pub struct Node {
+    /// The validated configuration.
+    pub config: Config,
+    /// Hop 2.
+    pub engine: Arc<dyn Engine>,
+    /// Local subscribers.
+    pub hub: Arc<Hub>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Connection token verifier (always set: dev mode generates a secret).
+    pub tokens: TokenVerifier,
+    /// API keys.
+    pub api_keys: ApiKeys,
+    /// This node's id.
+    pub id: String,
+    /// When the node started.
+    pub started: Instant,
+    conns: Mutex<HashMap<ConnId, ConnHandle>>,
+    next_conn: AtomicU64,
+}
+
+impl Node {
+    /// Assembles a node.
+    pub fn new(
+        config: Config,
+        engine: Arc<dyn Engine>,
+        hub: Arc<Hub>,
+        metrics: Arc<Metrics>,
+        token_secret: &str,
+        api_keys: Vec<String>,
+    ) -> Self {
+        Self {
+            config,
+            engine,
+            hub,
+            metrics,
+            tokens: TokenVerifier::new(token_secret),
+            api_keys: ApiKeys::new(api_keys),
+            id: crate::engine::new_epoch(),
+            started: Instant::now(),
+            conns: Mutex::new(HashMap::new()),
+            next_conn: AtomicU64::new(1),
+        }
+    }
+
+    /// A fresh connection id.
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a connected client.
+    pub fn register(&self, conn: ConnId, handle: ConnHandle) {
+        self.conns.lock().insert(conn, handle);
+    }
+
+    /// Records the user a connection authenticated as.
+    pub fn set_user(&self, conn: ConnId, user: &str) {
+        if let Some(h) = self.conns.lock().get_mut(&conn) {
+            h.user = user.to_string();
+        }
+    }
+
+    /// Forgets a connection.
+    pub fn unregister(&self, conn: ConnId) {
+        self.conns.lock().remove(&conn);
+    }
+
+    /// Number of registered connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.lock().len()
+    }
+
+    /// Closes every connection of `user` (or only `client`) with `disconnect`.
+    pub fn disconnect_user(&self, user: &str, client: Option<&str>, disconnect: &Disconnect) -> usize {
+        let conns = self.conns.lock();
+        conns
+            .values()
+            .filter(|h| h.user == user && client.is_none_or(|c| c == h.client))
+            .filter(|h| h.outbox.close(disconnect.clone(), true))
+            .count()
+    }
+
+    /// Sends `control` to every connection of `user`.
+    pub fn control_user(&self, user: &str, make: impl Fn() -> Control) -> usize {
+        let conns = self.conns.lock();
+        conns
+            .values()
+            .filter(|h| h.user == user)
+            .filter(|h| h.control.send(make()).is_ok())
+            .count()
+    }
+
+    /// Closes every connection; `delay` gives each one its `delay_ms`.
+    pub fn disconnect_all(&self, mut disconnect: impl FnMut() -> Disconnect) {
+        for h in self.conns.lock().values() {
+            h.outbox.close(disconnect(), true);
+        }
+    }
+
+    /// The engine policy of a namespace.
+    pub fn policy(&self, ns: &NamespaceOptions) -> ChannelPolicy {
+        ChannelPolicy {
+            history_size: ns.history_size,
+            history_ttl: ns.history_ttl,
+            idempotency_window: self.config.idempotency_window,
+        }
+    }
+}
+
+/// Resolves `channel` to its parsed name and namespace options: 101 for a bad
+/// name, 102 for an unknown namespace.
+pub fn resolve<'c>(
+    config: &'c Config,
+    channel: &'c str,
+) -> Result<(ChannelName<'c>, &'c NamespaceOptions), ErrorBody> {
+    let name = ChannelName::parse(channel)
+        .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
+    let ns = config.namespace(name.namespace).ok_or_else(|| {
+        ErrorBody::new(
+            ErrorCode::UnknownChannel,
+            format!("unknown namespace `{}`", name.namespace),
+        )
+    })?;
+    Ok((name, ns))
+}

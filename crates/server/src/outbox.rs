@@ -1,0 +1,157 @@
+//! A connection's outbox: bounded in bytes, filled by the hub and the
+//! session, drained in batches by the transport's writer.
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use tidings_protocol::{Disconnect, DisconnectCode};
+use tokio::sync::Notify;
+
+/// How the connection ends.
+#[derive(Debug, Clone)]
+pub struct Close {
+    /// Sent as a `disconnect` push, then as the close code.
+    pub disconnect: Disconnect,
+    /// Whether queued messages are written first.
+    pub flush: bool,
+}
+
+/// What became of a pushed message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pushed {
+    /// Queued.
+    Queued,
+    /// The outbox was full: the connection is now closing as a slow consumer.
+    Overflow,
+    /// The connection is already closing; dropped.
+    Closed,
+}
+
+struct Inner {
+    queue: VecDeque<Bytes>,
+    bytes: usize,
+    close: Option<Close>,
+}
+
+/// The outbox. Share it in an `Arc`.
+pub struct Outbox {
+    inner: Mutex<Inner>,
+    notify: Notify,
+    max_bytes: usize,
+}
+
+impl Outbox {
+    /// An empty outbox holding at most `max_bytes`.
+    pub fn new(max_bytes: usize) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                queue: VecDeque::new(),
+                bytes: 0,
+                close: None,
+            }),
+            notify: Notify::new(),
+            max_bytes,
+        }
+    }
+
+    /// Queues one encoded message. Never blocks; overflow closes the connection.
+    pub fn push(&self, message: Bytes) -> Pushed {
+        let mut inner = self.inner.lock();
+        if inner.close.is_some() {
+            return Pushed::Closed;
+        }
+        if inner.bytes + message.len() > self.max_bytes {
+            inner.queue.clear();
+            inner.bytes = 0;
+            inner.close = Some(Close {
+                disconnect: Disconnect::new(DisconnectCode::SLOW_CONSUMER, None),
+                flush: false,
+            });
+            drop(inner);
+            self.notify.notify_one();
+            return Pushed::Overflow;
+        }
+        let wake = inner.queue.is_empty();
+        inner.bytes += message.len();
+        inner.queue.push_back(message);
+        drop(inner);
+        if wake {
+            self.notify.notify_one();
+        }
+        Pushed::Queued
+    }
+
+    /// Asks the writer to end the connection. The first close wins.
+    pub fn close(&self, disconnect: Disconnect, flush: bool) -> bool {
+        let mut inner = self.inner.lock();
+        if inner.close.is_some() {
+            return false;
+        }
+        inner.close = Some(Close { disconnect, flush });
+        drop(inner);
+        self.notify.notify_one();
+        true
+    }
+
+    /// Whether the connection is closing.
+    pub fn is_closed(&self) -> bool {
+        self.inner.lock().close.is_some()
+    }
+
+    /// Waits until something is queued or the connection closes, then moves
+    /// every queued message into `batch`. Returns the close when closing
+    /// (after this batch, if it is to be flushed).
+    pub async fn next_batch(&self, batch: &mut Vec<Bytes>) -> Option<Close> {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut inner = self.inner.lock();
+                let close = inner.close.clone();
+                if close.as_ref().is_some_and(|c| !c.flush) {
+                    inner.queue.clear();
+                    inner.bytes = 0;
+                    return close;
+                }
+                if !inner.queue.is_empty() || close.is_some() {
+                    batch.extend(inner.queue.drain(..));
+                    inner.bytes = 0;
+                    return close;
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn batches_and_overflows() {
+        let o = Outbox::new(10);
+        assert_eq!(o.push(Bytes::from_static(b"aaaa")), Pushed::Queued);
+        assert_eq!(o.push(Bytes::from_static(b"bbbb")), Pushed::Queued);
+        let mut batch = Vec::new();
+        assert!(o.next_batch(&mut batch).await.is_none());
+        assert_eq!(batch.len(), 2);
+        assert_eq!(o.push(Bytes::from_static(b"cccccccc")), Pushed::Queued);
+        assert_eq!(o.push(Bytes::from_static(b"ddd")), Pushed::Overflow);
+        assert_eq!(o.push(Bytes::from_static(b"e")), Pushed::Closed);
+        batch.clear();
+        let close = o.next_batch(&mut batch).await.unwrap();
+        assert!(batch.is_empty());
+        assert_eq!(close.disconnect.code, 3002);
+    }
+
+    #[tokio::test]
+    async fn flushing_close_keeps_queue() {
+        let o = Outbox::new(100);
+        o.push(Bytes::from_static(b"x"));
+        o.close(Disconnect::new(DisconnectCode::SHUTDOWN, Some(5)), true);
+        let mut batch = Vec::new();
+        let close = o.next_batch(&mut batch).await.unwrap();
+        assert_eq!((batch.len(), close.disconnect.code), (1, 3001));
+    }
+}

@@ -1,0 +1,167 @@
+//! Assembles a node and serves it: routes, listener, graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::{any, get, post};
+use rand::Rng;
+use thiserror::Error;
+use tidings_protocol::{Disconnect, DisconnectCode};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::Config;
+use crate::engine::memory::MemoryEngine;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::node::Node;
+use crate::{api, transport};
+
+/// Why the server could not start.
+#[derive(Debug, Error)]
+pub enum ServerError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The configuration is unsafe to run.
+    #[error("{0}")]
+    Unsafe(String),
+}
+
+/// Credentials generated in dev mode (no secret configured).
+#[derive(Debug, Clone)]
+pub struct DevCredentials {
+    /// The generated HS256 token secret.
+    pub token_secret: String,
+    /// The generated API key.
+    pub api_key: String,
+}
+
+/// A running server.
+pub struct Server {
+    addr: SocketAddr,
+    node: Arc<Node>,
+    dev: Option<DevCredentials>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+fn random_secret() -> String {
+    let mut rng = rand::rng();
+    (0..32)
+        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[rng.random_range(0..62)]))
+        .collect()
+}
+
+impl Server {
+    /// Binds and starts serving `config`.
+    pub async fn start(config: Config) -> Result<Server, ServerError> {
+        let dev = config.dev_mode().then(|| DevCredentials {
+            token_secret: random_secret(),
+            api_key: random_secret(),
+        });
+        if dev.is_some() && !config.listen.ip().is_loopback() {
+            return Err(ServerError::Unsafe(format!(
+                "refusing to listen on {} without `auth.token_secret`: dev mode (anonymous access, generated keys) is for loopback only; set TIDINGS_TOKEN_SECRET and TIDINGS_API_KEYS or listen on 127.0.0.1",
+                config.listen
+            )));
+        }
+        let (secret, mut api_keys) = match &dev {
+            Some(d) => (d.token_secret.clone(), vec![d.api_key.clone()]),
+            None => (config.auth.token_secret.clone().unwrap_or_default(), Vec::new()),
+        };
+        api_keys.extend(config.auth.api_keys.iter().cloned());
+
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let engine = Arc::new(MemoryEngine::new());
+        engine.set_sink(hub.clone());
+        let node = Arc::new(Node::new(config, engine, hub, metrics, &secret, api_keys));
+
+        let app = Router::new()
+            .route("/", get(index))
+            .route("/health", get(health))
+            .route("/metrics", get(metrics_text))
+            .route("/v1/ws", any(transport::ws::upgrade))
+            .route("/v1/api/{method}", post(api::handle))
+            .with_state(node.clone());
+
+        let (stop, mut stopped) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            });
+            if let Err(e) = serve.await {
+                tracing::error!(error = %e, "server stopped with an error");
+            }
+        });
+        tracing::info!(%addr, "tidings listening");
+        Ok(Server { addr, node, dev, stop, task })
+    }
+
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The shared node state.
+    pub fn node(&self) -> &Arc<Node> {
+        &self.node
+    }
+
+    /// The generated credentials, in dev mode.
+    pub fn dev_credentials(&self) -> Option<&DevCredentials> {
+        self.dev.as_ref()
+    }
+
+    /// Graceful shutdown: stop accepting, tell every client to come back after
+    /// a random delay within `shutdown_spread` (3001), and wait for them to
+    /// close, at most `shutdown_timeout`.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let spread = self.node.config.shutdown_spread.as_millis() as u64;
+        let mut rng = rand::rng();
+        self.node.disconnect_all(|| {
+            Disconnect::new(DisconnectCode::SHUTDOWN, Some(rng.random_range(0..=spread)))
+        });
+        let deadline = tokio::time::Instant::now() + self.node.config.shutdown_timeout;
+        while self.node.metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = tokio::time::timeout_at(deadline, self.task).await;
+    }
+}
+
+async fn index() -> impl IntoResponse {
+    "Tidings real-time server. WebSocket: /v1/ws · API: POST /v1/api/<method> · /health · /metrics\n"
+}
+
+async fn health() -> impl IntoResponse {
+    axum::Json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn metrics_text(State(node): State<Arc<Node>>) -> impl IntoResponse {
+    let (channels, subscriptions) = node.hub.counts();
+    node.metrics.channels.set(channels as i64);
+    node.metrics.subscriptions.set(subscriptions as i64);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        node.metrics.render(),
+    )
+}

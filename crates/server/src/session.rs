@@ -1,0 +1,660 @@
+//! One connection's state machine, independent of the transport:
+//! authentication, subscriptions, command handling, limits.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tidings_protocol::reply::{
+    ConnectOk, Empty, HistoryOk, PresenceOk, PresenceStatsOk, PublishOk, RefreshOk,
+    SubscribeOk, SubscribeResult,
+};
+use tidings_protocol::{
+    ClientInfo, Command, CommandKind, Disconnect, DisconnectCode, ErrorBody, ErrorCode, Publication,
+    Push, SinceArg, SubscribeArg, decode_commands, encode_error_reply, encode_ok_reply,
+    encode_push,
+};
+use tokio::sync::mpsc;
+
+use crate::auth::{TokenError, unix_now};
+use crate::config::{ClientPublish, NamespaceOptions};
+use crate::engine::{EngineError, HistoryQuery, PublishRequest};
+use crate::hub::{ConnId, Subscriber};
+use crate::node::{ConnHandle, Control, Node, resolve};
+use crate::outbox::Outbox;
+
+/// Presence entries of live connections: removed on disconnect, and only
+/// expire if the process dies without removing them (remote engines).
+const PRESENCE_TTL: Duration = Duration::from_secs(3600);
+
+struct Identity {
+    user: String,
+    info: Option<Box<RawValue>>,
+    /// Unix seconds when the token expires.
+    expires_at: Option<u64>,
+    anonymous: bool,
+}
+
+/// A connection's session.
+pub struct Session {
+    node: Arc<Node>,
+    conn: ConnId,
+    client: String,
+    outbox: Arc<Outbox>,
+    identity: Option<Identity>,
+    subs: HashMap<String, Arc<Subscriber>>,
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(code, message)
+}
+
+fn internal(e: EngineError) -> ErrorBody {
+    tracing::error!(error = %e, "engine failed");
+    err(ErrorCode::Internal, "internal error")
+}
+
+impl Session {
+    /// A session for a new connection, and the receiver of its control messages.
+    pub fn new(node: Arc<Node>, outbox: Arc<Outbox>) -> (Self, mpsc::UnboundedReceiver<Control>) {
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let conn = node.next_conn_id();
+        let client = format!("{}-{conn}", node.id);
+        node.register(
+            conn,
+            ConnHandle {
+                client: client.clone(),
+                user: String::new(),
+                outbox: outbox.clone(),
+                control: control_tx.clone(),
+            },
+        );
+        let session = Self {
+            node,
+            conn,
+            client,
+            outbox,
+            identity: None,
+            subs: HashMap::new(),
+        };
+        (session, control_rx)
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &str {
+        &self.client
+    }
+
+    /// Whether `connect` succeeded.
+    pub fn is_connected(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// When the connection token expires (Unix seconds), if it does.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.identity.as_ref().and_then(|i| i.expires_at)
+    }
+
+    fn send(&self, bytes: Bytes) {
+        self.outbox.push(bytes);
+        self.node.metrics.messages_out.inc();
+    }
+
+    fn reply<T: Serialize>(&self, id: u32, result: Result<T, ErrorBody>) {
+        match result {
+            Ok(body) => self.send(encode_ok_reply(id, &body)),
+            Err(e) => self.reply_error(id, &e),
+        }
+    }
+
+    fn reply_error(&self, id: u32, e: &ErrorBody) {
+        self.node.metrics.command_error(e.code);
+        self.send(encode_error_reply(id, e));
+    }
+
+    /// Closes the connection with `code`.
+    pub fn disconnect(&self, code: DisconnectCode) {
+        self.outbox.close(Disconnect::new(code, None), true);
+    }
+
+    /// Handles one frame of `\n`-separated commands.
+    pub async fn handle_frame(&mut self, frame: &[u8]) {
+        for command in decode_commands(frame) {
+            if self.outbox.is_closed() {
+                return;
+            }
+            match command {
+                Ok(c) => self.handle(c).await,
+                Err(e) => {
+                    self.reply_error(e.id.unwrap_or(0), &err(ErrorCode::BadRequest, e.message));
+                    if self.identity.is_none() {
+                        self.disconnect(DisconnectCode::BAD_REQUEST);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        let id = command.id;
+        if self.identity.is_none() {
+            let CommandKind::Connect {
+                token, subscribe, ..
+            } = command.kind
+            else {
+                self.reply_error(
+                    id,
+                    &err(ErrorCode::BadRequest, "the first command must be `connect`"),
+                );
+                self.disconnect(DisconnectCode::BAD_REQUEST);
+                return;
+            };
+            return self.connect(id, token, subscribe).await;
+        }
+        match command.kind {
+            CommandKind::Connect { .. } => {
+                self.reply_error(id, &err(ErrorCode::BadRequest, "already connected"))
+            }
+            CommandKind::Subscribe(arg) => match self.subscribe(&arg).await {
+                Ok((sub, ok)) => self.go_live(&arg.channel, &sub, Some(encode_ok_reply(id, &ok)), ok.offset),
+                Err(e) => self.reply_error(id, &e),
+            },
+            CommandKind::Unsubscribe { channel } => {
+                let r = self.unsubscribe(&channel).await.map(|()| Empty {});
+                self.reply(id, r)
+            }
+            CommandKind::Publish {
+                channel,
+                data,
+                idempotency_key,
+                tags,
+            } => {
+                let r = self.publish(&channel, data, idempotency_key, tags).await;
+                self.reply(id, r)
+            }
+            CommandKind::History {
+                channel,
+                since,
+                limit,
+                reverse,
+            } => {
+                let r = self.history(&channel, since, limit, reverse).await;
+                self.reply(id, r)
+            }
+            CommandKind::Presence { channel } => {
+                let r = self.presence(&channel).await;
+                self.reply(id, r.map(|clients| PresenceOk { clients }))
+            }
+            CommandKind::PresenceStats { channel } => {
+                let r = self.presence_stats(&channel).await;
+                self.reply(id, r)
+            }
+            CommandKind::Refresh { token } => {
+                let r = self.refresh(&token);
+                self.reply(id, r)
+            }
+            CommandKind::Pong => {}
+        }
+    }
+
+    async fn connect(&mut self, id: u32, token: Option<String>, subscribe: Vec<SubscribeArg>) {
+        let identity = match token {
+            None => Identity {
+                user: String::new(),
+                info: None,
+                expires_at: None,
+                anonymous: true,
+            },
+            Some(token) => match self.node.tokens.verify(&token) {
+                Ok(claims) => Identity {
+                    user: claims.sub,
+                    info: claims.info,
+                    expires_at: claims.exp,
+                    anonymous: false,
+                },
+                Err(TokenError::Expired) => {
+                    self.reply_error(id, &err(ErrorCode::TokenExpired, "token expired"));
+                    self.disconnect(DisconnectCode::TOKEN_EXPIRED);
+                    return;
+                }
+                Err(TokenError::Invalid(why)) => {
+                    self.reply_error(id, &err(ErrorCode::PermissionDenied, why));
+                    self.disconnect(DisconnectCode::INVALID_TOKEN);
+                    return;
+                }
+            },
+        };
+        let expires_in = identity.expires_at.map(|e| e.saturating_sub(unix_now()));
+        self.node.set_user(self.conn, &identity.user);
+        let user = identity.user.clone();
+        self.identity = Some(identity);
+
+        // Subscribe everything asked while buffering, queue the connect reply,
+        // then let each channel go live: no push can precede the reply.
+        let mut results = Vec::with_capacity(subscribe.len());
+        let mut live = Vec::new();
+        for arg in &subscribe {
+            match self.subscribe(arg).await {
+                Ok((sub, ok)) => {
+                    live.push((arg.channel.clone(), sub, ok.offset));
+                    results.push(SubscribeResult {
+                        channel: arg.channel.clone(),
+                        ok: Some(ok),
+                        error: None,
+                    });
+                }
+                Err(e) => {
+                    self.node.metrics.command_error(e.code);
+                    results.push(SubscribeResult {
+                        channel: arg.channel.clone(),
+                        ok: None,
+                        error: Some(e),
+                    })
+                }
+            }
+        }
+        let ok = ConnectOk {
+            client: self.client.clone(),
+            user,
+            ping_interval: self.node.config.client.ping_interval.as_secs().max(1),
+            expires_in,
+            subscribed: (!subscribe.is_empty()).then_some(results),
+        };
+        self.send(encode_ok_reply(id, &ok));
+        for (channel, sub, top) in live {
+            self.go_live(&channel, &sub, None, top);
+        }
+    }
+
+    /// Checks that this connection may use `ns` at all.
+    fn check_access(&self, ns: &NamespaceOptions) -> Result<&Identity, ErrorBody> {
+        let identity = self
+            .identity
+            .as_ref()
+            .ok_or_else(|| err(ErrorCode::BadRequest, "not connected"))?;
+        if identity.anonymous && !ns.anonymous && !self.node.config.dev_mode() {
+            return Err(err(
+                ErrorCode::PermissionDenied,
+                "anonymous connections may not use this namespace",
+            ));
+        }
+        Ok(identity)
+    }
+
+    /// Registers a subscription (buffering) and builds its reply.
+    async fn subscribe(
+        &mut self,
+        arg: &SubscribeArg,
+    ) -> Result<(Arc<Subscriber>, SubscribeOk), ErrorBody> {
+        let node = self.node.clone();
+        let (name, ns) = resolve(&node.config, &arg.channel)?;
+        let identity = self.check_access(ns)?;
+        if !name.user_allowed(&identity.user) {
+            return Err(err(ErrorCode::PermissionDenied, "this channel is limited to other users"));
+        }
+        let presence_info = ClientInfo {
+            client: self.client.clone(),
+            user: identity.user.clone(),
+            info: identity.info.clone(),
+        };
+        if self.subs.contains_key(&arg.channel) {
+            return Err(err(ErrorCode::AlreadySubscribed, "already subscribed"));
+        }
+        if self.subs.len() >= node.config.client.max_subscriptions {
+            return Err(err(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "at most {} subscriptions per connection",
+                    node.config.client.max_subscriptions
+                ),
+            ));
+        }
+        let (sub, first) = node
+            .hub
+            .subscribe(&arg.channel, self.conn, self.outbox.clone())
+            .map_err(|_| err(ErrorCode::AlreadySubscribed, "already subscribed"))?;
+        self.subs.insert(arg.channel.clone(), sub.clone());
+        match self.answer_subscribe(arg, ns, first).await {
+            Ok(mut ok) => {
+                if ns.presence {
+                    node.engine
+                        .add(&arg.channel, &presence_info, PRESENCE_TTL)
+                        .await
+                        .map_err(internal)?;
+                    ok.presence = Some(node.engine.list(&arg.channel).await.map_err(internal)?);
+                }
+                Ok((sub, ok))
+            }
+            Err(e) => {
+                self.drop_subscription(&arg.channel).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn answer_subscribe(
+        &self,
+        arg: &SubscribeArg,
+        ns: &NamespaceOptions,
+        first: bool,
+    ) -> Result<SubscribeOk, ErrorBody> {
+        let engine = &self.node.engine;
+        if first {
+            engine.node_subscribe(&arg.channel).await.map_err(internal)?;
+        }
+        if !ns.has_history() {
+            return Ok(SubscribeOk::default());
+        }
+        let policy = self.node.policy(ns);
+        let Some(since) = &arg.since else {
+            let top = engine.position(&arg.channel, &policy).await.map_err(internal)?;
+            return Ok(SubscribeOk {
+                offset: Some(top.offset),
+                epoch: Some(top.epoch),
+                ..Default::default()
+            });
+        };
+        let max = self.node.config.client.recovery_max;
+        let page = engine
+            .read(
+                &arg.channel,
+                HistoryQuery {
+                    after: Some(since.offset),
+                    limit: Some(max + 1),
+                    reverse: false,
+                },
+                &policy,
+            )
+            .await
+            .map_err(internal)?;
+        let top = page.position;
+        let missed = top.offset.saturating_sub(since.offset);
+        // Recovered only when every publication after `since` is here, in one epoch.
+        let complete = top.epoch == since.epoch
+            && since.offset <= top.offset
+            && missed as usize <= max
+            && page.publications.len() as u64 == missed
+            && page
+                .publications
+                .first()
+                .is_none_or(|p| p.offset == Some(since.offset + 1));
+        if !complete && arg.strict {
+            return Err(err(
+                ErrorCode::Unrecoverable,
+                "the position cannot be recovered",
+            ));
+        }
+        Ok(SubscribeOk {
+            offset: Some(top.offset),
+            epoch: Some(top.epoch),
+            recovered: Some(complete),
+            publications: complete.then(|| {
+                page.publications
+                    .iter()
+                    .map(|p| Publication::clone(p))
+                    .collect()
+            }),
+            presence: None,
+        })
+    }
+
+    fn go_live(&mut self, channel: &str, sub: &Subscriber, reply: Option<Bytes>, top: Option<u64>) {
+        if sub.go_live(reply, top).is_err() {
+            // Live publications skipped an offset: the client must recover.
+            tracing::warn!(channel, "gap while subscribing; ending the subscription with 3003");
+            self.node.hub.unsubscribe(channel, self.conn);
+            self.subs.remove(channel);
+            self.send(encode_push(&Push::Unsub {
+                channel: channel.to_string(),
+                code: DisconnectCode::INSUFFICIENT_STATE.0,
+                reason: DisconnectCode::INSUFFICIENT_STATE.reason().into(),
+            }));
+        }
+    }
+
+    async fn drop_subscription(&mut self, channel: &str) -> bool {
+        let Some(_) = self.subs.remove(channel) else {
+            return false;
+        };
+        if self.node.hub.unsubscribe(channel, self.conn) == Some(true)
+            && let Err(e) = self.node.engine.node_unsubscribe(channel).await
+        {
+            tracing::warn!(channel, error = %e, "node unsubscribe failed");
+        }
+        if let Ok((_, ns)) = resolve(&self.node.config, channel)
+            && ns.presence
+            && let Err(e) = self.node.engine.remove(channel, &self.client).await
+        {
+            tracing::warn!(channel, error = %e, "presence removal failed");
+        }
+        true
+    }
+
+    async fn unsubscribe(&mut self, channel: &str) -> Result<(), ErrorBody> {
+        if self.drop_subscription(channel).await {
+            Ok(())
+        } else {
+            Err(err(ErrorCode::NotSubscribed, "not subscribed"))
+        }
+    }
+
+    async fn publish(
+        &self,
+        channel: &str,
+        data: Box<RawValue>,
+        idempotency_key: Option<String>,
+        tags: Option<std::collections::BTreeMap<String, String>>,
+    ) -> Result<PublishOk, ErrorBody> {
+        let (_, ns) = resolve(&self.node.config, channel)?;
+        let identity = self.check_access(ns)?;
+        match ns.client_publish {
+            ClientPublish::None => {
+                return Err(err(
+                    ErrorCode::PermissionDenied,
+                    "clients may not publish in this namespace",
+                ));
+            }
+            ClientPublish::Subscribers if !self.subs.contains_key(channel) => {
+                return Err(err(
+                    ErrorCode::PermissionDenied,
+                    "subscribe to the channel before publishing",
+                ));
+            }
+            _ => {}
+        }
+        let info = ClientInfo {
+            client: self.client.clone(),
+            user: identity.user.clone(),
+            info: identity.info.clone(),
+        };
+        publish(&self.node, channel, ns, data, Some(info), tags, idempotency_key).await
+    }
+
+    async fn history(
+        &self,
+        channel: &str,
+        since: Option<SinceArg>,
+        limit: Option<u32>,
+        reverse: bool,
+    ) -> Result<HistoryOk, ErrorBody> {
+        let (name, ns) = resolve(&self.node.config, channel)?;
+        let identity = self.check_access(ns)?;
+        if !name.user_allowed(&identity.user) {
+            return Err(err(ErrorCode::PermissionDenied, "this channel is limited to other users"));
+        }
+        history(&self.node, channel, ns, since, limit, reverse).await
+    }
+
+    async fn presence(
+        &self,
+        channel: &str,
+    ) -> Result<std::collections::BTreeMap<String, ClientInfo>, ErrorBody> {
+        let (_, ns) = resolve(&self.node.config, channel)?;
+        self.check_access(ns)?;
+        presence_list(&self.node, channel, ns).await
+    }
+
+    async fn presence_stats(&self, channel: &str) -> Result<PresenceStatsOk, ErrorBody> {
+        let (_, ns) = resolve(&self.node.config, channel)?;
+        self.check_access(ns)?;
+        presence_stats(&self.node, channel, ns).await
+    }
+
+    fn refresh(&mut self, token: &str) -> Result<RefreshOk, ErrorBody> {
+        let claims = self.node.tokens.verify(token).map_err(|e| match e {
+            TokenError::Expired => err(ErrorCode::TokenExpired, "token expired"),
+            TokenError::Invalid(why) => err(ErrorCode::PermissionDenied, why),
+        })?;
+        let Some(identity) = self.identity.as_mut() else {
+            return Err(err(ErrorCode::BadRequest, "not connected"));
+        };
+        if identity.anonymous || claims.sub != identity.user {
+            return Err(err(
+                ErrorCode::PermissionDenied,
+                "a refresh token must be for the same user",
+            ));
+        }
+        identity.expires_at = claims.exp;
+        Ok(RefreshOk {
+            expires_in: claims.exp.map(|e| e.saturating_sub(unix_now())),
+        })
+    }
+
+    /// Handles an instruction from the server API.
+    pub async fn handle_control(&mut self, control: Control) {
+        match control {
+            Control::Unsubscribe { channel, code } => {
+                if self.drop_subscription(&channel).await {
+                    self.send(encode_push(&Push::Unsub {
+                        channel,
+                        code,
+                        reason: "unsubscribed by the server".into(),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Releases everything the connection held.
+    pub async fn end(mut self) {
+        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        for channel in channels {
+            self.drop_subscription(&channel).await;
+        }
+        self.node.unregister(self.conn);
+    }
+}
+
+/// Publishes through the engine after the namespace's checks; shared by
+/// client commands and the server API.
+pub async fn publish(
+    node: &Node,
+    channel: &str,
+    ns: &NamespaceOptions,
+    data: Box<RawValue>,
+    info: Option<ClientInfo>,
+    tags: Option<std::collections::BTreeMap<String, String>>,
+    idempotency_key: Option<String>,
+) -> Result<PublishOk, ErrorBody> {
+    if data.get().len() > ns.max_message_size {
+        return Err(err(
+            ErrorCode::LimitExceeded,
+            format!("data is larger than {} bytes", ns.max_message_size),
+        ));
+    }
+    if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
+        return Err(err(ErrorCode::BadRequest, "idempotency_key must be 1 to 256 bytes"));
+    }
+    let outcome = node
+        .engine
+        .publish(
+            channel,
+            PublishRequest {
+                data,
+                info,
+                tags,
+                idempotency_key,
+            },
+            &node.policy(ns),
+        )
+        .await
+        .map_err(internal)?;
+    if !outcome.duplicate {
+        node.metrics.publications_in.inc();
+    }
+    Ok(match outcome.position {
+        Some(p) => PublishOk {
+            offset: Some(p.offset),
+            epoch: Some(p.epoch),
+        },
+        None => PublishOk::default(),
+    })
+}
+
+/// Reads history after the namespace's checks; shared by commands and the API.
+pub async fn history(
+    node: &Node,
+    channel: &str,
+    ns: &NamespaceOptions,
+    since: Option<SinceArg>,
+    limit: Option<u32>,
+    reverse: bool,
+) -> Result<HistoryOk, ErrorBody> {
+    if !ns.has_history() {
+        return Err(err(ErrorCode::BadRequest, "this namespace keeps no history"));
+    }
+    let page = node
+        .engine
+        .read(
+            channel,
+            HistoryQuery {
+                after: since.as_ref().map(|s| s.offset),
+                limit: limit.map(|l| l as usize),
+                reverse,
+            },
+            &node.policy(ns),
+        )
+        .await
+        .map_err(internal)?;
+    if let Some(since) = since
+        && since.epoch != page.position.epoch
+    {
+        return Err(err(
+            ErrorCode::Unrecoverable,
+            "`since` belongs to another epoch of this channel",
+        ));
+    }
+    Ok(HistoryOk {
+        publications: page.publications.iter().map(|p| Publication::clone(p)).collect(),
+        offset: page.position.offset,
+        epoch: page.position.epoch,
+    })
+}
+
+/// Presence members after the namespace's checks.
+pub async fn presence_list(
+    node: &Node,
+    channel: &str,
+    ns: &NamespaceOptions,
+) -> Result<std::collections::BTreeMap<String, ClientInfo>, ErrorBody> {
+    if !ns.presence {
+        return Err(err(ErrorCode::BadRequest, "presence is off in this namespace"));
+    }
+    node.engine.list(channel).await.map_err(internal)
+}
+
+/// Presence counts after the namespace's checks.
+pub async fn presence_stats(
+    node: &Node,
+    channel: &str,
+    ns: &NamespaceOptions,
+) -> Result<PresenceStatsOk, ErrorBody> {
+    if !ns.presence {
+        return Err(err(ErrorCode::BadRequest, "presence is off in this namespace"));
+    }
+    let (clients, users) = node.engine.stats(channel).await.map_err(internal)?;
+    Ok(PresenceStatsOk { clients, users })
+}

@@ -1,0 +1,4 @@
+//! Transports: turn bytes from the network into commands, and outbox
+//! batches into bytes on the network.
+
+pub mod ws;

@@ -1,0 +1,213 @@
+//! WebSocket transport, `GET /v1/ws`, on tokio-websockets (zero-copy
+//! payloads, small buffers) over a hyper upgrade.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine as _;
+use bytes::{Bytes, BytesMut};
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tidings_protocol::{Disconnect, DisconnectCode, Push, SUBPROTOCOL_JSON, encode_push};
+use tokio::time::{Instant, sleep_until};
+use tokio_websockets::{CloseCode, Config, Limits, Message, ServerBuilder};
+
+use crate::auth::unix_now;
+use crate::node::Node;
+use crate::outbox::Outbox;
+use crate::session::Session;
+
+/// Largest frame the writer builds from a batch; more is sent as several frames.
+const MAX_BATCH_FRAME: usize = 64 * 1024;
+/// Frames are built in chunks of this size (tokio-websockets' default is 4 KiB).
+const WRITE_FRAME_SIZE: usize = 64 * 1024;
+
+const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+
+/// `GET /v1/ws`: validates the upgrade and hands the socket to a connection task.
+pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
+    let headers = req.headers();
+    let is_upgrade = header_has(headers, header::CONNECTION, "upgrade")
+        && header_has(headers, header::UPGRADE, "websocket");
+    let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
+        return (StatusCode::BAD_REQUEST, "expected a WebSocket upgrade").into_response();
+    };
+    if !is_upgrade || headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        return (StatusCode::BAD_REQUEST, "expected a WebSocket (version 13) upgrade").into_response();
+    }
+    // Only our JSON subprotocol exists; a client that offers others only is refused.
+    let offered = headers.get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
+    let protocol = match offered {
+        None => None,
+        Some(list) if list.split(',').any(|p| p.trim() == SUBPROTOCOL_JSON) => Some(SUBPROTOCOL_JSON),
+        Some(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unsupported subprotocol; this server speaks {SUBPROTOCOL_JSON}"),
+            )
+                .into_response();
+        }
+    };
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => run(node, TokioIo::new(upgraded)).await,
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+    });
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(WS_GUID.as_bytes());
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes());
+    let mut res = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header(header::CONNECTION, "upgrade")
+        .header(header::UPGRADE, "websocket")
+        .header(header::SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(p) = protocol {
+        res = res.header(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
+    }
+    res.body(Body::empty()).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}
+
+fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
+    headers.get_all(name).iter().any(|v| {
+        v.to_str()
+            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    })
+}
+
+/// Runs one connection: a reader loop (commands, pings, expiry, control)
+/// and a writer task that drains the outbox.
+async fn run<S>(node: Arc<Node>, io: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = Limits::default().max_payload_len(Some(node.config.client.max_frame_size));
+    let ws = ServerBuilder::new()
+        .limits(limits)
+        .config(Config::default().frame_size(WRITE_FRAME_SIZE))
+        .serve(io);
+    let (sink, mut stream) = ws.split();
+    let outbox = Arc::new(Outbox::new(node.config.client.outbox_bytes));
+    let (mut session, mut control) = Session::new(node.clone(), outbox.clone());
+    node.metrics.connections.inc();
+    let mut writer = tokio::spawn(write_loop(node.clone(), outbox.clone(), sink));
+
+    let ping_interval = node.config.client.ping_interval;
+    let mut next_ping = Instant::now() + ping_interval;
+    let mut pong_deadline: Option<Instant> = None;
+
+    loop {
+        let expiry = session.expires_at().map(|at| {
+            Instant::now() + Duration::from_secs(at.saturating_sub(unix_now()))
+        });
+        tokio::select! {
+            msg = stream.next() => match msg {
+                Some(Ok(msg)) => {
+                    if msg.is_text() || msg.is_binary() {
+                        pong_deadline = None;
+                        session.handle_frame(msg.as_payload()).await;
+                    } else if msg.is_close() {
+                        break;
+                    }
+                }
+                Some(Err(e)) => {
+                    tracing::debug!(client = session.client_id(), error = %e, "websocket read failed");
+                    let reason = format!("bad frame: {e}");
+                    outbox.close(Disconnect { reason, ..Disconnect::new(DisconnectCode::BAD_REQUEST, None) }, true);
+                    break;
+                }
+                None => break,
+            },
+            _ = sleep_until(next_ping) => {
+                // A client must send `connect` within one ping interval.
+                if !session.is_connected() {
+                    outbox.close(Disconnect { reason: "no connect command in time".into(), ..Disconnect::new(DisconnectCode::BAD_REQUEST, None) }, true);
+                }
+                outbox.push(encode_push(&Push::Ping));
+                next_ping = Instant::now() + ping_interval;
+                if pong_deadline.is_none() {
+                    pong_deadline = Some(Instant::now() + node.config.client.pong_timeout);
+                }
+            }
+            _ = sleep_until(pong_deadline.unwrap_or(next_ping + ping_interval)), if pong_deadline.is_some() => {
+                session.disconnect(DisconnectCode::NO_PONG);
+                pong_deadline = None;
+            }
+            _ = sleep_until(expiry.unwrap_or(next_ping)), if expiry.is_some() => {
+                if session.expires_at().is_some_and(|at| at <= unix_now()) {
+                    session.disconnect(DisconnectCode::TOKEN_EXPIRED);
+                }
+            }
+            Some(c) = control.recv() => session.handle_control(c).await,
+            _ = &mut writer => break,
+        }
+    }
+    session.end().await;
+    // Let the writer send what is queued (a disconnect, replies) before the socket goes.
+    if !writer.is_finished() {
+        outbox.close(Disconnect::new(DisconnectCode::FORCE_RECONNECT, None), true);
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
+        writer.abort();
+    }
+    node.metrics.connections.dec();
+}
+
+/// Drains the outbox into frames: each batch becomes as few frames as it
+/// can (messages joined by `\n`), flushed together.
+async fn write_loop<S>(
+    node: Arc<Node>,
+    outbox: Arc<Outbox>,
+    mut sink: futures_util::stream::SplitSink<tokio_websockets::WebSocketStream<S>, Message>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let mut batch: Vec<Bytes> = Vec::new();
+    loop {
+        let close = outbox.next_batch(&mut batch).await;
+        let mut written = 0u64;
+        let mut frames = batch.drain(..).peekable();
+        let mut failed = false;
+        while let Some(first) = frames.next() {
+            let frame = if frames.peek().is_none() || first.len() >= MAX_BATCH_FRAME {
+                first
+            } else {
+                let mut buf = BytesMut::with_capacity(MAX_BATCH_FRAME.min(first.len() * 8));
+                buf.extend_from_slice(&first);
+                while let Some(next) = frames.next_if(|n| buf.len() + n.len() < MAX_BATCH_FRAME) {
+                    buf.extend_from_slice(b"\n");
+                    buf.extend_from_slice(&next);
+                }
+                buf.freeze()
+            };
+            written += frame.len() as u64;
+            if sink.feed(Message::text(frame)).await.is_err() {
+                failed = true;
+                break;
+            }
+        }
+        drop(frames);
+        batch.clear();
+        if failed || sink.flush().await.is_err() {
+            return;
+        }
+        node.metrics.bytes_out.inc_by(written);
+        if let Some(close) = close {
+            if close.disconnect.code == DisconnectCode::SLOW_CONSUMER.0 {
+                tracing::info!("closing a slow consumer");
+            }
+            let d = close.disconnect;
+            let _ = sink.feed(Message::text(encode_push(&Push::Disconnect(d.clone())))).await;
+            let code = CloseCode::try_from(d.code).unwrap_or(CloseCode::POLICY_VIOLATION);
+            let _ = sink.feed(Message::close(Some(code), &d.reason)).await;
+            let _ = sink.flush().await;
+            let _ = sink.close().await;
+            return;
+        }
+    }
+}
