@@ -40,7 +40,8 @@ impl<'a> ChannelName<'a> {
             return Err(ChannelNameError::TooLong);
         }
         if let Some(c) = name.chars().find(|c| {
-            !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':' | '@' | '#' | ',' | '='))
+            !(c.is_ascii_alphanumeric()
+                || matches!(c, '_' | '-' | '.' | ':' | '@' | '#' | ',' | '='))
         }) {
             return Err(ChannelNameError::BadChar(c));
         }
@@ -79,7 +80,10 @@ mod tests {
     #[test]
     fn refuses_bad_names() {
         assert_eq!(ChannelName::parse(""), Err(ChannelNameError::Empty));
-        assert_eq!(ChannelName::parse("a b"), Err(ChannelNameError::BadChar(' ')));
+        assert_eq!(
+            ChannelName::parse("a b"),
+            Err(ChannelNameError::BadChar(' '))
+        );
         assert_eq!(
             ChannelName::parse(&"a".repeat(256)),
             Err(ChannelNameError::TooLong)

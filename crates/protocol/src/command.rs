@@ -166,7 +166,9 @@ impl Command {
     /// Decodes one JSON command. Never panics.
     pub fn decode(bytes: &[u8]) -> Result<Command, DecodeError> {
         let raw: RawCommand = serde_json::from_slice(bytes).map_err(|e| DecodeError {
-            id: serde_json::from_slice::<IdOnly>(bytes).ok().and_then(|i| i.id),
+            id: serde_json::from_slice::<IdOnly>(bytes)
+                .ok()
+                .and_then(|i| i.id),
             message: format!("malformed command: {e}"),
         })?;
         let id = raw.id;
@@ -288,7 +290,8 @@ mod tests {
 
     #[test]
     fn splits_frames() {
-        let frame = b"{\"id\":1,\"op\":\"pong\"}\n\n{\"id\":2,\"op\":\"unsubscribe\",\"channel\":\"a\"}\n";
+        let frame =
+            b"{\"id\":1,\"op\":\"pong\"}\n\n{\"id\":2,\"op\":\"unsubscribe\",\"channel\":\"a\"}\n";
         let cmds: Vec<_> = decode_commands(frame).collect();
         assert_eq!(cmds.len(), 2);
         assert!(cmds.iter().all(Result::is_ok));

@@ -283,7 +283,11 @@ impl ServerMessage {
         let raw: RawServerMessage =
             serde_json::from_slice(bytes).map_err(|e| bad(format!("malformed message: {e}")))?;
         if let Some(push) = raw.push.as_deref() {
-            let channel = || raw.channel.clone().ok_or_else(|| bad("missing `channel`".into()));
+            let channel = || {
+                raw.channel
+                    .clone()
+                    .ok_or_else(|| bad("missing `channel`".into()))
+            };
             let who = || -> Result<ClientInfo, DecodeError> {
                 Ok(ClientInfo {
                     client: raw.client.clone().unwrap_or_default(),
@@ -297,7 +301,10 @@ impl ServerMessage {
                     epoch: raw.epoch.clone(),
                     publication: Publication {
                         offset: raw.offset,
-                        data: raw.data.clone().ok_or_else(|| bad("missing `data`".into()))?,
+                        data: raw
+                            .data
+                            .clone()
+                            .ok_or_else(|| bad("missing `data`".into()))?,
                         info: match &raw.info {
                             Some(i) => Some(
                                 serde_json::from_str(i.get())
@@ -333,7 +340,9 @@ impl ServerMessage {
             };
             return Ok(ServerMessage::Push(push));
         }
-        let id = raw.id.ok_or_else(|| bad("neither `push` nor `id`".into()))?;
+        let id = raw
+            .id
+            .ok_or_else(|| bad("neither `push` nor `id`".into()))?;
         let result = match (raw.ok, raw.error) {
             (Some(ok), None) => Ok(ok),
             (None, Some(err)) => Err(err),
@@ -399,10 +408,13 @@ mod tests {
 
     #[test]
     fn replies_round_trip() {
-        let ok = encode_ok_reply(3, &StreamPosition {
-            offset: 1,
-            epoch: "e".into(),
-        });
+        let ok = encode_ok_reply(
+            3,
+            &StreamPosition {
+                offset: 1,
+                epoch: "e".into(),
+            },
+        );
         let err = encode_error_reply(4, &ErrorBody::new(ErrorCode::RateLimited, "slow down"));
         let mut frame = ok.to_vec();
         frame.push(b'\n');

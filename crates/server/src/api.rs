@@ -48,7 +48,11 @@ fn bad(message: impl Into<String>) -> ApiError {
 }
 
 fn parse<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let body = if body.iter().all(u8::is_ascii_whitespace) { b"{}".as_slice() } else { body };
+    let body = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}".as_slice()
+    } else {
+        body
+    };
     serde_json::from_slice(body).map_err(|e| bad(format!("malformed body: {e}")))
 }
 
@@ -146,7 +150,9 @@ pub async fn handle(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let auth = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     if !node.api_keys.check_header(auth) {
         let e = ErrorBody::new(ErrorCode::PermissionDenied, "a valid API key is required");
         let mut res = ApiError(e).into_response();
@@ -166,7 +172,12 @@ pub async fn handle(
     }
 }
 
-async fn call(node: &Node, method: &str, body: &[u8], header_key: Option<String>) -> Result<Response, ApiError> {
+async fn call(
+    node: &Node,
+    method: &str,
+    body: &[u8],
+    header_key: Option<String>,
+) -> Result<Response, ApiError> {
     match method {
         "publish" => {
             let b: PublishBody = parse(body)?;
@@ -181,7 +192,16 @@ async fn call(node: &Node, method: &str, body: &[u8], header_key: Option<String>
             for channel in &b.channels {
                 let r = match resolve(&node.config, channel) {
                     Ok((_, ns)) => {
-                        session::publish(node, channel, ns, b.data.clone(), None, b.tags.clone(), key.clone()).await
+                        session::publish(
+                            node,
+                            channel,
+                            ns,
+                            b.data.clone(),
+                            None,
+                            b.tags.clone(),
+                            key.clone(),
+                        )
+                        .await
                     }
                     Err(e) => Err(e),
                 };
@@ -219,9 +239,15 @@ async fn call(node: &Node, method: &str, body: &[u8], header_key: Option<String>
             });
             let channels = page
                 .into_iter()
-                .map(|(channel, subscribers)| ChannelEntry { channel, subscribers })
+                .map(|(channel, subscribers)| ChannelEntry {
+                    channel,
+                    subscribers,
+                })
                 .collect();
-            ok(&ChannelsOk { channels, next_cursor })
+            ok(&ChannelsOk {
+                channels,
+                next_cursor,
+            })
         }
         "disconnect" => {
             let b: DisconnectBody = parse(body)?;

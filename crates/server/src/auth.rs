@@ -110,9 +110,9 @@ impl ApiKeys {
             return false;
         };
         // Check every key so the time taken does not tell which one matched.
-        self.0
-            .iter()
-            .fold(false, |ok, k| constant_time_eq(k.as_bytes(), key.as_bytes()) | ok)
+        self.0.iter().fold(false, |ok, k| {
+            constant_time_eq(k.as_bytes(), key.as_bytes()) | ok
+        })
     }
 }
 

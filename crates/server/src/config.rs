@@ -266,7 +266,12 @@ impl Config {
         if self.auth.api_keys.iter().any(|k| k.len() < 8) {
             bad.push("`auth.api_keys`: each key needs at least 8 characters".into());
         }
-        if self.auth.token_secret.as_deref().is_some_and(|s| s.len() < 8) {
+        if self
+            .auth
+            .token_secret
+            .as_deref()
+            .is_some_and(|s| s.len() < 8)
+        {
             bad.push("`auth.token_secret`: at least 8 characters".into());
         }
         if bad.is_empty() {
@@ -289,6 +294,11 @@ impl Config {
     pub fn dev_mode(&self) -> bool {
         self.auth.token_secret.is_none()
     }
+}
+
+/// Parses a duration such as `90s`, `10m`, `24h`.
+pub fn parse_duration(s: &str) -> Result<Duration, humantime::DurationError> {
+    humantime::parse_duration(s)
 }
 
 /// Merges the documented `TIDINGS_*` variables (read through `var`, for tests).
@@ -345,11 +355,14 @@ client_publish = "any"
         assert_eq!(chat.history_ttl, Duration::from_secs(86400));
         assert_eq!(chat.client_publish, ClientPublish::Any);
 
-        let fig = merge_env(Figment::from(Serialized::defaults(c.clone())), |k| match k {
-            "TIDINGS_LISTEN" => Some("127.0.0.1:9100".into()),
-            "TIDINGS_API_KEYS" => Some("key-one-1, key-two-2".into()),
-            _ => None,
-        });
+        let fig = merge_env(
+            Figment::from(Serialized::defaults(c.clone())),
+            |k| match k {
+                "TIDINGS_LISTEN" => Some("127.0.0.1:9100".into()),
+                "TIDINGS_API_KEYS" => Some("key-one-1, key-two-2".into()),
+                _ => None,
+            },
+        );
         let from_env: Config = fig.extract().unwrap();
         assert_eq!(from_env.listen.port(), 9100);
         assert_eq!(from_env.auth.api_keys, vec!["key-one-1", "key-two-2"]);
@@ -366,18 +379,24 @@ client_publish = "any"
     fn names_bad_keys() {
         let dir = tempfile::tempdir().unwrap();
         let p = write(&dir, "[channels]\nhistory_sise = 3\n");
-        let e = Config::load(Some(&p), &Overrides::default()).unwrap_err().to_string();
+        let e = Config::load(Some(&p), &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("history_sise"), "{e}");
 
         let p = write(&dir, "[namespaces.chat]\nclient_publish = \"everyone\"\n");
-        let e = Config::load(Some(&p), &Overrides::default()).unwrap_err().to_string();
+        let e = Config::load(Some(&p), &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("namespaces.chat.client_publish"), "{e}");
 
         let p = write(
             &dir,
             "[channels]\nmax_message_size = 0\n[client]\nping_interval = \"0s\"\n",
         );
-        let e = Config::load(Some(&p), &Overrides::default()).unwrap_err().to_string();
+        let e = Config::load(Some(&p), &Overrides::default())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("channels.max_message_size"), "{e}");
         assert!(e.contains("client.ping_interval"), "{e}");
     }

@@ -153,7 +153,12 @@ impl Hub {
 
     /// Channels with local subscribers, sorted by name: those starting with
     /// `prefix`, after `cursor`, at most `limit`.
-    pub fn channels(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Vec<(String, usize)> {
+    pub fn channels(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Vec<(String, usize)> {
         let mut all: Vec<(String, usize)> = self
             .shards
             .iter()

@@ -58,11 +58,27 @@ impl Metrics {
             slow_consumer_disconnects: Counter::default(),
             command_errors: Family::default(),
         };
-        registry.register("connections", "Open client connections", m.connections.clone());
+        registry.register(
+            "connections",
+            "Open client connections",
+            m.connections.clone(),
+        );
         registry.register("subscriptions", "Subscriptions", m.subscriptions.clone());
-        registry.register("channels", "Channels with local subscribers", m.channels.clone());
-        registry.register("publications_in", "Publications accepted", m.publications_in.clone());
-        registry.register("messages_out", "Messages queued to clients", m.messages_out.clone());
+        registry.register(
+            "channels",
+            "Channels with local subscribers",
+            m.channels.clone(),
+        );
+        registry.register(
+            "publications_in",
+            "Publications accepted",
+            m.publications_in.clone(),
+        );
+        registry.register(
+            "messages_out",
+            "Messages queued to clients",
+            m.messages_out.clone(),
+        );
         registry.register("bytes_out", "Bytes written to clients", m.bytes_out.clone());
         registry.register(
             "slow_consumer_disconnects",

@@ -114,7 +114,12 @@ impl Node {
     }
 
     /// Closes every connection of `user` (or only `client`) with `disconnect`.
-    pub fn disconnect_user(&self, user: &str, client: Option<&str>, disconnect: &Disconnect) -> usize {
+    pub fn disconnect_user(
+        &self,
+        user: &str,
+        client: Option<&str>,
+        disconnect: &Disconnect,
+    ) -> usize {
         let conns = self.conns.lock();
         conns
             .values()

@@ -60,7 +60,12 @@ pub struct Server {
 fn random_secret() -> String {
     let mut rng = rand::rng();
     (0..32)
-        .map(|_| char::from(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"[rng.random_range(0..62)]))
+        .map(|_| {
+            char::from(
+                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+                    [rng.random_range(0..62)],
+            )
+        })
         .collect()
 }
 
@@ -79,14 +84,24 @@ impl Server {
         }
         let (secret, mut api_keys) = match &dev {
             Some(d) => (d.token_secret.clone(), vec![d.api_key.clone()]),
-            None => (config.auth.token_secret.clone().unwrap_or_default(), Vec::new()),
+            None => (
+                config.auth.token_secret.clone().unwrap_or_default(),
+                Vec::new(),
+            ),
         };
         api_keys.extend(config.auth.api_keys.iter().cloned());
 
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .map_err(|source| ServerError::Bind { addr: config.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| ServerError::Bind { addr: config.listen, source })?;
+        let listener =
+            TcpListener::bind(config.listen)
+                .await
+                .map_err(|source| ServerError::Bind {
+                    addr: config.listen,
+                    source,
+                })?;
+        let addr = listener.local_addr().map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
 
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
@@ -112,7 +127,13 @@ impl Server {
             }
         });
         tracing::info!(%addr, "tidings listening");
-        Ok(Server { addr, node, dev, stop, task })
+        Ok(Server {
+            addr,
+            node,
+            dev,
+            stop,
+            task,
+        })
     }
 
     /// The bound address.
@@ -136,9 +157,11 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         let spread = self.node.config.shutdown_spread.as_millis() as u64;
-        let mut rng = rand::rng();
         self.node.disconnect_all(|| {
-            Disconnect::new(DisconnectCode::SHUTDOWN, Some(rng.random_range(0..=spread)))
+            Disconnect::new(
+                DisconnectCode::SHUTDOWN,
+                Some(rand::rng().random_range(0..=spread)),
+            )
         });
         let deadline = tokio::time::Instant::now() + self.node.config.shutdown_timeout;
         while self.node.metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {
@@ -161,7 +184,10 @@ async fn metrics_text(State(node): State<Arc<Node>>) -> impl IntoResponse {
     node.metrics.channels.set(channels as i64);
     node.metrics.subscriptions.set(subscriptions as i64);
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         node.metrics.render(),
     )
 }

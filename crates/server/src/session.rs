@@ -9,13 +9,13 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tidings_protocol::reply::{
-    ConnectOk, Empty, HistoryOk, PresenceOk, PresenceStatsOk, PublishOk, RefreshOk,
-    SubscribeOk, SubscribeResult,
+    ConnectOk, Empty, HistoryOk, PresenceOk, PresenceStatsOk, PublishOk, RefreshOk, SubscribeOk,
+    SubscribeResult,
 };
 use tidings_protocol::{
-    ClientInfo, Command, CommandKind, Disconnect, DisconnectCode, ErrorBody, ErrorCode, Publication,
-    Push, SinceArg, SubscribeArg, decode_commands, encode_error_reply, encode_ok_reply,
-    encode_push,
+    ClientInfo, Command, CommandKind, Disconnect, DisconnectCode, ErrorBody, ErrorCode,
+    Publication, Push, SinceArg, SubscribeArg, decode_commands, encode_error_reply,
+    encode_ok_reply, encode_push,
 };
 use tokio::sync::mpsc;
 
@@ -159,7 +159,12 @@ impl Session {
                 self.reply_error(id, &err(ErrorCode::BadRequest, "already connected"))
             }
             CommandKind::Subscribe(arg) => match self.subscribe(&arg).await {
-                Ok((sub, ok)) => self.go_live(&arg.channel, &sub, Some(encode_ok_reply(id, &ok)), ok.offset),
+                Ok((sub, ok)) => self.go_live(
+                    &arg.channel,
+                    &sub,
+                    Some(encode_ok_reply(id, &ok)),
+                    ok.offset,
+                ),
                 Err(e) => self.reply_error(id, &e),
             },
             CommandKind::Unsubscribe { channel } => {
@@ -293,7 +298,10 @@ impl Session {
         let (name, ns) = resolve(&node.config, &arg.channel)?;
         let identity = self.check_access(ns)?;
         if !name.user_allowed(&identity.user) {
-            return Err(err(ErrorCode::PermissionDenied, "this channel is limited to other users"));
+            return Err(err(
+                ErrorCode::PermissionDenied,
+                "this channel is limited to other users",
+            ));
         }
         let presence_info = ClientInfo {
             client: self.client.clone(),
@@ -343,14 +351,20 @@ impl Session {
     ) -> Result<SubscribeOk, ErrorBody> {
         let engine = &self.node.engine;
         if first {
-            engine.node_subscribe(&arg.channel).await.map_err(internal)?;
+            engine
+                .node_subscribe(&arg.channel)
+                .await
+                .map_err(internal)?;
         }
         if !ns.has_history() {
             return Ok(SubscribeOk::default());
         }
         let policy = self.node.policy(ns);
         let Some(since) = &arg.since else {
-            let top = engine.position(&arg.channel, &policy).await.map_err(internal)?;
+            let top = engine
+                .position(&arg.channel, &policy)
+                .await
+                .map_err(internal)?;
             return Ok(SubscribeOk {
                 offset: Some(top.offset),
                 epoch: Some(top.epoch),
@@ -404,7 +418,10 @@ impl Session {
     fn go_live(&mut self, channel: &str, sub: &Subscriber, reply: Option<Bytes>, top: Option<u64>) {
         if sub.go_live(reply, top).is_err() {
             // Live publications skipped an offset: the client must recover.
-            tracing::warn!(channel, "gap while subscribing; ending the subscription with 3003");
+            tracing::warn!(
+                channel,
+                "gap while subscribing; ending the subscription with 3003"
+            );
             self.node.hub.unsubscribe(channel, self.conn);
             self.subs.remove(channel);
             self.send(encode_push(&Push::Unsub {
@@ -470,7 +487,16 @@ impl Session {
             user: identity.user.clone(),
             info: identity.info.clone(),
         };
-        publish(&self.node, channel, ns, data, Some(info), tags, idempotency_key).await
+        publish(
+            &self.node,
+            channel,
+            ns,
+            data,
+            Some(info),
+            tags,
+            idempotency_key,
+        )
+        .await
     }
 
     async fn history(
@@ -483,7 +509,10 @@ impl Session {
         let (name, ns) = resolve(&self.node.config, channel)?;
         let identity = self.check_access(ns)?;
         if !name.user_allowed(&identity.user) {
-            return Err(err(ErrorCode::PermissionDenied, "this channel is limited to other users"));
+            return Err(err(
+                ErrorCode::PermissionDenied,
+                "this channel is limited to other users",
+            ));
         }
         history(&self.node, channel, ns, since, limit, reverse).await
     }
@@ -565,8 +594,14 @@ pub async fn publish(
             format!("data is larger than {} bytes", ns.max_message_size),
         ));
     }
-    if idempotency_key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 256) {
-        return Err(err(ErrorCode::BadRequest, "idempotency_key must be 1 to 256 bytes"));
+    if idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > 256)
+    {
+        return Err(err(
+            ErrorCode::BadRequest,
+            "idempotency_key must be 1 to 256 bytes",
+        ));
     }
     let outcome = node
         .engine
@@ -604,7 +639,10 @@ pub async fn history(
     reverse: bool,
 ) -> Result<HistoryOk, ErrorBody> {
     if !ns.has_history() {
-        return Err(err(ErrorCode::BadRequest, "this namespace keeps no history"));
+        return Err(err(
+            ErrorCode::BadRequest,
+            "this namespace keeps no history",
+        ));
     }
     let page = node
         .engine
@@ -628,7 +666,11 @@ pub async fn history(
         ));
     }
     Ok(HistoryOk {
-        publications: page.publications.iter().map(|p| Publication::clone(p)).collect(),
+        publications: page
+            .publications
+            .iter()
+            .map(|p| Publication::clone(p))
+            .collect(),
         offset: page.position.offset,
         epoch: page.position.epoch,
     })
@@ -641,7 +683,10 @@ pub async fn presence_list(
     ns: &NamespaceOptions,
 ) -> Result<std::collections::BTreeMap<String, ClientInfo>, ErrorBody> {
     if !ns.presence {
-        return Err(err(ErrorCode::BadRequest, "presence is off in this namespace"));
+        return Err(err(
+            ErrorCode::BadRequest,
+            "presence is off in this namespace",
+        ));
     }
     node.engine.list(channel).await.map_err(internal)
 }
@@ -653,7 +698,10 @@ pub async fn presence_stats(
     ns: &NamespaceOptions,
 ) -> Result<PresenceStatsOk, ErrorBody> {
     if !ns.presence {
-        return Err(err(ErrorCode::BadRequest, "presence is off in this namespace"));
+        return Err(err(
+            ErrorCode::BadRequest,
+            "presence is off in this namespace",
+        ));
     }
     let (clients, users) = node.engine.stats(channel).await.map_err(internal)?;
     Ok(PresenceStatsOk { clients, users })

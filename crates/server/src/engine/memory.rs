@@ -305,7 +305,10 @@ mod tests {
     #[tokio::test]
     async fn ephemeral_has_no_offsets() {
         let e = MemoryEngine::new();
-        let out = e.publish("t", req(1, None), &policy(0, 1000)).await.unwrap();
+        let out = e
+            .publish("t", req(1, None), &policy(0, 1000))
+            .await
+            .unwrap();
         assert_eq!(out.position, None);
     }
 

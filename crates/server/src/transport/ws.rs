@@ -36,14 +36,27 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return (StatusCode::BAD_REQUEST, "expected a WebSocket upgrade").into_response();
     };
-    if !is_upgrade || headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
-        return (StatusCode::BAD_REQUEST, "expected a WebSocket (version 13) upgrade").into_response();
+    if !is_upgrade
+        || headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(|v| v.as_bytes())
+            != Some(b"13")
+    {
+        return (
+            StatusCode::BAD_REQUEST,
+            "expected a WebSocket (version 13) upgrade",
+        )
+            .into_response();
     }
     // Only our JSON subprotocol exists; a client that offers others only is refused.
-    let offered = headers.get(header::SEC_WEBSOCKET_PROTOCOL).and_then(|v| v.to_str().ok());
+    let offered = headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
     let protocol = match offered {
         None => None,
-        Some(list) if list.split(',').any(|p| p.trim() == SUBPROTOCOL_JSON) => Some(SUBPROTOCOL_JSON),
+        Some(list) if list.split(',').any(|p| p.trim() == SUBPROTOCOL_JSON) => {
+            Some(SUBPROTOCOL_JSON)
+        }
         Some(_) => {
             return (
                 StatusCode::BAD_REQUEST,
@@ -71,7 +84,8 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
     if let Some(p) = protocol {
         res = res.header(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
-    res.body(Body::empty()).unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    res.body(Body::empty())
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
 
 fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> bool {
@@ -103,9 +117,9 @@ where
     let mut pong_deadline: Option<Instant> = None;
 
     loop {
-        let expiry = session.expires_at().map(|at| {
-            Instant::now() + Duration::from_secs(at.saturating_sub(unix_now()))
-        });
+        let expiry = session
+            .expires_at()
+            .map(|at| Instant::now() + Duration::from_secs(at.saturating_sub(unix_now())));
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(Ok(msg)) => {
@@ -202,7 +216,9 @@ async fn write_loop<S>(
                 tracing::info!("closing a slow consumer");
             }
             let d = close.disconnect;
-            let _ = sink.feed(Message::text(encode_push(&Push::Disconnect(d.clone())))).await;
+            let _ = sink
+                .feed(Message::text(encode_push(&Push::Disconnect(d.clone()))))
+                .await;
             let code = CloseCode::try_from(d.code).unwrap_or(CloseCode::POLICY_VIOLATION);
             let _ = sink.feed(Message::close(Some(code), &d.reason)).await;
             let _ = sink.flush().await;

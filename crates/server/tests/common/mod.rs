@@ -1,0 +1,247 @@
+//! Test harness: a real server on 127.0.0.1:0 and a raw WebSocket client.
+#![allow(dead_code)]
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tidings_server::config::{ClientPublish, Config, NamespaceOptions};
+use tidings_server::{Server, auth};
+use tokio::net::TcpStream;
+use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
+
+pub const SECRET: &str = "test-secret-123";
+pub const API_KEY: &str = "test-api-key";
+
+/// A config with a secret, an API key, and a few namespaces:
+/// default (anonymous, history 1000), `chat` (authenticated, any may publish),
+/// `eph` (ephemeral), `small` (history 5).
+pub fn config() -> Config {
+    let mut c = Config::default();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.auth.token_secret = Some(SECRET.into());
+    c.auth.api_keys = vec![API_KEY.into()];
+    c.channels.anonymous = true;
+    c.channels.history_size = 1000;
+    c.channels.client_publish = ClientPublish::Any;
+    c.namespaces.insert(
+        "chat".into(),
+        NamespaceOptions {
+            history_size: 1000,
+            client_publish: ClientPublish::Subscribers,
+            anonymous: false,
+            presence: true,
+            ..Default::default()
+        },
+    );
+    c.namespaces.insert(
+        "eph".into(),
+        NamespaceOptions {
+            history_size: 0,
+            client_publish: ClientPublish::Any,
+            anonymous: true,
+            ..Default::default()
+        },
+    );
+    c.namespaces.insert(
+        "small".into(),
+        NamespaceOptions {
+            history_size: 5,
+            client_publish: ClientPublish::Any,
+            anonymous: true,
+            ..Default::default()
+        },
+    );
+    c.namespaces.insert(
+        "api".into(),
+        NamespaceOptions {
+            client_publish: ClientPublish::None,
+            anonymous: true,
+            ..Default::default()
+        },
+    );
+    c.shutdown_spread = Duration::from_millis(500);
+    c.shutdown_timeout = Duration::from_secs(3);
+    c
+}
+
+pub async fn start() -> Server {
+    start_with(config()).await
+}
+
+pub async fn start_with(config: Config) -> Server {
+    Server::start(config).await.expect("server starts")
+}
+
+pub fn token(user: &str) -> String {
+    auth::mint_token(SECRET, user, Some(Duration::from_secs(3600)), None).unwrap()
+}
+
+pub fn ws_url(server: &Server) -> String {
+    format!("ws://{}/v1/ws", server.local_addr())
+}
+
+pub fn api_url(server: &Server, method: &str) -> String {
+    format!("http://{}/v1/api/{method}", server.local_addr())
+}
+
+/// Calls the server API; returns (status, body).
+pub async fn api(server: &Server, method: &str, body: Value) -> (u16, Value) {
+    let res = reqwest::Client::new()
+        .post(api_url(server, method))
+        .bearer_auth(API_KEY)
+        .json(&body)
+        .send()
+        .await
+        .expect("api request");
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap_or(Value::Null))
+}
+
+/// A raw protocol client: sends JSON, reads messages one by one (splitting
+/// frames on `\n`), answers nothing by itself.
+pub struct Raw {
+    pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    pending: std::collections::VecDeque<Value>,
+    next_id: u32,
+}
+
+impl Raw {
+    pub async fn open(server: &Server) -> Raw {
+        let uri = ws_url(server).parse().unwrap();
+        let (ws, _) = ClientBuilder::from_uri(uri)
+            .limits(tokio_websockets::Limits::unlimited())
+            .connect()
+            .await
+            .expect("websocket connects");
+        Raw {
+            ws,
+            pending: Default::default(),
+            next_id: 0,
+        }
+    }
+
+    /// Opens and connects (anonymous when `user` is None).
+    pub async fn connect(server: &Server, user: Option<&str>) -> Raw {
+        let mut raw = Raw::open(server).await;
+        let mut cmd = json!({"op": "connect"});
+        if let Some(u) = user {
+            cmd["token"] = json!(token(u));
+        }
+        let reply = raw.call(cmd).await;
+        assert!(reply.get("ok").is_some(), "connect failed: {reply}");
+        raw
+    }
+
+    pub async fn send_text(&mut self, text: impl Into<String>) {
+        self.ws
+            .send(Message::text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a command, giving it the next id; returns the id.
+    pub async fn send(&mut self, mut cmd: Value) -> u32 {
+        self.next_id += 1;
+        cmd["id"] = json!(self.next_id);
+        self.send_text(cmd.to_string()).await;
+        self.next_id
+    }
+
+    /// Sends a command and waits for its reply (pushes in between are kept).
+    pub async fn call(&mut self, cmd: Value) -> Value {
+        let id = self.send(cmd).await;
+        self.reply(id).await
+    }
+
+    /// Waits for the reply with `id`, keeping other messages for `next`.
+    pub async fn reply(&mut self, id: u32) -> Value {
+        let mut skipped = Vec::new();
+        let found = loop {
+            let m = self
+                .next()
+                .await
+                .expect("connection open while waiting for a reply");
+            if m["id"] == json!(id) && m.get("push").is_none() {
+                break m;
+            }
+            skipped.push(m);
+        };
+        for m in skipped.into_iter().rev() {
+            self.pending.push_front(m);
+        }
+        found
+    }
+
+    /// The next message, or None when the connection closed (10 s timeout panics).
+    pub async fn next(&mut self) -> Option<Value> {
+        self.next_within(Duration::from_secs(10))
+            .await
+            .expect("a message within 10 s")
+    }
+
+    /// The next message within `t`: Err on timeout, Ok(None) when closed.
+    pub async fn next_within(&mut self, t: Duration) -> Result<Option<Value>, ()> {
+        if let Some(m) = self.pending.pop_front() {
+            return Ok(Some(m));
+        }
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .map_err(|_| ())?;
+            match msg {
+                Some(Ok(m)) if m.is_text() => {
+                    let text = m.as_text().unwrap_or_default();
+                    for line in text.split('\n').filter(|l| !l.is_empty()) {
+                        let v: Value = serde_json::from_str(line).expect("server sends JSON");
+                        self.pending.push_back(v);
+                    }
+                    if let Some(m) = self.pending.pop_front() {
+                        return Ok(Some(m));
+                    }
+                }
+                Some(Ok(m)) if m.is_close() => return Ok(None),
+                Some(Ok(_)) => continue,
+                Some(Err(_)) | None => return Ok(None),
+            }
+        }
+    }
+
+    /// The next message that is not a ping.
+    pub async fn next_non_ping(&mut self) -> Option<Value> {
+        loop {
+            let m = self.next().await?;
+            if m["push"] != "ping" {
+                return Some(m);
+            }
+        }
+    }
+
+    /// Reads until the `disconnect` push; returns it (panics if the socket closes without one).
+    pub async fn expect_disconnect(&mut self) -> Value {
+        loop {
+            match self.next().await {
+                Some(m) if m["push"] == "disconnect" => return m,
+                Some(_) => continue,
+                None => panic!("closed without a disconnect push"),
+            }
+        }
+    }
+
+    /// Reads until the socket closes; returns every message seen.
+    pub async fn drain_until_closed(&mut self) -> Vec<Value> {
+        let mut seen = Vec::new();
+        while let Some(m) = self.next().await {
+            seen.push(m);
+        }
+        seen
+    }
+}
+
+/// The code of an error reply, or panics.
+pub fn error_code(reply: &Value) -> u64 {
+    reply["error"]["code"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("expected an error reply, got {reply}"))
+}
