@@ -251,6 +251,9 @@ async fn call(
         }
         "disconnect" => {
             let b: DisconnectBody = parse(body)?;
+            if b.user.is_empty() {
+                return Err(bad("`user` must not be empty"));
+            }
             let code = DisconnectCode(b.code.unwrap_or(DisconnectCode::FORCE_RECONNECT.0));
             if !(3000..4000).contains(&code.0) {
                 return Err(bad("`code` must be within 3000..3999"));
@@ -260,6 +263,9 @@ async fn call(
         }
         "unsubscribe" => {
             let b: UnsubscribeBody = parse(body)?;
+            if b.user.is_empty() {
+                return Err(bad("`user` must not be empty"));
+            }
             resolve(&node.config, &b.channel)?;
             node.control_user(&b.user, || Control::Unsubscribe {
                 channel: b.channel.clone(),

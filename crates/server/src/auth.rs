@@ -7,6 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use thiserror::Error;
 
+/// Seconds of clock skew accepted on `exp`.
+pub const TOKEN_LEEWAY_S: u64 = 5;
+
 /// Claims of a connection token.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Claims {
@@ -42,7 +45,10 @@ impl TokenVerifier {
     /// A verifier for `secret`.
     pub fn new(secret: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = 5;
+        validation.leeway = TOKEN_LEEWAY_S;
+        // Audience and issuer checks come with the full auth layer; until
+        // then a token that carries `aud` is not refused for it.
+        validation.validate_aud = false;
         // `exp` is optional: tokens without it do not expire.
         validation.required_spec_claims.clear();
         validation.validate_exp = true;

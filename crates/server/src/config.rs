@@ -224,6 +224,12 @@ impl Config {
                     ns.max_message_size, self.client.max_frame_size
                 ));
             }
+            if ns.max_message_size.saturating_mul(2) > self.client.outbox_bytes {
+                bad.push(format!(
+                    "`{key}.max_message_size`: {} is more than half of `client.outbox_bytes` ({}): one publication would cut subscribers off",
+                    ns.max_message_size, self.client.outbox_bytes
+                ));
+            }
             if ns.has_history() && ns.history_ttl.is_zero() {
                 bad.push(format!(
                     "`{key}.history_ttl`: must be greater than 0 when history_size > 0"

@@ -37,7 +37,10 @@ struct Inner {
 /// The outbox. Share it in an `Arc`.
 pub struct Outbox {
     inner: Mutex<Inner>,
+    /// Wakes the writer.
     notify: Notify,
+    /// Wakes the reader when the connection starts closing.
+    closing: Notify,
     max_bytes: usize,
 }
 
@@ -51,6 +54,7 @@ impl Outbox {
                 close: None,
             }),
             notify: Notify::new(),
+            closing: Notify::new(),
             max_bytes,
         }
     }
@@ -70,6 +74,7 @@ impl Outbox {
             });
             drop(inner);
             self.notify.notify_one();
+            self.closing.notify_one();
             return Pushed::Overflow;
         }
         let wake = inner.queue.is_empty();
@@ -91,7 +96,13 @@ impl Outbox {
         inner.close = Some(Close { disconnect, flush });
         drop(inner);
         self.notify.notify_one();
+        self.closing.notify_one();
         true
+    }
+
+    /// Resolves once the connection starts closing (one waiter: the reader).
+    pub async fn closing(&self) {
+        self.closing.notified().await
     }
 
     /// Whether the connection is closing.

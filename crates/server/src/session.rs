@@ -24,10 +24,11 @@ use crate::config::{ClientPublish, NamespaceOptions};
 use crate::engine::{EngineError, HistoryQuery, PublishRequest};
 use crate::hub::{ConnId, Subscriber};
 use crate::node::{ConnHandle, Control, Node, resolve};
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Pushed};
 
-/// Presence entries of live connections: removed on disconnect, and only
-/// expire if the process dies without removing them (remote engines).
+/// Lease of a presence entry in engines that expire them (remote ones): an
+/// entry outlives a crashed process by at most this. Renewing long-lived
+/// entries comes with the presence work; the memory engine needs no lease.
 const PRESENCE_TTL: Duration = Duration::from_secs(3600);
 
 struct Identity {
@@ -50,6 +51,13 @@ pub struct Session {
 
 fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
     ErrorBody::new(code, message)
+}
+
+fn limited() -> ErrorBody {
+    err(
+        ErrorCode::PermissionDenied,
+        "this channel is limited to other users",
+    )
 }
 
 fn internal(e: EngineError) -> ErrorBody {
@@ -99,8 +107,15 @@ impl Session {
     }
 
     fn send(&self, bytes: Bytes) {
-        self.outbox.push(bytes);
-        self.node.metrics.messages_out.inc();
+        match self.outbox.push(bytes) {
+            Pushed::Queued => {
+                self.node.metrics.messages_out.inc();
+            }
+            Pushed::Overflow => {
+                self.node.metrics.slow_consumer_disconnects.inc();
+            }
+            Pushed::Closed => {}
+        }
     }
 
     fn reply<T: Serialize>(&self, id: u32, result: Result<T, ErrorBody>) {
@@ -289,20 +304,24 @@ impl Session {
         Ok(identity)
     }
 
+    /// Checks namespace access and the `#user,...` rule; returns the namespace options.
+    fn check_channel(&self, channel: &str) -> Result<NamespaceOptions, ErrorBody> {
+        let (name, ns) = resolve(&self.node.config, channel)?;
+        let identity = self.check_access(ns)?;
+        if !name.user_allowed(&identity.user) {
+            return Err(limited());
+        }
+        Ok(ns.clone())
+    }
+
     /// Registers a subscription (buffering) and builds its reply.
     async fn subscribe(
         &mut self,
         arg: &SubscribeArg,
     ) -> Result<(Arc<Subscriber>, SubscribeOk), ErrorBody> {
         let node = self.node.clone();
-        let (name, ns) = resolve(&node.config, &arg.channel)?;
+        let ns = &self.check_channel(&arg.channel)?;
         let identity = self.check_access(ns)?;
-        if !name.user_allowed(&identity.user) {
-            return Err(err(
-                ErrorCode::PermissionDenied,
-                "this channel is limited to other users",
-            ));
-        }
         let presence_info = ClientInfo {
             client: self.client.clone(),
             user: identity.user.clone(),
@@ -326,16 +345,26 @@ impl Session {
             .map_err(|_| err(ErrorCode::AlreadySubscribed, "already subscribed"))?;
         self.subs.insert(arg.channel.clone(), sub.clone());
         match self.answer_subscribe(arg, ns, first).await {
-            Ok(mut ok) => {
-                if ns.presence {
-                    node.engine
+            Ok(mut ok) if ns.presence => {
+                let engine = &node.engine;
+                let joined = async {
+                    engine
                         .add(&arg.channel, &presence_info, PRESENCE_TTL)
-                        .await
-                        .map_err(internal)?;
-                    ok.presence = Some(node.engine.list(&arg.channel).await.map_err(internal)?);
+                        .await?;
+                    engine.list(&arg.channel).await
+                };
+                match joined.await {
+                    Ok(members) => {
+                        ok.presence = Some(members);
+                        Ok((sub, ok))
+                    }
+                    Err(e) => {
+                        self.drop_subscription(&arg.channel).await;
+                        Err(internal(e))
+                    }
                 }
-                Ok((sub, ok))
             }
+            Ok(ok) => Ok((sub, ok)),
             Err(e) => {
                 self.drop_subscription(&arg.channel).await;
                 Err(e)
@@ -465,7 +494,7 @@ impl Session {
         idempotency_key: Option<String>,
         tags: Option<std::collections::BTreeMap<String, String>>,
     ) -> Result<PublishOk, ErrorBody> {
-        let (_, ns) = resolve(&self.node.config, channel)?;
+        let ns = &self.check_channel(channel)?;
         let identity = self.check_access(ns)?;
         match ns.client_publish {
             ClientPublish::None => {
@@ -506,14 +535,7 @@ impl Session {
         limit: Option<u32>,
         reverse: bool,
     ) -> Result<HistoryOk, ErrorBody> {
-        let (name, ns) = resolve(&self.node.config, channel)?;
-        let identity = self.check_access(ns)?;
-        if !name.user_allowed(&identity.user) {
-            return Err(err(
-                ErrorCode::PermissionDenied,
-                "this channel is limited to other users",
-            ));
-        }
+        let ns = &self.check_channel(channel)?;
         history(&self.node, channel, ns, since, limit, reverse).await
     }
 
@@ -521,14 +543,12 @@ impl Session {
         &self,
         channel: &str,
     ) -> Result<std::collections::BTreeMap<String, ClientInfo>, ErrorBody> {
-        let (_, ns) = resolve(&self.node.config, channel)?;
-        self.check_access(ns)?;
+        let ns = &self.check_channel(channel)?;
         presence_list(&self.node, channel, ns).await
     }
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStatsOk, ErrorBody> {
-        let (_, ns) = resolve(&self.node.config, channel)?;
-        self.check_access(ns)?;
+        let ns = &self.check_channel(channel)?;
         presence_stats(&self.node, channel, ns).await
     }
 

@@ -64,10 +64,17 @@ async fn subscribe(server: &tidings_server::Server, c: &mut Client, history_size
             assert_eq!(o, c.last + 1, "recovered publications are contiguous");
             c.last = o;
         }
-        assert_eq!(c.last, ok["offset"].as_u64().unwrap(), "recovery reaches the top");
+        assert_eq!(
+            c.last,
+            ok["offset"].as_u64().unwrap(),
+            "recovery reaches the top"
+        );
     } else {
         assert_eq!(ok["recovered"], false, "{r}");
-        assert!(missed > history_size, "told to reload although only {missed} were missed (history {history_size})");
+        assert!(
+            missed > history_size,
+            "told to reload although only {missed} were missed (history {history_size})"
+        );
         assert!(ok.get("publications").is_none(), "never a partial answer");
         c.resets += 1;
         c.last = ok["offset"].as_u64().unwrap();

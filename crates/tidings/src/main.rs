@@ -1,1 +1,209 @@
-fn main() {}
+//! The `tidings` binary: a thin front over the server and client crates.
+
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
+mod pubsub;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tidings_server::config::{Config, Overrides};
+use tidings_server::{Server, auth};
+
+/// Tidings: a real-time updates server.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Cmd>,
+    #[command(flatten)]
+    serve: ServeArgs,
+}
+
+#[derive(clap::Args, Clone, Default)]
+struct ServeArgs {
+    /// Address to listen on (overrides TIDINGS_LISTEN and the file).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Configuration file (TOML).
+    #[arg(long, env = "TIDINGS_CONFIG")]
+    config: Option<PathBuf>,
+    /// Directory for durable data.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// Flags given after `serve` win over those given before it.
+    fn or(self, outer: ServeArgs) -> ServeArgs {
+        ServeArgs {
+            listen: self.listen.or(outer.listen),
+            config: self.config.or(outer.config),
+            data_dir: self.data_dir.or(outer.data_dir),
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the server (the default).
+    Serve(ServeArgs),
+    /// Print a connection token (HS256 JWT).
+    Token {
+        /// The HS256 secret.
+        #[arg(long, env = "TIDINGS_TOKEN_SECRET")]
+        secret: String,
+        /// The user id (`sub`).
+        #[arg(long)]
+        user: String,
+        /// Lifetime, e.g. 1h, 30m; "never" for no expiry.
+        #[arg(long, default_value = "1h")]
+        ttl: String,
+        /// Connection info (JSON) attached to the user's publications.
+        #[arg(long)]
+        info: Option<String>,
+    },
+    /// Validate a configuration file; names each bad key.
+    CheckConfig {
+        /// The file.
+        file: PathBuf,
+    },
+    /// Publish DATA (JSON, or a plain string) into CHANNEL over WebSocket.
+    Pub {
+        /// Channel name.
+        channel: String,
+        /// The data.
+        data: String,
+        /// Server WebSocket URL.
+        #[arg(long, default_value = "ws://127.0.0.1:8000/v1/ws")]
+        url: String,
+        /// Connection token.
+        #[arg(long, env = "TIDINGS_CLIENT_TOKEN")]
+        token: Option<String>,
+        /// Idempotency key.
+        #[arg(long)]
+        idempotency_key: Option<String>,
+    },
+    /// Subscribe to channels and print each publication as a JSON line.
+    Sub {
+        /// Channel names.
+        #[arg(required = true)]
+        channels: Vec<String>,
+        /// Server WebSocket URL.
+        #[arg(long, default_value = "ws://127.0.0.1:8000/v1/ws")]
+        url: String,
+        /// Connection token.
+        #[arg(long, env = "TIDINGS_CLIENT_TOKEN")]
+        token: Option<String>,
+        /// Resume after OFFSET:EPOCH.
+        #[arg(long)]
+        since: Option<String>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match cli.command {
+        None => runtime.block_on(serve(cli.serve)),
+        Some(Cmd::Serve(args)) => runtime.block_on(serve(args.or(cli.serve))),
+        Some(Cmd::Token {
+            secret,
+            user,
+            ttl,
+            info,
+        }) => {
+            let ttl = match ttl.as_str() {
+                "never" => None,
+                s => Some(humantime_parse(s)?),
+            };
+            let info = info
+                .map(|i| serde_json::value::RawValue::from_string(i).context("--info must be JSON"))
+                .transpose()?;
+            println!(
+                "{}",
+                auth::mint_token(&secret, &user, ttl, info).context("minting the token")?
+            );
+            Ok(())
+        }
+        Some(Cmd::CheckConfig { file }) => {
+            Config::load(Some(&file), &Overrides::default())
+                .with_context(|| format!("{} is not a valid configuration", file.display()))?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Some(Cmd::Pub {
+            channel,
+            data,
+            url,
+            token,
+            idempotency_key,
+        }) => runtime.block_on(pubsub::run_pub(url, token, channel, data, idempotency_key)),
+        Some(Cmd::Sub {
+            channels,
+            url,
+            token,
+            since,
+        }) => runtime.block_on(pubsub::run_sub(url, token, channels, since)),
+    }
+}
+
+fn humantime_parse(s: &str) -> anyhow::Result<Duration> {
+    tidings_server::config::parse_duration(s).with_context(|| format!("bad duration `{s}`"))
+}
+
+async fn serve(args: ServeArgs) -> anyhow::Result<()> {
+    let overrides = Overrides {
+        listen: args.listen,
+        data_dir: args.data_dir,
+    };
+    let config =
+        Config::load(args.config.as_deref(), &overrides).context("loading the configuration")?;
+    let server = Server::start(config).await.context("starting the server")?;
+    if let Some(dev) = server.dev_credentials() {
+        tracing::warn!(
+            "dev mode: no auth.token_secret configured; anonymous clients allowed, loopback only"
+        );
+        eprintln!(
+            "\n  dev token secret: {}\n  dev API key:      {}\n  mint a token:     tidings token --secret {} --user alice\n",
+            dev.token_secret, dev.api_key, dev.token_secret
+        );
+    }
+    eprintln!("  Tidings is listening on http://{}", server.local_addr());
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -72,7 +72,9 @@ type Shard<V> = Mutex<HashMap<String, V>>;
 /// The memory engine. Clone-free: share it in an `Arc`.
 pub struct MemoryEngine {
     logs: Vec<Shard<Arc<Mutex<ChannelLog>>>>,
-    presence: Vec<Shard<BTreeMap<String, (Instant, ClientInfo)>>>,
+    /// Entries by channel and client. No expiry is needed here: the process
+    /// holding them is the one whose connections they describe.
+    presence: Vec<Shard<BTreeMap<String, ClientInfo>>>,
     hasher: std::collections::hash_map::RandomState,
     sink: OnceLock<Arc<dyn PublicationSink>>,
 }
@@ -221,13 +223,13 @@ impl Presence for MemoryEngine {
         &self,
         channel: &str,
         info: &ClientInfo,
-        ttl: Duration,
+        _ttl: Duration,
     ) -> Result<(), EngineError> {
         let mut shard = self.presence[self.shard(channel)].lock();
         shard
             .entry(channel.to_string())
             .or_default()
-            .insert(info.client.clone(), (Instant::now() + ttl, info.clone()));
+            .insert(info.client.clone(), info.clone());
         Ok(())
     }
 
@@ -243,17 +245,8 @@ impl Presence for MemoryEngine {
     }
 
     async fn list(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, EngineError> {
-        let now = Instant::now();
         let shard = self.presence[self.shard(channel)].lock();
-        Ok(shard
-            .get(channel)
-            .map(|m| {
-                m.iter()
-                    .filter(|(_, (until, _))| *until > now)
-                    .map(|(k, (_, info))| (k.clone(), info.clone()))
-                    .collect()
-            })
-            .unwrap_or_default())
+        Ok(shard.get(channel).cloned().unwrap_or_default())
     }
 
     async fn stats(&self, channel: &str) -> Result<(u64, u64), EngineError> {

@@ -26,6 +26,11 @@ const MAX_BATCH_FRAME: usize = 64 * 1024;
 /// Frames are built in chunks of this size (tokio-websockets' default is 4 KiB).
 const WRITE_FRAME_SIZE: usize = 64 * 1024;
 
+/// How long a closing connection's writer may take to deliver what is queued.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// Seconds of clock skew accepted on token expiry, as at connect.
+const TOKEN_LEEWAY_S: u64 = crate::auth::TOKEN_LEEWAY_S;
+
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// `GET /v1/ws`: validates the upgrade and hands the socket to a connection task.
@@ -116,10 +121,12 @@ where
     let mut next_ping = Instant::now() + ping_interval;
     let mut pong_deadline: Option<Instant> = None;
 
-    loop {
-        let expiry = session
-            .expires_at()
-            .map(|at| Instant::now() + Duration::from_secs(at.saturating_sub(unix_now())));
+    // Once the outbox is closing, stop reading: the writer sends the rest.
+    while !outbox.is_closed() {
+        // The same leeway as token verification at connect.
+        let expiry = session.expires_at().map(|at| {
+            Instant::now() + Duration::from_secs((at + TOKEN_LEEWAY_S).saturating_sub(unix_now()))
+        });
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(Ok(msg)) => {
@@ -154,20 +161,26 @@ where
                 pong_deadline = None;
             }
             _ = sleep_until(expiry.unwrap_or(next_ping)), if expiry.is_some() => {
-                if session.expires_at().is_some_and(|at| at <= unix_now()) {
+                if session.expires_at().is_some_and(|at| at + TOKEN_LEEWAY_S <= unix_now()) {
                     session.disconnect(DisconnectCode::TOKEN_EXPIRED);
                 }
             }
             Some(c) = control.recv() => session.handle_control(c).await,
+            _ = outbox.closing() => {}
             _ = &mut writer => break,
         }
     }
     session.end().await;
-    // Let the writer send what is queued (a disconnect, replies) before the socket goes.
+    // Let the writer send what is queued (a disconnect, replies) before the
+    // socket goes, but not forever: a peer that stopped reading is dropped.
     if !writer.is_finished() {
         outbox.close(Disconnect::new(DisconnectCode::FORCE_RECONNECT, None), true);
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut writer).await;
-        writer.abort();
+        if tokio::time::timeout(CLOSE_GRACE, &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
     }
     node.metrics.connections.dec();
 }

@@ -245,3 +245,144 @@ pub fn error_code(reply: &Value) -> u64 {
         .as_u64()
         .unwrap_or_else(|| panic!("expected an error reply, got {reply}"))
 }
+
+// ---- Helpers added for api.rs and bad_input.rs ----
+
+/// Calls the server API with full control: `auth` is the whole
+/// `Authorization` header (None sends none), `headers` are extra headers and
+/// `body` is sent as is. Returns (status, body text).
+pub async fn api_raw(
+    server: &Server,
+    method: &str,
+    auth: Option<&str>,
+    headers: &[(&str, &str)],
+    body: impl Into<reqwest::Body>,
+) -> (u16, String) {
+    let mut req = reqwest::Client::new()
+        .post(api_url(server, method))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(a) = auth {
+        req = req.header("authorization", a);
+    }
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let res = tokio::time::timeout(Duration::from_secs(30), req.send())
+        .await
+        .expect("api answers within 30 s")
+        .expect("api request");
+    let status = res.status().as_u16();
+    (status, res.text().await.unwrap_or_default())
+}
+
+/// Like [`api`] with extra headers.
+pub async fn api_with_headers(
+    server: &Server,
+    method: &str,
+    headers: &[(&str, &str)],
+    body: Value,
+) -> (u16, Value) {
+    let auth = format!("Bearer {API_KEY}");
+    let (status, text) = api_raw(server, method, Some(&auth), headers, body.to_string()).await;
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, v)
+}
+
+/// The value of a metric line (`name` including labels) in `/metrics`, if present.
+pub async fn metric(server: &Server, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{}/metrics", server.local_addr()))
+        .await
+        .expect("metrics request")
+        .text()
+        .await
+        .expect("metrics body");
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// What a raw client sees next, close frames included.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A JSON message (reply or push).
+    Msg(Value),
+    /// A close frame with its code (None when the frame had none) and reason.
+    Close(Option<u16>, String),
+    /// The stream ended or failed without a close frame (e.g. reset).
+    Gone(String),
+}
+
+impl Raw {
+    /// The next message or close within `t` (None on timeout). Unlike
+    /// [`Raw::next_within`] it reports the close frame's code.
+    pub async fn next_event(&mut self, t: Duration) -> Option<Event> {
+        if let Some(m) = self.pending.pop_front() {
+            return Some(Event::Msg(m));
+        }
+        let deadline = tokio::time::Instant::now() + t;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()?;
+            match msg {
+                Some(Ok(m)) if m.is_text() => {
+                    let text = m.as_text().unwrap_or_default();
+                    for line in text.split('\n').filter(|l| !l.is_empty()) {
+                        let v: Value = serde_json::from_str(line).expect("server sends JSON");
+                        self.pending.push_back(v);
+                    }
+                    if let Some(m) = self.pending.pop_front() {
+                        return Some(Event::Msg(m));
+                    }
+                }
+                Some(Ok(m)) if m.is_close() => {
+                    let (code, reason) = m
+                        .as_close()
+                        .map(|(c, r)| (Some(u16::from(c)), r.to_string()))
+                        .unwrap_or((None, String::new()));
+                    return Some(Event::Close(code, reason));
+                }
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => return Some(Event::Gone(e.to_string())),
+                None => return Some(Event::Gone("end of stream".into())),
+            }
+        }
+    }
+
+    /// Every event until the connection ends (a close frame or the stream's
+    /// end), at most `max` events, each within `t`; panics on timeout.
+    pub async fn events_until_closed(&mut self, max: usize, t: Duration) -> Vec<Event> {
+        let mut seen = Vec::new();
+        for _ in 0..max {
+            let e = self
+                .next_event(t)
+                .await
+                .unwrap_or_else(|| panic!("no event within {t:?}; seen so far: {seen:?}"));
+            let end = !matches!(e, Event::Msg(_));
+            seen.push(e);
+            if end {
+                return seen;
+            }
+        }
+        panic!("connection still open after {max} events: {seen:?}")
+    }
+}
+
+impl Raw {
+    /// Opens a WebSocket with a client `config` (e.g. a larger frame size).
+    pub async fn open_with_config(server: &Server, config: tokio_websockets::Config) -> Raw {
+        let uri = ws_url(server).parse().unwrap();
+        let (ws, _) = ClientBuilder::from_uri(uri)
+            .limits(tokio_websockets::Limits::unlimited())
+            .config(config)
+            .connect()
+            .await
+            .expect("websocket connects");
+        Raw {
+            ws,
+            pending: Default::default(),
+            next_id: 0,
+        }
+    }
+}

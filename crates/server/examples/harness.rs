@@ -1,0 +1,186 @@
+//! A small load harness until `tidings bench` exists (see docs/benchmarks.md).
+//!
+//! `harness idle ADDR PID N` — opens N connected, subscribed WebSocket
+//! clients and reports the server's RSS per connection.
+//! `harness fanout ADDR PID N RATE SECS` — N subscribers of one channel, one
+//! publisher at RATE publications/s for SECS; reports delivered/s, loss,
+//! publish→delivery latency percentiles and server CPU per delivered message.
+//! Targets loopback only; every loop is bounded.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio_websockets::{ClientBuilder, Message};
+
+fn proc_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+/// utime + stime of a process, in seconds.
+fn proc_cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+fn now_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_micros() as u64
+}
+
+type Ws =
+    tokio_websockets::WebSocketStream<tokio_websockets::MaybeTlsStream<tokio::net::TcpStream>>;
+
+async fn open(addr: &str, channel: &str) -> Ws {
+    let uri = format!("ws://{addr}/v1/ws").parse().unwrap();
+    let (mut ws, _) = ClientBuilder::from_uri(uri)
+        .connect()
+        .await
+        .expect("connect");
+    let cmds = format!(
+        "{{\"id\":1,\"op\":\"connect\"}}\n{{\"id\":2,\"op\":\"subscribe\",\"channel\":\"{channel}\"}}"
+    );
+    ws.send(Message::text(cmds)).await.unwrap();
+    let mut replies = 0;
+    while replies < 2 {
+        let m = ws.next().await.unwrap().unwrap();
+        replies += m.as_text().unwrap_or("").matches("\"id\":").count();
+    }
+    ws
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mode = args.get(1).map(String::as_str).unwrap_or("");
+    let addr = args
+        .get(2)
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1:8000".into());
+    let pid: u32 = args
+        .get(3)
+        .and_then(|p| p.parse().ok())
+        .expect("server PID");
+    let n: usize = args.get(4).and_then(|p| p.parse().ok()).unwrap_or(1000);
+    match mode {
+        "idle" => {
+            let before = proc_rss_kib(pid);
+            let started = Instant::now();
+            let mut conns = Vec::with_capacity(n);
+            for i in 0..n {
+                conns.push(open(&addr, &format!("room{}", i % 100)).await);
+            }
+            let setup = started.elapsed();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = proc_rss_kib(pid);
+            println!(
+                "idle: {n} connections (subscribed to 1 of 100 channels) in {:.2}s ({:.0}/s); server RSS {before} KiB -> {after} KiB; {:.2} KiB per connection",
+                setup.as_secs_f64(),
+                n as f64 / setup.as_secs_f64(),
+                (after.saturating_sub(before)) as f64 / n as f64
+            );
+            drop(conns);
+        }
+        "fanout" => {
+            let rate: u64 = args.get(5).and_then(|p| p.parse().ok()).unwrap_or(10);
+            let secs: u64 = args.get(6).and_then(|p| p.parse().ok()).unwrap_or(10);
+            let total = rate * secs;
+            let delivered = Arc::new(AtomicU64::new(0));
+            let latencies = Arc::new(parking_lot::Mutex::new(Vec::<u64>::new()));
+            let mut tasks = Vec::new();
+            for _ in 0..n {
+                let mut ws = open(&addr, "fan").await;
+                let delivered = delivered.clone();
+                let latencies = latencies.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut next = 1u64;
+                    let mut lost = 0u64;
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs + 10);
+                    while next <= total {
+                        let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await
+                        else {
+                            break;
+                        };
+                        let Some(text) = m.as_text() else { continue };
+                        for line in text.split('\n') {
+                            let v: serde_json::Value = match serde_json::from_str(line) {
+                                Ok(v) => v,
+                                Err(_) => continue,
+                            };
+                            if v["push"] == "ping" {
+                                let _ = ws.send(Message::text("{\"op\":\"pong\"}")).await;
+                            }
+                            if v["push"] != "pub" {
+                                continue;
+                            }
+                            let o = v["offset"].as_u64().unwrap_or(0);
+                            lost += o.saturating_sub(next);
+                            next = o + 1;
+                            delivered.fetch_add(1, Ordering::Relaxed);
+                            if let Some(sent) = v["data"]["t"].as_u64() {
+                                latencies.lock().push(now_us().saturating_sub(sent));
+                            }
+                        }
+                    }
+                    lost + total.saturating_sub(next - 1)
+                }));
+            }
+            let mut publisher = open(&addr, "pubber").await;
+            let cpu0 = proc_cpu_s(pid);
+            let start = Instant::now();
+            let interval = Duration::from_secs_f64(1.0 / rate as f64);
+            let mut ticker = tokio::time::interval(interval);
+            for i in 0..total {
+                ticker.tick().await;
+                let cmd = format!(
+                    "{{\"id\":{},\"op\":\"publish\",\"channel\":\"fan\",\"data\":{{\"t\":{},\"pad\":\"{}\"}}}}",
+                    i + 10,
+                    now_us(),
+                    "x".repeat(64)
+                );
+                publisher.send(Message::text(cmd)).await.unwrap();
+            }
+            let mut lost = 0;
+            for t in tasks {
+                lost += t.await.unwrap_or(total);
+            }
+            let elapsed = start.elapsed().as_secs_f64();
+            let cpu = proc_cpu_s(pid) - cpu0;
+            let d = delivered.load(Ordering::Relaxed);
+            let mut l = latencies.lock().clone();
+            l.sort_unstable();
+            let pct = |p: f64| {
+                l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(0) as f64
+                    / 1000.0
+            };
+            println!(
+                "fanout: {n} subscribers, {rate} pub/s for {secs}s: delivered {d} ({:.0}/s), lost {lost}; latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}; server CPU {:.2}s = {:.2} us per delivered message; RSS {} KiB",
+                d as f64 / elapsed,
+                pct(0.5),
+                pct(0.9),
+                pct(0.99),
+                pct(0.999),
+                pct(1.0),
+                cpu,
+                cpu * 1e6 / d.max(1) as f64,
+                proc_rss_kib(pid)
+            );
+        }
+        _ => eprintln!("usage: harness idle ADDR PID N | harness fanout ADDR PID N RATE SECS"),
+    }
+}
