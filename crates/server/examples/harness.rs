@@ -5,6 +5,8 @@
 //! `harness fanout ADDR PID N RATE SECS` — N subscribers of one channel, one
 //! publisher at RATE publications/s for SECS; reports delivered/s, loss,
 //! publish→delivery latency percentiles and server CPU per delivered message.
+//! `harness ceiling - 0 N ROUNDS` — no server: the cost of one lone small
+//! write per socket, the kernel-bound floor of fanout to idle subscribers.
 //! Targets loopback only; every loop is bounded.
 
 use std::sync::Arc;
@@ -32,6 +34,15 @@ fn proc_cpu_s(pid: u32) -> f64 {
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// The unsigned integer right after `key` in `line`.
+fn number_after(line: &str, key: &str) -> Option<u64> {
+    let rest = &line[line.find(key)? + key.len()..];
+    let end = rest
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(rest.len());
+    rest[..end].parse().ok()
 }
 
 fn now_us() -> u64 {
@@ -115,22 +126,21 @@ async fn main() {
                             break;
                         };
                         let Some(text) = m.as_text() else { continue };
+                        // A cheap scan instead of a JSON parse: the harness must not be the bottleneck.
                         for line in text.split('\n') {
-                            let v: serde_json::Value = match serde_json::from_str(line) {
-                                Ok(v) => v,
-                                Err(_) => continue,
-                            };
-                            if v["push"] == "ping" {
+                            if line.starts_with("{\"push\":\"ping\"") {
                                 let _ = ws.send(Message::text("{\"op\":\"pong\"}")).await;
                             }
-                            if v["push"] != "pub" {
+                            if !line.starts_with("{\"push\":\"pub\"") {
                                 continue;
                             }
-                            let o = v["offset"].as_u64().unwrap_or(0);
+                            let Some(o) = number_after(line, "\"offset\":") else {
+                                continue;
+                            };
                             lost += o.saturating_sub(next);
                             next = o + 1;
                             delivered.fetch_add(1, Ordering::Relaxed);
-                            if let Some(sent) = v["data"]["t"].as_u64() {
+                            if let Some(sent) = number_after(line, "\"t\":") {
                                 latencies.lock().push(now_us().saturating_sub(sent));
                             }
                         }
@@ -138,7 +148,10 @@ async fn main() {
                     lost + total.saturating_sub(next - 1)
                 }));
             }
-            let mut publisher = open(&addr, "pubber").await;
+            // Clients may publish only into channels they subscribe (the default
+            // namespace's rule): the publisher subscribes too and drains its socket.
+            let (mut publisher, mut echo) = open(&addr, "fan").await.split();
+            let drain = tokio::spawn(async move { while let Some(Ok(_)) = echo.next().await {} });
             let cpu0 = proc_cpu_s(pid);
             let start = Instant::now();
             let interval = Duration::from_secs_f64(1.0 / rate as f64);
@@ -154,6 +167,7 @@ async fn main() {
                 publisher.send(Message::text(cmd)).await.unwrap();
             }
             let mut lost = 0;
+            drain.abort();
             for t in tasks {
                 lost += t.await.unwrap_or(total);
             }
@@ -181,6 +195,41 @@ async fn main() {
                 proc_rss_kib(pid)
             );
         }
-        _ => eprintln!("usage: harness idle ADDR PID N | harness fanout ADDR PID N RATE SECS"),
+        "ceiling" => {
+            // No server at all: N loopback socket pairs in this process; write one
+            // pre-encoded 120-byte WebSocket text frame to each socket, ROUNDS times.
+            // What one lone small write per subscriber costs on this machine.
+            let rounds: usize = args.get(5).and_then(|p| p.parse().ok()).unwrap_or(10);
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let local = listener.local_addr().unwrap();
+            let mut clients = Vec::with_capacity(n);
+            let mut servers = Vec::with_capacity(n);
+            for _ in 0..n {
+                clients.push(std::net::TcpStream::connect(local).unwrap());
+                let (s, _) = listener.accept().unwrap();
+                s.set_nodelay(true).unwrap();
+                servers.push(s);
+            }
+            let mut frame = vec![0x81u8, 118];
+            frame.extend(std::iter::repeat_n(b'x', 118));
+            let cpu0 = proc_cpu_s(std::process::id());
+            let start = Instant::now();
+            for _ in 0..rounds {
+                for s in &mut servers {
+                    std::io::Write::write_all(s, &frame).unwrap();
+                }
+            }
+            let wall = start.elapsed().as_secs_f64();
+            let cpu = proc_cpu_s(std::process::id()) - cpu0;
+            let writes = (n * rounds) as f64;
+            println!(
+                "ceiling: {n} sockets x {rounds} rounds: {:.2} us wall, {:.2} us CPU per single write ({:.0} writes/s)",
+                wall * 1e6 / writes,
+                cpu * 1e6 / writes,
+                writes / wall
+            );
+            drop(clients);
+        }
+        _ => eprintln!("usage: harness idle ADDR PID N | harness fanout ADDR PID N RATE SECS | harness ceiling - 0 N ROUNDS"),
     }
 }
