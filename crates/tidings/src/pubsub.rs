@@ -126,7 +126,8 @@ pub async fn run_sub(
 
 /// Publishes `data` into `channel` and prints the answer
 /// (`{"offset":..,"epoch":..}`, `{}` in ephemeral channels). `data` is sent
-/// as is when it is valid JSON, else as a JSON string.
+/// as is when it is valid JSON, else as a JSON string. It subscribes to the
+/// channel first, so namespaces open to subscribers only accept it.
 pub async fn run_pub(
     url: String,
     token: Option<String>,
@@ -135,6 +136,13 @@ pub async fn run_pub(
     idempotency_key: Option<String>,
 ) -> anyhow::Result<()> {
     let client = connect(url, token).await?;
+    // Join the channel first, as a chat client does: namespaces with
+    // `client_publish = "subscribers"` (the default) accept only members.
+    // Where joining is refused, the publish itself says whether it may go.
+    let _membership = client
+        .subscribe(&channel, SubscribeOptions::default())
+        .await
+        .ok();
     let opts = PublishOptions {
         idempotency_key,
         tags: None,
