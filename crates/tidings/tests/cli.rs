@@ -78,12 +78,22 @@ fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
             break a.trim().to_string();
         }
     };
-    Served { child, addr, api_key, stderr }
+    Served {
+        child,
+        addr,
+        api_key,
+        stderr,
+    }
 }
 
 fn curl_api(addr: &str, key: &str, method: &str, body: &str) -> serde_json::Value {
     let out = Command::new("curl")
-        .args(["-s", "-X", "POST", &format!("http://{addr}/v1/api/{method}")])
+        .args([
+            "-s",
+            "-X",
+            "POST",
+            &format!("http://{addr}/v1/api/{method}"),
+        ])
         .args(["-H", &format!("Authorization: Bearer {key}"), "-d", body])
         .output()
         .expect("curl runs");
@@ -118,7 +128,11 @@ fn tour_sub_pub_curl_and_sigterm() {
         .args(["pub", "news", r#"{"text":"hello"}"#, "--url", &url])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let published: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(published["offset"], 1);
 
@@ -138,14 +152,24 @@ fn tour_sub_pub_curl_and_sigterm() {
     assert_eq!(again, answer, "the same key publishes once");
 
     let first: serde_json::Value = serde_json::from_str(&sub_lines.find("hello")).unwrap();
-    assert_eq!((first["channel"].as_str(), first["offset"].as_u64()), (Some("news"), Some(1)));
+    assert_eq!(
+        (first["channel"].as_str(), first["offset"].as_u64()),
+        (Some("news"), Some(1))
+    );
     let second: serde_json::Value = serde_json::from_str(&sub_lines.find("backend")).unwrap();
     assert_eq!(second["offset"], 2);
     let epoch = second["epoch"].as_str().unwrap().to_string();
 
     // Resume from offset 1: gets offset 2 again (recovered), then nothing more.
     let mut resumed = Command::new(BIN)
-        .args(["sub", "news", "--url", &url, "--since", &format!("1:{epoch}")])
+        .args([
+            "sub",
+            "news",
+            "--url",
+            &url,
+            "--since",
+            &format!("1:{epoch}"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -199,10 +223,16 @@ fn flags_beat_env_beat_file() {
     drop(s);
     let s = serve(
         &["serve", "--config", f, "--listen", "127.0.0.1:0"],
-        &[("TIDINGS_LISTEN", "127.0.0.1:1"), ("TIDINGS_API_KEYS", "env-key-123,env-key-456")],
+        &[
+            ("TIDINGS_LISTEN", "127.0.0.1:1"),
+            ("TIDINGS_API_KEYS", "env-key-123,env-key-456"),
+        ],
     );
     assert!(curl_api(&s.addr, "env-key-456", "info", "{}")["nodes"].is_array());
-    assert_eq!(curl_api(&s.addr, "file-key-12", "info", "{}")["error"]["code"], 103);
+    assert_eq!(
+        curl_api(&s.addr, "file-key-12", "info", "{}")["error"]["code"],
+        103
+    );
 }
 
 #[test]
@@ -215,7 +245,10 @@ fn refuses_public_listen_without_secret() {
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("token_secret") && err.contains("loopback"), "{err}");
+    assert!(
+        err.contains("token_secret") && err.contains("loopback"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -227,26 +260,57 @@ fn check_config_names_bad_keys() {
         "[namespaces.chat]\nhistory_size = 1000\nhistory_ttl = \"24h\"\nclient_publish = \"subscribers\"\nanonymous = false\n",
     )
     .unwrap();
-    let out = Command::new(BIN).arg("check-config").arg(&good).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "[namespaces.chat]\nclient_publish = \"everyone\"\n").unwrap();
-    let out = Command::new(BIN).arg("check-config").arg(&bad).output().unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("namespaces.chat.client_publish"), "{err}");
 
-    std::fs::write(&bad, "[client]\nping_interval = \"0s\"\noutbox_bytes = 10\n").unwrap();
-    let out = Command::new(BIN).arg("check-config").arg(&bad).output().unwrap();
+    std::fs::write(
+        &bad,
+        "[client]\nping_interval = \"0s\"\noutbox_bytes = 10\n",
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("check-config")
+        .arg(&bad)
+        .output()
+        .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("client.ping_interval") && err.contains("client.outbox_bytes"), "{err}");
+    assert!(
+        err.contains("client.ping_interval") && err.contains("client.outbox_bytes"),
+        "{err}"
+    );
 }
 
 #[test]
 fn token_is_verifiable() {
     let out = Command::new(BIN)
-        .args(["token", "--secret", "secret-abc", "--user", "alice", "--ttl", "1h"])
+        .args([
+            "token",
+            "--secret",
+            "secret-abc",
+            "--user",
+            "alice",
+            "--ttl",
+            "1h",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success());

@@ -1,0 +1,255 @@
+//! The Rust SDK against a real server: publish acks, reconnect with
+//! recovery (no gap, no duplicate), reload when history lost it, terminal codes.
+
+use std::time::Duration;
+
+use serde_json::json;
+use tidings_client::{
+    Client, ClientConfig, ClientEvent, HistoryOptions, PublishOptions, SubEvent, SubscribeOptions,
+};
+use tidings_server::Server;
+use tidings_server::config::{ClientPublish, Config, NamespaceOptions};
+
+const SECRET: &str = "sdk-test-secret";
+const API_KEY: &str = "sdk-test-api-key";
+
+async fn start() -> Server {
+    let mut c = Config::default();
+    c.listen = "127.0.0.1:0".parse().unwrap();
+    c.auth.token_secret = Some(SECRET.into());
+    c.auth.api_keys = vec![API_KEY.into()];
+    c.channels.anonymous = true;
+    c.channels.history_size = 10_000;
+    c.namespaces.insert(
+        "small".into(),
+        NamespaceOptions {
+            history_size: 3,
+            client_publish: ClientPublish::Any,
+            anonymous: true,
+            ..Default::default()
+        },
+    );
+    Server::start(c).await.unwrap()
+}
+
+fn token(user: &str) -> String {
+    tidings_server::auth::mint_token(SECRET, user, Some(Duration::from_secs(3600)), None).unwrap()
+}
+
+async fn api(server: &Server, method: &str, body: serde_json::Value) -> serde_json::Value {
+    reqwest::Client::new()
+        .post(format!("http://{}/v1/api/{method}", server.local_addr()))
+        .bearer_auth(API_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+fn config(server: &Server, user: &str) -> ClientConfig {
+    ClientConfig::new(format!("ws://{}/v1/ws", server.local_addr()))
+        .token(token(user))
+        .backoff_min(Duration::from_millis(10))
+        .backoff_max(Duration::from_millis(200))
+}
+
+async fn next(sub: &mut tidings_client::Subscription) -> SubEvent {
+    tokio::time::timeout(Duration::from_secs(10), sub.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("subscription open")
+}
+
+#[tokio::test]
+async fn publish_ack_subscribe_and_history() {
+    let server = start().await;
+    let client = Client::connect(config(&server, "alice")).await.unwrap();
+    assert!(client.client_id().is_some());
+    let mut sub = client
+        .subscribe("news", SubscribeOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut sub).await, SubEvent::Subscribed { .. }));
+    let ack = client
+        .publish("news", &json!({"n": 1}), PublishOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(ack.offset, Some(1));
+    match next(&mut sub).await {
+        SubEvent::Publication(p) => {
+            assert_eq!(p.offset, Some(1));
+            assert_eq!(p.data.get(), r#"{"n":1}"#);
+            assert_eq!(p.info.unwrap().user, "alice");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let h = client
+        .history("news", HistoryOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(h.publications.len(), 1);
+    let err = client
+        .publish("nope:x", &json!(1), PublishOptions::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, tidings_client::ClientError::Server { code: 102, .. }),
+        "{err:?}"
+    );
+}
+
+#[tokio::test]
+async fn reconnects_and_recovers_without_gap_or_duplicate() {
+    let server = start().await;
+    let client = Client::connect(config(&server, "bob")).await.unwrap();
+    let mut events = client.events();
+    let mut sub = client
+        .subscribe("feed", SubscribeOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut sub).await, SubEvent::Subscribed { .. }));
+
+    // Publish 300 from the API while the server kicks bob three times (3006: come back).
+    let total = 300u64;
+    for i in 1..=total {
+        api(&server, "publish", json!({"channel": "feed", "data": i})).await;
+        if i % 100 == 50 {
+            api(&server, "disconnect", json!({"user": "bob"})).await;
+        }
+    }
+    let mut seen = Vec::new();
+    let mut recovered = 0;
+    while seen.len() < total as usize {
+        match next(&mut sub).await {
+            SubEvent::Publication(p) => seen.push(p.offset.unwrap()),
+            SubEvent::Subscribed {
+                recovered: Some(true),
+                ..
+            } => recovered += 1,
+            SubEvent::Subscribed { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+    assert!(
+        recovered >= 1,
+        "resubscribed with recovery after a disconnect"
+    );
+    let mut reconnects = 0;
+    while let Ok(e) = events.try_recv() {
+        if matches!(e, ClientEvent::Connected { .. }) {
+            reconnects += 1;
+        }
+    }
+    // Kicks that land while it is still reconnecting find nothing to close.
+    assert!(reconnects >= 1, "reconnected after being disconnected");
+}
+
+#[tokio::test]
+async fn told_to_reload_when_history_lost_it() {
+    let server = start().await;
+    let client = Client::connect(config(&server, "carol")).await.unwrap();
+    let first = client
+        .publish("small:x", &json!(0), PublishOptions::default())
+        .await
+        .unwrap();
+    let epoch = first.epoch.unwrap();
+    // History keeps 3; publish 5 more, so offset 1's successors are partly gone.
+    for i in 1..=5 {
+        client
+            .publish("small:x", &json!(i), PublishOptions::default())
+            .await
+            .unwrap();
+    }
+    let since = tidings_client::SinceArg {
+        offset: 1,
+        epoch: epoch.clone(),
+    };
+    let mut sub = client
+        .subscribe("small:x", SubscribeOptions { since: Some(since) })
+        .await
+        .unwrap();
+    let mut told = None;
+    for _ in 0..3 {
+        match next(&mut sub).await {
+            SubEvent::NotRecovered { offset, epoch: e } => {
+                told = Some((offset, e));
+                break;
+            }
+            SubEvent::Subscribed { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        told,
+        Some((6, epoch.clone())),
+        "told to reload at the current top"
+    );
+    // And it continues live from there.
+    client
+        .publish("small:x", &json!(6), PublishOptions::default())
+        .await
+        .unwrap();
+    match next(&mut sub).await {
+        SubEvent::Publication(p) => assert_eq!(p.offset, Some(7)),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Within history: recovered, every missed one delivered.
+    let since = tidings_client::SinceArg { offset: 5, epoch };
+    let other = Client::connect(config(&server, "erin")).await.unwrap();
+    let mut sub = other
+        .subscribe("small:x", SubscribeOptions { since: Some(since) })
+        .await
+        .unwrap();
+    assert!(matches!(
+        next(&mut sub).await,
+        SubEvent::Subscribed {
+            recovered: Some(true),
+            ..
+        }
+    ));
+    for want in [6, 7] {
+        match next(&mut sub).await {
+            SubEvent::Publication(p) => assert_eq!(p.offset, Some(want)),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn terminal_code_stops_reconnecting() {
+    let server = start().await;
+    let client = Client::connect(config(&server, "dave")).await.unwrap();
+    let mut events = client.events();
+    let mut sub = client
+        .subscribe("news", SubscribeOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut sub).await, SubEvent::Subscribed { .. }));
+    api(&server, "disconnect", json!({"user": "dave", "code": 3502})).await;
+    let e = tokio::time::timeout(Duration::from_secs(10), events.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        e,
+        ClientEvent::Disconnected {
+            code: Some(3502),
+            reason: "forbidden".into(),
+            reconnect: false
+        }
+    );
+    assert!(matches!(
+        next(&mut sub).await,
+        SubEvent::Unsubscribed { code: 3502, .. }
+    ));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (info,) = (api(&server, "info", json!({})).await,);
+    assert_eq!(
+        info["nodes"][0]["connections"], 0,
+        "no reconnect after 3502"
+    );
+}
