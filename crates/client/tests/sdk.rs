@@ -8,18 +8,25 @@ use tidings_client::{
     Client, ClientConfig, ClientEvent, HistoryOptions, PublishOptions, SubEvent, SubscribeOptions,
 };
 use tidings_server::Server;
-use tidings_server::config::{ClientPublish, Config, NamespaceOptions};
+use tidings_server::config::{AuthConfig, ClientPublish, Config, NamespaceOptions};
 
 const SECRET: &str = "sdk-test-secret";
 const API_KEY: &str = "sdk-test-api-key";
 
 async fn start() -> Server {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.auth.token_secret = Some(SECRET.into());
-    c.auth.api_keys = vec![API_KEY.into()];
-    c.channels.anonymous = true;
-    c.channels.history_size = 10_000;
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        auth: AuthConfig {
+            token_secret: Some(SECRET.into()),
+            api_keys: vec![API_KEY.into()],
+        },
+        channels: NamespaceOptions {
+            anonymous: true,
+            history_size: 10_000,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     c.namespaces.insert(
         "small".into(),
         NamespaceOptions {

@@ -5,7 +5,7 @@
 //! sockets (the writers do that).
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -103,9 +103,7 @@ impl Hub {
     }
 
     fn shard(&self, channel: &str) -> &RwLock<HashMap<String, Channel>> {
-        let mut h = self.hasher.build_hasher();
-        channel.hash(&mut h);
-        &self.shards[(h.finish() as usize) % SHARDS]
+        &self.shards[(self.hasher.hash_one(channel) as usize) % SHARDS]
     }
 
     /// Adds a subscriber in buffering state; call [`Subscriber::go_live`]

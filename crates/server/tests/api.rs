@@ -63,7 +63,7 @@ async fn subscribe(raw: &mut Raw, channel: &str) -> Value {
     r["ok"]["epoch"].clone()
 }
 
-/// The client id a connection got, learnt through `presence`-free means: the connect reply.
+/// Connects as `user`; returns the connection and its client id from the connect reply.
 async fn connect_with_id(server: &tidings_server::Server, user: &str) -> (Raw, String) {
     let mut raw = Raw::open(server).await;
     let r = raw
@@ -385,6 +385,8 @@ async fn unknown_method_and_malformed_bodies_are_400_101() {
         ("disconnect", br#"{"user": "u", "code": 1000}"#),
         ("disconnect", br#"{"user": "u", "code": 4000}"#),
         ("disconnect", br#"{"user": "u", "code": 70000}"#),
+        ("disconnect", br#"{"user": ""}"#),
+        ("unsubscribe", br#"{"user": "", "channel": "a"}"#),
         ("unsubscribe", br#"{"user": "u"}"#),
         ("unsubscribe", br#"{"channel": "a"}"#),
         ("presence", b"{}"),

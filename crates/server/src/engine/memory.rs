@@ -1,7 +1,7 @@
 //! The single-node engine: history, idempotency keys and presence in memory.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -102,9 +102,7 @@ impl MemoryEngine {
     }
 
     fn shard(&self, channel: &str) -> usize {
-        let mut h = self.hasher.build_hasher();
-        channel.hash(&mut h);
-        (h.finish() as usize) % SHARDS
+        (self.hasher.hash_one(channel) as usize) % SHARDS
     }
 
     fn log(&self, channel: &str) -> Arc<Mutex<ChannelLog>> {

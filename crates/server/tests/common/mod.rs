@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use tidings_server::config::{ClientPublish, Config, NamespaceOptions};
+use tidings_server::config::{AuthConfig, ClientPublish, Config, NamespaceOptions};
 use tidings_server::{Server, auth};
 use tokio::net::TcpStream;
 use tokio_websockets::{ClientBuilder, MaybeTlsStream, Message, WebSocketStream};
@@ -14,16 +14,24 @@ pub const SECRET: &str = "test-secret-123";
 pub const API_KEY: &str = "test-api-key";
 
 /// A config with a secret, an API key, and a few namespaces:
-/// default (anonymous, history 1000), `chat` (authenticated, any may publish),
+/// default (anonymous, history 1000, any client may publish), `chat`
+/// (authenticated, subscribers publish, presence),
 /// `eph` (ephemeral), `small` (history 5).
 pub fn config() -> Config {
-    let mut c = Config::default();
-    c.listen = "127.0.0.1:0".parse().unwrap();
-    c.auth.token_secret = Some(SECRET.into());
-    c.auth.api_keys = vec![API_KEY.into()];
-    c.channels.anonymous = true;
-    c.channels.history_size = 1000;
-    c.channels.client_publish = ClientPublish::Any;
+    let mut c = Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        auth: AuthConfig {
+            token_secret: Some(SECRET.into()),
+            api_keys: vec![API_KEY.into()],
+        },
+        channels: NamespaceOptions {
+            anonymous: true,
+            history_size: 1000,
+            client_publish: ClientPublish::Any,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
     c.namespaces.insert(
         "chat".into(),
         NamespaceOptions {
