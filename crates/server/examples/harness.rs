@@ -230,6 +230,8 @@ async fn main() {
             );
             drop(clients);
         }
-        _ => eprintln!("usage: harness idle ADDR PID N | harness fanout ADDR PID N RATE SECS | harness ceiling - 0 N ROUNDS"),
+        _ => eprintln!(
+            "usage: harness idle ADDR PID N | harness fanout ADDR PID N RATE SECS | harness ceiling - 0 N ROUNDS"
+        ),
     }
 }

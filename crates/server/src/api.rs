@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -140,6 +140,9 @@ struct NodeInfo {
     uptime_s: u64,
 }
 
+/// Bytes a request body may have beyond the largest `max_message_size`.
+const BODY_ENVELOPE: usize = 64 * 1024;
+
 /// Most channels one `channels` page returns.
 const MAX_CHANNELS_PAGE: usize = 1000;
 
@@ -148,8 +151,22 @@ pub async fn handle(
     State(node): State<Arc<Node>>,
     Path(method): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Response {
+    // Room for the largest `data` any namespace accepts plus the envelope;
+    // over it, a JSON error (axum's own limit answers in plain text).
+    let limit = node.config.largest_message_size() + BODY_ENVELOPE;
+    let body = match axum::body::to_bytes(body, limit).await {
+        Ok(b) => b,
+        Err(_) => {
+            let e = ErrorBody::new(
+                ErrorCode::LimitExceeded,
+                format!("request body is larger than {limit} bytes"),
+            );
+            node.metrics.command_error(e.code);
+            return ApiError(e).into_response();
+        }
+    };
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
@@ -274,6 +291,7 @@ async fn call(
             ok(&Empty {})
         }
         "info" => {
+            let Empty {} = parse(body)?;
             let (channels, subscriptions) = node.hub.counts();
             ok(&serde_json::json!({ "nodes": [NodeInfo {
                 id: node.id.clone(),

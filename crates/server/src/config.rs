@@ -296,6 +296,14 @@ impl Config {
         }
     }
 
+    /// The largest `max_message_size` of any namespace.
+    pub fn largest_message_size(&self) -> usize {
+        self.namespaces
+            .values()
+            .map(|ns| ns.max_message_size)
+            .fold(self.channels.max_message_size, usize::max)
+    }
+
     /// Dev mode: no token secret configured.
     pub fn dev_mode(&self) -> bool {
         self.auth.token_secret.is_none()

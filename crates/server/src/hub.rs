@@ -61,7 +61,7 @@ impl Subscriber {
             return Ok(());
         };
         if let Some(reply) = reply {
-            self.outbox.push(reply);
+            self.outbox.push_reply(reply);
         }
         let mut expect = top.map(|t| t + 1);
         for (offset, bytes) in buf {

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 use tidings_protocol::{ChannelName, Disconnect, ErrorBody, ErrorCode};
-use tokio::sync::mpsc;
 
 use crate::auth::{ApiKeys, TokenVerifier};
 use crate::config::{Config, NamespaceOptions};
@@ -28,6 +27,36 @@ pub enum Control {
     },
 }
 
+/// A connection's control mailbox. Allocates nothing while empty (a tokio
+/// channel would hold a block of 32 slots per connection).
+#[derive(Default)]
+pub struct Mailbox {
+    queue: Mutex<Vec<Control>>,
+    notify: tokio::sync::Notify,
+}
+
+impl Mailbox {
+    /// Leaves `control` for the connection's task.
+    pub fn send(&self, control: Control) {
+        self.queue.lock().push(control);
+        self.notify.notify_one();
+    }
+
+    /// Waits for the next control (one waiter: the connection's task).
+    pub async fn recv(&self) -> Control {
+        loop {
+            let notified = self.notify.notified();
+            {
+                let mut queue = self.queue.lock();
+                if !queue.is_empty() {
+                    return queue.remove(0);
+                }
+            }
+            notified.await;
+        }
+    }
+}
+
 /// A registered connection, as the API sees it.
 pub struct ConnHandle {
     /// The client id.
@@ -36,8 +65,8 @@ pub struct ConnHandle {
     pub user: String,
     /// Its outbox (to disconnect it).
     pub outbox: Arc<Outbox>,
-    /// Its control channel.
-    pub control: mpsc::UnboundedSender<Control>,
+    /// Its control mailbox.
+    pub control: Arc<Mailbox>,
 }
 
 /// Shared node state.
@@ -134,7 +163,7 @@ impl Node {
         conns
             .values()
             .filter(|h| h.user == user)
-            .filter(|h| h.control.send(make()).is_ok())
+            .map(|h| h.control.send(make()))
             .count()
     }
 

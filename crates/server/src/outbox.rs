@@ -59,13 +59,27 @@ impl Outbox {
         }
     }
 
-    /// Queues one encoded message. Never blocks; overflow closes the connection.
+    /// Queues one encoded push. Never blocks; overflow closes the connection.
     pub fn push(&self, message: Bytes) -> Pushed {
+        self.push_inner(message, false)
+    }
+
+    /// Queues a reply. Like [`Outbox::push`], except that a reply larger than
+    /// the bound is accepted when nothing else is queued: a recovery answer
+    /// (bounded by `recovery_max`) can be bigger than the outbox, and a client
+    /// that was cut off as a slow consumer must still be able to recover.
+    pub fn push_reply(&self, message: Bytes) -> Pushed {
+        self.push_inner(message, true)
+    }
+
+    fn push_inner(&self, message: Bytes, reply: bool) -> Pushed {
         let mut inner = self.inner.lock();
         if inner.close.is_some() {
             return Pushed::Closed;
         }
-        if inner.bytes + message.len() > self.max_bytes {
+        let fits =
+            inner.bytes + message.len() <= self.max_bytes || (reply && inner.queue.is_empty());
+        if !fits {
             inner.queue.clear();
             inner.bytes = 0;
             inner.close = Some(Close {

@@ -114,7 +114,10 @@ impl Server {
             .route("/health", get(health))
             .route("/metrics", get(metrics_text))
             .route("/v1/ws", any(transport::ws::upgrade))
-            .route("/v1/api/{method}", post(api::handle))
+            .route(
+                "/v1/api/{method}",
+                post(api::handle).layer(axum::extract::DefaultBodyLimit::disable()),
+            )
             .with_state(node.clone());
 
         let (stop, mut stopped) = watch::channel(false);

@@ -17,13 +17,12 @@ use tidings_protocol::{
     Publication, Push, SinceArg, SubscribeArg, decode_commands, encode_error_reply,
     encode_ok_reply, encode_push,
 };
-use tokio::sync::mpsc;
 
 use crate::auth::{TokenError, unix_now};
 use crate::config::{ClientPublish, NamespaceOptions};
 use crate::engine::{EngineError, HistoryQuery, PublishRequest};
 use crate::hub::{ConnId, Subscriber};
-use crate::node::{ConnHandle, Control, Node, resolve};
+use crate::node::{ConnHandle, Control, Mailbox, Node, resolve};
 use crate::outbox::{Outbox, Pushed};
 
 /// Lease of a presence entry in engines that expire them (remote ones): an
@@ -66,9 +65,9 @@ fn internal(e: EngineError) -> ErrorBody {
 }
 
 impl Session {
-    /// A session for a new connection, and the receiver of its control messages.
-    pub fn new(node: Arc<Node>, outbox: Arc<Outbox>) -> (Self, mpsc::UnboundedReceiver<Control>) {
-        let (control_tx, control_rx) = mpsc::unbounded_channel();
+    /// A session for a new connection, and its control mailbox.
+    pub fn new(node: Arc<Node>, outbox: Arc<Outbox>) -> (Self, Arc<Mailbox>) {
+        let control = Arc::new(Mailbox::default());
         let conn = node.next_conn_id();
         let client = format!("{}-{conn}", node.id);
         node.register(
@@ -77,7 +76,7 @@ impl Session {
                 client: client.clone(),
                 user: String::new(),
                 outbox: outbox.clone(),
-                control: control_tx.clone(),
+                control: control.clone(),
             },
         );
         let session = Self {
@@ -88,7 +87,7 @@ impl Session {
             identity: None,
             subs: HashMap::new(),
         };
-        (session, control_rx)
+        (session, control)
     }
 
     /// The client id.
@@ -107,7 +106,7 @@ impl Session {
     }
 
     fn send(&self, bytes: Bytes) {
-        match self.outbox.push(bytes) {
+        match self.outbox.push_reply(bytes) {
             Pushed::Queued => {
                 self.node.metrics.messages_out.inc();
             }

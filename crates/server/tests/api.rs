@@ -483,7 +483,7 @@ fn large_config() -> tidings_server::config::Config {
 /// Data a namespace allows is accepted by the API, even above the HTTP layer's
 /// own default body limit (2 MB).
 #[tokio::test]
-#[ignore = "server bug: the API route keeps axum's default 2 MB body limit, so 3 MiB of data in a namespace with max_message_size = 4 MiB is refused (413, plain text)"]
+
 async fn api_accepts_data_up_to_the_namespace_limit() {
     let server = start_with(large_config()).await;
     let data = "x".repeat(3 * 1024 * 1024);
@@ -500,7 +500,7 @@ async fn api_accepts_data_up_to_the_namespace_limit() {
 
 /// A body over any limit still gets the API's JSON error.
 #[tokio::test]
-#[ignore = "server bug: a body over axum's default 2 MB limit is answered 413 with the plain text \"Failed to buffer the request body: length limit exceeded\", not {\"error\":{\"code\":104,...}}"]
+
 async fn oversized_body_answers_a_json_error() {
     let server = start().await;
     let data = "x".repeat(3 * 1024 * 1024);

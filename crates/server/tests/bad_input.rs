@@ -897,7 +897,7 @@ async fn a_slow_consumer_is_cut_off_with_3002_and_others_receive_everything() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "server bug: a recovery reply larger than client.outbox_bytes overflows the new connection's outbox, so it is cut off again with 3002 instead of getting `recovered: true`"]
+
 async fn a_slow_consumer_recovers_what_it_missed() {
     let SlowOutcome {
         server,

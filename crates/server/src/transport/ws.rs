@@ -113,7 +113,7 @@ where
         .serve(io);
     let (sink, mut stream) = ws.split();
     let outbox = Arc::new(Outbox::new(node.config.client.outbox_bytes));
-    let (mut session, mut control) = Session::new(node.clone(), outbox.clone());
+    let (mut session, control) = Session::new(node.clone(), outbox.clone());
     node.metrics.connections.inc();
     let mut writer = tokio::spawn(write_loop(node.clone(), outbox.clone(), sink));
 
@@ -132,7 +132,9 @@ where
                 Some(Ok(msg)) => {
                     if msg.is_text() || msg.is_binary() {
                         pong_deadline = None;
-                        session.handle_frame(msg.as_payload()).await;
+                        // Boxed: the command futures are large and only live while one runs,
+                        // so idle connections do not carry their space.
+                        Box::pin(session.handle_frame(msg.as_payload())).await;
                     } else if msg.is_close() {
                         break;
                     }
@@ -165,7 +167,7 @@ where
                     session.disconnect(DisconnectCode::TOKEN_EXPIRED);
                 }
             }
-            Some(c) = control.recv() => session.handle_control(c).await,
+            c = control.recv() => session.handle_control(c).await,
             _ = outbox.closing() => {}
             _ = &mut writer => break,
         }
