@@ -16,6 +16,7 @@ const API_KEY: &str = "sdk-test-api-key";
 async fn start() -> Server {
     let mut c = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: tempfile::tempdir().unwrap().keep(),
         auth: AuthConfig {
             token_secret: Some(SECRET.into()),
             api_keys: vec![API_KEY.into()],

@@ -10,6 +10,8 @@ use figment::providers::{Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
+pub use crate::engine::store::Fsync;
+
 /// Who may publish from a client connection in a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -39,6 +41,8 @@ pub struct NamespaceOptions {
     pub max_message_size: usize,
     /// Whether the channel tracks presence (who is subscribed).
     pub presence: bool,
+    /// Whether history is kept on disk (survives restarts) or in memory only.
+    pub durable: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -50,6 +54,7 @@ impl Default for NamespaceOptions {
             anonymous: false,
             max_message_size: 64 * 1024,
             presence: false,
+            durable: true,
         }
     }
 }
@@ -129,6 +134,13 @@ pub struct Config {
     /// Upper bound on how long a graceful shutdown waits for connections to close.
     #[serde(with = "humantime_serde")]
     pub shutdown_timeout: Duration,
+    /// When a publish to a durable namespace is acknowledged: `always` (after
+    /// fsync), `interval` (written to the OS, synced every `fsync_interval`),
+    /// `never` (written to the OS).
+    pub fsync: Fsync,
+    /// How often `fsync = "interval"` syncs.
+    #[serde(with = "humantime_serde")]
+    pub fsync_interval: Duration,
 }
 
 impl Default for Config {
@@ -143,6 +155,8 @@ impl Default for Config {
             idempotency_window: Duration::from_secs(300),
             shutdown_spread: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
+            fsync: Fsync::Interval,
+            fsync_interval: Duration::from_millis(10),
         }
     }
 }
@@ -254,6 +268,9 @@ impl Config {
                 ));
             }
         }
+        if self.fsync == Fsync::Interval && self.fsync_interval.is_zero() {
+            bad.push("`fsync_interval`: must be greater than 0".into());
+        }
         if self.client.ping_interval.is_zero() {
             bad.push("`client.ping_interval`: must be greater than 0".into());
         }
@@ -302,6 +319,13 @@ impl Config {
             .values()
             .map(|ns| ns.max_message_size)
             .fold(self.channels.max_message_size, usize::max)
+    }
+
+    /// Whether any namespace keeps history on disk.
+    pub fn needs_store(&self) -> bool {
+        std::iter::once(&self.channels)
+            .chain(self.namespaces.values())
+            .any(|ns| ns.durable && ns.has_history())
     }
 
     /// Dev mode: no token secret configured.

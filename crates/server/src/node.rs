@@ -180,6 +180,7 @@ impl Node {
             history_size: ns.history_size,
             history_ttl: ns.history_ttl,
             idempotency_window: self.config.idempotency_window,
+            durable: ns.durable,
         }
     }
 }

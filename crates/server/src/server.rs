@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::Config;
 use crate::engine::memory::MemoryEngine;
+use crate::engine::store::{Store, StoreError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::node::Node;
@@ -37,6 +38,9 @@ pub enum ServerError {
     /// The configuration is unsafe to run.
     #[error("{0}")]
     Unsafe(String),
+    /// The history store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// Credentials generated in dev mode (no secret configured).
@@ -52,6 +56,7 @@ pub struct DevCredentials {
 pub struct Server {
     addr: SocketAddr,
     node: Arc<Node>,
+    engine: Arc<MemoryEngine>,
     dev: Option<DevCredentials>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -103,11 +108,25 @@ impl Server {
             source,
         })?;
 
+        let engine = if config.needs_store() {
+            let (store, loaded) =
+                Store::open(&config.data_dir, config.fsync, config.fsync_interval)?;
+            tracing::info!(channels = loaded.len(), dir = %config.data_dir.display(), "history store opened");
+            Arc::new(MemoryEngine::with_store(store, loaded))
+        } else {
+            Arc::new(MemoryEngine::new())
+        };
         let metrics = Arc::new(Metrics::new());
         let hub = Arc::new(Hub::new(metrics.clone()));
-        let engine = Arc::new(MemoryEngine::new());
         engine.set_sink(hub.clone());
-        let node = Arc::new(Node::new(config, engine, hub, metrics, &secret, api_keys));
+        let node = Arc::new(Node::new(
+            config,
+            engine.clone(),
+            hub,
+            metrics,
+            &secret,
+            api_keys,
+        ));
 
         let app = Router::new()
             .route("/", get(index))
@@ -131,6 +150,7 @@ impl Server {
         });
         tracing::info!(%addr, "tidings listening");
         Ok(Server {
+            engine,
             addr,
             node,
             dev,
@@ -171,6 +191,9 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = tokio::time::timeout_at(deadline, self.task).await;
+        // Everything acknowledged is committed; fold the log and stop writing.
+        let engine = self.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.close()).await;
     }
 }
 

@@ -59,6 +59,7 @@ fn serve(args: &[&str], envs: &[(&str, &str)]) -> Served {
         .env_remove("TIDINGS_TOKEN_SECRET")
         .env_remove("TIDINGS_API_KEYS")
         .env_remove("TIDINGS_CONFIG")
+        .env("TIDINGS_DATA_DIR", tempfile::tempdir().unwrap().keep())
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -1,4 +1,5 @@
-//! The single-node engine: history, idempotency keys and presence in memory.
+//! The single-node engine: history, idempotency keys and presence in memory,
+//! with durable namespaces written through to the on-disk [`Store`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::hash::BuildHasher;
@@ -9,6 +10,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 
+use super::store::{LoadedChannel, Record, Store};
 use super::{
     Broker, ChannelPolicy, EngineError, History, HistoryPage, HistoryQuery, Presence,
     PublicationSink, PublishOutcome, PublishRequest, new_epoch, now_ms,
@@ -20,10 +22,16 @@ const SHARDS: usize = 64;
 struct ChannelLog {
     epoch: String,
     top: u64,
+    /// Offsets up to this are committed and delivered; reads see only those.
+    /// Equals `top` except while durable publications await their commit.
+    visible: tokio::sync::watch::Sender<u64>,
     /// Retained publications with the instant they were appended, oldest first.
     retained: VecDeque<(Instant, Arc<Publication>)>,
     keys: HashMap<String, PublishOutcome>,
+    /// Keys by the instant they were made, or (when `key_deadlines`) expire.
     key_order: VecDeque<(Instant, String)>,
+    /// Whether `key_order` holds expiry instants (keys loaded from the store).
+    key_deadlines: bool,
 }
 
 impl ChannelLog {
@@ -31,16 +39,61 @@ impl ChannelLog {
         Self {
             epoch: new_epoch(),
             top: 0,
+            visible: tokio::sync::watch::Sender::new(0),
             retained: VecDeque::new(),
             keys: HashMap::new(),
             key_order: VecDeque::new(),
+            key_deadlines: false,
         }
     }
 
     fn position(&self) -> StreamPosition {
         StreamPosition {
-            offset: self.top,
+            offset: *self.visible.borrow(),
             epoch: self.epoch.clone(),
+        }
+    }
+
+    /// Rebuilds a log from the store.
+    fn loaded(ch: LoadedChannel) -> Self {
+        let now = Instant::now();
+        let now_ms = now_ms();
+        let ago = |ms: u64| {
+            now.checked_sub(Duration::from_millis(now_ms.saturating_sub(ms)))
+                .unwrap_or(now)
+        };
+        let mut keys = HashMap::new();
+        let mut key_order: Vec<(Instant, String)> = Vec::new();
+        for (key, offset, expire_ms) in ch.keys {
+            keys.insert(
+                key.clone(),
+                PublishOutcome {
+                    position: Some(StreamPosition {
+                        offset,
+                        epoch: ch.epoch.clone(),
+                    }),
+                    duplicate: false,
+                },
+            );
+            // Keys are stored with their expiry; keep them in expiry order.
+            key_order.push((
+                now + Duration::from_millis(expire_ms.saturating_sub(now_ms)),
+                key,
+            ));
+        }
+        key_order.sort();
+        Self {
+            epoch: ch.epoch,
+            top: ch.top,
+            visible: tokio::sync::watch::Sender::new(ch.top),
+            retained: ch
+                .publications
+                .into_iter()
+                .map(|p| (ago(p.time), Arc::new(p)))
+                .collect(),
+            keys,
+            key_order: key_order.into(),
+            key_deadlines: true,
         }
     }
 
@@ -57,7 +110,12 @@ impl ChannelLog {
             self.retained.pop_front();
         }
         while let Some((at, _)) = self.key_order.front() {
-            if now.duration_since(*at) < policy.idempotency_window {
+            let live = if self.key_deadlines {
+                *at > now
+            } else {
+                now.duration_since(*at) < policy.idempotency_window
+            };
+            if live {
                 break;
             }
             if let Some((_, key)) = self.key_order.pop_front() {
@@ -69,6 +127,19 @@ impl ChannelLog {
 
 type Shard<V> = Mutex<HashMap<String, V>>;
 
+/// Where a publish stands when the channel lock is released.
+enum Step {
+    /// Published and delivered.
+    Done(PublishOutcome),
+    /// A retry of a key: answer once the first publication is visible.
+    Duplicate(tokio::sync::watch::Receiver<u64>, PublishOutcome),
+    /// Waiting for the store to commit.
+    Committing(
+        tokio::sync::oneshot::Receiver<Result<(), EngineError>>,
+        PublishOutcome,
+    ),
+}
+
 /// The memory engine. Clone-free: share it in an `Arc`.
 pub struct MemoryEngine {
     logs: Vec<Shard<Arc<Mutex<ChannelLog>>>>,
@@ -77,6 +148,7 @@ pub struct MemoryEngine {
     presence: Vec<Shard<BTreeMap<String, ClientInfo>>>,
     hasher: std::collections::hash_map::RandomState,
     sink: OnceLock<Arc<dyn PublicationSink>>,
+    store: Option<Arc<Store>>,
 }
 
 impl Default for MemoryEngine {
@@ -93,6 +165,80 @@ impl MemoryEngine {
             presence: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: Default::default(),
             sink: OnceLock::new(),
+            store: None,
+        }
+    }
+
+    /// An engine whose durable namespaces write through to `store`, starting
+    /// from what the store held.
+    pub fn with_store(store: Store, loaded: Vec<LoadedChannel>) -> Self {
+        let mut engine = Self::new();
+        for ch in loaded {
+            let shard = engine.shard(&ch.channel);
+            let name = ch.channel.clone();
+            engine.logs[shard]
+                .lock()
+                .insert(name, Arc::new(Mutex::new(ChannelLog::loaded(ch))));
+        }
+        engine.store = Some(Arc::new(store));
+        engine
+    }
+
+    /// What runs on the store's writer thread once a record is committed:
+    /// make it visible and deliver it, under the channel lock (so in order
+    /// and never interleaved with a history read), then answer the publisher.
+    fn commit_callback(
+        &self,
+        channel: &str,
+        log: Arc<Mutex<ChannelLog>>,
+        epoch_at_publish: String,
+        publication: Arc<Publication>,
+        answer: tokio::sync::oneshot::Sender<Result<(), EngineError>>,
+    ) -> super::store::Done {
+        let channel = channel.to_string();
+        let sink = self.sink.get().cloned();
+        let store = self.store.clone();
+        Box::new(move |result| {
+            let mut log = log.lock();
+            let offset = publication.offset.unwrap_or(0);
+            let result = match result {
+                // A failed commit earlier in this epoch already gave it up.
+                Ok(()) if log.epoch != epoch_at_publish => Err(EngineError::Backend(
+                    "an earlier write of this channel failed".into(),
+                )),
+                Ok(()) => {
+                    log.visible.send_replace(offset);
+                    if let Some(sink) = &sink {
+                        sink.deliver(&channel, Some(&log.epoch), &publication);
+                    }
+                    Ok(())
+                }
+                Err(e) => {
+                    // Offsets were given that will never be delivered: this
+                    // history can no longer vouch for continuity. New epoch.
+                    if log.epoch == epoch_at_publish {
+                        log.epoch = new_epoch();
+                        log.retained.clear();
+                        log.keys.clear();
+                        log.key_order.clear();
+                        let top = log.top;
+                        log.visible.send_replace(top);
+                        if let Some(store) = &store {
+                            store.reset_channel(&channel, &log.epoch);
+                        }
+                    }
+                    Err(e)
+                }
+            };
+            drop(log);
+            let _ = answer.send(result);
+        })
+    }
+
+    /// Commits what is queued to disk and stops the store's writer.
+    pub fn close(&self) {
+        if let Some(store) = &self.store {
+            store.close();
         }
     }
 
@@ -124,48 +270,107 @@ impl Broker for MemoryEngine {
         request: PublishRequest,
         policy: &ChannelPolicy,
     ) -> Result<PublishOutcome, EngineError> {
-        let log = self.log(channel);
-        let mut log = log.lock();
-        let now = Instant::now();
-        log.trim(policy, now);
-        if let Some(key) = &request.idempotency_key
-            && let Some(first) = log.keys.get(key)
-        {
-            return Ok(PublishOutcome {
-                position: first.position.clone(),
-                duplicate: true,
-            });
-        }
-        let history = policy.history_size > 0;
-        let offset = history.then(|| {
-            log.top += 1;
-            log.top
-        });
-        let publication = Arc::new(Publication {
-            offset,
-            data: request.data,
-            info: request.info,
-            tags: request.tags,
-            time: now_ms(),
-        });
-        if history {
-            log.retained.push_back((now, publication.clone()));
+        let log_arc = self.log(channel);
+        let step = {
+            let mut log = log_arc.lock();
+            let now = Instant::now();
             log.trim(policy, now);
-        }
-        let outcome = PublishOutcome {
-            position: history.then(|| log.position()),
-            duplicate: false,
+            if let Some(key) = &request.idempotency_key
+                && let Some(first) = log.keys.get(key)
+            {
+                let first = PublishOutcome {
+                    position: first.position.clone(),
+                    duplicate: true,
+                };
+                // The first publish may still be committing: answer once it is visible.
+                Step::Duplicate(log.visible.subscribe(), first)
+            } else {
+                let history = policy.history_size > 0;
+                let offset = history.then(|| {
+                    log.top += 1;
+                    log.top
+                });
+                let publication = Arc::new(Publication {
+                    offset,
+                    data: request.data,
+                    info: request.info,
+                    tags: request.tags,
+                    time: now_ms(),
+                });
+                if history {
+                    log.retained.push_back((now, publication.clone()));
+                    log.trim(policy, now);
+                }
+                let position = offset.map(|offset| StreamPosition {
+                    offset,
+                    epoch: log.epoch.clone(),
+                });
+                let outcome = PublishOutcome {
+                    position,
+                    duplicate: false,
+                };
+                if let Some(key) = &request.idempotency_key {
+                    if !log.key_deadlines {
+                        log.key_order.push_back((now, key.clone()));
+                    } else {
+                        log.key_order
+                            .push_back((now + policy.idempotency_window, key.clone()));
+                    }
+                    log.keys.insert(key.clone(), outcome.clone());
+                }
+                match (&self.store, offset) {
+                    (Some(store), Some(offset)) if policy.durable => {
+                        // Queued under the channel lock, so the writer sees this
+                        // channel's records in offset order; delivered after commit.
+                        let (tx, rx) = tokio::sync::oneshot::channel();
+                        let trim_through = offset.saturating_sub(policy.history_size as u64);
+                        let done = self.commit_callback(
+                            channel,
+                            log_arc.clone(),
+                            log.epoch.clone(),
+                            publication.clone(),
+                            tx,
+                        );
+                        store.append(Record {
+                            channel: channel.to_string(),
+                            epoch: log.epoch.clone(),
+                            publication,
+                            expire_at_ms: now_ms() + policy.history_ttl.as_millis() as u64,
+                            trim_through,
+                            key: request.idempotency_key.map(|k| {
+                                (k, now_ms() + policy.idempotency_window.as_millis() as u64)
+                            }),
+                            done,
+                        });
+                        Step::Committing(rx, outcome)
+                    }
+                    _ => {
+                        // Delivered under the channel lock: this is the per-channel order.
+                        let top = log.top;
+                        log.visible.send_replace(top);
+                        if let Some(sink) = self.sink.get() {
+                            let epoch = history.then_some(log.epoch.as_str());
+                            sink.deliver(channel, epoch, &publication);
+                        }
+                        Step::Done(outcome)
+                    }
+                }
+            }
         };
-        if let Some(key) = request.idempotency_key {
-            log.key_order.push_back((now, key.clone()));
-            log.keys.insert(key, outcome.clone());
+        match step {
+            Step::Done(outcome) => Ok(outcome),
+            Step::Duplicate(mut visible, first) => {
+                if let Some(offset) = first.position.as_ref().map(|p| p.offset) {
+                    let _ = visible.wait_for(|v| *v >= offset).await;
+                }
+                Ok(first)
+            }
+            Step::Committing(rx, outcome) => match rx.await {
+                Ok(Ok(())) => Ok(outcome),
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(EngineError::Backend("the history store stopped".into())),
+            },
         }
-        // Delivered under the channel lock: this is the per-channel order.
-        if let Some(sink) = self.sink.get() {
-            let epoch = history.then_some(log.epoch.as_str());
-            sink.deliver(channel, epoch, &publication);
-        }
-        Ok(outcome)
     }
 
     async fn node_subscribe(&self, _channel: &str) -> Result<(), EngineError> {
@@ -190,11 +395,12 @@ impl History for MemoryEngine {
         log.trim(policy, Instant::now());
         let after = query.after.unwrap_or(0);
         let limit = query.limit.unwrap_or(usize::MAX);
+        let visible = *log.visible.borrow();
         let matching = log
             .retained
             .iter()
             .map(|(_, p)| p)
-            .filter(|p| p.offset.unwrap_or(0) > after);
+            .filter(|p| p.offset.unwrap_or(0) > after && p.offset.unwrap_or(0) <= visible);
         let publications = if query.reverse {
             matching.rev().take(limit).cloned().collect()
         } else {
@@ -266,6 +472,7 @@ mod tests {
             history_size: size,
             history_ttl: Duration::from_millis(ttl_ms),
             idempotency_window: Duration::from_secs(300),
+            durable: false,
         }
     }
 

@@ -5,6 +5,7 @@
 //! without reshaping. Implementations: [`memory::MemoryEngine`].
 
 pub mod memory;
+pub mod store;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,6 +25,8 @@ pub struct ChannelPolicy {
     pub history_ttl: Duration,
     /// How long idempotency keys are remembered.
     pub idempotency_window: Duration,
+    /// Whether history is written to the on-disk store (when there is one).
+    pub durable: bool,
 }
 
 /// A publication to be made.
@@ -69,7 +72,7 @@ pub struct HistoryPage {
 }
 
 /// An engine failure (never the client's fault).
-#[derive(Debug, Error)]
+#[derive(Debug, Clone, Error)]
 pub enum EngineError {
     /// The backing store failed.
     #[error("engine backend failed: {0}")]

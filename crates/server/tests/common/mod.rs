@@ -20,6 +20,7 @@ pub const API_KEY: &str = "test-api-key";
 pub fn config() -> Config {
     let mut c = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
+        data_dir: data_dir(),
         auth: AuthConfig {
             token_secret: Some(SECRET.into()),
             api_keys: vec![API_KEY.into()],
@@ -71,6 +72,15 @@ pub fn config() -> Config {
     c.shutdown_spread = Duration::from_millis(500);
     c.shutdown_timeout = Duration::from_secs(3);
     c
+}
+
+/// A fresh directory for a server's durable history (left in the temp dir).
+pub fn data_dir() -> std::path::PathBuf {
+    tempfile::Builder::new()
+        .prefix("tidings-test-")
+        .tempdir()
+        .expect("temp dir")
+        .keep()
 }
 
 pub async fn start() -> Server {
