@@ -135,6 +135,7 @@ struct RawCommand {
     id: Option<u32>,
     op: Option<String>,
     channel: Option<String>,
+    #[serde(default, deserialize_with = "crate::message::present")]
     data: Option<Box<RawValue>>,
     token: Option<String>,
     name: Option<String>,
@@ -270,6 +271,15 @@ mod tests {
             .unwrap();
         match c.kind {
             CommandKind::Publish { data, .. } => assert_eq!(data.get(), r#"{"b": [1, 2]}"#),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    #[test]
+    fn null_data_is_data() {
+        let c = Command::decode(br#"{"id":1,"op":"publish","channel":"a","data":null}"#).unwrap();
+        match c.kind {
+            CommandKind::Publish { data, .. } => assert_eq!(data.get(), "null"),
             other => panic!("unexpected {other:?}"),
         }
     }

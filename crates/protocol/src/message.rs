@@ -255,6 +255,14 @@ fn to_bytes<T: Serialize>(v: &T) -> Bytes {
     Bytes::from(serde_json::to_vec(v).unwrap_or_default())
 }
 
+/// Deserializes a field that is there, `null` included, as `Some`: `data`
+/// may be any JSON value, and `"data": null` is not a missing field.
+pub(crate) fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<Box<RawValue>>, D::Error> {
+    Box::<RawValue>::deserialize(d).map(Some)
+}
+
 /// Every field a server message may carry.
 #[derive(Deserialize)]
 struct RawServerMessage {
@@ -265,6 +273,7 @@ struct RawServerMessage {
     channel: Option<String>,
     offset: Option<u64>,
     epoch: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     data: Option<Box<RawValue>>,
     info: Option<Box<RawValue>>,
     tags: Option<BTreeMap<String, String>>,

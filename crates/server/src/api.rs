@@ -153,6 +153,15 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let auth = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    if !node.api_keys.check_header(auth) {
+        let e = ErrorBody::new(ErrorCode::PermissionDenied, "a valid API key is required");
+        let mut res = ApiError(e).into_response();
+        *res.status_mut() = StatusCode::UNAUTHORIZED;
+        return res;
+    }
     // Room for the largest `data` any namespace accepts plus the envelope;
     // over it, a JSON error (axum's own limit answers in plain text).
     let limit = node.config.largest_message_size() + BODY_ENVELOPE;
@@ -167,15 +176,6 @@ pub async fn handle(
             return ApiError(e).into_response();
         }
     };
-    let auth = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok());
-    if !node.api_keys.check_header(auth) {
-        let e = ErrorBody::new(ErrorCode::PermissionDenied, "a valid API key is required");
-        let mut res = ApiError(e).into_response();
-        *res.status_mut() = StatusCode::UNAUTHORIZED;
-        return res;
-    }
     let header_key = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())

@@ -77,9 +77,10 @@ impl Outbox {
         if inner.close.is_some() {
             return Pushed::Closed;
         }
-        let fits =
-            inner.bytes + message.len() <= self.max_bytes || (reply && inner.queue.is_empty());
-        if !fits {
+        // An oversized reply into an empty queue is not charged against the
+        // bound, so the pushes that follow it still have the whole bound.
+        let oversized_reply = reply && inner.queue.is_empty() && message.len() > self.max_bytes;
+        if !oversized_reply && inner.bytes + message.len() > self.max_bytes {
             inner.queue.clear();
             inner.bytes = 0;
             inner.close = Some(Close {
@@ -92,7 +93,9 @@ impl Outbox {
             return Pushed::Overflow;
         }
         let wake = inner.queue.is_empty();
-        inner.bytes += message.len();
+        if !oversized_reply {
+            inner.bytes += message.len();
+        }
         inner.queue.push_back(message);
         drop(inner);
         if wake {

@@ -43,6 +43,9 @@ pub enum ServerError {
     Store(#[from] StoreError),
 }
 
+/// How often idle channels are trimmed and forgotten.
+const SWEEP_EVERY: Duration = Duration::from_secs(30);
+
 /// Credentials generated in dev mode (no secret configured).
 #[derive(Debug, Clone)]
 pub struct DevCredentials {
@@ -57,6 +60,7 @@ pub struct Server {
     addr: SocketAddr,
     node: Arc<Node>,
     engine: Arc<MemoryEngine>,
+    sweeper: JoinHandle<()>,
     dev: Option<DevCredentials>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -139,6 +143,26 @@ impl Server {
             )
             .with_state(node.clone());
 
+        // Trim idle channels by their namespace's policy and forget the empty ones.
+        let sweeper = {
+            let node = node.clone();
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(SWEEP_EVERY);
+                loop {
+                    tick.tick().await;
+                    let policy_of = |channel: &str| {
+                        crate::node::resolve(&node.config, channel)
+                            .ok()
+                            .map(|(_, ns)| node.policy(ns))
+                    };
+                    let evicted = engine.sweep(&policy_of, node.config.idempotency_window);
+                    if evicted > 0 {
+                        tracing::debug!(evicted, "forgot idle channels");
+                    }
+                }
+            })
+        };
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
@@ -151,6 +175,7 @@ impl Server {
         tracing::info!(%addr, "tidings listening");
         Ok(Server {
             engine,
+            sweeper,
             addr,
             node,
             dev,
@@ -179,6 +204,7 @@ impl Server {
     /// close, at most `shutdown_timeout`.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
+        self.sweeper.abort();
         let spread = self.node.config.shutdown_spread.as_millis() as u64;
         self.node.disconnect_all(|| {
             Disconnect::new(

@@ -140,6 +140,9 @@ impl Session {
             if self.outbox.is_closed() {
                 return;
             }
+            // One command at a time counts against the task's budget, so a
+            // frame of thousands of commands lets other connections run.
+            tokio::task::consume_budget().await;
             match command {
                 Ok(c) => self.handle(c).await,
                 Err(e) => {
@@ -173,12 +176,11 @@ impl Session {
                 self.reply_error(id, &err(ErrorCode::BadRequest, "already connected"))
             }
             CommandKind::Subscribe(arg) => match self.subscribe(&arg).await {
-                Ok((sub, ok)) => self.go_live(
-                    &arg.channel,
-                    &sub,
-                    Some(encode_ok_reply(id, &ok)),
-                    ok.offset,
-                ),
+                Ok((sub, ok)) => {
+                    let reply = encode_ok_reply(id, &ok);
+                    self.go_live(&arg.channel, &sub, Some(reply), ok.offset)
+                        .await
+                }
                 Err(e) => self.reply_error(id, &e),
             },
             CommandKind::Unsubscribe { channel } => {
@@ -284,7 +286,7 @@ impl Session {
         };
         self.send(encode_ok_reply(id, &ok));
         for (channel, sub, top) in live {
-            self.go_live(&channel, &sub, None, top);
+            self.go_live(&channel, &sub, None, top).await;
         }
     }
 
@@ -443,15 +445,20 @@ impl Session {
         })
     }
 
-    fn go_live(&mut self, channel: &str, sub: &Subscriber, reply: Option<Bytes>, top: Option<u64>) {
+    async fn go_live(
+        &mut self,
+        channel: &str,
+        sub: &Subscriber,
+        reply: Option<Bytes>,
+        top: Option<u64>,
+    ) {
         if sub.go_live(reply, top).is_err() {
             // Live publications skipped an offset: the client must recover.
             tracing::warn!(
                 channel,
                 "gap while subscribing; ending the subscription with 3003"
             );
-            self.node.hub.unsubscribe(channel, self.conn);
-            self.subs.remove(channel);
+            self.drop_subscription(channel).await;
             self.send(encode_push(&Push::Unsub {
                 channel: channel.to_string(),
                 code: DisconnectCode::INSUFFICIENT_STATE.0,
@@ -663,26 +670,40 @@ pub async fn history(
             "this namespace keeps no history",
         ));
     }
+    // One answer carries at most `recovery_max` publications; page with `since`.
+    let cap = node.config.client.recovery_max;
+    let limit = limit.map_or(cap, |l| (l as usize).min(cap));
     let page = node
         .engine
         .read(
             channel,
             HistoryQuery {
                 after: since.as_ref().map(|s| s.offset),
-                limit: limit.map(|l| l as usize),
+                limit: Some(limit),
                 reverse,
             },
             &node.policy(ns),
         )
         .await
         .map_err(internal)?;
-    if let Some(since) = since
-        && since.epoch != page.position.epoch
-    {
-        return Err(err(
-            ErrorCode::Unrecoverable,
-            "`since` belongs to another epoch of this channel",
-        ));
+    if let Some(since) = since {
+        if since.epoch != page.position.epoch {
+            return Err(err(
+                ErrorCode::Unrecoverable,
+                "`since` belongs to another epoch of this channel",
+            ));
+        }
+        // Never a silently partial answer: a forward read starts right after `since`.
+        let starts_right = match page.publications.first() {
+            Some(p) => p.offset == Some(since.offset + 1),
+            None => since.offset >= page.position.offset,
+        };
+        if !reverse && !starts_right {
+            return Err(err(
+                ErrorCode::Unrecoverable,
+                "history no longer holds what follows `since`",
+            ));
+        }
     }
     Ok(HistoryOk {
         publications: page

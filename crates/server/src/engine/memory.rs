@@ -32,6 +32,8 @@ struct ChannelLog {
     key_order: VecDeque<(Instant, String)>,
     /// Whether `key_order` holds expiry instants (keys loaded from the store).
     key_deadlines: bool,
+    /// Last publish or read, for evicting idle empty logs.
+    touched: Instant,
 }
 
 impl ChannelLog {
@@ -44,6 +46,7 @@ impl ChannelLog {
             keys: HashMap::new(),
             key_order: VecDeque::new(),
             key_deadlines: false,
+            touched: Instant::now(),
         }
     }
 
@@ -94,11 +97,13 @@ impl ChannelLog {
             keys,
             key_order: key_order.into(),
             key_deadlines: true,
+            touched: now,
         }
     }
 
     /// Drops what is over size or past its TTL, and expired keys.
     fn trim(&mut self, policy: &ChannelPolicy, now: Instant) {
+        self.touched = self.touched.max(now);
         while self.retained.len() > policy.history_size {
             self.retained.pop_front();
         }
@@ -233,6 +238,40 @@ impl MemoryEngine {
             drop(log);
             let _ = answer.send(result);
         })
+    }
+
+    /// Trims every channel (by `policy_of`) and forgets channels idle for
+    /// `idle` with nothing left: no retained publication, no live key, no
+    /// pending commit. A forgotten channel starts over with a new epoch, so
+    /// memory follows the channels in use, not every name ever read.
+    pub fn sweep(
+        &self,
+        policy_of: &dyn Fn(&str) -> Option<ChannelPolicy>,
+        idle: Duration,
+    ) -> usize {
+        let now = Instant::now();
+        let mut evicted = 0;
+        for shard in &self.logs {
+            shard.lock().retain(|name, log| {
+                let in_use = Arc::strong_count(log) > 1;
+                let Some(mut l) = log.try_lock() else {
+                    return true;
+                };
+                let touched = l.touched;
+                if let Some(policy) = policy_of(name) {
+                    l.trim(&policy, now);
+                }
+                let keep = in_use
+                    || !l.retained.is_empty()
+                    || !l.keys.is_empty()
+                    || *l.visible.borrow() != l.top
+                    || now.duration_since(touched) < idle;
+                l.touched = touched;
+                evicted += usize::from(!keep);
+                keep
+            });
+        }
+        evicted
     }
 
     /// Commits what is queued to disk and stops the store's writer.
@@ -417,7 +456,10 @@ impl History for MemoryEngine {
         channel: &str,
         _policy: &ChannelPolicy,
     ) -> Result<StreamPosition, EngineError> {
-        Ok(self.log(channel).lock().position())
+        let log = self.log(channel);
+        let mut log = log.lock();
+        log.touched = Instant::now();
+        Ok(log.position())
     }
 }
 

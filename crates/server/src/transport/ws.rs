@@ -31,6 +31,9 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Seconds of clock skew accepted on token expiry, as at connect.
 const TOKEN_LEEWAY_S: u64 = crate::auth::TOKEN_LEEWAY_S;
 
+/// Longest timer set for a token's expiry (ten years).
+const MAX_TIMER_S: u64 = 10 * 365 * 24 * 3600;
+
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// `GET /v1/ws`: validates the upgrade and hands the socket to a connection task.
@@ -125,7 +128,9 @@ where
     while !outbox.is_closed() {
         // The same leeway as token verification at connect.
         let expiry = session.expires_at().map(|at| {
-            Instant::now() + Duration::from_secs((at + TOKEN_LEEWAY_S).saturating_sub(unix_now()))
+            // Clamped: a token may claim an expiry past what an Instant can hold.
+            let left = at.saturating_add(TOKEN_LEEWAY_S).saturating_sub(unix_now());
+            Instant::now() + Duration::from_secs(left.min(MAX_TIMER_S))
         });
         tokio::select! {
             msg = stream.next() => match msg {
@@ -136,6 +141,8 @@ where
                         // so idle connections do not carry their space.
                         Box::pin(session.handle_frame(msg.as_payload())).await;
                     } else if msg.is_close() {
+                        // The client ends it: answer its close, no disconnect push.
+                        outbox.close(Disconnect { code: 1000, reason: String::new(), reconnect: false, delay_ms: None }, false);
                         break;
                     }
                 }
@@ -163,7 +170,7 @@ where
                 pong_deadline = None;
             }
             _ = sleep_until(expiry.unwrap_or(next_ping)), if expiry.is_some() => {
-                if session.expires_at().is_some_and(|at| at + TOKEN_LEEWAY_S <= unix_now()) {
+                if session.expires_at().is_some_and(|at| at.saturating_add(TOKEN_LEEWAY_S) <= unix_now()) {
                     session.disconnect(DisconnectCode::TOKEN_EXPIRED);
                 }
             }
@@ -231,9 +238,12 @@ async fn write_loop<S>(
                 tracing::info!("closing a slow consumer");
             }
             let d = close.disconnect;
-            let _ = sink
-                .feed(Message::text(encode_push(&Push::Disconnect(d.clone()))))
-                .await;
+            // Codes below 3000 answer the client's own close: no push.
+            if d.code >= 3000 {
+                let _ = sink
+                    .feed(Message::text(encode_push(&Push::Disconnect(d.clone()))))
+                    .await;
+            }
             let code = CloseCode::try_from(d.code).unwrap_or(CloseCode::POLICY_VIOLATION);
             let _ = sink.feed(Message::close(Some(code), &d.reason)).await;
             let _ = sink.flush().await;
