@@ -14,6 +14,10 @@ const SECRET: &str = "sdk-test-secret";
 const API_KEY: &str = "sdk-test-api-key";
 
 async fn start() -> Server {
+    Server::start(test_config()).await.unwrap()
+}
+
+fn test_config() -> Config {
     let mut c = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: tempfile::tempdir().unwrap().keep(),
@@ -37,7 +41,8 @@ async fn start() -> Server {
             ..Default::default()
         },
     );
-    Server::start(c).await.unwrap()
+    c.shutdown_spread = Duration::from_millis(200);
+    c
 }
 
 fn token(user: &str) -> String {
@@ -260,4 +265,47 @@ async fn terminal_code_stops_reconnecting() {
         info["nodes"][0]["connections"], 0,
         "no reconnect after 3502"
     );
+}
+
+#[tokio::test]
+async fn subscribed_across_a_restart_recovers_what_it_missed() {
+    let mut config = test_config();
+    let server = Server::start(config.clone()).await.unwrap();
+    // The second incarnation listens where the first did, on the same data.
+    config.listen = server.local_addr();
+    let client = Client::connect(config(&server, "frank")).await.unwrap();
+    let mut sub = client
+        .subscribe("feed", SubscribeOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut sub).await, SubEvent::Subscribed { .. }));
+    for i in 1..=3 {
+        api(&server, "publish", json!({"channel": "feed", "data": i})).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 3 {
+        if let SubEvent::Publication(p) = next(&mut sub).await {
+            seen.push(p.offset.unwrap());
+        }
+    }
+    server.shutdown().await;
+    let server = Server::start(config).await.unwrap();
+    // Published while the client is away (it waits out the 3001 delay and its backoff).
+    for i in 4..=8 {
+        api(&server, "publish", json!({"channel": "feed", "data": i})).await;
+    }
+    let mut recovered = None;
+    while seen.len() < 8 {
+        match next(&mut sub).await {
+            SubEvent::Publication(p) => seen.push(p.offset.unwrap()),
+            SubEvent::Subscribed { recovered: r, .. } => recovered = r,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        recovered,
+        Some(true),
+        "resubscribed with since and recovered"
+    );
+    assert_eq!(seen, (1..=8).collect::<Vec<_>>());
 }

@@ -36,6 +36,10 @@ struct ServeArgs {
     /// Directory for durable data.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Delete the stored history first: every channel starts over with a new
+    /// epoch, and clients are told to reload.
+    #[arg(long)]
+    reset_history: bool,
 }
 
 impl ServeArgs {
@@ -45,6 +49,7 @@ impl ServeArgs {
             listen: self.listen.or(outer.listen),
             config: self.config.or(outer.config),
             data_dir: self.data_dir.or(outer.data_dir),
+            reset_history: self.reset_history || outer.reset_history,
         }
     }
 }
@@ -170,6 +175,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     };
     let config =
         Config::load(args.config.as_deref(), &overrides).context("loading the configuration")?;
+    if args.reset_history {
+        tidings_server::engine::store::reset(&config.data_dir)
+            .with_context(|| format!("deleting the history in {}", config.data_dir.display()))?;
+        tracing::warn!(dir = %config.data_dir.display(), "history deleted (--reset-history): channels start over with new epochs");
+    }
     let server = Server::start(config).await.context("starting the server")?;
     if let Some(dev) = server.dev_credentials() {
         tracing::warn!(

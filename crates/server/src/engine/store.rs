@@ -437,3 +437,136 @@ fn writer(
         tracing::warn!(error = %e, "final checkpoint failed");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use serde_json::value::RawValue;
+    use std::collections::BTreeMap;
+
+    fn append(
+        store: &Store,
+        channel: &str,
+        epoch: &str,
+        offset: u64,
+        expire_at_ms: u64,
+        size: u64,
+    ) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        store.append(Record {
+            channel: channel.into(),
+            epoch: epoch.into(),
+            publication: Arc::new(Publication {
+                offset: Some(offset),
+                data: RawValue::from_string(offset.to_string()).unwrap(),
+                info: None,
+                tags: None,
+                time: now_ms(),
+            }),
+            expire_at_ms,
+            trim_through: offset.saturating_sub(size),
+            key: Some((format!("k{offset}"), now_ms() + 60_000)),
+            done: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        });
+        rx.recv().unwrap().unwrap();
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// Publish into channel i; whether it is already expired.
+        Publish(usize, bool),
+        /// Close and reopen the store.
+        Reopen,
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        /// Retention on disk against a model: after any sequence of appends
+        /// (some already past their TTL) and reopens, each channel holds its
+        /// newest `size` unexpired publications, its top and its epoch.
+        #[test]
+        fn retention_matches_the_model(size in 1u64..6, ops in proptest::collection::vec(
+            prop_oneof![6 => (0usize..3, proptest::bool::weighted(0.2)).prop_map(|(c, e)| Op::Publish(c, e)), 1 => Just(Op::Reopen)], 1..60)) {
+            let dir = tempfile::tempdir().unwrap();
+            let open = || Store::open(dir.path(), Fsync::Never, Duration::from_millis(10)).unwrap();
+            let (mut store, _) = open();
+            // Model: per channel, top and the offsets with their expiry.
+            let mut model: BTreeMap<String, (u64, Vec<(u64, bool)>)> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Publish(c, expired) => {
+                        let channel = format!("ch{c}");
+                        let entry = model.entry(channel.clone()).or_default();
+                        entry.0 += 1;
+                        let offset = entry.0;
+                        entry.1.push((offset, expired));
+                        let expire = if expired { now_ms().saturating_sub(1) } else { now_ms() + 600_000 };
+                        append(&store, &channel, &format!("e-{channel}"), offset, expire, size);
+                    }
+                    Op::Reopen => {
+                        store.close();
+                        store = open().0;
+                    }
+                }
+            }
+            store.close();
+            let (_store, loaded) = open();
+            prop_assert_eq!(loaded.len(), model.len());
+            for ch in loaded {
+                let (top, pubs) = &model[&ch.channel];
+                prop_assert_eq!(ch.top, *top);
+                prop_assert_eq!(&ch.epoch, &format!("e-{}", ch.channel));
+                let want: Vec<u64> = pubs
+                    .iter()
+                    .filter(|(o, expired)| *o + size > *top && !expired)
+                    .map(|(o, _)| *o)
+                    .collect();
+                let got: Vec<u64> = ch.publications.iter().filter_map(|p| p.offset).collect();
+                prop_assert_eq!(got, want);
+                prop_assert_eq!(ch.keys.len(), pubs.len());
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_a_damaged_file_and_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join(FILE_NAME),
+            b"this is not a database, just garbage bytes",
+        )
+        .unwrap();
+        let err = Store::open(dir.path(), Fsync::Always, Duration::from_millis(10))
+            .err()
+            .expect("a damaged file is refused");
+        let text = err.to_string();
+        assert!(matches!(err, StoreError::Corrupt { .. }), "{text}");
+        assert!(
+            text.contains(FILE_NAME) && text.contains("--reset-history"),
+            "{text}"
+        );
+        // Nothing was wiped.
+        let bytes = std::fs::read(dir.path().join(FILE_NAME)).unwrap();
+        assert!(bytes.starts_with(b"this is not a database"));
+    }
+
+    #[test]
+    fn refuses_another_format() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Store::open(dir.path(), Fsync::Always, Duration::from_millis(10)).unwrap());
+        let conn = Connection::open(dir.path().join(FILE_NAME)).unwrap();
+        conn.execute("UPDATE meta SET value = 99 WHERE key = 'format'", [])
+            .unwrap();
+        drop(conn);
+        let err = Store::open(dir.path(), Fsync::Always, Duration::from_millis(10))
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, StoreError::Incompatible { found: 99, .. }),
+            "{err}"
+        );
+    }
+}
