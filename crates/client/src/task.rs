@@ -392,7 +392,12 @@ impl Task {
             loop {
                 tokio::select! {
                     res = &mut dial => match res {
-                        Ok((ws, _)) => break ws,
+                        Ok((ws, _)) => {
+                            // Commands are small and latency-bound: no Nagle delay.
+                            let MaybeTlsStream::Plain(tcp) = ws.get_ref();
+                            let _ = tcp.set_nodelay(true);
+                            break ws;
+                        }
                         Err(e) => return End::Lost(Lost::failed(e.into())),
                     },
                     cmd = self.rx.recv() => match cmd {

@@ -5,6 +5,8 @@
 //! `harness fanout ADDR PID N RATE SECS` — N subscribers of one channel, one
 //! publisher at RATE publications/s for SECS; reports delivered/s, loss,
 //! publish→delivery latency percentiles and server CPU per delivered message.
+//! `harness publish ADDR PID N SECS` — N publishers awaiting each ack:
+//! publish throughput and acknowledgement latency.
 //! `harness ceiling - 0 N ROUNDS` — no server: the cost of one lone small
 //! write per socket, the kernel-bound floor of fanout to idle subscribers.
 //! Targets loopback only; every loop is bounded.
@@ -61,6 +63,8 @@ async fn open(addr: &str, channel: &str) -> Ws {
         .connect()
         .await
         .expect("connect");
+    let tokio_websockets::MaybeTlsStream::Plain(tcp) = ws.get_ref();
+    tcp.set_nodelay(true).unwrap();
     let cmds = format!(
         "{{\"id\":1,\"op\":\"connect\"}}\n{{\"id\":2,\"op\":\"subscribe\",\"channel\":\"{channel}\"}}"
     );
@@ -193,6 +197,59 @@ async fn main() {
                 cpu,
                 cpu * 1e6 / d.max(1) as f64,
                 proc_rss_kib(pid)
+            );
+        }
+        "publish" => {
+            // N publishers over WebSocket, each awaiting every acknowledgement,
+            // into one channel with ~100-byte payloads, for SECS seconds.
+            let secs: u64 = args.get(5).and_then(|p| p.parse().ok()).unwrap_or(10);
+            let deadline = Instant::now() + Duration::from_secs(secs);
+            let mut tasks = Vec::new();
+            for p in 0..n {
+                let addr = addr.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut ws = open(&addr, "bench").await;
+                    let mut lat = Vec::new();
+                    let mut id = 10u64;
+                    while Instant::now() < deadline {
+                        id += 1;
+                        let cmd = format!(
+                            "{{\"id\":{id},\"op\":\"publish\",\"channel\":\"bench\",\"data\":{{\"p\":{p},\"pad\":\"{}\"}}}}",
+                            "x".repeat(80)
+                        );
+                        let sent = Instant::now();
+                        ws.send(Message::text(cmd)).await.unwrap();
+                        let want = format!("\"id\":{id},");
+                        'reply: loop {
+                            let Some(Ok(m)) = ws.next().await else { return lat };
+                            let Some(text) = m.as_text() else { continue };
+                            for line in text.split('\n') {
+                                if line.starts_with("{\"push\":\"ping\"") {
+                                    let _ = ws.send(Message::text("{\"op\":\"pong\"}")).await;
+                                }
+                                if line.contains(&want) {
+                                    break 'reply;
+                                }
+                            }
+                        }
+                        lat.push(sent.elapsed().as_micros() as u64);
+                    }
+                    lat
+                }));
+            }
+            let cpu0 = proc_cpu_s(pid);
+            let start = Instant::now();
+            let mut l = Vec::new();
+            for t in tasks {
+                l.extend(t.await.unwrap_or_default());
+            }
+            let elapsed = start.elapsed().as_secs_f64();
+            let cpu = proc_cpu_s(pid) - cpu0;
+            l.sort_unstable();
+            let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+            println!(
+                "publish: {n} publishers for {secs}s: {} acknowledged ({:.0}/s); ack latency ms p50 {:.2} p99 {:.2} max {:.2}; server CPU {:.2}s",
+                l.len(), l.len() as f64 / elapsed, pct(0.5), pct(0.99), pct(1.0), cpu
             );
         }
         "ceiling" => {

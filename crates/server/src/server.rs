@@ -9,6 +9,7 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{any, get, post};
+use axum::serve::ListenerExt;
 use rand::Rng;
 use thiserror::Error;
 use tidings_protocol::{Disconnect, DisconnectCode};
@@ -132,6 +133,12 @@ impl Server {
             api_keys,
         ));
 
+        // Pushes and replies are small and latency-bound: no Nagle delay.
+        let listener = listener.tap_io(|tcp| {
+            if let Err(e) = tcp.set_nodelay(true) {
+                tracing::debug!(error = %e, "TCP_NODELAY failed");
+            }
+        });
         let app = Router::new()
             .route("/", get(index))
             .route("/health", get(health))
