@@ -269,10 +269,10 @@ async fn terminal_code_stops_reconnecting() {
 
 #[tokio::test]
 async fn subscribed_across_a_restart_recovers_what_it_missed() {
-    let mut config = test_config();
-    let server = Server::start(config.clone()).await.unwrap();
+    let mut server_config = test_config();
+    let server = Server::start(server_config.clone()).await.unwrap();
     // The second incarnation listens where the first did, on the same data.
-    config.listen = server.local_addr();
+    server_config.listen = server.local_addr();
     let client = Client::connect(config(&server, "frank")).await.unwrap();
     let mut sub = client
         .subscribe("feed", SubscribeOptions::default())
@@ -289,7 +289,7 @@ async fn subscribed_across_a_restart_recovers_what_it_missed() {
         }
     }
     server.shutdown().await;
-    let server = Server::start(config).await.unwrap();
+    let server = Server::start(server_config).await.unwrap();
     // Published while the client is away (it waits out the 3001 delay and its backoff).
     for i in 4..=8 {
         api(&server, "publish", json!({"channel": "feed", "data": i})).await;
