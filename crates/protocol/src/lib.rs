@@ -7,6 +7,7 @@ pub mod channel;
 pub mod codes;
 pub mod command;
 pub mod message;
+pub mod position;
 pub mod reply;
 
 pub use channel::{ChannelName, ChannelNameError};

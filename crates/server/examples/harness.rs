@@ -246,10 +246,20 @@ async fn main() {
             let elapsed = start.elapsed().as_secs_f64();
             let cpu = proc_cpu_s(pid) - cpu0;
             l.sort_unstable();
-            let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+            let pct = |p: f64| {
+                l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(0) as f64
+                    / 1000.0
+            };
             println!(
                 "publish: {n} publishers for {secs}s: {} acknowledged ({:.0}/s); ack latency ms p50 {:.2} p99 {:.2} max {:.2}; server CPU {:.2}s",
-                l.len(), l.len() as f64 / elapsed, pct(0.5), pct(0.99), pct(1.0), cpu
+                l.len(),
+                l.len() as f64 / elapsed,
+                pct(0.5),
+                pct(0.99),
+                pct(1.0),
+                cpu
             );
         }
         "ceiling" => {

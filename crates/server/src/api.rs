@@ -141,7 +141,7 @@ struct NodeInfo {
 }
 
 /// Bytes a request body may have beyond the largest `max_message_size`.
-const BODY_ENVELOPE: usize = 64 * 1024;
+pub(crate) const BODY_ENVELOPE: usize = 64 * 1024;
 
 /// Most channels one `channels` page returns.
 const MAX_CHANNELS_PAGE: usize = 1000;

@@ -94,6 +94,10 @@ pub struct ClientConfig {
     pub max_subscriptions: usize,
     /// Publications a recovery may return; beyond it, `recovered: false`.
     pub recovery_max: usize,
+    /// Channels one SSE stream or long-poll may read.
+    pub max_stream_channels: usize,
+    /// Long-polls one user may hold open at once.
+    pub max_polls_per_user: usize,
 }
 
 impl Default for ClientConfig {
@@ -105,6 +109,8 @@ impl Default for ClientConfig {
             max_frame_size: 1024 * 1024,
             max_subscriptions: 1024,
             recovery_max: 1000,
+            max_stream_channels: 64,
+            max_polls_per_user: 16,
         }
     }
 }
@@ -138,6 +144,9 @@ pub struct Config {
     /// fsync), `interval` (written to the OS, synced every `fsync_interval`),
     /// `never` (written to the OS).
     pub fsync: Fsync,
+    /// Browser origins allowed to call SSE, long-poll and client HTTP
+    /// actions (CORS; credentials are not allowed). `"*"` allows any.
+    pub cors_origins: Vec<String>,
     /// How often `fsync = "interval"` syncs.
     #[serde(with = "humantime_serde")]
     pub fsync_interval: Duration,
@@ -155,6 +164,7 @@ impl Default for Config {
             idempotency_window: Duration::from_secs(300),
             shutdown_spread: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
+            cors_origins: Vec::new(),
             fsync: Fsync::Interval,
             fsync_interval: Duration::from_millis(10),
         }

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod client_api;
 pub mod config;
 pub mod engine;
 pub mod hub;

@@ -89,6 +89,26 @@ pub struct Node {
     pub started: Instant,
     conns: Mutex<HashMap<ConnId, ConnHandle>>,
     next_conn: AtomicU64,
+    /// Long-polls held open, by user.
+    polls: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// A held long-poll; counted until dropped.
+pub struct HeldPoll {
+    polls: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Drop for HeldPoll {
+    fn drop(&mut self) {
+        let mut polls = self.polls.lock();
+        if let Some(n) = polls.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                polls.remove(&self.user);
+            }
+        }
+    }
 }
 
 impl Node {
@@ -112,6 +132,7 @@ impl Node {
             started: Instant::now(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            polls: Arc::default(),
         }
     }
 
@@ -135,6 +156,20 @@ impl Node {
     /// Forgets a connection.
     pub fn unregister(&self, conn: ConnId) {
         self.conns.lock().remove(&conn);
+    }
+
+    /// Counts a held long-poll of `user`; None when they hold the most allowed.
+    pub fn hold_poll(&self, user: &str) -> Option<HeldPoll> {
+        let mut polls = self.polls.lock();
+        let n = polls.entry(user.to_string()).or_default();
+        if *n >= self.config.client.max_polls_per_user {
+            return None;
+        }
+        *n += 1;
+        Some(HeldPoll {
+            polls: self.polls.clone(),
+            user: user.to_string(),
+        })
     }
 
     /// Number of registered connections.

@@ -127,6 +127,15 @@ impl Outbox {
         self.inner.lock().close.is_some()
     }
 
+    /// Moves whatever is queued into `batch` without waiting; returns the
+    /// close when the connection is closing.
+    pub fn try_batch(&self, batch: &mut Vec<Bytes>) -> Option<Close> {
+        let mut inner = self.inner.lock();
+        batch.extend(inner.queue.drain(..));
+        inner.bytes = 0;
+        inner.close.clone()
+    }
+
     /// Waits until something is queued or the connection closes, then moves
     /// every queued message into `batch`. Returns the close when closing
     /// (after this batch, if it is to be flushed).

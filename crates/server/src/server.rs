@@ -23,7 +23,7 @@ use crate::engine::store::{Store, StoreError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::{api, transport};
+use crate::{api, client_api, transport};
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -139,6 +139,12 @@ impl Server {
                 tracing::debug!(error = %e, "TCP_NODELAY failed");
             }
         });
+        // Browser-facing routes: CORS for the configured origins only.
+        let browser = Router::new()
+            .route("/v1/sse", get(transport::sse::handle))
+            .route("/v1/poll", get(transport::poll::handle))
+            .route("/v1/client/{op}", post(client_api::handle))
+            .layer(cors(&node.config.cors_origins));
         let app = Router::new()
             .route("/", get(index))
             .route("/health", get(health))
@@ -148,6 +154,7 @@ impl Server {
                 "/v1/api/{method}",
                 post(api::handle).layer(axum::extract::DefaultBodyLimit::disable()),
             )
+            .merge(browser)
             .with_state(node.clone());
 
         // Trim idle channels by their namespace's policy and forget the empty ones.
@@ -228,6 +235,27 @@ impl Server {
         let engine = self.engine.clone();
         let _ = tokio::task::spawn_blocking(move || engine.close()).await;
     }
+}
+
+/// CORS for `origins` ("*" = any); credentials are never allowed.
+fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, HeaderValue, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("last-event-id"),
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .max_age(Duration::from_secs(600))
 }
 
 async fn index() -> impl IntoResponse {

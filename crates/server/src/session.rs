@@ -46,6 +46,10 @@ pub struct Session {
     outbox: Arc<Outbox>,
     identity: Option<Identity>,
     subs: HashMap<String, Arc<Subscriber>>,
+    /// A request over plain HTTP (no socket to subscribe on): in
+    /// `client_publish = "subscribers"` namespaces, being allowed to
+    /// subscribe is enough to publish.
+    stateless: bool,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
@@ -86,6 +90,7 @@ impl Session {
             outbox,
             identity: None,
             subs: HashMap::new(),
+            stateless: false,
         };
         (session, control)
     }
@@ -93,6 +98,16 @@ impl Session {
     /// The client id.
     pub fn client_id(&self) -> &str {
         &self.client
+    }
+
+    /// Marks the session as serving one HTTP request (see `stateless`).
+    pub fn set_stateless(&mut self) {
+        self.stateless = true;
+    }
+
+    /// The authenticated user, once connected ("" when anonymous).
+    pub fn user(&self) -> Option<&str> {
+        self.identity.as_ref().map(|i| i.user.as_str())
     }
 
     /// Whether `connect` succeeded.
@@ -509,7 +524,7 @@ impl Session {
                     "clients may not publish in this namespace",
                 ));
             }
-            ClientPublish::Subscribers if !self.subs.contains_key(channel) => {
+            ClientPublish::Subscribers if !self.stateless && !self.subs.contains_key(channel) => {
                 return Err(err(
                     ErrorCode::PermissionDenied,
                     "subscribe to the channel before publishing",

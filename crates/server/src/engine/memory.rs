@@ -399,8 +399,15 @@ impl Broker for MemoryEngine {
         match step {
             Step::Done(outcome) => Ok(outcome),
             Step::Duplicate(mut visible, first) => {
-                if let Some(offset) = first.position.as_ref().map(|p| p.offset) {
-                    let _ = visible.wait_for(|v| *v >= offset).await;
+                if let Some(position) = &first.position {
+                    let _ = visible.wait_for(|v| *v >= position.offset).await;
+                    // A failed write gives the channel a new epoch: the first
+                    // publish did not happen, so neither did this one.
+                    if log_arc.lock().epoch != position.epoch {
+                        return Err(EngineError::Backend(
+                            "the first publish with this key failed".into(),
+                        ));
+                    }
                 }
                 Ok(first)
             }

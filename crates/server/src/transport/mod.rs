@@ -1,4 +1,7 @@
 //! Transports: turn bytes from the network into commands, and outbox
 //! batches into bytes on the network.
 
+pub mod http;
+pub mod poll;
+pub mod sse;
 pub mod ws;

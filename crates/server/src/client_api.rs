@@ -1,0 +1,99 @@
+//! Client actions over plain HTTP, `POST /v1/client/<op>`: for SSE and
+//! long-poll clients. Authorised by the connection token, with the same
+//! permission checks, codes and idempotency keys as the WebSocket commands.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
+use tidings_protocol::{ErrorBody, ErrorCode, ServerMessage};
+
+use crate::api::ApiError;
+use crate::node::Node;
+use crate::outbox::Outbox;
+use crate::session::Session;
+
+/// The commands open to HTTP clients.
+const OPS: [&str; 4] = ["publish", "history", "presence", "presence_stats"];
+
+fn bad(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError(ErrorBody::new(code, message))
+}
+
+/// `POST /v1/client/{op}`.
+pub async fn handle(
+    State(node): State<Arc<Node>>,
+    Path(op): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match call(&node, &op, &headers, body).await {
+        Ok(ok) => ([(header::CONTENT_TYPE, "application/json")], ok).into_response(),
+        Err(e) => {
+            node.metrics.command_error(e.0.code);
+            e.into_response()
+        }
+    }
+}
+
+async fn call(
+    node: &Arc<Node>,
+    op: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<String, ApiError> {
+    if !OPS.contains(&op) {
+        return Err(bad(
+            ErrorCode::BadRequest,
+            format!(
+                "unknown client action `{}`; one of {OPS:?}",
+                op.escape_default()
+            ),
+        ));
+    }
+    let limit = node.config.largest_message_size() + crate::api::BODY_ENVELOPE;
+    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
+        bad(
+            ErrorCode::LimitExceeded,
+            format!("request body is larger than {limit} bytes"),
+        )
+    })?;
+    let mut command: serde_json::Map<String, Value> = serde_json::from_slice(&body)
+        .map_err(|e| bad(ErrorCode::BadRequest, format!("malformed body: {e}")))?;
+    command.insert("id".into(), json!(1));
+    command.insert("op".into(), json!(op));
+    if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
+        command
+            .entry("idempotency_key")
+            .or_insert_with(|| json!(key));
+    }
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let frame = format!(
+        "{}\n{}",
+        json!({"id": 0, "op": "connect", "token": token}),
+        Value::Object(command)
+    );
+    let outbox = Arc::new(Outbox::new(node.config.client.outbox_bytes));
+    let (mut session, _control) = Session::new(node.clone(), outbox.clone());
+    session.set_stateless();
+    session.handle_frame(frame.as_bytes()).await;
+    session.end().await;
+    let mut batch = Vec::new();
+    outbox.try_batch(&mut batch);
+    for message in batch {
+        if let Ok(ServerMessage::Reply(reply)) = ServerMessage::decode(&message) {
+            match reply.result {
+                Err(e) => return Err(ApiError(e)),
+                Ok(ok) if reply.id == 1 => return Ok(ok.get().to_string()),
+                Ok(_) => {}
+            }
+        }
+    }
+    Err(bad(ErrorCode::Internal, "no answer"))
+}

@@ -1,0 +1,316 @@
+//! What SSE and long-poll share: reading the request (channels, token,
+//! position vector), opening a session that subscribes with recovery, and
+//! turning pushes into position-tracked events.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, header};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+use tidings_protocol::reply::SubscribeOk;
+use tidings_protocol::{ErrorBody, ErrorCode, ServerMessage, encode_pub, position};
+
+use crate::api::ApiError;
+use crate::node::{Mailbox, Node};
+use crate::outbox::Outbox;
+use crate::session::Session;
+
+/// A parsed `GET /v1/sse` or `/v1/poll` request.
+#[derive(Debug, Default)]
+pub struct StreamRequest {
+    /// Channels to read, in order, without duplicates.
+    pub channels: Vec<String>,
+    /// Connection token (`Authorization: Bearer`, else `?token=`).
+    pub token: Option<String>,
+    /// Position vector (`Last-Event-ID`, else `?since=`).
+    pub since: Option<String>,
+    /// `?timeout=` in seconds (long-poll).
+    pub timeout: Option<String>,
+}
+
+fn bad(code: ErrorCode, message: impl Into<String>) -> ApiError {
+    ApiError(ErrorBody::new(code, message))
+}
+
+impl StreamRequest {
+    /// Reads the query string and headers.
+    pub fn parse(query: Option<&str>, headers: &HeaderMap) -> Result<Self, ApiError> {
+        let mut req = StreamRequest::default();
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            match &*k {
+                "channel" => {
+                    if !req.channels.iter().any(|c| *c == v) {
+                        req.channels.push(v.into_owned());
+                    }
+                }
+                "token" => req.token = Some(v.into_owned()),
+                "since" => req.since = Some(v.into_owned()),
+                "timeout" => req.timeout = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        if let Some(t) = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+        {
+            req.token = Some(t.to_string());
+        }
+        if let Some(id) = headers.get("last-event-id").and_then(|v| v.to_str().ok())
+            && !id.is_empty()
+        {
+            req.since = Some(id.to_string());
+        }
+        if req.channels.is_empty() {
+            return Err(bad(ErrorCode::BadRequest, "name at least one `channel`"));
+        }
+        Ok(req)
+    }
+}
+
+/// Where the client stands in one channel.
+struct ChannelPos {
+    name: String,
+    /// `None` in ephemeral channels.
+    epoch: Option<String>,
+    offset: u64,
+}
+
+/// An open HTTP stream: a session subscribed to every channel, and the
+/// position vector it has delivered up to.
+pub struct OpenStream {
+    /// The session (ends its subscriptions when [`OpenStream::end`] runs).
+    pub session: Option<Session>,
+    /// Its outbox.
+    pub outbox: Arc<Outbox>,
+    /// Its control mailbox.
+    pub control: Arc<Mailbox>,
+    positions: Vec<ChannelPos>,
+}
+
+/// One event to send: its SSE name, the push JSON, and the position vector
+/// after it (for `pub` events in channels with history).
+pub struct StreamEvent {
+    /// `pub`, `join`, `leave`, `reset`, `unsub`, `disconnect`.
+    pub name: String,
+    /// The JSON payload.
+    pub data: Bytes,
+    /// The position vector after this event, when it moved.
+    pub id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct PushHead {
+    push: String,
+    channel: Option<String>,
+    offset: Option<u64>,
+    epoch: Option<String>,
+}
+
+impl OpenStream {
+    /// Connects with the token and subscribes every channel, recovering from
+    /// the position vector. Fails (before anything is streamed) with the
+    /// first error. Returns the stream and the events to send first.
+    pub async fn open(
+        node: &Arc<Node>,
+        req: &StreamRequest,
+    ) -> Result<(Self, Vec<StreamEvent>), ApiError> {
+        let max = node.config.client.max_stream_channels;
+        if req.channels.len() > max {
+            return Err(bad(
+                ErrorCode::LimitExceeded,
+                format!("at most {max} channels per stream"),
+            ));
+        }
+        let since: HashMap<u32, position::Entry> = match &req.since {
+            None => HashMap::new(),
+            Some(v) => position::decode(v)
+                .map_err(|e| bad(ErrorCode::BadRequest, format!("bad position: {e}")))?
+                .into_iter()
+                .map(|e| (e.channel, e))
+                .collect(),
+        };
+        let outbox = Arc::new(Outbox::new(node.config.client.outbox_bytes));
+        let (mut session, control) = Session::new(node.clone(), outbox.clone());
+        // Each command is handled and its reply taken before the next, so no
+        // reply waits behind another in the outbox (a recovery may be large).
+        let mut batch = Vec::new();
+        let connect = json!({"id": 0, "op": "connect", "token": req.token}).to_string();
+        session.handle_frame(connect.as_bytes()).await;
+        let mut close = outbox.try_batch(&mut batch);
+        for (i, channel) in req.channels.iter().enumerate() {
+            if close.is_some() {
+                break;
+            }
+            let mut cmd = json!({"id": i + 1, "op": "subscribe", "channel": channel});
+            if let Some(entry) = since.get(&position::hash(channel)) {
+                // The vector holds a hash of the epoch: name the current epoch
+                // when it matches, anything else when it does not.
+                let current = match crate::node::resolve(&node.config, channel) {
+                    Ok((_, ns)) if ns.has_history() => node
+                        .engine
+                        .position(channel, &node.policy(ns))
+                        .await
+                        .map(|p| p.epoch)
+                        .unwrap_or_default(),
+                    _ => String::new(),
+                };
+                let epoch = if position::hash(&current) == entry.epoch {
+                    current
+                } else {
+                    "-".to_string()
+                };
+                cmd["since"] = json!({"offset": entry.offset, "epoch": epoch});
+            }
+            session.handle_frame(cmd.to_string().as_bytes()).await;
+            close = outbox.try_batch(&mut batch);
+        }
+        let mut stream = OpenStream {
+            session: Some(session),
+            outbox,
+            control,
+            positions: Vec::new(),
+        };
+        let mut events = Vec::new();
+        for message in batch {
+            match ServerMessage::decode(&message) {
+                Ok(ServerMessage::Reply(reply)) => {
+                    let ok = match reply.result {
+                        Ok(ok) => ok,
+                        Err(e) => {
+                            stream.end().await;
+                            return Err(ApiError(e));
+                        }
+                    };
+                    let Some(channel) = (reply.id as usize)
+                        .checked_sub(1)
+                        .and_then(|i| req.channels.get(i))
+                    else {
+                        continue; // the connect reply
+                    };
+                    let ok: SubscribeOk = serde_json::from_str(ok.get()).map_err(|e| {
+                        bad(ErrorCode::Internal, format!("bad subscribe reply: {e}"))
+                    })?;
+                    stream.on_subscribed(channel.clone(), ok, &mut events);
+                }
+                Ok(ServerMessage::Push(_)) => events.extend(stream.on_push(message)),
+                Err(_) => {}
+            }
+        }
+        if let Some(close) = close {
+            stream.end().await;
+            let code = if close.disconnect.code == tidings_protocol::DisconnectCode::SLOW_CONSUMER.0
+            {
+                ErrorCode::LimitExceeded
+            } else {
+                ErrorCode::PermissionDenied
+            };
+            return Err(bad(code, close.disconnect.reason));
+        }
+        Ok((stream, events))
+    }
+
+    fn on_subscribed(&mut self, channel: String, ok: SubscribeOk, events: &mut Vec<StreamEvent>) {
+        let (Some(offset), Some(epoch)) = (ok.offset, ok.epoch.clone()) else {
+            self.positions.push(ChannelPos {
+                name: channel,
+                epoch: None,
+                offset: 0,
+            });
+            return;
+        };
+        match ok.recovered {
+            Some(true) => {
+                // Start where the client was, then deliver what it missed.
+                let first = ok
+                    .publications
+                    .as_ref()
+                    .and_then(|p| p.first())
+                    .and_then(|p| p.offset)
+                    .map_or(offset, |o| o - 1);
+                self.positions.push(ChannelPos {
+                    name: channel.clone(),
+                    epoch: Some(epoch.clone()),
+                    offset: first,
+                });
+                for p in ok.publications.unwrap_or_default() {
+                    let bytes = encode_pub(&channel, Some(&epoch), &p);
+                    events.extend(self.on_push(bytes));
+                }
+            }
+            Some(false) => {
+                self.positions.push(ChannelPos {
+                    name: channel.clone(),
+                    epoch: Some(epoch.clone()),
+                    offset,
+                });
+                let data = json!({"push": "reset", "channel": channel, "offset": offset, "epoch": epoch, "recovered": false});
+                events.push(StreamEvent {
+                    name: "reset".into(),
+                    data: Bytes::from(data.to_string()),
+                    id: Some(self.vector()),
+                });
+            }
+            None => self.positions.push(ChannelPos {
+                name: channel,
+                epoch: Some(epoch),
+                offset,
+            }),
+        }
+    }
+
+    /// The position vector now.
+    pub fn vector(&self) -> String {
+        position::encode(
+            self.positions
+                .iter()
+                .filter_map(|p| p.epoch.as_deref().map(|e| (p.name.as_str(), e, p.offset))),
+        )
+    }
+
+    /// Turns a queued push into an event, moving the vector on `pub`.
+    pub fn on_push(&mut self, message: Bytes) -> Option<StreamEvent> {
+        let head: PushHead = serde_json::from_slice(&message).ok()?;
+        if head.push == "ping" {
+            return None;
+        }
+        let mut id = None;
+        if head.push == "pub"
+            && let (Some(channel), Some(offset), Some(epoch)) =
+                (&head.channel, head.offset, head.epoch)
+            && let Some(pos) = self.positions.iter_mut().find(|p| p.name == *channel)
+        {
+            if pos.epoch.as_deref() == Some(epoch.as_str()) && offset <= pos.offset {
+                return None; // already delivered
+            }
+            pos.epoch = Some(epoch);
+            pos.offset = offset;
+            id = Some(self.vector());
+        }
+        Some(StreamEvent {
+            name: head.push,
+            data: message,
+            id,
+        })
+    }
+
+    /// Ends the session: unsubscribes everything.
+    pub async fn end(&mut self) {
+        if let Some(session) = self.session.take() {
+            session.end().await;
+        }
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        // A client that goes away drops the stream mid-await: clean up anyway.
+        if let Some(session) = self.session.take()
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            rt.spawn(session.end());
+        }
+    }
+}

@@ -1,0 +1,103 @@
+//! Server-Sent Events, `GET /v1/sse?channel=…`: receive-only; each `pub`
+//! event's `id:` is the position vector, so the browser's own reconnect
+//! (`Last-Event-ID`) resumes with no loss, on any node, with no session.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{self, Stream, StreamExt};
+use rand::Rng;
+
+use super::http::{OpenStream, StreamEvent, StreamRequest};
+use crate::node::Node;
+
+/// Keep-alive comment interval.
+const KEEP_ALIVE: Duration = Duration::from_secs(15);
+
+fn to_event(e: StreamEvent) -> Event {
+    let data = String::from_utf8_lossy(&e.data);
+    let event = Event::default().event(e.name).data(data);
+    match e.id {
+        Some(id) => event.id(id),
+        None => event,
+    }
+}
+
+/// `GET /v1/sse`.
+pub async fn handle(
+    State(node): State<Arc<Node>>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    let req = match StreamRequest::parse(query.as_deref(), &headers) {
+        Ok(r) => r,
+        Err(e) => return e.into_response(),
+    };
+    let (open, first) = match OpenStream::open(&node, &req).await {
+        Ok(o) => o,
+        Err(e) => return e.into_response(),
+    };
+    node.metrics.connections.inc();
+    // Jitter the browser's reconnect delay so a restart does not bring everyone back at once.
+    let retry = Duration::from_millis(rand::rng().random_range(1000..=3000));
+    let head = stream::iter(
+        std::iter::once(Event::default().retry(retry).comment("tidings"))
+            .chain(first.into_iter().map(to_event))
+            .map(Ok::<_, Infallible>),
+    );
+    let live =
+        live_events(open, node.clone()).flat_map(|events| stream::iter(events.into_iter().map(Ok)));
+    Sse::new(head.chain(live))
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("ping"))
+        .into_response()
+}
+
+/// Events as pushes arrive, until the session closes (slow consumer,
+/// shutdown, API disconnect): the last batch ends with the `disconnect`
+/// event, then the stream ends and the browser reconnects by itself.
+fn live_events(open: OpenStream, node: Arc<Node>) -> impl Stream<Item = Vec<Event>> {
+    struct Live {
+        open: OpenStream,
+        node: Arc<Node>,
+    }
+    impl Drop for Live {
+        fn drop(&mut self) {
+            self.node.metrics.connections.dec();
+        }
+    }
+    stream::unfold(Some(Live { open, node }), |state| async move {
+        let mut live = state?;
+        loop {
+            let mut batch = Vec::new();
+            tokio::select! {
+                close = live.open.outbox.next_batch(&mut batch) => {
+                    let mut events: Vec<Event> = batch
+                        .into_iter()
+                        .filter_map(|m| live.open.on_push(m))
+                        .map(to_event)
+                        .collect();
+                    if let Some(close) = close {
+                        let d = serde_json::to_string(&close.disconnect).unwrap_or_default();
+                        events.push(Event::default().event("disconnect").data(d));
+                        live.open.end().await;
+                        return Some((events, None));
+                    }
+                    if events.is_empty() {
+                        continue;
+                    }
+                    return Some((events, Some(live)));
+                }
+                control = live.open.control.recv() => {
+                    if let Some(session) = live.open.session.as_mut() {
+                        session.handle_control(control).await;
+                    }
+                }
+            }
+        }
+    })
+}
