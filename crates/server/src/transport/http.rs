@@ -40,10 +40,8 @@ impl StreamRequest {
         let mut req = StreamRequest::default();
         for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
             match &*k {
-                "channel" => {
-                    if !req.channels.iter().any(|c| *c == v) {
-                        req.channels.push(v.into_owned());
-                    }
+                "channel" if !req.channels.iter().any(|c| *c == v) => {
+                    req.channels.push(v.into_owned());
                 }
                 "token" => req.token = Some(v.into_owned()),
                 "since" => req.since = Some(v.into_owned()),
