@@ -8,20 +8,31 @@ if ! command -v cargo >/dev/null 2>&1; then
   echo "cargo is missing: install Rust (https://rustup.rs) first" >&2
   exit 1
 fi
-# Debian packages the tests use (none beyond the toolchain yet; Redis and
-# Chromium join when their tests do).
+
+# System packages the tests use: curl (CLI tests), Node.js with npm (tests with
+# clients we did not write), Chromium (browser tests).
 need=()
-for pkg in curl; do
-  command -v "$pkg" >/dev/null 2>&1 || need+=("$pkg")
-done
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v npm >/dev/null 2>&1 || need+=(npm)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
-  echo "installing: ${need[*]}"
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"
+  echo "== installing: ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 echo "== format"
 cargo fmt --all -- --check
 echo "== clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
-echo "== tests"
+echo "== rust tests"
 cargo test --workspace --locked
+
+echo "== node tests (eventsource package, Chromium)"
+cargo build -p tidings --bins --locked
+(
+  cd tests/node
+  npm ci --no-audit --no-fund --loglevel=error
+  TIDINGS_BIN="$PWD/../../target/debug/tidings" npm test
+)

@@ -324,3 +324,47 @@ fn token_is_verifiable() {
     let now = tidings_server::auth::unix_now();
     assert!(exp > now + 3500 && exp <= now + 3600);
 }
+
+#[test]
+fn curl_reads_sse_and_long_poll() {
+    let server = serve(&["--listen", "127.0.0.1:0"], &[]);
+    let key = server.api_key.clone().unwrap();
+    let addr = server.addr.clone();
+    // SSE: curl holds the stream for 3 s while two publications go out.
+    let sse = std::thread::spawn({
+        let addr = addr.clone();
+        move || {
+            Command::new("curl")
+                .args(["-sN", "--max-time", "3", &format!("http://{addr}/v1/sse?channel=news")])
+                .output()
+                .unwrap()
+        }
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    for text in ["one", "two"] {
+        let a = curl_api(&addr, &key, "publish", &format!(r#"{{"channel":"news","data":"{text}"}}"#));
+        assert!(a["offset"].is_u64(), "{a}");
+    }
+    let out = String::from_utf8(sse.join().unwrap().stdout).unwrap();
+    assert!(out.contains("retry: "), "{out}");
+    assert_eq!(out.matches("event: pub").count(), 2, "{out}");
+    let ids: Vec<&str> = out.lines().filter_map(|l| l.strip_prefix("id: ")).collect();
+    assert_eq!(ids.len(), 2, "{out}");
+
+    // Long-poll from the first id: answers at once with the second.
+    let poll = Command::new("curl")
+        .args(["-s", &format!("http://{addr}/v1/poll?channel=news&since={}", ids[0])])
+        .output()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&poll.stdout).unwrap();
+    assert_eq!(answer["events"][0]["data"], "two", "{answer}");
+    assert_eq!(answer["position"], ids[1]);
+    // From the last id: held for the timeout, then nothing new and the same position.
+    let poll = Command::new("curl")
+        .args(["-s", &format!("http://{addr}/v1/poll?channel=news&since={}&timeout=1", ids[1])])
+        .output()
+        .unwrap();
+    let answer: serde_json::Value = serde_json::from_slice(&poll.stdout).unwrap();
+    assert_eq!(answer["events"], serde_json::json!([]));
+    assert_eq!(answer["position"], ids[1]);
+}

@@ -1,0 +1,133 @@
+// Starts the real tidings binary and a TCP proxy in front of it whose
+// connections the test can cut, and publishes through the server API.
+import { spawn } from 'node:child_process';
+import { mkdtempSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
+export const BIN = process.env.TIDINGS_BIN ?? path.join(root, 'target/debug/tidings');
+export const API_KEY = 'node-test-api-key';
+
+/** Starts the binary on 127.0.0.1:0; resolves with { addr, stop }. */
+export async function startServer() {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'tidings-node-'));
+  const config = path.join(dir, 'tidings.toml');
+  writeFileSync(config, [
+    'listen = "127.0.0.1:0"',
+    'cors_origins = ["*"]',
+    '[auth]',
+    'token_secret = "node-test-secret"',
+    `api_keys = ["${API_KEY}"]`,
+    '[channels]',
+    'history_size = 10000',
+    'history_ttl = "1h"',
+    'anonymous = true',
+    // A reconnect waits out the server's retry hint (1-3 s); at 1,000/s that
+    // is up to 3,000 missed publications, all to be recovered.
+    '[client]',
+    'recovery_max = 10000',
+  ].join('\n'));
+  const child = spawn(BIN, ['--config', config, '--data-dir', path.join(dir, 'data')], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, RUST_LOG: 'warn,tidings_server=info' },
+  });
+  const addr = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('server did not start')), 30_000);
+    let buf = '';
+    child.stderr.on('data', (chunk) => {
+      buf += chunk;
+      const m = buf.match(/listening on http:\/\/(\S+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`server exited ${code}`)));
+  });
+  return {
+    addr,
+    stop: () => new Promise((resolve) => {
+      child.on('exit', resolve);
+      child.kill('SIGTERM');
+    }),
+  };
+}
+
+/** A TCP proxy to `target`; `cut()` destroys every open connection. */
+export async function startProxy(target) {
+  const [host, port] = target.split(':');
+  const open = new Set();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(Number(port), host);
+    open.add(client);
+    open.add(upstream);
+    client.pipe(upstream);
+    upstream.pipe(client);
+    const done = () => {
+      open.delete(client);
+      open.delete(upstream);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', done);
+    upstream.on('error', done);
+    client.on('close', done);
+    upstream.on('close', done);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    addr: `127.0.0.1:${server.address().port}`,
+    cut: () => {
+      const n = open.size;
+      for (const s of open) s.destroy();
+      return n;
+    },
+    close: () => new Promise((resolve) => {
+      for (const s of open) s.destroy();
+      server.close(resolve);
+    }),
+  };
+}
+
+/** Publishes `count` publications into `channel` at about `rate` per second. */
+export async function publishAtRate(addr, channel, count, rate, onHalf) {
+  const perTick = Math.max(1, Math.round(rate / 100));
+  let sent = 0;
+  while (sent < count) {
+    const started = Date.now();
+    const batch = [];
+    for (let i = 0; i < perTick && sent < count; i++) {
+      sent += 1;
+      batch.push(publish(addr, channel, { n: sent }));
+    }
+    await Promise.all(batch);
+    if (onHalf && sent >= count / 2) {
+      onHalf();
+      onHalf = null;
+    }
+    const wait = 10 - (Date.now() - started);
+    if (wait > 0) await new Promise((r) => setTimeout(r, wait));
+  }
+}
+
+async function publish(addr, channel, data) {
+  const res = await fetch(`http://${addr}/v1/api/publish`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ channel, data }),
+  });
+  if (!res.ok) throw new Error(`publish failed: ${res.status} ${await res.text()}`);
+  return res.json();
+}
+
+/** Resolves when `pred()` is true, polling; rejects after `ms`. */
+export async function until(pred, ms, what) {
+  const end = Date.now() + ms;
+  while (!pred()) {
+    if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
