@@ -7,6 +7,9 @@
 //! publish→delivery latency percentiles and server CPU per delivered message.
 //! `harness publish ADDR PID N SECS` — N publishers awaiting each ack:
 //! publish throughput and acknowledgement latency.
+//! `harness sse-idle|poll-idle ADDR PID N` — N open SSE streams or held
+//! long-polls: RSS each and idle CPU.
+//! `harness sse-fanout ADDR PID N RATE SECS` — N SSE streams of one channel.
 //! `harness ceiling - 0 N ROUNDS` — no server: the cost of one lone small
 //! write per socket, the kernel-bound floor of fanout to idle subscribers.
 //! Targets loopback only; every loop is bounded.
@@ -16,6 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_websockets::{ClientBuilder, Message};
 
 fn proc_rss_kib(pid: u32) -> u64 {
@@ -36,6 +40,19 @@ fn proc_cpu_s(pid: u32) -> f64 {
     let f: Vec<&str> = after.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
     (ticks(11) + ticks(12)) as f64 / 100.0
+}
+
+/// The position vector of channel `p` now (a long-poll without `since`).
+async fn first_position(addr: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    tcp.write_all(b"GET /v1/poll?channel=p HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    tcp.read_to_end(&mut out).await.unwrap();
+    let text = String::from_utf8_lossy(&out);
+    let start = text.find("\"position\":\"").expect("a position") + 12;
+    text[start..].split('"').next().unwrap_or_default().to_string()
 }
 
 /// The unsigned integer right after `key` in `line`.
@@ -260,6 +277,110 @@ async fn main() {
                 pct(0.99),
                 pct(1.0),
                 cpu
+            );
+        }
+        "sse-idle" | "poll-idle" => {
+            // N open SSE streams, or N held long-polls, over raw HTTP/1.1.
+            let sse = mode == "sse-idle";
+            let position = if sse { String::new() } else { first_position(&addr).await };
+            let before = proc_rss_kib(pid);
+            let started = Instant::now();
+            let mut conns = Vec::with_capacity(n);
+            for i in 0..n {
+                let path = if sse {
+                    format!("/v1/sse?channel=room{}", i % 100)
+                } else {
+                    format!("/v1/poll?channel=p&since={position}&timeout=60")
+                };
+                let mut tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+                tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
+                    .await
+                    .unwrap();
+                if sse {
+                    // Wait for the headers and the retry hint.
+                    let mut buf = [0u8; 1024];
+                    let _ = tcp.read(&mut buf).await;
+                }
+                conns.push(tcp);
+            }
+            let setup = started.elapsed();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = proc_rss_kib(pid);
+            let cpu0 = proc_cpu_s(pid);
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            let idle_cpu = proc_cpu_s(pid) - cpu0;
+            println!(
+                "{mode}: {n} in {:.2}s; server RSS {before} KiB -> {after} KiB; {:.2} KiB each; idle CPU over 10 s: {:.2}s ({:.1}%)",
+                setup.as_secs_f64(),
+                after.saturating_sub(before) as f64 / n as f64,
+                idle_cpu,
+                idle_cpu * 10.0
+            );
+            drop(conns);
+        }
+        "sse-fanout" => {
+            let rate: u64 = args.get(5).and_then(|p| p.parse().ok()).unwrap_or(10);
+            let secs: u64 = args.get(6).and_then(|p| p.parse().ok()).unwrap_or(10);
+            let total = rate * secs;
+            let delivered = Arc::new(AtomicU64::new(0));
+            let latencies = Arc::new(parking_lot::Mutex::new(Vec::<u64>::new()));
+            let mut tasks = Vec::new();
+            for _ in 0..n {
+                let mut tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+                tcp.write_all(b"GET /v1/sse?channel=fan HTTP/1.1\r\nHost: bench\r\n\r\n").await.unwrap();
+                let delivered = delivered.clone();
+                let latencies = latencies.clone();
+                tasks.push(tokio::spawn(async move {
+                    let mut buf = vec![0u8; 64 * 1024];
+                    let mut carry = String::new();
+                    let mut next = 1u64;
+                    let mut lost = 0u64;
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs + 10);
+                    while next <= total {
+                        let Ok(Ok(len)) = tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await else { break };
+                        if len == 0 { break }
+                        carry.push_str(&String::from_utf8_lossy(&buf[..len]));
+                        let complete = carry.rfind('\n').map_or(0, |i| i + 1);
+                        for line in carry[..complete].lines() {
+                            let Some(data) = line.strip_prefix("data: {\"push\":\"pub\"") else { continue };
+                            let Some(o) = number_after(data, "\"offset\":") else { continue };
+                            lost += o.saturating_sub(next);
+                            next = o + 1;
+                            delivered.fetch_add(1, Ordering::Relaxed);
+                            if let Some(sent) = number_after(data, "\"t\":") {
+                                latencies.lock().push(now_us().saturating_sub(sent));
+                            }
+                        }
+                        carry.drain(..complete);
+                    }
+                    lost + total.saturating_sub(next - 1)
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (mut publisher, mut echo) = open(&addr, "fan").await.split();
+            let drain = tokio::spawn(async move { while let Some(Ok(_)) = echo.next().await {} });
+            let cpu0 = proc_cpu_s(pid);
+            let start = Instant::now();
+            let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
+            for i in 0..total {
+                ticker.tick().await;
+                let cmd = format!("{{\"id\":{},\"op\":\"publish\",\"channel\":\"fan\",\"data\":{{\"t\":{},\"pad\":\"{}\"}}}}", i + 10, now_us(), "x".repeat(64));
+                publisher.send(Message::text(cmd)).await.unwrap();
+            }
+            let mut lost = 0;
+            for t in tasks {
+                lost += t.await.unwrap_or(total);
+            }
+            drain.abort();
+            let elapsed = start.elapsed().as_secs_f64();
+            let cpu = proc_cpu_s(pid) - cpu0;
+            let d = delivered.load(Ordering::Relaxed);
+            let mut l = latencies.lock().clone();
+            l.sort_unstable();
+            let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+            println!(
+                "sse-fanout: {n} streams, {rate} pub/s for {secs}s: delivered {d} ({:.0}/s), lost {lost}; latency ms p50 {:.2} p99 {:.2} max {:.2}; server CPU {:.2}s = {:.2} us per delivered message",
+                d as f64 / elapsed, pct(0.5), pct(0.99), pct(1.0), cpu, cpu * 1e6 / d.max(1) as f64
             );
         }
         "ceiling" => {
