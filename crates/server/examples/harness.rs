@@ -52,7 +52,11 @@ async fn first_position(addr: &str) -> String {
     tcp.read_to_end(&mut out).await.unwrap();
     let text = String::from_utf8_lossy(&out);
     let start = text.find("\"position\":\"").expect("a position") + 12;
-    text[start..].split('"').next().unwrap_or_default().to_string()
+    text[start..]
+        .split('"')
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }
 
 /// The unsigned integer right after `key` in `line`.
@@ -282,7 +286,11 @@ async fn main() {
         "sse-idle" | "poll-idle" => {
             // N open SSE streams, or N held long-polls, over raw HTTP/1.1.
             let sse = mode == "sse-idle";
-            let position = if sse { String::new() } else { first_position(&addr).await };
+            let position = if sse {
+                String::new()
+            } else {
+                first_position(&addr).await
+            };
             let before = proc_rss_kib(pid);
             let started = Instant::now();
             let mut conns = Vec::with_capacity(n);
@@ -292,7 +300,9 @@ async fn main() {
                 } else {
                     format!("/v1/poll?channel=p&since={position}&timeout=60")
                 };
-                let mut tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+                let mut tcp = tokio::net::TcpStream::connect(&addr)
+                    .await
+                    .expect("connect");
                 tcp.write_all(format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n").as_bytes())
                     .await
                     .unwrap();
@@ -326,8 +336,12 @@ async fn main() {
             let latencies = Arc::new(parking_lot::Mutex::new(Vec::<u64>::new()));
             let mut tasks = Vec::new();
             for _ in 0..n {
-                let mut tcp = tokio::net::TcpStream::connect(&addr).await.expect("connect");
-                tcp.write_all(b"GET /v1/sse?channel=fan HTTP/1.1\r\nHost: bench\r\n\r\n").await.unwrap();
+                let mut tcp = tokio::net::TcpStream::connect(&addr)
+                    .await
+                    .expect("connect");
+                tcp.write_all(b"GET /v1/sse?channel=fan HTTP/1.1\r\nHost: bench\r\n\r\n")
+                    .await
+                    .unwrap();
                 let delivered = delivered.clone();
                 let latencies = latencies.clone();
                 tasks.push(tokio::spawn(async move {
@@ -337,13 +351,23 @@ async fn main() {
                     let mut lost = 0u64;
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(secs + 10);
                     while next <= total {
-                        let Ok(Ok(len)) = tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await else { break };
-                        if len == 0 { break }
+                        let Ok(Ok(len)) =
+                            tokio::time::timeout_at(deadline, tcp.read(&mut buf)).await
+                        else {
+                            break;
+                        };
+                        if len == 0 {
+                            break;
+                        }
                         carry.push_str(&String::from_utf8_lossy(&buf[..len]));
                         let complete = carry.rfind('\n').map_or(0, |i| i + 1);
                         for line in carry[..complete].lines() {
-                            let Some(data) = line.strip_prefix("data: {\"push\":\"pub\"") else { continue };
-                            let Some(o) = number_after(data, "\"offset\":") else { continue };
+                            let Some(data) = line.strip_prefix("data: {\"push\":\"pub\"") else {
+                                continue;
+                            };
+                            let Some(o) = number_after(data, "\"offset\":") else {
+                                continue;
+                            };
                             lost += o.saturating_sub(next);
                             next = o + 1;
                             delivered.fetch_add(1, Ordering::Relaxed);
@@ -364,7 +388,12 @@ async fn main() {
             let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate as f64));
             for i in 0..total {
                 ticker.tick().await;
-                let cmd = format!("{{\"id\":{},\"op\":\"publish\",\"channel\":\"fan\",\"data\":{{\"t\":{},\"pad\":\"{}\"}}}}", i + 10, now_us(), "x".repeat(64));
+                let cmd = format!(
+                    "{{\"id\":{},\"op\":\"publish\",\"channel\":\"fan\",\"data\":{{\"t\":{},\"pad\":\"{}\"}}}}",
+                    i + 10,
+                    now_us(),
+                    "x".repeat(64)
+                );
                 publisher.send(Message::text(cmd)).await.unwrap();
             }
             let mut lost = 0;
@@ -377,10 +406,20 @@ async fn main() {
             let d = delivered.load(Ordering::Relaxed);
             let mut l = latencies.lock().clone();
             l.sort_unstable();
-            let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+            let pct = |p: f64| {
+                l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(0) as f64
+                    / 1000.0
+            };
             println!(
                 "sse-fanout: {n} streams, {rate} pub/s for {secs}s: delivered {d} ({:.0}/s), lost {lost}; latency ms p50 {:.2} p99 {:.2} max {:.2}; server CPU {:.2}s = {:.2} us per delivered message",
-                d as f64 / elapsed, pct(0.5), pct(0.99), pct(1.0), cpu, cpu * 1e6 / d.max(1) as f64
+                d as f64 / elapsed,
+                pct(0.5),
+                pct(0.99),
+                pct(1.0),
+                cpu,
+                cpu * 1e6 / d.max(1) as f64
             );
         }
         "ceiling" => {

@@ -95,21 +95,31 @@ async fn a_position_vector_stays_valid_after_a_restart() {
     let server = start_with(config.clone()).await;
     let (_, a) = api(&server, "publish", json!({"channel": "feed", "data": 1})).await;
     assert_eq!(a["offset"], 1);
-    let url = |s: &tidings_server::Server, q: &str| format!("http://{}/v1/poll?{q}", s.local_addr());
-    let first: serde_json::Value = reqwest::get(url(&server, "channel=feed")).await.unwrap().json().await.unwrap();
-    let position = first["position"].as_str().unwrap().to_string();
-    server.shutdown().await;
-
-    let server = start_with(config).await;
-    api(&server, "publish", json!({"channel": "feed", "data": 2})).await;
-    let answer: serde_json::Value = reqwest::get(url(&server, &format!("channel=feed&since={position}")))
+    let url =
+        |s: &tidings_server::Server, q: &str| format!("http://{}/v1/poll?{q}", s.local_addr());
+    let first: serde_json::Value = reqwest::get(url(&server, "channel=feed"))
         .await
         .unwrap()
         .json()
         .await
         .unwrap();
+    let position = first["position"].as_str().unwrap().to_string();
+    server.shutdown().await;
+
+    let server = start_with(config).await;
+    api(&server, "publish", json!({"channel": "feed", "data": 2})).await;
+    let answer: serde_json::Value =
+        reqwest::get(url(&server, &format!("channel=feed&since={position}")))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     let events = answer["events"].as_array().unwrap();
     assert_eq!(events.len(), 1, "{answer}");
-    assert_eq!((events[0]["push"].as_str(), events[0]["offset"].as_u64()), (Some("pub"), Some(2)));
+    assert_eq!(
+        (events[0]["push"].as_str(), events[0]["offset"].as_u64()),
+        (Some("pub"), Some(2))
+    );
     server.shutdown().await;
 }

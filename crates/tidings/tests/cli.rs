@@ -335,14 +335,24 @@ fn curl_reads_sse_and_long_poll() {
         let addr = addr.clone();
         move || {
             Command::new("curl")
-                .args(["-sN", "--max-time", "3", &format!("http://{addr}/v1/sse?channel=news")])
+                .args([
+                    "-sN",
+                    "--max-time",
+                    "3",
+                    &format!("http://{addr}/v1/sse?channel=news"),
+                ])
                 .output()
                 .unwrap()
         }
     });
     std::thread::sleep(Duration::from_millis(800));
     for text in ["one", "two"] {
-        let a = curl_api(&addr, &key, "publish", &format!(r#"{{"channel":"news","data":"{text}"}}"#));
+        let a = curl_api(
+            &addr,
+            &key,
+            "publish",
+            &format!(r#"{{"channel":"news","data":"{text}"}}"#),
+        );
         assert!(a["offset"].is_u64(), "{a}");
     }
     let out = String::from_utf8(sse.join().unwrap().stdout).unwrap();
@@ -353,7 +363,10 @@ fn curl_reads_sse_and_long_poll() {
 
     // Long-poll from the first id: answers at once with the second.
     let poll = Command::new("curl")
-        .args(["-s", &format!("http://{addr}/v1/poll?channel=news&since={}", ids[0])])
+        .args([
+            "-s",
+            &format!("http://{addr}/v1/poll?channel=news&since={}", ids[0]),
+        ])
         .output()
         .unwrap();
     let answer: serde_json::Value = serde_json::from_slice(&poll.stdout).unwrap();
@@ -361,7 +374,13 @@ fn curl_reads_sse_and_long_poll() {
     assert_eq!(answer["position"], ids[1]);
     // From the last id: held for the timeout, then nothing new and the same position.
     let poll = Command::new("curl")
-        .args(["-s", &format!("http://{addr}/v1/poll?channel=news&since={}&timeout=1", ids[1])])
+        .args([
+            "-s",
+            &format!(
+                "http://{addr}/v1/poll?channel=news&since={}&timeout=1",
+                ids[1]
+            ),
+        ])
         .output()
         .unwrap();
     let answer: serde_json::Value = serde_json::from_slice(&poll.stdout).unwrap();
