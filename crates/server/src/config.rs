@@ -293,6 +293,23 @@ impl Config {
         if self.client.max_frame_size < 1024 {
             bad.push("`client.max_frame_size`: at least 1024".into());
         }
+        if self.client.max_stream_channels == 0 {
+            bad.push("`client.max_stream_channels`: must be greater than 0".into());
+        }
+        if self.client.max_polls_per_user == 0 {
+            bad.push("`client.max_polls_per_user`: must be greater than 0".into());
+        }
+        for origin in &self.cors_origins {
+            let ok = origin == "*"
+                || ((origin.starts_with("http://") || origin.starts_with("https://"))
+                    && !origin.ends_with('/')
+                    && axum::http::HeaderValue::from_str(origin).is_ok());
+            if !ok {
+                bad.push(format!(
+                    "`cors_origins`: {origin:?} is not an origin like \"https://app.example\" (scheme and host, no path) or \"*\""
+                ));
+            }
+        }
         if self.client.max_subscriptions == 0 {
             bad.push("`client.max_subscriptions`: must be greater than 0".into());
         }

@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 struct Sse {
     res: reqwest::Response,
     buf: String,
+    /// The id of the last block that had one (what a browser would resend).
+    last_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -34,6 +36,7 @@ impl Sse {
         Sse {
             res,
             buf: String::new(),
+            last_id: None,
         }
     }
 
@@ -52,6 +55,9 @@ impl Sse {
                     } else if let Some(v) = line.strip_prefix("data: ") {
                         e.data.push_str(v);
                     }
+                }
+                if e.id.is_some() {
+                    self.last_id = e.id.clone();
                 }
                 if !e.event.is_empty() {
                     return Some(e);
@@ -507,4 +513,39 @@ async fn sse_slow_reader_is_cut_off_and_resumes_without_loss() {
         seen.push(d["offset"].as_u64().unwrap() - 1);
     }
     assert_eq!(seen, (0..total).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn sse_that_drops_before_its_first_publication_still_resumes() {
+    let server = start().await;
+    let mut sse = Sse::open(&server, "channel=quiet", None).await;
+    // Read the opening block (retry hint and position), then drop the stream.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sse.last_id.is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "an opening id");
+        if let Ok(Ok(Some(chunk))) =
+            tokio::time::timeout(Duration::from_millis(200), sse.res.chunk()).await
+        {
+            sse.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        if let Some(end) = sse.buf.find("\n\n") {
+            let block: String = sse.buf.drain(..end + 2).collect();
+            sse.last_id = block
+                .lines()
+                .find_map(|l| l.strip_prefix("id: "))
+                .map(String::from);
+        }
+    }
+    let id = sse.last_id.clone();
+    drop(sse);
+    publish(&server, "quiet", json!(1)).await;
+    publish(&server, "quiet", json!(2)).await;
+    let mut sse = Sse::open(&server, "channel=quiet", id.as_deref()).await;
+    for want in [1, 2] {
+        let e = sse.next().await.unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&e.data).unwrap()["offset"],
+            want
+        );
+    }
 }

@@ -6,7 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use bytes::{BufMut, Bytes, BytesMut};
@@ -23,10 +25,11 @@ const MAX_TIMEOUT_S: u64 = 60;
 /// `GET /v1/poll`.
 pub async fn handle(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    match poll(&node, query.as_deref(), &headers).await {
+    match poll(&node, peer, query.as_deref(), &headers).await {
         Ok(body) => ([(header::CONTENT_TYPE, "application/json")], body).into_response(),
         Err(e) => e.into_response(),
     }
@@ -34,6 +37,7 @@ pub async fn handle(
 
 async fn poll(
     node: &Arc<Node>,
+    peer: SocketAddr,
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Bytes, ApiError> {
@@ -53,12 +57,11 @@ async fn poll(
     };
     let (mut open, mut events) = OpenStream::open(node, &req).await?;
     if req.since.is_some() && events.is_empty() && timeout > 0 {
-        let user = open
-            .session
-            .as_ref()
-            .and_then(|s| s.user())
-            .unwrap_or_default()
-            .to_string();
+        // Anonymous clients are counted by address, not as one user.
+        let user = match open.session.as_ref().and_then(|s| s.user()) {
+            Some(user) if !user.is_empty() => user.to_string(),
+            _ => format!("anonymous@{}", peer.ip()),
+        };
         let Some(_held) = node.hold_poll(&user) else {
             open.end().await;
             return Err(ApiError(ErrorBody::new(

@@ -46,7 +46,9 @@ pub async fn handle(
     // Jitter the browser's reconnect delay so a restart does not bring everyone back at once.
     let retry = Duration::from_millis(rand::rng().random_range(1000..=3000));
     let head = stream::iter(
-        std::iter::once(Event::default().retry(retry).comment("tidings"))
+        // The first block carries the position vector as its id, so a stream
+        // that drops before its first publication resumes from here too.
+        std::iter::once(Event::default().retry(retry).id(open.vector()))
             .chain(first.into_iter().map(to_event))
             .map(Ok::<_, Infallible>),
     );
