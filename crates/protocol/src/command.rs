@@ -87,11 +87,20 @@ pub enum CommandKind {
     Presence {
         /// Channel name.
         channel: String,
+        /// At most this many entries (a page).
+        limit: Option<u32>,
+        /// Start after this client id (`next_cursor` of the previous page).
+        cursor: Option<String>,
     },
     /// How many clients and users are in a channel.
     PresenceStats {
         /// Channel name.
         channel: String,
+    },
+    /// When users were last seen.
+    LastSeen {
+        /// User ids.
+        users: Vec<String>,
     },
     /// Renew the connection token.
     Refresh {
@@ -112,6 +121,7 @@ impl CommandKind {
             CommandKind::Publish { .. } => "publish",
             CommandKind::History { .. } => "history",
             CommandKind::Presence { .. } => "presence",
+            CommandKind::LastSeen { .. } => "last_seen",
             CommandKind::PresenceStats { .. } => "presence_stats",
             CommandKind::Refresh { .. } => "refresh",
             CommandKind::Pong => "pong",
@@ -146,6 +156,8 @@ struct RawCommand {
     tags: Option<BTreeMap<String, String>>,
     limit: Option<u32>,
     reverse: Option<bool>,
+    cursor: Option<String>,
+    users: Option<Vec<String>>,
     #[serde(default)]
     strict: bool,
 }
@@ -208,6 +220,11 @@ impl Command {
             },
             "presence" => CommandKind::Presence {
                 channel: channel(raw.channel)?,
+                limit: raw.limit,
+                cursor: raw.cursor,
+            },
+            "last_seen" => CommandKind::LastSeen {
+                users: raw.users.ok_or_else(|| missing(id, op, "users"))?,
             },
             "presence_stats" => CommandKind::PresenceStats {
                 channel: channel(raw.channel)?,

@@ -87,8 +87,19 @@ pub struct RefreshOk {
 /// `presence` → ok.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct PresenceOk {
-    /// Connections in the channel by client id.
+    /// Connections in the channel by client id (one page).
     pub clients: std::collections::BTreeMap<String, ClientInfo>,
+    /// Pass as `cursor` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+}
+
+/// `last_seen` → ok.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LastSeenOk {
+    /// Per user: milliseconds since the Unix epoch of the last disconnect or
+    /// activity, or null when never seen.
+    pub users: std::collections::BTreeMap<String, Option<u64>>,
 }
 
 /// `presence_stats` → ok.

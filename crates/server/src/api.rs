@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use tidings_protocol::reply::{Empty, PresenceOk};
+use tidings_protocol::reply::Empty;
 use tidings_protocol::{Disconnect, DisconnectCode, ErrorBody, ErrorCode, SinceArg};
 
 use crate::node::{Control, Node, resolve};
@@ -92,6 +92,20 @@ struct HistoryBody {
 #[serde(deny_unknown_fields)]
 struct ChannelBody {
     channel: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PresenceBody {
+    channel: String,
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LastSeenBody {
+    users: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -235,10 +249,13 @@ async fn call(
             ok(&session::history(node, &b.channel, ns, b.since, b.limit, b.reverse).await?)
         }
         "presence" => {
-            let b: ChannelBody = parse(body)?;
+            let b: PresenceBody = parse(body)?;
             let (_, ns) = resolve(&node.config, &b.channel)?;
-            let clients = session::presence_list(node, &b.channel, ns).await?;
-            ok(&PresenceOk { clients })
+            ok(&session::presence_list(node, &b.channel, ns, b.limit, b.cursor).await?)
+        }
+        "last_seen" => {
+            let b: LastSeenBody = parse(body)?;
+            ok(&session::last_seen(node, &b.users).await?)
         }
         "presence_stats" => {
             let b: ChannelBody = parse(body)?;

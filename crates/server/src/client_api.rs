@@ -17,7 +17,13 @@ use crate::outbox::Outbox;
 use crate::session::Session;
 
 /// The commands open to HTTP clients.
-const OPS: [&str; 4] = ["publish", "history", "presence", "presence_stats"];
+const OPS: [&str; 5] = [
+    "publish",
+    "history",
+    "presence",
+    "presence_stats",
+    "last_seen",
+];
 
 fn bad(code: ErrorCode, message: impl Into<String>) -> ApiError {
     ApiError(ErrorBody::new(code, message))

@@ -43,6 +43,14 @@ pub struct NamespaceOptions {
     pub presence: bool,
     /// Whether history is kept on disk (survives restarts) or in memory only.
     pub durable: bool,
+    /// Whether `join` and `leave` are pushed to subscribers (needs `presence`).
+    pub join_leave: bool,
+    /// Above this many members, `join` and `leave` are not pushed.
+    pub join_leave_max: usize,
+    /// `join` for a user's first connection only, `leave` for their last.
+    pub presence_per_user: bool,
+    /// Publications per second one connection may make in one channel (0 = no limit).
+    pub client_publish_rate: u32,
 }
 
 impl Default for NamespaceOptions {
@@ -55,6 +63,10 @@ impl Default for NamespaceOptions {
             max_message_size: 64 * 1024,
             presence: false,
             durable: true,
+            join_leave: false,
+            join_leave_max: 1000,
+            presence_per_user: false,
+            client_publish_rate: 0,
         }
     }
 }
@@ -144,6 +156,10 @@ pub struct Config {
     /// fsync), `interval` (written to the OS, synced every `fsync_interval`),
     /// `never` (written to the OS).
     pub fsync: Fsync,
+    /// A presence entry not renewed within this is removed (crashed
+    /// connections leave no ghosts); live connections renew at a third of it.
+    #[serde(with = "humantime_serde")]
+    pub presence_ttl: Duration,
     /// Browser origins allowed to call SSE, long-poll and client HTTP
     /// actions (CORS; credentials are not allowed). `"*"` allows any.
     pub cors_origins: Vec<String>,
@@ -165,6 +181,7 @@ impl Default for Config {
             shutdown_spread: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             cors_origins: Vec::new(),
+            presence_ttl: Duration::from_secs(60),
             fsync: Fsync::Interval,
             fsync_interval: Duration::from_millis(10),
         }
@@ -292,6 +309,9 @@ impl Config {
         }
         if self.client.max_frame_size < 1024 {
             bad.push("`client.max_frame_size`: at least 1024".into());
+        }
+        if self.presence_ttl < Duration::from_secs(1) {
+            bad.push("`presence_ttl`: at least 1s".into());
         }
         if self.client.max_stream_channels == 0 {
             bad.push("`client.max_stream_channels`: must be greater than 0".into());

@@ -187,16 +187,18 @@ impl Hub {
     }
 }
 
-impl PublicationSink for Hub {
-    fn deliver(&self, channel: &str, epoch: Option<&str>, publication: &Arc<Publication>) {
+impl Hub {
+    /// Offers one encoded message (with its offset, if any) to every local
+    /// subscriber of `channel`.
+    fn fan_out(&self, channel: &str, offset: Option<u64>, make: impl FnOnce() -> Bytes) {
         let shard = self.shard(channel).read();
         let Some(entry) = shard.get(channel) else {
             return;
         };
-        let bytes = encode_pub(channel, epoch, publication);
+        let bytes = make();
         let mut queued = 0u64;
         for sub in entry.subscribers.values() {
-            match sub.offer(publication.offset, &bytes) {
+            match sub.offer(offset, &bytes) {
                 Pushed::Queued => queued += 1,
                 Pushed::Overflow => {
                     self.metrics.slow_consumer_disconnects.inc();
@@ -205,5 +207,18 @@ impl PublicationSink for Hub {
             }
         }
         self.metrics.messages_out.inc_by(queued);
+    }
+}
+
+impl PublicationSink for Hub {
+    fn deliver(&self, channel: &str, epoch: Option<&str>, publication: &Arc<Publication>) {
+        // Encoded once, and only when someone here listens.
+        self.fan_out(channel, publication.offset, || {
+            encode_pub(channel, epoch, publication)
+        });
+    }
+
+    fn deliver_event(&self, channel: &str, message: Bytes) {
+        self.fan_out(channel, None, || message);
     }
 }

@@ -216,6 +216,12 @@ impl Node {
             history_ttl: ns.history_ttl,
             idempotency_window: self.config.idempotency_window,
             durable: ns.durable,
+            presence: crate::engine::PresencePolicy {
+                ttl: self.config.presence_ttl,
+                join_leave: ns.join_leave,
+                join_leave_max: ns.join_leave_max,
+                per_user: ns.presence_per_user,
+            },
         }
     }
 }

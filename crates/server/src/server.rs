@@ -44,7 +44,7 @@ pub enum ServerError {
     Store(#[from] StoreError),
 }
 
-/// How often idle channels are trimmed and forgotten.
+/// How often idle channels are trimmed and forgotten (at most).
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
 
 /// Credentials generated in dev mode (no secret configured).
@@ -116,7 +116,7 @@ impl Server {
         let engine = if config.needs_store() {
             let (store, loaded) =
                 Store::open(&config.data_dir, config.fsync, config.fsync_interval)?;
-            tracing::info!(channels = loaded.len(), dir = %config.data_dir.display(), "history store opened");
+            tracing::info!(channels = loaded.channels.len(), dir = %config.data_dir.display(), "history store opened");
             Arc::new(MemoryEngine::with_store(store, loaded))
         } else {
             Arc::new(MemoryEngine::new())
@@ -162,7 +162,10 @@ impl Server {
             let node = node.clone();
             let engine = engine.clone();
             tokio::spawn(async move {
-                let mut tick = tokio::time::interval(SWEEP_EVERY);
+                // Often enough that an unrenewed presence lease ends within
+                // 1.5 × presence_ttl.
+                let every = SWEEP_EVERY.min(node.config.presence_ttl / 2);
+                let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
                     let policy_of = |channel: &str| {

@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tidings_protocol::reply::{
-    ConnectOk, Empty, HistoryOk, PresenceOk, PresenceStatsOk, PublishOk, RefreshOk, SubscribeOk,
-    SubscribeResult,
+    ConnectOk, Empty, HistoryOk, LastSeenOk, PresenceOk, PresenceStatsOk, PublishOk, RefreshOk,
+    SubscribeOk, SubscribeResult,
 };
 use tidings_protocol::{
     ClientInfo, Command, CommandKind, Disconnect, DisconnectCode, ErrorBody, ErrorCode,
@@ -25,10 +25,11 @@ use crate::hub::{ConnId, Subscriber};
 use crate::node::{ConnHandle, Control, Mailbox, Node, resolve};
 use crate::outbox::{Outbox, Pushed};
 
-/// Lease of a presence entry in engines that expire them (remote ones): an
-/// entry outlives a crashed process by at most this. Renewing long-lived
-/// entries comes with the presence work; the memory engine needs no lease.
-const PRESENCE_TTL: Duration = Duration::from_secs(3600);
+/// Rooms up to this size list who is here in the subscribe reply.
+const PRESENCE_IN_REPLY: usize = 1000;
+/// Default and largest page of a `presence` answer.
+const PRESENCE_PAGE: usize = 100;
+const PRESENCE_PAGE_MAX: usize = 1000;
 
 struct Identity {
     user: String,
@@ -50,6 +51,11 @@ pub struct Session {
     /// `client_publish = "subscribers"` namespaces, being allowed to
     /// subscribe is enough to publish.
     stateless: bool,
+    /// A short-lived session (one long-poll): it takes no part in presence.
+    transient: bool,
+    /// Publications per channel in the current one-second window (for
+    /// namespaces with `client_publish_rate`).
+    publish_window: HashMap<String, (Instant, u32)>,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
@@ -91,6 +97,8 @@ impl Session {
             identity: None,
             subs: HashMap::new(),
             stateless: false,
+            transient: false,
+            publish_window: HashMap::new(),
         };
         (session, control)
     }
@@ -103,6 +111,12 @@ impl Session {
     /// Marks the session as serving one HTTP request (see `stateless`).
     pub fn set_stateless(&mut self) {
         self.stateless = true;
+        self.transient = true;
+    }
+
+    /// Marks the session as short-lived (a long-poll): no presence.
+    pub fn set_transient(&mut self) {
+        self.transient = true;
     }
 
     /// The authenticated user, once connected ("" when anonymous).
@@ -220,9 +234,17 @@ impl Session {
                 let r = self.history(&channel, since, limit, reverse).await;
                 self.reply(id, r)
             }
-            CommandKind::Presence { channel } => {
-                let r = self.presence(&channel).await;
-                self.reply(id, r.map(|clients| PresenceOk { clients }))
+            CommandKind::Presence {
+                channel,
+                limit,
+                cursor,
+            } => {
+                let r = self.presence(&channel, limit, cursor).await;
+                self.reply(id, r)
+            }
+            CommandKind::LastSeen { users } => {
+                let r = last_seen(&self.node, &users).await;
+                self.reply(id, r)
             }
             CommandKind::PresenceStats { channel } => {
                 let r = self.presence_stats(&channel).await;
@@ -267,6 +289,7 @@ impl Session {
         self.node.set_user(self.conn, &identity.user);
         let user = identity.user.clone();
         self.identity = Some(identity);
+        self.touch().await;
 
         // Subscribe everything asked while buffering, queue the connect reply,
         // then let each channel go live: no push can precede the reply.
@@ -361,17 +384,24 @@ impl Session {
             .map_err(|_| err(ErrorCode::AlreadySubscribed, "already subscribed"))?;
         self.subs.insert(arg.channel.clone(), sub.clone());
         match self.answer_subscribe(arg, ns, first).await {
-            Ok(mut ok) if ns.presence => {
+            Ok(mut ok) if ns.presence && !self.transient => {
                 let engine = &node.engine;
+                let policy = node.policy(ns);
                 let joined = async {
+                    engine.join(&arg.channel, &presence_info, &policy).await?;
+                    // Small rooms get who is here in the reply; large ones page.
+                    let (clients, _) = engine.stats(&arg.channel).await?;
+                    if clients as usize > PRESENCE_IN_REPLY {
+                        return Ok(None);
+                    }
                     engine
-                        .add(&arg.channel, &presence_info, PRESENCE_TTL)
-                        .await?;
-                    engine.list(&arg.channel).await
+                        .list(&arg.channel, None, PRESENCE_IN_REPLY)
+                        .await
+                        .map(|(members, _)| Some(members))
                 };
                 match joined.await {
                     Ok(members) => {
-                        ok.presence = Some(members);
+                        ok.presence = members;
                         Ok((sub, ok))
                     }
                     Err(e) => {
@@ -493,7 +523,12 @@ impl Session {
         }
         if let Ok((_, ns)) = resolve(&self.node.config, channel)
             && ns.presence
-            && let Err(e) = self.node.engine.remove(channel, &self.client).await
+            && !self.transient
+            && let Err(e) = self
+                .node
+                .engine
+                .leave(channel, &self.client, &self.node.policy(ns))
+                .await
         {
             tracing::warn!(channel, error = %e, "presence removal failed");
         }
@@ -509,7 +544,7 @@ impl Session {
     }
 
     async fn publish(
-        &self,
+        &mut self,
         channel: &str,
         data: Box<RawValue>,
         idempotency_key: Option<String>,
@@ -537,6 +572,27 @@ impl Session {
             user: identity.user.clone(),
             info: identity.info.clone(),
         };
+        if ns.client_publish_rate > 0 {
+            // A fixed one-second window per connection and channel (typing, cursors).
+            let now = Instant::now();
+            let window = self
+                .publish_window
+                .entry(channel.to_string())
+                .or_insert((now, 0));
+            if now.duration_since(window.0).as_secs() >= 1 {
+                *window = (now, 0);
+            }
+            if window.1 >= ns.client_publish_rate {
+                return Err(err(
+                    ErrorCode::RateLimited,
+                    format!(
+                        "at most {} publications per second in this channel",
+                        ns.client_publish_rate
+                    ),
+                ));
+            }
+            window.1 += 1;
+        }
         publish(
             &self.node,
             channel,
@@ -563,9 +619,11 @@ impl Session {
     async fn presence(
         &self,
         channel: &str,
-    ) -> Result<std::collections::BTreeMap<String, ClientInfo>, ErrorBody> {
+        limit: Option<u32>,
+        cursor: Option<String>,
+    ) -> Result<PresenceOk, ErrorBody> {
         let ns = &self.check_channel(channel)?;
-        presence_list(&self.node, channel, ns).await
+        presence_list(&self.node, channel, ns, limit, cursor).await
     }
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStatsOk, ErrorBody> {
@@ -615,6 +673,44 @@ impl Session {
             self.drop_subscription(&channel).await;
         }
         self.node.unregister(self.conn);
+        self.touch().await;
+    }
+
+    /// Records the user as seen now (last seen).
+    async fn touch(&self) {
+        if let Some(user) = self.user().filter(|u| !u.is_empty())
+            && !self.transient
+            && let Err(e) = self.node.engine.touch(user, crate::engine::now_ms()).await
+        {
+            tracing::warn!(error = %e, "recording last seen failed");
+        }
+    }
+
+    /// Renews the presence leases of every subscribed channel that has presence.
+    pub async fn renew_presence(&self) {
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        if self.transient {
+            return;
+        }
+        let info = ClientInfo {
+            client: self.client.clone(),
+            user: identity.user.clone(),
+            info: identity.info.clone(),
+        };
+        for channel in self.subs.keys() {
+            if let Ok((_, ns)) = resolve(&self.node.config, channel)
+                && ns.presence
+                && let Err(e) = self
+                    .node
+                    .engine
+                    .join(channel, &info, &self.node.policy(ns))
+                    .await
+            {
+                tracing::warn!(channel, error = %e, "renewing presence failed");
+            }
+        }
     }
 }
 
@@ -736,14 +832,34 @@ pub async fn presence_list(
     node: &Node,
     channel: &str,
     ns: &NamespaceOptions,
-) -> Result<std::collections::BTreeMap<String, ClientInfo>, ErrorBody> {
+    limit: Option<u32>,
+    cursor: Option<String>,
+) -> Result<PresenceOk, ErrorBody> {
     if !ns.presence {
         return Err(err(
             ErrorCode::BadRequest,
             "presence is off in this namespace",
         ));
     }
-    node.engine.list(channel).await.map_err(internal)
+    let limit = limit.map_or(PRESENCE_PAGE, |l| (l as usize).clamp(1, PRESENCE_PAGE_MAX));
+    let (clients, next_cursor) = node
+        .engine
+        .list(channel, cursor.as_deref(), limit)
+        .await
+        .map_err(internal)?;
+    Ok(PresenceOk {
+        clients,
+        next_cursor,
+    })
+}
+
+/// When users were last seen; at most 1000 users per call.
+pub async fn last_seen(node: &Node, users: &[String]) -> Result<LastSeenOk, ErrorBody> {
+    if users.len() > 1000 {
+        return Err(err(ErrorCode::LimitExceeded, "at most 1000 users per call"));
+    }
+    let users = node.engine.last_seen(users).await.map_err(internal)?;
+    Ok(LastSeenOk { users })
 }
 
 /// Presence counts after the namespace's checks.

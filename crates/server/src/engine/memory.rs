@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 
-use super::store::{LoadedChannel, Record, Store};
+use super::store::{Loaded, LoadedChannel, Record, Store};
 use super::{
     Broker, ChannelPolicy, EngineError, History, HistoryPage, HistoryQuery, Presence,
     PublicationSink, PublishOutcome, PublishRequest, new_epoch, now_ms,
@@ -34,6 +34,32 @@ struct ChannelLog {
     key_deadlines: bool,
     /// Last publish or read, for evicting idle empty logs.
     touched: Instant,
+    /// Who is subscribed, with their leases.
+    presence: Members,
+}
+
+/// A channel's presence: entries by client id with their lease, and how
+/// many entries each user has (so counts by user are O(1)).
+#[derive(Default)]
+struct Members {
+    members: BTreeMap<String, (ClientInfo, Instant)>,
+    users: HashMap<String, usize>,
+}
+
+impl Members {
+    /// Forgets one entry of `user`; true when it was their last.
+    fn release(&mut self, user: &str) -> bool {
+        match self.users.get_mut(user) {
+            Some(n) if *n > 1 => {
+                *n -= 1;
+                false
+            }
+            _ => {
+                self.users.remove(user);
+                true
+            }
+        }
+    }
 }
 
 impl ChannelLog {
@@ -47,6 +73,7 @@ impl ChannelLog {
             key_order: VecDeque::new(),
             key_deadlines: false,
             touched: Instant::now(),
+            presence: Members::default(),
         }
     }
 
@@ -98,6 +125,7 @@ impl ChannelLog {
             key_order: key_order.into(),
             key_deadlines: true,
             touched: now,
+            presence: Members::default(),
         }
     }
 
@@ -148,9 +176,8 @@ enum Step {
 /// The memory engine. Clone-free: share it in an `Arc`.
 pub struct MemoryEngine {
     logs: Vec<Shard<Arc<Mutex<ChannelLog>>>>,
-    /// Entries by channel and client. No expiry is needed here: the process
-    /// holding them is the one whose connections they describe.
-    presence: Vec<Shard<BTreeMap<String, ClientInfo>>>,
+    /// When each user was last seen (ms since the Unix epoch).
+    last_seen: Mutex<HashMap<String, u64>>,
     hasher: std::collections::hash_map::RandomState,
     sink: OnceLock<Arc<dyn PublicationSink>>,
     store: Option<Arc<Store>>,
@@ -167,7 +194,7 @@ impl MemoryEngine {
     pub fn new() -> Self {
         Self {
             logs: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            presence: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            last_seen: Mutex::new(HashMap::new()),
             hasher: Default::default(),
             sink: OnceLock::new(),
             store: None,
@@ -176,9 +203,10 @@ impl MemoryEngine {
 
     /// An engine whose durable namespaces write through to `store`, starting
     /// from what the store held.
-    pub fn with_store(store: Store, loaded: Vec<LoadedChannel>) -> Self {
+    pub fn with_store(store: Store, loaded: Loaded) -> Self {
         let mut engine = Self::new();
-        for ch in loaded {
+        *engine.last_seen.lock() = loaded.last_seen;
+        for ch in loaded.channels {
             let shard = engine.shard(&ch.channel);
             let name = ch.channel.clone();
             engine.logs[shard]
@@ -260,8 +288,23 @@ impl MemoryEngine {
                 let touched = l.touched;
                 if let Some(policy) = policy_of(name) {
                     l.trim(&policy, now);
+                    // Leases not renewed: the connection (or its node) is gone.
+                    let expired: Vec<String> = l
+                        .presence
+                        .members
+                        .iter()
+                        .filter(|(_, (_, until))| *until <= now)
+                        .map(|(k, _)| k.clone())
+                        .collect();
+                    for client in expired {
+                        if let Some((info, _)) = l.presence.members.remove(&client) {
+                            let last = l.presence.release(&info.user);
+                            self.announce(name, &l, &info, last, &policy, false);
+                        }
+                    }
                 }
                 let keep = in_use
+                    || !l.presence.members.is_empty()
                     || !l.retained.is_empty()
                     || !l.keys.is_empty()
                     || *l.visible.borrow() != l.top
@@ -272,6 +315,44 @@ impl MemoryEngine {
             });
         }
         evicted
+    }
+
+    /// Pushes `join` or `leave` for `info` when the policy asks for it:
+    /// join/leave on, the room not above `join_leave_max`, and (per user)
+    /// only for a user's first or last connection. Called under the channel
+    /// lock, so in order with the channel's publications.
+    fn announce(
+        &self,
+        channel: &str,
+        log: &ChannelLog,
+        info: &ClientInfo,
+        edge_of_user: bool,
+        policy: &ChannelPolicy,
+        joined: bool,
+    ) {
+        let p = &policy.presence;
+        if !p.join_leave
+            || log.presence.members.len() > p.join_leave_max
+            || (p.per_user && !edge_of_user)
+        {
+            return;
+        }
+        let Some(sink) = self.sink.get() else {
+            return;
+        };
+        let (name, info) = (channel.to_string(), info.clone());
+        let push = if joined {
+            tidings_protocol::Push::Join {
+                channel: name,
+                info,
+            }
+        } else {
+            tidings_protocol::Push::Leave {
+                channel: name,
+                info,
+            }
+        };
+        sink.deliver_event(channel, tidings_protocol::encode_push(&push));
     }
 
     /// Commits what is queued to disk and stops the store's writer.
@@ -472,41 +553,99 @@ impl History for MemoryEngine {
 
 #[async_trait]
 impl Presence for MemoryEngine {
-    async fn add(
+    async fn join(
         &self,
         channel: &str,
         info: &ClientInfo,
-        _ttl: Duration,
+        policy: &ChannelPolicy,
     ) -> Result<(), EngineError> {
-        let mut shard = self.presence[self.shard(channel)].lock();
-        shard
-            .entry(channel.to_string())
-            .or_default()
-            .insert(info.client.clone(), info.clone());
+        let log = self.log(channel);
+        let mut log = log.lock();
+        let until = Instant::now() + policy.presence.ttl;
+        if let Some(entry) = log.presence.members.get_mut(&info.client) {
+            entry.1 = until; // a renewal
+            return Ok(());
+        }
+        log.presence
+            .members
+            .insert(info.client.clone(), (info.clone(), until));
+        let count = log.presence.users.entry(info.user.clone()).or_default();
+        *count += 1;
+        let first_of_user = *count == 1;
+        self.announce(channel, &log, info, first_of_user, policy, true);
         Ok(())
     }
 
-    async fn remove(&self, channel: &str, client: &str) -> Result<(), EngineError> {
-        let mut shard = self.presence[self.shard(channel)].lock();
-        if let Some(members) = shard.get_mut(channel) {
-            members.remove(client);
-            if members.is_empty() {
-                shard.remove(channel);
-            }
+    async fn leave(
+        &self,
+        channel: &str,
+        client: &str,
+        policy: &ChannelPolicy,
+    ) -> Result<(), EngineError> {
+        let log = self.log(channel);
+        let mut log = log.lock();
+        if let Some((info, _)) = log.presence.members.remove(client) {
+            let last_of_user = log.presence.release(&info.user);
+            self.announce(channel, &log, &info, last_of_user, policy, false);
         }
         Ok(())
     }
 
-    async fn list(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, EngineError> {
-        let shard = self.presence[self.shard(channel)].lock();
-        Ok(shard.get(channel).cloned().unwrap_or_default())
+    async fn list(
+        &self,
+        channel: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(BTreeMap<String, ClientInfo>, Option<String>), EngineError> {
+        let log = self.log(channel);
+        let log = log.lock();
+        let range = match cursor {
+            Some(c) => log
+                .presence
+                .members
+                .range::<str, _>((std::ops::Bound::Excluded(c), std::ops::Bound::Unbounded)),
+            None => log.presence.members.range::<str, _>(..),
+        };
+        let page: BTreeMap<String, ClientInfo> = range
+            .take(limit.saturating_add(1))
+            .map(|(k, (info, _))| (k.clone(), info.clone()))
+            .collect();
+        let mut page = page;
+        let next = if page.len() > limit {
+            page.pop_last();
+            page.keys().next_back().cloned()
+        } else {
+            None
+        };
+        Ok((page, next))
     }
 
     async fn stats(&self, channel: &str) -> Result<(u64, u64), EngineError> {
-        let members = self.list(channel).await?;
-        let users: std::collections::HashSet<&str> =
-            members.values().map(|i| i.user.as_str()).collect();
-        Ok((members.len() as u64, users.len() as u64))
+        let log = self.log(channel);
+        let log = log.lock();
+        Ok((
+            log.presence.members.len() as u64,
+            log.presence.users.len() as u64,
+        ))
+    }
+
+    async fn touch(&self, user: &str, at_ms: u64) -> Result<(), EngineError> {
+        self.last_seen.lock().insert(user.to_string(), at_ms);
+        if let Some(store) = &self.store {
+            store.last_seen(user, at_ms);
+        }
+        Ok(())
+    }
+
+    async fn last_seen(
+        &self,
+        users: &[String],
+    ) -> Result<BTreeMap<String, Option<u64>>, EngineError> {
+        let seen = self.last_seen.lock();
+        Ok(users
+            .iter()
+            .map(|u| (u.clone(), seen.get(u).copied()))
+            .collect())
     }
 }
 
@@ -522,6 +661,7 @@ mod tests {
             history_ttl: Duration::from_millis(ttl_ms),
             idempotency_window: Duration::from_secs(300),
             durable: false,
+            presence: Default::default(),
         }
     }
 

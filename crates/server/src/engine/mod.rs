@@ -27,6 +27,32 @@ pub struct ChannelPolicy {
     pub idempotency_window: Duration,
     /// Whether history is written to the on-disk store (when there is one).
     pub durable: bool,
+    /// How presence behaves in the channel.
+    pub presence: PresencePolicy,
+}
+
+/// How a namespace's presence behaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresencePolicy {
+    /// An entry not renewed within this is gone (a crashed node's ghosts).
+    pub ttl: Duration,
+    /// Whether `join` and `leave` are pushed to subscribers.
+    pub join_leave: bool,
+    /// Above this many members, `join` and `leave` are not pushed.
+    pub join_leave_max: usize,
+    /// `join` on a user's first connection only, `leave` on their last.
+    pub per_user: bool,
+}
+
+impl Default for PresencePolicy {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(60),
+            join_leave: false,
+            join_leave_max: 1000,
+            per_user: false,
+        }
+    }
 }
 
 /// A publication to be made.
@@ -83,6 +109,8 @@ pub enum EngineError {
 pub trait PublicationSink: Send + Sync {
     /// Called in offset order per channel, never concurrently for the same channel.
     fn deliver(&self, channel: &str, epoch: Option<&str>, publication: &Arc<Publication>);
+    /// An encoded push with no offset (`join`, `leave`), in the channel's order.
+    fn deliver_event(&self, channel: &str, message: bytes::Bytes);
 }
 
 /// Hop 2's write path.
@@ -125,18 +153,40 @@ pub trait History: Send + Sync {
     ) -> Result<StreamPosition, EngineError>;
 }
 
-/// Who is in a channel.
+/// Who is in a channel, and when users were last seen.
 #[async_trait]
 pub trait Presence: Send + Sync {
-    /// Adds or renews a connection's entry; it expires after `ttl` unless renewed.
-    async fn add(&self, channel: &str, info: &ClientInfo, ttl: Duration)
-    -> Result<(), EngineError>;
-    /// Removes a connection's entry.
-    async fn remove(&self, channel: &str, client: &str) -> Result<(), EngineError>;
-    /// Every live entry, by client id.
-    async fn list(&self, channel: &str) -> Result<BTreeMap<String, ClientInfo>, EngineError>;
-    /// Number of connections and of distinct users.
+    /// Adds a connection's entry, or renews its lease (`policy.presence.ttl`).
+    /// A new entry is announced with a `join` push in the channel's order.
+    async fn join(
+        &self,
+        channel: &str,
+        info: &ClientInfo,
+        policy: &ChannelPolicy,
+    ) -> Result<(), EngineError>;
+    /// Removes a connection's entry, announced with a `leave` push.
+    async fn leave(
+        &self,
+        channel: &str,
+        client: &str,
+        policy: &ChannelPolicy,
+    ) -> Result<(), EngineError>;
+    /// One page of entries by client id, after `cursor`; and the next cursor.
+    async fn list(
+        &self,
+        channel: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(BTreeMap<String, ClientInfo>, Option<String>), EngineError>;
+    /// Number of connections and of distinct users, in O(1).
     async fn stats(&self, channel: &str) -> Result<(u64, u64), EngineError>;
+    /// Records that `user` was seen at `at_ms` (ms since the Unix epoch).
+    async fn touch(&self, user: &str, at_ms: u64) -> Result<(), EngineError>;
+    /// When each user was last seen (None: never).
+    async fn last_seen(
+        &self,
+        users: &[String],
+    ) -> Result<BTreeMap<String, Option<u64>>, EngineError>;
 }
 
 /// A complete engine.

@@ -107,6 +107,14 @@ pub struct Record {
     pub done: Done,
 }
 
+/// What the store held at start-up.
+pub struct Loaded {
+    /// Channels with their position, publications and keys.
+    pub channels: Vec<LoadedChannel>,
+    /// When each user was last seen (ms since the Unix epoch).
+    pub last_seen: std::collections::HashMap<String, u64>,
+}
+
 /// A channel as it was on disk.
 pub struct LoadedChannel {
     /// Channel name.
@@ -127,6 +135,11 @@ enum Job {
     Reset {
         channel: String,
         epoch: String,
+    },
+    /// A user was seen.
+    LastSeen {
+        user: String,
+        at_ms: u64,
     },
 }
 
@@ -175,7 +188,7 @@ impl Store {
         dir: &Path,
         fsync: Fsync,
         fsync_interval: Duration,
-    ) -> Result<(Store, Vec<LoadedChannel>), StoreError> {
+    ) -> Result<(Store, Loaded), StoreError> {
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Dir {
             path: dir.to_path_buf(),
             source,
@@ -204,7 +217,8 @@ impl Store {
              CREATE TABLE IF NOT EXISTS pubs (channel TEXT NOT NULL, offset INTEGER NOT NULL, expire_at INTEGER NOT NULL, body BLOB NOT NULL, PRIMARY KEY (channel, offset)) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS pubs_expiry ON pubs (expire_at);
              CREATE TABLE IF NOT EXISTS keys (channel TEXT NOT NULL, key TEXT NOT NULL, offset INTEGER NOT NULL, expire_at INTEGER NOT NULL, PRIMARY KEY (channel, key)) WITHOUT ROWID;
-             CREATE INDEX IF NOT EXISTS keys_expiry ON keys (expire_at);"
+             CREATE INDEX IF NOT EXISTS keys_expiry ON keys (expire_at);
+             CREATE TABLE IF NOT EXISTS last_seen (user TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;"
         ))
         .map_err(&err)?;
         let format: Option<i64> = conn
@@ -271,6 +285,16 @@ impl Store {
         }
     }
 
+    /// Records when a user was last seen.
+    pub fn last_seen(&self, user: &str, at_ms: u64) {
+        if let Some(tx) = &*self.tx.lock() {
+            let _ = tx.send(Job::LastSeen {
+                user: user.to_string(),
+                at_ms,
+            });
+        }
+    }
+
     /// Writes what is queued, syncs, and stops the writer.
     pub fn close(&self) {
         self.tx.lock().take();
@@ -286,7 +310,20 @@ impl Drop for Store {
     }
 }
 
-fn load(conn: &Connection) -> rusqlite::Result<Vec<LoadedChannel>> {
+fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
+    let last_seen = conn
+        .prepare("SELECT user, at FROM last_seen")?
+        .query_map([], |r| {
+            Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(Loaded {
+        channels: load_channels(conn)?,
+        last_seen,
+    })
+}
+
+fn load_channels(conn: &Connection) -> rusqlite::Result<Vec<LoadedChannel>> {
     let now = now_ms() as i64;
     let mut channels: Vec<LoadedChannel> = conn
         .prepare("SELECT channel, epoch, top FROM channels")?
@@ -357,6 +394,13 @@ fn write_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
                     if let Some((k, expire)) = &r.key {
                         key.execute(params![r.channel, k, offset, *expire as i64])?;
                     }
+                }
+                Job::LastSeen { user, at_ms } => {
+                    tx.execute(
+                        "INSERT INTO last_seen (user, at) VALUES (?1, ?2)
+                         ON CONFLICT (user) DO UPDATE SET at = max(at, excluded.at)",
+                        params![user, *at_ms as i64],
+                    )?;
                 }
                 Job::Reset { channel, epoch } => {
                     clear.execute(params![channel])?;
@@ -514,8 +558,8 @@ mod tests {
             }
             store.close();
             let (_store, loaded) = open();
-            prop_assert_eq!(loaded.len(), model.len());
-            for ch in loaded {
+            prop_assert_eq!(loaded.channels.len(), model.len());
+            for ch in loaded.channels {
                 let (top, pubs) = &model[&ch.channel];
                 prop_assert_eq!(ch.top, *top);
                 prop_assert_eq!(&ch.epoch, &format!("e-{}", ch.channel));

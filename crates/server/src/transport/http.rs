@@ -114,6 +114,7 @@ impl OpenStream {
     pub async fn open(
         node: &Arc<Node>,
         req: &StreamRequest,
+        transient: bool,
     ) -> Result<(Self, Vec<StreamEvent>), ApiError> {
         let max = node.config.client.max_stream_channels;
         if req.channels.len() > max {
@@ -132,6 +133,9 @@ impl OpenStream {
         };
         let outbox = Arc::new(Outbox::new(node.config.client.outbox_bytes));
         let (mut session, control) = Session::new(node.clone(), outbox.clone());
+        if transient {
+            session.set_transient();
+        }
         // Each command is handled and its reply taken before the next, so no
         // reply waits behind another in the outbox (a recovery may be large).
         let mut batch = Vec::new();

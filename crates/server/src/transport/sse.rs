@@ -38,7 +38,7 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let (open, first) = match OpenStream::open(&node, &req).await {
+    let (open, first) = match OpenStream::open(&node, &req, false).await {
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
@@ -66,17 +66,30 @@ fn live_events(open: OpenStream, node: Arc<Node>) -> impl Stream<Item = Vec<Even
     struct Live {
         open: OpenStream,
         node: Arc<Node>,
+        next_renew: tokio::time::Instant,
     }
     impl Drop for Live {
         fn drop(&mut self) {
             self.node.metrics.connections.dec();
         }
     }
-    stream::unfold(Some(Live { open, node }), |state| async move {
+    let next_renew = tokio::time::Instant::now() + node.config.presence_ttl / 3;
+    let live = Live {
+        open,
+        node,
+        next_renew,
+    };
+    stream::unfold(Some(live), |state| async move {
         let mut live = state?;
         loop {
             let mut batch = Vec::new();
             tokio::select! {
+                _ = tokio::time::sleep_until(live.next_renew) => {
+                    if let Some(session) = live.open.session.as_ref() {
+                        session.renew_presence().await;
+                    }
+                    live.next_renew = tokio::time::Instant::now() + live.node.config.presence_ttl / 3;
+                }
                 close = live.open.outbox.next_batch(&mut batch) => {
                     let mut events: Vec<Event> = batch
                         .into_iter()

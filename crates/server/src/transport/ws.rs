@@ -123,6 +123,8 @@ where
     let ping_interval = node.config.client.ping_interval;
     let mut next_ping = Instant::now() + ping_interval;
     let mut pong_deadline: Option<Instant> = None;
+    let renew_every = node.config.presence_ttl / 3;
+    let mut next_renew = Instant::now() + renew_every;
 
     // Once the outbox is closing, stop reading: the writer sends the rest.
     while !outbox.is_closed() {
@@ -175,6 +177,10 @@ where
                 }
             }
             c = control.recv() => session.handle_control(c).await,
+            _ = sleep_until(next_renew) => {
+                session.renew_presence().await;
+                next_renew = Instant::now() + renew_every;
+            }
             _ = outbox.closing() => {}
             _ = &mut writer => break,
         }
