@@ -34,6 +34,7 @@ mod error;
 mod subscription;
 mod task;
 mod tracker;
+mod typing;
 mod wire;
 
 pub use client::{Client, ClientEvent, HistoryOptions, PublishOptions};
@@ -42,6 +43,7 @@ pub use error::ClientError;
 pub use subscription::{SubEvent, SubscribeOptions, Subscription};
 pub use tidings_protocol::reply::{HistoryOk, PresenceOk, PresenceStatsOk, PublishOk, RefreshOk};
 pub use tidings_protocol::{ClientInfo, Publication, SinceArg};
+pub use typing::Typing;
 
 /// The wire protocol crate, for its other types.
 pub use tidings_protocol;

@@ -309,3 +309,44 @@ async fn subscribed_across_a_restart_recovers_what_it_missed() {
     );
     assert_eq!(seen, (1..=8).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn typing_indicator_throttles_and_stops_by_itself() {
+    let mut c = test_config();
+    c.namespaces.insert(
+        "typing".into(),
+        NamespaceOptions {
+            history_size: 0,
+            client_publish: ClientPublish::Any,
+            anonymous: true,
+            client_publish_rate: 2,
+            ..Default::default()
+        },
+    );
+    let server = Server::start(c).await.unwrap();
+    let watcher = Client::connect(config(&server, "watcher")).await.unwrap();
+    let mut sub = watcher
+        .subscribe("typing:doc", SubscribeOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut sub).await, SubEvent::Subscribed { .. }));
+    let typist = Client::connect(config(&server, "typist")).await.unwrap();
+    let typing = tidings_client::Typing::new(
+        typist,
+        "typing:doc",
+        Duration::from_millis(500),
+        Duration::from_millis(300),
+    );
+    // Ten keystrokes in ~100 ms: one `true`, then one `false` once idle.
+    for _ in 0..10 {
+        typing.keystroke().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        if let SubEvent::Publication(p) = next(&mut sub).await {
+            seen.push(p.data.get().to_string());
+        }
+    }
+    assert_eq!(seen, [r#"{"typing":true}"#, r#"{"typing":false}"#]);
+}

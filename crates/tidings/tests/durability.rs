@@ -289,3 +289,67 @@ fn damaged_store_stops_startup_with_the_way_out() {
     let _ = child.wait();
     assert!(listening, "started after --reset-history");
 }
+
+#[test]
+fn no_presence_ghosts_after_kill_9() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tidings.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen = \"127.0.0.1:0\"\n[auth]\ntoken_secret = \"durability-secret\"\napi_keys = [\"{KEY}\"]\n[namespaces.room]\npresence = true\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let (mut child, addr) = start(&config, &data);
+    let token = Command::new(BIN)
+        .args(["token", "--secret", "durability-secret", "--user", "ghost"])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(token.stdout).unwrap().trim().to_string();
+    let mut sub = KillOnDrop(
+        Command::new(BIN)
+            .args([
+                "sub",
+                "room:x",
+                "--url",
+                &format!("ws://{addr}/v1/ws"),
+                "--token",
+                &token,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let client = reqwest::Client::new();
+    let stats = |addr: &str| {
+        rt.block_on(api(
+            &client,
+            addr,
+            "presence_stats",
+            json!({"channel": "room:x"}),
+        ))
+        .unwrap()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while stats(&addr)["clients"] != 1 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the subscriber joined"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.kill().expect("SIGKILL");
+    let _ = child.wait();
+    let (child, addr) = start(&config, &data);
+    let _child = KillOnDrop(child);
+    assert_eq!(
+        stats(&addr),
+        json!({"clients": 0, "users": 0}),
+        "a restarted process reports no one from before"
+    );
+    let _ = sub.0.kill();
+}

@@ -750,3 +750,124 @@ mod tests {
         assert_eq!(page.position.offset, 2);
     }
 }
+
+#[cfg(test)]
+mod presence_tests {
+    use super::*;
+
+    /// Records every event the engine hands to the hub.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl PublicationSink for Recorder {
+        fn deliver(&self, _: &str, _: Option<&str>, p: &Arc<Publication>) {
+            self.0.lock().push(format!("pub {}", p.offset.unwrap_or(0)));
+        }
+        fn deliver_event(&self, _: &str, message: bytes::Bytes) {
+            let v: serde_json::Value = serde_json::from_slice(&message).unwrap();
+            self.0.lock().push(format!(
+                "{} {}",
+                v["push"].as_str().unwrap(),
+                v["client"].as_str().unwrap()
+            ));
+        }
+    }
+
+    fn policy(ttl_ms: u64, max: usize, per_user: bool) -> ChannelPolicy {
+        ChannelPolicy {
+            history_size: 10,
+            history_ttl: Duration::from_secs(60),
+            idempotency_window: Duration::from_secs(60),
+            durable: false,
+            presence: super::super::PresencePolicy {
+                ttl: Duration::from_millis(ttl_ms),
+                join_leave: true,
+                join_leave_max: max,
+                per_user,
+            },
+        }
+    }
+
+    fn who(client: &str, user: &str) -> ClientInfo {
+        ClientInfo {
+            client: client.into(),
+            user: user.into(),
+            info: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn ten_thousand_members_stats_and_pages() {
+        let e = MemoryEngine::new();
+        let p = policy(60_000, 1000, false);
+        for i in 0..10_000 {
+            e.join(
+                "room",
+                &who(&format!("c{i:05}"), &format!("u{}", i % 2500)),
+                &p,
+            )
+            .await
+            .unwrap();
+        }
+        assert_eq!(e.stats("room").await.unwrap(), (10_000, 2_500));
+        let mut cursor = None;
+        let mut seen = 0;
+        let mut pages = 0;
+        loop {
+            let (page, next) = e.list("room", cursor.as_deref(), 1000).await.unwrap();
+            seen += page.len();
+            pages += 1;
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!((seen, pages), (10_000, 10));
+    }
+
+    #[tokio::test]
+    async fn unrenewed_leases_expire_with_a_leave() {
+        let e = MemoryEngine::new();
+        let rec = Arc::new(Recorder::default());
+        e.set_sink(rec.clone());
+        let p = policy(50, 1000, false);
+        e.join("room", &who("ghost", "g"), &p).await.unwrap();
+        e.join("room", &who("live", "l"), &p).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        e.join("room", &who("live", "l"), &p).await.unwrap(); // renewed
+        tokio::time::sleep(Duration::from_millis(30)).await;
+        e.sweep(&|_| Some(p), Duration::from_secs(3600));
+        let (members, _) = e.list("room", None, 10).await.unwrap();
+        assert_eq!(members.keys().collect::<Vec<_>>(), ["live"]);
+        assert_eq!(*rec.0.lock(), ["join ghost", "join live", "leave ghost"]);
+    }
+
+    #[tokio::test]
+    async fn per_user_and_large_rooms_limit_announcements() {
+        let e = MemoryEngine::new();
+        let rec = Arc::new(Recorder::default());
+        e.set_sink(rec.clone());
+        let p = policy(60_000, 3, true);
+        for c in ["a1", "a2", "a3"] {
+            e.join("room", &who(c, "alice"), &p).await.unwrap();
+        }
+        assert_eq!(e.stats("room").await.unwrap(), (3, 1), "alice counted once");
+        e.leave("room", "a1", &p).await.unwrap();
+        e.leave("room", "a2", &p).await.unwrap();
+        assert_eq!(
+            *rec.0.lock(),
+            ["join a1"],
+            "no leave while alice has a connection"
+        );
+        e.leave("room", "a3", &p).await.unwrap();
+        assert_eq!(*rec.0.lock(), ["join a1", "leave a3"]);
+        // Above join_leave_max (3) members, nothing is announced.
+        rec.0.lock().clear();
+        for i in 0..5 {
+            e.join("room", &who(&format!("b{i}"), &format!("user{i}")), &p)
+                .await
+                .unwrap();
+        }
+        assert_eq!(*rec.0.lock(), ["join b0", "join b1", "join b2"]);
+    }
+}
