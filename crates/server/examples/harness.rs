@@ -10,6 +10,8 @@
 //! `harness sse-idle|poll-idle ADDR PID N` — N open SSE streams or held
 //! long-polls: RSS each and idle CPU.
 //! `harness sse-fanout ADDR PID N RATE SECS` — N SSE streams of one channel.
+//! `harness presence-churn ADDR PID MEMBERS CHURN SECS PUBS` — a presence room
+//! under connect/disconnect churn: server CPU and publication latency.
 //! `harness ceiling - 0 N ROUNDS` — no server: the cost of one lone small
 //! write per socket, the kernel-bound floor of fanout to idle subscribers.
 //! Targets loopback only; every loop is bounded.
@@ -421,6 +423,79 @@ async fn main() {
                 cpu,
                 cpu * 1e6 / d.max(1) as f64
             );
+        }
+        "presence-churn" => {
+            // MEMBERS idle subscribers of room:big (presence on), CHURN
+            // connect+subscribe and disconnects per second, a publisher at
+            // 10/s; 100 members read and time the publications.
+            let churn: u64 = args.get(5).and_then(|p| p.parse().ok()).unwrap_or(1000);
+            let secs: u64 = args.get(6).and_then(|p| p.parse().ok()).unwrap_or(10);
+            let mut members = Vec::with_capacity(n);
+            for _ in 0..n {
+                members.push(open(&addr, "room:big").await);
+            }
+            let latencies = Arc::new(parking_lot::Mutex::new(Vec::<u64>::new()));
+            let mut readers = Vec::new();
+            for mut ws in members.drain(..100.min(n)) {
+                let latencies = latencies.clone();
+                readers.push(tokio::spawn(async move {
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs + 5);
+                    while let Ok(Some(Ok(m))) = tokio::time::timeout_at(deadline, ws.next()).await {
+                        let Some(text) = m.as_text() else { continue };
+                        for line in text.split('\n') {
+                            if line.starts_with("{\"push\":\"pub\"")
+                                && let Some(sent) = number_after(line, "\"t\":")
+                            {
+                                latencies.lock().push(now_us().saturating_sub(sent));
+                            }
+                        }
+                    }
+                }));
+            }
+            let churner = {
+                let addr = addr.clone();
+                tokio::spawn(async move {
+                    let mut open_now = std::collections::VecDeque::new();
+                    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / churn as f64));
+                    let mut done = 0u64;
+                    let end = Instant::now() + Duration::from_secs(secs);
+                    while Instant::now() < end {
+                        tick.tick().await;
+                        open_now.push_back(open(&addr, "room:big").await);
+                        if open_now.len() > 50 {
+                            open_now.pop_front();
+                        }
+                        done += 1;
+                    }
+                    done
+                })
+            };
+            let (mut publisher, mut echo) = open(&addr, "room:big").await.split();
+            let drain = tokio::spawn(async move { while let Some(Ok(_)) = echo.next().await {} });
+            let cpu0 = proc_cpu_s(pid);
+            let start = Instant::now();
+            let per_s: u64 = args.get(7).and_then(|p| p.parse().ok()).unwrap_or(10);
+            let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_s as f64));
+            for i in 0..secs * per_s {
+                tick.tick().await;
+                let cmd = format!("{{\"id\":{},\"op\":\"publish\",\"channel\":\"room:big\",\"data\":{{\"t\":{}}}}}", i + 10, now_us());
+                publisher.send(Message::text(cmd)).await.unwrap();
+            }
+            let churned = churner.await.unwrap_or(0);
+            let cpu = proc_cpu_s(pid) - cpu0;
+            let elapsed = start.elapsed().as_secs_f64();
+            for r in readers {
+                let _ = r.await;
+            }
+            drain.abort();
+            let mut l = latencies.lock().clone();
+            l.sort_unstable();
+            let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+            println!(
+                "presence-churn: {n} members, {churned} connect+disconnect in {elapsed:.1}s ({:.0}/s); server CPU {cpu:.2}s ({:.0}% of a core); room publications at {per_s}/s seen by 100 members: {} samples, p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
+                churned as f64 / elapsed, cpu * 100.0 / elapsed, l.len(), pct(0.5), pct(0.99), pct(1.0)
+            );
+            drop(members);
         }
         "ceiling" => {
             // No server at all: N loopback socket pairs in this process; write one
