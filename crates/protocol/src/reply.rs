@@ -97,8 +97,8 @@ pub struct PresenceOk {
 /// `last_seen` → ok.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct LastSeenOk {
-    /// Per user: milliseconds since the Unix epoch of the last disconnect or
-    /// activity, or null when never seen.
+    /// Per user: milliseconds since the Unix epoch of their last connect or
+    /// disconnect, or null when never seen.
     pub users: std::collections::BTreeMap<String, Option<u64>>,
 }
 

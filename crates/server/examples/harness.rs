@@ -456,7 +456,8 @@ async fn main() {
                 let addr = addr.clone();
                 tokio::spawn(async move {
                     let mut open_now = std::collections::VecDeque::new();
-                    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / churn as f64));
+                    let mut tick =
+                        tokio::time::interval(Duration::from_secs_f64(1.0 / churn as f64));
                     let mut done = 0u64;
                     let end = Instant::now() + Duration::from_secs(secs);
                     while Instant::now() < end {
@@ -478,7 +479,11 @@ async fn main() {
             let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / per_s as f64));
             for i in 0..secs * per_s {
                 tick.tick().await;
-                let cmd = format!("{{\"id\":{},\"op\":\"publish\",\"channel\":\"room:big\",\"data\":{{\"t\":{}}}}}", i + 10, now_us());
+                let cmd = format!(
+                    "{{\"id\":{},\"op\":\"publish\",\"channel\":\"room:big\",\"data\":{{\"t\":{}}}}}",
+                    i + 10,
+                    now_us()
+                );
                 publisher.send(Message::text(cmd)).await.unwrap();
             }
             let churned = churner.await.unwrap_or(0);
@@ -490,10 +495,20 @@ async fn main() {
             drain.abort();
             let mut l = latencies.lock().clone();
             l.sort_unstable();
-            let pct = |p: f64| l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+            let pct = |p: f64| {
+                l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+                    .copied()
+                    .unwrap_or(0) as f64
+                    / 1000.0
+            };
             println!(
                 "presence-churn: {n} members, {churned} connect+disconnect in {elapsed:.1}s ({:.0}/s); server CPU {cpu:.2}s ({:.0}% of a core); room publications at {per_s}/s seen by 100 members: {} samples, p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
-                churned as f64 / elapsed, cpu * 100.0 / elapsed, l.len(), pct(0.5), pct(0.99), pct(1.0)
+                churned as f64 / elapsed,
+                cpu * 100.0 / elapsed,
+                l.len(),
+                pct(0.5),
+                pct(0.99),
+                pct(1.0)
             );
             drop(members);
         }

@@ -63,17 +63,54 @@ impl Subscriber {
         if let Some(reply) = reply {
             self.outbox.push_reply(reply);
         }
+        // Only publications have offsets; `join`/`leave` pass through in place.
         let mut expect = top.map(|t| t + 1);
         for (offset, bytes) in buf {
-            match (offset, expect) {
-                (Some(o), Some(_)) if o <= top.unwrap_or(0) => continue,
-                (Some(o), Some(e)) if o != e => return Err(Gap),
-                _ => {}
+            if let (Some(o), Some(e)) = (offset, expect) {
+                if o < e {
+                    continue; // in the reply, or before the client's position
+                }
+                if o != e {
+                    return Err(Gap);
+                }
+                expect = Some(o + 1);
             }
-            expect = offset.map(|o| o + 1);
             self.outbox.push(bytes);
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn go_live_skips_what_the_reply_holds_across_presence_events() {
+        let hub = Hub::new(Arc::new(Metrics::new()));
+        let outbox = Arc::new(Outbox::new(1 << 20));
+        let (sub, _) = hub.subscribe("c", 1, outbox.clone()).unwrap();
+        let msg = |s: &'static str| Bytes::from_static(s.as_bytes());
+        sub.offer(None, &msg("join"));
+        sub.offer(Some(5), &msg("pub5"));
+        sub.offer(None, &msg("leave"));
+        sub.offer(Some(6), &msg("pub6"));
+        // The reply was built at top 5: offset 5 is in it, 6 is not.
+        sub.go_live(Some(msg("reply")), Some(5)).unwrap();
+        let mut batch = Vec::new();
+        outbox.try_batch(&mut batch);
+        assert_eq!(
+            batch,
+            ["reply", "join", "leave", "pub6"].map(|s| Bytes::from_static(s.as_bytes()))
+        );
+
+        let (gappy, _) = hub.subscribe("d", 1, outbox.clone()).unwrap();
+        gappy.offer(Some(8), &msg("pub8"));
+        assert_eq!(
+            gappy.go_live(None, Some(6)),
+            Err(Gap),
+            "offset 7 is missing"
+        );
     }
 }
 

@@ -243,7 +243,14 @@ impl Session {
                 self.reply(id, r)
             }
             CommandKind::LastSeen { users } => {
-                let r = last_seen(&self.node, &users).await;
+                // Who was online when is for signed-in users, not anonymous ones.
+                let r = match self.user() {
+                    Some(u) if !u.is_empty() => last_seen(&self.node, &users).await,
+                    _ => Err(err(
+                        ErrorCode::PermissionDenied,
+                        "last_seen needs an authenticated connection",
+                    )),
+                };
                 self.reply(id, r)
             }
             CommandKind::PresenceStats { channel } => {
@@ -676,7 +683,7 @@ impl Session {
         self.touch().await;
     }
 
-    /// Records the user as seen now (last seen).
+    /// Records the user as seen now (at connect and at disconnect).
     async fn touch(&self) {
         if let Some(user) = self.user().filter(|u| !u.is_empty())
             && !self.transient
