@@ -21,6 +21,9 @@ pub struct Claims {
     /// Connection info, attached to the client's publications.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub info: Option<Box<RawValue>>,
+    /// Channels the connection is subscribed to server-side at connect.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<Vec<String>>,
 }
 
 /// Why a token was refused.
@@ -37,36 +40,117 @@ pub enum TokenError {
 /// Verifies and mints connection tokens with one HS256 secret.
 #[derive(Clone)]
 pub struct TokenVerifier {
-    decoding: DecodingKey,
+    /// Each key with the algorithms it may verify (its family's only, so an
+    /// HS token can never be checked against a public key: no confusion).
+    keys: Vec<(DecodingKey, Vec<Algorithm>)>,
     validation: Validation,
 }
 
+/// The key configuration of connection tokens.
+#[derive(Debug, Clone, Default)]
+pub struct TokenKeys<'a> {
+    /// HS256/384/512 secret.
+    pub secret: Option<&'a str>,
+    /// PEM files of RSA (RS256/384/512, PS*), EC (ES256/384) or Ed25519 (EdDSA) public keys.
+    pub public_keys: &'a [std::path::PathBuf],
+    /// Required `aud`, if any.
+    pub audience: Option<&'a str>,
+    /// Required `iss`, if any.
+    pub issuer: Option<&'a str>,
+}
+
 impl TokenVerifier {
-    /// A verifier for `secret`.
+    /// A verifier for one HS256/384/512 secret.
     pub fn new(secret: &str) -> Self {
-        let mut validation = Validation::new(Algorithm::HS256);
-        validation.leeway = TOKEN_LEEWAY_S;
-        // Audience and issuer checks come with the full auth layer; until
-        // then a token that carries `aud` is not refused for it.
-        validation.validate_aud = false;
-        // `exp` is optional: tokens without it do not expire.
-        validation.required_spec_claims.clear();
-        validation.validate_exp = true;
-        Self {
-            decoding: DecodingKey::from_secret(secret.as_bytes()),
-            validation,
+        Self::from_keys(&TokenKeys {
+            secret: Some(secret),
+            ..Default::default()
+        })
+        .unwrap_or_else(|_| Self {
+            keys: Vec::new(),
+            validation: base_validation(None, None),
+        })
+    }
+
+    /// A verifier for the configured keys; names a key file that cannot be used.
+    pub fn from_keys(keys: &TokenKeys<'_>) -> Result<Self, String> {
+        use Algorithm::*;
+        let mut out = Vec::new();
+        if let Some(secret) = keys.secret {
+            out.push((
+                DecodingKey::from_secret(secret.as_bytes()),
+                vec![HS256, HS384, HS512],
+            ));
         }
+        for path in keys.public_keys {
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read token key {}: {e}", path.display()))?;
+            let key = if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+                (k, vec![RS256, RS384, RS512, PS256, PS384, PS512])
+            } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+                (k, vec![ES256, ES384])
+            } else if let Ok(k) = DecodingKey::from_ed_pem(&pem) {
+                (k, vec![EdDSA])
+            } else {
+                return Err(format!(
+                    "token key {} is not an RSA, EC or Ed25519 public key in PEM",
+                    path.display()
+                ));
+            };
+            out.push(key);
+        }
+        Ok(Self {
+            keys: out,
+            validation: base_validation(keys.audience, keys.issuer),
+        })
     }
 
     /// Verifies `token` and returns its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        jsonwebtoken::decode::<Claims>(token, &self.decoding, &self.validation)
-            .map(|d| d.claims)
-            .map_err(|e| match e.kind() {
-                ErrorKind::ExpiredSignature => TokenError::Expired,
-                _ => TokenError::Invalid(e.to_string()),
-            })
+        let invalid = |e: jsonwebtoken::errors::Error| match e.kind() {
+            ErrorKind::ExpiredSignature => TokenError::Expired,
+            _ => TokenError::Invalid(e.to_string()),
+        };
+        // `alg: none` and unknown algorithms fail here.
+        let alg = jsonwebtoken::decode_header(token).map_err(invalid)?.alg;
+        let mut last = TokenError::Invalid(format!("no key accepts {alg:?} tokens"));
+        for (key, _) in self.keys.iter().filter(|(_, algs)| algs.contains(&alg)) {
+            let mut validation = self.validation.clone();
+            validation.algorithms = vec![alg];
+            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+                Ok(d) => return Ok(d.claims),
+                Err(e) => {
+                    last = invalid(e);
+                    if last == TokenError::Expired {
+                        return Err(last);
+                    }
+                }
+            }
+        }
+        Err(last)
     }
+}
+
+fn base_validation(audience: Option<&str>, issuer: Option<&str>) -> Validation {
+    let mut validation = Validation::new(Algorithm::HS256);
+    validation.leeway = TOKEN_LEEWAY_S;
+    // `exp` is optional: tokens without it do not expire. `nbf` is checked when present.
+    validation.required_spec_claims.clear();
+    validation.validate_exp = true;
+    validation.validate_nbf = true;
+    // A configured audience or issuer must be present, not merely not wrong.
+    match audience {
+        Some(aud) => {
+            validation.set_audience(&[aud]);
+            validation.required_spec_claims.insert("aud".into());
+        }
+        None => validation.validate_aud = false,
+    }
+    if let Some(iss) = issuer {
+        validation.set_issuer(&[iss]);
+        validation.required_spec_claims.insert("iss".into());
+    }
+    validation
 }
 
 /// Mints an HS256 connection token for `user`, valid for `ttl` (forever when None).
@@ -80,6 +164,7 @@ pub fn mint_token(
         sub: user.to_string(),
         exp: ttl.map(|ttl| unix_now().saturating_add(ttl.as_secs())),
         info,
+        channels: None,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -144,6 +229,7 @@ mod tests {
             sub: "bob".into(),
             exp: Some(unix_now() - 3600),
             info: None,
+            channels: None,
         };
         let t = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

@@ -86,6 +86,12 @@ pub struct AuthConfig {
     pub token_secret: Option<String>,
     /// Keys accepted on `/v1/api/*`.
     pub api_keys: Vec<String>,
+    /// PEM files of public keys for RS/PS/ES/EdDSA connection tokens.
+    pub token_public_keys: Vec<PathBuf>,
+    /// When set, tokens must carry this `aud`.
+    pub token_audience: Option<String>,
+    /// When set, tokens must carry this `iss`.
+    pub token_issuer: Option<String>,
 }
 
 /// Per-connection limits and timers.
@@ -377,7 +383,7 @@ impl Config {
 
     /// Dev mode: no token secret configured.
     pub fn dev_mode(&self) -> bool {
-        self.auth.token_secret.is_none()
+        self.auth.token_secret.is_none() && self.auth.token_public_keys.is_empty()
     }
 }
 

@@ -118,7 +118,7 @@ impl Node {
         engine: Arc<dyn Engine>,
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
-        token_secret: &str,
+        tokens: TokenVerifier,
         api_keys: Vec<String>,
     ) -> Self {
         Self {
@@ -126,7 +126,7 @@ impl Node {
             engine,
             hub,
             metrics,
-            tokens: TokenVerifier::new(token_secret),
+            tokens,
             api_keys: ApiKeys::new(api_keys),
             id: crate::engine::new_epoch(),
             started: Instant::now(),

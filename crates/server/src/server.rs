@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::auth::{TokenKeys, TokenVerifier};
 use crate::config::Config;
 use crate::engine::memory::MemoryEngine;
 use crate::engine::store::{Store, StoreError};
@@ -92,14 +93,18 @@ impl Server {
                 config.listen
             )));
         }
-        let (secret, mut api_keys) = match &dev {
-            Some(d) => (d.token_secret.clone(), vec![d.api_key.clone()]),
-            None => (
-                config.auth.token_secret.clone().unwrap_or_default(),
-                Vec::new(),
-            ),
-        };
+        let mut api_keys: Vec<String> = dev.iter().map(|d| d.api_key.clone()).collect();
         api_keys.extend(config.auth.api_keys.iter().cloned());
+        let tokens = TokenVerifier::from_keys(&TokenKeys {
+            secret: dev
+                .as_ref()
+                .map(|d| d.token_secret.as_str())
+                .or(config.auth.token_secret.as_deref()),
+            public_keys: &config.auth.token_public_keys,
+            audience: config.auth.token_audience.as_deref(),
+            issuer: config.auth.token_issuer.as_deref(),
+        })
+        .map_err(ServerError::Unsafe)?;
 
         let listener =
             TcpListener::bind(config.listen)
@@ -129,7 +134,7 @@ impl Server {
             engine.clone(),
             hub,
             metrics,
-            &secret,
+            tokens,
             api_keys,
         ));
 

@@ -265,7 +265,7 @@ impl Session {
         }
     }
 
-    async fn connect(&mut self, id: u32, token: Option<String>, subscribe: Vec<SubscribeArg>) {
+    async fn connect(&mut self, id: u32, token: Option<String>, mut subscribe: Vec<SubscribeArg>) {
         let identity = match token {
             None => Identity {
                 user: String::new(),
@@ -274,12 +274,25 @@ impl Session {
                 anonymous: true,
             },
             Some(token) => match self.node.tokens.verify(&token) {
-                Ok(claims) => Identity {
-                    user: claims.sub,
-                    info: claims.info,
-                    expires_at: claims.exp,
-                    anonymous: false,
-                },
+                Ok(claims) => {
+                    // The token's `channels` are subscribed server-side.
+                    for channel in claims.channels.unwrap_or_default() {
+                        if !subscribe.iter().any(|s| s.channel == channel) {
+                            subscribe.push(SubscribeArg {
+                                channel,
+                                since: None,
+                                token: None,
+                                strict: false,
+                            });
+                        }
+                    }
+                    Identity {
+                        user: claims.sub,
+                        info: claims.info,
+                        expires_at: claims.exp,
+                        anonymous: false,
+                    }
+                }
                 Err(TokenError::Expired) => {
                     self.reply_error(id, &err(ErrorCode::TokenExpired, "token expired"));
                     self.disconnect(DisconnectCode::TOKEN_EXPIRED);

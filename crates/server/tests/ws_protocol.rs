@@ -410,6 +410,7 @@ async fn bad_tokens() {
             sub: "a".into(),
             exp: Some(unix_now() - 600),
             info: None,
+            channels: None,
         };
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),

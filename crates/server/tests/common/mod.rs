@@ -24,6 +24,7 @@ pub fn config() -> Config {
         auth: AuthConfig {
             token_secret: Some(SECRET.into()),
             api_keys: vec![API_KEY.into()],
+            ..Default::default()
         },
         channels: NamespaceOptions {
             anonymous: true,

@@ -1,0 +1,207 @@
+//! Connection tokens: every algorithm family, and each way a token must be
+//! refused (wrong key, `alg: none`, HS signed with the RS public key,
+//! expired, not yet valid, wrong audience or issuer), over real sockets.
+
+mod common;
+
+use std::path::PathBuf;
+
+use common::*;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tidings_server::auth::unix_now;
+
+fn key(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/keys")
+        .join(name)
+}
+
+fn pem(name: &str) -> Vec<u8> {
+    std::fs::read(key(name)).unwrap()
+}
+
+fn sign(alg: Algorithm, key: &EncodingKey, claims: Value) -> String {
+    jsonwebtoken::encode(&Header::new(alg), &claims, key).unwrap()
+}
+
+fn claims(extra: Value) -> Value {
+    let mut c = json!({"sub": "alice", "exp": unix_now() + 600});
+    for (k, v) in extra.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    c
+}
+
+async fn server() -> tidings_server::Server {
+    let mut c = config();
+    c.auth.token_public_keys = vec![key("rsa.pub"), key("ec.pub"), key("ed.pub")];
+    c.auth.token_audience = Some("tidings-test".into());
+    c.auth.token_issuer = Some("https://auth.example".into());
+    start_with(c).await
+}
+
+/// Connects with `token`; returns the reply and, on refusal, the disconnect code.
+async fn connect(server: &tidings_server::Server, token: &str) -> (Value, Option<u64>) {
+    let mut raw = Raw::open(server).await;
+    let r = raw.call(json!({"op": "connect", "token": token})).await;
+    if r.get("ok").is_some() {
+        return (r, None);
+    }
+    let d = raw.expect_disconnect().await;
+    (r, d["code"].as_u64())
+}
+
+fn good() -> Value {
+    claims(json!({"aud": "tidings-test", "iss": "https://auth.example"}))
+}
+
+#[tokio::test]
+async fn every_algorithm_family_is_accepted_with_its_key() {
+    let server = server().await;
+    let tokens = [
+        sign(
+            Algorithm::RS256,
+            &EncodingKey::from_rsa_pem(&pem("rsa.key")).unwrap(),
+            good(),
+        ),
+        sign(
+            Algorithm::ES256,
+            &EncodingKey::from_ec_pem(&pem("ec.key")).unwrap(),
+            good(),
+        ),
+        sign(
+            Algorithm::EdDSA,
+            &EncodingKey::from_ed_pem(&pem("ed.key")).unwrap(),
+            good(),
+        ),
+        sign(
+            Algorithm::HS384,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+            good(),
+        ),
+        sign(
+            Algorithm::HS512,
+            &EncodingKey::from_secret(SECRET.as_bytes()),
+            good(),
+        ),
+    ];
+    for t in tokens {
+        let (r, _) = connect(&server, &t).await;
+        assert_eq!(r["ok"]["user"], "alice", "{r}");
+    }
+}
+
+#[tokio::test]
+async fn bad_tokens_are_refused() {
+    let server = server().await;
+    let rsa = EncodingKey::from_rsa_pem(&pem("rsa.key")).unwrap();
+    let cases = [
+        (
+            "wrong key",
+            sign(
+                Algorithm::RS256,
+                &EncodingKey::from_rsa_pem(&pem("rsa-other.key")).unwrap(),
+                good(),
+            ),
+        ),
+        ("alg none", {
+            use base64::Engine as _;
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            format!(
+                "{}.{}.",
+                b64.encode(r#"{"alg":"none","typ":"JWT"}"#),
+                b64.encode(good().to_string())
+            )
+        }),
+        (
+            "HS256 signed with the RS public key",
+            sign(
+                Algorithm::HS256,
+                &EncodingKey::from_secret(&pem("rsa.pub")),
+                good(),
+            ),
+        ),
+        (
+            "not yet valid",
+            sign(
+                Algorithm::RS256,
+                &rsa,
+                claims(
+                    json!({"aud": "tidings-test", "iss": "https://auth.example", "nbf": unix_now() + 600}),
+                ),
+            ),
+        ),
+        (
+            "wrong audience",
+            sign(
+                Algorithm::RS256,
+                &rsa,
+                claims(json!({"aud": "someone-else", "iss": "https://auth.example"})),
+            ),
+        ),
+        (
+            "no audience",
+            sign(
+                Algorithm::RS256,
+                &rsa,
+                claims(json!({"iss": "https://auth.example"})),
+            ),
+        ),
+        (
+            "wrong issuer",
+            sign(
+                Algorithm::RS256,
+                &rsa,
+                claims(json!({"aud": "tidings-test", "iss": "https://evil.example"})),
+            ),
+        ),
+        ("garbage", "a.b.c".to_string()),
+    ];
+    for (what, token) in cases {
+        let (r, code) = connect(&server, &token).await;
+        assert!(r.get("error").is_some(), "{what} was accepted: {r}");
+        assert_eq!((error_code(&r), code), (103, Some(3501)), "{what}: {r}");
+    }
+    let expired = sign(
+        Algorithm::RS256,
+        &rsa,
+        claims(
+            json!({"aud": "tidings-test", "iss": "https://auth.example", "exp": unix_now() - 600}),
+        ),
+    );
+    let (r, code) = connect(&server, &expired).await;
+    assert_eq!((error_code(&r), code), (106, Some(3005)), "expired: {r}");
+}
+
+#[tokio::test]
+async fn a_channels_claim_subscribes_at_connect() {
+    let server = server().await;
+    let mut c = good();
+    c["channels"] = json!(["news", "chat:room"]);
+    let token = sign(
+        Algorithm::EdDSA,
+        &EncodingKey::from_ed_pem(&pem("ed.key")).unwrap(),
+        c,
+    );
+    let (r, _) = connect(&server, &token).await;
+    let subscribed: Vec<_> = r["ok"]["subscribed"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["channel"].clone())
+        .collect();
+    assert_eq!(subscribed, [json!("news"), json!("chat:room")], "{r}");
+    assert!(r["ok"]["subscribed"][1]["ok"].is_object(), "{r}");
+}
+
+#[tokio::test]
+async fn a_public_key_that_is_not_one_stops_startup() {
+    let mut c = config();
+    c.auth.token_public_keys = vec![key("rsa.key").with_file_name("missing.pem")];
+    let err = tidings_server::Server::start(c)
+        .await
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("missing.pem"), "{err}");
+}
