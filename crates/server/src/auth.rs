@@ -26,6 +26,18 @@ pub struct Claims {
     pub channels: Option<Vec<String>>,
 }
 
+/// Claims of a channel token: lets `sub` subscribe to `channel`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ChannelClaims {
+    /// The user the token is for.
+    pub sub: String,
+    /// The channel it opens.
+    pub channel: String,
+    /// Expiry, seconds since the Unix epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exp: Option<u64>,
+}
+
 /// Why a token was refused.
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum TokenError {
@@ -105,8 +117,17 @@ impl TokenVerifier {
         })
     }
 
-    /// Verifies `token` and returns its claims.
+    /// Verifies a connection token and returns its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
+        self.verify_as(token)
+    }
+
+    /// Verifies a channel token and returns its claims.
+    pub fn verify_channel(&self, token: &str) -> Result<ChannelClaims, TokenError> {
+        self.verify_as(token)
+    }
+
+    fn verify_as<T: serde::de::DeserializeOwned>(&self, token: &str) -> Result<T, TokenError> {
         let invalid = |e: jsonwebtoken::errors::Error| match e.kind() {
             ErrorKind::ExpiredSignature => TokenError::Expired,
             _ => TokenError::Invalid(e.to_string()),
@@ -117,7 +138,7 @@ impl TokenVerifier {
         for (key, _) in self.keys.iter().filter(|(_, algs)| algs.contains(&alg)) {
             let mut validation = self.validation.clone();
             validation.algorithms = vec![alg];
-            match jsonwebtoken::decode::<Claims>(token, key, &validation) {
+            match jsonwebtoken::decode::<T>(token, key, &validation) {
                 Ok(d) => return Ok(d.claims),
                 Err(e) => {
                     last = invalid(e);

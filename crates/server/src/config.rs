@@ -24,6 +24,28 @@ pub enum ClientPublish {
     Any,
 }
 
+/// Who may subscribe in a namespace.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SubscribeRule {
+    /// Anyone, connections without a token included.
+    Anonymous,
+    /// Connections with a valid connection token.
+    Authenticated,
+    /// Only with a channel token for this user and channel (private channels).
+    Token,
+}
+
+/// Who may read a namespace's history or presence from a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAccess {
+    /// Connections allowed to subscribe to the channel.
+    Subscribers,
+    /// Nobody: only the server API.
+    None,
+}
+
 /// Options of one namespace (`[channels]` for the default one, `[namespaces.NAME]` for others).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -43,6 +65,12 @@ pub struct NamespaceOptions {
     pub presence: bool,
     /// Whether history is kept on disk (survives restarts) or in memory only.
     pub durable: bool,
+    /// Who may subscribe; when absent, `anonymous` decides (anonymous or authenticated).
+    pub subscribe: Option<SubscribeRule>,
+    /// Who may read history from a client connection.
+    pub history: ClientAccess,
+    /// Who may read presence from a client connection.
+    pub presence_access: ClientAccess,
     /// Whether `join` and `leave` are pushed to subscribers (needs `presence`).
     pub join_leave: bool,
     /// Above this many members, `join` and `leave` are not pushed.
@@ -63,6 +91,9 @@ impl Default for NamespaceOptions {
             max_message_size: 64 * 1024,
             presence: false,
             durable: true,
+            subscribe: None,
+            history: ClientAccess::Subscribers,
+            presence_access: ClientAccess::Subscribers,
             join_leave: false,
             join_leave_max: 1000,
             presence_per_user: false,
@@ -72,6 +103,15 @@ impl Default for NamespaceOptions {
 }
 
 impl NamespaceOptions {
+    /// The subscribe rule in force (`subscribe`, else from `anonymous`).
+    pub fn subscribe_rule(&self) -> SubscribeRule {
+        self.subscribe.unwrap_or(if self.anonymous {
+            SubscribeRule::Anonymous
+        } else {
+            SubscribeRule::Authenticated
+        })
+    }
+
     /// Whether channels of this namespace have history and offsets.
     pub fn has_history(&self) -> bool {
         self.history_size > 0

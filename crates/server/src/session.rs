@@ -19,7 +19,7 @@ use tidings_protocol::{
 };
 
 use crate::auth::{TokenError, unix_now};
-use crate::config::{ClientPublish, NamespaceOptions};
+use crate::config::{ClientAccess, ClientPublish, NamespaceOptions, SubscribeRule};
 use crate::engine::{EngineError, HistoryQuery, PublishRequest};
 use crate::hub::{ConnId, Subscriber};
 use crate::node::{ConnHandle, Control, Mailbox, Node, resolve};
@@ -354,7 +354,8 @@ impl Session {
             .identity
             .as_ref()
             .ok_or_else(|| err(ErrorCode::BadRequest, "not connected"))?;
-        if identity.anonymous && !ns.anonymous && !self.node.config.dev_mode() {
+        let anonymous_ok = ns.subscribe_rule() == SubscribeRule::Anonymous;
+        if identity.anonymous && !anonymous_ok && !self.node.config.dev_mode() {
             return Err(err(
                 ErrorCode::PermissionDenied,
                 "anonymous connections may not use this namespace",
@@ -373,6 +374,30 @@ impl Session {
         Ok(ns.clone())
     }
 
+    /// Checks that this connection may read history or presence (`access`)
+    /// of `channel`: open to those who may subscribe, and in private
+    /// (`subscribe = "token"`) namespaces only to those subscribed.
+    fn check_read(
+        &self,
+        channel: &str,
+        access: impl Fn(&NamespaceOptions) -> ClientAccess,
+    ) -> Result<NamespaceOptions, ErrorBody> {
+        let ns = self.check_channel(channel)?;
+        if access(&ns) == ClientAccess::None {
+            return Err(err(
+                ErrorCode::PermissionDenied,
+                "in this namespace only the server API reads this",
+            ));
+        }
+        if ns.subscribe_rule() == SubscribeRule::Token && !self.subs.contains_key(channel) {
+            return Err(err(
+                ErrorCode::PermissionDenied,
+                "subscribe with a channel token first",
+            ));
+        }
+        Ok(ns)
+    }
+
     /// Registers a subscription (buffering) and builds its reply.
     async fn subscribe(
         &mut self,
@@ -381,6 +406,29 @@ impl Session {
         let node = self.node.clone();
         let ns = &self.check_channel(&arg.channel)?;
         let identity = self.check_access(ns)?;
+        if ns.subscribe_rule() == SubscribeRule::Token {
+            // A private channel: a channel token for this user and channel.
+            let token = arg.token.as_deref().ok_or_else(|| {
+                err(
+                    ErrorCode::PermissionDenied,
+                    "this channel needs a channel token",
+                )
+            })?;
+            let claims = self
+                .node
+                .tokens
+                .verify_channel(token)
+                .map_err(|e| match e {
+                    TokenError::Expired => err(ErrorCode::TokenExpired, "channel token expired"),
+                    TokenError::Invalid(why) => err(ErrorCode::PermissionDenied, why),
+                })?;
+            if claims.channel != arg.channel || claims.sub != identity.user {
+                return Err(err(
+                    ErrorCode::PermissionDenied,
+                    "the channel token is for another channel or user",
+                ));
+            }
+        }
         let presence_info = ClientInfo {
             client: self.client.clone(),
             user: identity.user.clone(),
@@ -572,6 +620,12 @@ impl Session {
     ) -> Result<PublishOk, ErrorBody> {
         let ns = &self.check_channel(channel)?;
         let identity = self.check_access(ns)?;
+        if ns.subscribe_rule() == SubscribeRule::Token && !self.subs.contains_key(channel) {
+            return Err(err(
+                ErrorCode::PermissionDenied,
+                "subscribe with a channel token before publishing",
+            ));
+        }
         match ns.client_publish {
             ClientPublish::None => {
                 return Err(err(
@@ -632,7 +686,7 @@ impl Session {
         limit: Option<u32>,
         reverse: bool,
     ) -> Result<HistoryOk, ErrorBody> {
-        let ns = &self.check_channel(channel)?;
+        let ns = &self.check_read(channel, |ns| ns.history)?;
         history(&self.node, channel, ns, since, limit, reverse).await
     }
 
@@ -642,12 +696,12 @@ impl Session {
         limit: Option<u32>,
         cursor: Option<String>,
     ) -> Result<PresenceOk, ErrorBody> {
-        let ns = &self.check_channel(channel)?;
+        let ns = &self.check_read(channel, |ns| ns.presence_access)?;
         presence_list(&self.node, channel, ns, limit, cursor).await
     }
 
     async fn presence_stats(&self, channel: &str) -> Result<PresenceStatsOk, ErrorBody> {
-        let ns = &self.check_channel(channel)?;
+        let ns = &self.check_read(channel, |ns| ns.presence_access)?;
         presence_stats(&self.node, channel, ns).await
     }
 

@@ -205,3 +205,123 @@ async fn a_public_key_that_is_not_one_stops_startup() {
         .expect("refused");
     assert!(err.to_string().contains("missing.pem"), "{err}");
 }
+
+fn channel_token(user: &str, channel: &str, exp_in: i64) -> String {
+    let exp = (unix_now() as i64 + exp_in) as u64;
+    sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        json!({"sub": user, "channel": channel, "exp": exp}),
+    )
+}
+
+async fn private_server() -> tidings_server::Server {
+    use tidings_server::config::{ClientAccess, ClientPublish, NamespaceOptions, SubscribeRule};
+    let mut c = config();
+    c.namespaces.insert(
+        "private".into(),
+        NamespaceOptions {
+            subscribe: Some(SubscribeRule::Token),
+            client_publish: ClientPublish::Any,
+            presence: true,
+            ..Default::default()
+        },
+    );
+    c.namespaces.insert(
+        "sealed".into(),
+        NamespaceOptions {
+            history: ClientAccess::None,
+            presence: true,
+            presence_access: ClientAccess::None,
+            client_publish: ClientPublish::Any,
+            anonymous: true,
+            ..Default::default()
+        },
+    );
+    start_with(c).await
+}
+
+#[tokio::test]
+async fn private_channels_need_the_right_channel_token() {
+    let server = private_server().await;
+    let mut a = Raw::connect(&server, Some("alice")).await;
+    let sub = |token: Option<String>| {
+        let mut cmd = json!({"op": "subscribe", "channel": "private:plans"});
+        if let Some(t) = token {
+            cmd["token"] = json!(t);
+        }
+        cmd
+    };
+    // Without, with one for another channel, for another user, expired, signed wrong.
+    assert_eq!(error_code(&a.call(sub(None)).await), 103);
+    assert_eq!(
+        error_code(
+            &a.call(sub(Some(channel_token("alice", "private:other", 60))))
+                .await
+        ),
+        103
+    );
+    assert_eq!(
+        error_code(
+            &a.call(sub(Some(channel_token("bob", "private:plans", 60))))
+                .await
+        ),
+        103
+    );
+    assert_eq!(
+        error_code(
+            &a.call(sub(Some(channel_token("alice", "private:plans", -600))))
+                .await
+        ),
+        106
+    );
+    let forged = sign(
+        Algorithm::HS256,
+        &EncodingKey::from_secret(b"not-the-secret"),
+        json!({"sub": "alice", "channel": "private:plans", "exp": unix_now() + 60}),
+    );
+    assert_eq!(error_code(&a.call(sub(Some(forged))).await), 103);
+    // Reading and publishing need the subscription too.
+    let r = a
+        .call(json!({"op": "history", "channel": "private:plans"}))
+        .await;
+    assert_eq!(error_code(&r), 103);
+    let r = a
+        .call(json!({"op": "publish", "channel": "private:plans", "data": 1}))
+        .await;
+    assert_eq!(error_code(&r), 103);
+    // The right token.
+    let r = a
+        .call(sub(Some(channel_token("alice", "private:plans", 60))))
+        .await;
+    assert!(r.get("ok").is_some(), "{r}");
+    let r = a
+        .call(json!({"op": "publish", "channel": "private:plans", "data": 1}))
+        .await;
+    assert_eq!(r["ok"]["offset"], 1, "{r}");
+    let r = a
+        .call(json!({"op": "history", "channel": "private:plans"}))
+        .await;
+    assert!(r.get("ok").is_some(), "{r}");
+}
+
+#[tokio::test]
+async fn history_and_presence_can_be_for_the_api_only() {
+    let server = private_server().await;
+    let mut a = Raw::connect(&server, None).await;
+    a.call(json!({"op": "subscribe", "channel": "sealed:x"}))
+        .await;
+    a.call(json!({"op": "publish", "channel": "sealed:x", "data": 1}))
+        .await;
+    for op in ["history", "presence", "presence_stats"] {
+        let r = a.call(json!({"op": op, "channel": "sealed:x"})).await;
+        assert_eq!(error_code(&r), 103, "{op}: {r}");
+    }
+    let (status, h) = api(&server, "history", json!({"channel": "sealed:x"})).await;
+    assert_eq!(
+        (status, h["publications"].as_array().map(Vec::len)),
+        (200, Some(1))
+    );
+    let (status, p) = api(&server, "presence_stats", json!({"channel": "sealed:x"})).await;
+    assert_eq!((status, p["clients"].as_u64()), (200, Some(1)));
+}
