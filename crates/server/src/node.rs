@@ -153,6 +153,11 @@ impl Node {
         }
     }
 
+    /// Whether a connection is registered.
+    pub fn is_registered(&self, conn: ConnId) -> bool {
+        self.conns.lock().contains_key(&conn)
+    }
+
     /// Forgets a connection.
     pub fn unregister(&self, conn: ConnId) {
         self.conns.lock().remove(&conn);

@@ -138,10 +138,25 @@ impl Server {
             api_keys,
         ));
 
-        // Pushes and replies are small and latency-bound: no Nagle delay.
         let listener = listener.tap_io(|tcp| {
+            // Pushes and replies are small and latency-bound: no Nagle delay.
             if let Err(e) = tcp.set_nodelay(true) {
                 tracing::debug!(error = %e, "TCP_NODELAY failed");
+            }
+            // A peer that vanished (NAT drop, mobile handover) must be noticed
+            // in tens of seconds, not the kernel's ~15 minutes: SSE streams
+            // never write back, and their presence leases renew while open.
+            let sock = socket2::SockRef::from(&*tcp);
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(30))
+                .with_interval(Duration::from_secs(10))
+                .with_retries(3);
+            if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+                tracing::debug!(error = %e, "TCP keepalive failed");
+            }
+            #[cfg(target_os = "linux")]
+            if let Err(e) = sock.set_tcp_user_timeout(Some(Duration::from_secs(60))) {
+                tracing::debug!(error = %e, "TCP_USER_TIMEOUT failed");
             }
         });
         // Browser-facing routes: CORS for the configured origins only.

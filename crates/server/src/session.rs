@@ -649,6 +649,10 @@ impl Session {
         if ns.client_publish_rate > 0 {
             // A fixed one-second window per connection and channel (typing, cursors).
             let now = Instant::now();
+            if self.publish_window.len() > 64 {
+                self.publish_window
+                    .retain(|_, (start, _)| now.duration_since(*start).as_secs() < 1);
+            }
             let window = self
                 .publish_window
                 .entry(channel.to_string())
@@ -788,6 +792,38 @@ impl Session {
     }
 }
 
+impl Drop for Session {
+    /// A session dropped without [`Session::end`] (its request was cancelled)
+    /// still leaves nothing behind: subscriptions and registration go now,
+    /// presence entries in a spawned task.
+    fn drop(&mut self) {
+        if self.subs.is_empty() && !self.node.is_registered(self.conn) {
+            return; // ended properly
+        }
+        for channel in self.subs.keys() {
+            self.node.hub.unsubscribe(channel, self.conn);
+        }
+        self.node.unregister(self.conn);
+        let channels: Vec<String> = self.subs.drain().map(|(c, _)| c).collect();
+        if self.transient || channels.is_empty() {
+            return;
+        }
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let node = self.node.clone();
+            let client = self.client.clone();
+            rt.spawn(async move {
+                for channel in channels {
+                    if let Ok((_, ns)) = resolve(&node.config, &channel)
+                        && ns.presence
+                    {
+                        let _ = node.engine.leave(&channel, &client, &node.policy(ns)).await;
+                    }
+                }
+            });
+        }
+    }
+}
+
 /// Publishes through the engine after the namespace's checks; shared by
 /// client commands and the server API.
 pub async fn publish(
@@ -883,7 +919,7 @@ pub async fn history(
             Some(p) => p.offset == Some(since.offset + 1),
             None => since.offset >= page.position.offset,
         };
-        if !reverse && !starts_right {
+        if !reverse && limit > 0 && !starts_right {
             return Err(err(
                 ErrorCode::Unrecoverable,
                 "history no longer holds what follows `since`",

@@ -549,3 +549,53 @@ async fn sse_that_drops_before_its_first_publication_still_resumes() {
         );
     }
 }
+
+/// Reads only the opening block of an SSE stream and returns its id.
+async fn opening_id(server: &tidings_server::Server, query: &str, last: Option<&str>) -> String {
+    let mut sse = Sse::open(server, query, last).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(end) = sse.buf.find("\n\n") {
+            let block: String = sse.buf.drain(..end + 2).collect();
+            if let Some(id) = block.lines().find_map(|l| l.strip_prefix("id: ")) {
+                return id.to_string();
+            }
+        }
+        let chunk = tokio::time::timeout_at(deadline, sse.res.chunk())
+            .await
+            .expect("an opening block");
+        sse.buf
+            .push_str(&String::from_utf8_lossy(&chunk.unwrap().unwrap()));
+    }
+}
+
+#[tokio::test]
+async fn the_opening_id_never_claims_what_was_not_delivered() {
+    let server = start().await;
+    for i in 1..=3 {
+        publish(&server, "feed", json!(i)).await;
+    }
+    let v0 = opening_id(&server, "channel=feed&channel=other", None).await;
+    for i in 4..=8 {
+        publish(&server, "feed", json!(i)).await;
+    }
+    publish(&server, "other", json!("o")).await;
+    // Resume, but drop right after the opening block, before the recovered events.
+    let v1 = opening_id(&server, "channel=feed&channel=other", Some(&v0)).await;
+    let mut sse = Sse::open(&server, "channel=feed&channel=other", Some(&v1)).await;
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        let e = sse.next().await.unwrap();
+        let d: Value = serde_json::from_str(&e.data).unwrap();
+        got.push(format!(
+            "{}:{}",
+            d["channel"].as_str().unwrap(),
+            d["offset"]
+        ));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        ["feed:4", "feed:5", "feed:6", "feed:7", "feed:8", "other:1"]
+    );
+}

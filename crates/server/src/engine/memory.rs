@@ -257,7 +257,7 @@ impl MemoryEngine {
                         let top = log.top;
                         log.visible.send_replace(top);
                         if let Some(store) = &store {
-                            store.reset_channel(&channel, &log.epoch);
+                            store.reset_channel(&channel, &log.epoch, top);
                         }
                     }
                     Err(e)
@@ -451,7 +451,7 @@ impl Broker for MemoryEngine {
                             publication.clone(),
                             tx,
                         );
-                        store.append(Record {
+                        let appended = store.append(Record {
                             channel: channel.to_string(),
                             epoch: log.epoch.clone(),
                             publication,
@@ -462,6 +462,17 @@ impl Broker for MemoryEngine {
                             }),
                             done,
                         });
+                        if appended.is_err() {
+                            // The store is closed (shutting down): the offset
+                            // given will never exist. Start a new epoch now.
+                            log.epoch = new_epoch();
+                            log.retained.clear();
+                            log.keys.clear();
+                            log.key_order.clear();
+                            let top = log.top;
+                            log.visible.send_replace(top);
+                            return Err(EngineError::Backend("the history store is closed".into()));
+                        }
                         Step::Committing(rx, outcome)
                     }
                     _ => {

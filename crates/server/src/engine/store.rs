@@ -135,6 +135,7 @@ enum Job {
     Reset {
         channel: String,
         epoch: String,
+        top: u64,
     },
     /// A user was seen.
     LastSeen {
@@ -263,24 +264,27 @@ impl Store {
     }
 
     /// Queues a record; its `done` runs on the writer thread after commit.
-    pub fn append(&self, record: Record) {
+    /// Fails (handing the record back, its `done` not run) when the store
+    /// is closed: the caller holds locks that `done` would take.
+    pub fn append(&self, record: Record) -> Result<(), Record> {
         let sent = match &*self.tx.lock() {
             Some(tx) => tx.send(Job::Append(record)).map_err(|e| e.0),
             None => Err(Job::Append(record)),
         };
-        if let Err(Job::Append(record)) = sent {
-            (record.done)(Err(EngineError::Backend(
-                "the history store is closed".into(),
-            )));
+        match sent {
+            Ok(()) => Ok(()),
+            Err(Job::Append(record)) => Err(record),
+            Err(_) => Ok(()),
         }
     }
 
     /// Records that a channel starts over with a new epoch and no history.
-    pub fn reset_channel(&self, channel: &str, epoch: &str) {
+    pub fn reset_channel(&self, channel: &str, epoch: &str, top: u64) {
         if let Some(tx) = &*self.tx.lock() {
             let _ = tx.send(Job::Reset {
                 channel: channel.to_string(),
                 epoch: epoch.to_string(),
+                top,
             });
         }
     }
@@ -402,11 +406,18 @@ fn write_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
                         params![user, *at_ms as i64],
                     )?;
                 }
-                Job::Reset { channel, epoch } => {
+                Job::Reset {
+                    channel,
+                    epoch,
+                    top,
+                } => {
+                    // The new epoch starts at `top` with no history and no keys.
                     clear.execute(params![channel])?;
+                    tx.execute("DELETE FROM keys WHERE channel = ?1", params![channel])?;
                     tx.execute(
-                        "UPDATE channels SET epoch = ?2 WHERE channel = ?1",
-                        params![channel, epoch],
+                        "INSERT INTO channels (channel, epoch, top) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (channel) DO UPDATE SET epoch = excluded.epoch, top = excluded.top",
+                        params![channel, epoch, *top as i64],
                     )?;
                 }
             }
@@ -432,6 +443,7 @@ fn writer(
     let mut last_sweep = Instant::now();
     let mut last_sync = Instant::now();
     let mut unsynced = false;
+    let mut failed: std::collections::HashSet<(String, String)> = Default::default();
     let tick = match fsync {
         Fsync::Interval => fsync_interval.min(SWEEP_EVERY),
         _ => SWEEP_EVERY,
@@ -450,10 +462,28 @@ fn writer(
                     Err(_) => break,
                 }
             }
+            // Records of an epoch whose earlier write failed are not written:
+            // their channel is starting over (its Reset follows).
+            let (doomed, jobs): (Vec<Job>, Vec<Job>) = jobs.into_iter().partition(|j| {
+                matches!(j, Job::Append(r) if failed.contains(&(r.channel.clone(), r.epoch.clone())))
+            });
+            for job in doomed {
+                if let Job::Append(r) = job {
+                    (r.done)(Err(EngineError::Backend(
+                        "an earlier write of this channel failed".into(),
+                    )));
+                }
+            }
             let result = write_batch(&mut conn, &jobs).map_err(|e| {
                 tracing::error!(error = %e, "writing history failed");
                 EngineError::Backend(e.to_string())
             });
+            if result.is_err() {
+                failed.extend(jobs.iter().filter_map(|j| match j {
+                    Job::Append(r) => Some((r.channel.clone(), r.epoch.clone())),
+                    _ => None,
+                }));
+            }
             unsynced |= result.is_ok();
             for job in jobs {
                 if let Job::Append(r) = job {
@@ -498,7 +528,7 @@ mod tests {
         size: u64,
     ) {
         let (tx, rx) = std::sync::mpsc::channel();
-        store.append(Record {
+        let appended = store.append(Record {
             channel: channel.into(),
             epoch: epoch.into(),
             publication: Arc::new(Publication {
@@ -515,6 +545,7 @@ mod tests {
                 let _ = tx.send(r);
             }),
         });
+        assert!(appended.is_ok(), "the store is open");
         rx.recv().unwrap().unwrap();
     }
 

@@ -76,6 +76,47 @@ struct ChannelPos {
     offset: u64,
 }
 
+/// An opening message, decoded.
+enum Opening {
+    Reply(String, SubscribeOk),
+    Push(Bytes),
+}
+
+/// An epoch no channel has: a vector holding it resets that channel again.
+const NOT_YET_RESET: &str = "-";
+
+impl ChannelPos {
+    /// Where the client stands before any opening event is delivered.
+    fn start(channel: &str, ok: &SubscribeOk) -> Self {
+        let (Some(top), Some(epoch)) = (ok.offset, ok.epoch.clone()) else {
+            return Self {
+                name: channel.to_string(),
+                epoch: None,
+                offset: 0,
+            };
+        };
+        let (epoch, offset) = match ok.recovered {
+            // At its own position: the recovered publications follow.
+            Some(true) => {
+                let first = ok
+                    .publications
+                    .as_ref()
+                    .and_then(|p| p.first())
+                    .and_then(|p| p.offset);
+                (epoch, first.map_or(top, |o| o - 1))
+            }
+            // Until the reset event is delivered, a reconnect must reset again.
+            Some(false) => (NOT_YET_RESET.to_string(), top),
+            None => (epoch, top),
+        };
+        Self {
+            name: channel.to_string(),
+            epoch: Some(epoch),
+            offset,
+        }
+    }
+}
+
 /// An open HTTP stream: a session subscribed to every channel, and the
 /// position vector it has delivered up to.
 pub struct OpenStream {
@@ -110,12 +151,13 @@ struct PushHead {
 impl OpenStream {
     /// Connects with the token and subscribes every channel, recovering from
     /// the position vector. Fails (before anything is streamed) with the
-    /// first error. Returns the stream and the events to send first.
+    /// first error. Returns the stream, the vector before any event, and the
+    /// events to send first.
     pub async fn open(
         node: &Arc<Node>,
         req: &StreamRequest,
         transient: bool,
-    ) -> Result<(Self, Vec<StreamEvent>), ApiError> {
+    ) -> Result<(Self, String, Vec<StreamEvent>), ApiError> {
         let max = node.config.client.max_stream_channels;
         if req.channels.len() > max {
             return Err(bad(
@@ -175,7 +217,10 @@ impl OpenStream {
             control,
             positions: Vec::new(),
         };
-        let mut events = Vec::new();
+        // Pass 1: every channel's starting position, from the replies, so
+        // that every id sent (the opening one included) covers all channels
+        // and claims nothing the client has not received yet.
+        let mut decoded = Vec::with_capacity(batch.len());
         for message in batch {
             match ServerMessage::decode(&message) {
                 Ok(ServerMessage::Reply(reply)) => {
@@ -195,9 +240,10 @@ impl OpenStream {
                     let ok: SubscribeOk = serde_json::from_str(ok.get()).map_err(|e| {
                         bad(ErrorCode::Internal, format!("bad subscribe reply: {e}"))
                     })?;
-                    stream.on_subscribed(channel.clone(), ok, &mut events);
+                    stream.positions.push(ChannelPos::start(channel, &ok));
+                    decoded.push(Opening::Reply(channel.clone(), ok));
                 }
-                Ok(ServerMessage::Push(_)) => events.extend(stream.on_push(message)),
+                Ok(ServerMessage::Push(_)) => decoded.push(Opening::Push(message)),
                 Err(_) => {}
             }
         }
@@ -211,43 +257,34 @@ impl OpenStream {
             };
             return Err(bad(code, close.disconnect.reason));
         }
-        Ok((stream, events))
+        // Pass 2: the events, each with the whole vector after it.
+        let opening = stream.vector();
+        let mut events = Vec::new();
+        for item in decoded {
+            match item {
+                Opening::Reply(channel, ok) => stream.on_subscribed(channel, ok, &mut events),
+                Opening::Push(message) => events.extend(stream.on_push(message)),
+            }
+        }
+        Ok((stream, opening, events))
     }
 
     fn on_subscribed(&mut self, channel: String, ok: SubscribeOk, events: &mut Vec<StreamEvent>) {
-        let (Some(offset), Some(epoch)) = (ok.offset, ok.epoch.clone()) else {
-            self.positions.push(ChannelPos {
-                name: channel,
-                epoch: None,
-                offset: 0,
-            });
+        let (Some(offset), Some(epoch)) = (ok.offset, ok.epoch) else {
             return;
         };
         match ok.recovered {
             Some(true) => {
-                // Start where the client was, then deliver what it missed.
-                let first = ok
-                    .publications
-                    .as_ref()
-                    .and_then(|p| p.first())
-                    .and_then(|p| p.offset)
-                    .map_or(offset, |o| o - 1);
-                self.positions.push(ChannelPos {
-                    name: channel.clone(),
-                    epoch: Some(epoch.clone()),
-                    offset: first,
-                });
                 for p in ok.publications.unwrap_or_default() {
                     let bytes = encode_pub(&channel, Some(&epoch), &p);
                     events.extend(self.on_push(bytes));
                 }
             }
             Some(false) => {
-                self.positions.push(ChannelPos {
-                    name: channel.clone(),
-                    epoch: Some(epoch.clone()),
-                    offset,
-                });
+                if let Some(pos) = self.positions.iter_mut().find(|p| p.name == channel) {
+                    pos.epoch = Some(epoch.clone());
+                    pos.offset = offset;
+                }
                 let data = json!({"push": "reset", "channel": channel, "offset": offset, "epoch": epoch, "recovered": false});
                 events.push(StreamEvent {
                     name: "reset".into(),
@@ -255,11 +292,7 @@ impl OpenStream {
                     id: Some(self.vector()),
                 });
             }
-            None => self.positions.push(ChannelPos {
-                name: channel,
-                epoch: Some(epoch),
-                offset,
-            }),
+            None => {}
         }
     }
 

@@ -55,7 +55,7 @@ async fn poll(
                 ))
             })?,
     };
-    let (mut open, mut events) = OpenStream::open(node, &req, true).await?;
+    let (mut open, _, mut events) = OpenStream::open(node, &req, true).await?;
     if req.since.is_some() && events.is_empty() && timeout > 0 {
         // Anonymous clients are counted by address, not as one user.
         let user = match open.session.as_ref().and_then(|s| s.user()) {

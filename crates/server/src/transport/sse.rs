@@ -38,7 +38,7 @@ pub async fn handle(
         Ok(r) => r,
         Err(e) => return e.into_response(),
     };
-    let (open, first) = match OpenStream::open(&node, &req, false).await {
+    let (open, opening, first) = match OpenStream::open(&node, &req, false).await {
         Ok(o) => o,
         Err(e) => return e.into_response(),
     };
@@ -48,7 +48,7 @@ pub async fn handle(
     let head = stream::iter(
         // The first block carries the position vector as its id, so a stream
         // that drops before its first publication resumes from here too.
-        std::iter::once(Event::default().retry(retry).id(open.vector()))
+        std::iter::once(Event::default().retry(retry).id(opening))
             .chain(first.into_iter().map(to_event))
             .map(Ok::<_, Infallible>),
     );
