@@ -206,6 +206,10 @@ pub struct Config {
     /// connections leave no ghosts); live connections renew at a third of it.
     #[serde(with = "humantime_serde")]
     pub presence_ttl: Duration,
+    /// Browser origins allowed to open WebSocket and SSE connections, beyond
+    /// the server's own host (and, in dev mode, localhost). Requests with no
+    /// `Origin` header (non-browser clients) are not affected. `"*"` allows any.
+    pub allowed_origins: Vec<String>,
     /// Browser origins allowed to call SSE, long-poll and client HTTP
     /// actions (CORS; credentials are not allowed). `"*"` allows any.
     pub cors_origins: Vec<String>,
@@ -227,6 +231,7 @@ impl Default for Config {
             shutdown_spread: Duration::from_secs(5),
             shutdown_timeout: Duration::from_secs(10),
             cors_origins: Vec::new(),
+            allowed_origins: Vec::new(),
             presence_ttl: Duration::from_secs(60),
             fsync: Fsync::Interval,
             fsync_interval: Duration::from_millis(10),
@@ -365,14 +370,14 @@ impl Config {
         if self.client.max_polls_per_user == 0 {
             bad.push("`client.max_polls_per_user`: must be greater than 0".into());
         }
-        for origin in &self.cors_origins {
+        for origin in self.cors_origins.iter().chain(&self.allowed_origins) {
             let ok = origin == "*"
                 || ((origin.starts_with("http://") || origin.starts_with("https://"))
                     && !origin.ends_with('/')
                     && axum::http::HeaderValue::from_str(origin).is_ok());
             if !ok {
                 bad.push(format!(
-                    "`cors_origins`: {origin:?} is not an origin like \"https://app.example\" (scheme and host, no path) or \"*\""
+                    "`cors_origins`/`allowed_origins`: {origin:?} is not an origin like \"https://app.example\" (scheme and host, no path) or \"*\""
                 ));
             }
         }

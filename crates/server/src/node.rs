@@ -214,6 +214,34 @@ impl Node {
         }
     }
 
+    /// Whether a browser at `origin` may open a WebSocket or SSE connection
+    /// to this server reached as `host`: its own host, an origin of
+    /// `allowed_origins` or `cors_origins`, or localhost in dev mode. No `Origin` header: not a browser, allowed.
+    pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        let Some(origin) = origin else {
+            return true;
+        };
+        let configured = self
+            .config
+            .allowed_origins
+            .iter()
+            .chain(&self.config.cors_origins);
+        if configured.into_iter().any(|o| o == "*" || o == origin) {
+            return true;
+        }
+        let origin_host = origin
+            .split_once("://")
+            .map_or(origin, |(_, rest)| rest)
+            .trim_end_matches('/');
+        if host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host)) {
+            return true;
+        }
+        let name = origin_host
+            .rsplit_once(':')
+            .map_or(origin_host, |(name, _)| name);
+        self.config.dev_mode() && matches!(name, "localhost" | "127.0.0.1" | "[::1]")
+    }
+
     /// The engine policy of a namespace.
     pub fn policy(&self, ns: &NamespaceOptions) -> ChannelPolicy {
         ChannelPolicy {

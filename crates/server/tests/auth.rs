@@ -325,3 +325,46 @@ async fn history_and_presence_can_be_for_the_api_only() {
     let (status, p) = api(&server, "presence_stats", json!({"channel": "sealed:x"})).await;
     assert_eq!((status, p["clients"].as_u64()), (200, Some(1)));
 }
+
+#[tokio::test]
+async fn browser_origins_are_checked_for_websocket_and_sse() {
+    let mut c = config();
+    c.allowed_origins = vec!["https://app.example".into()];
+    let server = start_with(c).await;
+    let addr = server.local_addr();
+    let http = reqwest::Client::new();
+    let ws = |origin: Option<String>| {
+        let mut req = http
+            .get(format!("http://{addr}/v1/ws"))
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Version", "13")
+            .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==");
+        if let Some(o) = origin {
+            req = req.header("Origin", o);
+        }
+        req.send()
+    };
+    let sse = |origin: Option<String>| {
+        let mut req = http.get(format!("http://{addr}/v1/sse?channel=news"));
+        if let Some(o) = origin {
+            req = req.header("Origin", o);
+        }
+        req.send()
+    };
+    for (origin, allowed) in [
+        (None, true),
+        (Some("https://app.example".to_string()), true),
+        (Some(format!("http://{addr}")), true),
+        (Some("https://evil.example".to_string()), false),
+        (Some("http://localhost:3000".to_string()), false),
+    ] {
+        let ws_status = ws(origin.clone()).await.unwrap().status().as_u16();
+        let sse_status = sse(origin.clone()).await.unwrap().status().as_u16();
+        if allowed {
+            assert_eq!((ws_status, sse_status), (101, 200), "{origin:?}");
+        } else {
+            assert_eq!((ws_status, sse_status), (403, 403), "{origin:?}");
+        }
+    }
+}

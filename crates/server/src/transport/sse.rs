@@ -7,7 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{RawQuery, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, header};
+use tidings_protocol::{ErrorBody, ErrorCode};
+
+use crate::api::ApiError;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
@@ -34,6 +37,12 @@ pub async fn handle(
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !node.origin_allowed(origin, host) {
+        let e = ErrorBody::new(ErrorCode::PermissionDenied, "this origin may not connect");
+        return ApiError(e).into_response();
+    }
     let req = match StreamRequest::parse(query.as_deref(), &headers) {
         Ok(r) => r,
         Err(e) => return e.into_response(),

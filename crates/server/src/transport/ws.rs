@@ -41,6 +41,11 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
     let headers = req.headers();
     let is_upgrade = header_has(headers, header::CONNECTION, "upgrade")
         && header_has(headers, header::UPGRADE, "websocket");
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !node.origin_allowed(origin, host) {
+        return (StatusCode::FORBIDDEN, "this origin may not connect").into_response();
+    }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
         return (StatusCode::BAD_REQUEST, "expected a WebSocket upgrade").into_response();
     };
