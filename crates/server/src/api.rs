@@ -170,11 +170,18 @@ pub async fn handle(
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    if !node.api_keys.check_header(auth) {
+    let Some((_, scope)) = node.api_keys.check_header(auth) else {
         let e = ErrorBody::new(ErrorCode::PermissionDenied, "a valid API key is required");
         let mut res = ApiError(e).into_response();
         *res.status_mut() = StatusCode::UNAUTHORIZED;
         return res;
+    };
+    if !scope.allows(&method) {
+        let e = ErrorBody::new(
+            ErrorCode::PermissionDenied,
+            format!("this API key may not call `{}`", method.escape_default()),
+        );
+        return ApiError(e).into_response();
     }
     // Room for the largest `data` any namespace accepts plus the envelope;
     // over it, a JSON error (axum's own limit answers in plain text).

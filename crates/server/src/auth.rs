@@ -206,25 +206,48 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// The accepted API keys.
+/// What an API key may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiScope {
+    /// Every method.
+    #[default]
+    All,
+    /// `publish` and `broadcast` only.
+    Publish,
+}
+
+impl ApiScope {
+    /// Whether this scope allows the API `method`.
+    pub fn allows(self, method: &str) -> bool {
+        match self {
+            ApiScope::All => true,
+            ApiScope::Publish => matches!(method, "publish" | "broadcast"),
+        }
+    }
+}
+
+/// The accepted API keys: (name, key, scope).
 #[derive(Debug, Clone, Default)]
-pub struct ApiKeys(Vec<String>);
+pub struct ApiKeys(Vec<(String, String, ApiScope)>);
 
 impl ApiKeys {
     /// The keys accepted on `/v1/api/*`.
-    pub fn new(keys: Vec<String>) -> Self {
+    pub fn new(keys: Vec<(String, String, ApiScope)>) -> Self {
         Self(keys)
     }
 
-    /// Whether `Authorization: Bearer <key>` carries a known key.
-    pub fn check_header(&self, header: Option<&str>) -> bool {
-        let Some(key) = header.and_then(|h| h.strip_prefix("Bearer ")) else {
-            return false;
-        };
-        // Check every key so the time taken does not tell which one matched.
-        self.0.iter().fold(false, |ok, k| {
-            constant_time_eq(k.as_bytes(), key.as_bytes()) | ok
-        })
+    /// The name and scope of the key `Authorization: Bearer <key>` carries.
+    pub fn check_header(&self, header: Option<&str>) -> Option<(&str, ApiScope)> {
+        let key = header.and_then(|h| h.strip_prefix("Bearer "))?;
+        // Compare with every key so the time taken does not tell which matched.
+        let mut found = None;
+        for (name, k, scope) in &self.0 {
+            if constant_time_eq(k.as_bytes(), key.as_bytes()) {
+                found = Some((name.as_str(), *scope));
+            }
+        }
+        found
     }
 }
 
@@ -266,10 +289,20 @@ mod tests {
 
     #[test]
     fn api_keys() {
-        let keys = ApiKeys::new(vec!["backend-key".into()]);
-        assert!(keys.check_header(Some("Bearer backend-key")));
-        assert!(!keys.check_header(Some("Bearer backend-kez")));
-        assert!(!keys.check_header(Some("backend-key")));
-        assert!(!keys.check_header(None));
+        let keys = ApiKeys::new(vec![
+            ("backend".into(), "backend-key".into(), ApiScope::All),
+            ("pusher".into(), "pusher-key".into(), ApiScope::Publish),
+        ]);
+        assert_eq!(
+            keys.check_header(Some("Bearer backend-key")),
+            Some(("backend", ApiScope::All))
+        );
+        assert_eq!(
+            keys.check_header(Some("Bearer pusher-key")),
+            Some(("pusher", ApiScope::Publish))
+        );
+        assert!(keys.check_header(Some("Bearer backend-kez")).is_none());
+        assert!(keys.check_header(Some("backend-key")).is_none());
+        assert!(keys.check_header(None).is_none());
     }
 }

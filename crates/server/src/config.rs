@@ -24,6 +24,40 @@ pub enum ClientPublish {
     Any,
 }
 
+/// One API key in the configuration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ApiKeyConfig {
+    /// A key allowed every method.
+    Plain(String),
+    /// A named key with a scope.
+    Named {
+        /// Name, for logs.
+        name: String,
+        /// The key.
+        key: String,
+        /// What it may do.
+        #[serde(default)]
+        scope: crate::auth::ApiScope,
+    },
+}
+
+impl ApiKeyConfig {
+    /// (name, key, scope).
+    pub fn parts(&self) -> (String, String, crate::auth::ApiScope) {
+        match self {
+            ApiKeyConfig::Plain(k) => ("unnamed".into(), k.clone(), crate::auth::ApiScope::All),
+            ApiKeyConfig::Named { name, key, scope } => (name.clone(), key.clone(), *scope),
+        }
+    }
+}
+
+impl From<&str> for ApiKeyConfig {
+    fn from(key: &str) -> Self {
+        ApiKeyConfig::Plain(key.to_string())
+    }
+}
+
 /// Who may subscribe in a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -124,8 +158,9 @@ impl NamespaceOptions {
 pub struct AuthConfig {
     /// HS256 secret for connection tokens. None = dev mode.
     pub token_secret: Option<String>,
-    /// Keys accepted on `/v1/api/*`.
-    pub api_keys: Vec<String>,
+    /// Keys accepted on `/v1/api/*`: plain strings (every method) or
+    /// `{ name, key, scope = "all" | "publish" }`.
+    pub api_keys: Vec<ApiKeyConfig>,
     /// PEM files of public keys for RS/PS/ES/EdDSA connection tokens.
     pub token_public_keys: Vec<PathBuf>,
     /// When set, tokens must carry this `aud`.
@@ -384,7 +419,7 @@ impl Config {
         if self.client.max_subscriptions == 0 {
             bad.push("`client.max_subscriptions`: must be greater than 0".into());
         }
-        if self.auth.api_keys.iter().any(|k| k.len() < 8) {
+        if self.auth.api_keys.iter().any(|k| k.parts().1.len() < 8) {
             bad.push("`auth.api_keys`: each key needs at least 8 characters".into());
         }
         if self
@@ -501,7 +536,13 @@ client_publish = "any"
         );
         let from_env: Config = fig.extract().unwrap();
         assert_eq!(from_env.listen.port(), 9100);
-        assert_eq!(from_env.auth.api_keys, vec!["key-one-1", "key-two-2"]);
+        assert_eq!(
+            from_env.auth.api_keys,
+            vec![
+                ApiKeyConfig::from("key-one-1"),
+                ApiKeyConfig::from("key-two-2")
+            ]
+        );
         assert_eq!(from_env.auth.token_secret.as_deref(), Some("file-secret"));
 
         let flags = Overrides {

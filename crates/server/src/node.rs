@@ -119,7 +119,7 @@ impl Node {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         tokens: TokenVerifier,
-        api_keys: Vec<String>,
+        api_keys: Vec<(String, String, crate::auth::ApiScope)>,
     ) -> Self {
         Self {
             config,

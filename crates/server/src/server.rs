@@ -93,8 +93,17 @@ impl Server {
                 config.listen
             )));
         }
-        let mut api_keys: Vec<String> = dev.iter().map(|d| d.api_key.clone()).collect();
-        api_keys.extend(config.auth.api_keys.iter().cloned());
+        let mut api_keys: Vec<_> = dev
+            .iter()
+            .map(|d| {
+                (
+                    "dev".to_string(),
+                    d.api_key.clone(),
+                    crate::auth::ApiScope::All,
+                )
+            })
+            .collect();
+        api_keys.extend(config.auth.api_keys.iter().map(|k| k.parts()));
         let tokens = TokenVerifier::from_keys(&TokenKeys {
             secret: dev
                 .as_ref()

@@ -368,3 +368,60 @@ async fn browser_origins_are_checked_for_websocket_and_sse() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_publish_only_api_key_cannot_disconnect() {
+    use tidings_server::auth::ApiScope;
+    use tidings_server::config::ApiKeyConfig;
+    let mut c = config();
+    c.auth.api_keys.push(ApiKeyConfig::Named {
+        name: "pusher".into(),
+        key: "pusher-key-1".into(),
+        scope: ApiScope::Publish,
+    });
+    let server = start_with(c).await;
+    let http = reqwest::Client::new();
+    let call = |key: &'static str, method: &'static str, body: Value| {
+        http.post(format!("http://{}/v1/api/{method}", server.local_addr()))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+    };
+    let r = call(
+        "pusher-key-1",
+        "publish",
+        json!({"channel": "news", "data": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = call(
+        "pusher-key-1",
+        "broadcast",
+        json!({"channels": ["news"], "data": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = call("pusher-key-1", "disconnect", json!({"user": "alice"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"]["code"], 103);
+    let r = call("pusher-key-1", "history", json!({"channel": "news"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = call(API_KEY, "disconnect", json!({"user": "alice"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the full-scope key may");
+    let r = call(
+        "wrong-key-123",
+        "publish",
+        json!({"channel": "news", "data": 1}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 401);
+}
