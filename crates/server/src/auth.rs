@@ -24,6 +24,9 @@ pub struct Claims {
     /// Channels the connection is subscribed to server-side at connect.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub channels: Option<Vec<String>>,
+    /// Present only in channel tokens: a connection token must not have it.
+    #[serde(default, skip_serializing)]
+    pub channel: Option<String>,
 }
 
 /// Claims of a channel token: lets `sub` subscribe to `channel`.
@@ -119,7 +122,13 @@ impl TokenVerifier {
 
     /// Verifies a connection token and returns its claims.
     pub fn verify(&self, token: &str) -> Result<Claims, TokenError> {
-        self.verify_as(token)
+        let claims: Claims = self.verify_as(token)?;
+        if claims.channel.is_some() {
+            return Err(TokenError::Invalid(
+                "a channel token is not a connection token".into(),
+            ));
+        }
+        Ok(claims)
     }
 
     /// Verifies a channel token and returns its claims.
@@ -186,6 +195,7 @@ pub fn mint_token(
         exp: ttl.map(|ttl| unix_now().saturating_add(ttl.as_secs())),
         info,
         channels: None,
+        channel: None,
     };
     jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -274,6 +284,7 @@ mod tests {
             exp: Some(unix_now() - 3600),
             info: None,
             channels: None,
+            channel: None,
         };
         let t = jsonwebtoken::encode(
             &Header::new(Algorithm::HS256),

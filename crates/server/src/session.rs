@@ -453,13 +453,14 @@ impl Session {
         self.subs.insert(arg.channel.clone(), sub.clone());
         match self.answer_subscribe(arg, ns, first).await {
             Ok(mut ok) if ns.presence && !self.transient => {
+                let show = ns.presence_access == ClientAccess::Subscribers;
                 let engine = &node.engine;
                 let policy = node.policy(ns);
                 let joined = async {
                     engine.join(&arg.channel, &presence_info, &policy).await?;
                     // Small rooms get who is here in the reply; large ones page.
                     let (clients, _) = engine.stats(&arg.channel).await?;
-                    if clients as usize > PRESENCE_IN_REPLY {
+                    if !show || clients as usize > PRESENCE_IN_REPLY {
                         return Ok(None);
                     }
                     engine

@@ -425,3 +425,10 @@ async fn a_publish_only_api_key_cannot_disconnect() {
     .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+#[tokio::test]
+async fn a_channel_token_is_not_a_connection_token() {
+    let server = private_server().await;
+    let (r, code) = connect(&server, &channel_token("alice", "private:plans", 60)).await;
+    assert_eq!((error_code(&r), code), (103, Some(3501)), "{r}");
+}

@@ -411,6 +411,7 @@ async fn bad_tokens() {
             exp: Some(unix_now() - 600),
             info: None,
             channels: None,
+            channel: None,
         };
         jsonwebtoken::encode(
             &jsonwebtoken::Header::default(),
