@@ -191,6 +191,13 @@ pub struct ClientConfig {
     pub max_stream_channels: usize,
     /// Long-polls one user may hold open at once.
     pub max_polls_per_user: usize,
+    /// WebSocket connections from one IP address (0: no limit).
+    pub max_connections_per_ip: usize,
+    /// Connections of one user (0: no limit).
+    pub max_connections_per_user: usize,
+    /// New WebSocket connections per second, node-wide, with a burst of as
+    /// many (0: no limit) — the reconnect-storm guard.
+    pub new_connections_per_second: u32,
 }
 
 impl Default for ClientConfig {
@@ -204,6 +211,9 @@ impl Default for ClientConfig {
             recovery_max: 1000,
             max_stream_channels: 64,
             max_polls_per_user: 16,
+            max_connections_per_ip: 0,
+            max_connections_per_user: 0,
+            new_connections_per_second: 0,
         }
     }
 }

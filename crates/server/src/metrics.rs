@@ -35,6 +35,15 @@ pub struct Metrics {
     pub slow_consumer_disconnects: Counter<u64, AtomicU64>,
     /// Error replies, by code.
     pub command_errors: Family<CodeLabel, Counter<u64, AtomicU64>>,
+    /// Connections refused by a limit, by limit (`ip`, `user`, `rate`).
+    pub limit_rejections: Family<LimitLabel, Counter<u64, AtomicU64>>,
+}
+
+/// Label of `tidings_limit_rejections_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabel {
+    /// Which limit.
+    pub limit: String,
 }
 
 impl Default for Metrics {
@@ -57,6 +66,7 @@ impl Metrics {
             bytes_out: Counter::default(),
             slow_consumer_disconnects: Counter::default(),
             command_errors: Family::default(),
+            limit_rejections: Family::default(),
         };
         registry.register(
             "connections",
@@ -90,12 +100,26 @@ impl Metrics {
             "Error replies by code",
             m.command_errors.clone(),
         );
+        registry.register(
+            "limit_rejections",
+            "Connections refused by a limit",
+            m.limit_rejections.clone(),
+        );
         Metrics { registry, ..m }
     }
 
     /// Counts an error reply.
     pub fn command_error(&self, code: u16) {
         self.command_errors.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    /// Counts a connection refused by `limit`.
+    pub fn limit_rejected(&self, limit: &str) {
+        self.limit_rejections
+            .get_or_create(&LimitLabel {
+                limit: limit.to_string(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

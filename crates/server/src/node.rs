@@ -91,6 +91,30 @@ pub struct Node {
     next_conn: AtomicU64,
     /// Long-polls held open, by user.
     polls: Arc<Mutex<HashMap<String, usize>>>,
+    /// Open WebSocket connections by IP address.
+    ips: Mutex<HashMap<std::net::IpAddr, usize>>,
+    /// Registered connections by user.
+    users: Mutex<HashMap<String, usize>>,
+    /// Token bucket of new connections: (tokens, last refill).
+    new_conns: Mutex<(f64, std::time::Instant)>,
+}
+
+/// A WebSocket connection counted against its IP address; uncounted on drop.
+pub struct IpSlot {
+    node: Arc<Node>,
+    ip: std::net::IpAddr,
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut ips = self.node.ips.lock();
+        if let Some(n) = ips.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                ips.remove(&self.ip);
+            }
+        }
+    }
 }
 
 /// A held long-poll; counted until dropped.
@@ -121,6 +145,8 @@ impl Node {
         tokens: TokenVerifier,
         api_keys: Vec<(String, String, crate::auth::ApiScope)>,
     ) -> Self {
+        // The bucket starts full: a burst of one second's worth.
+        let burst = f64::from(config.client.new_connections_per_second);
         Self {
             config,
             engine,
@@ -133,6 +159,9 @@ impl Node {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             polls: Arc::default(),
+            ips: Mutex::default(),
+            users: Mutex::default(),
+            new_conns: Mutex::new((burst, Instant::now())),
         }
     }
 
@@ -147,9 +176,55 @@ impl Node {
     }
 
     /// Records the user a connection authenticated as.
-    pub fn set_user(&self, conn: ConnId, user: &str) {
+    /// Records the user a connection authenticated as; false (and nothing
+    /// recorded) when the user already has `max_connections_per_user`.
+    pub fn set_user(&self, conn: ConnId, user: &str) -> bool {
+        let max = self.config.client.max_connections_per_user;
+        if !user.is_empty() {
+            let mut users = self.users.lock();
+            let n = users.entry(user.to_string()).or_default();
+            if max > 0 && *n >= max {
+                return false;
+            }
+            *n += 1;
+        }
         if let Some(h) = self.conns.lock().get_mut(&conn) {
             h.user = user.to_string();
+        }
+        true
+    }
+
+    /// Takes a slot for a new WebSocket connection from `ip`: None when the
+    /// address already has `max_connections_per_ip`.
+    pub fn take_ip_slot(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let max = self.config.client.max_connections_per_ip;
+        let mut ips = self.ips.lock();
+        let n = ips.entry(ip).or_default();
+        if max > 0 && *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            node: self.clone(),
+            ip,
+        })
+    }
+
+    /// Takes a token for a new connection; false over `new_connections_per_second`.
+    pub fn take_connect_token(&self) -> bool {
+        let rate = f64::from(self.config.client.new_connections_per_second);
+        if rate == 0.0 {
+            return true;
+        }
+        let mut bucket = self.new_conns.lock();
+        let now = Instant::now();
+        bucket.0 = (bucket.0 + now.duration_since(bucket.1).as_secs_f64() * rate).min(rate);
+        bucket.1 = now;
+        if bucket.0 >= 1.0 {
+            bucket.0 -= 1.0;
+            true
+        } else {
+            false
         }
     }
 
@@ -160,7 +235,18 @@ impl Node {
 
     /// Forgets a connection.
     pub fn unregister(&self, conn: ConnId) {
-        self.conns.lock().remove(&conn);
+        let Some(handle) = self.conns.lock().remove(&conn) else {
+            return;
+        };
+        if !handle.user.is_empty() {
+            let mut users = self.users.lock();
+            if let Some(n) = users.get_mut(&handle.user) {
+                *n -= 1;
+                if *n == 0 {
+                    users.remove(&handle.user);
+                }
+            }
+        }
     }
 
     /// Counts a held long-poll of `user`; None when they hold the most allowed.

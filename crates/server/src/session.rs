@@ -306,7 +306,18 @@ impl Session {
             },
         };
         let expires_in = identity.expires_at.map(|e| e.saturating_sub(unix_now()));
-        self.node.set_user(self.conn, &identity.user);
+        if !self.node.set_user(self.conn, &identity.user) {
+            self.node.metrics.limit_rejected("user");
+            self.reply_error(
+                id,
+                &err(
+                    ErrorCode::LimitExceeded,
+                    "this user has the most connections allowed",
+                ),
+            );
+            self.disconnect(DisconnectCode::CONNECTION_LIMIT);
+            return;
+        }
         let user = identity.user.clone();
         self.identity = Some(identity);
         self.touch().await;

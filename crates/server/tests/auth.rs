@@ -432,3 +432,110 @@ async fn a_channel_token_is_not_a_connection_token() {
     let (r, code) = connect(&server, &channel_token("alice", "private:plans", 60)).await;
     assert_eq!((error_code(&r), code), (103, Some(3501)), "{r}");
 }
+
+/// A WebSocket handshake from `source` (a loopback address); the HTTP status.
+async fn upgrade_from(
+    server: &tidings_server::Server,
+    source: &str,
+) -> (u16, Option<tokio::net::TcpStream>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let mut tcp = sock.connect(server.local_addr()).await.unwrap();
+    tcp.write_all(
+        format!(
+            "GET /v1/ws HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+            server.local_addr()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = tcp.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (status, Some(tcp))
+}
+
+#[tokio::test]
+async fn connections_per_ip_are_limited_while_another_ip_connects() {
+    let mut c = config();
+    c.client.max_connections_per_ip = 3;
+    let server = start_with(c).await;
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let (status, tcp) = upgrade_from(&server, "127.0.0.1").await;
+        assert_eq!(status, 101);
+        held.push(tcp);
+    }
+    let (status, _) = upgrade_from(&server, "127.0.0.1").await;
+    assert_eq!(status, 503, "a fourth from the same address");
+    let (status, _other) = upgrade_from(&server, "127.0.0.2").await;
+    assert_eq!(status, 101, "another address still connects");
+    let text = reqwest::get(format!("http://{}/metrics", server.local_addr()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains("tidings_limit_rejections_total{limit=\"ip\"} 1"),
+        "{text}"
+    );
+    // A closed connection frees its slot.
+    held.pop();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let (status, _) = upgrade_from(&server, "127.0.0.1").await;
+    assert_eq!(status, 101);
+}
+
+#[tokio::test]
+async fn connections_per_user_are_limited() {
+    let mut c = config();
+    c.client.max_connections_per_user = 2;
+    let server = start_with(c).await;
+    let _a1 = Raw::connect(&server, Some("alice")).await;
+    let _a2 = Raw::connect(&server, Some("alice")).await;
+    let mut a3 = Raw::open(&server).await;
+    let r = a3
+        .call(json!({"op": "connect", "token": token("alice")}))
+        .await;
+    assert_eq!(error_code(&r), 104);
+    assert_eq!(a3.expect_disconnect().await["code"], 3503);
+    let _b = Raw::connect(&server, Some("bob")).await;
+    drop(_a1);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let _a4 = Raw::connect(&server, Some("alice")).await;
+}
+
+#[tokio::test]
+async fn a_connect_storm_is_slowed_with_retry_after() {
+    let mut c = config();
+    c.client.new_connections_per_second = 5;
+    let server = start_with(c).await;
+    let mut statuses = Vec::new();
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        let (status, tcp) = upgrade_from(&server, "127.0.0.1").await;
+        statuses.push(status);
+        held.push(tcp);
+    }
+    assert!(statuses[..5].iter().all(|s| *s == 101), "{statuses:?}");
+    assert!(statuses.contains(&503), "{statuses:?}");
+    let refused = reqwest::Client::new()
+        .get(format!("http://{}/v1/ws", server.local_addr()))
+        .header("Connection", "Upgrade")
+        .header("Upgrade", "websocket")
+        .header("Sec-WebSocket-Version", "13")
+        .header("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+}

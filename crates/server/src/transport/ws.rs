@@ -78,10 +78,39 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
                 .into_response();
         }
     };
+    if !node.take_connect_token() {
+        node.metrics.limit_rejected("rate");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            "too many new connections; retry shortly",
+        )
+            .into_response();
+    }
+    let peer = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let slot = match peer.map(|ip| node.take_ip_slot(ip)) {
+        Some(None) => {
+            node.metrics.limit_rejected("ip");
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "5")],
+                "too many connections from this address",
+            )
+                .into_response();
+        }
+        Some(slot) => slot,
+        None => None,
+    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => run(node, TokioIo::new(upgraded)).await,
+            Ok(upgraded) => {
+                run(node, TokioIo::new(upgraded)).await;
+                drop(slot);
+            }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });
