@@ -191,6 +191,10 @@ pub struct ClientConfig {
     pub max_stream_channels: usize,
     /// Long-polls one user may hold open at once.
     pub max_polls_per_user: usize,
+    /// Commands per second one connection may send, with a burst of as many
+    /// (0: no limit). Over it: error 105; a second's worth refused in a row
+    /// closes the connection (3500, "command flood").
+    pub max_commands_per_second: u32,
     /// WebSocket connections from one IP address (0: no limit).
     pub max_connections_per_ip: usize,
     /// Connections of one user (0: no limit).
@@ -211,6 +215,7 @@ impl Default for ClientConfig {
             recovery_max: 1000,
             max_stream_channels: 64,
             max_polls_per_user: 16,
+            max_commands_per_second: 0,
             max_connections_per_ip: 0,
             max_connections_per_user: 0,
             new_connections_per_second: 0,

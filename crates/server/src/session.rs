@@ -56,6 +56,10 @@ pub struct Session {
     /// Publications per channel in the current one-second window (for
     /// namespaces with `client_publish_rate`).
     publish_window: HashMap<String, (Instant, u32)>,
+    /// Command token bucket: (tokens, last refill).
+    commands: (f64, Instant),
+    /// Commands refused in a row for the rate.
+    refused: u32,
 }
 
 fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
@@ -78,6 +82,7 @@ impl Session {
     /// A session for a new connection, and its control mailbox.
     pub fn new(node: Arc<Node>, outbox: Arc<Outbox>) -> (Self, Arc<Mailbox>) {
         let control = Arc::new(Mailbox::default());
+        let rate = node.config.client.max_commands_per_second;
         let conn = node.next_conn_id();
         let client = format!("{}-{conn}", node.id);
         node.register(
@@ -99,6 +104,8 @@ impl Session {
             stateless: false,
             transient: false,
             publish_window: HashMap::new(),
+            commands: (f64::from(rate), Instant::now()),
+            refused: 0,
         };
         (session, control)
     }
@@ -106,6 +113,26 @@ impl Session {
     /// The client id.
     pub fn client_id(&self) -> &str {
         &self.client
+    }
+
+    /// Takes a token for one command; false over `max_commands_per_second`
+    /// (a bucket with a burst of one second's worth).
+    fn take_command_token(&mut self) -> bool {
+        let rate = self.node.config.client.max_commands_per_second;
+        if rate == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let (tokens, at) = &mut self.commands;
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * f64::from(rate))
+            .min(f64::from(rate));
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     /// Marks the session as serving one HTTP request (see `stateless`).
@@ -172,6 +199,42 @@ impl Session {
             // One command at a time counts against the task's budget, so a
             // frame of thousands of commands lets other connections run.
             tokio::task::consume_budget().await;
+            if !self.take_command_token() {
+                let id = command
+                    .as_ref()
+                    .map_or_else(|e| e.id.unwrap_or(0), |c| c.id);
+                self.refused += 1;
+                // Refused for a whole second's worth in a row: it goes on, so go.
+                let rate = self.node.config.client.max_commands_per_second;
+                if self.refused > rate {
+                    self.node.metrics.limit_rejected("commands");
+                    self.outbox.close(
+                        Disconnect {
+                            reason: "command flood".into(),
+                            ..Disconnect::new(DisconnectCode::BAD_REQUEST, None)
+                        },
+                        true,
+                    );
+                    return;
+                }
+                if !matches!(
+                    &command,
+                    Ok(Command {
+                        kind: CommandKind::Pong,
+                        ..
+                    })
+                ) {
+                    self.reply_error(
+                        id,
+                        &err(
+                            ErrorCode::RateLimited,
+                            format!("at most {rate} commands per second"),
+                        ),
+                    );
+                }
+                continue;
+            }
+            self.refused = 0;
             match command {
                 Ok(c) => self.handle(c).await,
                 Err(e) => {

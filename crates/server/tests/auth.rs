@@ -539,3 +539,47 @@ async fn a_connect_storm_is_slowed_with_retry_after() {
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "1");
 }
+
+#[tokio::test]
+async fn a_command_flood_is_limited_while_others_are_served() {
+    let mut c = config();
+    c.client.max_commands_per_second = 50;
+    let server = start_with(c).await;
+    let mut calm = Raw::connect(&server, None).await;
+    calm.call(json!({"op": "subscribe", "channel": "news"}))
+        .await;
+    let mut flooder = Raw::connect(&server, None).await;
+    // 300 commands in one frame: the burst passes, then 105, then the door.
+    let frame: Vec<String> = (1..=300)
+        .map(|i| json!({"id": 1000 + i, "op": "history", "channel": "news"}).to_string())
+        .collect();
+    flooder.send_text(frame.join("\n")).await;
+    let mut ok = 0;
+    let mut limited = 0;
+    let disconnect = loop {
+        let m = flooder.next().await.expect("a disconnect before the close");
+        if m["push"] == "disconnect" {
+            break m;
+        }
+        if m.get("ok").is_some() {
+            ok += 1;
+        } else if m["error"]["code"] == 105 {
+            limited += 1;
+        }
+    };
+    assert!((45..=55).contains(&ok), "about the burst passes: {ok}");
+    assert!(limited >= 40, "{limited} refused with 105");
+    assert_eq!(
+        (disconnect["code"].as_u64(), disconnect["reason"].as_str()),
+        (Some(3500), Some("command flood"))
+    );
+    // The calm connection is served all along.
+    api(
+        &server,
+        "publish",
+        json!({"channel": "news", "data": "still here"}),
+    )
+    .await;
+    let m = calm.next_non_ping().await.unwrap();
+    assert_eq!(m["data"], "still here");
+}
