@@ -170,7 +170,8 @@ pub async fn handle(
     let auth = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let Some((_, scope)) = node.api_keys.check_header(auth) else {
+    let checked = node.api_keys.read().check_header(auth).map(|(_, s)| s);
+    let Some(scope) = checked else {
         let e = ErrorBody::new(ErrorCode::PermissionDenied, "a valid API key is required");
         let mut res = ApiError(e).into_response();
         *res.status_mut() = StatusCode::UNAUTHORIZED;

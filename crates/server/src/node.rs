@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use tidings_protocol::{ChannelName, Disconnect, ErrorBody, ErrorCode};
 
 use crate::auth::{ApiKeys, TokenVerifier};
@@ -80,9 +80,9 @@ pub struct Node {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     /// Connection token verifier (always set: dev mode generates a secret).
-    pub tokens: TokenVerifier,
+    pub tokens: RwLock<TokenVerifier>,
     /// API keys.
-    pub api_keys: ApiKeys,
+    pub api_keys: RwLock<ApiKeys>,
     /// This node's id.
     pub id: String,
     /// When the node started.
@@ -152,8 +152,8 @@ impl Node {
             engine,
             hub,
             metrics,
-            tokens,
-            api_keys: ApiKeys::new(api_keys),
+            tokens: RwLock::new(tokens),
+            api_keys: RwLock::new(ApiKeys::new(api_keys)),
             id: crate::engine::new_epoch(),
             started: Instant::now(),
             conns: Mutex::new(HashMap::new()),

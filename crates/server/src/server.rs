@@ -93,27 +93,7 @@ impl Server {
                 config.listen
             )));
         }
-        let mut api_keys: Vec<_> = dev
-            .iter()
-            .map(|d| {
-                (
-                    "dev".to_string(),
-                    d.api_key.clone(),
-                    crate::auth::ApiScope::All,
-                )
-            })
-            .collect();
-        api_keys.extend(config.auth.api_keys.iter().map(|k| k.parts()));
-        let tokens = TokenVerifier::from_keys(&TokenKeys {
-            secret: dev
-                .as_ref()
-                .map(|d| d.token_secret.as_str())
-                .or(config.auth.token_secret.as_deref()),
-            public_keys: &config.auth.token_public_keys,
-            audience: config.auth.token_audience.as_deref(),
-            issuer: config.auth.token_issuer.as_deref(),
-        })
-        .map_err(ServerError::Unsafe)?;
+        let (tokens, api_keys) = secrets(&config, dev.as_ref()).map_err(ServerError::Unsafe)?;
 
         let listener =
             TcpListener::bind(config.listen)
@@ -246,6 +226,15 @@ impl Server {
         self.dev.as_ref()
     }
 
+    /// Replaces the token keys and API keys with those of `config` (SIGHUP):
+    /// revoked keys stop working at once; open connections stay.
+    pub fn reload_secrets(&self, config: &Config) -> Result<(), String> {
+        let (tokens, api_keys) = secrets(config, self.dev.as_ref())?;
+        *self.node.tokens.write() = tokens;
+        *self.node.api_keys.write() = crate::auth::ApiKeys::new(api_keys);
+        Ok(())
+    }
+
     /// Graceful shutdown: stop accepting, tell every client to come back after
     /// a random delay within `shutdown_spread` (3001), and wait for them to
     /// close, at most `shutdown_timeout`.
@@ -268,6 +257,33 @@ impl Server {
         let engine = self.engine.clone();
         let _ = tokio::task::spawn_blocking(move || engine.close()).await;
     }
+}
+
+/// The token verifier and API keys of `config` (and dev mode's generated ones).
+fn secrets(
+    config: &Config,
+    dev: Option<&DevCredentials>,
+) -> Result<(TokenVerifier, Vec<(String, String, crate::auth::ApiScope)>), String> {
+    let mut api_keys: Vec<_> = dev
+        .iter()
+        .map(|d| {
+            (
+                "dev".to_string(),
+                d.api_key.clone(),
+                crate::auth::ApiScope::All,
+            )
+        })
+        .collect();
+    api_keys.extend(config.auth.api_keys.iter().map(|k| k.parts()));
+    let tokens = TokenVerifier::from_keys(&TokenKeys {
+        secret: dev
+            .map(|d| d.token_secret.as_str())
+            .or(config.auth.token_secret.as_deref()),
+        public_keys: &config.auth.token_public_keys,
+        audience: config.auth.token_audience.as_deref(),
+        issuer: config.auth.token_issuer.as_deref(),
+    })?;
+    Ok((tokens, api_keys))
 }
 
 /// CORS for `origins` ("*" = any); credentials are never allowed.

@@ -336,7 +336,7 @@ impl Session {
                 expires_at: None,
                 anonymous: true,
             },
-            Some(token) => match self.node.tokens.verify(&token) {
+            Some(token) => match self.node.tokens.read().verify(&token) {
                 Ok(claims) => {
                     // The token's `channels` are subscribed server-side.
                     for channel in claims.channels.unwrap_or_default() {
@@ -491,6 +491,7 @@ impl Session {
             let claims = self
                 .node
                 .tokens
+                .read()
                 .verify_channel(token)
                 .map_err(|e| match e {
                     TokenError::Expired => err(ErrorCode::TokenExpired, "channel token expired"),
@@ -785,7 +786,7 @@ impl Session {
     }
 
     fn refresh(&mut self, token: &str) -> Result<RefreshOk, ErrorBody> {
-        let claims = self.node.tokens.verify(token).map_err(|e| match e {
+        let claims = self.node.tokens.read().verify(token).map_err(|e| match e {
             TokenError::Expired => err(ErrorCode::TokenExpired, "token expired"),
             TokenError::Invalid(why) => err(ErrorCode::PermissionDenied, why),
         })?;

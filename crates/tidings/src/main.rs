@@ -171,7 +171,7 @@ fn humantime_parse(s: &str) -> anyhow::Result<Duration> {
 async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let overrides = Overrides {
         listen: args.listen,
-        data_dir: args.data_dir,
+        data_dir: args.data_dir.clone(),
     };
     let config =
         Config::load(args.config.as_deref(), &overrides).context("loading the configuration")?;
@@ -191,10 +191,38 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         );
     }
     eprintln!("  Tidings is listening on http://{}", server.local_addr());
-    shutdown_signal().await;
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("listening for SIGHUP")?;
+    loop {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = hup.recv() => reload(&server, &args.config, &overrides),
+        }
+        #[cfg(not(unix))]
+        {
+            (&mut shutdown).await;
+            break;
+        }
+    }
     tracing::info!("shutting down");
     server.shutdown().await;
     Ok(())
+}
+
+/// SIGHUP: re-reads the configuration and swaps token keys and API keys
+/// (rotation without a restart). A bad file keeps the old keys.
+fn reload(server: &Server, file: &Option<PathBuf>, overrides: &Overrides) {
+    match Config::load(file.as_deref(), overrides)
+        .map_err(|e| e.to_string())
+        .and_then(|config| server.reload_secrets(&config))
+    {
+        Ok(()) => tracing::info!("reloaded token keys and API keys (SIGHUP)"),
+        Err(e) => tracing::error!(error = %e, "SIGHUP reload failed; keeping the old keys"),
+    }
 }
 
 async fn shutdown_signal() {

@@ -389,3 +389,32 @@ fn curl_reads_sse_and_long_poll() {
     assert_eq!(answer["events"], serde_json::json!([]));
     assert_eq!(answer["position"], ids[1]);
 }
+
+#[test]
+fn sighup_rotates_api_keys_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("tidings.toml");
+    let write = |key: &str| {
+        std::fs::write(
+            &file,
+            format!("listen = \"127.0.0.1:0\"\n[auth]\ntoken_secret = \"rotate-secret\"\napi_keys = [\"{key}\"]\n"),
+        )
+        .unwrap();
+    };
+    write("key-before-1");
+    let server = serve(&["--config", file.to_str().unwrap()], &[]);
+    assert!(curl_api(&server.addr, "key-before-1", "info", "{}")["nodes"].is_array());
+    write("key-after-12");
+    let status = Command::new("kill")
+        .args(["-HUP", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    server.stderr.find("reloaded token keys and API keys");
+    assert_eq!(
+        curl_api(&server.addr, "key-before-1", "info", "{}")["error"]["code"],
+        103,
+        "revoked"
+    );
+    assert!(curl_api(&server.addr, "key-after-12", "info", "{}")["nodes"].is_array());
+}
