@@ -143,7 +143,7 @@ impl Node {
         hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         tokens: TokenVerifier,
-        api_keys: Vec<(String, String, crate::auth::ApiScope)>,
+        api_keys: ApiKeys,
     ) -> Self {
         // The bucket starts full: a burst of one second's worth.
         let burst = f64::from(config.client.new_connections_per_second);
@@ -153,7 +153,7 @@ impl Node {
             hub,
             metrics,
             tokens: RwLock::new(tokens),
-            api_keys: RwLock::new(ApiKeys::new(api_keys)),
+            api_keys: RwLock::new(api_keys),
             id: crate::engine::new_epoch(),
             started: Instant::now(),
             conns: Mutex::new(HashMap::new()),

@@ -231,7 +231,7 @@ impl Server {
     pub fn reload_secrets(&self, config: &Config) -> Result<(), String> {
         let (tokens, api_keys) = secrets(config, self.dev.as_ref())?;
         *self.node.tokens.write() = tokens;
-        *self.node.api_keys.write() = crate::auth::ApiKeys::new(api_keys);
+        *self.node.api_keys.write() = api_keys;
         Ok(())
     }
 
@@ -263,7 +263,7 @@ impl Server {
 fn secrets(
     config: &Config,
     dev: Option<&DevCredentials>,
-) -> Result<(TokenVerifier, Vec<(String, String, crate::auth::ApiScope)>), String> {
+) -> Result<(TokenVerifier, crate::auth::ApiKeys), String> {
     let mut api_keys: Vec<_> = dev
         .iter()
         .map(|d| {
@@ -283,7 +283,7 @@ fn secrets(
         audience: config.auth.token_audience.as_deref(),
         issuer: config.auth.token_issuer.as_deref(),
     })?;
-    Ok((tokens, api_keys))
+    Ok((tokens, crate::auth::ApiKeys::new(api_keys)))
 }
 
 /// CORS for `origins` ("*" = any); credentials are never allowed.
