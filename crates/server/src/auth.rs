@@ -57,7 +57,7 @@ pub enum TokenError {
 pub struct TokenVerifier {
     /// Each key with the algorithms it may verify (its family's only, so an
     /// HS token can never be checked against a public key: no confusion).
-    keys: Vec<(DecodingKey, Vec<Algorithm>)>,
+    keys: Vec<(DecodingKey, Vec<Algorithm>, Option<String>)>,
     validation: Validation,
 }
 
@@ -72,6 +72,8 @@ pub struct TokenKeys<'a> {
     pub audience: Option<&'a str>,
     /// Required `iss`, if any.
     pub issuer: Option<&'a str>,
+    /// A JWKS file (the JSON of a JSON Web Key Set) of more public keys.
+    pub jwks: Option<&'a std::path::Path>,
 }
 
 impl TokenVerifier {
@@ -95,7 +97,27 @@ impl TokenVerifier {
             out.push((
                 DecodingKey::from_secret(secret.as_bytes()),
                 vec![HS256, HS384, HS512],
+                None,
             ));
+        }
+        if let Some(path) = keys.jwks {
+            use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
+            let text = std::fs::read(path)
+                .map_err(|e| format!("cannot read the JWKS file {}: {e}", path.display()))?;
+            let set: JwkSet = serde_json::from_slice(&text)
+                .map_err(|e| format!("the JWKS file {} is not a key set: {e}", path.display()))?;
+            for jwk in &set.keys {
+                let algs = match &jwk.algorithm {
+                    AlgorithmParameters::RSA(_) => vec![RS256, RS384, RS512, PS256, PS384, PS512],
+                    AlgorithmParameters::EllipticCurve(_) => vec![ES256, ES384],
+                    AlgorithmParameters::OctetKeyPair(_) => vec![EdDSA],
+                    AlgorithmParameters::OctetKey(_) => vec![HS256, HS384, HS512],
+                };
+                let key = DecodingKey::from_jwk(jwk).map_err(|e| {
+                    format!("a key in the JWKS file {} is unusable: {e}", path.display())
+                })?;
+                out.push((key, algs, jwk.common.key_id.clone()));
+            }
         }
         for path in keys.public_keys {
             let pem = std::fs::read(path)
@@ -112,7 +134,7 @@ impl TokenVerifier {
                     path.display()
                 ));
             };
-            out.push(key);
+            out.push((key.0, key.1, None));
         }
         Ok(Self {
             keys: out,
@@ -142,9 +164,14 @@ impl TokenVerifier {
             _ => TokenError::Invalid(e.to_string()),
         };
         // `alg: none` and unknown algorithms fail here.
-        let alg = jsonwebtoken::decode_header(token).map_err(invalid)?.alg;
+        let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
+        let alg = header.alg;
         let mut last = TokenError::Invalid(format!("no key accepts {alg:?} tokens"));
-        for (key, _) in self.keys.iter().filter(|(_, algs)| algs.contains(&alg)) {
+        // A token naming its key (`kid`) is checked against that key only.
+        let usable = self.keys.iter().filter(|(_, algs, kid)| {
+            algs.contains(&alg) && (header.kid.is_none() || kid.is_none() || *kid == header.kid)
+        });
+        for (key, _, _) in usable {
             let mut validation = self.validation.clone();
             validation.algorithms = vec![alg];
             match jsonwebtoken::decode::<T>(token, key, &validation) {

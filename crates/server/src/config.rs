@@ -153,7 +153,7 @@ impl NamespaceOptions {
 }
 
 /// Connection tokens and API keys.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AuthConfig {
     /// HS256 secret for connection tokens. None = dev mode.
@@ -163,10 +163,30 @@ pub struct AuthConfig {
     pub api_keys: Vec<ApiKeyConfig>,
     /// PEM files of public keys for RS/PS/ES/EdDSA connection tokens.
     pub token_public_keys: Vec<PathBuf>,
+    /// A JWKS file (JSON Web Key Set) of public keys for connection and
+    /// channel tokens, re-read every `token_jwks_refresh`.
+    pub token_jwks: Option<PathBuf>,
+    /// How often the JWKS file is re-read.
+    #[serde(with = "humantime_serde")]
+    pub token_jwks_refresh: Duration,
     /// When set, tokens must carry this `aud`.
     pub token_audience: Option<String>,
     /// When set, tokens must carry this `iss`.
     pub token_issuer: Option<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            token_secret: None,
+            api_keys: Vec::new(),
+            token_public_keys: Vec::new(),
+            token_jwks: None,
+            token_jwks_refresh: Duration::from_secs(300),
+            token_audience: None,
+            token_issuer: None,
+        }
+    }
 }
 
 /// Per-connection limits and timers.
@@ -478,7 +498,9 @@ impl Config {
 
     /// Dev mode: no token secret configured.
     pub fn dev_mode(&self) -> bool {
-        self.auth.token_secret.is_none() && self.auth.token_public_keys.is_empty()
+        self.auth.token_secret.is_none()
+            && self.auth.token_public_keys.is_empty()
+            && self.auth.token_jwks.is_none()
     }
 }
 

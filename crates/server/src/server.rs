@@ -63,6 +63,7 @@ pub struct Server {
     node: Arc<Node>,
     engine: Arc<MemoryEngine>,
     sweeper: JoinHandle<()>,
+    jwks_refresher: Option<JoinHandle<()>>,
     dev: Option<DevCredentials>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -189,6 +190,23 @@ impl Server {
                 }
             })
         };
+        // A JWKS file is re-read on its refresh interval (key rotation at the
+        // identity provider); a file that fails to load keeps the old keys.
+        let jwks_refresher = node.config.auth.token_jwks.is_some().then(|| {
+            let node = node.clone();
+            let dev = dev.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(node.config.auth.token_jwks_refresh);
+                tick.tick().await;
+                loop {
+                    tick.tick().await;
+                    match secrets(&node.config, dev.as_ref()) {
+                        Ok((tokens, _)) => *node.tokens.write() = tokens,
+                        Err(e) => tracing::warn!(error = %e, "reloading the JWKS failed; keeping the old keys"),
+                    }
+                }
+            })
+        });
         let (stop, mut stopped) = watch::channel(false);
         let task = tokio::spawn(async move {
             let app = app.into_make_service_with_connect_info::<SocketAddr>();
@@ -203,6 +221,7 @@ impl Server {
         Ok(Server {
             engine,
             sweeper,
+            jwks_refresher,
             addr,
             node,
             dev,
@@ -241,6 +260,9 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         self.sweeper.abort();
+        if let Some(t) = &self.jwks_refresher {
+            t.abort();
+        }
         let spread = self.node.config.shutdown_spread.as_millis() as u64;
         self.node.disconnect_all(|| {
             Disconnect::new(
@@ -282,6 +304,7 @@ fn secrets(
         public_keys: &config.auth.token_public_keys,
         audience: config.auth.token_audience.as_deref(),
         issuer: config.auth.token_issuer.as_deref(),
+        jwks: config.auth.token_jwks.as_deref(),
     })?;
     Ok((tokens, crate::auth::ApiKeys::new(api_keys)))
 }

@@ -583,3 +583,48 @@ async fn a_command_flood_is_limited_while_others_are_served() {
     let m = calm.next_non_ping().await.unwrap();
     assert_eq!(m["data"], "still here");
 }
+
+#[tokio::test]
+async fn keys_from_a_jwks_file_are_used_and_refreshed() {
+    use base64::Engine as _;
+    // The Ed25519 public key: the last 32 bytes of its SubjectPublicKeyInfo.
+    let pem_text = String::from_utf8(pem("ed.pub")).unwrap();
+    let body: String = pem_text
+        .lines()
+        .filter(|l| !l.starts_with("-----"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body)
+        .unwrap();
+    let x = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(&der[der.len() - 32..]);
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    let set =
+        json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "x": x, "kid": "k1", "alg": "EdDSA"}]});
+    std::fs::write(&jwks, set.to_string()).unwrap();
+    let mut c = config();
+    c.auth.token_jwks = Some(jwks.clone());
+    c.auth.token_jwks_refresh = std::time::Duration::from_millis(200);
+    let server = start_with(c).await;
+    let mut header = Header::new(Algorithm::EdDSA);
+    header.kid = Some("k1".into());
+    let token = jsonwebtoken::encode(
+        &header,
+        &claims(json!({})),
+        &EncodingKey::from_ed_pem(&pem("ed.key")).unwrap(),
+    )
+    .unwrap();
+    let (r, _) = connect(&server, &token).await;
+    assert_eq!(r["ok"]["user"], "alice", "{r}");
+    // The key leaves the set: after a refresh, its tokens are refused.
+    std::fs::write(&jwks, json!({"keys": []}).to_string()).unwrap();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (r, code) = loop {
+        let (r, code) = connect(&server, &token).await;
+        if r.get("error").is_some() || tokio::time::Instant::now() > deadline {
+            break (r, code);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!((error_code(&r), code), (103, Some(3501)), "{r}");
+}
