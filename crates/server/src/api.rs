@@ -14,7 +14,7 @@ use serde_json::value::RawValue;
 use tidings_protocol::reply::Empty;
 use tidings_protocol::{Disconnect, DisconnectCode, ErrorBody, ErrorCode, SinceArg};
 
-use crate::node::{Control, Node, resolve};
+use crate::node::{Control, Node};
 use crate::session;
 
 /// An API error: the HTTP status follows the protocol code.
@@ -186,7 +186,7 @@ pub async fn handle(
     }
     // Room for the largest `data` any namespace accepts plus the envelope;
     // over it, a JSON error (axum's own limit answers in plain text).
-    let limit = node.config.largest_message_size() + BODY_ENVELOPE;
+    let limit = node.namespaces().largest_message_size() + BODY_ENVELOPE;
     let body = match axum::body::to_bytes(body, limit).await {
         Ok(b) => b,
         Err(_) => {
@@ -220,21 +220,21 @@ async fn call(
     match method {
         "publish" => {
             let b: PublishBody = parse(body)?;
-            let (_, ns) = resolve(&node.config, &b.channel)?;
+            let (_, ns) = node.resolve(&b.channel)?;
             let key = b.idempotency_key.or(header_key);
-            ok(&session::publish(node, &b.channel, ns, b.data, None, b.tags, key).await?)
+            ok(&session::publish(node, &b.channel, &ns, b.data, None, b.tags, key).await?)
         }
         "broadcast" => {
             let b: BroadcastBody = parse(body)?;
             let key = b.idempotency_key.or(header_key);
             let mut results = Vec::with_capacity(b.channels.len());
             for channel in &b.channels {
-                let r = match resolve(&node.config, channel) {
+                let r = match node.resolve(channel) {
                     Ok((_, ns)) => {
                         session::publish(
                             node,
                             channel,
-                            ns,
+                            &ns,
                             b.data.clone(),
                             None,
                             b.tags.clone(),
@@ -253,13 +253,13 @@ async fn call(
         }
         "history" => {
             let b: HistoryBody = parse(body)?;
-            let (_, ns) = resolve(&node.config, &b.channel)?;
-            ok(&session::history(node, &b.channel, ns, b.since, b.limit, b.reverse).await?)
+            let (_, ns) = node.resolve(&b.channel)?;
+            ok(&session::history(node, &b.channel, &ns, b.since, b.limit, b.reverse).await?)
         }
         "presence" => {
             let b: PresenceBody = parse(body)?;
-            let (_, ns) = resolve(&node.config, &b.channel)?;
-            ok(&session::presence_list(node, &b.channel, ns, b.limit, b.cursor).await?)
+            let (_, ns) = node.resolve(&b.channel)?;
+            ok(&session::presence_list(node, &b.channel, &ns, b.limit, b.cursor).await?)
         }
         "last_seen" => {
             let b: LastSeenBody = parse(body)?;
@@ -267,8 +267,8 @@ async fn call(
         }
         "presence_stats" => {
             let b: ChannelBody = parse(body)?;
-            let (_, ns) = resolve(&node.config, &b.channel)?;
-            ok(&session::presence_stats(node, &b.channel, ns).await?)
+            let (_, ns) = node.resolve(&b.channel)?;
+            ok(&session::presence_stats(node, &b.channel, &ns).await?)
         }
         "channels" => {
             let b: ChannelsBody = parse(body)?;
@@ -308,7 +308,7 @@ async fn call(
             if b.user.is_empty() {
                 return Err(bad("`user` must not be empty"));
             }
-            resolve(&node.config, &b.channel)?;
+            node.resolve(&b.channel)?;
             node.control_user(&b.user, || Control::Unsubscribe {
                 channel: b.channel.clone(),
                 code: DisconnectCode::FORBIDDEN.0,

@@ -60,7 +60,7 @@ async fn call(
             ),
         ));
     }
-    let limit = node.config.largest_message_size() + crate::api::BODY_ENVELOPE;
+    let limit = node.namespaces().largest_message_size() + crate::api::BODY_ENVELOPE;
     let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
         bad(
             ErrorCode::LimitExceeded,

@@ -91,6 +91,9 @@ pub struct Node {
     next_conn: AtomicU64,
     /// Long-polls held open, by user.
     polls: Arc<Mutex<HashMap<String, usize>>>,
+    /// Namespace options in force: the default one and the named ones
+    /// (swapped whole on SIGHUP).
+    namespaces: RwLock<Arc<Namespaces>>,
     /// Open WebSocket connections by IP address.
     ips: Mutex<HashMap<std::net::IpAddr, usize>>,
     /// Registered connections by user.
@@ -147,6 +150,7 @@ impl Node {
     ) -> Self {
         // The bucket starts full: a burst of one second's worth.
         let burst = f64::from(config.client.new_connections_per_second);
+        let namespaces = RwLock::new(Arc::new(Namespaces::of(&config)));
         Self {
             config,
             engine,
@@ -159,6 +163,7 @@ impl Node {
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             polls: Arc::default(),
+            namespaces,
             ips: Mutex::default(),
             users: Mutex::default(),
             new_conns: Mutex::new((burst, Instant::now())),
@@ -345,19 +350,62 @@ impl Node {
     }
 }
 
-/// Resolves `channel` to its parsed name and namespace options: 101 for a bad
-/// name, 102 for an unknown namespace.
-pub fn resolve<'c>(
-    config: &'c Config,
-    channel: &'c str,
-) -> Result<(ChannelName<'c>, &'c NamespaceOptions), ErrorBody> {
-    let name = ChannelName::parse(channel)
-        .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
-    let ns = config.namespace(name.namespace).ok_or_else(|| {
-        ErrorBody::new(
-            ErrorCode::UnknownChannel,
-            format!("unknown namespace `{}`", name.namespace),
-        )
-    })?;
-    Ok((name, ns))
+/// The namespace options in force.
+#[derive(Debug)]
+pub struct Namespaces {
+    default: NamespaceOptions,
+    named: std::collections::BTreeMap<String, NamespaceOptions>,
+}
+
+impl Namespaces {
+    /// The namespaces of `config`.
+    pub fn of(config: &Config) -> Self {
+        Self {
+            default: config.channels.clone(),
+            named: config.namespaces.clone(),
+        }
+    }
+
+    /// The largest `max_message_size` of any namespace.
+    pub fn largest_message_size(&self) -> usize {
+        self.named
+            .values()
+            .map(|ns| ns.max_message_size)
+            .fold(self.default.max_message_size, usize::max)
+    }
+}
+
+impl Node {
+    /// Resolves `channel` to its parsed name and (a copy of) its namespace
+    /// options: 101 for a bad name, 102 for an unknown namespace.
+    pub fn resolve<'c>(
+        &self,
+        channel: &'c str,
+    ) -> Result<(ChannelName<'c>, NamespaceOptions), ErrorBody> {
+        let name = ChannelName::parse(channel)
+            .map_err(|e| ErrorBody::new(ErrorCode::BadRequest, e.to_string()))?;
+        let namespaces = self.namespaces.read();
+        let ns = if name.namespace.is_empty() {
+            Some(&namespaces.default)
+        } else {
+            namespaces.named.get(name.namespace)
+        };
+        let ns = ns.cloned().ok_or_else(|| {
+            ErrorBody::new(
+                ErrorCode::UnknownChannel,
+                format!("unknown namespace `{}`", name.namespace),
+            )
+        })?;
+        Ok((name, ns))
+    }
+
+    /// The namespaces in force.
+    pub fn namespaces(&self) -> Arc<Namespaces> {
+        self.namespaces.read().clone()
+    }
+
+    /// Swaps in the namespaces of `config` (SIGHUP).
+    pub fn set_namespaces(&self, config: &Config) {
+        *self.namespaces.write() = Arc::new(Namespaces::of(config));
+    }
 }

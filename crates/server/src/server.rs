@@ -178,11 +178,8 @@ impl Server {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
-                    let policy_of = |channel: &str| {
-                        crate::node::resolve(&node.config, channel)
-                            .ok()
-                            .map(|(_, ns)| node.policy(ns))
-                    };
+                    let policy_of =
+                        |channel: &str| node.resolve(channel).ok().map(|(_, ns)| node.policy(&ns));
                     let evicted = engine.sweep(&policy_of, node.config.idempotency_window);
                     if evicted > 0 {
                         tracing::debug!(evicted, "forgot idle channels");
@@ -245,12 +242,15 @@ impl Server {
         self.dev.as_ref()
     }
 
-    /// Replaces the token keys and API keys with those of `config` (SIGHUP):
-    /// revoked keys stop working at once; open connections stay.
-    pub fn reload_secrets(&self, config: &Config) -> Result<(), String> {
+    /// Applies a re-read configuration (SIGHUP): token keys, API keys and
+    /// namespace options. Revoked keys stop working at once; open
+    /// connections and their subscriptions stay. Other settings (listen
+    /// address, limits, storage) need a restart.
+    pub fn reload(&self, config: &Config) -> Result<(), String> {
         let (tokens, api_keys) = secrets(config, self.dev.as_ref())?;
         *self.node.tokens.write() = tokens;
         *self.node.api_keys.write() = api_keys;
+        self.node.set_namespaces(config);
         Ok(())
     }
 

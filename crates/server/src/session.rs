@@ -22,7 +22,7 @@ use crate::auth::{TokenError, unix_now};
 use crate::config::{ClientAccess, ClientPublish, NamespaceOptions, SubscribeRule};
 use crate::engine::{EngineError, HistoryQuery, PublishRequest};
 use crate::hub::{ConnId, Subscriber};
-use crate::node::{ConnHandle, Control, Mailbox, Node, resolve};
+use crate::node::{ConnHandle, Control, Mailbox, Node};
 use crate::outbox::{Outbox, Pushed};
 
 /// Rooms up to this size list who is here in the subscribe reply.
@@ -440,12 +440,12 @@ impl Session {
 
     /// Checks namespace access and the `#user,...` rule; returns the namespace options.
     fn check_channel(&self, channel: &str) -> Result<NamespaceOptions, ErrorBody> {
-        let (name, ns) = resolve(&self.node.config, channel)?;
-        let identity = self.check_access(ns)?;
+        let (name, ns) = self.node.resolve(channel)?;
+        let identity = self.check_access(&ns)?;
         if !name.user_allowed(&identity.user) {
             return Err(limited());
         }
-        Ok(ns.clone())
+        Ok(ns)
     }
 
     /// Checks that this connection may read history or presence (`access`)
@@ -530,7 +530,7 @@ impl Session {
             Ok(mut ok) if ns.presence && !self.transient => {
                 let show = ns.presence_access == ClientAccess::Subscribers;
                 let engine = &node.engine;
-                let policy = node.policy(ns);
+                let policy = node.policy(&ns);
                 let joined = async {
                     engine.join(&arg.channel, &presence_info, &policy).await?;
                     // Small rooms get who is here in the reply; large ones page.
@@ -578,7 +578,7 @@ impl Session {
         if !ns.has_history() {
             return Ok(SubscribeOk::default());
         }
-        let policy = self.node.policy(ns);
+        let policy = self.node.policy(&ns);
         let Some(since) = &arg.since else {
             let top = engine
                 .position(&arg.channel, &policy)
@@ -665,13 +665,13 @@ impl Session {
         {
             tracing::warn!(channel, error = %e, "node unsubscribe failed");
         }
-        if let Ok((_, ns)) = resolve(&self.node.config, channel)
+        if let Ok((_, ns)) = self.node.resolve(channel)
             && ns.presence
             && !self.transient
             && let Err(e) = self
                 .node
                 .engine
-                .leave(channel, &self.client, &self.node.policy(ns))
+                .leave(channel, &self.client, &self.node.policy(&ns))
                 .await
         {
             tracing::warn!(channel, error = %e, "presence removal failed");
@@ -854,12 +854,12 @@ impl Session {
             info: identity.info.clone(),
         };
         for channel in self.subs.keys() {
-            if let Ok((_, ns)) = resolve(&self.node.config, channel)
+            if let Ok((_, ns)) = self.node.resolve(channel)
                 && ns.presence
                 && let Err(e) = self
                     .node
                     .engine
-                    .join(channel, &info, &self.node.policy(ns))
+                    .join(channel, &info, &self.node.policy(&ns))
                     .await
             {
                 tracing::warn!(channel, error = %e, "renewing presence failed");
@@ -889,10 +889,13 @@ impl Drop for Session {
             let client = self.client.clone();
             rt.spawn(async move {
                 for channel in channels {
-                    if let Ok((_, ns)) = resolve(&node.config, &channel)
+                    if let Ok((_, ns)) = node.resolve(&channel)
                         && ns.presence
                     {
-                        let _ = node.engine.leave(&channel, &client, &node.policy(ns)).await;
+                        let _ = node
+                            .engine
+                            .leave(&channel, &client, &node.policy(&ns))
+                            .await;
                     }
                 }
             });
@@ -936,7 +939,7 @@ pub async fn publish(
                 tags,
                 idempotency_key,
             },
-            &node.policy(ns),
+            &node.policy(&ns),
         )
         .await
         .map_err(internal)?;
@@ -979,7 +982,7 @@ pub async fn history(
                 limit: Some(limit),
                 reverse,
             },
-            &node.policy(ns),
+            &node.policy(&ns),
         )
         .await
         .map_err(internal)?;

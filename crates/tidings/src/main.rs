@@ -213,14 +213,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// SIGHUP: re-reads the configuration and swaps token keys and API keys
-/// (rotation without a restart). A bad file keeps the old keys.
+/// SIGHUP: re-reads the configuration and swaps token keys, API keys and
+/// namespace options (rotation without a restart). A bad file changes nothing.
 fn reload(server: &Server, file: &Option<PathBuf>, overrides: &Overrides) {
     match Config::load(file.as_deref(), overrides)
         .map_err(|e| e.to_string())
-        .and_then(|config| server.reload_secrets(&config))
+        .and_then(|config| server.reload(&config))
     {
-        Ok(()) => tracing::info!("reloaded token keys and API keys (SIGHUP)"),
+        Ok(()) => tracing::info!("reloaded token keys, API keys and namespaces (SIGHUP)"),
         Err(e) => tracing::error!(error = %e, "SIGHUP reload failed; keeping the old keys"),
     }
 }

@@ -391,30 +391,42 @@ fn curl_reads_sse_and_long_poll() {
 }
 
 #[test]
-fn sighup_rotates_api_keys_without_a_restart() {
+fn sighup_rotates_keys_and_namespaces_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("tidings.toml");
-    let write = |key: &str| {
+    let write = |key: &str, ns: &str| {
         std::fs::write(
             &file,
-            format!("listen = \"127.0.0.1:0\"\n[auth]\ntoken_secret = \"rotate-secret\"\napi_keys = [\"{key}\"]\n"),
+            format!("listen = \"127.0.0.1:0\"\n[auth]\ntoken_secret = \"rotate-secret\"\napi_keys = [\"{key}\"]\n{ns}"),
         )
         .unwrap();
     };
-    write("key-before-1");
+    write("key-before-1", "");
     let server = serve(&["--config", file.to_str().unwrap()], &[]);
     assert!(curl_api(&server.addr, "key-before-1", "info", "{}")["nodes"].is_array());
-    write("key-after-12");
+    let body = r#"{"channel":"late:x","data":1}"#;
+    assert_eq!(
+        curl_api(&server.addr, "key-before-1", "publish", body)["error"]["code"],
+        102
+    );
+    write("key-after-12", "[namespaces.late]\n");
     let status = Command::new("kill")
         .args(["-HUP", &server.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    server.stderr.find("reloaded token keys and API keys");
+    server
+        .stderr
+        .find("reloaded token keys, API keys and namespaces");
     assert_eq!(
         curl_api(&server.addr, "key-before-1", "info", "{}")["error"]["code"],
         103,
         "revoked"
     );
     assert!(curl_api(&server.addr, "key-after-12", "info", "{}")["nodes"].is_array());
+    assert_eq!(
+        curl_api(&server.addr, "key-after-12", "publish", body)["offset"],
+        1,
+        "a namespace added by the reload"
+    );
 }

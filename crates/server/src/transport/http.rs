@@ -192,10 +192,10 @@ impl OpenStream {
             if let Some(entry) = since.get(&position::hash(channel)) {
                 // The vector holds a hash of the epoch: name the current epoch
                 // when it matches, anything else when it does not.
-                let current = match crate::node::resolve(&node.config, channel) {
+                let current = match node.resolve(channel) {
                     Ok((_, ns)) if ns.has_history() => node
                         .engine
-                        .position(channel, &node.policy(ns))
+                        .position(channel, &node.policy(&ns))
                         .await
                         .map(|p| p.epoch)
                         .unwrap_or_default(),
