@@ -530,7 +530,7 @@ impl Session {
             Ok(mut ok) if ns.presence && !self.transient => {
                 let show = ns.presence_access == ClientAccess::Subscribers;
                 let engine = &node.engine;
-                let policy = node.policy(&ns);
+                let policy = node.policy(ns);
                 let joined = async {
                     engine.join(&arg.channel, &presence_info, &policy).await?;
                     // Small rooms get who is here in the reply; large ones page.
@@ -578,7 +578,7 @@ impl Session {
         if !ns.has_history() {
             return Ok(SubscribeOk::default());
         }
-        let policy = self.node.policy(&ns);
+        let policy = self.node.policy(ns);
         let Some(since) = &arg.since else {
             let top = engine
                 .position(&arg.channel, &policy)
@@ -939,7 +939,7 @@ pub async fn publish(
                 tags,
                 idempotency_key,
             },
-            &node.policy(&ns),
+            &node.policy(ns),
         )
         .await
         .map_err(internal)?;
@@ -982,7 +982,7 @@ pub async fn history(
                 limit: Some(limit),
                 reverse,
             },
-            &node.policy(&ns),
+            &node.policy(ns),
         )
         .await
         .map_err(internal)?;
