@@ -129,6 +129,17 @@ impl ChannelLog {
         }
     }
 
+    /// Gives up this history: offsets were given that will never be
+    /// delivered. A new epoch from the current top, no history, no keys.
+    fn start_new_epoch(&mut self) {
+        self.epoch = new_epoch();
+        self.retained.clear();
+        self.keys.clear();
+        self.key_order.clear();
+        let top = self.top;
+        self.visible.send_replace(top);
+    }
+
     /// Drops what is over size or past its TTL, and expired keys.
     fn trim(&mut self, policy: &ChannelPolicy, now: Instant) {
         self.touched = self.touched.max(now);
@@ -250,14 +261,9 @@ impl MemoryEngine {
                     // Offsets were given that will never be delivered: this
                     // history can no longer vouch for continuity. New epoch.
                     if log.epoch == epoch_at_publish {
-                        log.epoch = new_epoch();
-                        log.retained.clear();
-                        log.keys.clear();
-                        log.key_order.clear();
-                        let top = log.top;
-                        log.visible.send_replace(top);
+                        log.start_new_epoch();
                         if let Some(store) = &store {
-                            store.reset_channel(&channel, &log.epoch, top);
+                            store.reset_channel(&channel, &log.epoch, log.top);
                         }
                     }
                     Err(e)
@@ -465,12 +471,7 @@ impl Broker for MemoryEngine {
                         if appended.is_err() {
                             // The store is closed (shutting down): the offset
                             // given will never exist. Start a new epoch now.
-                            log.epoch = new_epoch();
-                            log.retained.clear();
-                            log.keys.clear();
-                            log.key_order.clear();
-                            let top = log.top;
-                            log.visible.send_replace(top);
+                            log.start_new_epoch();
                             return Err(EngineError::Backend("the history store is closed".into()));
                         }
                         Step::Committing(rx, outcome)
