@@ -477,6 +477,17 @@ async fn connections_per_ip_are_limited_while_another_ip_connects() {
     assert_eq!(status, 503, "a fourth from the same address");
     let (status, _other) = upgrade_from(&server, "127.0.0.2").await;
     assert_eq!(status, 101, "another address still connects");
+    let sse = reqwest::get(format!(
+        "http://{}/v1/sse?channel=news",
+        server.local_addr()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        sse.status(),
+        503,
+        "an SSE stream counts against the address too"
+    );
     let text = reqwest::get(format!("http://{}/metrics", server.local_addr()))
         .await
         .unwrap()
@@ -484,7 +495,7 @@ async fn connections_per_ip_are_limited_while_another_ip_connects() {
         .await
         .unwrap();
     assert!(
-        text.contains("tidings_limit_rejections_total{limit=\"ip\"} 1"),
+        text.contains("tidings_limit_rejections_total{limit=\"ip\"} 2"),
         "{text}"
     );
     // A closed connection frees its slot.

@@ -72,6 +72,18 @@ enum Cmd {
         /// Connection info (JSON) attached to the user's publications.
         #[arg(long)]
         info: Option<String>,
+        /// Channels to subscribe server-side at connect (repeatable).
+        #[arg(long = "subscribe")]
+        channels: Vec<String>,
+        /// Mint a channel token for this private channel instead.
+        #[arg(long)]
+        channel: Option<String>,
+        /// The `aud` claim.
+        #[arg(long)]
+        aud: Option<String>,
+        /// The `iss` claim.
+        #[arg(long)]
+        iss: Option<String>,
     },
     /// Validate a configuration file; names each bad key.
     CheckConfig {
@@ -128,17 +140,38 @@ fn main() -> anyhow::Result<()> {
             user,
             ttl,
             info,
+            channels,
+            channel,
+            aud,
+            iss,
         }) => {
             let ttl = match ttl.as_str() {
                 "never" => None,
                 s => Some(humantime_parse(s)?),
             };
-            let info = info
-                .map(|i| serde_json::value::RawValue::from_string(i).context("--info must be JSON"))
-                .transpose()?;
+            let mut claims = serde_json::json!({ "sub": user });
+            if let Some(ttl) = ttl {
+                claims["exp"] = (auth::unix_now() + ttl.as_secs()).into();
+            }
+            if let Some(info) = info {
+                let info: serde_json::Value =
+                    serde_json::from_str(&info).context("--info must be JSON")?;
+                claims["info"] = info;
+            }
+            match channel {
+                Some(channel) => claims["channel"] = channel.into(),
+                None if !channels.is_empty() => claims["channels"] = channels.into(),
+                None => {}
+            }
+            if let Some(aud) = aud {
+                claims["aud"] = aud.into();
+            }
+            if let Some(iss) = iss {
+                claims["iss"] = iss.into();
+            }
             println!(
                 "{}",
-                auth::mint_token(&secret, &user, ttl, info).context("minting the token")?
+                auth::mint_claims(&secret, &claims).context("minting the token")?
             );
             Ok(())
         }

@@ -323,6 +323,53 @@ fn token_is_verifiable() {
     let exp = claims.exp.unwrap();
     let now = tidings_server::auth::unix_now();
     assert!(exp > now + 3500 && exp <= now + 3600);
+
+    // A channel token, and a connection token with aud, iss and channels.
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--secret",
+            "secret-abc",
+            "--user",
+            "alice",
+            "--channel",
+            "private:x",
+        ])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap();
+    let verifier = tidings_server::auth::TokenVerifier::new("secret-abc");
+    let c = verifier.verify_channel(token.trim()).unwrap();
+    assert_eq!((c.sub.as_str(), c.channel.as_str()), ("alice", "private:x"));
+    assert!(
+        verifier.verify(token.trim()).is_err(),
+        "not a connection token"
+    );
+    let out = Command::new(BIN)
+        .args([
+            "token",
+            "--secret",
+            "secret-abc",
+            "--user",
+            "bob",
+            "--aud",
+            "app",
+            "--iss",
+            "me",
+        ])
+        .args(["--subscribe", "news", "--subscribe", "chat:a"])
+        .output()
+        .unwrap();
+    let token = String::from_utf8(out.stdout).unwrap();
+    let strict = tidings_server::auth::TokenVerifier::from_keys(&tidings_server::auth::TokenKeys {
+        secret: Some("secret-abc"),
+        audience: Some("app"),
+        issuer: Some("me"),
+        ..Default::default()
+    })
+    .unwrap();
+    let c = strict.verify(token.trim()).unwrap();
+    assert_eq!(c.channels.unwrap(), ["news", "chat:a"]);
 }
 
 #[test]

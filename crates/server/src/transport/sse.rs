@@ -6,7 +6,10 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{RawQuery, State};
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::StatusCode;
 use axum::http::{HeaderMap, header};
 use tidings_protocol::{ErrorBody, ErrorCode};
 
@@ -17,7 +20,7 @@ use futures_util::stream::{self, Stream, StreamExt};
 use rand::Rng;
 
 use super::http::{OpenStream, StreamEvent, StreamRequest};
-use crate::node::Node;
+use crate::node::{IpSlot, Node};
 
 /// Keep-alive comment interval.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -34,9 +37,20 @@ fn to_event(e: StreamEvent) -> Event {
 /// `GET /v1/sse`.
 pub async fn handle(
     State(node): State<Arc<Node>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
+    // An open stream counts against its address like a WebSocket.
+    let Some(slot) = node.take_ip_slot(peer.ip()) else {
+        node.metrics.limit_rejected("ip");
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "5")],
+            "too many connections from this address",
+        )
+            .into_response();
+    };
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
     let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
     if !node.origin_allowed(origin, host) {
@@ -61,8 +75,8 @@ pub async fn handle(
             .chain(first.into_iter().map(to_event))
             .map(Ok::<_, Infallible>),
     );
-    let live =
-        live_events(open, node.clone()).flat_map(|events| stream::iter(events.into_iter().map(Ok)));
+    let live = live_events(open, node.clone(), slot)
+        .flat_map(|events| stream::iter(events.into_iter().map(Ok)));
     Sse::new(head.chain(live))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("ping"))
         .into_response()
@@ -71,11 +85,12 @@ pub async fn handle(
 /// Events as pushes arrive, until the session closes (slow consumer,
 /// shutdown, API disconnect): the last batch ends with the `disconnect`
 /// event, then the stream ends and the browser reconnects by itself.
-fn live_events(open: OpenStream, node: Arc<Node>) -> impl Stream<Item = Vec<Event>> {
+fn live_events(open: OpenStream, node: Arc<Node>, slot: IpSlot) -> impl Stream<Item = Vec<Event>> {
     struct Live {
         open: OpenStream,
         node: Arc<Node>,
         next_renew: tokio::time::Instant,
+        _slot: IpSlot,
     }
     impl Drop for Live {
         fn drop(&mut self) {
@@ -87,6 +102,7 @@ fn live_events(open: OpenStream, node: Arc<Node>) -> impl Stream<Item = Vec<Even
         open,
         node,
         next_renew,
+        _slot: slot,
     };
     stream::unfold(Some(live), |state| async move {
         let mut live = state?;
