@@ -61,6 +61,16 @@ async fn first_position(addr: &str) -> String {
         .to_string()
 }
 
+/// The percentile function (in ms) of sorted latencies in µs.
+fn percentiles(l: &[u64]) -> impl Fn(f64) -> f64 + '_ {
+    |p: f64| {
+        l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    }
+}
+
 /// The unsigned integer right after `key` in `line`.
 fn number_after(line: &str, key: &str) -> Option<u64> {
     let rest = &line[line.find(key)? + key.len()..];
@@ -203,12 +213,7 @@ async fn main() {
             let d = delivered.load(Ordering::Relaxed);
             let mut l = latencies.lock().clone();
             l.sort_unstable();
-            let pct = |p: f64| {
-                l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
-                    .copied()
-                    .unwrap_or(0) as f64
-                    / 1000.0
-            };
+            let pct = percentiles(&l);
             println!(
                 "fanout: {n} subscribers, {rate} pub/s for {secs}s: delivered {d} ({:.0}/s), lost {lost}; latency ms p50 {:.2} p90 {:.2} p99 {:.2} p99.9 {:.2} max {:.2}; server CPU {:.2}s = {:.2} us per delivered message; RSS {} KiB",
                 d as f64 / elapsed,
@@ -269,12 +274,7 @@ async fn main() {
             let elapsed = start.elapsed().as_secs_f64();
             let cpu = proc_cpu_s(pid) - cpu0;
             l.sort_unstable();
-            let pct = |p: f64| {
-                l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
-                    .copied()
-                    .unwrap_or(0) as f64
-                    / 1000.0
-            };
+            let pct = percentiles(&l);
             println!(
                 "publish: {n} publishers for {secs}s: {} acknowledged ({:.0}/s); ack latency ms p50 {:.2} p99 {:.2} max {:.2}; server CPU {:.2}s",
                 l.len(),
@@ -408,12 +408,7 @@ async fn main() {
             let d = delivered.load(Ordering::Relaxed);
             let mut l = latencies.lock().clone();
             l.sort_unstable();
-            let pct = |p: f64| {
-                l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
-                    .copied()
-                    .unwrap_or(0) as f64
-                    / 1000.0
-            };
+            let pct = percentiles(&l);
             println!(
                 "sse-fanout: {n} streams, {rate} pub/s for {secs}s: delivered {d} ({:.0}/s), lost {lost}; latency ms p50 {:.2} p99 {:.2} max {:.2}; server CPU {:.2}s = {:.2} us per delivered message",
                 d as f64 / elapsed,
@@ -495,12 +490,7 @@ async fn main() {
             drain.abort();
             let mut l = latencies.lock().clone();
             l.sort_unstable();
-            let pct = |p: f64| {
-                l.get(((l.len() as f64 * p) as usize).min(l.len().saturating_sub(1)))
-                    .copied()
-                    .unwrap_or(0) as f64
-                    / 1000.0
-            };
+            let pct = percentiles(&l);
             println!(
                 "presence-churn: {n} members, {churned} connect+disconnect in {elapsed:.1}s ({:.0}/s); server CPU {cpu:.2}s ({:.0}% of a core); room publications at {per_s}/s seen by 100 members: {} samples, p50 {:.2} ms p99 {:.2} ms max {:.2} ms",
                 churned as f64 / elapsed,

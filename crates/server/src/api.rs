@@ -157,6 +157,18 @@ struct NodeInfo {
 /// Bytes a request body may have beyond the largest `max_message_size`.
 pub(crate) const BODY_ENVELOPE: usize = 64 * 1024;
 
+/// Reads a request body of at most the largest `data` any namespace accepts
+/// plus the envelope; over it, a JSON 104 (axum's own limit answers in plain text).
+pub(crate) async fn read_body(node: &Node, body: Body) -> Result<axum::body::Bytes, ApiError> {
+    let limit = node.namespaces().largest_message_size() + BODY_ENVELOPE;
+    axum::body::to_bytes(body, limit).await.map_err(|_| {
+        ApiError(ErrorBody::new(
+            ErrorCode::LimitExceeded,
+            format!("request body is larger than {limit} bytes"),
+        ))
+    })
+}
+
 /// Most channels one `channels` page returns.
 const MAX_CHANNELS_PAGE: usize = 1000;
 
@@ -184,18 +196,11 @@ pub async fn handle(
         );
         return ApiError(e).into_response();
     }
-    // Room for the largest `data` any namespace accepts plus the envelope;
-    // over it, a JSON error (axum's own limit answers in plain text).
-    let limit = node.namespaces().largest_message_size() + BODY_ENVELOPE;
-    let body = match axum::body::to_bytes(body, limit).await {
+    let body = match read_body(&node, body).await {
         Ok(b) => b,
-        Err(_) => {
-            let e = ErrorBody::new(
-                ErrorCode::LimitExceeded,
-                format!("request body is larger than {limit} bytes"),
-            );
-            node.metrics.command_error(e.code);
-            return ApiError(e).into_response();
+        Err(e) => {
+            node.metrics.command_error(e.0.code);
+            return e.into_response();
         }
     };
     let header_key = headers

@@ -60,13 +60,7 @@ async fn call(
             ),
         ));
     }
-    let limit = node.namespaces().largest_message_size() + crate::api::BODY_ENVELOPE;
-    let body = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        bad(
-            ErrorCode::LimitExceeded,
-            format!("request body is larger than {limit} bytes"),
-        )
-    })?;
+    let body = crate::api::read_body(node, body).await?;
     let mut command: serde_json::Map<String, Value> = serde_json::from_slice(&body)
         .map_err(|e| bad(ErrorCode::BadRequest, format!("malformed body: {e}")))?;
     command.insert("id".into(), json!(1));

@@ -339,9 +339,7 @@ async fn health() -> impl IntoResponse {
 }
 
 async fn metrics_text(State(node): State<Arc<Node>>) -> impl IntoResponse {
-    let (channels, subscriptions) = node.hub.counts();
-    node.metrics.channels.set(channels as i64);
-    node.metrics.subscriptions.set(subscriptions as i64);
+    // The hub keeps the channel and subscription gauges as it changes.
     (
         [(
             header::CONTENT_TYPE,

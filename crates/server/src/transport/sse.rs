@@ -9,8 +9,7 @@ use std::time::Duration;
 use std::net::SocketAddr;
 
 use axum::extract::{ConnectInfo, RawQuery, State};
-use axum::http::StatusCode;
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use tidings_protocol::{ErrorBody, ErrorCode};
 
 use crate::api::ApiError;
@@ -19,7 +18,7 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use rand::Rng;
 
-use super::http::{OpenStream, StreamEvent, StreamRequest};
+use super::http::{OpenStream, StreamEvent, StreamRequest, origin_allowed, refuse_address};
 use crate::node::{IpSlot, Node};
 
 /// Keep-alive comment interval.
@@ -43,17 +42,9 @@ pub async fn handle(
 ) -> Response {
     // An open stream counts against its address like a WebSocket.
     let Some(slot) = node.take_ip_slot(peer.ip()) else {
-        node.metrics.limit_rejected("ip");
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            [(header::RETRY_AFTER, "5")],
-            "too many connections from this address",
-        )
-            .into_response();
+        return refuse_address(&node);
     };
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if !node.origin_allowed(origin, host) {
+    if !origin_allowed(&node, &headers) {
         let e = ErrorBody::new(ErrorCode::PermissionDenied, "this origin may not connect");
         return ApiError(e).into_response();
     }

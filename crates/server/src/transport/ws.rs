@@ -41,9 +41,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
     let headers = req.headers();
     let is_upgrade = header_has(headers, header::CONNECTION, "upgrade")
         && header_has(headers, header::UPGRADE, "websocket");
-    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
-    if !node.origin_allowed(origin, host) {
+    if !super::http::origin_allowed(&node, headers) {
         return (StatusCode::FORBIDDEN, "this origin may not connect").into_response();
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
@@ -92,15 +90,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
     let slot = match peer.map(|ip| node.take_ip_slot(ip)) {
-        Some(None) => {
-            node.metrics.limit_rejected("ip");
-            return (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [(header::RETRY_AFTER, "5")],
-                "too many connections from this address",
-            )
-                .into_response();
-        }
+        Some(None) => return super::http::refuse_address(&node),
         Some(slot) => slot,
         None => None,
     };
