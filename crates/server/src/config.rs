@@ -286,6 +286,9 @@ pub struct Config {
     /// How often `fsync = "interval"` syncs.
     #[serde(with = "humantime_serde")]
     pub fsync_interval: Duration,
+    /// Serve the demo app at `/` and declare its namespaces (`demo`,
+    /// `demo_typing`) unless the file declares them. Not set: on in dev mode.
+    pub demo: Option<bool>,
 }
 
 impl Default for Config {
@@ -305,6 +308,7 @@ impl Default for Config {
             presence_ttl: Duration::from_secs(60),
             fsync: Fsync::Interval,
             fsync_interval: Duration::from_millis(10),
+            demo: None,
         }
     }
 }
@@ -369,6 +373,10 @@ impl Config {
                     .join("\n"),
             )
         })?;
+        let mut config = config;
+        if config.demo_enabled() {
+            config.add_demo_namespaces();
+        }
         config.validate()?;
         Ok(config)
     }
@@ -494,6 +502,37 @@ impl Config {
         std::iter::once(&self.channels)
             .chain(self.namespaces.values())
             .any(|ns| ns.durable && ns.has_history())
+    }
+
+    /// Whether the demo app is served: `demo`, or dev mode when not set.
+    pub fn demo_enabled(&self) -> bool {
+        self.demo.unwrap_or_else(|| self.dev_mode())
+    }
+
+    /// The demo's namespaces, unless declared: `demo` (chat, Q&A and polls,
+    /// with presence and a day of history to fold state from) and
+    /// `demo_typing` (ephemeral typing signals).
+    fn add_demo_namespaces(&mut self) {
+        self.namespaces
+            .entry("demo".into())
+            .or_insert_with(|| NamespaceOptions {
+                history_size: 1000,
+                history_ttl: Duration::from_secs(24 * 3600),
+                presence: true,
+                join_leave: true,
+                presence_per_user: true,
+                max_message_size: 4096,
+                ..NamespaceOptions::default()
+            });
+        self.namespaces
+            .entry("demo_typing".into())
+            .or_insert_with(|| NamespaceOptions {
+                history_size: 0,
+                client_publish: ClientPublish::Any,
+                client_publish_rate: 2,
+                max_message_size: 1024,
+                ..NamespaceOptions::default()
+            });
     }
 
     /// Dev mode: no token secret configured.

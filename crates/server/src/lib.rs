@@ -6,6 +6,7 @@ pub mod api;
 pub mod auth;
 pub mod client_api;
 pub mod config;
+pub mod demo;
 pub mod engine;
 pub mod hub;
 pub mod metrics;

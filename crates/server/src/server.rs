@@ -24,7 +24,7 @@ use crate::engine::store::{Store, StoreError};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::node::Node;
-use crate::{api, client_api, transport};
+use crate::{api, client_api, demo, transport};
 
 /// Why the server could not start.
 #[derive(Debug, Error)]
@@ -155,8 +155,7 @@ impl Server {
             .route("/v1/poll", get(transport::poll::handle))
             .route("/v1/client/{op}", post(client_api::handle))
             .layer(cors(&node.config.cors_origins));
-        let app = Router::new()
-            .route("/", get(index))
+        let mut app = Router::new()
             .route("/health", get(health))
             .route("/metrics", get(metrics_text))
             .route("/v1/ws", any(transport::ws::upgrade))
@@ -164,8 +163,16 @@ impl Server {
                 "/v1/api/{method}",
                 post(api::handle).layer(axum::extract::DefaultBodyLimit::disable()),
             )
-            .merge(browser)
-            .with_state(node.clone());
+            .merge(browser);
+        app = if node.config.demo_enabled() {
+            app.merge(demo::router())
+        } else {
+            app.route("/", get(index))
+        };
+        if let Some(dev) = &dev {
+            app = app.merge(demo::dev_router(dev.token_secret.clone()));
+        }
+        let app = app.with_state(node.clone());
 
         // Trim idle channels by their namespace's policy and forget the empty ones.
         let sweeper = {
