@@ -1,0 +1,231 @@
+import { Emitter } from './emitter.js';
+import { TidingsError } from './errors.js';
+import { type OutboxEntry, type OutboxStore } from './outbox.js';
+import { Subscription, type HistoryOptions, type HistoryResult, type PublishOptions, type SubscriptionHost } from './subscription.js';
+import type { FetchFn, WebSocketCtor } from './transport.js';
+import type { Position, PresenceEntry, PublishResult, TransportName } from './types.js';
+/** The SDK's version, sent in `connect`. */
+export declare const VERSION = "0.1.0";
+/** Connection state. */
+export type ConnectionState = 'disconnected' | 'connecting' | 'connected';
+/** Options of {@link TidingsClient}. */
+export interface ClientOptions {
+    /** The server's base URL, `http(s)://host:port`. Default: the page's origin. */
+    url?: string;
+    /** A fixed connection token (null or absent: anonymous, unless `getToken` is given). */
+    token?: string | null;
+    /**
+     * Fetches a connection token: called before connecting when no valid
+     * token is held, after the server said it expired (error 106, disconnect
+     * 3005), and ahead of expiry to `refresh` the connection. Null: anonymous.
+     */
+    getToken?: () => Promise<string | null> | string | null;
+    /** Transports to try, in order. Default `['websocket', 'sse', 'poll']`. */
+    transports?: TransportName[];
+    /** WebSocket implementation. Default: the global one (in Node 20, pass the `ws` package's). */
+    WebSocket?: WebSocketCtor;
+    /** fetch implementation. Default: the global one. */
+    fetch?: FetchFn;
+    /** Smallest reconnect backoff window, ms (default 500). */
+    minReconnectDelay?: number;
+    /** Largest reconnect delay, ms (default 20000). */
+    maxReconnectDelay?: number;
+    /** Give up opening a transport after this long, ms (default 10000). */
+    connectTimeout?: number;
+    /** Give up waiting for an answer after this long, ms (default 15000). */
+    commandTimeout?: number;
+    /**
+     * Where queued publishes are kept: a store, or false for none (publishes
+     * then fail at once when disconnected). Default: IndexedDB in browsers,
+     * memory elsewhere.
+     */
+    outbox?: OutboxStore | false;
+    /** Name of the default outbox store (use the user id). Default `default`. */
+    outboxName?: string;
+    /** Uniform random numbers in [0, 1) for backoff jitter; for tests. */
+    random?: () => number;
+}
+/** Options of {@link TidingsClient.subscribe}. */
+export interface SubscribeOptions {
+    /**
+     * Resume after this position (`{offset, epoch}` saved from a previous
+     * run), or `'start'` for the whole retained history first.
+     */
+    since?: Position | 'start';
+}
+/** Payload of the client's `state` event. */
+export interface StateEvent {
+    /** The new state. */
+    state: ConnectionState;
+    /** The transport in use or being tried; null when disconnected. */
+    transport: TransportName | null;
+}
+/** Payload of the `connected` event. */
+export interface ConnectedEvent {
+    /** The transport in use. */
+    transport: TransportName;
+    /** The connection id (WebSocket only). */
+    client?: string;
+    /** The user id (WebSocket only). */
+    user?: string;
+}
+/** Payload of the `disconnected` event. */
+export interface DisconnectedEvent {
+    /** Disconnect or close code; 0 when the connection was just lost. */
+    code: number;
+    /** Why. */
+    reason: string;
+    /** Whether the client will reconnect. */
+    reconnect: boolean;
+}
+/** Events of {@link TidingsClient}. */
+export interface ClientEvents {
+    /** Connection state changed. */
+    state: StateEvent;
+    /** Connected (again). */
+    connected: ConnectedEvent;
+    /** The connection was lost or closed. */
+    disconnected: DisconnectedEvent;
+    /** A reconnect is scheduled in `delay` ms. */
+    reconnecting: {
+        delay: number;
+        transport: TransportName;
+    };
+    /** A connection-level error (a terminal one stops reconnecting). */
+    error: TidingsError;
+    /** An outbox entry was acknowledged. */
+    published: {
+        entry: OutboxEntry;
+        result: PublishResult;
+    };
+    /** An outbox entry was refused by the server and dropped. */
+    publishFailed: {
+        entry: OutboxEntry;
+        error: TidingsError;
+    };
+    /** Entries stored by a previous run were loaded and will be sent. */
+    outboxRestored: OutboxEntry[];
+}
+/** The Tidings client. */
+export declare class TidingsClient extends Emitter<ClientEvents> implements SubscriptionHost {
+    private readonly url;
+    private readonly transports;
+    private readonly WebSocketImpl;
+    private readonly fetchFn;
+    private readonly backoff;
+    private readonly connectTimeout;
+    private readonly commandTimeout;
+    private readonly getToken;
+    private token;
+    private tokenStale;
+    private _state;
+    private _transport;
+    private wanted;
+    private session;
+    /** Counts attempts so that a superseded one stays quiet. */
+    private attemptId;
+    private timer;
+    private refreshTimer;
+    /** Index of the transport that last worked: each cycle starts there. */
+    private sticky;
+    private current;
+    private triedInCycle;
+    private readonly subs;
+    private readonly store;
+    private readonly queue;
+    private readonly waiters;
+    /** Keys sent on the current session and not answered yet. */
+    private readonly inflight;
+    private lastSeq;
+    private outboxLoaded;
+    private loaded;
+    private httpFlushing;
+    private readonly onOnline;
+    private readonly onOffline;
+    /** The client id of the current WebSocket connection, if any. */
+    clientId: string | null;
+    /** The user id the server gave (WebSocket), if any. */
+    user: string | null;
+    constructor(opts?: ClientOptions);
+    /** The connection state. */
+    get state(): ConnectionState;
+    /** The transport in use (or being tried), null when disconnected. */
+    get transport(): TransportName | null;
+    /** Resolves once entries stored by a previous run are loaded. */
+    get ready(): Promise<void>;
+    /** Starts connecting (and keeps reconnecting until {@link disconnect}). */
+    connect(): void;
+    /** Closes the connection and stops reconnecting. Queued publishes stay queued. */
+    disconnect(): void;
+    /**
+     * Subscribes to a channel, or returns the existing subscription. It is made
+     * on the current connection and again on every reconnect.
+     */
+    subscribe(channel: string, opts?: SubscribeOptions): Subscription;
+    /** The subscription to `channel`, if any. */
+    getSubscription(channel: string): Subscription | undefined;
+    /**
+     * Publishes `data` into `channel` and resolves with its offset once the
+     * server acknowledged it; rejects with a {@link TidingsError} when the
+     * server refuses it. While disconnected the publish waits in the outbox
+     * (stored, so it survives a reload) and is sent in order after
+     * reconnecting, under the same idempotency key: a resend never publishes
+     * twice (within the server's `idempotency_window`).
+     */
+    publish(channel: string, data: unknown, opts?: PublishOptions): Promise<PublishResult>;
+    /** The publishes waiting for an acknowledgement, in sending order. */
+    pendingPublishes(channel?: string): OutboxEntry[];
+    /** Reads a channel's history (over the WebSocket when open, else HTTP). */
+    history(channel: string, opts?: HistoryOptions): Promise<HistoryResult>;
+    /** Reads a channel's whole presence, page by page. */
+    presence(channel: string): Promise<Record<string, PresenceEntry>>;
+    /** Counts a channel's connections and distinct users. */
+    presenceStats(channel: string): Promise<{
+        clients: number;
+        users: number;
+    }>;
+    /** When users were last seen (ms since the Unix epoch, null: never). */
+    lastSeen(users: string[]): Promise<Record<string, number | null>>;
+    /** @internal */
+    resubscribe(sub: Subscription, serverEnded: boolean): void;
+    /** @internal */
+    removeSubscription(sub: Subscription): void;
+    private attempt;
+    private makeSession;
+    private subscribeRequests;
+    private opened;
+    private subscribedReply;
+    private onPush;
+    private closed;
+    private stop;
+    private retryLater;
+    /** The browser is back online: try now rather than at the end of the backoff. */
+    private wake;
+    /** The browser went offline: drop the connection now rather than after a timeout. */
+    private goneOffline;
+    private dropSession;
+    private setState;
+    private clearTimers;
+    private clearRefresh;
+    private subscribeNow;
+    /**
+     * Finds a starting position where the transport needs one: `since:
+     * 'start'` (offset 0 of the current epoch) and, over SSE and long-polling,
+     * fresh subscriptions (their top), so that they have a `subscribed` with a
+     * position and resume exactly on any later transport. A failed lookup
+     * (ephemeral channel, history closed) leaves the channel live-only.
+     */
+    private lookUpPositions;
+    private currentToken;
+    private scheduleRefresh;
+    private refreshNow;
+    private action;
+    private loadOutbox;
+    /** Sends what the outbox holds, in order, when connected. */
+    private flush;
+    /** Sends one entry; resolves false when it must be sent again. */
+    private send;
+    private settle;
+}
+/** The `exp` claim of a JWT, or null (unreadable or none). Never throws. */
+export declare function jwtExp(token: string): number | null;

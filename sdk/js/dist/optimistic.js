@@ -1,0 +1,190 @@
+/**
+ * Optimistic updates over a subscription. The state is a fold of the
+ * channel's publications (idempotent by offset, so history, recovery and
+ * live pushes can overlap) with the app's own pending publishes applied on
+ * top. A pending publish carries a client-generated id in its data (the
+ * idempotency key): when the server's publication with that id arrives it
+ * replaces the pending one — never applied twice — and a publish the server
+ * refuses is rolled back, kept aside as `failed` with its data so the app
+ * can give the user's input back.
+ */
+import { Emitter } from './emitter.js';
+import { newKey } from './outbox.js';
+/** Optimistic state over one subscription. */
+export class Optimistic extends Emitter {
+    /**
+     * @param client the client (for restored outbox entries and their answers)
+     * @param sub the subscription whose publications make the state
+     */
+    constructor(client, sub, opts) {
+        super();
+        this.sub = sub;
+        this.opts = opts;
+        this.applied = new Set();
+        this.items = [];
+        this.offs = [];
+        this.loading = null;
+        this.idField = opts.idField ?? 'cid';
+        this.confirmedState = opts.initial();
+        this.visible = this.confirmedState;
+        this.offs.push(sub.on('publication', (p) => this.onPublication(p)), sub.on('reset', () => this.onReset()), client.on('published', ({ entry, result }) => this.onAck(entry.key, result)), client.on('publishFailed', ({ entry, error }) => this.onFail(entry.key, error)), client.on('outboxRestored', (entries) => this.adopt(entries)));
+        this.adopt(client.pendingPublishes(sub.channel));
+    }
+    /** The visible state: confirmed publications plus pending ones. */
+    get state() {
+        return this.visible;
+    }
+    /** The state from confirmed publications only. */
+    get confirmed() {
+        return this.confirmedState;
+    }
+    /** The app's publishes not yet seen in the channel, failed ones included. */
+    get pending() {
+        return this.items;
+    }
+    /**
+     * Applies `data` at once and publishes it. Resolves with the offset on
+     * acknowledgement; rejects when refused (the item is then rolled back and
+     * listed as `failed`). The returned promise is already handled: ignoring it
+     * is safe.
+     */
+    send(data) {
+        const key = newKey();
+        const withId = (isRecord(data) ? { ...data, [this.idField]: key } : data);
+        this.items.push({ key, data: withId, status: 'sending' });
+        this.recompute();
+        const p = this.sub.publish(withId, { idempotencyKey: key });
+        // Answers are handled through the client's published/publishFailed
+        // events (so that entries restored after a reload behave the same).
+        p.catch(() => undefined);
+        return p;
+    }
+    /** Sends a failed item again (a new publish, with a new key). */
+    retry(key) {
+        const item = this.dismiss(key);
+        if (!item)
+            return null;
+        const data = isRecord(item.data) ? { ...item.data } : item.data;
+        if (isRecord(data))
+            delete data[this.idField];
+        return this.send(data);
+    }
+    /** Removes a failed item; returns it. */
+    dismiss(key) {
+        const i = this.items.findIndex((x) => x.key === key && x.status === 'failed');
+        if (i < 0)
+            return null;
+        const [item] = this.items.splice(i, 1);
+        this.recompute();
+        return item;
+    }
+    /**
+     * Loads the retained history into the state (idempotent: publications
+     * already folded are skipped). Runs by itself after a `reset`.
+     */
+    load() {
+        if (!this.loading) {
+            this.loading = (async () => {
+                try {
+                    let since;
+                    for (let page = 0; page < 100; page++) {
+                        const r = await this.sub.history(since ? { since, limit: 1000 } : { limit: 1000 });
+                        for (const p of r.publications)
+                            this.fold(p);
+                        this.recompute();
+                        const last = r.publications[r.publications.length - 1];
+                        if (!last || last.offset === undefined || last.offset >= r.offset)
+                            break;
+                        since = { offset: last.offset, epoch: r.epoch };
+                    }
+                }
+                finally {
+                    this.loading = null;
+                }
+            })();
+        }
+        return this.loading;
+    }
+    /** Stops listening. */
+    destroy() {
+        for (const off of this.offs.splice(0))
+            off();
+    }
+    adopt(entries) {
+        let changed = false;
+        for (const e of entries) {
+            if (e.channel !== this.sub.channel || this.items.some((x) => x.key === e.key))
+                continue;
+            if (isRecord(e.data) && e.data[this.idField] !== e.key)
+                continue;
+            this.items.push({ key: e.key, data: e.data, status: 'sending' });
+            changed = true;
+        }
+        if (changed)
+            this.recompute();
+    }
+    onPublication(p) {
+        this.fold(p);
+        this.recompute();
+    }
+    fold(p) {
+        if (p.offset !== undefined) {
+            if (this.applied.has(p.offset))
+                return;
+            this.applied.add(p.offset);
+        }
+        this.confirmedState = this.opts.apply(this.confirmedState, p.data, p);
+        const id = isRecord(p.data) ? p.data[this.idField] : undefined;
+        const i = this.items.findIndex((x) => (id !== undefined && x.key === id)
+            || (p.offset !== undefined && x.offset === p.offset && x.status === 'sent'));
+        if (i >= 0) {
+            const [item] = this.items.splice(i, 1);
+            this.emit('confirmed', { item, publication: p });
+        }
+    }
+    onReset() {
+        this.applied.clear();
+        this.confirmedState = this.opts.initial();
+        this.recompute();
+        if (this.opts.reloadOnReset ?? true)
+            this.load().catch(() => undefined);
+    }
+    onAck(key, result) {
+        const item = this.items.find((x) => x.key === key);
+        if (!item)
+            return;
+        item.status = 'sent';
+        if (result.offset !== undefined) {
+            item.offset = result.offset;
+            if (this.applied.has(result.offset)) {
+                // Its publication was folded already (matched by offset).
+                this.items.splice(this.items.indexOf(item), 1);
+            }
+        }
+        else {
+            // Ephemeral: no publication to wait for.
+            this.items.splice(this.items.indexOf(item), 1);
+        }
+        this.recompute();
+    }
+    onFail(key, error) {
+        const item = this.items.find((x) => x.key === key);
+        if (!item)
+            return;
+        item.status = 'failed';
+        item.error = error;
+        this.recompute();
+        this.emit('rejected', { item, error });
+    }
+    recompute() {
+        let s = this.confirmedState;
+        for (const item of this.items)
+            if (item.status !== 'failed')
+                s = this.opts.apply(s, item.data, null);
+        this.visible = s;
+        this.emit('change', s);
+    }
+}
+function isRecord(v) {
+    return typeof v === 'object' && v !== null && !Array.isArray(v);
+}

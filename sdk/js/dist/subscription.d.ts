@@ -1,0 +1,147 @@
+/**
+ * One channel subscription. It keeps the position (offset + epoch) of the
+ * last publication delivered, so that every reconnect, on any transport,
+ * resumes exactly there: each publication reaches the app once, in offset
+ * order, or the app gets a `reset` telling it to reload.
+ */
+import { type Obj } from './codec.js';
+import { Emitter } from './emitter.js';
+import { TidingsError } from './errors.js';
+import type { SubscribeRequest } from './transport.js';
+import type { Position, PresenceEntry, Publication, PublishResult, TransportName } from './types.js';
+/** State of a subscription. */
+export type SubscriptionState = 'subscribing' | 'subscribed' | 'unsubscribed';
+/** Payload of the `subscribed` event. */
+export interface SubscribedEvent {
+    /**
+     * True when the subscription resumed from a position and nothing was
+     * missed (the missed publications follow as `publication` events). False
+     * for a first subscription without `since`, and when the position could
+     * not be recovered (a `reset` event comes too: reload the state).
+     */
+    recovered: boolean;
+    /** The channel's top offset now (absent in ephemeral channels). */
+    offset?: number;
+    /** The channel's epoch (absent in ephemeral channels). */
+    epoch?: string;
+    /** The transport in use. */
+    transport: TransportName;
+    /** Presence entries by client id, when the namespace has presence and the transport gives them (WebSocket). */
+    presence?: Record<string, PresenceEntry>;
+}
+/** Payload of the `reset` event: the state the app holds is not continued; reload it. */
+export interface ResetEvent {
+    /** The channel's position now; publications after it follow. */
+    offset: number;
+    /** The channel's epoch now. */
+    epoch: string;
+    /** `unrecoverable`: the position was lost (trimmed, too far behind); `epoch`: the channel started over. */
+    reason: 'unrecoverable' | 'epoch';
+}
+/** Events of a {@link Subscription}. */
+export interface SubscriptionEvents {
+    /** A publication, once, in offset order. */
+    publication: Publication;
+    /** The subscription is (again) in place. */
+    subscribed: SubscribedEvent;
+    /** The app must reload its state for this channel. */
+    reset: ResetEvent;
+    /** A connection entered the channel's presence. */
+    join: PresenceEntry;
+    /** A connection left the channel's presence. */
+    leave: PresenceEntry;
+    /** The subscription failed or the server ended it for good. */
+    error: TidingsError;
+    /** The state changed. */
+    state: SubscriptionState;
+}
+/** Options of {@link Subscription.publish}. */
+export interface PublishOptions {
+    /** The idempotency key; a random one is made when absent. */
+    idempotencyKey?: string;
+    /** Tags passed to subscribers. */
+    tags?: Record<string, string>;
+    /**
+     * Queue in the outbox while disconnected (default true). False: fail at
+     * once with {@link ErrorCode.Disconnected} when not connected, and do not
+     * store it (for signals such as typing that are worthless later).
+     */
+    queue?: boolean;
+}
+/** Options of history reads. */
+export interface HistoryOptions {
+    /** Only publications after this position. */
+    since?: Position;
+    /** At most this many publications. */
+    limit?: number;
+    /** Newest first. */
+    reverse?: boolean;
+}
+/** A history answer. */
+export interface HistoryResult {
+    /** The publications, in the order asked. */
+    publications: Publication[];
+    /** The channel's top offset. */
+    offset: number;
+    /** The channel's epoch. */
+    epoch: string;
+}
+/** What a subscription needs from its client. */
+export interface SubscriptionHost {
+    publish(channel: string, data: unknown, opts?: PublishOptions): Promise<PublishResult>;
+    history(channel: string, opts?: HistoryOptions): Promise<HistoryResult>;
+    presence(channel: string): Promise<Record<string, PresenceEntry>>;
+    presenceStats(channel: string): Promise<{
+        clients: number;
+        users: number;
+    }>;
+    /** Subscribe again from the current position (after a gap or an `unsub` 3000-3499). */
+    resubscribe(sub: Subscription, serverEnded: boolean): void;
+    /** Forget the subscription. */
+    removeSubscription(sub: Subscription): void;
+}
+/** A subscription to one channel; get one with `client.subscribe()`. */
+export declare class Subscription extends Emitter<SubscriptionEvents> {
+    private readonly host;
+    /** The channel name. */
+    readonly channel: string;
+    private _state;
+    private pos;
+    /** `since: 'start'` not resolved yet. */
+    startPending: boolean;
+    /** The position was looked up for a fresh subscription (SSE/poll): not a recovery. */
+    freshLookup: boolean;
+    /** @internal Use `client.subscribe()`. */
+    constructor(host: SubscriptionHost, channel: string, since: Position | 'start' | undefined);
+    /** The current state. */
+    get state(): SubscriptionState;
+    /** The position of the last publication delivered (null before any is known). */
+    get position(): Position | null;
+    /** Publishes into this channel; see `client.publish`. */
+    publish(data: unknown, opts?: PublishOptions): Promise<PublishResult>;
+    /** Reads this channel's history. */
+    history(opts?: HistoryOptions): Promise<HistoryResult>;
+    /** Reads this channel's presence (every page). */
+    presence(): Promise<Record<string, PresenceEntry>>;
+    /** Counts this channel's connections and users. */
+    presenceStats(): Promise<{
+        clients: number;
+        users: number;
+    }>;
+    /** Ends the subscription; no event follows. */
+    unsubscribe(): void;
+    /** @internal What to send to (re)subscribe. */
+    request(): SubscribeRequest;
+    /** @internal Sets the position found by a lookup before subscribing. */
+    setLookedUpPosition(pos: Position, fresh: boolean): void;
+    /** @internal The connection is gone: resubscribe on the next one. */
+    connectionLost(): void;
+    /** @internal A subscribe reply (WebSocket) or its SSE/poll equivalent. */
+    handleSubscribed(ok: Obj, transport: TransportName): void;
+    /** @internal Subscribing failed for good. */
+    handleError(err: TidingsError): void;
+    /** @internal A push for this channel. */
+    handlePush(push: Obj): void;
+    private handlePub;
+    private setState;
+}

@@ -1,0 +1,185 @@
+/**
+ * One channel subscription. It keeps the position (offset + epoch) of the
+ * last publication delivered, so that every reconnect, on any transport,
+ * resumes exactly there: each publication reaches the app once, in offset
+ * order, or the app gets a `reset` telling it to reload.
+ */
+import { decodePresenceEntry, decodePresenceMap, decodePublication, decodePublications, str, uint } from './codec.js';
+import { Emitter } from './emitter.js';
+import { ErrorCode, TidingsError } from './errors.js';
+/** A subscription to one channel; get one with `client.subscribe()`. */
+export class Subscription extends Emitter {
+    /** @internal Use `client.subscribe()`. */
+    constructor(host, channel, since) {
+        super();
+        this.host = host;
+        this._state = 'subscribing';
+        /** The position was looked up for a fresh subscription (SSE/poll): not a recovery. */
+        this.freshLookup = false;
+        this.channel = channel;
+        this.startPending = since === 'start';
+        this.pos = since && since !== 'start' ? { offset: since.offset, epoch: since.epoch } : null;
+    }
+    /** The current state. */
+    get state() {
+        return this._state;
+    }
+    /** The position of the last publication delivered (null before any is known). */
+    get position() {
+        return this.pos ? { ...this.pos } : null;
+    }
+    /** Publishes into this channel; see `client.publish`. */
+    publish(data, opts) {
+        return this.host.publish(this.channel, data, opts);
+    }
+    /** Reads this channel's history. */
+    history(opts) {
+        return this.host.history(this.channel, opts);
+    }
+    /** Reads this channel's presence (every page). */
+    presence() {
+        return this.host.presence(this.channel);
+    }
+    /** Counts this channel's connections and users. */
+    presenceStats() {
+        return this.host.presenceStats(this.channel);
+    }
+    /** Ends the subscription; no event follows. */
+    unsubscribe() {
+        if (this._state === 'unsubscribed')
+            return;
+        this.setState('unsubscribed');
+        this.host.removeSubscription(this);
+    }
+    /** @internal What to send to (re)subscribe. */
+    request() {
+        return { channel: this.channel, since: this.pos ? { ...this.pos } : null };
+    }
+    /** @internal Sets the position found by a lookup before subscribing. */
+    setLookedUpPosition(pos, fresh) {
+        this.pos = pos;
+        this.freshLookup = fresh;
+    }
+    /** @internal The connection is gone: resubscribe on the next one. */
+    connectionLost() {
+        if (this._state === 'subscribed')
+            this.setState('subscribing');
+    }
+    /** @internal A subscribe reply (WebSocket) or its SSE/poll equivalent. */
+    handleSubscribed(ok, transport) {
+        if (this._state === 'unsubscribed')
+            return;
+        const offset = uint(ok.offset);
+        const epoch = str(ok.epoch);
+        const presence = decodePresenceMap(ok.presence);
+        const hadPos = this.pos !== null && !this.freshLookup;
+        this.freshLookup = false;
+        this.setState('subscribed');
+        const ev = { recovered: false, transport };
+        if (offset !== undefined)
+            ev.offset = offset;
+        if (epoch !== undefined)
+            ev.epoch = epoch;
+        if (presence)
+            ev.presence = presence;
+        if (ok.recovered === true && hadPos) {
+            ev.recovered = true;
+            this.emit('subscribed', ev);
+            for (const p of decodePublications(ok.publications, this.channel))
+                this.handlePub(p);
+            // Nothing missed: the top is where we are (WebSocket); over SSE/poll
+            // the reply stands for `since`, and the stream brings the rest.
+            if (offset !== undefined && epoch !== undefined && this.pos && this.pos.epoch === epoch
+                && offset > this.pos.offset && Array.isArray(ok.publications)) {
+                this.pos = { offset, epoch };
+            }
+            return;
+        }
+        this.pos = offset !== undefined && epoch !== undefined ? { offset, epoch } : null;
+        this.emit('subscribed', ev);
+        if (ok.recovered === false && hadPos && this.pos) {
+            this.emit('reset', { offset: this.pos.offset, epoch: this.pos.epoch, reason: 'unrecoverable' });
+        }
+    }
+    /** @internal Subscribing failed for good. */
+    handleError(err) {
+        if (this._state === 'unsubscribed')
+            return;
+        this.setState('unsubscribed');
+        this.host.removeSubscription(this);
+        this.emit('error', err);
+    }
+    /** @internal A push for this channel. */
+    handlePush(push) {
+        if (this._state !== 'subscribed')
+            return;
+        switch (push.push) {
+            case 'pub': {
+                const p = decodePublication(push);
+                if (p)
+                    this.handlePub(p);
+                return;
+            }
+            case 'reset': {
+                const offset = uint(push.offset);
+                const epoch = str(push.epoch);
+                if (offset === undefined || epoch === undefined)
+                    return;
+                this.pos = { offset, epoch };
+                this.emit('reset', { offset, epoch, reason: 'unrecoverable' });
+                return;
+            }
+            case 'join':
+            case 'leave': {
+                const e = decodePresenceEntry(push);
+                if (e)
+                    this.emit(push.push, e);
+                return;
+            }
+            case 'unsub': {
+                const code = uint(push.code) ?? 0;
+                if (code >= 3000 && code < 3500) {
+                    // e.g. 3003 insufficient state: subscribe again from where we are.
+                    this.setState('subscribing');
+                    this.host.resubscribe(this, true);
+                }
+                else {
+                    this.handleError(new TidingsError(code || ErrorCode.PermissionDenied, str(push.reason) ?? 'unsubscribed by the server', false));
+                }
+                return;
+            }
+            default:
+        }
+    }
+    handlePub(p) {
+        if (p.offset === undefined || p.epoch === undefined) {
+            // Ephemeral: no position, at most once.
+            this.emit('publication', p);
+            return;
+        }
+        if (this.pos && this.pos.epoch !== p.epoch) {
+            // The channel started over while we stayed subscribed: what the app
+            // holds no longer matches. Reload, then continue from this one.
+            this.pos = { offset: p.offset - 1, epoch: p.epoch };
+            this.emit('reset', { offset: p.offset - 1, epoch: p.epoch, reason: 'epoch' });
+        }
+        if (this.pos) {
+            if (p.offset <= this.pos.offset)
+                return; // already delivered
+            if (p.offset > this.pos.offset + 1) {
+                // A gap should not happen; do not deliver out of order, recover it.
+                this.setState('subscribing');
+                this.host.resubscribe(this, false);
+                return;
+            }
+        }
+        this.pos = { offset: p.offset, epoch: p.epoch };
+        this.emit('publication', p);
+    }
+    setState(s) {
+        if (this._state === s)
+            return;
+        this._state = s;
+        this.emit('state', s);
+    }
+}

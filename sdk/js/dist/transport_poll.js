@@ -1,0 +1,95 @@
+/**
+ * The long-poll transport: `GET /v1/poll` in a loop, each request carrying
+ * the position vector of what the client has processed.
+ */
+import { isObj, parseJson } from './codec.js';
+import { errorFromResponse, isTidingsError } from './http.js';
+import { HttpSession } from './transport_http.js';
+/** Seconds a poll is held by the server when nothing happens. */
+const POLL_TIMEOUT_S = 25;
+/** A long-polling loop (restarted when the channel set changes). */
+export class PollSession extends HttpSession {
+    constructor() {
+        super(...arguments);
+        this.transport = 'poll';
+    }
+    async openStream(subs, gen) {
+        // The first request answers at once (timeout=0), so that opening does
+        // not wait for a publication.
+        const buffered = [];
+        const first = await this.poll(subs, 0, this.opts.connectTimeout, buffered);
+        if (first.kind !== 'open')
+            return first;
+        return {
+            kind: 'open',
+            afterOpen: () => {
+                for (const ev of buffered)
+                    this.h.onPush(ev);
+                void this.loop(gen);
+            },
+        };
+    }
+    async loop(gen) {
+        for (;;) {
+            if (this.done || gen !== this.generation)
+                return;
+            // Positions are re-read each time: the pushes of the previous answer
+            // moved them.
+            const subs = this.opts.subscriptions();
+            if (subs.length === 0)
+                return;
+            const r = await this.poll(subs, POLL_TIMEOUT_S, (POLL_TIMEOUT_S + 15) * 1000);
+            if (this.done || gen !== this.generation)
+                return;
+            if (r.kind === 'unreachable') {
+                this.streamEnded(gen, { code: 0, reason: r.reason, reconnect: true });
+                return;
+            }
+            if (r.kind === 'error') {
+                this.streamEnded(gen, { code: 0, reason: r.error.message, reconnect: r.error.temporary || r.error.code === 106, error: r.error });
+                return;
+            }
+        }
+    }
+    /** One poll; pushes go to the client before it returns. */
+    async poll(subs, timeoutS, abortMs, buffer) {
+        const ctrl = new AbortController();
+        this.ctrl = ctrl;
+        const gen = this.generation;
+        const timer = setTimeout(() => ctrl.abort(), abortMs);
+        try {
+            const res = await this.opts.fetch(this.streamUrl('/v1/poll', subs, `&timeout=${timeoutS}`), {
+                headers: this.headers('application/json'),
+                signal: ctrl.signal,
+                cache: 'no-store',
+            });
+            if (!res.ok) {
+                const err = await errorFromResponse(res);
+                if (!isTidingsError(err))
+                    return { kind: 'unreachable', reason: `poll answered HTTP ${res.status}` };
+                return { kind: 'error', error: err };
+            }
+            const body = parseJson(await res.text());
+            if (!isObj(body) || !Array.isArray(body.events)) {
+                return { kind: 'unreachable', reason: 'poll answer is not Tidings JSON' };
+            }
+            if (gen === this.generation && !this.done) {
+                for (const ev of body.events) {
+                    if (!isObj(ev) || typeof ev.push !== 'string')
+                        continue;
+                    if (buffer)
+                        buffer.push(ev);
+                    else
+                        this.h.onPush(ev);
+                }
+            }
+            return { kind: 'open' };
+        }
+        catch (e) {
+            return { kind: 'unreachable', reason: `poll failed: ${e?.message ?? e}` };
+        }
+        finally {
+            clearTimeout(timer);
+        }
+    }
+}

@@ -1,0 +1,140 @@
+/**
+ * The Server-Sent Events transport: `GET /v1/sse`, read with `fetch` rather
+ * than `EventSource` so that the token travels in `Authorization` (not in
+ * URLs that end up in logs), and so that reconnecting, token refresh and the
+ * position to resume from stay under the client's control.
+ */
+import { isObj, parseJson, uint, str } from './codec.js';
+import { isTerminalCloseCode } from './errors.js';
+import { errorFromResponse, isTidingsError } from './http.js';
+import { HttpSession } from './transport_http.js';
+/** The server comments `: ping` after 15 s of silence; allow for slack. */
+const SSE_SILENCE_MS = 45000;
+/** One SSE stream (restarted when the channel set changes). */
+export class SseSession extends HttpSession {
+    constructor() {
+        super(...arguments);
+        this.transport = 'sse';
+    }
+    async openStream(subs, gen) {
+        const ctrl = new AbortController();
+        this.ctrl = ctrl;
+        const timer = setTimeout(() => ctrl.abort(), this.opts.connectTimeout);
+        let res;
+        try {
+            res = await this.opts.fetch(this.streamUrl('/v1/sse', subs), {
+                headers: this.headers('text/event-stream'),
+                signal: ctrl.signal,
+                cache: 'no-store',
+            });
+        }
+        catch (e) {
+            clearTimeout(timer);
+            return { kind: 'unreachable', reason: `SSE could not be opened: ${e?.message ?? e}` };
+        }
+        clearTimeout(timer);
+        if (!res.ok) {
+            const err = await errorFromResponse(res);
+            // An answer without a Tidings error body comes from something in the
+            // way (a proxy): this transport cannot open here.
+            if (!isTidingsError(err))
+                return { kind: 'unreachable', reason: `SSE answered HTTP ${res.status}` };
+            return { kind: 'error', error: err };
+        }
+        const type = res.headers.get('content-type') ?? '';
+        if (!type.startsWith('text/event-stream') || !res.body) {
+            ctrl.abort();
+            return { kind: 'unreachable', reason: `SSE answered ${type || 'no content type'}` };
+        }
+        const body = res.body;
+        return { kind: 'open', afterOpen: () => void this.read(body, ctrl, gen) };
+    }
+    async read(body, ctrl, gen) {
+        const reader = body.getReader();
+        const decoder = new TextDecoder();
+        let buf = '';
+        let event = '';
+        let data = [];
+        let watchdog = null;
+        const arm = () => {
+            if (watchdog)
+                clearTimeout(watchdog);
+            watchdog = setTimeout(() => ctrl.abort(), SSE_SILENCE_MS);
+        };
+        arm();
+        let ended = {
+            code: 0, reason: 'SSE stream ended', reconnect: true,
+        };
+        try {
+            for (;;) {
+                const { value, done } = await reader.read();
+                if (done)
+                    break;
+                arm();
+                buf += decoder.decode(value, { stream: true });
+                let nl;
+                while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
+                    const line = buf.slice(0, nl);
+                    buf = buf.slice(nl + (buf.startsWith('\r\n', nl) ? 2 : 1));
+                    if (line === '') {
+                        // Blank line: dispatch the event.
+                        if (data.length && gen === this.generation && !this.done) {
+                            const d = this.dispatch(event || 'message', data.join('\n'));
+                            if (d)
+                                ended = d;
+                        }
+                        event = '';
+                        data = [];
+                        continue;
+                    }
+                    if (line.startsWith(':'))
+                        continue; // comment (`: ping`)
+                    const colon = line.indexOf(':');
+                    const field = colon < 0 ? line : line.slice(0, colon);
+                    let val = colon < 0 ? '' : line.slice(colon + 1);
+                    if (val.startsWith(' '))
+                        val = val.slice(1);
+                    if (field === 'event')
+                        event = val;
+                    else if (field === 'data')
+                        data.push(val);
+                    // `id:` and `retry:` are ignored: the client tracks positions itself
+                    // and schedules its own reconnects.
+                }
+            }
+        }
+        catch {
+            // Aborted or the connection dropped.
+        }
+        finally {
+            if (watchdog)
+                clearTimeout(watchdog);
+            reader.cancel().catch(() => undefined);
+        }
+        if (ctrl.signal.aborted && gen !== this.generation)
+            return;
+        this.streamEnded(gen, ended);
+    }
+    /** Handles one event; returns the disconnect it announces, if any. */
+    dispatch(event, data) {
+        const v = parseJson(data);
+        if (!isObj(v))
+            return null;
+        if (event === 'disconnect') {
+            const code = uint(v.code) ?? 0;
+            const d = {
+                code,
+                reason: str(v.reason) ?? '',
+                reconnect: typeof v.reconnect === 'boolean' ? v.reconnect : !isTerminalCloseCode(code),
+            };
+            const delay = uint(v.delay_ms);
+            if (delay !== undefined)
+                d.delayMs = delay;
+            return d;
+        }
+        if (['pub', 'reset', 'join', 'leave', 'unsub'].includes(event)) {
+            this.h.onPush({ ...v, push: event });
+        }
+        return null;
+    }
+}

@@ -1,0 +1,2 @@
+/** Wire and public types shared by the modules. */
+export {};

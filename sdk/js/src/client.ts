@@ -1,0 +1,776 @@
+/**
+ * The Tidings client: one logical connection over WebSocket, SSE or
+ * long-polling, that reconnects by itself, resubscribes every channel from
+ * its last position, and delivers publishes through an ordered, persistent,
+ * idempotent outbox.
+ */
+import { isObj, str, uint, type Obj } from './codec.js';
+import { Backoff } from './backoff.js';
+import { Emitter } from './emitter.js';
+import { ErrorCode, TidingsError } from './errors.js';
+import { httpAction } from './http.js';
+import { defaultOutboxStore, newKey, nextSeq, type OutboxEntry, type OutboxStore } from './outbox.js';
+import { decodePresenceMap, decodePublications } from './codec.js';
+import {
+  Subscription,
+  type HistoryOptions,
+  type HistoryResult,
+  type PublishOptions,
+  type SubscriptionHost,
+} from './subscription.js';
+import type { CloseInfo, FetchFn, OpenResult, Session, SessionHandlers, SubscribeRequest, WebSocketCtor } from './transport.js';
+import { PollSession } from './transport_poll.js';
+import { SseSession } from './transport_sse.js';
+import { WsSession } from './transport_ws.js';
+import type { Position, PresenceEntry, PublishResult, TransportName } from './types.js';
+
+/** The SDK's version, sent in `connect`. */
+export const VERSION = '0.1.0';
+
+/** Connection state. */
+export type ConnectionState = 'disconnected' | 'connecting' | 'connected';
+
+/** Options of {@link TidingsClient}. */
+export interface ClientOptions {
+  /** The server's base URL, `http(s)://host:port`. Default: the page's origin. */
+  url?: string;
+  /** A fixed connection token (null or absent: anonymous, unless `getToken` is given). */
+  token?: string | null;
+  /**
+   * Fetches a connection token: called before connecting when no valid
+   * token is held, after the server said it expired (error 106, disconnect
+   * 3005), and ahead of expiry to `refresh` the connection. Null: anonymous.
+   */
+  getToken?: () => Promise<string | null> | string | null;
+  /** Transports to try, in order. Default `['websocket', 'sse', 'poll']`. */
+  transports?: TransportName[];
+  /** WebSocket implementation. Default: the global one (in Node 20, pass the `ws` package's). */
+  WebSocket?: WebSocketCtor;
+  /** fetch implementation. Default: the global one. */
+  fetch?: FetchFn;
+  /** Smallest reconnect backoff window, ms (default 500). */
+  minReconnectDelay?: number;
+  /** Largest reconnect delay, ms (default 20000). */
+  maxReconnectDelay?: number;
+  /** Give up opening a transport after this long, ms (default 10000). */
+  connectTimeout?: number;
+  /** Give up waiting for an answer after this long, ms (default 15000). */
+  commandTimeout?: number;
+  /**
+   * Where queued publishes are kept: a store, or false for none (publishes
+   * then fail at once when disconnected). Default: IndexedDB in browsers,
+   * memory elsewhere.
+   */
+  outbox?: OutboxStore | false;
+  /** Name of the default outbox store (use the user id). Default `default`. */
+  outboxName?: string;
+  /** Uniform random numbers in [0, 1) for backoff jitter; for tests. */
+  random?: () => number;
+}
+
+/** Options of {@link TidingsClient.subscribe}. */
+export interface SubscribeOptions {
+  /**
+   * Resume after this position (`{offset, epoch}` saved from a previous
+   * run), or `'start'` for the whole retained history first.
+   */
+  since?: Position | 'start';
+}
+
+/** Payload of the client's `state` event. */
+export interface StateEvent {
+  /** The new state. */
+  state: ConnectionState;
+  /** The transport in use or being tried; null when disconnected. */
+  transport: TransportName | null;
+}
+
+/** Payload of the `connected` event. */
+export interface ConnectedEvent {
+  /** The transport in use. */
+  transport: TransportName;
+  /** The connection id (WebSocket only). */
+  client?: string;
+  /** The user id (WebSocket only). */
+  user?: string;
+}
+
+/** Payload of the `disconnected` event. */
+export interface DisconnectedEvent {
+  /** Disconnect or close code; 0 when the connection was just lost. */
+  code: number;
+  /** Why. */
+  reason: string;
+  /** Whether the client will reconnect. */
+  reconnect: boolean;
+}
+
+/** Events of {@link TidingsClient}. */
+export interface ClientEvents {
+  /** Connection state changed. */
+  state: StateEvent;
+  /** Connected (again). */
+  connected: ConnectedEvent;
+  /** The connection was lost or closed. */
+  disconnected: DisconnectedEvent;
+  /** A reconnect is scheduled in `delay` ms. */
+  reconnecting: { delay: number; transport: TransportName };
+  /** A connection-level error (a terminal one stops reconnecting). */
+  error: TidingsError;
+  /** An outbox entry was acknowledged. */
+  published: { entry: OutboxEntry; result: PublishResult };
+  /** An outbox entry was refused by the server and dropped. */
+  publishFailed: { entry: OutboxEntry; error: TidingsError };
+  /** Entries stored by a previous run were loaded and will be sent. */
+  outboxRestored: OutboxEntry[];
+}
+
+interface Waiter {
+  resolve: (r: PublishResult) => void;
+  reject: (e: TidingsError) => void;
+}
+
+/** The Tidings client. */
+export class TidingsClient extends Emitter<ClientEvents> implements SubscriptionHost {
+  private readonly url: string;
+  private readonly transports: TransportName[];
+  private readonly WebSocketImpl: WebSocketCtor | undefined;
+  private readonly fetchFn: FetchFn;
+  private readonly backoff: Backoff;
+  private readonly connectTimeout: number;
+  private readonly commandTimeout: number;
+  private readonly getToken: ClientOptions['getToken'];
+  private token: string | null;
+  private tokenStale: boolean;
+
+  private _state: ConnectionState = 'disconnected';
+  private _transport: TransportName | null = null;
+  private wanted = false;
+  private session: Session | null = null;
+  /** Counts attempts so that a superseded one stays quiet. */
+  private attemptId = 0;
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private refreshTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Index of the transport that last worked: each cycle starts there. */
+  private sticky = 0;
+  private current = 0;
+  private triedInCycle = 0;
+  private readonly subs = new Map<string, Subscription>();
+
+  private readonly store: OutboxStore | null;
+  private readonly queue: OutboxEntry[] = [];
+  private readonly waiters = new Map<string, Waiter>();
+  /** Keys sent on the current session and not answered yet. */
+  private readonly inflight = new Set<string>();
+  private lastSeq = 0;
+  private outboxLoaded: Promise<void>;
+  private loaded = false;
+  private httpFlushing = false;
+  private readonly onOnline = () => this.wake();
+  private readonly onOffline = () => this.goneOffline();
+
+  /** The client id of the current WebSocket connection, if any. */
+  clientId: string | null = null;
+  /** The user id the server gave (WebSocket), if any. */
+  user: string | null = null;
+
+  constructor(opts: ClientOptions = {}) {
+    super();
+    const loc = (globalThis as { location?: Location }).location;
+    this.url = opts.url ?? (loc ? loc.origin : 'http://127.0.0.1:8000');
+    this.transports = opts.transports?.length ? [...opts.transports] : ['websocket', 'sse', 'poll'];
+    this.WebSocketImpl = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketCtor }).WebSocket;
+    if (!this.WebSocketImpl) this.transports = this.transports.filter((t) => t !== 'websocket');
+    if (this.transports.length === 0) this.transports = ['sse', 'poll'];
+    const f = opts.fetch ?? globalThis.fetch;
+    // Calling a global fetch detached from globalThis throws in browsers.
+    this.fetchFn = opts.fetch ? f : ((input, init) => globalThis.fetch(input, init)) as FetchFn;
+    this.backoff = new Backoff(opts.minReconnectDelay ?? 500, opts.maxReconnectDelay ?? 20_000, opts.random);
+    this.connectTimeout = opts.connectTimeout ?? 10_000;
+    this.commandTimeout = opts.commandTimeout ?? 15_000;
+    this.getToken = opts.getToken;
+    this.token = opts.token ?? null;
+    this.tokenStale = !this.token && !!this.getToken;
+    this.store = opts.outbox === false ? null : opts.outbox ?? defaultOutboxStore(opts.outboxName ?? 'default');
+    this.outboxLoaded = this.loadOutbox();
+  }
+
+  /** The connection state. */
+  get state(): ConnectionState {
+    return this._state;
+  }
+
+  /** The transport in use (or being tried), null when disconnected. */
+  get transport(): TransportName | null {
+    return this._transport;
+  }
+
+  /** Resolves once entries stored by a previous run are loaded. */
+  get ready(): Promise<void> {
+    return this.outboxLoaded;
+  }
+
+  /** Starts connecting (and keeps reconnecting until {@link disconnect}). */
+  connect(): void {
+    if (this.wanted) return;
+    this.wanted = true;
+    const g = globalThis as { addEventListener?: (n: string, f: () => void) => void };
+    g.addEventListener?.('online', this.onOnline);
+    g.addEventListener?.('offline', this.onOffline);
+    this.triedInCycle = 0;
+    this.current = this.sticky;
+    void this.attempt();
+  }
+
+  /** Closes the connection and stops reconnecting. Queued publishes stay queued. */
+  disconnect(): void {
+    this.wanted = false;
+    const g = globalThis as { removeEventListener?: (n: string, f: () => void) => void };
+    g.removeEventListener?.('online', this.onOnline);
+    g.removeEventListener?.('offline', this.onOffline);
+    this.attemptId += 1;
+    this.clearTimers();
+    const wasOpen = this._state === 'connected';
+    this.dropSession();
+    this.setState('disconnected', null);
+    if (wasOpen) this.emit('disconnected', { code: 0, reason: 'disconnected by the app', reconnect: false });
+  }
+
+  /**
+   * Subscribes to a channel, or returns the existing subscription. It is made
+   * on the current connection and again on every reconnect.
+   */
+  subscribe(channel: string, opts: SubscribeOptions = {}): Subscription {
+    const existing = this.subs.get(channel);
+    if (existing) return existing;
+    const sub = new Subscription(this, channel, opts.since);
+    this.subs.set(channel, sub);
+    if (this._state === 'connected' && this.session) void this.subscribeNow(sub, this.session);
+    return sub;
+  }
+
+  /** The subscription to `channel`, if any. */
+  getSubscription(channel: string): Subscription | undefined {
+    return this.subs.get(channel);
+  }
+
+  /**
+   * Publishes `data` into `channel` and resolves with its offset once the
+   * server acknowledged it; rejects with a {@link TidingsError} when the
+   * server refuses it. While disconnected the publish waits in the outbox
+   * (stored, so it survives a reload) and is sent in order after
+   * reconnecting, under the same idempotency key: a resend never publishes
+   * twice (within the server's `idempotency_window`).
+   */
+  publish(channel: string, data: unknown, opts: PublishOptions = {}): Promise<PublishResult> {
+    const entry: OutboxEntry = {
+      key: opts.idempotencyKey ?? newKey(),
+      channel,
+      data,
+      seq: (this.lastSeq = nextSeq(this.lastSeq)),
+      createdAt: Date.now(),
+    };
+    if (opts.tags) entry.tags = opts.tags;
+    if (opts.queue === false || !this.store) {
+      if (this._state !== 'connected' || !this.session) {
+        return Promise.reject(new TidingsError(ErrorCode.Disconnected, 'publish: not connected'));
+      }
+      return this.session.call('publish', publishArgs(entry)).then(toPublishResult);
+    }
+    const existing = this.waiters.get(entry.key);
+    if (existing || this.queue.some((e) => e.key === entry.key)) {
+      // The same key queued twice: one publish, both callers get its answer.
+      return new Promise((resolve, reject) => {
+        const prev = this.waiters.get(entry.key);
+        this.waiters.set(entry.key, {
+          resolve: (r) => { prev?.resolve(r); resolve(r); },
+          reject: (e) => { prev?.reject(e); reject(e); },
+        });
+      });
+    }
+    const p = new Promise<PublishResult>((resolve, reject) => {
+      this.waiters.set(entry.key, { resolve, reject });
+    });
+    this.queue.push(entry);
+    this.store.put(entry).catch((e) => console.warn('tidings: could not store an outbox entry', e));
+    this.flush();
+    return p;
+  }
+
+  /** The publishes waiting for an acknowledgement, in sending order. */
+  pendingPublishes(channel?: string): OutboxEntry[] {
+    return this.queue.filter((e) => channel === undefined || e.channel === channel).map((e) => ({ ...e }));
+  }
+
+  /** Reads a channel's history (over the WebSocket when open, else HTTP). */
+  async history(channel: string, opts: HistoryOptions = {}): Promise<HistoryResult> {
+    const args: Obj = { channel };
+    if (opts.since) args.since = { offset: opts.since.offset, epoch: opts.since.epoch };
+    if (opts.limit !== undefined) args.limit = opts.limit;
+    if (opts.reverse !== undefined) args.reverse = opts.reverse;
+    const ok = await this.action('history', args);
+    const offset = uint(ok.offset);
+    const epoch = str(ok.epoch);
+    if (offset === undefined || epoch === undefined) {
+      throw new TidingsError(ErrorCode.BadResponse, 'history: answer without offset and epoch', true);
+    }
+    return { publications: decodePublications(ok.publications, channel), offset, epoch };
+  }
+
+  /** Reads a channel's whole presence, page by page. */
+  async presence(channel: string): Promise<Record<string, PresenceEntry>> {
+    const out: Record<string, PresenceEntry> = {};
+    let cursor: string | undefined;
+    for (let page = 0; page < 1000; page++) {
+      const args: Obj = { channel, limit: 1000 };
+      if (cursor) args.cursor = cursor;
+      const ok = await this.action('presence', args);
+      Object.assign(out, decodePresenceMap(ok.clients) ?? {});
+      cursor = str(ok.next_cursor);
+      if (!cursor) break;
+    }
+    return out;
+  }
+
+  /** Counts a channel's connections and distinct users. */
+  async presenceStats(channel: string): Promise<{ clients: number; users: number }> {
+    const ok = await this.action('presence_stats', { channel });
+    return { clients: uint(ok.clients) ?? 0, users: uint(ok.users) ?? 0 };
+  }
+
+  /** When users were last seen (ms since the Unix epoch, null: never). */
+  async lastSeen(users: string[]): Promise<Record<string, number | null>> {
+    const ok = await this.action('last_seen', { users });
+    const out: Record<string, number | null> = {};
+    if (isObj(ok.users)) for (const [u, t] of Object.entries(ok.users)) out[u] = uint(t) ?? null;
+    return out;
+  }
+
+  /** @internal */
+  resubscribe(sub: Subscription, serverEnded: boolean): void {
+    const s = this.session;
+    if (this._state !== 'connected' || !s) return; // the next connection subscribes it
+    if (s.transport === 'websocket' && !serverEnded) s.unsubscribe(sub.channel);
+    s.subscribe(sub.request());
+  }
+
+  /** @internal */
+  removeSubscription(sub: Subscription): void {
+    if (this.subs.get(sub.channel) !== sub) return;
+    this.subs.delete(sub.channel);
+    if (this._state === 'connected') this.session?.unsubscribe(sub.channel);
+  }
+
+  // ---- connecting ----------------------------------------------------
+
+  private async attempt(): Promise<void> {
+    this.clearTimers();
+    if (!this.wanted) return;
+    const id = ++this.attemptId;
+    const name = this.transports[this.current % this.transports.length];
+    this.setState('connecting', name);
+    let token: string | null;
+    try {
+      token = await this.currentToken();
+    } catch (e) {
+      if (id !== this.attemptId) return;
+      this.emit('error', e instanceof TidingsError ? e
+        : new TidingsError(ErrorCode.Disconnected, `getToken failed: ${(e as Error)?.message ?? e}`));
+      this.retryLater(this.backoff.next());
+      return;
+    }
+    if (id !== this.attemptId || !this.wanted) return;
+    await this.lookUpPositions([...this.subs.values()], name !== 'websocket', token);
+    if (id !== this.attemptId || !this.wanted) return;
+    const session = this.makeSession(name, id);
+    this.session = session;
+    session.start(token, this.subscribeRequests());
+  }
+
+  private makeSession(name: TransportName, id: number): Session {
+    const h: SessionHandlers = {
+      onOpen: (r) => { if (id === this.attemptId) this.opened(r); },
+      onSubscribed: (channel, ok, err) => { if (id === this.attemptId) this.subscribedReply(channel, ok, err); },
+      onPush: (push) => { if (id === this.attemptId) this.onPush(push); },
+      onClose: (info) => { if (id === this.attemptId) this.closed(info); },
+    };
+    if (name === 'websocket') {
+      return new WsSession({
+        url: this.url,
+        WebSocket: this.WebSocketImpl as WebSocketCtor,
+        connectTimeout: this.connectTimeout,
+        commandTimeout: this.commandTimeout,
+        version: VERSION,
+      }, h);
+    }
+    const opts = {
+      url: this.url,
+      fetch: this.fetchFn,
+      connectTimeout: this.connectTimeout,
+      commandTimeout: this.commandTimeout,
+      subscriptions: () => this.subscribeRequests(),
+    };
+    return name === 'sse' ? new SseSession(opts, h) : new PollSession(opts, h);
+  }
+
+  private subscribeRequests(): SubscribeRequest[] {
+    return [...this.subs.values()].map((s) => s.request());
+  }
+
+  private opened(r: OpenResult): void {
+    this.sticky = this.current % this.transports.length;
+    this.triedInCycle = 0;
+    this.backoff.reset();
+    const transport = this.session?.transport ?? 'websocket';
+    this.clientId = r.client ?? null;
+    this.user = r.user ?? null;
+    this.setState('connected', transport);
+    const answered = new Set<string>();
+    for (const s of r.subscribed) {
+      answered.add(s.channel);
+      this.subscribedReply(s.channel, s.ok ?? null, s.error ?? null);
+    }
+    const ev: ConnectedEvent = { transport };
+    if (r.client) ev.client = r.client;
+    if (r.user) ev.user = r.user;
+    this.emit('connected', ev);
+    // Channels subscribed while the connection was opening.
+    const session = this.session;
+    if (session) {
+      for (const sub of this.subs.values()) {
+        if (!answered.has(sub.channel) && sub.state === 'subscribing') void this.subscribeNow(sub, session);
+      }
+    }
+    if (r.expiresIn !== undefined) this.scheduleRefresh(r.expiresIn);
+    this.flush();
+  }
+
+  private subscribedReply(channel: string, ok: Obj | null, err: TidingsError | null): void {
+    const sub = this.subs.get(channel);
+    if (!sub) return;
+    if (err) {
+      sub.handleError(err);
+      return;
+    }
+    // SSE/poll restarts announce every channel; only the waiting ones care.
+    if (sub.state === 'subscribed') return;
+    sub.handleSubscribed(ok ?? {}, this.session?.transport ?? 'websocket');
+  }
+
+  private onPush(push: Obj): void {
+    const channel = str(push.channel);
+    if (channel === undefined) return;
+    this.subs.get(channel)?.handlePush(push);
+  }
+
+  private closed(info: CloseInfo): void {
+    this.session = null;
+    this.inflight.clear();
+    this.clearRefresh();
+    for (const s of this.subs.values()) s.connectionLost();
+    const wasOpen = info.opened;
+    if (wasOpen) {
+      this.setState('disconnected', null);
+      this.emit('disconnected', { code: info.code, reason: info.reason, reconnect: info.reconnect && this.wanted });
+    }
+    if (!this.wanted) return;
+    if (info.error?.code === ErrorCode.TokenExpired || info.code === 3005) this.tokenStale = true;
+    if (info.error && info.error.code !== ErrorCode.TokenExpired && !info.error.temporary) {
+      this.stop(info.error);
+      return;
+    }
+    if (!info.reconnect && !info.error) {
+      this.stop(new TidingsError(info.code || ErrorCode.Closed, `disconnected: ${info.reason}`, false));
+      return;
+    }
+    if (!wasOpen && !info.error) {
+      // This transport could not be opened: try the next one at once, and
+      // wait only after a whole round failed.
+      this.triedInCycle += 1;
+      if (this.triedInCycle < this.transports.length) {
+        this.current += 1;
+        this.retryLater(0);
+        return;
+      }
+      this.triedInCycle = 0;
+      this.current = this.sticky;
+      this.retryLater(this.backoff.next());
+      return;
+    }
+    this.triedInCycle = 0;
+    this.current = this.sticky;
+    // On shutdown (3001) the server spreads its clients with delay_ms.
+    this.retryLater(info.delayMs ?? this.backoff.next());
+  }
+
+  private stop(err: TidingsError): void {
+    this.wanted = false;
+    this.setState('disconnected', null);
+    this.emit('error', err);
+  }
+
+  private retryLater(delay: number): void {
+    this.clearTimers();
+    if (!this.wanted) return;
+    if (this._state !== 'disconnected') this.setState('disconnected', null);
+    const transport = this.transports[this.current % this.transports.length];
+    this.emit('reconnecting', { delay, transport });
+    this.timer = setTimeout(() => {
+      this.timer = null;
+      void this.attempt();
+    }, delay);
+  }
+
+  /** The browser is back online: try now rather than at the end of the backoff. */
+  private wake(): void {
+    if (!this.wanted || this._state === 'connected') return;
+    if (this._state === 'connecting' && this.session) return;
+    this.triedInCycle = 0;
+    this.current = this.sticky;
+    void this.attempt();
+  }
+
+  /** The browser went offline: drop the connection now rather than after a timeout. */
+  private goneOffline(): void {
+    if (!this.wanted || !this.session) return;
+    const wasOpen = this._state === 'connected';
+    this.attemptId += 1;
+    this.dropSession();
+    this.inflight.clear();
+    this.clearRefresh();
+    for (const s of this.subs.values()) s.connectionLost();
+    this.setState('disconnected', null);
+    if (wasOpen) this.emit('disconnected', { code: 0, reason: 'offline', reconnect: true });
+    // The `online` event wakes us; this is the fallback if it never comes.
+    this.retryLater(this.backoff.next());
+  }
+
+  private dropSession(): void {
+    const s = this.session;
+    this.session = null;
+    s?.close();
+  }
+
+  private setState(state: ConnectionState, transport: TransportName | null): void {
+    if (this._state === state && this._transport === transport) return;
+    this._state = state;
+    this._transport = transport;
+    this.emit('state', { state, transport });
+  }
+
+  private clearTimers(): void {
+    if (this.timer) clearTimeout(this.timer);
+    this.timer = null;
+    this.clearRefresh();
+  }
+
+  private clearRefresh(): void {
+    if (this.refreshTimer) clearTimeout(this.refreshTimer);
+    this.refreshTimer = null;
+  }
+
+  // ---- subscriptions -------------------------------------------------
+
+  private async subscribeNow(sub: Subscription, session: Session): Promise<void> {
+    const token = this.token;
+    await this.lookUpPositions([sub], session.transport !== 'websocket', token);
+    if (this.session !== session || this.subs.get(sub.channel) !== sub) return;
+    session.subscribe(sub.request());
+  }
+
+  /**
+   * Finds a starting position where the transport needs one: `since:
+   * 'start'` (offset 0 of the current epoch) and, over SSE and long-polling,
+   * fresh subscriptions (their top), so that they have a `subscribed` with a
+   * position and resume exactly on any later transport. A failed lookup
+   * (ephemeral channel, history closed) leaves the channel live-only.
+   */
+  private async lookUpPositions(subs: Subscription[], http: boolean, token: string | null): Promise<void> {
+    await Promise.all(subs.map(async (sub) => {
+      if (sub.position && !sub.startPending) return;
+      if (!sub.startPending && !http) return;
+      try {
+        const ok = await httpAction(this.fetchFn, this.url, token, 'history',
+          { channel: sub.channel, limit: 1, reverse: true }, this.commandTimeout);
+        const offset = uint(ok.offset);
+        const epoch = str(ok.epoch);
+        if (offset === undefined || epoch === undefined) return;
+        if (sub.startPending) {
+          sub.startPending = false;
+          sub.setLookedUpPosition({ offset: 0, epoch }, false);
+        } else if (!sub.position) {
+          sub.setLookedUpPosition({ offset, epoch }, true);
+        }
+      } catch (e) {
+        if (e instanceof TidingsError && !e.temporary) sub.startPending = false;
+      }
+    }));
+  }
+
+  // ---- tokens --------------------------------------------------------
+
+  private async currentToken(): Promise<string | null> {
+    if (!this.getToken) return this.token;
+    if (this.tokenStale || !this.token || expiresWithin(this.token, 10)) {
+      this.token = (await this.getToken()) ?? null;
+      this.tokenStale = false;
+    }
+    return this.token;
+  }
+
+  private scheduleRefresh(expiresIn: number): void {
+    this.clearRefresh();
+    if (!this.getToken) return;
+    // Refresh ahead of expiry: a fifth of the lifetime, at most a minute.
+    const margin = Math.min(60, expiresIn / 5);
+    const ms = Math.max(1, expiresIn - margin) * 1000;
+    this.refreshTimer = setTimeout(() => void this.refreshNow(), ms);
+  }
+
+  private async refreshNow(): Promise<void> {
+    const session = this.session;
+    if (!session || !this.getToken) return;
+    try {
+      const token = (await this.getToken()) ?? null;
+      if (!token || this.session !== session) return;
+      this.token = token;
+      await session.refresh(token);
+      const exp = jwtExp(token);
+      if (exp !== null) this.scheduleRefresh(Math.max(1, exp - Date.now() / 1000));
+    } catch (e) {
+      // The connection keeps its old expiry; if it runs out the server
+      // disconnects with 3005 and the reconnect fetches a new token.
+      this.emit('error', e instanceof TidingsError ? e
+        : new TidingsError(ErrorCode.Disconnected, `token refresh failed: ${(e as Error)?.message ?? e}`));
+    }
+  }
+
+  // ---- actions and the outbox ----------------------------------------
+
+  private async action(op: string, args: Obj): Promise<Obj> {
+    const s = this.session;
+    if (s && this._state === 'connected') return s.call(op, args);
+    const token = this.getToken ? await this.currentToken() : this.token;
+    return httpAction(this.fetchFn, this.url, token, op, args, this.commandTimeout);
+  }
+
+  private async loadOutbox(): Promise<void> {
+    if (!this.store) {
+      this.loaded = true;
+      return;
+    }
+    let stored: OutboxEntry[] = [];
+    try {
+      stored = await this.store.load();
+    } catch (e) {
+      console.warn('tidings: could not read the outbox', e);
+    }
+    const known = new Set(this.queue.map((e) => e.key));
+    const restored = stored.filter((e) => !known.has(e.key));
+    this.queue.push(...restored);
+    this.queue.sort((a, b) => a.seq - b.seq);
+    for (const e of this.queue) this.lastSeq = Math.max(this.lastSeq, e.seq);
+    this.loaded = true;
+    if (restored.length) this.emit('outboxRestored', restored.map((e) => ({ ...e })));
+    this.flush();
+  }
+
+  /** Sends what the outbox holds, in order, when connected. */
+  private flush(): void {
+    const s = this.session;
+    if (!this.loaded || !s || this._state !== 'connected') return;
+    if (s.transport === 'websocket') {
+      // Commands on one socket are answered in order: send them all.
+      for (const e of this.queue) if (!this.inflight.has(e.key)) this.send(e, s);
+      return;
+    }
+    // HTTP requests may overtake each other: one at a time.
+    if (this.httpFlushing) return;
+    this.httpFlushing = true;
+    void (async () => {
+      try {
+        while (this.queue.length && this.session === s && this._state === 'connected') {
+          const ok = await this.send(this.queue[0], s);
+          if (!ok) {
+            // A network failure: the session is probably going away; if not,
+            // try again shortly.
+            await new Promise((r) => setTimeout(r, 1000));
+          }
+        }
+      } finally {
+        this.httpFlushing = false;
+      }
+    })();
+  }
+
+  /** Sends one entry; resolves false when it must be sent again. */
+  private async send(e: OutboxEntry, s: Session): Promise<boolean> {
+    this.inflight.add(e.key);
+    try {
+      const ok = await s.call('publish', publishArgs(e));
+      this.settle(e, toPublishResult(ok), null);
+      return true;
+    } catch (err) {
+      const te = err instanceof TidingsError ? err : new TidingsError(ErrorCode.BadResponse, String(err), true);
+      if (te.code < 100) {
+        // Lost with the connection: resend later under the same key.
+        this.inflight.delete(e.key);
+        return false;
+      }
+      this.settle(e, null, te);
+      return true;
+    }
+  }
+
+  private settle(e: OutboxEntry, result: PublishResult | null, err: TidingsError | null): void {
+    this.inflight.delete(e.key);
+    const i = this.queue.findIndex((x) => x.key === e.key);
+    if (i < 0) return;
+    this.queue.splice(i, 1);
+    this.store?.delete(e.key).catch((x) => console.warn('tidings: could not delete an outbox entry', x));
+    const w = this.waiters.get(e.key);
+    this.waiters.delete(e.key);
+    if (result) {
+      w?.resolve(result);
+      this.emit('published', { entry: { ...e }, result });
+    } else if (err) {
+      w?.reject(err);
+      this.emit('publishFailed', { entry: { ...e }, error: err });
+    }
+  }
+}
+
+function publishArgs(e: OutboxEntry): Obj {
+  const a: Obj = { channel: e.channel, data: e.data, idempotency_key: e.key };
+  if (e.tags) a.tags = e.tags;
+  return a;
+}
+
+function toPublishResult(ok: Obj): PublishResult {
+  const r: PublishResult = {};
+  const offset = uint(ok.offset);
+  if (offset !== undefined) r.offset = offset;
+  const epoch = str(ok.epoch);
+  if (epoch !== undefined) r.epoch = epoch;
+  return r;
+}
+
+/** The `exp` claim of a JWT, or null (unreadable or none). Never throws. */
+export function jwtExp(token: string): number | null {
+  try {
+    const part = token.split('.')[1];
+    if (!part) return null;
+    const json = atob(part.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((part.length + 3) % 4));
+    const claims = JSON.parse(json);
+    return typeof claims?.exp === 'number' ? claims.exp : null;
+  } catch {
+    return null;
+  }
+}
+
+function expiresWithin(token: string, seconds: number): boolean {
+  const exp = jwtExp(token);
+  return exp !== null && exp - Date.now() / 1000 < seconds;
+}
+
+

@@ -1,0 +1,44 @@
+/**
+ * The Tidings browser and Node SDK. Start with {@link TidingsClient}; see
+ * docs/sdk.md for a guide.
+ */
+export { TidingsClient, VERSION, jwtExp } from './client.js';
+export type {
+  ClientOptions,
+  ClientEvents,
+  ConnectionState,
+  ConnectedEvent,
+  DisconnectedEvent,
+  StateEvent,
+  SubscribeOptions,
+} from './client.js';
+export { Subscription } from './subscription.js';
+export type {
+  HistoryOptions,
+  HistoryResult,
+  PublishOptions,
+  ResetEvent,
+  SubscribedEvent,
+  SubscriptionEvents,
+  SubscriptionState,
+} from './subscription.js';
+export { TidingsError, ErrorCode, isTerminalCloseCode } from './errors.js';
+export { Backoff } from './backoff.js';
+export { MemoryOutboxStore, IndexedDbOutboxStore, defaultOutboxStore } from './outbox.js';
+export type { OutboxEntry, OutboxStore } from './outbox.js';
+export { Optimistic } from './optimistic.js';
+export type { OptimisticEvents, OptimisticOptions, PendingItem, PendingStatus } from './optimistic.js';
+export { Typing, TypingWatcher } from './typing.js';
+export type { TypingOptions } from './typing.js';
+export { encodePositionVector, fnv1a32 } from './position.js';
+export { Emitter } from './emitter.js';
+export type { Listener } from './emitter.js';
+export type {
+  Position,
+  PresenceEntry,
+  Publication,
+  PublicationInfo,
+  PublishResult,
+  TransportName,
+} from './types.js';
+export type { WebSocketCtor, FetchFn } from './transport.js';

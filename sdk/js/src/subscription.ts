@@ -1,0 +1,290 @@
+/**
+ * One channel subscription. It keeps the position (offset + epoch) of the
+ * last publication delivered, so that every reconnect, on any transport,
+ * resumes exactly there: each publication reaches the app once, in offset
+ * order, or the app gets a `reset` telling it to reload.
+ */
+import { decodePresenceEntry, decodePresenceMap, decodePublication, decodePublications, str, uint, type Obj } from './codec.js';
+import { Emitter } from './emitter.js';
+import { ErrorCode, TidingsError } from './errors.js';
+import type { SubscribeRequest } from './transport.js';
+import type { Position, PresenceEntry, Publication, PublishResult, TransportName } from './types.js';
+
+/** State of a subscription. */
+export type SubscriptionState = 'subscribing' | 'subscribed' | 'unsubscribed';
+
+/** Payload of the `subscribed` event. */
+export interface SubscribedEvent {
+  /**
+   * True when the subscription resumed from a position and nothing was
+   * missed (the missed publications follow as `publication` events). False
+   * for a first subscription without `since`, and when the position could
+   * not be recovered (a `reset` event comes too: reload the state).
+   */
+  recovered: boolean;
+  /** The channel's top offset now (absent in ephemeral channels). */
+  offset?: number;
+  /** The channel's epoch (absent in ephemeral channels). */
+  epoch?: string;
+  /** The transport in use. */
+  transport: TransportName;
+  /** Presence entries by client id, when the namespace has presence and the transport gives them (WebSocket). */
+  presence?: Record<string, PresenceEntry>;
+}
+
+/** Payload of the `reset` event: the state the app holds is not continued; reload it. */
+export interface ResetEvent {
+  /** The channel's position now; publications after it follow. */
+  offset: number;
+  /** The channel's epoch now. */
+  epoch: string;
+  /** `unrecoverable`: the position was lost (trimmed, too far behind); `epoch`: the channel started over. */
+  reason: 'unrecoverable' | 'epoch';
+}
+
+/** Events of a {@link Subscription}. */
+export interface SubscriptionEvents {
+  /** A publication, once, in offset order. */
+  publication: Publication;
+  /** The subscription is (again) in place. */
+  subscribed: SubscribedEvent;
+  /** The app must reload its state for this channel. */
+  reset: ResetEvent;
+  /** A connection entered the channel's presence. */
+  join: PresenceEntry;
+  /** A connection left the channel's presence. */
+  leave: PresenceEntry;
+  /** The subscription failed or the server ended it for good. */
+  error: TidingsError;
+  /** The state changed. */
+  state: SubscriptionState;
+}
+
+/** Options of {@link Subscription.publish}. */
+export interface PublishOptions {
+  /** The idempotency key; a random one is made when absent. */
+  idempotencyKey?: string;
+  /** Tags passed to subscribers. */
+  tags?: Record<string, string>;
+  /**
+   * Queue in the outbox while disconnected (default true). False: fail at
+   * once with {@link ErrorCode.Disconnected} when not connected, and do not
+   * store it (for signals such as typing that are worthless later).
+   */
+  queue?: boolean;
+}
+
+/** Options of history reads. */
+export interface HistoryOptions {
+  /** Only publications after this position. */
+  since?: Position;
+  /** At most this many publications. */
+  limit?: number;
+  /** Newest first. */
+  reverse?: boolean;
+}
+
+/** A history answer. */
+export interface HistoryResult {
+  /** The publications, in the order asked. */
+  publications: Publication[];
+  /** The channel's top offset. */
+  offset: number;
+  /** The channel's epoch. */
+  epoch: string;
+}
+
+/** What a subscription needs from its client. */
+export interface SubscriptionHost {
+  publish(channel: string, data: unknown, opts?: PublishOptions): Promise<PublishResult>;
+  history(channel: string, opts?: HistoryOptions): Promise<HistoryResult>;
+  presence(channel: string): Promise<Record<string, PresenceEntry>>;
+  presenceStats(channel: string): Promise<{ clients: number; users: number }>;
+  /** Subscribe again from the current position (after a gap or an `unsub` 3000-3499). */
+  resubscribe(sub: Subscription, serverEnded: boolean): void;
+  /** Forget the subscription. */
+  removeSubscription(sub: Subscription): void;
+}
+
+/** A subscription to one channel; get one with `client.subscribe()`. */
+export class Subscription extends Emitter<SubscriptionEvents> {
+  /** The channel name. */
+  readonly channel: string;
+  private _state: SubscriptionState = 'subscribing';
+  private pos: Position | null;
+  /** `since: 'start'` not resolved yet. */
+  startPending: boolean;
+  /** The position was looked up for a fresh subscription (SSE/poll): not a recovery. */
+  freshLookup = false;
+
+  /** @internal Use `client.subscribe()`. */
+  constructor(private readonly host: SubscriptionHost, channel: string, since: Position | 'start' | undefined) {
+    super();
+    this.channel = channel;
+    this.startPending = since === 'start';
+    this.pos = since && since !== 'start' ? { offset: since.offset, epoch: since.epoch } : null;
+  }
+
+  /** The current state. */
+  get state(): SubscriptionState {
+    return this._state;
+  }
+
+  /** The position of the last publication delivered (null before any is known). */
+  get position(): Position | null {
+    return this.pos ? { ...this.pos } : null;
+  }
+
+  /** Publishes into this channel; see `client.publish`. */
+  publish(data: unknown, opts?: PublishOptions): Promise<PublishResult> {
+    return this.host.publish(this.channel, data, opts);
+  }
+
+  /** Reads this channel's history. */
+  history(opts?: HistoryOptions): Promise<HistoryResult> {
+    return this.host.history(this.channel, opts);
+  }
+
+  /** Reads this channel's presence (every page). */
+  presence(): Promise<Record<string, PresenceEntry>> {
+    return this.host.presence(this.channel);
+  }
+
+  /** Counts this channel's connections and users. */
+  presenceStats(): Promise<{ clients: number; users: number }> {
+    return this.host.presenceStats(this.channel);
+  }
+
+  /** Ends the subscription; no event follows. */
+  unsubscribe(): void {
+    if (this._state === 'unsubscribed') return;
+    this.setState('unsubscribed');
+    this.host.removeSubscription(this);
+  }
+
+  /** @internal What to send to (re)subscribe. */
+  request(): SubscribeRequest {
+    return { channel: this.channel, since: this.pos ? { ...this.pos } : null };
+  }
+
+  /** @internal Sets the position found by a lookup before subscribing. */
+  setLookedUpPosition(pos: Position, fresh: boolean): void {
+    this.pos = pos;
+    this.freshLookup = fresh;
+  }
+
+  /** @internal The connection is gone: resubscribe on the next one. */
+  connectionLost(): void {
+    if (this._state === 'subscribed') this.setState('subscribing');
+  }
+
+  /** @internal A subscribe reply (WebSocket) or its SSE/poll equivalent. */
+  handleSubscribed(ok: Obj, transport: TransportName): void {
+    if (this._state === 'unsubscribed') return;
+    const offset = uint(ok.offset);
+    const epoch = str(ok.epoch);
+    const presence = decodePresenceMap(ok.presence);
+    const hadPos = this.pos !== null && !this.freshLookup;
+    this.freshLookup = false;
+    this.setState('subscribed');
+    const ev: SubscribedEvent = { recovered: false, transport };
+    if (offset !== undefined) ev.offset = offset;
+    if (epoch !== undefined) ev.epoch = epoch;
+    if (presence) ev.presence = presence;
+    if (ok.recovered === true && hadPos) {
+      ev.recovered = true;
+      this.emit('subscribed', ev);
+      for (const p of decodePublications(ok.publications, this.channel)) this.handlePub(p);
+      // Nothing missed: the top is where we are (WebSocket); over SSE/poll
+      // the reply stands for `since`, and the stream brings the rest.
+      if (offset !== undefined && epoch !== undefined && this.pos && this.pos.epoch === epoch
+        && offset > this.pos.offset && Array.isArray(ok.publications)) {
+        this.pos = { offset, epoch };
+      }
+      return;
+    }
+    this.pos = offset !== undefined && epoch !== undefined ? { offset, epoch } : null;
+    this.emit('subscribed', ev);
+    if (ok.recovered === false && hadPos && this.pos) {
+      this.emit('reset', { offset: this.pos.offset, epoch: this.pos.epoch, reason: 'unrecoverable' });
+    }
+  }
+
+  /** @internal Subscribing failed for good. */
+  handleError(err: TidingsError): void {
+    if (this._state === 'unsubscribed') return;
+    this.setState('unsubscribed');
+    this.host.removeSubscription(this);
+    this.emit('error', err);
+  }
+
+  /** @internal A push for this channel. */
+  handlePush(push: Obj): void {
+    if (this._state !== 'subscribed') return;
+    switch (push.push) {
+      case 'pub': {
+        const p = decodePublication(push);
+        if (p) this.handlePub(p);
+        return;
+      }
+      case 'reset': {
+        const offset = uint(push.offset);
+        const epoch = str(push.epoch);
+        if (offset === undefined || epoch === undefined) return;
+        this.pos = { offset, epoch };
+        this.emit('reset', { offset, epoch, reason: 'unrecoverable' });
+        return;
+      }
+      case 'join':
+      case 'leave': {
+        const e = decodePresenceEntry(push);
+        if (e) this.emit(push.push, e);
+        return;
+      }
+      case 'unsub': {
+        const code = uint(push.code) ?? 0;
+        if (code >= 3000 && code < 3500) {
+          // e.g. 3003 insufficient state: subscribe again from where we are.
+          this.setState('subscribing');
+          this.host.resubscribe(this, true);
+        } else {
+          this.handleError(new TidingsError(code || ErrorCode.PermissionDenied,
+            str(push.reason) ?? 'unsubscribed by the server', false));
+        }
+        return;
+      }
+      default:
+    }
+  }
+
+  private handlePub(p: Publication): void {
+    if (p.offset === undefined || p.epoch === undefined) {
+      // Ephemeral: no position, at most once.
+      this.emit('publication', p);
+      return;
+    }
+    if (this.pos && this.pos.epoch !== p.epoch) {
+      // The channel started over while we stayed subscribed: what the app
+      // holds no longer matches. Reload, then continue from this one.
+      this.pos = { offset: p.offset - 1, epoch: p.epoch };
+      this.emit('reset', { offset: p.offset - 1, epoch: p.epoch, reason: 'epoch' });
+    }
+    if (this.pos) {
+      if (p.offset <= this.pos.offset) return; // already delivered
+      if (p.offset > this.pos.offset + 1) {
+        // A gap should not happen; do not deliver out of order, recover it.
+        this.setState('subscribing');
+        this.host.resubscribe(this, false);
+        return;
+      }
+    }
+    this.pos = { offset: p.offset, epoch: p.epoch };
+    this.emit('publication', p);
+  }
+
+  private setState(s: SubscriptionState): void {
+    if (this._state === s) return;
+    this._state = s;
+    this.emit('state', s);
+  }
+}

@@ -1,0 +1,275 @@
+/** The WebSocket transport: `GET /v1/ws`, subprotocol `tidings.v1.json`. */
+import { decodeFrame, isObj, str, uint, type Obj } from './codec.js';
+import { ErrorCode, TidingsError, isTerminalCloseCode } from './errors.js';
+import type { CloseInfo, Session, SessionHandlers, SubscribeRequest, WebSocketCtor } from './transport.js';
+
+/** Options of a WebSocket session. */
+export interface WsSessionOptions {
+  /** The server's base URL, `http(s)://host:port`. */
+  url: string;
+  /** The WebSocket implementation. */
+  WebSocket: WebSocketCtor;
+  /** Give up opening after this long (ms): a proxy may hold an upgrade forever. */
+  connectTimeout: number;
+  /** Reject a command after this long without an answer (ms). */
+  commandTimeout: number;
+  /** The SDK's version, sent in `connect`. */
+  version: string;
+}
+
+interface Pending {
+  resolve: (ok: Obj) => void;
+  reject: (e: TidingsError) => void;
+  timer: ReturnType<typeof setTimeout>;
+}
+
+/** Turns `http(s)://host` into `ws(s)://host/v1/ws`. */
+export function wsUrl(base: string): string {
+  const u = base.replace(/\/+$/, '');
+  if (u.startsWith('https://')) return `wss://${u.slice(8)}/v1/ws`;
+  if (u.startsWith('http://')) return `ws://${u.slice(7)}/v1/ws`;
+  return `${u}/v1/ws`;
+}
+
+/** Pong timeout assumed when watching for a silent server (the server's default). */
+const PONG_TIMEOUT_MS = 10_000;
+
+/** One WebSocket connection. */
+export class WsSession implements Session {
+  readonly transport = 'websocket' as const;
+  private ws: WebSocket | null = null;
+  private nextId = 1;
+  private readonly pending = new Map<number, Pending>();
+  /** Channel of each in-flight `subscribe` command, by id. */
+  private readonly subscribing = new Map<number, string>();
+  private opened = false;
+  private done = false;
+  private disconnectPush: CloseInfo | null = null;
+  private connectError: TidingsError | null = null;
+  private watchdog: ReturnType<typeof setTimeout> | null = null;
+  private silenceMs = 0;
+
+  constructor(private readonly opts: WsSessionOptions, private readonly h: SessionHandlers) {}
+
+  start(token: string | null, subs: SubscribeRequest[]): void {
+    let ws: WebSocket;
+    try {
+      ws = new this.opts.WebSocket(wsUrl(this.opts.url), 'tidings.v1.json');
+    } catch (e) {
+      // A bad URL or a blocked scheme: this transport cannot open here.
+      queueMicrotask(() => this.finish({ opened: false, code: 0, reason: String(e), reconnect: true }));
+      return;
+    }
+    this.ws = ws;
+    this.arm(this.opts.connectTimeout);
+    ws.onopen = () => {
+      const connect: Obj = { id: 0, op: 'connect', name: 'tidings-js', version: this.opts.version };
+      if (token) connect.token = token;
+      if (subs.length) connect.subscribe = subs.map(subscribeArgs);
+      this.sendRaw(connect);
+    };
+    ws.onmessage = (ev: MessageEvent) => {
+      if (typeof ev.data === 'string') this.onFrame(ev.data);
+      else if (ev.data instanceof ArrayBuffer) this.onFrame(new TextDecoder().decode(ev.data));
+      // Blobs are not expected: the server sends text frames only.
+    };
+    ws.onerror = () => {
+      // The close event that always follows carries what we need.
+    };
+    ws.onclose = (ev: CloseEvent) => {
+      const info: CloseInfo = this.disconnectPush ?? {
+        opened: this.opened,
+        code: ev.code,
+        reason: ev.reason || (this.opened ? 'connection lost' : 'WebSocket could not be opened'),
+        reconnect: !isTerminalCloseCode(ev.code),
+      };
+      info.opened = this.opened;
+      if (this.connectError) info.error = this.connectError;
+      this.finish(info);
+    };
+  }
+
+  call(op: string, args: Obj): Promise<Obj> {
+    return new Promise<Obj>((resolve, reject) => {
+      if (!this.opened || this.done || !this.ws) {
+        reject(new TidingsError(ErrorCode.Disconnected, `${op}: not connected`));
+        return;
+      }
+      const id = this.id();
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new TidingsError(ErrorCode.Timeout, `${op}: no answer in time`));
+      }, this.opts.commandTimeout);
+      this.pending.set(id, { resolve, reject, timer });
+      this.sendRaw({ ...args, id, op });
+    });
+  }
+
+  subscribe(req: SubscribeRequest): void {
+    if (!this.opened || this.done) return; // the next session subscribes it
+    const id = this.id();
+    this.subscribing.set(id, req.channel);
+    this.sendRaw({ id, op: 'subscribe', ...subscribeArgs(req) });
+  }
+
+  unsubscribe(channel: string): void {
+    if (!this.opened || this.done) return;
+    // The answer does not matter: 108 only says it was already gone.
+    this.call('unsubscribe', { channel }).catch(() => undefined);
+  }
+
+  async refresh(token: string): Promise<void> {
+    await this.call('refresh', { token });
+  }
+
+  close(): void {
+    if (this.done) return;
+    this.done = true;
+    this.cleanup(new TidingsError(ErrorCode.Disconnected, 'connection closed'));
+    try {
+      this.ws?.close(1000);
+    } catch {
+      // Already closing.
+    }
+  }
+
+  private id(): number {
+    this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
+    return this.nextId;
+  }
+
+  private sendRaw(msg: Obj): void {
+    try {
+      this.ws?.send(JSON.stringify(msg));
+    } catch {
+      // The socket is closing; its close event ends the session.
+    }
+  }
+
+  /** (Re)starts the silence watchdog: a server that says nothing is gone. */
+  private arm(ms: number): void {
+    if (this.watchdog) clearTimeout(this.watchdog);
+    this.watchdog = setTimeout(() => {
+      const opened = this.opened;
+      try {
+        this.ws?.close(4000, 'server silent');
+      } catch {
+        // ignore
+      }
+      this.finish({
+        opened,
+        code: 0,
+        reason: opened ? 'no message from the server in time' : 'WebSocket did not open in time',
+        reconnect: true,
+      });
+    }, ms);
+  }
+
+  private onFrame(text: string): void {
+    if (this.done) return;
+    if (this.opened) this.arm(this.silenceMs);
+    for (const msg of decodeFrame(text)) {
+      if (this.done) return;
+      if (typeof msg.push === 'string') this.onPush(msg);
+      else if (typeof msg.id === 'number') this.onReply(msg);
+    }
+  }
+
+  private onPush(msg: Obj): void {
+    switch (msg.push) {
+      case 'ping':
+        this.sendRaw({ op: 'pong' });
+        return;
+      case 'disconnect': {
+        const code = uint(msg.code) ?? 0;
+        const info: CloseInfo = {
+          opened: this.opened,
+          code,
+          reason: str(msg.reason) ?? '',
+          reconnect: typeof msg.reconnect === 'boolean' ? msg.reconnect : !isTerminalCloseCode(code),
+        };
+        const delay = uint(msg.delay_ms);
+        if (delay !== undefined) info.delayMs = delay;
+        this.disconnectPush = info;
+        return;
+      }
+      default:
+        if (this.opened) this.h.onPush(msg);
+    }
+  }
+
+  private onReply(msg: Obj): void {
+    const id = msg.id as number;
+    const error = isObj(msg.error) ? TidingsError.fromBody(msg.error) : null;
+    const ok = isObj(msg.ok) ? msg.ok : null;
+    if (id === 0 && !this.opened) {
+      // The connect reply.
+      if (error || !ok) {
+        // 103 or 106: the server disconnects next; remember why.
+        this.connectError = error ?? new TidingsError(ErrorCode.BadResponse, 'bad connect reply');
+        return;
+      }
+      this.opened = true;
+      const ping = uint(ok.ping_interval) ?? 25;
+      this.silenceMs = (ping * 1000 + PONG_TIMEOUT_MS) * 1.5;
+      this.arm(this.silenceMs);
+      const result = {
+        client: str(ok.client),
+        user: str(ok.user),
+        expiresIn: uint(ok.expires_in),
+        subscribed: [] as Array<{ channel: string; ok?: Obj; error?: TidingsError }>,
+      };
+      if (Array.isArray(ok.subscribed)) {
+        for (const e of ok.subscribed) {
+          if (!isObj(e) || typeof e.channel !== 'string') continue;
+          if (isObj(e.ok)) result.subscribed.push({ channel: e.channel, ok: e.ok });
+          else result.subscribed.push({ channel: e.channel, error: TidingsError.fromBody(e.error) });
+        }
+      }
+      this.h.onOpen(result);
+      return;
+    }
+    const channel = this.subscribing.get(id);
+    if (channel !== undefined) {
+      this.subscribing.delete(id);
+      this.h.onSubscribed(channel, error ? null : ok ?? {}, error);
+      return;
+    }
+    const p = this.pending.get(id);
+    if (!p) return;
+    this.pending.delete(id);
+    clearTimeout(p.timer);
+    if (error) p.reject(error);
+    else p.resolve(ok ?? {});
+  }
+
+  private cleanup(err: TidingsError): void {
+    if (this.watchdog) clearTimeout(this.watchdog);
+    this.watchdog = null;
+    for (const p of this.pending.values()) {
+      clearTimeout(p.timer);
+      p.reject(err);
+    }
+    this.pending.clear();
+    this.subscribing.clear();
+    if (this.ws) {
+      this.ws.onopen = null;
+      this.ws.onmessage = null;
+      this.ws.onclose = null;
+      this.ws.onerror = null;
+    }
+  }
+
+  private finish(info: CloseInfo): void {
+    if (this.done) return;
+    this.done = true;
+    this.cleanup(new TidingsError(ErrorCode.Disconnected, `connection lost: ${info.reason}`));
+    this.h.onClose(info);
+  }
+}
+
+function subscribeArgs(req: SubscribeRequest): Obj {
+  const a: Obj = { channel: req.channel };
+  if (req.since) a.since = { offset: req.since.offset, epoch: req.since.epoch };
+  return a;
+}

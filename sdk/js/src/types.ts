@@ -1,0 +1,58 @@
+/** Wire and public types shared by the modules. */
+
+/** A position in a channel: the last publication processed. */
+export interface Position {
+  /** Offset of the last publication processed (0: none yet). */
+  offset: number;
+  /** The channel's epoch (the incarnation of its history). */
+  epoch: string;
+}
+
+/** Who published: present when a client published. */
+export interface PublicationInfo {
+  /** The publishing connection's id. */
+  client: string;
+  /** The publisher's user id, `""` when anonymous. */
+  user: string;
+  /** The `info` claim of the publisher's token, if any. */
+  info?: unknown;
+}
+
+/** A publication as delivered to the app. */
+export interface Publication<T = unknown> {
+  /** The channel it was published in. */
+  channel: string;
+  /** The payload. */
+  data: T;
+  /** Its offset; absent in ephemeral channels. */
+  offset?: number;
+  /** The channel's epoch; absent in ephemeral channels. */
+  epoch?: string;
+  /** Who published it; absent when the server API published. */
+  info?: PublicationInfo;
+  /** Tags given by the publisher. */
+  tags?: Record<string, string>;
+  /** Server time of the publish (ms since the Unix epoch); only in history and recovery. */
+  time?: number;
+}
+
+/** A presence entry: one subscribed connection. */
+export interface PresenceEntry {
+  /** The connection id. */
+  client: string;
+  /** The user id, `""` when anonymous. */
+  user: string;
+  /** The token's `info` claim, if any. */
+  info?: unknown;
+}
+
+/** The answer to a publish. */
+export interface PublishResult {
+  /** The publication's offset; absent in ephemeral channels. */
+  offset?: number;
+  /** The channel's epoch; absent in ephemeral channels. */
+  epoch?: string;
+}
+
+/** The name of a transport. */
+export type TransportName = 'websocket' | 'sse' | 'poll';
