@@ -4,6 +4,7 @@
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
+mod bench;
 mod pubsub;
 
 use std::net::SocketAddr;
@@ -106,6 +107,9 @@ enum Cmd {
         #[arg(long)]
         idempotency_key: Option<String>,
     },
+    /// Load-test a server (loopback only): run a scenario file from bench/,
+    /// or `ceiling` for what the machine can do with no server at all.
+    Bench(BenchArgs),
     /// Subscribe to channels and print each publication as a JSON line.
     Sub {
         /// Channel names.
@@ -121,6 +125,36 @@ enum Cmd {
         #[arg(long)]
         since: Option<String>,
     },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// A scenario file (TOML, see bench/), or `ceiling`.
+    scenario: PathBuf,
+    /// The server's pid, for its RSS and CPU (default: found by its port).
+    #[arg(long)]
+    pid: Option<u32>,
+    /// Print one JSON line instead of the table.
+    #[arg(long)]
+    json: bool,
+    /// Override the scenario's server address.
+    #[arg(long)]
+    addr: Option<SocketAddr>,
+    /// Override the scenario's connection count.
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Override the scenario's publish rates (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    rates: Option<Vec<u32>>,
+    /// Override the scenario's target (tidings, pusher, socketio).
+    #[arg(long)]
+    target: Option<String>,
+    /// Ceiling: frames per write.
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Ceiling: rounds over every socket.
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -188,6 +222,7 @@ fn main() -> anyhow::Result<()> {
             token,
             idempotency_key,
         }) => runtime.block_on(pubsub::run_pub(url, token, channel, data, idempotency_key)),
+        Some(Cmd::Bench(args)) => bench::run(&runtime, args),
         Some(Cmd::Sub {
             channels,
             url,

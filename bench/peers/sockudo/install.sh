@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install the sockudo server binary (crates.io) into a given root. Idempotent:
+# does nothing when ROOT/bin/sockudo already reports the wanted version.
+#
+#   bench/peers/sockudo/install.sh [ROOT]          # default ROOT: /tmp/sockudo-install
+#
+# Env: SOCKUDO_VERSION (5.2.0), CARGO_JOBS (1: the bench machine has 2 cores and
+# the build is heavy: ~470 crates, 20-40 min at -j 1). Needs rustc >= 1.95.
+# The binary ends up at ROOT/bin/sockudo, which start.sh uses by default.
+set -euo pipefail
+
+ROOT="${1:-${SOCKUDO_ROOT:-/tmp/sockudo-install}}"
+VERSION="${SOCKUDO_VERSION:-5.2.0}"
+JOBS="${CARGO_JOBS:-1}"
+BIN="$ROOT/bin/sockudo"
+
+if [[ -x "$BIN" ]] && "$BIN" --version 2>/dev/null | grep -qF " $VERSION"; then
+  echo "sockudo $VERSION already installed at $BIN"
+  exit 0
+fi
+
+command -v cargo >/dev/null || { echo "cargo not found (install a Rust toolchain >= 1.95)" >&2; exit 1; }
+mkdir -p "$ROOT"
+# --locked: build with the Cargo.lock shipped in the crate, not whatever is newest today.
+cargo install sockudo --version "$VERSION" --locked --root "$ROOT" -j "$JOBS"
+"$BIN" --version
