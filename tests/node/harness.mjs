@@ -1,6 +1,7 @@
 // Starts the real tidings binary and a TCP proxy in front of it whose
 // connections the test can cut, and publishes through the server API.
 import { spawn } from 'node:child_process';
+import { createHmac } from 'node:crypto';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -130,4 +131,126 @@ export async function until(pred, ms, what) {
     if (Date.now() > end) throw new Error(`timed out waiting for ${what}`);
     await new Promise((r) => setTimeout(r, 20));
   }
+}
+
+/**
+ * Starts the binary with `config` (TOML text; null: no config at all, i.e.
+ * dev mode) on 127.0.0.1:0; resolves with { addr, dir, stop, kill, child }.
+ */
+export async function startTidings(config) {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'tidings-node-'));
+  const args = ['--data-dir', path.join(dir, 'data')];
+  if (config === null) {
+    args.push('--listen', '127.0.0.1:0');
+  } else {
+    const file = path.join(dir, 'tidings.toml');
+    writeFileSync(file, config);
+    args.push('--config', file);
+  }
+  const child = spawn(BIN, args, {
+    stdio: ['ignore', 'ignore', 'pipe'],
+    env: { ...process.env, RUST_LOG: 'warn' },
+  });
+  const exited = new Promise((resolve) => child.on('exit', resolve));
+  const addr = await new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error('server did not start')), 30_000);
+    let buf = '';
+    child.stderr.on('data', (chunk) => {
+      buf += chunk;
+      const m = buf.match(/listening on http:\/\/(\S+)/);
+      if (m) {
+        clearTimeout(timer);
+        resolve(m[1]);
+      }
+    });
+    child.on('exit', (code) => reject(new Error(`server exited ${code}: ${buf}`)));
+  });
+  return {
+    addr,
+    dir,
+    child,
+    exited,
+    /** Graceful stop (SIGTERM: clients get disconnect 3001). */
+    stop: () => {
+      if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+      return exited;
+    },
+  };
+}
+
+/**
+ * A TCP proxy to `target` with switches: `blockAll` refuses new connections,
+ * `blockWs` answers WebSocket upgrades on /v1/ws with 403 (as a proxy that
+ * does not allow WebSockets would) and forwards the rest, `mute` drops what
+ * the server sends (a lost acknowledgement), `cut()` destroys every open
+ * connection.
+ */
+export async function startSwitchProxy(target) {
+  const [host, port] = target.split(':');
+  const open = new Set();
+  const flags = { blockAll: false, blockWs: false, mute: false };
+  const server = net.createServer((client) => {
+    if (flags.blockAll) {
+      client.destroy();
+      return;
+    }
+    const upstream = net.connect(Number(port), host);
+    open.add(client);
+    open.add(upstream);
+    client.on('data', (chunk) => {
+      if (flags.blockWs && /^GET \/v1\/ws[?\s]/m.test(chunk.toString('latin1'))) {
+        client.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
+        upstream.destroy();
+        return;
+      }
+      upstream.write(chunk);
+    });
+    upstream.on('data', (chunk) => {
+      if (!flags.mute) client.write(chunk);
+    });
+    const done = () => {
+      open.delete(client);
+      open.delete(upstream);
+      client.destroy();
+      upstream.destroy();
+    };
+    client.on('error', done);
+    upstream.on('error', done);
+    client.on('close', done);
+    upstream.on('close', done);
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    addr: `127.0.0.1:${server.address().port}`,
+    flags,
+    cut: () => {
+      const n = open.size;
+      for (const s of open) s.destroy();
+      return n;
+    },
+    close: () => new Promise((resolve) => {
+      for (const s of open) s.destroy();
+      server.close(resolve);
+    }),
+  };
+}
+
+/** An HS256 JWT signed with `secret` (node:crypto, no dependency). */
+export function mintToken(secret, claims) {
+  const b64 = (v) => Buffer.from(JSON.stringify(v)).toString('base64url');
+  const head = b64({ alg: 'HS256', typ: 'JWT' });
+  const body = b64(claims);
+  const sig = createHmac('sha256', secret).update(`${head}.${body}`).digest('base64url');
+  return `${head}.${body}.${sig}`;
+}
+
+/** Publishes through the server API; resolves with its answer. */
+export async function apiPublish(addr, channel, data, key = API_KEY) {
+  const res = await fetch(`http://${addr}/v1/api/publish`, {
+    method: 'POST',
+    headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
+    body: JSON.stringify({ channel, data }),
+  });
+  if (!res.ok) throw new Error(`publish failed: ${res.status} ${await res.text()}`);
+  return res.json();
 }

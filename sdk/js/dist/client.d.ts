@@ -77,6 +77,8 @@ export interface DisconnectedEvent {
     reason: string;
     /** Whether the client will reconnect. */
     reconnect: boolean;
+    /** With code 3001: the server asked to wait this long (ms) before reconnecting; the client does. */
+    delayMs?: number;
 }
 /** Events of {@link TidingsClient}. */
 export interface ClientEvents {
@@ -197,6 +199,20 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
     private subscribedReply;
     private onPush;
     private closed;
+    /**
+     * A transport could not be opened. If the server answers plain HTTP, the
+     * transport itself is blocked (a proxy that refuses WebSockets, one that
+     * buffers streams): try the next one at once. If not, the network or the
+     * server is down: keep the transport and back off, so that an outage does
+     * not push the client off a transport that works.
+     */
+    private openFailed;
+    /**
+     * Whether the server answers a plain HTTP request (any status). `GET
+     * /v1/poll` without a channel is answered at once with 400, and carries
+     * CORS headers, so it works from pages on other origins too.
+     */
+    private reachable;
     private stop;
     private retryLater;
     /** The browser is back online: try now rather than at the end of the backoff. */

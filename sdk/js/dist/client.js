@@ -354,7 +354,10 @@ export class TidingsClient extends Emitter {
         const wasOpen = info.opened;
         if (wasOpen) {
             this.setState('disconnected', null);
-            this.emit('disconnected', { code: info.code, reason: info.reason, reconnect: info.reconnect && this.wanted });
+            const ev = { code: info.code, reason: info.reason, reconnect: info.reconnect && this.wanted };
+            if (info.delayMs !== undefined)
+                ev.delayMs = info.delayMs;
+            this.emit('disconnected', ev);
         }
         if (!this.wanted)
             return;
@@ -369,23 +372,59 @@ export class TidingsClient extends Emitter {
             return;
         }
         if (!wasOpen && !info.error) {
-            // This transport could not be opened: try the next one at once, and
-            // wait only after a whole round failed.
-            this.triedInCycle += 1;
-            if (this.triedInCycle < this.transports.length) {
-                this.current += 1;
-                this.retryLater(0);
-                return;
-            }
-            this.triedInCycle = 0;
-            this.current = this.sticky;
-            this.retryLater(this.backoff.next());
+            void this.openFailed();
             return;
         }
         this.triedInCycle = 0;
         this.current = this.sticky;
         // On shutdown (3001) the server spreads its clients with delay_ms.
         this.retryLater(info.delayMs ?? this.backoff.next());
+    }
+    /**
+     * A transport could not be opened. If the server answers plain HTTP, the
+     * transport itself is blocked (a proxy that refuses WebSockets, one that
+     * buffers streams): try the next one at once. If not, the network or the
+     * server is down: keep the transport and back off, so that an outage does
+     * not push the client off a transport that works.
+     */
+    async openFailed() {
+        const id = this.attemptId;
+        this.setState('connecting', this._transport);
+        const reachable = this.transports.length > 1 && await this.reachable();
+        if (id !== this.attemptId || !this.wanted)
+            return;
+        this.triedInCycle += 1;
+        if (reachable && this.triedInCycle < this.transports.length) {
+            this.current += 1;
+            this.retryLater(0);
+            return;
+        }
+        this.triedInCycle = 0;
+        this.current = this.sticky;
+        this.retryLater(this.backoff.next());
+    }
+    /**
+     * Whether the server answers a plain HTTP request (any status). `GET
+     * /v1/poll` without a channel is answered at once with 400, and carries
+     * CORS headers, so it works from pages on other origins too.
+     */
+    async reachable() {
+        const ctrl = new AbortController();
+        const timer = setTimeout(() => ctrl.abort(), this.connectTimeout);
+        try {
+            const res = await this.fetchFn(`${this.url.replace(/\/+$/, '')}/v1/poll`, {
+                cache: 'no-store',
+                signal: ctrl.signal,
+            });
+            await res.text().catch(() => '');
+            return true;
+        }
+        catch {
+            return false;
+        }
+        finally {
+            clearTimeout(timer);
+        }
     }
     stop(err) {
         this.wanted = false;

@@ -103,6 +103,8 @@ export interface DisconnectedEvent {
   reason: string;
   /** Whether the client will reconnect. */
   reconnect: boolean;
+  /** With code 3001: the server asked to wait this long (ms) before reconnecting; the client does. */
+  delayMs?: number;
 }
 
 /** Events of {@link TidingsClient}. */
@@ -471,7 +473,9 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     const wasOpen = info.opened;
     if (wasOpen) {
       this.setState('disconnected', null);
-      this.emit('disconnected', { code: info.code, reason: info.reason, reconnect: info.reconnect && this.wanted });
+      const ev: DisconnectedEvent = { code: info.code, reason: info.reason, reconnect: info.reconnect && this.wanted };
+      if (info.delayMs !== undefined) ev.delayMs = info.delayMs;
+      this.emit('disconnected', ev);
     }
     if (!this.wanted) return;
     if (info.error?.code === ErrorCode.TokenExpired || info.code === 3005) this.tokenStale = true;
@@ -484,23 +488,58 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
       return;
     }
     if (!wasOpen && !info.error) {
-      // This transport could not be opened: try the next one at once, and
-      // wait only after a whole round failed.
-      this.triedInCycle += 1;
-      if (this.triedInCycle < this.transports.length) {
-        this.current += 1;
-        this.retryLater(0);
-        return;
-      }
-      this.triedInCycle = 0;
-      this.current = this.sticky;
-      this.retryLater(this.backoff.next());
+      void this.openFailed();
       return;
     }
     this.triedInCycle = 0;
     this.current = this.sticky;
     // On shutdown (3001) the server spreads its clients with delay_ms.
     this.retryLater(info.delayMs ?? this.backoff.next());
+  }
+
+  /**
+   * A transport could not be opened. If the server answers plain HTTP, the
+   * transport itself is blocked (a proxy that refuses WebSockets, one that
+   * buffers streams): try the next one at once. If not, the network or the
+   * server is down: keep the transport and back off, so that an outage does
+   * not push the client off a transport that works.
+   */
+  private async openFailed(): Promise<void> {
+    const id = this.attemptId;
+    this.setState('connecting', this._transport);
+    const reachable = this.transports.length > 1 && await this.reachable();
+    if (id !== this.attemptId || !this.wanted) return;
+    this.triedInCycle += 1;
+    if (reachable && this.triedInCycle < this.transports.length) {
+      this.current += 1;
+      this.retryLater(0);
+      return;
+    }
+    this.triedInCycle = 0;
+    this.current = this.sticky;
+    this.retryLater(this.backoff.next());
+  }
+
+  /**
+   * Whether the server answers a plain HTTP request (any status). `GET
+   * /v1/poll` without a channel is answered at once with 400, and carries
+   * CORS headers, so it works from pages on other origins too.
+   */
+  private async reachable(): Promise<boolean> {
+    const ctrl = new AbortController();
+    const timer = setTimeout(() => ctrl.abort(), this.connectTimeout);
+    try {
+      const res = await this.fetchFn(`${this.url.replace(/\/+$/, '')}/v1/poll`, {
+        cache: 'no-store',
+        signal: ctrl.signal,
+      });
+      await res.text().catch(() => '');
+      return true;
+    } catch {
+      return false;
+    } finally {
+      clearTimeout(timer);
+    }
   }
 
   private stop(err: TidingsError): void {

@@ -1,0 +1,559 @@
+// The TypeScript SDK (sdk/js/dist) against a real Tidings binary: transports,
+// fallback, recovery, acknowledged and idempotent publishes, the outbox, the
+// optimistic helper, token refresh, terminal codes and shutdown.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import WebSocket from 'ws';
+import {
+  Backoff, ErrorCode, MemoryOutboxStore, Optimistic, TidingsClient, TidingsError, encodePositionVector,
+} from '../../sdk/js/dist/index.js';
+import { decodeFrame, decodePublication, decodePresenceMap } from '../../sdk/js/dist/codec.js';
+import { API_KEY, apiPublish, mintToken, startSwitchProxy, startTidings, until } from './harness.mjs';
+
+const SECRET = 'sdk-test-secret';
+const CONFIG = `listen = "127.0.0.1:0"
+demo = true
+cors_origins = ["*"]
+shutdown_spread = "2s"
+[auth]
+token_secret = "${SECRET}"
+api_keys = ["${API_KEY}"]
+[channels]
+history_size = 1000
+history_ttl = "1h"
+anonymous = true
+[namespaces.small]
+history_size = 3
+history_ttl = "1h"
+anonymous = true
+max_message_size = 64
+`;
+
+let server;
+before(async () => {
+  server = await startTidings(CONFIG);
+});
+after(async () => {
+  await server?.stop();
+});
+
+let chanSeq = 0;
+/** A channel name no other test uses. */
+const fresh = (ns = '') => `${ns ? `${ns}:` : ''}t${process.pid}x${++chanSeq}`;
+
+const token = (user, ttlS = 3600, extra = {}) =>
+  mintToken(SECRET, { sub: user, exp: Math.floor(Date.now() / 1000) + ttlS, info: { name: user }, ...extra });
+
+/** A client with fast reconnects, cleaned up after the test. */
+function client(t, addr, opts = {}) {
+  const c = new TidingsClient({
+    url: `http://${addr}`,
+    WebSocket,
+    outbox: new MemoryOutboxStore(),
+    minReconnectDelay: 50,
+    maxReconnectDelay: 400,
+    connectTimeout: 5000,
+    commandTimeout: 5000,
+    ...opts,
+  });
+  t.after(() => c.disconnect());
+  if (process.env.SDK_DEBUG) {
+    for (const ev of ['state', 'connected', 'disconnected', 'error', 'reconnecting']) {
+      c.on(ev, (e) => console.error(addr, ev, JSON.stringify(e)));
+    }
+  }
+  return c;
+}
+
+/** Resolves with the next `name` event of `em` that satisfies `pred`. */
+function next(em, name, pred = () => true, ms = 10_000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      off();
+      reject(new Error(`timed out waiting for ${name}`));
+    }, ms);
+    const off = em.on(name, (e) => {
+      if (!pred(e)) return;
+      clearTimeout(timer);
+      off();
+      resolve(e);
+    });
+  });
+}
+
+/** Collects a subscription's publications (data) and resets. */
+function collect(sub) {
+  const got = { pubs: [], offsets: [], resets: [], subscribed: [] };
+  sub.on('publication', (p) => { got.pubs.push(p.data); got.offsets.push(p.offset); });
+  sub.on('reset', (r) => got.resets.push(r));
+  sub.on('subscribed', (s) => got.subscribed.push(s));
+  return got;
+}
+
+const connected = (c, transport) =>
+  c.state === 'connected' && (transport === undefined || c.transport === transport)
+    ? Promise.resolve()
+    : next(c, 'state', (s) => s.state === 'connected' && (transport === undefined || s.transport === transport));
+
+describe('WebSocket', () => {
+  test('connect, subscribe, publish: the ack carries the offset the subscriber sees', { timeout: 20_000 }, async (t) => {
+    const ch = fresh();
+    const a = client(t, server.addr, { token: token('alice') });
+    const b = client(t, server.addr, { token: token('bob') });
+    const subA = a.subscribe(ch);
+    const subB = b.subscribe(ch);
+    const gotB = collect(subB);
+    const subscribedA = next(subA, 'subscribed');
+    const subscribedB = next(subB, 'subscribed');
+    a.connect();
+    b.connect();
+    const s = await subscribedA;
+    await subscribedB;
+    assert.equal(s.transport, 'websocket');
+    assert.equal(s.recovered, false);
+    assert.equal(a.transport, 'websocket');
+    assert.equal(a.user, 'alice');
+    const r1 = await subA.publish({ text: 'one' });
+    const r2 = await subA.publish({ text: 'two' });
+    assert.equal(r2.offset, r1.offset + 1);
+    assert.equal(typeof r1.epoch, 'string');
+    await until(() => gotB.pubs.length === 2, 10_000, 'both publications at b');
+    assert.deepEqual(gotB.pubs, [{ text: 'one' }, { text: 'two' }]);
+    assert.deepEqual(gotB.offsets, [r1.offset, r2.offset]);
+  });
+
+  test('a refused publish rejects with a typed error carrying the protocol code', { timeout: 20_000 }, async (t) => {
+    const c = client(t, server.addr);
+    const sub = c.subscribe(fresh('small'));
+    const ready = next(sub, 'subscribed');
+    c.connect();
+    await ready;
+    const big = 'x'.repeat(200); // small: max_message_size = 64
+    await assert.rejects(sub.publish({ big }), (e) => {
+      assert.ok(e instanceof TidingsError);
+      assert.equal(e.code, ErrorCode.LimitExceeded);
+      assert.equal(e.code, 104);
+      assert.equal(e.temporary, false);
+      return true;
+    });
+    await assert.rejects(c.publish('nosuchns:x', 1), (e) => e instanceof TidingsError && e.code === 102);
+    // The outbox dropped both: nothing is left to resend.
+    assert.equal(c.pendingPublishes().length, 0);
+    // The connection is still usable.
+    const ok = await sub.publish('ok');
+    assert.equal(typeof ok.offset, 'number');
+  });
+
+  test('a retry after a lost acknowledgement publishes once (idempotency key)', { timeout: 30_000 }, async (t) => {
+    const ch = fresh();
+    const proxy = await startSwitchProxy(server.addr);
+    t.after(() => proxy.close());
+    const a = client(t, proxy.addr);
+    const watcher = client(t, server.addr);
+    const subW = watcher.subscribe(ch);
+    const got = collect(subW);
+    const subA = a.subscribe(ch);
+    const ready = Promise.all([next(subA, 'subscribed'), next(subW, 'subscribed')]);
+    a.connect();
+    watcher.connect();
+    await ready;
+    // The server gets the publish, its answer is lost on the way back.
+    proxy.flags.mute = true;
+    const p = subA.publish({ n: 1 }, { idempotencyKey: 'lost-ack-1' });
+    await until(() => got.pubs.length === 1, 10_000, 'the publication at the watcher');
+    proxy.cut();
+    proxy.flags.mute = false;
+    const r = await p; // resent under the same key after reconnecting
+    assert.equal(r.offset, got.offsets[0]);
+    // And an explicit retry with the same key answers the same offset.
+    const again = await subA.publish({ n: 1 }, { idempotencyKey: 'lost-ack-1' });
+    assert.equal(again.offset, r.offset);
+    await subA.publish({ n: 2 });
+    await until(() => got.pubs.length === 2, 10_000, 'the second publication');
+    assert.deepEqual(got.pubs, [{ n: 1 }, { n: 2 }]);
+  });
+
+  test('recovery after a cut: every missed publication once, in order, recovered: true', { timeout: 30_000 }, async (t) => {
+    const ch = fresh();
+    const proxy = await startSwitchProxy(server.addr);
+    t.after(() => proxy.close());
+    const c = client(t, proxy.addr);
+    const sub = c.subscribe(ch);
+    const got = collect(sub);
+    const ready = next(sub, 'subscribed');
+    c.connect();
+    await ready;
+    for (let i = 1; i <= 3; i++) await apiPublish(server.addr, ch, i);
+    await until(() => got.pubs.length === 3, 10_000, 'live publications');
+    proxy.flags.blockAll = true;
+    proxy.cut();
+    await next(c, 'state', (s) => s.state === 'disconnected');
+    for (let i = 4; i <= 10; i++) await apiPublish(server.addr, ch, i);
+    const resubscribed = next(sub, 'subscribed');
+    proxy.flags.blockAll = false;
+    const s = await resubscribed;
+    assert.equal(s.recovered, true);
+    await until(() => got.pubs.length >= 10, 10_000, 'the missed publications');
+    await apiPublish(server.addr, ch, 11);
+    await until(() => got.pubs.length >= 11, 10_000, 'the next live publication');
+    assert.deepEqual(got.pubs, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    assert.deepEqual(got.resets, []);
+  });
+
+  test('a position history no longer holds: recovered: false and a reset event', { timeout: 30_000 }, async (t) => {
+    const ch = fresh('small'); // history_size = 3
+    const proxy = await startSwitchProxy(server.addr);
+    t.after(() => proxy.close());
+    const c = client(t, proxy.addr);
+    const sub = c.subscribe(ch);
+    const got = collect(sub);
+    const ready = next(sub, 'subscribed');
+    c.connect();
+    await ready;
+    await apiPublish(server.addr, ch, 1);
+    await until(() => got.pubs.length === 1, 10_000, 'the first publication');
+    proxy.flags.blockAll = true;
+    proxy.cut();
+    await next(c, 'state', (s) => s.state === 'disconnected');
+    let last;
+    for (let i = 2; i <= 8; i++) last = await apiPublish(server.addr, ch, i);
+    const reset = next(sub, 'reset');
+    const resubscribed = next(sub, 'subscribed');
+    proxy.flags.blockAll = false;
+    const s = await resubscribed;
+    const r = await reset;
+    assert.equal(s.recovered, false);
+    assert.equal(r.reason, 'unrecoverable');
+    assert.equal(r.offset, last.offset);
+    assert.deepEqual(sub.position, { offset: last.offset, epoch: last.epoch });
+    // Live publications continue after the reset position.
+    await apiPublish(server.addr, ch, 9);
+    await until(() => got.pubs.length === 2, 10_000, 'the live publication after the reset');
+    assert.deepEqual(got.pubs, [1, 9]);
+  });
+
+  test("since: 'start' delivers the retained history, then live publications", { timeout: 20_000 }, async (t) => {
+    const ch = fresh();
+    for (let i = 1; i <= 4; i++) await apiPublish(server.addr, ch, i);
+    const c = client(t, server.addr);
+    const sub = c.subscribe(ch, { since: 'start' });
+    const got = collect(sub);
+    c.connect();
+    await until(() => got.pubs.length === 4, 10_000, 'the history');
+    assert.equal(got.subscribed[0].recovered, true);
+    await apiPublish(server.addr, ch, 5);
+    await until(() => got.pubs.length === 5, 10_000, 'the live publication');
+    assert.deepEqual(got.pubs, [1, 2, 3, 4, 5]);
+  });
+
+  test('presence: subscribed carries the list, join and leave follow', { timeout: 20_000 }, async (t) => {
+    const ch = fresh('demo');
+    const a = client(t, server.addr, { token: token('ann') });
+    const b = client(t, server.addr, { token: token('ben') });
+    const subA = a.subscribe(ch);
+    const joined = next(subA, 'join', (e) => e.user === 'ben');
+    const first = next(subA, 'subscribed');
+    a.connect();
+    const s = await first;
+    assert.deepEqual(Object.values(s.presence).map((e) => e.user), ['ann']);
+    b.subscribe(ch);
+    b.connect();
+    const j = await joined;
+    assert.deepEqual(j.info, { name: 'ben' });
+    const left = next(subA, 'leave', (e) => e.user === 'ben');
+    b.disconnect();
+    await left;
+    const stats = await subA.presenceStats();
+    assert.deepEqual(stats, { clients: 1, users: 1 });
+  });
+});
+
+for (const transport of ['sse', 'poll']) {
+  describe(`${transport} transport`, () => {
+    test(`${transport}: subscribe, publish over HTTP with an ack, recover after a cut`, { timeout: 40_000 }, async (t) => {
+      const ch = fresh();
+      const proxy = await startSwitchProxy(server.addr);
+      t.after(() => proxy.close());
+      const c = client(t, proxy.addr, { transports: [transport], token: token('carol') });
+      const sub = c.subscribe(ch);
+      const got = collect(sub);
+      const subscribed = next(sub, 'subscribed');
+      c.connect();
+      const s = await subscribed;
+      assert.equal(s.transport, transport);
+      assert.equal(c.transport, transport);
+      assert.equal(typeof s.offset, 'number');
+      const r = await sub.publish({ via: transport });
+      assert.equal(typeof r.offset, 'number');
+      await until(() => got.pubs.length === 1, 10_000, 'own publication');
+      assert.deepEqual(got.offsets, [r.offset]);
+      proxy.flags.blockAll = true;
+      proxy.cut();
+      await next(c, 'state', (x) => x.state === 'disconnected');
+      for (let i = 1; i <= 5; i++) await apiPublish(server.addr, ch, i);
+      proxy.flags.blockAll = false;
+      await until(() => got.pubs.length === 6, 15_000, 'the missed publications');
+      assert.deepEqual(got.pubs, [{ via: transport }, 1, 2, 3, 4, 5]);
+      assert.deepEqual(got.resets, []);
+      // History and presence through client actions.
+      const h = await sub.history({ limit: 10 });
+      assert.equal(h.publications.length, 6);
+    });
+  });
+}
+
+describe('fallback', () => {
+  test('/v1/ws refused by a proxy: falls back to SSE, which works and sticks', { timeout: 30_000 }, async (t) => {
+    const ch = fresh();
+    const proxy = await startSwitchProxy(server.addr);
+    proxy.flags.blockWs = true;
+    t.after(() => proxy.close());
+    const c = client(t, proxy.addr, { token: token('dave') });
+    const tried = [];
+    c.on('state', (s) => { if (s.state === 'connecting') tried.push(s.transport); });
+    const sub = c.subscribe(ch);
+    const got = collect(sub);
+    c.connect();
+    await connected(c);
+    assert.equal(c.transport, 'sse');
+    assert.deepEqual(tried, ['websocket', 'sse']);
+    const r = await sub.publish('through sse');
+    await until(() => got.pubs.length === 1, 10_000, 'own publication');
+    assert.deepEqual(got.offsets, [r.offset]);
+    // After a cut it reconnects over SSE first (sticky), not WebSocket.
+    proxy.cut();
+    await next(c, 'state', (s) => s.state === 'disconnected');
+    await connected(c);
+    assert.equal(c.transport, 'sse');
+    assert.equal(tried.at(-1), 'sse');
+  });
+
+  test('switching WebSocket → SSE resumes from the same position', { timeout: 30_000 }, async (t) => {
+    const ch = fresh();
+    const proxy = await startSwitchProxy(server.addr);
+    t.after(() => proxy.close());
+    const c = client(t, proxy.addr);
+    const sub = c.subscribe(ch);
+    const got = collect(sub);
+    c.connect();
+    await connected(c, 'websocket');
+    await apiPublish(server.addr, ch, 1);
+    await until(() => got.pubs.length === 1, 10_000, 'first publication');
+    proxy.flags.blockAll = true;
+    proxy.cut();
+    await next(c, 'state', (s) => s.state === 'disconnected');
+    for (let i = 2; i <= 6; i++) await apiPublish(server.addr, ch, i);
+    proxy.flags.blockWs = true;
+    proxy.flags.blockAll = false;
+    await connected(c, 'sse');
+    await until(() => got.pubs.length === 6, 15_000, 'missed publications over SSE');
+    assert.deepEqual(got.pubs, [1, 2, 3, 4, 5, 6]);
+    assert.deepEqual(got.resets, []);
+  });
+});
+
+describe('outbox', () => {
+  test('publishes made while disconnected are sent in order after reconnecting', { timeout: 30_000 }, async (t) => {
+    const ch = fresh();
+    const proxy = await startSwitchProxy(server.addr);
+    t.after(() => proxy.close());
+    const a = client(t, proxy.addr);
+    const b = client(t, server.addr);
+    const subA = a.subscribe(ch);
+    const subB = b.subscribe(ch);
+    const got = collect(subB);
+    const ready = Promise.all([next(subA, 'subscribed'), next(subB, 'subscribed')]);
+    a.connect();
+    b.connect();
+    await ready;
+    proxy.flags.blockAll = true;
+    proxy.cut();
+    await next(a, 'state', (s) => s.state === 'disconnected');
+    const sent = ['m1', 'm2', 'm3'].map((m) => subA.publish(m));
+    assert.deepEqual(a.pendingPublishes(ch).map((e) => e.data), ['m1', 'm2', 'm3']);
+    proxy.flags.blockAll = false;
+    const results = await Promise.all(sent);
+    assert.deepEqual(results.map((r) => r.offset), [results[0].offset, results[0].offset + 1, results[0].offset + 2]);
+    await until(() => got.pubs.length === 3, 10_000, 'the three at b');
+    assert.deepEqual(got.pubs, ['m1', 'm2', 'm3']);
+    assert.equal(a.pendingPublishes().length, 0);
+  });
+
+  test('a stored outbox survives a restart of the client (reload) and is sent once', { timeout: 30_000 }, async (t) => {
+    const ch = fresh();
+    const proxy = await startSwitchProxy(server.addr);
+    t.after(() => proxy.close());
+    proxy.flags.blockAll = true;
+    const store = new MemoryOutboxStore();
+    const first = client(t, proxy.addr, { outbox: store });
+    first.subscribe(ch);
+    first.connect();
+    const lost = [first.publish(ch, 'r1'), first.publish(ch, 'r2')];
+    lost.forEach((p) => p.catch(() => undefined));
+    await until(() => store.size === 2, 5000, 'entries stored');
+    first.disconnect(); // the page goes away
+
+    const watcher = client(t, server.addr);
+    const got = collect(watcher.subscribe(ch));
+    watcher.connect();
+    await connected(watcher);
+    proxy.flags.blockAll = false;
+    const second = client(t, proxy.addr, { outbox: store });
+    const published = [];
+    second.on('published', (e) => published.push(e.entry.data));
+    const restored = next(second, 'outboxRestored');
+    second.subscribe(ch);
+    second.connect();
+    assert.deepEqual((await restored).map((e) => e.data), ['r1', 'r2']);
+    await until(() => published.length === 2, 10_000, 'both acknowledged');
+    assert.deepEqual(published, ['r1', 'r2']);
+    await until(() => got.pubs.length === 2, 10_000, 'both at the watcher');
+    assert.deepEqual(got.pubs, ['r1', 'r2']);
+    assert.equal(store.size, 0);
+  });
+});
+
+describe('optimistic', () => {
+  const chat = () => ({
+    initial: () => [],
+    apply: (list, data) => [...list, data.text],
+  });
+
+  test('applied at once, confirmed once (no double apply), a refused one rolled back with its data', { timeout: 20_000 }, async (t) => {
+    const c = client(t, server.addr);
+    const sub = c.subscribe(fresh('small'));
+    const ready = next(sub, 'subscribed');
+    c.connect();
+    await ready;
+    const opt = new Optimistic(c, sub, chat());
+    t.after(() => opt.destroy());
+    const p = opt.send({ text: 'hi' });
+    assert.deepEqual(opt.state, ['hi']); // at once
+    assert.equal(opt.pending[0].status, 'sending');
+    const r = await p;
+    await until(() => opt.pending.length === 0, 5000, 'the publication to confirm it');
+    assert.deepEqual(opt.state, ['hi']); // once, not twice
+    assert.deepEqual(opt.confirmed, ['hi']);
+    assert.equal(sub.position.offset, r.offset);
+
+    const rejected = next(opt, 'rejected');
+    const tooBig = opt.send({ text: 'y'.repeat(100) }); // > 64 bytes
+    assert.deepEqual(opt.state, ['hi', 'y'.repeat(100)]);
+    await assert.rejects(tooBig, (e) => e.code === 104);
+    const { item, error } = await rejected;
+    assert.equal(error.code, 104);
+    assert.equal(item.data.text, 'y'.repeat(100)); // the input, to give back
+    assert.deepEqual(opt.state, ['hi']); // rolled back
+    assert.equal(opt.pending[0].status, 'failed');
+    opt.dismiss(item.key);
+    assert.equal(opt.pending.length, 0);
+  });
+});
+
+describe('connection management', () => {
+  test('backoff: full jitter within [0, min(max, min·2^n)], reset after success', () => {
+    let r = 0.999999;
+    const b = new Backoff(100, 1000, () => r);
+    const caps = [];
+    for (let i = 0; i < 8; i++) {
+      caps.push(b.nextCap());
+      const d = b.next();
+      assert.ok(d >= 0 && d <= caps[i], `delay ${d} within [0, ${caps[i]}]`);
+    }
+    assert.deepEqual(caps, [100, 200, 400, 800, 1000, 1000, 1000, 1000]);
+    r = 0;
+    assert.equal(b.next(), 0); // the window starts at 0: full jitter
+    b.reset();
+    assert.equal(b.nextCap(), 100);
+    const real = new Backoff(500, 20_000);
+    for (let i = 0; i < 200; i++) {
+      const cap = real.nextCap();
+      const d = real.next();
+      assert.ok(d >= 0 && d <= cap && cap <= 20_000);
+    }
+    const bad = new Backoff(100, 1000, () => NaN);
+    assert.equal(bad.next(), 0);
+  });
+
+  test('getToken: called at connect, again after 106/3005, and to refresh before exp', { timeout: 30_000 }, async (t) => {
+    const calls = [];
+    let n = 0;
+    const c = client(t, server.addr, {
+      getToken: async () => {
+        n += 1;
+        calls.push(n);
+        // 1st: already expired (beyond the 5 s leeway); 2nd: 7 s to live;
+        // later: an hour.
+        if (n === 1) return token('erin', -60);
+        if (n === 2) return token('erin', 7);
+        return token('erin', 3600);
+      },
+    });
+    const errors = [];
+    c.on('error', (e) => errors.push(e.code));
+    const disconnects = [];
+    c.on('disconnected', (d) => disconnects.push(d.code));
+    c.connect();
+    await connected(c, 'websocket');
+    assert.equal(n, 2); // expired at connect → fetched again
+    // expires_in ≈ 7 → refresh at about 5.6 s, before the server would
+    // close with 3005 (7 s + 5 s leeway).
+    await until(() => n === 3, 15_000, 'the refresh');
+    // Still the same connection: no disconnect happened, and it is past exp.
+    await new Promise((r) => setTimeout(r, 500));
+    assert.equal(c.state, 'connected');
+    assert.deepEqual(disconnects, []);
+    assert.deepEqual(errors, []);
+  });
+
+  test('a terminal code (invalid token, 103 then 3501) stops reconnecting', { timeout: 20_000 }, async (t) => {
+    const c = client(t, server.addr, { token: mintToken('wrong-secret', { sub: 'mallory' }) });
+    const attempts = [];
+    c.on('state', (s) => { if (s.state === 'connecting') attempts.push(s.transport); });
+    const err = next(c, 'error');
+    c.connect();
+    const e = await err;
+    assert.equal(e.code, 103);
+    assert.equal(e.temporary, false);
+    await new Promise((r) => setTimeout(r, 1000));
+    assert.equal(c.state, 'disconnected');
+    assert.deepEqual(attempts, ['websocket']);
+  });
+
+  test('server shutdown (3001): the reconnect waits the delay_ms the server gave', { timeout: 40_000 }, async (t) => {
+    const own = await startTidings(CONFIG);
+    t.after(() => own.stop());
+    const c = client(t, own.addr);
+    c.subscribe(fresh());
+    c.connect();
+    await connected(c);
+    const disconnected = next(c, 'disconnected');
+    const reconnecting = next(c, 'reconnecting');
+    await own.stop();
+    const d = await disconnected;
+    assert.equal(d.code, 3001);
+    assert.equal(d.reconnect, true);
+    assert.equal(typeof d.delayMs, 'number');
+    const r = await reconnecting;
+    assert.equal(r.delay, d.delayMs);
+    c.disconnect();
+  });
+});
+
+describe('decoding', () => {
+  test('bad server input is dropped, never thrown', () => {
+    assert.deepEqual(decodeFrame('not json\n{"push":"ping"}\n[1,2]\n\n  \n{"id":1'), [{ push: 'ping' }]);
+    assert.equal(decodePublication({ channel: 'x' }), null); // no data
+    assert.equal(decodePublication(null), null);
+    assert.equal(decodePublication({ data: 1 }), null); // no channel
+    const p = decodePublication({ channel: 'c', data: 1, offset: -1, epoch: 5, info: 'x', tags: { a: 1, b: 'ok' } });
+    assert.deepEqual(p, { channel: 'c', data: 1, tags: { b: 'ok' } });
+    assert.deepEqual(decodePresenceMap({ a: { client: 'a', user: 'u' }, b: 7 }), { a: { client: 'a', user: 'u' } });
+    assert.equal(TidingsError.fromBody('garbage').code, ErrorCode.BadResponse);
+  });
+
+  test('position vector matches the protocol example', () => {
+    assert.equal(encodePositionVector([['news', { offset: 17, epoch: 'p0w3ne5z' }]]), 'AUvHvEZCearVEQ');
+    assert.equal(encodePositionVector([['eph', null]]), 'AQ');
+  });
+});
