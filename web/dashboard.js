@@ -1,0 +1,80 @@
+// The class dashboard: read-only, over Server-Sent Events only (no
+// WebSocket), anonymous (dev mode allows it). The same folds as the class
+// page, without optimistic parts.
+import {
+  LOBBY, POLL, POLL_OPTIONS, POLL_QUESTION, QA,
+  bindIndicator, chatFold, chatMessages, clock, esc, makeClient, pollFold, pollResults, qaFold, qaList, trackPresence,
+} from '/common.js';
+
+const $ = (id) => document.getElementById(id);
+const client = makeClient({ transports: ['sse'], outboxName: 'dashboard' });
+window.tidings = client;
+bindIndicator(client, $('conn'));
+$('poll-question').textContent = POLL_QUESTION;
+
+/** Folds a subscription's publications with `fold`; resets start over. */
+function folded(channel, fold, render) {
+  const sub = client.subscribe(channel, { since: 'start' });
+  let state = fold.initial();
+  const seen = new Set();
+  sub.on('publication', (p) => {
+    if (p.offset !== undefined) {
+      if (seen.has(p.offset)) return;
+      seen.add(p.offset);
+    }
+    state = fold.apply(state, p.data, p);
+    render(state);
+  });
+  sub.on('reset', async () => {
+    // The position was lost: reload what history retains.
+    state = fold.initial();
+    seen.clear();
+    try {
+      const h = await sub.history({ limit: 1000 });
+      for (const p of h.publications) {
+        if (p.offset !== undefined && !seen.has(p.offset)) {
+          seen.add(p.offset);
+          state = fold.apply(state, p.data, p);
+        }
+      }
+    } catch {
+      // Shown as empty until the next publication.
+    }
+    render(state);
+  });
+  render(state);
+  return sub;
+}
+
+const lobby = folded(LOBBY, chatFold(null), (s) => {
+  const msgs = chatMessages(s);
+  $('stat-messages').textContent = String(msgs.length);
+  $('feed').innerHTML = msgs.slice(-12).reverse()
+    .map((m) => `<li class="msg" data-testid="feed-message"><span class="who">${esc(m.name)}</span><span class="text">${esc(m.text)}</span><span class="meta"><time>${clock(m.time)}</time></span></li>`)
+    .join('') || '<li class="empty muted">Nothing said yet.</li>';
+});
+
+folded(QA, qaFold(null), (s) => {
+  const list = qaList(s);
+  $('stat-questions').textContent = String(list.length);
+  $('questions').innerHTML = list.slice(0, 8)
+    .map((q) => `<li data-testid="dash-question"><span class="vote voted readonly">▲<span>${q.votes}</span></span><div><div class="q-text">${esc(q.text)}</div><div class="muted">${esc(q.name)}</div></div></li>`)
+    .join('') || '<li class="empty muted">No questions yet.</li>';
+});
+
+folded(POLL, pollFold(null), (s) => {
+  const { counts, total } = pollResults(s);
+  $('stat-votes').textContent = String(total);
+  $('poll').innerHTML = POLL_OPTIONS.map((o) => {
+    const pct = total ? Math.round((counts[o.id] / total) * 100) : 0;
+    return `<div class="option"><span class="bar" style="width:${pct}%"></span><span class="o-label">${esc(o.label)}</span><span class="o-count" data-testid="dash-result-${o.id}">${counts[o.id]} · ${pct}%</span></div>`;
+  }).join('');
+});
+
+trackPresence(lobby, (users) => {
+  $('stat-people').textContent = String(users.size);
+  $('presence').innerHTML = [...users.values()].sort().map((n) => `<li>${esc(n)}</li>`).join('')
+    || '<li class="empty muted">Nobody yet.</li>';
+});
+
+client.connect();
