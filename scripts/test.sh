@@ -29,7 +29,22 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== rust tests"
 cargo test --workspace --locked
 
-echo "== node tests (eventsource package, Chromium)"
+echo "== browser SDK: build, typecheck, committed dist/ is fresh"
+(
+  cd sdk/js
+  npm ci --no-audit --no-fund --loglevel=error
+  npm run build
+  # The binary embeds sdk/js/dist and nothing is built at run time, so the
+  # committed build must be exactly what the sources compile to.
+  git diff --exit-code -- dist
+  if [ -n "$(git status --porcelain -- dist)" ]; then
+    echo "sdk/js/dist has files the build does not make, or misses some: run npm run build and commit" >&2
+    git status --porcelain -- dist >&2
+    exit 1
+  fi
+)
+
+echo "== node tests (eventsource package, the SDK, the demo in Chromium)"
 cargo build -p tidings --bins --locked
 (
   cd tests/node

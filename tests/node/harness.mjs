@@ -40,7 +40,8 @@ export async function startServer() {
     let buf = '';
     child.stderr.on('data', (chunk) => {
       buf += chunk;
-      const m = buf.match(/listening on http:\/\/(\S+)/);
+      // Wait for the whole address: a chunk may end in the middle of the port.
+      const m = buf.match(/listening on http:\/\/(\S+)\s/);
       if (m) {
         clearTimeout(timer);
         resolve(m[1]);
@@ -157,7 +158,8 @@ export async function startTidings(config) {
     let buf = '';
     child.stderr.on('data', (chunk) => {
       buf += chunk;
-      const m = buf.match(/listening on http:\/\/(\S+)/);
+      // Wait for the whole address: a chunk may end in the middle of the port.
+      const m = buf.match(/listening on http:\/\/(\S+)\s/);
       if (m) {
         clearTimeout(timer);
         resolve(m[1]);

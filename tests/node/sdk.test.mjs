@@ -524,9 +524,11 @@ describe('connection management', () => {
     const own = await startTidings(CONFIG);
     t.after(() => own.stop());
     const c = client(t, own.addr);
+    const log = [];
+    for (const ev of ['state', 'disconnected', 'reconnecting', 'error']) c.on(ev, (e) => log.push([ev, e]));
     c.subscribe(fresh());
     c.connect();
-    await connected(c);
+    await connected(c).catch((e) => { throw new Error(`${e.message}: ${JSON.stringify(log)}`); });
     const disconnected = next(c, 'disconnected');
     const reconnecting = next(c, 'reconnecting');
     await own.stop();
