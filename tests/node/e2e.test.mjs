@@ -109,6 +109,38 @@ test('two people chat; offline sends arrive once, in order, on both sides', { ti
     'nothing left pending at bob');
 });
 
+test('a message queued offline survives a page reload and is sent once after reconnecting', { timeout: 90_000 }, async (t) => {
+  const hana = await person(t, `Hana-${run}`);
+  const ivan = await person(t, `Ivan-${run}`);
+  // Cut Tidings off (the pages themselves still load): WebSocket upgrades
+  // are closed, SSE, long-poll and client actions fail.
+  let blocked = true;
+  await hana.context.routeWebSocket(/\/v1\/ws/, (ws) => (blocked ? ws.close() : ws.connectToServer()));
+  await hana.context.route(/\/v1\/(sse|poll|client)/, (r) => (blocked ? r.abort() : r.continue()));
+  await hana.context.setOffline(true);
+  await hana.page.locator('[data-testid=conn-state]:not([data-state=connected])').waitFor({ timeout: WAIT });
+  const text = `written offline, sent after a reload (${run})`;
+  await send(hana.page, text);
+  await hana.page.locator('[data-testid=message][data-status=sending]').waitFor({ timeout: WAIT });
+  await hana.context.setOffline(false);
+
+  await hana.page.reload();
+  // The page joins again by itself; the stored message is back, still waiting.
+  const pending = hana.page.locator('[data-testid=message][data-status=sending]').filter({ hasText: text });
+  await pending.waitFor({ timeout: WAIT });
+  assert.notEqual(await hana.page.getByTestId('conn-state').getAttribute('data-state'), 'connected');
+
+  blocked = false;
+  // The browser's `online` event makes the client try at once.
+  await hana.page.evaluate(() => window.dispatchEvent(new Event('online')));
+  await hana.page.locator('[data-testid=conn-state][data-state=connected]').waitFor({ timeout: WAIT });
+  const count = (p) => p.getByTestId('message-text').filter({ hasText: text }).count();
+  await eventually(ivan.page, count, 1, 'ivan sees it once');
+  await eventually(hana.page, count, 1, 'hana sees it once');
+  await eventually(hana.page, (p) => p.locator('[data-testid=message][data-status=sending]').count(), 0,
+    'nothing left pending at hana');
+});
+
 test('with /v1/ws refused, the SDK falls back to SSE and the chat works', { timeout: 60_000 }, async (t) => {
   const carol = await person(t, `Carol-${run}`, { blockWs: true });
   const dan = await person(t, `Dan-${run}`);
