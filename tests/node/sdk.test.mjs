@@ -506,6 +506,28 @@ describe('connection management', () => {
     assert.deepEqual(errors, []);
   });
 
+  test('over SSE the token is refreshed before exp, so publishing keeps working', { timeout: 30_000 }, async (t) => {
+    let n = 0;
+    const c = client(t, server.addr, {
+      transports: ['sse'],
+      getToken: async () => {
+        n += 1;
+        return token('faye', 7);
+      },
+    });
+    const sub = c.subscribe(fresh());
+    const ready = next(sub, 'subscribed');
+    c.connect();
+    await ready;
+    assert.equal(n, 1);
+    await until(() => n === 2, 15_000, 'the refresh ahead of exp');
+    // Past the first token's exp plus the server's 5 s leeway: only the
+    // refreshed token makes this publish pass.
+    await new Promise((r) => setTimeout(r, 7000));
+    const r = await sub.publish('still allowed');
+    assert.equal(typeof r.offset, 'number');
+  });
+
   test('a terminal code (invalid token, 103 then 3501) stops reconnecting', { timeout: 20_000 }, async (t) => {
     const c = client(t, server.addr, { token: mintToken('wrong-secret', { sub: 'mallory' }) });
     const attempts = [];

@@ -443,7 +443,10 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
         if (!answered.has(sub.channel) && sub.state === 'subscribing') void this.subscribeNow(sub, session);
       }
     }
-    if (r.expiresIn !== undefined) this.scheduleRefresh(r.expiresIn);
+    // WebSocket says when the token expires; over SSE and long-poll read it
+    // from the token, since their requests and actions need a live one.
+    const exp = r.expiresIn ?? (this.token ? secondsLeft(this.token) : null);
+    if (exp !== null) this.scheduleRefresh(exp);
     this.flush();
   }
 
@@ -662,7 +665,8 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     if (!this.getToken) return;
     // Refresh ahead of expiry: a fifth of the lifetime, at most a minute.
     const margin = Math.min(60, expiresIn / 5);
-    const ms = Math.max(1, expiresIn - margin) * 1000;
+    // setTimeout cannot wait more than 2^31-1 ms (about 24 days).
+    const ms = Math.min(2 ** 31 - 1, Math.max(1, expiresIn - margin) * 1000);
     this.refreshTimer = setTimeout(() => void this.refreshNow(), ms);
   }
 
@@ -756,6 +760,19 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
         this.inflight.delete(e.key);
         return false;
       }
+      if (te.code === ErrorCode.TokenExpired && this.getToken) {
+        // A client action over HTTP with a token that just expired: not the
+        // message's fault. Get a new token and send it again.
+        this.inflight.delete(e.key);
+        this.tokenStale = true;
+        try {
+          const token = await this.currentToken();
+          if (token && this.session === s) await s.refresh(token);
+        } catch {
+          // Retried after the pause of the HTTP flush loop.
+        }
+        return false;
+      }
       this.settle(e, null, te);
       return true;
     }
@@ -805,6 +822,12 @@ export function jwtExp(token: string): number | null {
   } catch {
     return null;
   }
+}
+
+/** Seconds until the token's `exp`, or null when it has none. */
+function secondsLeft(token: string): number | null {
+  const exp = jwtExp(token);
+  return exp === null ? null : Math.max(1, exp - Date.now() / 1000);
 }
 
 function expiresWithin(token: string, seconds: number): boolean {
