@@ -148,6 +148,7 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
     clientId: string | null;
     /** The user id the server gave (WebSocket), if any. */
     user: string | null;
+    /** Creates a client; nothing happens on the network until {@link connect}. */
     constructor(opts?: ClientOptions);
     /** The connection state. */
     get state(): ConnectionState;

@@ -19,6 +19,7 @@ import { WsSession } from './transport_ws.js';
 export const VERSION = '0.1.0';
 /** The Tidings client. */
 export class TidingsClient extends Emitter {
+    /** Creates a client; nothing happens on the network until {@link connect}. */
     constructor(opts = {}) {
         super();
         this._state = 'disconnected';

@@ -32,8 +32,11 @@ export interface OutboxStore {
 /** Keeps entries in memory: nothing survives the process (Node, tests). */
 export declare class MemoryOutboxStore implements OutboxStore {
     private readonly entries;
+    /** Every stored entry (copies). */
     load(): Promise<OutboxEntry[]>;
+    /** Stores a copy of `entry`. */
     put(entry: OutboxEntry): Promise<void>;
+    /** Removes the entry with `key`. */
     delete(key: string): Promise<void>;
     /** The number of stored entries. */
     get size(): number;
@@ -49,8 +52,11 @@ export declare class IndexedDbOutboxStore implements OutboxStore {
     constructor(name: string);
     private open;
     private tx;
+    /** Every stored entry; malformed records are skipped. */
     load(): Promise<OutboxEntry[]>;
+    /** Stores `entry`, resolving once the transaction is committed. */
     put(entry: OutboxEntry): Promise<void>;
+    /** Removes the entry with `key`. */
     delete(key: string): Promise<void>;
 }
 /** IndexedDB where the platform has it, otherwise memory. */

@@ -10,12 +10,15 @@ export class MemoryOutboxStore {
     constructor() {
         this.entries = new Map();
     }
+    /** Every stored entry (copies). */
     async load() {
         return [...this.entries.values()].map((e) => ({ ...e }));
     }
+    /** Stores a copy of `entry`. */
     async put(entry) {
         this.entries.set(entry.key, { ...entry });
     }
+    /** Removes the entry with `key`. */
     async delete(key) {
         this.entries.delete(key);
     }
@@ -62,13 +65,16 @@ export class IndexedDbOutboxStore {
             t.onabort = () => reject(t.error);
         });
     }
+    /** Every stored entry; malformed records are skipped. */
     async load() {
         const all = await this.tx('readonly', (s) => s.getAll());
         return all.filter((e) => e && typeof e.key === 'string' && typeof e.channel === 'string');
     }
+    /** Stores `entry`, resolving once the transaction is committed. */
     async put(entry) {
         await this.tx('readwrite', (s) => s.put(entry));
     }
+    /** Removes the entry with `key`. */
     async delete(key) {
         await this.tx('readwrite', (s) => s.delete(key));
     }

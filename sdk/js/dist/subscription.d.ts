@@ -88,9 +88,13 @@ export interface HistoryResult {
 }
 /** What a subscription needs from its client. */
 export interface SubscriptionHost {
+    /** Publish into a channel (see `TidingsClient.publish`). */
     publish(channel: string, data: unknown, opts?: PublishOptions): Promise<PublishResult>;
+    /** Read a channel's history. */
     history(channel: string, opts?: HistoryOptions): Promise<HistoryResult>;
+    /** Read a channel's presence. */
     presence(channel: string): Promise<Record<string, PresenceEntry>>;
+    /** Count a channel's connections and users. */
     presenceStats(channel: string): Promise<{
         clients: number;
         users: number;

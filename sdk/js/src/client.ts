@@ -176,6 +176,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   /** The user id the server gave (WebSocket), if any. */
   user: string | null = null;
 
+  /** Creates a client; nothing happens on the network until {@link connect}. */
   constructor(opts: ClientOptions = {}) {
     super();
     const loc = (globalThis as { location?: Location }).location;

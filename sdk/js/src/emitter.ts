@@ -1,5 +1,5 @@
 /** A small typed event emitter; listeners that throw never break the SDK. */
-// eslint-disable-next-line @typescript-eslint/no-explicit-any
+/** A listener of events of type `T`. */
 export type Listener<T> = (event: T) => void;
 
 /** Event emitter keyed by event name; `Events` maps names to payload types. */

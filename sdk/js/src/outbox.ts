@@ -36,14 +36,17 @@ export interface OutboxStore {
 export class MemoryOutboxStore implements OutboxStore {
   private readonly entries = new Map<string, OutboxEntry>();
 
+  /** Every stored entry (copies). */
   async load(): Promise<OutboxEntry[]> {
     return [...this.entries.values()].map((e) => ({ ...e }));
   }
 
+  /** Stores a copy of `entry`. */
   async put(entry: OutboxEntry): Promise<void> {
     this.entries.set(entry.key, { ...entry });
   }
 
+  /** Removes the entry with `key`. */
   async delete(key: string): Promise<void> {
     this.entries.delete(key);
   }
@@ -94,15 +97,18 @@ export class IndexedDbOutboxStore implements OutboxStore {
     });
   }
 
+  /** Every stored entry; malformed records are skipped. */
   async load(): Promise<OutboxEntry[]> {
     const all = await this.tx('readonly', (s) => s.getAll());
     return (all as OutboxEntry[]).filter((e) => e && typeof e.key === 'string' && typeof e.channel === 'string');
   }
 
+  /** Stores `entry`, resolving once the transaction is committed. */
   async put(entry: OutboxEntry): Promise<void> {
     await this.tx('readwrite', (s) => s.put(entry));
   }
 
+  /** Removes the entry with `key`. */
   async delete(key: string): Promise<void> {
     await this.tx('readwrite', (s) => s.delete(key));
   }
