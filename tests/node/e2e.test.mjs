@@ -35,7 +35,7 @@ after(async () => {
 });
 
 /** A person in their own browser context (own storage), joined to the class. */
-async function person(t, name, { blockWs = false } = {}) {
+async function person(t, name, { blockWs = false, connected = true, setup = null } = {}) {
   const context = await browser.newContext({ viewport: { width: 1280, height: 860 } });
   t.after(() => context.close());
   if (blockWs) {
@@ -43,6 +43,7 @@ async function person(t, name, { blockWs = false } = {}) {
     // before the server ever sees it.
     await context.routeWebSocket(/\/v1\/ws/, (ws) => ws.close());
   }
+  if (setup) await setup(context);
   const page = await context.newPage();
   const errors = [];
   page.on('pageerror', (e) => errors.push(e.message));
@@ -50,7 +51,8 @@ async function person(t, name, { blockWs = false } = {}) {
   await page.goto(`${base}/`);
   await page.getByTestId('join-name').fill(name);
   await page.getByTestId('join-button').click();
-  await page.locator('[data-testid=conn-state][data-state=connected]').waitFor({ timeout: WAIT });
+  if (connected) await page.locator('[data-testid=conn-state][data-state=connected]').waitFor({ timeout: WAIT });
+  else await page.getByTestId('composer-input').waitFor({ timeout: WAIT });
   return { context, page, name };
 }
 
@@ -71,6 +73,22 @@ async function eventually(page, fn, want, what) {
     }
     await page.waitForTimeout(100);
   }
+}
+
+/** How many entries the SDK's IndexedDB outbox of `user` holds. */
+function storedEntries(page, user) {
+  return page.evaluate((name) => new Promise((resolve) => {
+    // Same version and schema as the SDK, so this never creates a store-less database.
+    const req = indexedDB.open(`tidings-outbox:${name}`, 1);
+    req.onupgradeneeded = () => req.result.createObjectStore('entries', { keyPath: 'key' });
+    req.onerror = () => resolve(-1);
+    req.onsuccess = () => {
+      const db = req.result;
+      const count = db.transaction('entries', 'readonly').objectStore('entries').count();
+      count.onsuccess = () => { db.close(); resolve(count.result); };
+      count.onerror = () => { db.close(); resolve(-1); };
+    };
+  }), user);
 }
 
 async function send(page, text) {
@@ -110,31 +128,37 @@ test('two people chat; offline sends arrive once, in order, on both sides', { ti
 });
 
 test('a message queued offline survives a page reload and is sent once after reconnecting', { timeout: 90_000 }, async (t) => {
-  const hana = await person(t, `Hana-${run}`);
   const ivan = await person(t, `Ivan-${run}`);
-  // Cut Tidings off (the pages themselves still load): WebSocket upgrades
-  // are closed, SSE, long-poll and client actions fail.
+  // Hana's browser cannot reach Tidings (the pages themselves still load):
+  // WebSocket upgrades are closed, SSE, long-poll and client actions fail.
   let blocked = true;
-  await hana.context.routeWebSocket(/\/v1\/ws/, (ws) => (blocked ? ws.close() : ws.connectToServer()));
-  await hana.context.route(/\/v1\/(sse|poll|client)/, (r) => (blocked ? r.abort() : r.continue()));
-  await hana.context.setOffline(true);
-  await hana.page.locator('[data-testid=conn-state]:not([data-state=connected])').waitFor({ timeout: WAIT });
+  const hana = await person(t, `Hana-${run}`, {
+    connected: false,
+    setup: async (context) => {
+      await context.routeWebSocket(/\/v1\/ws/, (ws) => (blocked ? ws.close() : ws.connectToServer()));
+      await context.route(/\/v1\/(sse|poll|client)/, (r) => (blocked ? r.abort() : r.continue()));
+    },
+  });
+  await hana.page.locator('[data-testid=conn-state][data-state=disconnected]').waitFor({ timeout: WAIT });
   const text = `written offline, sent after a reload (${run})`;
   await send(hana.page, text);
   await hana.page.locator('[data-testid=message][data-status=sending]').waitFor({ timeout: WAIT });
-  await hana.context.setOffline(false);
+  // Stored happens a moment after shown: wait for the IndexedDB write, as a
+  // reload within those milliseconds would lose it.
+  await eventually(hana.page, (p) => storedEntries(p, hana.name.toLowerCase()), 1, 'the entry stored in IndexedDB');
 
   await hana.page.reload();
   // The page joins again by itself; the stored message is back, still waiting.
   const pending = hana.page.locator('[data-testid=message][data-status=sending]').filter({ hasText: text });
   await pending.waitFor({ timeout: WAIT });
   assert.notEqual(await hana.page.getByTestId('conn-state').getAttribute('data-state'), 'connected');
+  const count = (p) => p.getByTestId('message-text').filter({ hasText: text }).count();
+  assert.equal(await count(ivan.page), 0);
 
   blocked = false;
   // The browser's `online` event makes the client try at once.
   await hana.page.evaluate(() => window.dispatchEvent(new Event('online')));
   await hana.page.locator('[data-testid=conn-state][data-state=connected]').waitFor({ timeout: WAIT });
-  const count = (p) => p.getByTestId('message-text').filter({ hasText: text }).count();
   await eventually(ivan.page, count, 1, 'ivan sees it once');
   await eventually(hana.page, count, 1, 'hana sees it once');
   await eventually(hana.page, (p) => p.locator('[data-testid=message][data-status=sending]').count(), 0,
