@@ -73,6 +73,8 @@ pub struct Step {
     pub server_rss_kib: u64,
     /// The bench's own CPU, percent of one core (near 100 × its cores: the bench is the limit).
     pub bench_cpu_percent: f64,
+    /// Publications the publishers could not send within the step.
+    pub unsent: u64,
     /// Publishes refused or failed.
     pub publish_errors: u64,
     /// The first failure.
@@ -183,8 +185,9 @@ impl fmt::Display for Report {
         if !self.steps.is_empty() {
             writeln!(
                 out,
-                "{:>7} {:>9} {:>11} {:>8} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}",
+                "{:>7} {:>9} {:>9} {:>11} {:>8} {:>5} {:>8} {:>8} {:>8} {:>8} {:>8} {:>10} {:>9}",
                 "rate/s",
+                "pub/s",
                 "published",
                 "delivered/s",
                 "lost",
@@ -200,8 +203,9 @@ impl fmt::Display for Report {
             for s in &self.steps {
                 writeln!(
                     out,
-                    "{:>7} {:>9} {:>11.0} {:>8} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10.2} {:>9.0}",
+                    "{:>7} {:>9.0} {:>9} {:>11.0} {:>8} {:>5} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>8.2} {:>10.2} {:>9.0}",
                     s.rate,
+                    s.publish_rate,
                     s.published,
                     s.delivered_per_second,
                     s.lost,
@@ -217,7 +221,7 @@ impl fmt::Display for Report {
             }
             writeln!(
                 out,
-                "(server µs = server CPU per delivery; bench % = the bench's CPU, of one core)"
+                "(pub/s = publications accepted per second; server µs = server CPU per delivery; bench % = the bench's CPU, of one core)"
             )?;
         }
         if let Some(l) = &self.limit {

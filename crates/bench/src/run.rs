@@ -146,8 +146,9 @@ pub async fn run(mut scenario: Scenario, opts: Options) -> Result<Report, BenchE
             let over = s.latency.p99 > p.stop_p99_ms;
             let lost = s.lost > 0 && p.stop_on_loss;
             let failed = s.publish_errors > 0;
+            let behind = s.unsent > 0;
             steps.push(s);
-            if over || lost || failed {
+            if over || lost || failed || behind {
                 let s = steps.last().expect("just pushed");
                 limit = Some(format!(
                     "at {rate}/s: {}",
@@ -158,6 +159,10 @@ pub async fn run(mut scenario: Scenario, opts: Options) -> Result<Report, BenchE
                             "{} publishes failed: {}",
                             s.publish_errors,
                             s.first_error.clone().unwrap_or_default()
+                        )),
+                        behind.then(|| format!(
+                            "the publishers fell behind: {} not sent in time (acknowledgements too slow for {} workers)",
+                            s.unsent, p.workers
                         )),
                     ]
                     .into_iter()
@@ -328,11 +333,16 @@ async fn step(
     let acked: Arc<Vec<AtomicU64>> = Arc::new((0..channels).map(|_| AtomicU64::new(0)).collect());
     let errors = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(Mutex::new(None::<String>));
-    // API publishing: each channel always through the same worker, in order.
+    // API publishing: concurrent workers, each awaiting its acknowledgements.
+    // What they have not sent when the step ends is dropped and counted: a
+    // publisher that cannot keep up must not stretch the step.
+    let unsent = Arc::new(AtomicU64::new(0));
+    // A little grace: the last publications fall due at the very end.
+    let step_end = tokio::time::Instant::now() + p.step + p.step / 10 + Duration::from_millis(500);
     let mut queues = Vec::new();
     let mut workers = Vec::new();
     if p.via == Via::Api {
-        for _ in 0..p.workers.min(channels) {
+        for _ in 0..p.workers {
             let (tx, mut rx) = mpsc::unbounded_channel::<(u32, u64)>();
             let (publisher, acked, errors, first_error) = (
                 publisher.clone(),
@@ -341,9 +351,14 @@ async fn step(
                 first_error.clone(),
             );
             let size = p.payload;
+            let unsent = unsent.clone();
             queues.push(tx);
             workers.push(tokio::spawn(async move {
                 while let Some((c, seq)) = rx.recv().await {
+                    if tokio::time::Instant::now() > step_end {
+                        unsent.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
                     let data = payload::make(c, seq, payload::now_us(), size);
                     match publisher.publish(c, &data).await {
                         Ok(()) => {
@@ -373,7 +388,7 @@ async fn step(
             sent += 1;
             match p.via {
                 Via::Api => {
-                    let _ = queues[c % queues.len()].send((c as u32, seqs[c]));
+                    let _ = queues[sent as usize % queues.len()].send((c as u32, seqs[c]));
                 }
                 Via::Client => {
                     let data = payload::make(c as u32, seqs[c], payload::now_us(), p.payload);
@@ -446,6 +461,7 @@ async fn step(
         server_rss_kib: server1.rss_kib,
         bench_cpu_percent: (me1.cpu_s - me0.cpu_s) * 100.0 / wall.as_secs_f64().max(0.001),
         publish_errors: errors.load(Ordering::Relaxed),
+        unsent: unsent.load(Ordering::Relaxed),
         first_error: first_error.lock().clone(),
     }
 }

@@ -135,8 +135,8 @@ pub struct Publish {
     pub payload: usize,
     /// Through the server's HTTP API, or from subscribed clients (Tidings).
     pub via: Via,
-    /// Concurrent publishers; each channel always goes through the same one,
-    /// so a channel's publications are sent in order.
+    /// Concurrent API publishers, each awaiting its acknowledgement; with
+    /// more than one, a channel's publications may be accepted out of order.
     pub workers: usize,
     /// Stop stepping up once p99 passes this (milliseconds)…
     pub stop_p99_ms: f64,
