@@ -200,16 +200,16 @@ where
                     session.disconnect(DisconnectCode::TOKEN_EXPIRED);
                 }
             }
-            c = control.recv() => session.handle_control(c).await,
+            c = control.recv() => Box::pin(session.handle_control(c)).await,
             _ = sleep_until(next_renew) => {
-                session.renew_presence().await;
+                Box::pin(session.renew_presence()).await;
                 next_renew = Instant::now() + renew_every;
             }
             _ = outbox.closing() => {}
             _ = &mut writer => break,
         }
     }
-    session.end().await;
+    Box::pin(session.end()).await;
     // Let the writer send what is queued (a disconnect, replies) before the
     // socket goes, but not forever: a peer that stopped reading is dropped.
     if !writer.is_finished() {
