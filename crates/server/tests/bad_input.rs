@@ -782,7 +782,10 @@ async fn slow_consumer_scenario() -> SlowOutcome {
     let mut healthy = Raw::connect(&server, None).await;
     subscribe(&mut healthy, SLOW_CHANNEL).await;
 
-    // The healthy subscriber reads until the end marker.
+    // The healthy subscriber reads until the end marker, and tells the
+    // publisher how far it got: "healthy" means keeping up, which a loaded
+    // test machine must not be able to take away by starving its task.
+    let (read_tx, mut read_rx) = tokio::sync::watch::channel(0u64);
     let healthy_task = tokio::spawn(async move {
         let mut offsets = Vec::new();
         loop {
@@ -792,6 +795,7 @@ async fn slow_consumer_scenario() -> SlowOutcome {
                 "the healthy subscriber only gets publications: {m}"
             );
             offsets.push(m["offset"].as_u64().unwrap());
+            read_tx.send_replace(offsets.len() as u64);
             if m["data"] == "end" {
                 return (healthy, offsets);
             }
@@ -809,6 +813,14 @@ async fn slow_consumer_scenario() -> SlowOutcome {
     let mut slow = Some(slow);
     let mut slow_reader = None;
     while published < MAX_PUBS {
+        // At most two batches (32 KiB) ahead of the healthy reader: half its outbox.
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            read_rx.wait_for(|&read| read + 2 * BATCH >= published),
+        )
+        .await
+        .expect("the healthy subscriber keeps reading")
+        .expect("the healthy subscriber is alive");
         let mut ids = Vec::new();
         for _ in 0..BATCH {
             published += 1;
