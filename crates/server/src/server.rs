@@ -96,13 +96,10 @@ impl Server {
         }
         let (tokens, api_keys) = secrets(&config, dev.as_ref()).map_err(ServerError::Unsafe)?;
 
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| ServerError::Bind {
-                    addr: config.listen,
-                    source,
-                })?;
+        let listener = listen(config.listen).map_err(|source| ServerError::Bind {
+            addr: config.listen,
+            source,
+        })?;
         let addr = listener.local_addr().map_err(|source| ServerError::Bind {
             addr: config.listen,
             source,
@@ -286,6 +283,23 @@ impl Server {
         let engine = self.engine.clone();
         let _ = tokio::task::spawn_blocking(move || engine.close()).await;
     }
+}
+
+/// Pending connections the kernel may queue before the accept loop takes
+/// them (capped by `net.core.somaxconn`). tokio's default, 1024, overflows in
+/// a reconnect storm, and each dropped SYN costs its client a 1 s, then 3 s
+/// retransmit.
+const LISTEN_BACKLOG: u32 = 4096;
+
+fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// The token verifier and API keys of `config` (and dev mode's generated ones).

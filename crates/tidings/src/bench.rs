@@ -34,8 +34,13 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: BenchArgs) -> anyhow::Result
     if let Some(n) = args.connections {
         scenario.connections = n;
     }
-    if let (Some(rates), Some(p)) = (args.rates, scenario.publish.as_mut()) {
-        p.rates = rates;
+    if let Some(p) = scenario.publish.as_mut() {
+        if let Some(rates) = args.rates {
+            p.rates = rates;
+        }
+        if let Some(ms) = args.stop_p99_ms {
+            p.stop_p99_ms = ms;
+        }
     }
     if let Some(t) = args.target {
         scenario.target = match t.as_str() {

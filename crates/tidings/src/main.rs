@@ -146,6 +146,9 @@ struct BenchArgs {
     /// Override the scenario's publish rates (comma-separated).
     #[arg(long, value_delimiter = ',')]
     rates: Option<Vec<u32>>,
+    /// Override the p99 (ms) above which publish steps stop.
+    #[arg(long)]
+    stop_p99_ms: Option<f64>,
     /// Override the scenario's target (tidings, pusher, socketio).
     #[arg(long)]
     target: Option<String>,
