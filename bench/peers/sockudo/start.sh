@@ -9,7 +9,8 @@
 #      CPU (core list for taskset, "0"), RUST_LOG (warn),
 #      RUN_DIR (/tmp/tidings-bench/sockudo: pid and log files live there).
 # Prints "PID=<n>" on its last line once GET /up/bench-app answers 200; the pid
-# is also in $RUN_DIR/sockudo.pid. Stop with: kill "$(cat $RUN_DIR/sockudo.pid)".
+# is also in $RUN_DIR/sockudo.pid. Stop with: kill "$(cat $RUN_DIR/sockudo.pid)"
+# (SIGTERM: it drains for shutdown_grace_period, 1 s in config.toml, then exits).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -56,12 +57,16 @@ for _ in $(seq 1 200); do
   fi
   if ! kill -0 "$PID" 2>/dev/null; then
     echo "sockudo exited during startup; log follows:" >&2
-    cat "$LOG_FILE" >&2
+    tail -n 40 "$LOG_FILE" >&2
+    rm -f "$PID_FILE"
     exit 1
   fi
   sleep 0.1
 done
-echo "sockudo did not answer /up/bench-app within 20 s (pid $PID, log $LOG_FILE);" \
-  "is the config valid? stopping it" >&2
+echo "sockudo did not answer /up/bench-app within 20 s (pid $PID, log $LOG_FILE):" \
+  "the config was probably not loaded (TOML error, or an unset dollar-brace reference);" \
+  "stopping it. Last log lines:" >&2
+tail -n 5 "$LOG_FILE" >&2
 kill "$PID" 2>/dev/null || true
+rm -f "$PID_FILE"
 exit 1
