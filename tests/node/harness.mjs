@@ -52,6 +52,11 @@ export async function startServer() {
   return {
     addr,
     stop: () => new Promise((resolve) => {
+      // Already gone: 'exit' will not come again.
+      if (child.exitCode !== null || child.signalCode !== null) {
+        resolve();
+        return;
+      }
       child.on('exit', resolve);
       child.kill('SIGTERM');
     }),
@@ -184,18 +189,22 @@ export async function startTidings(config) {
  * A TCP proxy to `target` with switches: `blockAll` refuses new connections,
  * `blockWs` answers WebSocket upgrades on /v1/ws with 403 (as a proxy that
  * does not allow WebSockets would) and forwards the rest, `mute` drops what
- * the server sends (a lost acknowledgement), `cut()` destroys every open
- * connection.
+ * the server sends (a lost acknowledgement), `hold` keeps what the server
+ * sends until `release()` (a slow network), `cut()` destroys every open
+ * connection. `accepted` counts the connections taken.
  */
 export async function startSwitchProxy(target) {
   const [host, port] = target.split(':');
   const open = new Set();
-  const flags = { blockAll: false, blockWs: false, mute: false };
+  const flags = { blockAll: false, blockWs: false, mute: false, hold: false };
+  const held = [];
+  let accepted = 0;
   const server = net.createServer((client) => {
     if (flags.blockAll) {
       client.destroy();
       return;
     }
+    accepted += 1;
     const upstream = net.connect(Number(port), host);
     open.add(client);
     open.add(upstream);
@@ -208,7 +217,9 @@ export async function startSwitchProxy(target) {
       upstream.write(chunk);
     });
     upstream.on('data', (chunk) => {
-      if (!flags.mute) client.write(chunk);
+      if (flags.mute) return;
+      if (flags.hold) held.push(() => client.write(chunk));
+      else client.write(chunk);
     });
     const done = () => {
       open.delete(client);
@@ -225,6 +236,14 @@ export async function startSwitchProxy(target) {
   return {
     addr: `127.0.0.1:${server.address().port}`,
     flags,
+    get accepted() {
+      return accepted;
+    },
+    /** Ends `hold`: delivers what was held, in order. */
+    release: () => {
+      flags.hold = false;
+      for (const write of held.splice(0)) write();
+    },
     cut: () => {
       const n = open.size;
       for (const s of open) s.destroy();
@@ -255,4 +274,35 @@ export async function apiPublish(addr, channel, data, key = API_KEY) {
   });
   if (!res.ok) throw new Error(`publish failed: ${res.status} ${await res.text()}`);
   return res.json();
+}
+
+/**
+ * A TCP server that accepts connections, reads what comes and never answers
+ * (a proxy that holds a WebSocket upgrade forever). `requests` counts the
+ * connections that sent something.
+ */
+export async function startSilentServer() {
+  const open = new Set();
+  let requests = 0;
+  const server = net.createServer((sock) => {
+    open.add(sock);
+    let counted = false;
+    sock.on('data', () => {
+      if (!counted) requests += 1;
+      counted = true;
+    });
+    sock.on('error', () => undefined);
+    sock.on('close', () => open.delete(sock));
+  });
+  await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
+  return {
+    addr: `127.0.0.1:${server.address().port}`,
+    get requests() {
+      return requests;
+    },
+    close: () => new Promise((resolve) => {
+      for (const s of open) s.destroy();
+      server.close(resolve);
+    }),
+  };
 }

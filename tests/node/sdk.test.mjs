@@ -8,7 +8,9 @@ import {
   Backoff, ErrorCode, MemoryOutboxStore, Optimistic, TidingsClient, TidingsError, encodePositionVector,
 } from '../../sdk/js/dist/index.js';
 import { decodeFrame, decodePublication, decodePresenceMap } from '../../sdk/js/dist/codec.js';
-import { API_KEY, apiPublish, mintToken, startSwitchProxy, startTidings, until } from './harness.mjs';
+import {
+  API_KEY, apiPublish, mintToken, startSilentServer, startSwitchProxy, startTidings, until,
+} from './harness.mjs';
 
 const SECRET = 'sdk-test-secret';
 const CONFIG = `listen = "127.0.0.1:0"
@@ -88,6 +90,72 @@ function collect(sub) {
   sub.on('reset', (r) => got.resets.push(r));
   sub.on('subscribed', (s) => got.subscribed.push(s));
   return got;
+}
+
+/** Resolves with `p`, or rejects once `ms` passed without an answer. */
+function within(p, ms, what) {
+  let timer;
+  const timeout = new Promise((_, reject) => {
+    timer = setTimeout(() => reject(new Error(`timed out waiting for ${what}`)), ms);
+  });
+  return Promise.race([p, timeout]).finally(() => clearTimeout(timer));
+}
+
+/** The `exp` claim of a JWT. */
+const expOf = (jwt) => JSON.parse(Buffer.from(jwt.split('.')[1], 'base64url').toString()).exp;
+
+/**
+ * The `ws` WebSocket with faults injected on the client side of a real
+ * connection: `refuseSubscribe` answers the first `subscribe` command to a
+ * channel itself with an error (the server never sees it), `dropReply` drops
+ * the server's answer to the first `publish` command.
+ */
+function faultyWebSocket({ refuseSubscribe = null, dropReply = false } = {}) {
+  const state = { refused: 0, dropped: 0 };
+  class Faulty extends WebSocket {
+    constructor(...args) {
+      super(...args);
+      this.dropId = null;
+    }
+
+    send(data) {
+      const msg = JSON.parse(data);
+      if (refuseSubscribe && msg.op === 'subscribe' && msg.channel === refuseSubscribe.channel && state.refused === 0) {
+        state.refused += 1;
+        const reply = JSON.stringify({ id: msg.id, error: refuseSubscribe.error });
+        setImmediate(() => this.onmessage?.({ data: reply }));
+        return;
+      }
+      if (dropReply && msg.op === 'publish' && state.dropped === 0 && this.dropId === null) this.dropId = msg.id;
+      super.send(data);
+    }
+
+    get onmessage() {
+      return this.appOnMessage ?? null;
+    }
+
+    set onmessage(fn) {
+      this.appOnMessage = fn;
+      super.onmessage = fn && ((ev) => {
+        if (this.dropId === null || typeof ev.data !== 'string') return fn(ev);
+        const lines = ev.data.split('\n').filter((line) => {
+          try {
+            const m = JSON.parse(line);
+            if (m.id === this.dropId && m.push === undefined) {
+              state.dropped += 1;
+              this.dropId = null;
+              return false;
+            }
+          } catch {
+            // not JSON: keep
+          }
+          return true;
+        });
+        if (lines.length) fn({ data: lines.join('\n') });
+      });
+    }
+  }
+  return { WebSocket: Faulty, state };
 }
 
 const connected = (c, transport) =>
@@ -448,6 +516,30 @@ describe('optimistic', () => {
     opt.dismiss(item.key);
     assert.equal(opt.pending.length, 0);
   });
+
+  test('without an outbox (outbox: false) a refused send still rolls back, an accepted one confirms', { timeout: 20_000 }, async (t) => {
+    const c = client(t, server.addr, { outbox: false });
+    const sub = c.subscribe(fresh('small'));
+    const ready = next(sub, 'subscribed');
+    c.connect();
+    await ready;
+    const opt = new Optimistic(c, sub, chat());
+    t.after(() => opt.destroy());
+    const r = await opt.send({ text: 'hi' });
+    assert.equal(typeof r.offset, 'number');
+    await until(() => opt.pending.length === 0, 5000, 'the publication to confirm it');
+    assert.deepEqual(opt.state, ['hi']);
+
+    const rejected = next(opt, 'rejected', () => true, 5000);
+    const tooBig = opt.send({ text: 'z'.repeat(100) }); // > 64 bytes: 104
+    await assert.rejects(tooBig, (e) => e.code === 104);
+    const { item, error } = await rejected;
+    assert.equal(error.code, 104);
+    assert.equal(item.data.text, 'z'.repeat(100));
+    assert.deepEqual(opt.state, ['hi']); // rolled back
+    assert.equal(opt.pending.length, 1);
+    assert.equal(opt.pending[0].status, 'failed');
+  });
 });
 
 describe('connection management', () => {
@@ -475,17 +567,20 @@ describe('connection management', () => {
     assert.equal(bad.next(), 0);
   });
 
-  test('getToken: called at connect, again after 106/3005, and to refresh before exp', { timeout: 30_000 }, async (t) => {
-    const calls = [];
+  test('getToken: called at connect, again after 106/3005, and to refresh before exp', { timeout: 40_000 }, async (t) => {
     let n = 0;
+    let exp2 = 0;
     const c = client(t, server.addr, {
       getToken: async () => {
         n += 1;
-        calls.push(n);
         // 1st: already expired (beyond the 5 s leeway); 2nd: 7 s to live;
         // later: an hour.
         if (n === 1) return token('erin', -60);
-        if (n === 2) return token('erin', 7);
+        if (n === 2) {
+          const tk = token('erin', 7);
+          exp2 = expOf(tk);
+          return tk;
+        }
         return token('erin', 3600);
       },
     });
@@ -499,22 +594,32 @@ describe('connection management', () => {
     // expires_in ≈ 7 → refresh at about 5.6 s, before the server would
     // close with 3005 (7 s + 5 s leeway).
     await until(() => n === 3, 15_000, 'the refresh');
-    // Still the same connection: no disconnect happened, and it is past exp.
-    await new Promise((r) => setTimeout(r, 500));
+    // Past the second token's exp plus the server's 5 s leeway (and its
+    // one-second rounding): had the refresh not reached the server, it would
+    // have closed the connection with 3005 by now.
+    await until(() => Date.now() / 1000 > exp2 + 5 + 1.5, 20_000, 'exp + leeway to pass');
     assert.equal(c.state, 'connected');
     assert.deepEqual(disconnects, []);
     assert.deepEqual(errors, []);
+    assert.equal(n, 3);
   });
 
   test('over SSE the token is refreshed before exp, so publishing keeps working', { timeout: 30_000 }, async (t) => {
     let n = 0;
+    let exp1 = 0;
     const c = client(t, server.addr, {
       transports: ['sse'],
       getToken: async () => {
         n += 1;
-        return token('faye', 7);
+        // The first lives 7 s; the refreshed one an hour (so no second
+        // refresh comes within the test).
+        const tk = token('faye', n === 1 ? 7 : 3600);
+        if (n === 1) exp1 = expOf(tk);
+        return tk;
       },
     });
+    const errors = [];
+    c.on('error', (e) => errors.push(e.code));
     const sub = c.subscribe(fresh());
     const ready = next(sub, 'subscribed');
     c.connect();
@@ -523,9 +628,13 @@ describe('connection management', () => {
     await until(() => n === 2, 15_000, 'the refresh ahead of exp');
     // Past the first token's exp plus the server's 5 s leeway: only the
     // refreshed token makes this publish pass.
-    await new Promise((r) => setTimeout(r, 7000));
+    await until(() => Date.now() / 1000 > exp1 + 5 + 1.5, 20_000, 'exp + leeway to pass');
     const r = await sub.publish('still allowed');
     assert.equal(typeof r.offset, 'number');
+    // Accepted at once: a 106 would have made the outbox fetch a third token
+    // and send it again, hiding a refresh that did not take.
+    assert.equal(n, 2);
+    assert.deepEqual(errors, []);
   });
 
   test('a terminal code (invalid token, 103 then 3501) stops reconnecting', { timeout: 20_000 }, async (t) => {
@@ -561,6 +670,284 @@ describe('connection management', () => {
     const r = await reconnecting;
     assert.equal(r.delay, d.delayMs);
     c.disconnect();
+  });
+});
+
+describe('ordering: subscribe before publish', () => {
+  test('a publish right after subscribe() on an open WebSocket is not refused (subscribe goes first)', { timeout: 30_000 }, async (t) => {
+    const c = client(t, server.addr);
+    c.connect();
+    await connected(c, 'websocket');
+    // The default namespace: client_publish = "subscribers".
+    const sub = c.subscribe(fresh());
+    const got = collect(sub);
+    const r = await sub.publish('hi');
+    assert.equal(typeof r.offset, 'number');
+    await until(() => got.pubs.length === 1, 10_000, 'own publication');
+    assert.deepEqual(got.pubs, ['hi']);
+    // Without the outbox (queue: false) too.
+    const direct = c.subscribe(fresh());
+    const d = await direct.publish('direct', { queue: false });
+    assert.equal(typeof d.offset, 'number');
+    // since: 'start' looks the position up first: the publish waits for it.
+    const ch = fresh();
+    await apiPublish(server.addr, ch, 'old');
+    const fromStart = c.subscribe(ch, { since: 'start' });
+    const gotStart = collect(fromStart);
+    const queued = fromStart.publish('new');
+    const unqueued = fromStart.publish('new, direct', { queue: false });
+    const [q, u] = await Promise.all([queued, unqueued]);
+    assert.equal(typeof q.offset, 'number');
+    assert.equal(typeof u.offset, 'number');
+    await until(() => gotStart.pubs.length === 3, 10_000, 'history then both publications');
+    assert.equal(gotStart.pubs[0], 'old');
+    assert.deepEqual([...gotStart.pubs.slice(1)].sort(), ['new', 'new, direct']);
+  });
+
+  test('a channel subscribed while the WebSocket opens is subscribed before its publish is sent', { timeout: 30_000 }, async (t) => {
+    const proxy = await startSwitchProxy(server.addr);
+    t.after(() => proxy.close());
+    proxy.flags.hold = true; // the server's answers wait: the socket does not open yet
+    const c = client(t, proxy.addr, { transports: ['websocket'] });
+    c.connect();
+    await until(() => proxy.accepted === 1, 5000, 'the connection attempt');
+    // The attempt is under way (its connect command names no channel).
+    const sub = c.subscribe(fresh());
+    const p = sub.publish('while opening');
+    const failed = [];
+    c.on('publishFailed', (e) => failed.push(e.error.code));
+    proxy.release();
+    const r = await within(p, 10_000, 'the publish');
+    assert.equal(typeof r.offset, 'number');
+    assert.deepEqual(failed, []);
+    assert.equal(sub.state, 'subscribed');
+  });
+
+  test('restored outbox entries wait for a subscribe made after connect() (shared store, late load)', { timeout: 40_000 }, async (t) => {
+    const ch = fresh();
+    await apiPublish(server.addr, ch, 'before');
+    const proxy = await startSwitchProxy(server.addr);
+    t.after(() => proxy.close());
+    proxy.flags.blockAll = true;
+    const store = new MemoryOutboxStore();
+    const first = client(t, proxy.addr, { outbox: store });
+    first.connect();
+    const lost = [first.publish(ch, 'r1'), first.publish(ch, 'r2')];
+    lost.forEach((p) => p.catch(() => undefined));
+    await until(() => store.size === 2, 5000, 'entries stored');
+    first.disconnect(); // the page goes away
+
+    // The next page reads the same store, slowly (as IndexedDB may), and
+    // subscribes once connected.
+    let openStore;
+    const gate = new Promise((resolve) => { openStore = resolve; });
+    const slow = {
+      load: async () => { await gate; return store.load(); },
+      put: (e) => store.put(e),
+      delete: (k) => store.delete(k),
+    };
+    const second = client(t, server.addr, { outbox: slow });
+    const published = [];
+    const failed = [];
+    second.on('published', (e) => published.push(e.entry.data));
+    second.on('publishFailed', (e) => failed.push(e.error.code));
+    second.connect();
+    await connected(second, 'websocket');
+    const sub = second.subscribe(ch, { since: 'start' });
+    const got = collect(sub);
+    openStore();
+    await until(() => published.length + failed.length === 2, 10_000, 'both answered');
+    assert.deepEqual(failed, []);
+    assert.deepEqual(published, ['r1', 'r2']);
+    await until(() => got.pubs.length === 3, 10_000, 'history and both');
+    assert.deepEqual(got.pubs, ['before', 'r1', 'r2']);
+    assert.equal(store.size, 0);
+  });
+});
+
+describe('robustness', () => {
+  test('SSE: the outbox carries on after a reconnect that came while a publish was in flight', { timeout: 40_000 }, async (t) => {
+    const ch = fresh();
+    const proxy = await startSwitchProxy(server.addr);
+    t.after(() => proxy.close());
+    const c = client(t, proxy.addr, { transports: ['sse'] });
+    const watcher = client(t, server.addr);
+    const subW = watcher.subscribe(ch);
+    const got = collect(subW);
+    const sub = c.subscribe(ch);
+    const ready = Promise.all([next(sub, 'subscribed'), next(subW, 'subscribed')]);
+    c.connect();
+    watcher.connect();
+    await ready;
+    // The server takes the publish; its answer is lost, then the stream drops.
+    proxy.flags.mute = true;
+    const p1 = sub.publish('in flight');
+    await until(() => got.pubs.length === 1, 10_000, 'the publication at the watcher');
+    const back = next(c, 'connected');
+    proxy.cut();
+    proxy.flags.mute = false;
+    await back;
+    const p2 = sub.publish('after the reconnect');
+    const [r1, r2] = await within(Promise.all([p1, p2]), 15_000, 'both publishes answered');
+    assert.equal(r1.offset, got.offsets[0]); // resent under its key: published once
+    assert.equal(r2.offset, r1.offset + 1);
+    await until(() => got.pubs.length === 2, 10_000, 'the second at the watcher');
+    assert.deepEqual(got.pubs, ['in flight', 'after the reconnect']);
+    assert.equal(c.pendingPublishes().length, 0);
+  });
+
+  test('Node + ws: closing a WebSocket that is still connecting does not crash the process', { timeout: 30_000 }, async (t) => {
+    const silent = await startSilentServer(); // takes the upgrade, never answers
+    t.after(() => silent.close());
+    const uncaught = [];
+    const onUncaught = (e) => uncaught.push(e);
+    process.on('uncaughtException', onUncaught);
+    t.after(() => process.off('uncaughtException', onUncaught));
+    const tick = () => new Promise((r) => setImmediate(r));
+
+    // disconnect() during the attempt.
+    const c = client(t, silent.addr, { transports: ['websocket'] });
+    c.connect();
+    await until(() => silent.requests === 1, 5000, 'the upgrade request');
+    c.disconnect();
+    await tick(); // ws reports the aborted handshake on a later tick
+    await tick();
+    assert.equal(c.state, 'disconnected');
+
+    // The open timeout closing it.
+    const d = client(t, silent.addr, { transports: ['websocket'], connectTimeout: 300 });
+    d.connect();
+    await next(d, 'reconnecting');
+    await tick();
+    await tick();
+    d.disconnect();
+    await tick();
+    await tick();
+    assert.deepEqual(uncaught.map(String), []);
+  });
+
+  test('disconnect() then connect() on WebSocket resubscribes and recovers, each publication once', { timeout: 30_000 }, async (t) => {
+    const ch = fresh();
+    const c = client(t, server.addr);
+    const sub = c.subscribe(ch);
+    const got = collect(sub);
+    const ready = next(sub, 'subscribed');
+    c.connect();
+    await ready;
+    await apiPublish(server.addr, ch, 1);
+    await until(() => got.pubs.length === 1, 10_000, 'the first publication');
+    c.disconnect();
+    assert.equal(sub.state, 'subscribing');
+    for (let i = 2; i <= 4; i++) await apiPublish(server.addr, ch, i);
+    const mine = sub.publish('mine'); // queued while disconnected
+    const again = next(sub, 'subscribed');
+    c.connect();
+    const s = await again;
+    assert.equal(s.recovered, true);
+    const r = await within(mine, 10_000, 'the queued publish');
+    await until(() => got.pubs.length === 5, 10_000, 'the missed ones and mine');
+    assert.deepEqual(got.pubs, [1, 2, 3, 4, 'mine']);
+    assert.equal(got.offsets[4], r.offset);
+    assert.deepEqual(got.resets, []);
+  });
+
+  test('a subscribe refused with a temporary error (105) is retried, not dropped', { timeout: 30_000 }, async (t) => {
+    const ch = fresh();
+    const faulty = faultyWebSocket({
+      refuseSubscribe: { channel: ch, error: { code: 105, message: 'rate limited', temporary: true } },
+    });
+    const c = client(t, server.addr, { WebSocket: faulty.WebSocket });
+    c.connect();
+    await connected(c, 'websocket');
+    const sub = c.subscribe(ch);
+    const got = collect(sub);
+    const errors = [];
+    sub.on('error', (e) => errors.push(e.code));
+    await next(sub, 'subscribed');
+    assert.equal(faulty.state.refused, 1);
+    assert.deepEqual(errors, []);
+    await apiPublish(server.addr, ch, 'after the retry');
+    await until(() => got.pubs.length === 1, 10_000, 'the publication');
+  });
+
+  test('a subscribe answered 107 (already subscribed by the token\'s channels claim) counts as subscribed', { timeout: 30_000 }, async (t) => {
+    // The claim subscribed the channel at connect: the app's own subscribe
+    // is answered 107 and must not drop it.
+    const claimed = fresh();
+    const d = client(t, server.addr, { token: token('gail', 3600, { channels: [claimed] }) });
+    d.connect();
+    await connected(d, 'websocket');
+    const subD = d.subscribe(claimed);
+    const gotD = collect(subD);
+    const errorsD = [];
+    subD.on('error', (e) => errorsD.push(e.code));
+    await next(subD, 'subscribed');
+    assert.equal(subD.state, 'subscribed');
+    await apiPublish(server.addr, claimed, 'claimed');
+    await until(() => gotD.pubs.length === 1, 10_000, 'the publication in the claimed channel');
+    assert.deepEqual(errorsD, []);
+    const r = await subD.publish('from d');
+    assert.equal(typeof r.offset, 'number');
+  });
+
+  test('a WebSocket publish whose answer never comes is sent again after the timeout, once', { timeout: 30_000 }, async (t) => {
+    const ch = fresh();
+    const faulty = faultyWebSocket({ dropReply: true });
+    const c = client(t, server.addr, { WebSocket: faulty.WebSocket, commandTimeout: 1000 });
+    const watcher = client(t, server.addr);
+    const got = collect(watcher.subscribe(ch));
+    const sub = c.subscribe(ch);
+    const ready = next(sub, 'subscribed');
+    c.connect();
+    watcher.connect();
+    await ready;
+    await connected(watcher);
+    const r = await within(sub.publish('once'), 15_000, 'the publish');
+    assert.equal(faulty.state.dropped, 1);
+    await sub.publish('twice');
+    await until(() => got.pubs.length === 2, 10_000, 'both at the watcher');
+    assert.deepEqual(got.pubs, ['once', 'twice']);
+    assert.equal(got.offsets[0], r.offset);
+  });
+
+  test('a fixed token (no getToken) that expired stops the client with an error instead of reconnecting', { timeout: 30_000 }, async (t) => {
+    // Expired at connect (beyond the 5 s leeway): 106 then 3005.
+    const c = client(t, server.addr, { token: token('hal', -60) });
+    const attempts = [];
+    c.on('state', (s) => { if (s.state === 'connecting') attempts.push(s.transport); });
+    const err = next(c, 'error');
+    c.connect();
+    const e = await err;
+    assert.equal(e.code, ErrorCode.TokenExpired);
+    assert.equal(c.state, 'disconnected');
+    assert.deepEqual(attempts, ['websocket']);
+
+    // Expiring while connected: the server closes with 3005 at exp + 5 s.
+    const d = client(t, server.addr, { token: token('hal', 1) });
+    const disconnects = [];
+    d.on('disconnected', (x) => disconnects.push([x.code, x.reconnect]));
+    d.connect();
+    await connected(d, 'websocket');
+    const errD = await next(d, 'error', () => true, 15_000);
+    assert.equal(errD.code, ErrorCode.TokenExpired);
+    assert.equal(d.state, 'disconnected');
+    assert.deepEqual(disconnects, [[3005, false]]);
+  });
+
+  test('subscribe() refuses a since offset that is not a non-negative integer', (t) => {
+    for (const transports of [['websocket'], ['sse']]) {
+      const c = client(t, server.addr, { transports });
+      for (const offset of [-1, NaN, 1.5, Infinity, '3']) {
+        assert.throws(() => c.subscribe('bad-since', { since: { offset, epoch: 'e' } }), (e) => {
+          assert.ok(e instanceof TidingsError);
+          assert.equal(e.code, ErrorCode.BadRequest);
+          return true;
+        });
+        assert.equal(c.getSubscription('bad-since'), undefined);
+      }
+      assert.throws(() => c.subscribe('bad-since', { since: { offset: 1 } }), (e) => e.code === ErrorCode.BadRequest);
+      assert.equal(c.subscribe('bad-since', { since: { offset: 0, epoch: 'e' } }).channel, 'bad-since');
+    }
   });
 });
 

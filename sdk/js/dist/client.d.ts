@@ -141,7 +141,22 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
     private lastSeq;
     private outboxLoaded;
     private loaded;
+    /** The session the HTTP flush loop is sending on, if one runs. */
     private httpFlushing;
+    /** A re-flush after a WebSocket publish timed out. */
+    private reflushTimer;
+    /**
+     * Channels whose subscribe waits for a position lookup before it is sent,
+     * with the session it is for: publishes into them wait too, since the
+     * server refuses a publish from a connection not subscribed yet (103 under
+     * `client_publish = "subscribers"`).
+     */
+    private readonly subscribePending;
+    /** Retries of subscribes refused with a temporary error, by channel. */
+    private readonly subRetries;
+    private readonly minReconnectDelay;
+    private readonly maxReconnectDelay;
+    private readonly random;
     private readonly onOnline;
     private readonly onOffline;
     /** The client id of the current WebSocket connection, if any. */
@@ -198,6 +213,9 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
     private subscribeRequests;
     private opened;
     private subscribedReply;
+    /** Subscribes `sub` again after a backoff delay (a temporary refusal). */
+    private retrySubscribe;
+    private clearSubRetry;
     private onPush;
     private closed;
     /**
@@ -221,9 +239,20 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
     /** The browser went offline: drop the connection now rather than after a timeout. */
     private goneOffline;
     private dropSession;
+    /**
+     * What ends with a connection: answers awaited on it, the refresh timer,
+     * pending subscribe retries; every subscription resubscribes (and so
+     * recovers) on the next one.
+     */
+    private sessionGone;
     private setState;
     private clearTimers;
     private clearRefresh;
+    /**
+     * Subscribes `sub` on the open `session`: at once (in order with the
+     * publishes that follow) unless its position must be looked up first; then
+     * publishes into the channel wait until the subscribe is sent.
+     */
     private subscribeNow;
     /**
      * Finds a starting position where the transport needs one: `since:
@@ -240,6 +269,8 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
     private loadOutbox;
     /** Sends what the outbox holds, in order, when connected. */
     private flush;
+    /** Flushes again shortly, if `s` is still the session. */
+    private reflushLater;
     /** Sends one entry; resolves false when it must be sent again. */
     private send;
     private settle;

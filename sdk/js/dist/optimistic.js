@@ -9,6 +9,7 @@
  * can give the user's input back.
  */
 import { Emitter } from './emitter.js';
+import { ErrorCode, TidingsError } from './errors.js';
 import { newKey } from './outbox.js';
 /** Optimistic state over one subscription. */
 export class Optimistic extends Emitter {
@@ -54,9 +55,12 @@ export class Optimistic extends Emitter {
         this.items.push({ key, data: withId, status: 'sending' });
         this.recompute();
         const p = this.sub.publish(withId, { idempotencyKey: key });
-        // Answers are handled through the client's published/publishFailed
-        // events (so that entries restored after a reload behave the same).
-        p.catch(() => undefined);
+        // Through the outbox, answers also come as the client's published /
+        // publishFailed events (which entries restored after a reload have
+        // only); without one (`outbox: false`) only this promise tells. Both
+        // handlers ignore an item already settled.
+        p.then((r) => this.onAck(key, r), (e) => this.onFail(key, e instanceof TidingsError ? e
+            : new TidingsError(ErrorCode.BadResponse, String(e))));
         return p;
     }
     /** Sends a failed item again (a new publish, with a new key). */
@@ -151,7 +155,7 @@ export class Optimistic extends Emitter {
     }
     onAck(key, result) {
         const item = this.items.find((x) => x.key === key);
-        if (!item)
+        if (!item || item.status !== 'sending')
             return;
         item.status = 'sent';
         if (result.offset !== undefined) {
@@ -169,7 +173,7 @@ export class Optimistic extends Emitter {
     }
     onFail(key, error) {
         const item = this.items.find((x) => x.key === key);
-        if (!item)
+        if (!item || item.status !== 'sending')
             return;
         item.status = 'failed';
         item.error = error;

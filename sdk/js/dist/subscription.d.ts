@@ -142,6 +142,12 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
     connectionLost(): void;
     /** @internal A subscribe reply (WebSocket) or its SSE/poll equivalent. */
     handleSubscribed(ok: Obj, transport: TransportName): void;
+    /**
+     * @internal The server said 107 (already subscribed, e.g. through the
+     * token's `channels` claim): the channel's pushes flow already. The
+     * position is kept; a gap after it is recovered on the next publication.
+     */
+    handleAlreadySubscribed(transport: TransportName): void;
     /** @internal Subscribing failed for good. */
     handleError(err: TidingsError): void;
     /** @internal A push for this channel. */

@@ -101,6 +101,23 @@ export class Subscription extends Emitter {
             this.emit('reset', { offset: this.pos.offset, epoch: this.pos.epoch, reason: 'unrecoverable' });
         }
     }
+    /**
+     * @internal The server said 107 (already subscribed, e.g. through the
+     * token's `channels` claim): the channel's pushes flow already. The
+     * position is kept; a gap after it is recovered on the next publication.
+     */
+    handleAlreadySubscribed(transport) {
+        if (this._state === 'unsubscribed')
+            return;
+        this.freshLookup = false;
+        this.setState('subscribed');
+        const ev = { recovered: false, transport };
+        if (this.pos) {
+            ev.offset = this.pos.offset;
+            ev.epoch = this.pos.epoch;
+        }
+        this.emit('subscribed', ev);
+    }
     /** @internal Subscribing failed for good. */
     handleError(err) {
         if (this._state === 'unsubscribed')

@@ -167,7 +167,22 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   private lastSeq = 0;
   private outboxLoaded: Promise<void>;
   private loaded = false;
-  private httpFlushing = false;
+  /** The session the HTTP flush loop is sending on, if one runs. */
+  private httpFlushing: Session | null = null;
+  /** A re-flush after a WebSocket publish timed out. */
+  private reflushTimer: ReturnType<typeof setTimeout> | null = null;
+  /**
+   * Channels whose subscribe waits for a position lookup before it is sent,
+   * with the session it is for: publishes into them wait too, since the
+   * server refuses a publish from a connection not subscribed yet (103 under
+   * `client_publish = "subscribers"`).
+   */
+  private readonly subscribePending = new Map<string, { session: Session; done: Promise<void> }>();
+  /** Retries of subscribes refused with a temporary error, by channel. */
+  private readonly subRetries = new Map<string, { backoff: Backoff; timer: ReturnType<typeof setTimeout> | null }>();
+  private readonly minReconnectDelay: number;
+  private readonly maxReconnectDelay: number;
+  private readonly random: (() => number) | undefined;
   private readonly onOnline = () => this.wake();
   private readonly onOffline = () => this.goneOffline();
 
@@ -188,7 +203,10 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     const f = opts.fetch ?? globalThis.fetch;
     // Calling a global fetch detached from globalThis throws in browsers.
     this.fetchFn = opts.fetch ? f : ((input, init) => globalThis.fetch(input, init)) as FetchFn;
-    this.backoff = new Backoff(opts.minReconnectDelay ?? 500, opts.maxReconnectDelay ?? 20_000, opts.random);
+    this.minReconnectDelay = opts.minReconnectDelay ?? 500;
+    this.maxReconnectDelay = opts.maxReconnectDelay ?? 20_000;
+    this.random = opts.random;
+    this.backoff = new Backoff(this.minReconnectDelay, this.maxReconnectDelay, opts.random);
     this.connectTimeout = opts.connectTimeout ?? 10_000;
     this.commandTimeout = opts.commandTimeout ?? 15_000;
     this.getToken = opts.getToken;
@@ -235,6 +253,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     this.clearTimers();
     const wasOpen = this._state === 'connected';
     this.dropSession();
+    this.sessionGone();
     this.setState('disconnected', null);
     if (wasOpen) this.emit('disconnected', { code: 0, reason: 'disconnected by the app', reconnect: false });
   }
@@ -246,9 +265,14 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   subscribe(channel: string, opts: SubscribeOptions = {}): Subscription {
     const existing = this.subs.get(channel);
     if (existing) return existing;
-    const sub = new Subscription(this, channel, opts.since);
+    const since = opts.since;
+    if (since !== undefined && since !== 'start' && !validPosition(since)) {
+      throw new TidingsError(ErrorCode.BadRequest,
+        'subscribe: since must be {offset, epoch} with a non-negative integer offset and a string epoch', false);
+    }
+    const sub = new Subscription(this, channel, since);
     this.subs.set(channel, sub);
-    if (this._state === 'connected' && this.session) void this.subscribeNow(sub, this.session);
+    if (this._state === 'connected' && this.session) this.subscribeNow(sub, this.session);
     return sub;
   }
 
@@ -275,10 +299,16 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     };
     if (opts.tags) entry.tags = opts.tags;
     if (opts.queue === false || !this.store) {
-      if (this._state !== 'connected' || !this.session) {
+      const s = this.session;
+      if (this._state !== 'connected' || !s) {
         return Promise.reject(new TidingsError(ErrorCode.Disconnected, 'publish: not connected'));
       }
-      return this.session.call('publish', publishArgs(entry)).then(toPublishResult);
+      // A subscribe still waiting for its position lookup goes first.
+      const pending = this.subscribePending.get(channel);
+      if (pending?.session === s) {
+        return pending.done.then(() => s.call('publish', publishArgs(entry))).then(toPublishResult);
+      }
+      return s.call('publish', publishArgs(entry)).then(toPublishResult);
     }
     const existing = this.waiters.get(entry.key);
     if (existing || this.queue.some((e) => e.key === entry.key)) {
@@ -361,6 +391,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   removeSubscription(sub: Subscription): void {
     if (this.subs.get(sub.channel) !== sub) return;
     this.subs.delete(sub.channel);
+    this.clearSubRetry(sub.channel);
     if (this._state === 'connected') this.session?.unsubscribe(sub.channel);
   }
 
@@ -441,7 +472,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     const session = this.session;
     if (session) {
       for (const sub of this.subs.values()) {
-        if (!answered.has(sub.channel) && sub.state === 'subscribing') void this.subscribeNow(sub, session);
+        if (!answered.has(sub.channel) && sub.state === 'subscribing') this.subscribeNow(sub, session);
       }
     }
     // WebSocket says when the token expires; over SSE and long-poll read it
@@ -454,13 +485,54 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   private subscribedReply(channel: string, ok: Obj | null, err: TidingsError | null): void {
     const sub = this.subs.get(channel);
     if (!sub) return;
+    const transport = this.session?.transport ?? 'websocket';
     if (err) {
+      if (err.code === ErrorCode.AlreadySubscribed) {
+        // Subscribed already, e.g. by the token's `channels` claim: pushes
+        // flow. A gap from the position is recovered on the next publication.
+        this.clearSubRetry(channel);
+        if (sub.state !== 'subscribed') sub.handleAlreadySubscribed(transport);
+        return;
+      }
+      if (err.temporary) {
+        // 100 (server failure), 105 (rate limited): try again later.
+        this.retrySubscribe(sub);
+        return;
+      }
+      this.clearSubRetry(channel);
       sub.handleError(err);
       return;
     }
+    this.clearSubRetry(channel);
     // SSE/poll restarts announce every channel; only the waiting ones care.
     if (sub.state === 'subscribed') return;
-    sub.handleSubscribed(ok ?? {}, this.session?.transport ?? 'websocket');
+    sub.handleSubscribed(ok ?? {}, transport);
+  }
+
+  /** Subscribes `sub` again after a backoff delay (a temporary refusal). */
+  private retrySubscribe(sub: Subscription): void {
+    let r = this.subRetries.get(sub.channel);
+    if (!r) {
+      r = { backoff: new Backoff(this.minReconnectDelay, this.maxReconnectDelay, this.random), timer: null };
+      this.subRetries.set(sub.channel, r);
+    }
+    if (r.timer) clearTimeout(r.timer);
+    const retry = r;
+    retry.timer = setTimeout(() => {
+      retry.timer = null;
+      const s = this.session;
+      // Not connected: the next connection subscribes it anyway.
+      if (this._state !== 'connected' || !s || this.subs.get(sub.channel) !== sub) return;
+      if (sub.state !== 'subscribing') return;
+      this.subscribeNow(sub, s);
+    }, Math.max(1, retry.backoff.next()));
+  }
+
+  private clearSubRetry(channel: string): void {
+    const r = this.subRetries.get(channel);
+    if (!r) return;
+    if (r.timer) clearTimeout(r.timer);
+    this.subRetries.delete(channel);
   }
 
   private onPush(push: Obj): void {
@@ -471,18 +543,26 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
 
   private closed(info: CloseInfo): void {
     this.session = null;
-    this.inflight.clear();
-    this.clearRefresh();
-    for (const s of this.subs.values()) s.connectionLost();
+    this.sessionGone();
+    const expired = info.error?.code === ErrorCode.TokenExpired || info.code === 3005;
+    // A fixed token (no getToken) that expired stays expired: stop.
+    const deadToken = expired && !this.getToken;
     const wasOpen = info.opened;
     if (wasOpen) {
       this.setState('disconnected', null);
-      const ev: DisconnectedEvent = { code: info.code, reason: info.reason, reconnect: info.reconnect && this.wanted };
+      const ev: DisconnectedEvent = {
+        code: info.code, reason: info.reason, reconnect: info.reconnect && this.wanted && !deadToken,
+      };
       if (info.delayMs !== undefined) ev.delayMs = info.delayMs;
       this.emit('disconnected', ev);
     }
     if (!this.wanted) return;
-    if (info.error?.code === ErrorCode.TokenExpired || info.code === 3005) this.tokenStale = true;
+    if (deadToken) {
+      this.stop(info.error ?? new TidingsError(ErrorCode.TokenExpired,
+        'the token expired and no getToken was given to fetch a new one', false));
+      return;
+    }
+    if (expired) this.tokenStale = true;
     if (info.error && info.error.code !== ErrorCode.TokenExpired && !info.error.temporary) {
       this.stop(info.error);
       return;
@@ -579,9 +659,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     const wasOpen = this._state === 'connected';
     this.attemptId += 1;
     this.dropSession();
-    this.inflight.clear();
-    this.clearRefresh();
-    for (const s of this.subs.values()) s.connectionLost();
+    this.sessionGone();
     this.setState('disconnected', null);
     if (wasOpen) this.emit('disconnected', { code: 0, reason: 'offline', reconnect: true });
     // The `online` event wakes us; this is the fallback if it never comes.
@@ -592,6 +670,21 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     const s = this.session;
     this.session = null;
     s?.close();
+  }
+
+  /**
+   * What ends with a connection: answers awaited on it, the refresh timer,
+   * pending subscribe retries; every subscription resubscribes (and so
+   * recovers) on the next one.
+   */
+  private sessionGone(): void {
+    this.inflight.clear();
+    this.clearRefresh();
+    this.subscribePending.clear();
+    for (const ch of [...this.subRetries.keys()]) this.clearSubRetry(ch);
+    if (this.reflushTimer) clearTimeout(this.reflushTimer);
+    this.reflushTimer = null;
+    for (const s of this.subs.values()) s.connectionLost();
   }
 
   private setState(state: ConnectionState, transport: TransportName | null): void {
@@ -614,11 +707,26 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
 
   // ---- subscriptions -------------------------------------------------
 
-  private async subscribeNow(sub: Subscription, session: Session): Promise<void> {
+  /**
+   * Subscribes `sub` on the open `session`: at once (in order with the
+   * publishes that follow) unless its position must be looked up first; then
+   * publishes into the channel wait until the subscribe is sent.
+   */
+  private subscribeNow(sub: Subscription, session: Session): void {
+    const http = session.transport !== 'websocket';
+    if (!needsLookup(sub, http)) {
+      session.subscribe(sub.request());
+      return;
+    }
     const token = this.token;
-    await this.lookUpPositions([sub], session.transport !== 'websocket', token);
-    if (this.session !== session || this.subs.get(sub.channel) !== sub) return;
-    session.subscribe(sub.request());
+    const done = this.lookUpPositions([sub], http, token).then(() => {
+      const p = this.subscribePending.get(sub.channel);
+      if (p?.session === session) this.subscribePending.delete(sub.channel);
+      if (this.session !== session || this.subs.get(sub.channel) !== sub) return;
+      session.subscribe(sub.request());
+      this.flush();
+    });
+    this.subscribePending.set(sub.channel, { session, done });
   }
 
   /**
@@ -630,8 +738,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
    */
   private async lookUpPositions(subs: Subscription[], http: boolean, token: string | null): Promise<void> {
     await Promise.all(subs.map(async (sub) => {
-      if (sub.position && !sub.startPending) return;
-      if (!sub.startPending && !http) return;
+      if (!needsLookup(sub, http)) return;
       try {
         const ok = await httpAction(this.fetchFn, this.url, token, 'history',
           { channel: sub.channel, limit: 1, reverse: true }, this.commandTimeout);
@@ -724,13 +831,21 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     const s = this.session;
     if (!this.loaded || !s || this._state !== 'connected') return;
     if (s.transport === 'websocket') {
-      // Commands on one socket are answered in order: send them all.
-      for (const e of this.queue) if (!this.inflight.has(e.key)) this.send(e, s);
+      // Commands on one socket are answered in order: send them all, up to
+      // the first one into a channel whose subscribe is not sent yet.
+      for (const e of this.queue) {
+        if (this.subscribePending.get(e.channel)?.session === s) break;
+        if (this.inflight.has(e.key)) continue;
+        void this.send(e, s).then((ok) => {
+          // Timed out (or lost): send it again, under the same key.
+          if (!ok) this.reflushLater(s);
+        });
+      }
       return;
     }
     // HTTP requests may overtake each other: one at a time.
     if (this.httpFlushing) return;
-    this.httpFlushing = true;
+    this.httpFlushing = s;
     void (async () => {
       try {
         while (this.queue.length && this.session === s && this._state === 'connected') {
@@ -742,9 +857,21 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
           }
         }
       } finally {
-        this.httpFlushing = false;
+        this.httpFlushing = null;
+        // The session changed while this loop was sending or waiting: the
+        // new one's flush found the loop busy, so carry on for it.
+        if (this.session !== s) this.flush();
       }
     })();
+  }
+
+  /** Flushes again shortly, if `s` is still the session. */
+  private reflushLater(s: Session): void {
+    if (this.reflushTimer || this.session !== s) return;
+    this.reflushTimer = setTimeout(() => {
+      this.reflushTimer = null;
+      if (this.session === s) this.flush();
+    }, 1000);
   }
 
   /** Sends one entry; resolves false when it must be sent again. */
@@ -795,6 +922,17 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
       this.emit('publishFailed', { entry: { ...e }, error: err });
     }
   }
+}
+
+/** Whether `sub` needs its position looked up before subscribing. */
+function needsLookup(sub: Subscription, http: boolean): boolean {
+  return sub.startPending || (http && !sub.position);
+}
+
+/** A position an app may pass as `since`: offsets are what pushLeb128 can encode. */
+function validPosition(p: unknown): p is Position {
+  if (!isObj(p)) return false;
+  return typeof p.offset === 'number' && Number.isSafeInteger(p.offset) && p.offset >= 0 && typeof p.epoch === 'string';
 }
 
 function publishArgs(e: OutboxEntry): Obj {

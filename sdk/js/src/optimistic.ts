@@ -9,7 +9,7 @@
  * can give the user's input back.
  */
 import { Emitter } from './emitter.js';
-import { TidingsError } from './errors.js';
+import { ErrorCode, TidingsError } from './errors.js';
 import { newKey, type OutboxEntry } from './outbox.js';
 import type { Subscription } from './subscription.js';
 import type { Publication, PublishResult } from './types.js';
@@ -118,9 +118,12 @@ export class Optimistic<S, D = unknown> extends Emitter<OptimisticEvents<S, D>> 
     this.items.push({ key, data: withId, status: 'sending' });
     this.recompute();
     const p = this.sub.publish(withId, { idempotencyKey: key });
-    // Answers are handled through the client's published/publishFailed
-    // events (so that entries restored after a reload behave the same).
-    p.catch(() => undefined);
+    // Through the outbox, answers also come as the client's published /
+    // publishFailed events (which entries restored after a reload have
+    // only); without one (`outbox: false`) only this promise tells. Both
+    // handlers ignore an item already settled.
+    p.then((r) => this.onAck(key, r), (e) => this.onFail(key, e instanceof TidingsError ? e
+      : new TidingsError(ErrorCode.BadResponse, String(e))));
     return p;
   }
 
@@ -212,7 +215,7 @@ export class Optimistic<S, D = unknown> extends Emitter<OptimisticEvents<S, D>> 
 
   private onAck(key: string, result: PublishResult): void {
     const item = this.items.find((x) => x.key === key);
-    if (!item) return;
+    if (!item || item.status !== 'sending') return;
     item.status = 'sent';
     if (result.offset !== undefined) {
       item.offset = result.offset;
@@ -229,7 +232,7 @@ export class Optimistic<S, D = unknown> extends Emitter<OptimisticEvents<S, D>> 
 
   private onFail(key: string, error: TidingsError): void {
     const item = this.items.find((x) => x.key === key);
-    if (!item) return;
+    if (!item || item.status !== 'sending') return;
     item.status = 'failed';
     item.error = error;
     this.recompute();

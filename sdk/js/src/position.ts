@@ -51,7 +51,9 @@ function base64url(bytes: number[]): string {
 export function encodePositionVector(channels: Array<[string, Position | null]>): string {
   const out: number[] = [1];
   for (const [name, pos] of channels) {
-    if (!pos) continue;
+    // A bad offset (negative, fractional, NaN) would never end the LEB128
+    // loop; `subscribe` refuses them, and this never encodes one.
+    if (!pos || !Number.isSafeInteger(pos.offset) || pos.offset < 0) continue;
     pushU32(out, fnv1a32(name));
     pushU32(out, fnv1a32(pos.epoch));
     pushLeb128(out, pos.offset);

@@ -214,6 +214,23 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     }
   }
 
+  /**
+   * @internal The server said 107 (already subscribed, e.g. through the
+   * token's `channels` claim): the channel's pushes flow already. The
+   * position is kept; a gap after it is recovered on the next publication.
+   */
+  handleAlreadySubscribed(transport: TransportName): void {
+    if (this._state === 'unsubscribed') return;
+    this.freshLookup = false;
+    this.setState('subscribed');
+    const ev: SubscribedEvent = { recovered: false, transport };
+    if (this.pos) {
+      ev.offset = this.pos.offset;
+      ev.epoch = this.pos.epoch;
+    }
+    this.emit('subscribed', ev);
+  }
+
   /** @internal Subscribing failed for good. */
   handleError(err: TidingsError): void {
     if (this._state === 'unsubscribed') return;

@@ -256,7 +256,10 @@ export class WsSession implements Session {
       this.ws.onopen = null;
       this.ws.onmessage = null;
       this.ws.onclose = null;
-      this.ws.onerror = null;
+      // Keep a listener: closing a socket still connecting makes the `ws`
+      // package emit `error` on a later tick, and an EventEmitter `error`
+      // without a listener is an uncaught exception in Node.
+      this.ws.onerror = ignoreError;
     }
   }
 
@@ -266,6 +269,10 @@ export class WsSession implements Session {
     this.cleanup(new TidingsError(ErrorCode.Disconnected, `connection lost: ${info.reason}`));
     this.h.onClose(info);
   }
+}
+
+function ignoreError(): void {
+  // Nothing to do: the session has already ended.
 }
 
 function subscribeArgs(req: SubscribeRequest): Obj {
