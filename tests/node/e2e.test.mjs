@@ -59,6 +59,9 @@ async function person(t, name, { blockWs = false, connected = true, setup = null
 /** The texts of the chat messages, in page order. */
 const texts = (page) => page.getByTestId('message-text').allTextContents();
 
+/** How many of the page's own messages still wait for the server. */
+const sending = (page) => page.locator('[data-testid=message][data-status=sending]').count();
+
 /** Waits until `fn(page)` deep-equals `want`. */
 async function eventually(page, fn, want, what) {
   const end = Date.now() + WAIT;
@@ -105,8 +108,14 @@ test('two people chat; offline sends arrive once, in order, on both sides', { ti
 
   const before = await texts(alice.page);
   await send(alice.page, 'Good morning, everyone');
+  // Bob answers once Alice's message is through (acknowledged at Alice, shown
+  // at Bob): two browsers publishing at once have no order.
+  const first = [...before, 'Good morning, everyone'];
+  await eventually(alice.page, sending, 0, 'alice\'s message acknowledged');
+  await eventually(alice.page, texts, first, 'alice sees her message');
+  await eventually(bob.page, texts, first, 'bob sees alice\'s message');
   await send(bob.page, 'Morning Alice!');
-  const hello = [...before, 'Good morning, everyone', 'Morning Alice!'];
+  const hello = [...first, 'Morning Alice!'];
   await eventually(alice.page, texts, hello, 'alice sees the chat');
   await eventually(bob.page, texts, hello, 'bob sees the chat');
   await alice.page.screenshot({ path: path.join(ARTIFACTS, 'lobby.png') });
@@ -174,6 +183,11 @@ test('with /v1/ws refused, the SDK falls back to SSE and the chat works', { time
   assert.equal(await dan.page.getByTestId('conn-state').getAttribute('data-transport'), 'websocket');
 
   await send(carol.page, 'Hello over SSE');
+  // Dan answers once Carol's message is through on both sides.
+  await eventually(carol.page, sending, 0, 'carol\'s message acknowledged over HTTP');
+  for (const p of [carol.page, dan.page]) {
+    await eventually(p, async (pg) => (await texts(pg)).slice(-1), ['Hello over SSE'], 'both see carol\'s message');
+  }
   await send(dan.page, 'Hello over WebSocket');
   for (const p of [carol.page, dan.page]) {
     await eventually(p, async (pg) => (await texts(pg)).slice(-2), ['Hello over SSE', 'Hello over WebSocket'],
