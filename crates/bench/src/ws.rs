@@ -131,7 +131,7 @@ impl Ws {
         self.stream.write_all(&pongs).await.map_err(BenchError::Io)
     }
 
-    /// Reads once from the socket and calls `on_text` for every complete text
+    /// Reads once from the socket (unless a whole frame is buffered) and calls `on_text` for every complete text
     /// (or binary) message; pings are answered by the next `flush`. Returns
     /// false when the server closed the connection. Cancel-safe: nothing is
     /// written here.
@@ -147,13 +147,17 @@ impl Ws {
         if self.buf.capacity() - self.buf.len() < 4096 {
             self.buf.reserve(16 * 1024);
         }
-        let n = self
-            .stream
-            .read_buf(&mut self.buf)
-            .await
-            .map_err(BenchError::Io)?;
-        if n == 0 {
-            return Ok(false);
+        // A frame may already be here: one that came with the upgrade answer
+        // (Pusher's connection_established does).
+        if parse(&self.buf[self.start..]).is_none() {
+            let n = self
+                .stream
+                .read_buf(&mut self.buf)
+                .await
+                .map_err(BenchError::Io)?;
+            if n == 0 {
+                return Ok(false);
+            }
         }
         let mut open = true;
         while let Some((fin, opcode, range)) = parse(&self.buf[self.start..]) {
