@@ -210,6 +210,10 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
     removeSubscription(sub: Subscription): void;
     private attempt;
     private makeSession;
+    /**
+     * What an SSE or long-poll (re)start asks for: every channel but those
+     * whose subscribe waits for a position lookup (they join once it is done).
+     */
     private subscribeRequests;
     private opened;
     private subscribedReply;
@@ -255,11 +259,20 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
      */
     private subscribeNow;
     /**
-     * Finds a starting position where the transport needs one: `since:
-     * 'start'` (offset 0 of the current epoch) and, over SSE and long-polling,
-     * fresh subscriptions (their top), so that they have a `subscribed` with a
-     * position and resume exactly on any later transport. A failed lookup
-     * (ephemeral channel, history closed) leaves the channel live-only.
+     * Finds a starting position where the transport needs one (only while the
+     * subscription has none):
+     *
+     * - `since: 'start'`: just before the oldest publication a subscribe can
+     *   recover, i.e. the oldest of the newest `client.recovery_max` retained
+     *   ones (a `history` read, newest first, without `limit`: the server caps
+     *   it at `recovery_max`), or the top when nothing is retained. Asking from
+     *   offset 0 would get `recovered: false` as soon as history is trimmed.
+     * - over SSE and long-polling, fresh subscriptions: their top, so that they
+     *   have a `subscribed` with a position and resume exactly on any later
+     *   transport.
+     *
+     * A failed lookup (ephemeral channel, history closed) leaves the channel
+     * live-only. `startPending` stays set until a subscribe reply is handled.
      */
     private lookUpPositions;
     private currentToken;

@@ -111,8 +111,13 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
     readonly channel: string;
     private _state;
     private pos;
-    /** `since: 'start'` not resolved yet. */
+    /**
+     * `since: 'start'` not resolved yet: cleared once a subscribe reply is
+     * handled (the position is then known).
+     */
     startPending: boolean;
+    /** A position lookup was refused for good (ephemeral channel, history closed): do not look up again. */
+    noLookup: boolean;
     /** The position was looked up for a fresh subscription (SSE/poll): not a recovery. */
     freshLookup: boolean;
     /** @internal Use `client.subscribe()`. */

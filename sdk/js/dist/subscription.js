@@ -14,6 +14,8 @@ export class Subscription extends Emitter {
         super();
         this.host = host;
         this._state = 'subscribing';
+        /** A position lookup was refused for good (ephemeral channel, history closed): do not look up again. */
+        this.noLookup = false;
         /** The position was looked up for a fresh subscription (SSE/poll): not a recovery. */
         this.freshLookup = false;
         this.channel = channel;
@@ -74,6 +76,7 @@ export class Subscription extends Emitter {
         const presence = decodePresenceMap(ok.presence);
         const hadPos = this.pos !== null && !this.freshLookup;
         this.freshLookup = false;
+        this.startPending = false;
         this.setState('subscribed');
         const ev = { recovered: false, transport };
         if (offset !== undefined)
@@ -110,6 +113,7 @@ export class Subscription extends Emitter {
         if (this._state === 'unsubscribed')
             return;
         this.freshLookup = false;
+        this.startPending = false;
         this.setState('subscribed');
         const ev = { recovered: false, transport };
         if (this.pos) {

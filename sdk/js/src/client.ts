@@ -414,11 +414,15 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
       return;
     }
     if (id !== this.attemptId || !this.wanted) return;
-    await this.lookUpPositions([...this.subs.values()], name !== 'websocket', token);
+    const http = name !== 'websocket';
+    await this.lookUpPositions([...this.subs.values()], http, token);
     if (id !== this.attemptId || !this.wanted) return;
     const session = this.makeSession(name, id);
     this.session = session;
-    session.start(token, this.subscribeRequests());
+    // Channels subscribed while the lookups ran (or whose lookup failed for
+    // now) still need one: they are subscribed once the session is open,
+    // each after its own lookup, never live in their place.
+    session.start(token, [...this.subs.values()].filter((s) => !needsLookup(s, http)).map((s) => s.request()));
   }
 
   private makeSession(name: TransportName, id: number): Session {
@@ -447,8 +451,14 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     return name === 'sse' ? new SseSession(opts, h) : new PollSession(opts, h);
   }
 
+  /**
+   * What an SSE or long-poll (re)start asks for: every channel but those
+   * whose subscribe waits for a position lookup (they join once it is done).
+   */
   private subscribeRequests(): SubscribeRequest[] {
-    return [...this.subs.values()].map((s) => s.request());
+    return [...this.subs.values()]
+      .filter((s) => !this.subscribePending.has(s.channel))
+      .map((s) => s.request());
   }
 
   private opened(r: OpenResult): void {
@@ -730,29 +740,45 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   }
 
   /**
-   * Finds a starting position where the transport needs one: `since:
-   * 'start'` (offset 0 of the current epoch) and, over SSE and long-polling,
-   * fresh subscriptions (their top), so that they have a `subscribed` with a
-   * position and resume exactly on any later transport. A failed lookup
-   * (ephemeral channel, history closed) leaves the channel live-only.
+   * Finds a starting position where the transport needs one (only while the
+   * subscription has none):
+   *
+   * - `since: 'start'`: just before the oldest publication a subscribe can
+   *   recover, i.e. the oldest of the newest `client.recovery_max` retained
+   *   ones (a `history` read, newest first, without `limit`: the server caps
+   *   it at `recovery_max`), or the top when nothing is retained. Asking from
+   *   offset 0 would get `recovered: false` as soon as history is trimmed.
+   * - over SSE and long-polling, fresh subscriptions: their top, so that they
+   *   have a `subscribed` with a position and resume exactly on any later
+   *   transport.
+   *
+   * A failed lookup (ephemeral channel, history closed) leaves the channel
+   * live-only. `startPending` stays set until a subscribe reply is handled.
    */
   private async lookUpPositions(subs: Subscription[], http: boolean, token: string | null): Promise<void> {
     await Promise.all(subs.map(async (sub) => {
       if (!needsLookup(sub, http)) return;
+      const start = sub.startPending;
       try {
-        const ok = await httpAction(this.fetchFn, this.url, token, 'history',
-          { channel: sub.channel, limit: 1, reverse: true }, this.commandTimeout);
+        const args: Obj = start ? { channel: sub.channel, reverse: true } : { channel: sub.channel, limit: 1, reverse: true };
+        const ok = await httpAction(this.fetchFn, this.url, token, 'history', args, this.commandTimeout);
         const offset = uint(ok.offset);
         const epoch = str(ok.epoch);
         if (offset === undefined || epoch === undefined) return;
-        if (sub.startPending) {
-          sub.startPending = false;
-          sub.setLookedUpPosition({ offset: 0, epoch }, false);
-        } else if (!sub.position) {
+        if (sub.position) return; // found meanwhile
+        if (start && sub.startPending) {
+          const pubs = Array.isArray(ok.publications) ? ok.publications : [];
+          const oldest = pubs.length ? uint(isObj(pubs[pubs.length - 1]) ? (pubs[pubs.length - 1] as Obj).offset : undefined) : undefined;
+          const from = oldest !== undefined && oldest > 0 && oldest <= offset ? oldest - 1 : offset;
+          sub.setLookedUpPosition({ offset: from, epoch }, false);
+        } else if (!start) {
           sub.setLookedUpPosition({ offset, epoch }, true);
         }
       } catch (e) {
-        if (e instanceof TidingsError && !e.temporary) sub.startPending = false;
+        if (e instanceof TidingsError && !e.temporary) {
+          if (start) sub.startPending = false;
+          else sub.noLookup = true;
+        }
       }
     }));
   }
@@ -926,7 +952,8 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
 
 /** Whether `sub` needs its position looked up before subscribing. */
 function needsLookup(sub: Subscription, http: boolean): boolean {
-  return sub.startPending || (http && !sub.position);
+  if (sub.position) return false;
+  return sub.startPending || (http && !sub.noLookup);
 }
 
 /** A position an app may pass as `since`: offsets are what pushLeb128 can encode. */

@@ -116,8 +116,13 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   readonly channel: string;
   private _state: SubscriptionState = 'subscribing';
   private pos: Position | null;
-  /** `since: 'start'` not resolved yet. */
+  /**
+   * `since: 'start'` not resolved yet: cleared once a subscribe reply is
+   * handled (the position is then known).
+   */
   startPending: boolean;
+  /** A position lookup was refused for good (ephemeral channel, history closed): do not look up again. */
+  noLookup = false;
   /** The position was looked up for a fresh subscription (SSE/poll): not a recovery. */
   freshLookup = false;
 
@@ -190,6 +195,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     const presence = decodePresenceMap(ok.presence);
     const hadPos = this.pos !== null && !this.freshLookup;
     this.freshLookup = false;
+    this.startPending = false;
     this.setState('subscribed');
     const ev: SubscribedEvent = { recovered: false, transport };
     if (offset !== undefined) ev.offset = offset;
@@ -222,6 +228,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   handleAlreadySubscribed(transport: TransportName): void {
     if (this._state === 'unsubscribed') return;
     this.freshLookup = false;
+    this.startPending = false;
     this.setState('subscribed');
     const ev: SubscribedEvent = { recovered: false, transport };
     if (this.pos) {

