@@ -190,15 +190,19 @@ export async function startTidings(config) {
  * `blockWs` answers WebSocket upgrades on /v1/ws with 403 (as a proxy that
  * does not allow WebSockets would) and forwards the rest, `mute` drops what
  * the server sends (a lost acknowledgement), `hold` keeps what the server
- * sends until `release()` (a slow network), `cut()` destroys every open
+ * sends until `release()` (a slow network), `bad502` answers every request
+ * with 502 (a reverse proxy while the server restarts), `bufferSse` passes
+ * the headers of SSE answers but keeps their body back (a buffering proxy),
+ * `cut()` destroys every open
  * connection. `accepted` counts the connections taken.
  */
 export async function startSwitchProxy(target) {
   const [host, port] = target.split(':');
   const open = new Set();
-  const flags = { blockAll: false, blockWs: false, mute: false, hold: false };
+  const flags = { blockAll: false, blockWs: false, mute: false, hold: false, bad502: false, bufferSse: false };
   const held = [];
   let accepted = 0;
+  let answered502 = 0;
   const server = net.createServer((client) => {
     if (flags.blockAll) {
       client.destroy();
@@ -208,7 +212,20 @@ export async function startSwitchProxy(target) {
     const upstream = net.connect(Number(port), host);
     open.add(client);
     open.add(upstream);
+    // bufferSse: the answer to `GET /v1/sse` is passed up to the end of
+    // its headers, the body is kept back (a proxy that buffers responses).
+    let sse = null;
     client.on('data', (chunk) => {
+      if (flags.bad502) {
+        answered502 += 1;
+        const body = '<html>502 Bad Gateway</html>';
+        client.end(`HTTP/1.1 502 Bad Gateway\r\ncontent-type: text/html\r\ncontent-length: ${body.length}\r\nconnection: close\r\n\r\n${body}`);
+        upstream.destroy();
+        return;
+      }
+      if (flags.bufferSse && sse === null && /^GET \/v1\/sse[?\s]/.test(chunk.toString('latin1'))) {
+        sse = { head: '', headDone: false };
+      }
       if (flags.blockWs && /^GET \/v1\/ws[?\s]/m.test(chunk.toString('latin1'))) {
         client.end('HTTP/1.1 403 Forbidden\r\ncontent-length: 0\r\nconnection: close\r\n\r\n');
         upstream.destroy();
@@ -217,6 +234,20 @@ export async function startSwitchProxy(target) {
       upstream.write(chunk);
     });
     upstream.on('data', (chunk) => {
+      if (sse) {
+        if (sse.headDone) return;
+        const text = chunk.toString('latin1');
+        const end = (sse.head + text).indexOf('\r\n\r\n');
+        if (end < 0) {
+          sse.head += text;
+          client.write(chunk);
+          return;
+        }
+        const upto = end + 4 - sse.head.length;
+        sse.headDone = true;
+        client.write(chunk.subarray(0, upto));
+        return;
+      }
       if (flags.mute) return;
       if (flags.hold) held.push(() => client.write(chunk));
       else client.write(chunk);
@@ -238,6 +269,10 @@ export async function startSwitchProxy(target) {
     flags,
     get accepted() {
       return accepted;
+    },
+    /** Requests answered 502 under `bad502`. */
+    get answered502() {
+      return answered502;
     },
     /** Ends `hold`: delivers what was held, in order. */
     release: () => {

@@ -164,3 +164,48 @@ describe("since: 'start'", () => {
     });
   }
 });
+
+describe('transport fallback', () => {
+  test('SSE through a proxy that buffers the stream: falls back to long-poll, and a publication arrives', { timeout: 30_000 }, async (t) => {
+    const ch = fresh();
+    const proxy = await startSwitchProxy(server.addr);
+    proxy.flags.bufferSse = true;
+    t.after(() => proxy.close());
+    const c = client(t, proxy.addr, { transports: ['sse', 'poll'], connectTimeout: 1500 });
+    const states = [];
+    c.on('state', (s) => states.push(`${s.state}/${s.transport}`));
+    const sub = c.subscribe(ch);
+    const got = collect(sub);
+    c.connect();
+    await connected(c, 'poll', 15_000);
+    await until(() => sub.state === 'subscribed', 10_000, 'the subscription');
+    await apiPublish(server.addr, ch, 'through poll');
+    await until(() => got.pubs.length === 1, 10_000, 'the publication');
+    assert.deepEqual(got.pubs, ['through poll']);
+    assert.ok(!states.includes('connected/sse'), `never shown as connected over SSE: ${states.join(', ')}`);
+  });
+
+  test('a reverse proxy answering 502 while the server is away: the client stays on WebSocket and ends there', { timeout: 30_000 }, async (t) => {
+    const ch = fresh();
+    const proxy = await startSwitchProxy(server.addr);
+    t.after(() => proxy.close());
+    const c = client(t, proxy.addr);
+    const sub = c.subscribe(ch);
+    const got = collect(sub);
+    c.connect();
+    await connected(c, 'websocket');
+    const tried = [];
+    c.on('state', (s) => { if (s.state === 'connecting') tried.push(s.transport); });
+    proxy.flags.bad502 = true;
+    proxy.cut();
+    // Several reconnect attempts (and reachability checks) answered 502.
+    await until(() => proxy.answered502 >= 6, 15_000, 'attempts answered 502');
+    proxy.flags.bad502 = false;
+    await connected(c, 'websocket', 15_000);
+    await until(() => sub.state === 'subscribed', 10_000, 'the resubscribe');
+    await apiPublish(server.addr, ch, 'after the outage');
+    await until(() => got.pubs.length === 1, 10_000, 'the publication');
+    assert.equal(c.transport, 'websocket');
+    assert.deepEqual([...new Set(tried)], ['websocket'], `tried: ${tried.join(', ')}`);
+  });
+});

@@ -223,7 +223,7 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
     private onPush;
     private closed;
     /**
-     * A transport could not be opened. If the server answers plain HTTP, the
+     * A transport could not be opened. If Tidings answers plain HTTP, the
      * transport itself is blocked (a proxy that refuses WebSockets, one that
      * buffers streams): try the next one at once. If not, the network or the
      * server is down: keep the transport and back off, so that an outage does
@@ -231,9 +231,12 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
      */
     private openFailed;
     /**
-     * Whether the server answers a plain HTTP request (any status). `GET
-     * /v1/poll` without a channel is answered at once with 400, and carries
-     * CORS headers, so it works from pages on other origins too.
+     * Whether Tidings itself answers a plain HTTP request. `GET /v1/poll`
+     * without a channel is answered at once with 400 and a Tidings error body
+     * (`{"error": {"code": 101, ...}}`), and carries CORS headers, so it works
+     * from pages on other origins too. Any other answer (a reverse proxy's 502
+     * while Tidings restarts, a captive portal's page) means the server is not
+     * there: an outage, not a blocked transport.
      */
     private reachable;
     private stop;

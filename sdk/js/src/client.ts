@@ -4,7 +4,7 @@
  * its last position, and delivers publishes through an ordered, persistent,
  * idempotent outbox.
  */
-import { isObj, str, uint, type Obj } from './codec.js';
+import { isObj, parseJson, str, uint, type Obj } from './codec.js';
 import { Backoff } from './backoff.js';
 import { Emitter } from './emitter.js';
 import { ErrorCode, TidingsError } from './errors.js';
@@ -592,7 +592,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   }
 
   /**
-   * A transport could not be opened. If the server answers plain HTTP, the
+   * A transport could not be opened. If Tidings answers plain HTTP, the
    * transport itself is blocked (a proxy that refuses WebSockets, one that
    * buffers streams): try the next one at once. If not, the network or the
    * server is down: keep the transport and back off, so that an outage does
@@ -615,9 +615,12 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   }
 
   /**
-   * Whether the server answers a plain HTTP request (any status). `GET
-   * /v1/poll` without a channel is answered at once with 400, and carries
-   * CORS headers, so it works from pages on other origins too.
+   * Whether Tidings itself answers a plain HTTP request. `GET /v1/poll`
+   * without a channel is answered at once with 400 and a Tidings error body
+   * (`{"error": {"code": 101, ...}}`), and carries CORS headers, so it works
+   * from pages on other origins too. Any other answer (a reverse proxy's 502
+   * while Tidings restarts, a captive portal's page) means the server is not
+   * there: an outage, not a blocked transport.
    */
   private async reachable(): Promise<boolean> {
     const ctrl = new AbortController();
@@ -627,8 +630,8 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
         cache: 'no-store',
         signal: ctrl.signal,
       });
-      await res.text().catch(() => '');
-      return true;
+      const body = parseJson(await res.text().catch(() => ''));
+      return isObj(body) && isObj(body.error) && uint(body.error.code) !== undefined;
     } catch {
       return false;
     } finally {

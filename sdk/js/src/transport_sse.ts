@@ -20,6 +20,10 @@ export class SseSession extends HttpSession {
   protected async openStream(subs: SubscribeRequest[], gen: number): Promise<OpenOutcome> {
     const ctrl = new AbortController();
     this.ctrl = ctrl;
+    // The stream counts as open only once the server's opening block
+    // (`retry:` and `id:`, then a blank line) has been read, within
+    // connectTimeout: a proxy that buffers the body passes the headers at
+    // once and then nothing, and must count as a transport that failed.
     const timer = setTimeout(() => ctrl.abort(), this.opts.connectTimeout);
     let res: Response;
     try {
@@ -32,8 +36,8 @@ export class SseSession extends HttpSession {
       clearTimeout(timer);
       return { kind: 'unreachable', reason: `SSE could not be opened: ${(e as Error)?.message ?? e}` };
     }
-    clearTimeout(timer);
     if (!res.ok) {
+      clearTimeout(timer);
       const err = await errorFromResponse(res);
       // An answer without a Tidings error body comes from something in the
       // way (a proxy): this transport cannot open here.
@@ -42,17 +46,44 @@ export class SseSession extends HttpSession {
     }
     const type = res.headers.get('content-type') ?? '';
     if (!type.startsWith('text/event-stream') || !res.body) {
+      clearTimeout(timer);
       ctrl.abort();
       return { kind: 'unreachable', reason: `SSE answered ${type || 'no content type'}` };
     }
-    const body = res.body;
-    return { kind: 'open', afterOpen: () => void this.read(body, ctrl, gen) };
-  }
-
-  private async read(body: ReadableStream<Uint8Array>, ctrl: AbortController, gen: number): Promise<void> {
-    const reader = body.getReader();
+    const reader = res.body.getReader();
     const decoder = new TextDecoder();
     let buf = '';
+    try {
+      while (!openingBlockRead(buf)) {
+        const { value, done } = await reader.read();
+        if (done) {
+          ctrl.abort();
+          return { kind: 'unreachable', reason: 'SSE stream ended before its opening block' };
+        }
+        buf += decoder.decode(value, { stream: true });
+      }
+    } catch {
+      ctrl.abort();
+      reader.cancel().catch(() => undefined);
+      return {
+        kind: 'unreachable',
+        reason: `SSE stream opened but its opening block did not come within ${this.opts.connectTimeout} ms (a buffering proxy?)`,
+      };
+    } finally {
+      clearTimeout(timer);
+    }
+    return { kind: 'open', afterOpen: () => void this.read(reader, decoder, buf, ctrl, gen) };
+  }
+
+  private async read(
+    reader: ReadableStreamDefaultReader<Uint8Array>,
+    decoder: TextDecoder,
+    initial: string,
+    ctrl: AbortController,
+    gen: number,
+  ): Promise<void> {
+    let buf = '';
+    let pending: string | null = initial;
     let event = '';
     let data: string[] = [];
     let watchdog: ReturnType<typeof setTimeout> | null = null;
@@ -66,10 +97,15 @@ export class SseSession extends HttpSession {
     };
     try {
       for (;;) {
-        const { value, done } = await reader.read();
-        if (done) break;
-        arm();
-        buf += decoder.decode(value, { stream: true });
+        if (pending !== null) {
+          buf += pending;
+          pending = null;
+        } else {
+          const { value, done } = await reader.read();
+          if (done) break;
+          arm();
+          buf += decoder.decode(value, { stream: true });
+        }
         let nl: number;
         while ((nl = buf.search(/\r\n|\r|\n/)) >= 0) {
           const line = buf.slice(0, nl);
@@ -125,4 +161,10 @@ export class SseSession extends HttpSession {
     }
     return null;
   }
+}
+
+/** Whether `buf` holds a whole first block (lines, then a blank line). */
+function openingBlockRead(buf: string): boolean {
+  const t = buf.replace(/\r\n?/g, '\n');
+  return t.startsWith('\n') || t.includes('\n\n');
 }
