@@ -209,3 +209,42 @@ describe('transport fallback', () => {
     assert.deepEqual([...new Set(tried)], ['websocket'], `tried: ${tried.join(', ')}`);
   });
 });
+
+describe('long-poll', () => {
+  test('a channel refused in the middle of a long-poll session fails alone; the other keeps delivering', { timeout: 30_000 }, async (t) => {
+    const open = fresh();
+    const dm = `${fresh()}#alice`; // only alice may read it
+    // The first token is alice's and short: the client refreshes it ahead
+    // of expiry with getToken, which now answers bob's. The next poll then
+    // carries a user the dm channel refuses (103).
+    const issued = [];
+    const getToken = () => {
+      const tok = issued.length === 0 ? token('alice', 3) : token('bob');
+      issued.push(tok);
+      return tok;
+    };
+    const c = client(t, server.addr, { transports: ['poll'], getToken });
+    const errors = [];
+    c.on('error', (e) => errors.push(e));
+    const subOpen = c.subscribe(open);
+    const subDm = c.subscribe(dm);
+    const gOpen = collect(subOpen);
+    const gDm = collect(subDm);
+    c.connect();
+    await connected(c, 'poll');
+    await until(() => subOpen.state === 'subscribed' && subDm.state === 'subscribed', 10_000, 'both subscriptions');
+    await until(() => issued.length >= 2, 15_000, 'the token refresh');
+    // Ends the held poll (still alice's); the next one is bob's.
+    await apiPublish(server.addr, open, 1);
+    await until(() => gOpen.pubs.includes(1), 10_000, 'the first publication');
+    await until(() => gDm.errors.length === 1, 10_000, 'the dm channel failing');
+    assert.equal(gDm.errors[0].code, 103);
+    assert.equal(subDm.state, 'unsubscribed');
+    await apiPublish(server.addr, open, 2);
+    await until(() => gOpen.pubs.includes(2), 10_000, 'a publication after the refusal');
+    assert.deepEqual(gOpen.pubs, [1, 2]);
+    assert.equal(c.state, 'connected');
+    assert.equal(c.transport, 'poll');
+    assert.deepEqual(errors.map((e) => e.code), []);
+  });
+});

@@ -71,8 +71,16 @@ export declare abstract class HttpSession implements Session {
      * channel. Only run after a whole request failed, so it costs nothing
      * normally.
      */
-    private probe;
+    protected probe(subs: SubscribeRequest[]): Promise<Array<{
+        channel: string;
+        error: TidingsError;
+    }>>;
 }
+/**
+ * Whether an error answer to a whole request may come from one of its
+ * channels (`101`, `102`, `103`, `104`): then each channel is checked alone.
+ */
+export declare function isChannelLevel(err: TidingsError): boolean;
 /** Reads `offset` and `epoch` from an `ok` object, if both are there. */
 export declare function positionOf(ok: Obj): {
     offset: number;

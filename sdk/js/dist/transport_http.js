@@ -115,9 +115,7 @@ export class HttpSession {
                 return;
             }
             const err = outcome.error;
-            const channelLevel = [ErrorCode.BadRequest, ErrorCode.UnknownChannel, ErrorCode.PermissionDenied,
-                ErrorCode.LimitExceeded].includes(err.code);
-            const bad = channelLevel && pending.length > 0 ? await this.probe(pending) : [];
+            const bad = isChannelLevel(err) && pending.length > 0 ? await this.probe(pending) : [];
             if (this.done || gen !== this.generation)
                 return;
             if (bad.length === 0) {
@@ -178,6 +176,14 @@ export class HttpSession {
             return [];
         return out;
     }
+}
+/**
+ * Whether an error answer to a whole request may come from one of its
+ * channels (`101`, `102`, `103`, `104`): then each channel is checked alone.
+ */
+export function isChannelLevel(err) {
+    return [ErrorCode.BadRequest, ErrorCode.UnknownChannel, ErrorCode.PermissionDenied,
+        ErrorCode.LimitExceeded].includes(err.code);
 }
 /**
  * The subscribe reply an HTTP stream stands for: the channel resumes from

@@ -4,7 +4,7 @@
  */
 import { isObj, parseJson } from './codec.js';
 import { errorFromResponse, isTidingsError } from './http.js';
-import { HttpSession } from './transport_http.js';
+import { HttpSession, isChannelLevel } from './transport_http.js';
 /** Seconds a poll is held by the server when nothing happens. */
 const POLL_TIMEOUT_S = 25;
 /** A long-polling loop (restarted when the channel set changes). */
@@ -44,6 +44,21 @@ export class PollSession extends HttpSession {
             if (r.kind === 'unreachable') {
                 this.streamEnded(gen, { code: 0, reason: r.reason, reconnect: true });
                 return;
+            }
+            if (r.kind === 'error' && isChannelLevel(r.error)) {
+                // One channel may have become refused (its access ended): find which
+                // alone, fail only those subscriptions, and go on with the rest (the
+                // client unsubscribes them, which restarts the polling without them).
+                const bad = await this.probe(subs);
+                if (this.done || gen !== this.generation)
+                    return;
+                if (bad.length > 0) {
+                    for (const b of bad)
+                        this.h.onSubscribed(b.channel, null, b.error);
+                    const badSet = new Set(bad.map((b) => b.channel));
+                    if (!this.opts.subscriptions().some((s) => badSet.has(s.channel)))
+                        continue;
+                }
             }
             if (r.kind === 'error') {
                 this.streamEnded(gen, { code: 0, reason: r.error.message, reconnect: r.error.temporary || r.error.code === 106, error: r.error });

@@ -142,9 +142,7 @@ export abstract class HttpSession implements Session {
         return;
       }
       const err = outcome.error;
-      const channelLevel = [ErrorCode.BadRequest, ErrorCode.UnknownChannel, ErrorCode.PermissionDenied,
-        ErrorCode.LimitExceeded].includes(err.code as 101);
-      const bad = channelLevel && pending.length > 0 ? await this.probe(pending) : [];
+      const bad = isChannelLevel(err) && pending.length > 0 ? await this.probe(pending) : [];
       if (this.done || gen !== this.generation) return;
       if (bad.length === 0) {
         this.finish({ opened: this.opened, code: 0, reason: err.message, reconnect: err.temporary, error: err });
@@ -176,7 +174,7 @@ export abstract class HttpSession implements Session {
    * channel. Only run after a whole request failed, so it costs nothing
    * normally.
    */
-  private async probe(subs: SubscribeRequest[]): Promise<Array<{ channel: string; error: TidingsError }>> {
+  protected async probe(subs: SubscribeRequest[]): Promise<Array<{ channel: string; error: TidingsError }>> {
     const out: Array<{ channel: string; error: TidingsError }> = [];
     await Promise.all(subs.map(async (s) => {
       try {
@@ -200,6 +198,15 @@ export abstract class HttpSession implements Session {
     if (out.length === subs.length && subs.length > 1) return [];
     return out;
   }
+}
+
+/**
+ * Whether an error answer to a whole request may come from one of its
+ * channels (`101`, `102`, `103`, `104`): then each channel is checked alone.
+ */
+export function isChannelLevel(err: TidingsError): boolean {
+  return [ErrorCode.BadRequest, ErrorCode.UnknownChannel, ErrorCode.PermissionDenied,
+    ErrorCode.LimitExceeded].includes(err.code as 101);
 }
 
 /**
