@@ -248,3 +248,54 @@ describe('long-poll', () => {
     assert.deepEqual(errors.map((e) => e.code), []);
   });
 });
+
+describe('Optimistic', () => {
+  test('a reset during a load starts it over, and live publications during a load are applied after the history, in order', { timeout: 40_000 }, async (t) => {
+    // On `tight` a history answer holds at most 3 publications: a load
+    // takes several pages.
+    const ch = fresh();
+    const first = await apiPublish(tight.addr, ch, 1);
+    for (let i = 2; i <= 7; i++) await apiPublish(tight.addr, ch, i);
+    const proxy = await startSwitchProxy(tight.addr);
+    t.after(() => proxy.close());
+    const c = client(t, proxy.addr);
+    // The second history read (page 2 of the first load) is held.
+    const history = c.history.bind(c);
+    let calls = 0;
+    let held = false;
+    let release;
+    const gate = new Promise((r) => { release = r; });
+    c.history = async (...args) => {
+      calls += 1;
+      if (calls === 2) {
+        held = true;
+        await gate;
+      }
+      return history(...args);
+    };
+    // 7 missed, more than recovery_max: recovered: false and a reset.
+    const sub = c.subscribe(ch, { since: { offset: 0, epoch: first.epoch } });
+    const got = collect(sub);
+    const opt = new Optimistic(c, sub, { initial: () => [], apply: (list, n) => [...list, n] });
+    t.after(() => opt.destroy());
+    c.connect();
+    await until(() => held, 10_000, 'the second page of the first load');
+    // A live publication while the load runs.
+    await apiPublish(tight.addr, ch, 8);
+    await until(() => got.pubs.includes(8), 10_000, 'the live publication');
+    // A second reset while the load still runs: 4 publications missed
+    // while disconnected, more than recovery_max.
+    proxy.flags.blockAll = true;
+    const gone = next(c, 'state', (s) => s.state === 'disconnected');
+    proxy.cut();
+    await gone;
+    for (let i = 9; i <= 12; i++) await apiPublish(tight.addr, ch, i);
+    proxy.flags.blockAll = false;
+    await until(() => got.resets.length === 2, 15_000, 'the second reset');
+    release();
+    await until(() => opt.state.length >= 12, 10_000, 'the reloaded history');
+    await apiPublish(tight.addr, ch, 13);
+    await until(() => opt.state.includes(13), 10_000, 'a live publication after the load');
+    assert.deepEqual(opt.state, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+  });
+});

@@ -69,6 +69,10 @@ export declare class Optimistic<S, D = unknown> extends Emitter<OptimisticEvents
     private readonly idField;
     private readonly offs;
     private loading;
+    /** Bumped by each load; a reset starts a new one and the old one stops. */
+    private loadGen;
+    /** Live publications received while a load runs, applied after its history. */
+    private buffered;
     /**
      * @param client the client (for restored outbox entries and their answers)
      * @param sub the subscription whose publications make the state
@@ -93,9 +97,14 @@ export declare class Optimistic<S, D = unknown> extends Emitter<OptimisticEvents
     dismiss(key: string): PendingItem<D> | null;
     /**
      * Loads the retained history into the state (idempotent: publications
-     * already folded are skipped). Runs by itself after a `reset`.
+     * already folded are skipped). Runs by itself after a `reset`. Live
+     * publications that come during the load are kept and applied after the
+     * history (those it held already are skipped, by offset), so the state is
+     * folded in offset order. A `reset` during a load starts it over; the
+     * promise resolves when the last one has finished.
      */
     load(): Promise<void>;
+    private startLoad;
     /** Stops listening. */
     destroy(): void;
     private adopt;

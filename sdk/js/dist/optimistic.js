@@ -25,6 +25,10 @@ export class Optimistic extends Emitter {
         this.items = [];
         this.offs = [];
         this.loading = null;
+        /** Bumped by each load; a reset starts a new one and the old one stops. */
+        this.loadGen = 0;
+        /** Live publications received while a load runs, applied after its history. */
+        this.buffered = null;
         this.idField = opts.idField ?? 'cid';
         this.confirmedState = opts.initial();
         this.visible = this.confirmedState;
@@ -84,30 +88,58 @@ export class Optimistic extends Emitter {
     }
     /**
      * Loads the retained history into the state (idempotent: publications
-     * already folded are skipped). Runs by itself after a `reset`.
+     * already folded are skipped). Runs by itself after a `reset`. Live
+     * publications that come during the load are kept and applied after the
+     * history (those it held already are skipped, by offset), so the state is
+     * folded in offset order. A `reset` during a load starts it over; the
+     * promise resolves when the last one has finished.
      */
     load() {
-        if (!this.loading) {
-            this.loading = (async () => {
-                try {
-                    let since;
-                    for (let page = 0; page < 100; page++) {
-                        const r = await this.sub.history(since ? { since, limit: 1000 } : { limit: 1000 });
-                        for (const p of r.publications)
-                            this.fold(p);
-                        this.recompute();
-                        const last = r.publications[r.publications.length - 1];
-                        if (!last || last.offset === undefined || last.offset >= r.offset)
-                            break;
-                        since = { offset: last.offset, epoch: r.epoch };
-                    }
-                }
-                finally {
+        return this.loading ?? this.startLoad();
+    }
+    startLoad() {
+        const gen = ++this.loadGen;
+        this.buffered = [];
+        const run = async () => {
+            let since;
+            for (let page = 0; page < 1000; page++) {
+                const r = await this.sub.history(since ? { since, limit: 1000 } : { limit: 1000 });
+                if (gen !== this.loadGen)
+                    return;
+                for (const p of r.publications)
+                    this.fold(p);
+                this.recompute();
+                const last = r.publications[r.publications.length - 1];
+                if (!last || last.offset === undefined || last.offset >= r.offset)
+                    break;
+                since = { offset: last.offset, epoch: r.epoch };
+            }
+        };
+        const p = (async () => {
+            try {
+                await run();
+            }
+            catch (e) {
+                if (gen === this.loadGen)
+                    throw e; // a superseded load's failure does not matter
+            }
+            finally {
+                if (gen === this.loadGen) {
                     this.loading = null;
+                    const live = this.buffered ?? [];
+                    this.buffered = null;
+                    for (const pub of live)
+                        this.fold(pub);
+                    if (live.length)
+                        this.recompute();
                 }
-            })();
-        }
-        return this.loading;
+            }
+            // Superseded by a reset: resolve when the load that replaced it ends.
+            if (gen !== this.loadGen && this.loading)
+                await this.loading;
+        })();
+        this.loading = p;
+        return p;
     }
     /** Stops listening. */
     destroy() {
@@ -128,6 +160,10 @@ export class Optimistic extends Emitter {
             this.recompute();
     }
     onPublication(p) {
+        if (this.buffered) {
+            this.buffered.push(p);
+            return;
+        }
         this.fold(p);
         this.recompute();
     }
@@ -149,9 +185,14 @@ export class Optimistic extends Emitter {
     onReset() {
         this.applied.clear();
         this.confirmedState = this.opts.initial();
+        // A load in progress folded into the state just cleared: start it over.
+        const reload = (this.opts.reloadOnReset ?? true) || this.loading !== null;
+        this.loading = null;
+        this.loadGen += 1;
+        this.buffered = null;
         this.recompute();
-        if (this.opts.reloadOnReset ?? true)
-            this.load().catch(() => undefined);
+        if (reload)
+            this.startLoad().catch(() => undefined);
     }
     onAck(key, result) {
         const item = this.items.find((x) => x.key === key);

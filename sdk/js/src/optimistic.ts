@@ -67,6 +67,10 @@ export class Optimistic<S, D = unknown> extends Emitter<OptimisticEvents<S, D>> 
   private readonly idField: string;
   private readonly offs: Array<() => void> = [];
   private loading: Promise<void> | null = null;
+  /** Bumped by each load; a reset starts a new one and the old one stops. */
+  private loadGen = 0;
+  /** Live publications received while a load runs, applied after its history. */
+  private buffered: Publication<D>[] | null = null;
 
   /**
    * @param client the client (for restored outbox entries and their answers)
@@ -147,27 +151,50 @@ export class Optimistic<S, D = unknown> extends Emitter<OptimisticEvents<S, D>> 
 
   /**
    * Loads the retained history into the state (idempotent: publications
-   * already folded are skipped). Runs by itself after a `reset`.
+   * already folded are skipped). Runs by itself after a `reset`. Live
+   * publications that come during the load are kept and applied after the
+   * history (those it held already are skipped, by offset), so the state is
+   * folded in offset order. A `reset` during a load starts it over; the
+   * promise resolves when the last one has finished.
    */
   load(): Promise<void> {
-    if (!this.loading) {
-      this.loading = (async () => {
-        try {
-          let since: { offset: number; epoch: string } | undefined;
-          for (let page = 0; page < 100; page++) {
-            const r = await this.sub.history(since ? { since, limit: 1000 } : { limit: 1000 });
-            for (const p of r.publications) this.fold(p as Publication<D>);
-            this.recompute();
-            const last = r.publications[r.publications.length - 1];
-            if (!last || last.offset === undefined || last.offset >= r.offset) break;
-            since = { offset: last.offset, epoch: r.epoch };
-          }
-        } finally {
+    return this.loading ?? this.startLoad();
+  }
+
+  private startLoad(): Promise<void> {
+    const gen = ++this.loadGen;
+    this.buffered = [];
+    const run = async (): Promise<void> => {
+      let since: { offset: number; epoch: string } | undefined;
+      for (let page = 0; page < 1000; page++) {
+        const r = await this.sub.history(since ? { since, limit: 1000 } : { limit: 1000 });
+        if (gen !== this.loadGen) return;
+        for (const p of r.publications) this.fold(p as Publication<D>);
+        this.recompute();
+        const last = r.publications[r.publications.length - 1];
+        if (!last || last.offset === undefined || last.offset >= r.offset) break;
+        since = { offset: last.offset, epoch: r.epoch };
+      }
+    };
+    const p = (async () => {
+      try {
+        await run();
+      } catch (e) {
+        if (gen === this.loadGen) throw e; // a superseded load's failure does not matter
+      } finally {
+        if (gen === this.loadGen) {
           this.loading = null;
+          const live = this.buffered ?? [];
+          this.buffered = null;
+          for (const pub of live) this.fold(pub);
+          if (live.length) this.recompute();
         }
-      })();
-    }
-    return this.loading;
+      }
+      // Superseded by a reset: resolve when the load that replaced it ends.
+      if (gen !== this.loadGen && this.loading) await this.loading;
+    })();
+    this.loading = p;
+    return p;
   }
 
   /** Stops listening. */
@@ -187,6 +214,10 @@ export class Optimistic<S, D = unknown> extends Emitter<OptimisticEvents<S, D>> 
   }
 
   private onPublication(p: Publication<D>): void {
+    if (this.buffered) {
+      this.buffered.push(p);
+      return;
+    }
     this.fold(p);
     this.recompute();
   }
@@ -209,8 +240,13 @@ export class Optimistic<S, D = unknown> extends Emitter<OptimisticEvents<S, D>> 
   private onReset(): void {
     this.applied.clear();
     this.confirmedState = this.opts.initial();
+    // A load in progress folded into the state just cleared: start it over.
+    const reload = (this.opts.reloadOnReset ?? true) || this.loading !== null;
+    this.loading = null;
+    this.loadGen += 1;
+    this.buffered = null;
     this.recompute();
-    if (this.opts.reloadOnReset ?? true) this.load().catch(() => undefined);
+    if (reload) this.startLoad().catch(() => undefined);
   }
 
   private onAck(key: string, result: PublishResult): void {
