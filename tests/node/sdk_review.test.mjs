@@ -6,7 +6,7 @@
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
-import { MemoryOutboxStore, Optimistic, TidingsClient } from '../../sdk/js/dist/index.js';
+import { MemoryOutboxStore, Optimistic, TidingsClient, TypingWatcher } from '../../sdk/js/dist/index.js';
 import { API_KEY, apiPublish, mintToken, startSwitchProxy, startTidings, until } from './harness.mjs';
 
 const SECRET = 'sdk-review-secret';
@@ -297,5 +297,42 @@ describe('Optimistic', () => {
     await apiPublish(tight.addr, ch, 13);
     await until(() => opt.state.includes(13), 10_000, 'a live publication after the load');
     assert.deepEqual(opt.state, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]);
+  });
+});
+
+describe('connection management', () => {
+  test('a server that accepts and then closes at once gets growing reconnect delays (no backoff reset on a short open)', { timeout: 30_000 }, async (t) => {
+    const proxy = await startSwitchProxy(server.addr);
+    t.after(() => proxy.close());
+    // random() = 1: each delay is its window's cap, 50, 100, 200, 400.
+    const c = client(t, proxy.addr, { random: () => 1 });
+    const delays = [];
+    c.on('reconnecting', (e) => delays.push(e.delay));
+    // Each connection is cut as soon as it opens.
+    c.on('connected', () => setImmediate(() => proxy.cut()));
+    c.connect();
+    await until(() => delays.length >= 4, 15_000, 'four reconnects');
+    c.disconnect();
+    assert.deepEqual(delays.slice(0, 4), [50, 100, 200, 400]);
+  });
+
+  test('TypingWatcher over SSE does not show the local user typing (the user comes from the token)', { timeout: 30_000 }, async (t) => {
+    const ch = fresh();
+    const ann = client(t, server.addr, { transports: ['sse'], token: token('ann') });
+    const ben = client(t, server.addr, { transports: ['sse'], token: token('ben') });
+    const reports = [];
+    const watcher = new TypingWatcher(ann, ch, (names) => reports.push(names), 60_000);
+    t.after(() => watcher.destroy());
+    const benSub = ben.subscribe(ch);
+    ann.connect();
+    ben.connect();
+    await connected(ann, 'sse');
+    await connected(ben, 'sse');
+    await until(() => ann.getSubscription(ch).state === 'subscribed' && benSub.state === 'subscribed', 10_000, 'subscriptions');
+    assert.equal(ann.user, 'ann');
+    await ann.publish(ch, { typing: true }, { queue: false });
+    await ben.publish(ch, { typing: true }, { queue: false });
+    await until(() => reports.some((r) => r.includes('ben')), 10_000, "ben's typing");
+    assert.ok(reports.every((r) => !r.includes('ann')), `reports: ${JSON.stringify(reports)}`);
   });
 });

@@ -42,6 +42,12 @@ export interface ClientOptions {
     outbox?: OutboxStore | false;
     /** Name of the default outbox store (use the user id). Default `default`. */
     outboxName?: string;
+    /**
+     * The reconnect backoff starts over only once a connection has stayed open
+     * this long, ms (default 5000): a server that accepts and then closes at
+     * once (3002, 3006, a crash loop) gets growing delays.
+     */
+    stableAfter?: number;
     /** Uniform random numbers in [0, 1) for backoff jitter; for tests. */
     random?: () => number;
 }
@@ -128,6 +134,9 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
     private attemptId;
     private timer;
     private refreshTimer;
+    /** Resets the backoff once the connection has stayed open `stableAfter` ms. */
+    private stableTimer;
+    private readonly stableAfter;
     /** Index of the transport that last worked: each cycle starts there. */
     private sticky;
     private current;
@@ -293,3 +302,5 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
 }
 /** The `exp` claim of a JWT, or null (unreadable or none). Never throws. */
 export declare function jwtExp(token: string): number | null;
+/** The `sub` claim of a JWT (not verified: the server does that), or null. Never throws. */
+export declare function jwtSub(token: string): string | null;

@@ -30,6 +30,8 @@ export class TidingsClient extends Emitter {
         this.attemptId = 0;
         this.timer = null;
         this.refreshTimer = null;
+        /** Resets the backoff once the connection has stayed open `stableAfter` ms. */
+        this.stableTimer = null;
         /** Index of the transport that last worked: each cycle starts there. */
         this.sticky = 0;
         this.current = 0;
@@ -75,6 +77,7 @@ export class TidingsClient extends Emitter {
         this.maxReconnectDelay = opts.maxReconnectDelay ?? 20000;
         this.random = opts.random;
         this.backoff = new Backoff(this.minReconnectDelay, this.maxReconnectDelay, opts.random);
+        this.stableAfter = opts.stableAfter ?? 5000;
         this.connectTimeout = opts.connectTimeout ?? 10000;
         this.commandTimeout = opts.commandTimeout ?? 15000;
         this.getToken = opts.getToken;
@@ -336,10 +339,16 @@ export class TidingsClient extends Emitter {
     opened(r) {
         this.sticky = this.current % this.transports.length;
         this.triedInCycle = 0;
-        this.backoff.reset();
+        if (this.stableTimer)
+            clearTimeout(this.stableTimer);
+        this.stableTimer = setTimeout(() => {
+            this.stableTimer = null;
+            this.backoff.reset();
+        }, this.stableAfter);
         const transport = this.session?.transport ?? 'websocket';
         this.clientId = r.client ?? null;
-        this.user = r.user ?? null;
+        // SSE and long-poll have no connect reply: the user is the token's `sub`.
+        this.user = r.user ?? (this.token ? jwtSub(this.token) : null);
         this.setState('connected', transport);
         const answered = new Set();
         for (const s of r.subscribed) {
@@ -574,6 +583,9 @@ export class TidingsClient extends Emitter {
      * recovers) on the next one.
      */
     sessionGone() {
+        if (this.stableTimer)
+            clearTimeout(this.stableTimer);
+        this.stableTimer = null;
         this.inflight.clear();
         this.clearRefresh();
         this.subscribePending.clear();
@@ -894,6 +906,20 @@ export function jwtExp(token) {
         const json = atob(part.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((part.length + 3) % 4));
         const claims = JSON.parse(json);
         return typeof claims?.exp === 'number' ? claims.exp : null;
+    }
+    catch {
+        return null;
+    }
+}
+/** The `sub` claim of a JWT (not verified: the server does that), or null. Never throws. */
+export function jwtSub(token) {
+    try {
+        const part = token.split('.')[1];
+        if (!part)
+            return null;
+        const json = atob(part.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((part.length + 3) % 4));
+        const claims = JSON.parse(json);
+        return typeof claims?.sub === 'string' ? claims.sub : null;
     }
     catch {
         return null;

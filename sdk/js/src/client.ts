@@ -64,6 +64,12 @@ export interface ClientOptions {
   outbox?: OutboxStore | false;
   /** Name of the default outbox store (use the user id). Default `default`. */
   outboxName?: string;
+  /**
+   * The reconnect backoff starts over only once a connection has stayed open
+   * this long, ms (default 5000): a server that accepts and then closes at
+   * once (3002, 3006, a crash loop) gets growing delays.
+   */
+  stableAfter?: number;
   /** Uniform random numbers in [0, 1) for backoff jitter; for tests. */
   random?: () => number;
 }
@@ -153,6 +159,9 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   private attemptId = 0;
   private timer: ReturnType<typeof setTimeout> | null = null;
   private refreshTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Resets the backoff once the connection has stayed open `stableAfter` ms. */
+  private stableTimer: ReturnType<typeof setTimeout> | null = null;
+  private readonly stableAfter: number;
   /** Index of the transport that last worked: each cycle starts there. */
   private sticky = 0;
   private current = 0;
@@ -207,6 +216,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     this.maxReconnectDelay = opts.maxReconnectDelay ?? 20_000;
     this.random = opts.random;
     this.backoff = new Backoff(this.minReconnectDelay, this.maxReconnectDelay, opts.random);
+    this.stableAfter = opts.stableAfter ?? 5000;
     this.connectTimeout = opts.connectTimeout ?? 10_000;
     this.commandTimeout = opts.commandTimeout ?? 15_000;
     this.getToken = opts.getToken;
@@ -464,10 +474,15 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   private opened(r: OpenResult): void {
     this.sticky = this.current % this.transports.length;
     this.triedInCycle = 0;
-    this.backoff.reset();
+    if (this.stableTimer) clearTimeout(this.stableTimer);
+    this.stableTimer = setTimeout(() => {
+      this.stableTimer = null;
+      this.backoff.reset();
+    }, this.stableAfter);
     const transport = this.session?.transport ?? 'websocket';
     this.clientId = r.client ?? null;
-    this.user = r.user ?? null;
+    // SSE and long-poll have no connect reply: the user is the token's `sub`.
+    this.user = r.user ?? (this.token ? jwtSub(this.token) : null);
     this.setState('connected', transport);
     const answered = new Set<string>();
     for (const s of r.subscribed) {
@@ -691,6 +706,8 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
    * recovers) on the next one.
    */
   private sessionGone(): void {
+    if (this.stableTimer) clearTimeout(this.stableTimer);
+    this.stableTimer = null;
     this.inflight.clear();
     this.clearRefresh();
     this.subscribePending.clear();
@@ -988,6 +1005,19 @@ export function jwtExp(token: string): number | null {
     const json = atob(part.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((part.length + 3) % 4));
     const claims = JSON.parse(json);
     return typeof claims?.exp === 'number' ? claims.exp : null;
+  } catch {
+    return null;
+  }
+}
+
+/** The `sub` claim of a JWT (not verified: the server does that), or null. Never throws. */
+export function jwtSub(token: string): string | null {
+  try {
+    const part = token.split('.')[1];
+    if (!part) return null;
+    const json = atob(part.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((part.length + 3) % 4));
+    const claims = JSON.parse(json);
+    return typeof claims?.sub === 'string' ? claims.sub : null;
   } catch {
     return null;
   }
