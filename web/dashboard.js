@@ -5,6 +5,7 @@ import {
   LOBBY, POLL, POLL_OPTIONS, POLL_QUESTION, QA,
   bindIndicator, chatFold, chatMessages, clock, esc, makeClient, pollFold, pollResults, qaFold, qaList, trackPresence,
 } from '/common.js';
+import { Optimistic } from '/sdk/index.js';
 
 const $ = (id) => document.getElementById(id);
 const client = makeClient({ transports: ['sse'], outboxName: 'dashboard' });
@@ -12,37 +13,17 @@ window.tidings = client;
 bindIndicator(client, $('conn'));
 $('poll-question').textContent = POLL_QUESTION;
 
-/** Folds a subscription's publications with `fold`; resets start over. */
+/**
+ * Folds a subscription's publications with `fold` (no sends: `Optimistic`
+ * only for its fold). On a reset it starts over and reloads every page of
+ * the retained history, starting again if another reset comes during the
+ * load, and applies publications that came during the load after it.
+ */
 function folded(channel, fold, render) {
   const sub = client.subscribe(channel, { since: 'start' });
-  let state = fold.initial();
-  const seen = new Set();
-  sub.on('publication', (p) => {
-    if (p.offset !== undefined) {
-      if (seen.has(p.offset)) return;
-      seen.add(p.offset);
-    }
-    state = fold.apply(state, p.data, p);
-    render(state);
-  });
-  sub.on('reset', async () => {
-    // The position was lost: reload what history retains.
-    state = fold.initial();
-    seen.clear();
-    try {
-      const h = await sub.history({ limit: 1000 });
-      for (const p of h.publications) {
-        if (p.offset !== undefined && !seen.has(p.offset)) {
-          seen.add(p.offset);
-          state = fold.apply(state, p.data, p);
-        }
-      }
-    } catch {
-      // Shown as empty until the next publication.
-    }
-    render(state);
-  });
-  render(state);
+  const state = new Optimistic(client, sub, fold);
+  state.on('change', render);
+  render(state.state);
   return sub;
 }
 
