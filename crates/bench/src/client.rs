@@ -110,11 +110,7 @@ pub async fn open(
                 .await
                 .map_err(BenchError::Io)?;
             let (head, rest) = ws::read_head(&mut tcp).await?;
-            if !head.starts_with("HTTP/1.1 200") {
-                return Err(BenchError::Refused(
-                    head.lines().next().unwrap_or("").into(),
-                ));
-            }
+            ws::expect_status(&head, "200")?;
             ctx.stats.open.fetch_add(1, Ordering::Relaxed);
             let task = tokio::spawn(read_sse(ctx.clone(), tcp, rest, tracker, stop));
             Ok(Opened {
@@ -251,11 +247,7 @@ async fn poll_once(
         .await
         .map_err(BenchError::Io)?;
     let (head, mut body) = ws::read_head(tcp).await?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(BenchError::Refused(
-            head.lines().next().unwrap_or("").into(),
-        ));
-    }
+    ws::expect_status(&head, "200")?;
     let len = head
         .lines()
         .find_map(|l| {

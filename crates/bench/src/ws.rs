@@ -53,6 +53,16 @@ pub async fn read_head(stream: &mut TcpStream) -> Result<(String, Vec<u8>), Benc
     }
 }
 
+/// Refuses a response head whose status is not `code`.
+pub fn expect_status(head: &str, code: &str) -> Result<(), BenchError> {
+    let line = head.lines().next().unwrap_or("");
+    if line.split_whitespace().nth(1) == Some(code) {
+        Ok(())
+    } else {
+        Err(BenchError::Refused(line.to_string()))
+    }
+}
+
 /// One WebSocket connection.
 pub struct Ws {
     stream: TcpStream,
@@ -78,10 +88,7 @@ impl Ws {
             .await
             .map_err(BenchError::Io)?;
         let (head, rest) = read_head(&mut stream).await?;
-        if !head.starts_with("HTTP/1.1 101") {
-            let line = head.lines().next().unwrap_or("").to_string();
-            return Err(BenchError::Refused(line));
-        }
+        expect_status(&head, "101")?;
         Ok(Ws {
             stream,
             buf: rest,

@@ -262,3 +262,21 @@ async fn last_seen_survives_a_restart() {
     assert_eq!(answer["users"]["alice"].as_u64(), Some(at_disconnect));
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_live_connection_keeps_renewing_its_presence_lease() {
+    let mut config = presence_config();
+    // Renewed every 200 ms; an unrenewed entry would be gone within ~0.9 s.
+    config.presence_ttl = Duration::from_millis(600);
+    let server = start_with(config).await;
+    let mut member = Raw::connect(&server, Some("bob")).await;
+    member
+        .call(json!({"op": "subscribe", "channel": "room:lease"}))
+        .await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let (_, stats) = api(&server, "presence_stats", json!({"channel": "room:lease"})).await;
+        assert_eq!(stats, json!({"clients": 1, "users": 1}), "the lease lapsed");
+    }
+    drop(member);
+}

@@ -158,6 +158,10 @@ where
             let left = at.saturating_add(TOKEN_LEEWAY_S).saturating_sub(unix_now());
             Instant::now() + Duration::from_secs(left.min(MAX_TIMER_S))
         });
+        let wake = [pong_deadline, expiry, Some(next_renew)]
+            .into_iter()
+            .flatten()
+            .fold(next_ping, Instant::min);
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(Ok(msg)) => {
@@ -180,31 +184,36 @@ where
                 }
                 None => break,
             },
-            _ = sleep_until(next_ping) => {
-                // A client must send `connect` within one ping interval.
-                if !session.is_connected() {
-                    outbox.close(Disconnect { reason: "no connect command in time".into(), ..Disconnect::new(DisconnectCode::BAD_REQUEST, None) }, true);
+            // One timer for all deadlines: each pending `Sleep` is part of
+            // every idle connection's task.
+            _ = sleep_until(wake) => {
+                let now = Instant::now();
+                if pong_deadline.is_some_and(|d| d <= now) {
+                    session.disconnect(DisconnectCode::NO_PONG);
+                    pong_deadline = None;
                 }
-                outbox.push(encode_push(&Push::Ping));
-                next_ping = Instant::now() + ping_interval;
-                if pong_deadline.is_none() {
-                    pong_deadline = Some(Instant::now() + node.config.client.pong_timeout);
-                }
-            }
-            _ = sleep_until(pong_deadline.unwrap_or(next_ping + ping_interval)), if pong_deadline.is_some() => {
-                session.disconnect(DisconnectCode::NO_PONG);
-                pong_deadline = None;
-            }
-            _ = sleep_until(expiry.unwrap_or(next_ping)), if expiry.is_some() => {
-                if session.expires_at().is_some_and(|at| at.saturating_add(TOKEN_LEEWAY_S) <= unix_now()) {
+                if expiry.is_some_and(|e| e <= now)
+                    && session.expires_at().is_some_and(|at| at.saturating_add(TOKEN_LEEWAY_S) <= unix_now())
+                {
                     session.disconnect(DisconnectCode::TOKEN_EXPIRED);
+                }
+                if next_ping <= now {
+                    // A client must send `connect` within one ping interval.
+                    if !session.is_connected() {
+                        outbox.close(Disconnect { reason: "no connect command in time".into(), ..Disconnect::new(DisconnectCode::BAD_REQUEST, None) }, true);
+                    }
+                    outbox.push(encode_push(&Push::Ping));
+                    next_ping = now + ping_interval;
+                    if pong_deadline.is_none() {
+                        pong_deadline = Some(now + node.config.client.pong_timeout);
+                    }
+                }
+                if next_renew <= now {
+                    Box::pin(session.renew_presence()).await;
+                    next_renew = Instant::now() + renew_every;
                 }
             }
             c = control.recv() => Box::pin(session.handle_control(c)).await,
-            _ = sleep_until(next_renew) => {
-                Box::pin(session.renew_presence()).await;
-                next_renew = Instant::now() + renew_every;
-            }
             _ = outbox.closing() => {}
             _ = &mut writer => break,
         }
