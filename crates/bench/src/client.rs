@@ -101,7 +101,8 @@ pub async fn open(
         Transport::Sse => {
             let mut tcp = tcp;
             let req = format!(
-                "GET /v1/sse?{} HTTP/1.1\r\nHost: {}\r\n{}\r\n",
+                // Close: a stream the server ends must end the connection too.
+                "GET /v1/sse?{} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n{}\r\n",
                 query(&spec.channels),
                 s.addr,
                 bearer(s)
@@ -167,6 +168,8 @@ async fn read_ws(
     mut stop: watch::Receiver<bool>,
 ) {
     let target = ctx.scenario.target;
+    // Only a publishing client gets replies worth counting.
+    let publishes = commands.is_some();
     let mut replies: Vec<&'static [u8]> = Vec::new();
     loop {
         tokio::select! {
@@ -179,6 +182,9 @@ async fn read_ws(
             }
             read = conn.read(|msg| {
                 tracker.feed(msg, &ctx.stats);
+                if publishes {
+                    ctx.stats.count_replies(msg);
+                }
                 if let Some(r) = target::heartbeat(target, msg) {
                     replies.push(r);
                 }
@@ -294,9 +300,9 @@ async fn read_poll(
                     ctx.stats.closed.fetch_add(1, Ordering::Relaxed);
                     // Reconnect after a pause rather than spin; keep the position.
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    match ws::tcp(ctx.scenario.addr, None).await {
-                        Ok(t) => tcp = t,
-                        Err(_) => break,
+                    match tokio::time::timeout(Duration::from_secs(5), ws::tcp(ctx.scenario.addr, None)).await {
+                        Ok(Ok(t)) => tcp = t,
+                        _ => break,
                     }
                 }
             }

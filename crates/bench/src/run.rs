@@ -52,7 +52,7 @@ pub async fn run(mut scenario: Scenario, opts: Options) -> Result<Report, BenchE
     let (sources, per_source) = sources(scenario.connections);
     let ctx = Arc::new(Ctx {
         scenario: scenario.clone(),
-        stats: Stats::default(),
+        stats: Stats::new(scenario.channel_count()),
         sources,
         per_source,
     });
@@ -181,14 +181,15 @@ pub async fn run(mut scenario: Scenario, opts: Options) -> Result<Report, BenchE
         .iter()
         .map(|c| c.as_ref().map(|c| c.positions.clone()).unwrap_or_default())
         .collect();
-    let _ = stop.send(true);
-    for c in clients.into_iter().flatten() {
-        let _ = c.task.await;
-    }
+    close_all(&stop, clients).await;
     let storm = match &scenario.storm {
         Some(storm) => {
             *phase.lock() = "storm".into();
-            Some(run_storm(&ctx, storm, &positions, &mut seqs, deadline).await?)
+            let result = run_storm(&ctx, storm, &positions, &mut seqs, deadline).await;
+            if let Err(e) = &result {
+                notes.push(format!("the storm did not run: {e}"));
+            }
+            result.ok()
         }
         None => None,
     };
@@ -213,6 +214,19 @@ pub async fn run(mut scenario: Scenario, opts: Options) -> Result<Report, BenchE
         seconds: started.elapsed().as_secs_f64(),
         notes,
     })
+}
+
+/// Stops every client and waits for it, at most a few seconds: a client
+/// stuck writing to a server that stopped reading is aborted.
+async fn close_all(stop: &watch::Sender<bool>, clients: Vec<Option<Opened>>) {
+    let _ = stop.send(true);
+    let by = tokio::time::Instant::now() + Duration::from_secs(5);
+    for c in clients.into_iter().flatten() {
+        let mut task = c.task;
+        if tokio::time::timeout_at(by, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
 }
 
 /// Loopback source addresses when one address's ephemeral ports are not enough.
@@ -324,17 +338,24 @@ async fn step(
     pid: Option<u32>,
 ) -> Step {
     let stats = &ctx.stats;
+    let channels = seqs.len();
+    // Deliveries of earlier steps that arrive now count as late, not here.
+    for (first, seq) in stats.step_first.iter().zip(seqs.iter()) {
+        first.store(seq + 1, Ordering::Relaxed);
+    }
     stats.reset_latency();
-    let delivered0 = stats.delivered.load(Ordering::Relaxed);
-    let dups0 = stats.duplicates.load(Ordering::Relaxed);
+    stats.delivered.store(0, Ordering::Relaxed);
+    stats.duplicates.store(0, Ordering::Relaxed);
+    let accepted0: Vec<u64> = stats
+        .accepted
+        .iter()
+        .map(|a| a.load(Ordering::Relaxed))
+        .collect();
+    let refused0 = stats.refused.load(Ordering::Relaxed);
     let server0 = pid.map(proc::sample).unwrap_or_default();
     let me0 = proc::sample(std::process::id());
-    let channels = seqs.len();
-    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..channels).map(|_| AtomicU64::new(0)).collect());
-    let errors = Arc::new(AtomicU64::new(0));
-    let first_error = Arc::new(Mutex::new(None::<String>));
-    // API publishing: concurrent workers, each awaiting its acknowledgements.
-    // What they have not sent when the step ends is dropped and counted: a
+    // API publishing: concurrent workers, each awaiting its answer. What
+    // they have not sent when the step ends is dropped and counted: a
     // publisher that cannot keep up must not stretch the step.
     let unsent = Arc::new(AtomicU64::new(0));
     // A little grace: the last publications fall due at the very end.
@@ -344,14 +365,8 @@ async fn step(
     if p.via == Via::Api {
         for _ in 0..p.workers {
             let (tx, mut rx) = mpsc::unbounded_channel::<(u32, u64)>();
-            let (publisher, acked, errors, first_error) = (
-                publisher.clone(),
-                acked.clone(),
-                errors.clone(),
-                first_error.clone(),
-            );
+            let (ctx, publisher, unsent) = (ctx.clone(), publisher.clone(), unsent.clone());
             let size = p.payload;
-            let unsent = unsent.clone();
             queues.push(tx);
             workers.push(tokio::spawn(async move {
                 while let Some((c, seq)) = rx.recv().await {
@@ -362,12 +377,9 @@ async fn step(
                     let data = payload::make(c, seq, payload::now_us(), size);
                     match publisher.publish(c, &data).await {
                         Ok(()) => {
-                            acked[c as usize].fetch_add(1, Ordering::Relaxed);
+                            ctx.stats.accepted[c as usize].fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(e) => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                            first_error.lock().get_or_insert_with(|| e.to_string());
-                        }
+                        Err(e) => ctx.stats.refuse(|| e.to_string()),
                     }
                 }
             }));
@@ -392,50 +404,65 @@ async fn step(
                 }
                 Via::Client => {
                     let data = payload::make(c as u32, seqs[c], payload::now_us(), p.payload);
+                    // The id names the channel, so the publishing client can
+                    // count the acknowledgement for it.
+                    let id = crate::stats::PUBLISH_ID_BASE + c as u64;
                     let cmd = format!(
-                        "{{\"id\":{},\"op\":\"publish\",\"channel\":\"{}\",\"data\":\"{data}\"}}",
-                        1000 + seqs[c],
+                        "{{\"id\":{id},\"op\":\"publish\",\"channel\":\"{}\",\"data\":\"{data}\"}}",
                         channel_name(c as u32)
                     );
-                    match commands
+                    let queued = commands
                         .get(c)
                         .and_then(Option::as_ref)
-                        .map(|tx| tx.send(cmd))
-                    {
-                        Some(Ok(())) => {
-                            acked[c].fetch_add(1, Ordering::Relaxed);
-                        }
-                        _ => {
-                            errors.fetch_add(1, Ordering::Relaxed);
-                        }
+                        .is_some_and(|tx| tx.send(cmd).is_ok());
+                    if !queued {
+                        stats.refuse(|| {
+                            format!(
+                                "the publishing client of {} is gone",
+                                channel_name(c as u32)
+                            )
+                        });
                     }
                 }
             }
         }
     }
     drop(queues);
-    for w in workers {
-        let _ = w.await;
+    let join_by = step_end + Duration::from_secs(15);
+    for mut w in workers {
+        if tokio::time::timeout_at(join_by, &mut w).await.is_err() {
+            w.abort();
+        }
     }
     let published_in = start.elapsed();
-    let expected: u64 = acked
-        .iter()
-        .zip(subs)
-        .map(|(a, s)| a.load(Ordering::Relaxed) * s)
-        .sum();
-    let got = || {
-        (stats.delivered.load(Ordering::Relaxed) - delivered0)
-            .saturating_sub(stats.duplicates.load(Ordering::Relaxed) - dups0)
+    let accepted = || -> Vec<u64> {
+        stats
+            .accepted
+            .iter()
+            .zip(&accepted0)
+            .map(|(a, a0)| a.load(Ordering::Relaxed) - a0)
+            .collect()
     };
+    let refused = || stats.refused.load(Ordering::Relaxed) - refused0;
+    let expected = || -> u64 { accepted().iter().zip(subs).map(|(a, s)| a * s).sum() };
+    let answered = || accepted().iter().sum::<u64>() + refused() + unsent.load(Ordering::Relaxed);
+    let got = || {
+        stats
+            .delivered
+            .load(Ordering::Relaxed)
+            .saturating_sub(stats.duplicates.load(Ordering::Relaxed))
+    };
+    // Wait for the last answers (client publishes) and deliveries.
     let drain_end = Instant::now() + p.drain;
     let mut last = (got(), Instant::now());
-    while got() < expected && Instant::now() < drain_end {
+    while (answered() < sent || got() < expected()) && Instant::now() < drain_end {
         tokio::time::sleep(Duration::from_millis(10)).await;
         let g = got();
         if g != last.0 {
             last = (g, Instant::now());
         }
     }
+    let expected = expected();
     let wall = if got() >= expected {
         start.elapsed()
     } else {
@@ -445,7 +472,7 @@ async fn step(
     let me1 = proc::sample(std::process::id());
     let delivered = got();
     let cpu = server1.cpu_s - server0.cpu_s;
-    let published: u64 = acked.iter().map(|a| a.load(Ordering::Relaxed)).sum();
+    let published: u64 = accepted().iter().sum();
     Step {
         rate,
         published,
@@ -453,16 +480,17 @@ async fn step(
         expected,
         delivered,
         lost: expected.saturating_sub(delivered),
-        duplicates: stats.duplicates.load(Ordering::Relaxed) - dups0,
+        duplicates: stats.duplicates.load(Ordering::Relaxed),
         delivered_per_second: delivered as f64 / wall.as_secs_f64().max(0.001),
         latency: stats.step_latency(),
         server_cpu_seconds: cpu,
         server_us_per_delivery: cpu * 1e6 / delivered.max(1) as f64,
         server_rss_kib: server1.rss_kib,
-        bench_cpu_percent: (me1.cpu_s - me0.cpu_s) * 100.0 / wall.as_secs_f64().max(0.001),
-        publish_errors: errors.load(Ordering::Relaxed),
+        bench_cpu_percent: (me1.cpu_s - me0.cpu_s) * 100.0
+            / start.elapsed().as_secs_f64().max(0.001),
+        publish_errors: refused(),
         unsent: unsent.load(Ordering::Relaxed),
-        first_error: first_error.lock().clone(),
+        first_error: stats.first_refusal.lock().clone(),
     }
 }
 
@@ -481,7 +509,9 @@ async fn run_storm(
             for _ in 0..storm.recover {
                 *seq += 1;
                 let data = payload::make(c as u32, *seq, payload::now_us(), 100);
-                publisher.publish(c as u32, &data).await?;
+                tokio::time::timeout_at(deadline, publisher.publish(c as u32, &data))
+                    .await
+                    .map_err(|_| BenchError::Publish("max_duration reached".into()))??;
             }
         }
     }
@@ -510,10 +540,7 @@ async fn run_storm(
     let storm_deadline = (tokio::time::Instant::now() + storm.timeout).min(deadline);
     let (clients, connect) = connect_all(ctx, specs, 0, &stopped, storm_deadline).await;
     let recovered: u64 = clients.iter().flatten().map(|c| c.received).sum();
-    let _ = stop.send(true);
-    for c in clients.into_iter().flatten() {
-        let _ = c.task.await;
-    }
+    close_all(&stop, clients).await;
     Ok(StormResult {
         connect,
         recover_each: storm.recover,
@@ -533,7 +560,7 @@ async fn progress_line(ctx: Arc<Ctx>, phase: Arc<Mutex<String>>) {
             "\r[{}] open {} | {} msg/s | p99 {:.1} ms | closed {}      ",
             phase.lock(),
             ctx.stats.open.load(Ordering::Relaxed),
-            d - last,
+            d.saturating_sub(last),
             recent.p99,
             ctx.stats.closed.load(Ordering::Relaxed),
         );

@@ -244,7 +244,7 @@ impl Scenario {
     /// Refuses what the bench cannot or must not do.
     pub fn check(&self) -> Result<(), BenchError> {
         let bad = |m: &str| Err(BenchError::Scenario(m.to_string()));
-        if !self.addr.ip().is_loopback() {
+        if !(self.addr.is_ipv4() && self.addr.ip().is_loopback()) {
             return bad("addr must be a loopback address: the bench targets 127.0.0.0/8 only");
         }
         if self.connections == 0 {
@@ -265,9 +265,18 @@ impl Scenario {
         }
         if let Some(s) = &self.storm
             && s.recover > 0
-            && (self.target != Target::Tidings || self.transport != Transport::Ws)
         {
-            return bad("storm.recover needs target = \"tidings\" over ws (peers do not recover)");
+            if self.target != Target::Tidings || self.transport != Transport::Ws {
+                return bad(
+                    "storm.recover needs target = \"tidings\" over ws (peers do not recover)",
+                );
+            }
+            if self.publish.is_some() {
+                // The clients resume from where they subscribed, before the steps.
+                return bad(
+                    "storm.recover cannot follow publish steps: run it in its own scenario",
+                );
+            }
         }
         match self.subscribe.shape {
             Shape::Rooms if self.subscribe.room_size == 0 => bad("room_size must be at least 1"),
@@ -327,6 +336,8 @@ mod tests {
         assert!(Scenario::parse("addr = \"10.0.0.1:8000\"").is_err());
         assert!(Scenario::parse("conections = 5").is_err());
         assert!(Scenario::parse("target = \"pusher\"\ntransport = \"sse\"").is_err());
+        assert!(Scenario::parse("addr = \"[::1]:8000\"").is_err());
+        assert!(Scenario::parse("[publish]\n[storm]\nrecover = 5").is_err());
     }
 
     #[test]

@@ -191,8 +191,15 @@ pub struct Publisher {
 impl Publisher {
     /// A publisher for the server at `addr`.
     pub fn new(target: Target, addr: std::net::SocketAddr, auth: Auth) -> Publisher {
+        // Loopback only: no proxy from the environment. A stalled server
+        // must not hold a step forever.
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap_or_default();
         Publisher {
-            http: reqwest::Client::new(),
+            http,
             target,
             base: format!("http://{addr}"),
             auth,

@@ -21,6 +21,8 @@ const PING: u8 = 0x9;
 pub async fn tcp(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, BenchError> {
     let socket = TcpSocket::new_v4().map_err(BenchError::Io)?;
     if let Some(ip) = source {
+        // Ports of the previous wave's sockets linger in TIME_WAIT.
+        socket.set_reuseaddr(true).map_err(BenchError::Io)?;
         socket
             .bind(SocketAddr::new(ip, 0))
             .map_err(BenchError::Io)?;

@@ -12,8 +12,12 @@ use tidings_server::config::{AuthConfig, ClientConfig, Config, NamespaceOptions}
 const API_KEY: &str = "bench-test-key";
 
 async fn server() -> (Server, tempfile::TempDir) {
+    server_with(|_| {}).await
+}
+
+async fn server_with(change: impl FnOnce(&mut Config)) -> (Server, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let config = Config {
+    let mut config = Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir: dir.path().to_path_buf(),
         auth: AuthConfig {
@@ -33,6 +37,7 @@ async fn server() -> (Server, tempfile::TempDir) {
         },
         ..Default::default()
     };
+    change(&mut config);
     (Server::start(config).await.unwrap(), dir)
 }
 
@@ -141,5 +146,33 @@ async fn storm_recovers_what_everyone_missed() {
     assert_eq!(storm.connect.opened, 50, "{r}");
     assert_eq!(storm.recover_expected, 50 * 2 * 20);
     assert_eq!(storm.recovered, storm.recover_expected, "{r}");
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_client_publishes_are_errors_not_losses() {
+    // 64-byte publications into a namespace that takes at most 40.
+    let (server, _dir) = server_with(|c| c.channels.max_message_size = 40).await;
+    let mut s = scenario(&server, Transport::Ws, 10);
+    if let Some(p) = s.publish.as_mut() {
+        p.via = Via::Client;
+    }
+    let r = run(s).await;
+    let step = &r.steps[0];
+    assert_eq!(step.published, 0, "{r}");
+    assert_eq!(step.publish_errors, 40, "{r}");
+    assert_eq!((step.expected, step.lost), (0, 0), "{r}");
+    assert!(
+        step.first_error
+            .as_deref()
+            .is_some_and(|e| e.contains("104")),
+        "{r}"
+    );
+    assert!(
+        r.limit
+            .as_deref()
+            .is_some_and(|l| l.contains("publishes failed")),
+        "{r}"
+    );
     server.shutdown().await;
 }

@@ -373,10 +373,6 @@ impl Config {
                     .join("\n"),
             )
         })?;
-        let mut config = config;
-        if config.demo_enabled() {
-            config.add_demo_namespaces();
-        }
         config.validate()?;
         Ok(config)
     }
@@ -509,10 +505,10 @@ impl Config {
         self.demo.unwrap_or_else(|| self.dev_mode())
     }
 
-    /// The demo's namespaces, unless declared: `demo` (chat, Q&A and polls,
+    /// Adds the demo's namespaces, unless declared: `demo` (chat, Q&A and polls,
     /// with presence and a day of history to fold state from) and
     /// `demo_typing` (ephemeral typing signals).
-    fn add_demo_namespaces(&mut self) {
+    pub fn add_demo_namespaces(&mut self) {
         self.namespaces
             .entry("demo".into())
             .or_insert_with(|| NamespaceOptions {

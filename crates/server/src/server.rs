@@ -83,7 +83,15 @@ fn random_secret() -> String {
 
 impl Server {
     /// Binds and starts serving `config`.
-    pub async fn start(config: Config) -> Result<Server, ServerError> {
+    pub async fn start(mut config: Config) -> Result<Server, ServerError> {
+        if config.demo_enabled() {
+            config.add_demo_namespaces();
+            if !config.dev_mode() {
+                tracing::warn!(
+                    "demo pages are served, but they join through /v1/dev/token, which exists in dev mode only: give them tokens from your backend"
+                );
+            }
+        }
         let dev = config.dev_mode().then(|| DevCredentials {
             token_secret: random_secret(),
             api_key: random_secret(),
@@ -254,7 +262,13 @@ impl Server {
         let (tokens, api_keys) = secrets(config, self.dev.as_ref())?;
         *self.node.tokens.write() = tokens;
         *self.node.api_keys.write() = api_keys;
-        self.node.set_namespaces(config);
+        if self.node.config.demo_enabled() {
+            let mut config = config.clone();
+            config.add_demo_namespaces();
+            self.node.set_namespaces(&config);
+        } else {
+            self.node.set_namespaces(config);
+        }
         Ok(())
     }
 

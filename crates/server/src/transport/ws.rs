@@ -197,7 +197,8 @@ where
                 {
                     session.disconnect(DisconnectCode::TOKEN_EXPIRED);
                 }
-                if next_ping <= now {
+                // A connection that was just closed gets no ping and no renewal.
+                if next_ping <= now && !outbox.is_closed() {
                     // A client must send `connect` within one ping interval.
                     if !session.is_connected() {
                         outbox.close(Disconnect { reason: "no connect command in time".into(), ..Disconnect::new(DisconnectCode::BAD_REQUEST, None) }, true);
@@ -208,7 +209,7 @@ where
                         pong_deadline = Some(now + node.config.client.pong_timeout);
                     }
                 }
-                if next_renew <= now {
+                if next_renew <= now && !outbox.is_closed() {
                     Box::pin(session.renew_presence()).await;
                     next_renew = Instant::now() + renew_every;
                 }
