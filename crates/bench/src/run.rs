@@ -567,3 +567,28 @@ async fn progress_line(ctx: Arc<Ctx>, phase: Arc<Mutex<String>>) {
         last = d;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spreads_sources_only_past_one_address_ports() {
+        let (none, per_source) = sources(1000);
+        assert!(none.is_empty());
+        let (many, _) = sources(per_source * 3 + 1);
+        assert_eq!(many.len(), 4);
+        assert!(many.iter().all(|ip| ip.is_loopback()));
+    }
+
+    #[tokio::test]
+    async fn connects_from_another_loopback_source() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let source = IpAddr::from([127, 0, 0, 3]);
+        let (client, accepted) =
+            tokio::join!(crate::ws::tcp(addr, Some(source)), listener.accept());
+        assert_eq!(client.unwrap().local_addr().unwrap().ip(), source);
+        assert_eq!(accepted.unwrap().1.ip(), source);
+    }
+}
