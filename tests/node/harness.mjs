@@ -63,6 +63,36 @@ export async function startServer() {
   };
 }
 
+/** Ends both sockets of a proxied connection together and forgets them. */
+function closeTogether(open, client, upstream) {
+  const done = () => {
+    open.delete(client);
+    open.delete(upstream);
+    client.destroy();
+    upstream.destroy();
+  };
+  client.on('error', done);
+  upstream.on('error', done);
+  client.on('close', done);
+  upstream.on('close', done);
+}
+
+/** A proxy's `cut()` (destroys every open connection, returns how many
+ * sockets) and `close()`. */
+function cutAndClose(server, open) {
+  return {
+    cut: () => {
+      const n = open.size;
+      for (const s of open) s.destroy();
+      return n;
+    },
+    close: () => new Promise((resolve) => {
+      for (const s of open) s.destroy();
+      server.close(resolve);
+    }),
+  };
+}
+
 /** A TCP proxy to `target`; `cut()` destroys every open connection. */
 export async function startProxy(target) {
   const [host, port] = target.split(':');
@@ -73,29 +103,12 @@ export async function startProxy(target) {
     open.add(upstream);
     client.pipe(upstream);
     upstream.pipe(client);
-    const done = () => {
-      open.delete(client);
-      open.delete(upstream);
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('error', done);
-    upstream.on('error', done);
-    client.on('close', done);
-    upstream.on('close', done);
+    closeTogether(open, client, upstream);
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   return {
     addr: `127.0.0.1:${server.address().port}`,
-    cut: () => {
-      const n = open.size;
-      for (const s of open) s.destroy();
-      return n;
-    },
-    close: () => new Promise((resolve) => {
-      for (const s of open) s.destroy();
-      server.close(resolve);
-    }),
+    ...cutAndClose(server, open),
   };
 }
 
@@ -252,16 +265,7 @@ export async function startSwitchProxy(target) {
       if (flags.hold) held.push(() => client.write(chunk));
       else client.write(chunk);
     });
-    const done = () => {
-      open.delete(client);
-      open.delete(upstream);
-      client.destroy();
-      upstream.destroy();
-    };
-    client.on('error', done);
-    upstream.on('error', done);
-    client.on('close', done);
-    upstream.on('close', done);
+    closeTogether(open, client, upstream);
   });
   await new Promise((resolve) => server.listen(0, '127.0.0.1', resolve));
   return {
@@ -279,15 +283,7 @@ export async function startSwitchProxy(target) {
       flags.hold = false;
       for (const write of held.splice(0)) write();
     },
-    cut: () => {
-      const n = open.size;
-      for (const s of open) s.destroy();
-      return n;
-    },
-    close: () => new Promise((resolve) => {
-      for (const s of open) s.destroy();
-      server.close(resolve);
-    }),
+    ...cutAndClose(server, open),
   };
 }
 

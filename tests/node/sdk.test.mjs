@@ -5,12 +5,13 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
 import {
-  Backoff, ErrorCode, MemoryOutboxStore, Optimistic, TidingsClient, TidingsError, encodePositionVector,
+  Backoff, ErrorCode, MemoryOutboxStore, Optimistic, TidingsError, encodePositionVector,
 } from '../../sdk/js/dist/index.js';
 import { decodeFrame, decodePublication, decodePresenceMap } from '../../sdk/js/dist/codec.js';
 import {
   API_KEY, apiPublish, mintToken, startSilentServer, startSwitchProxy, startTidings, until,
 } from './harness.mjs';
+import { client, collect, connected, next } from './sdk_helpers.mjs';
 
 const SECRET = 'sdk-test-secret';
 const CONFIG = `listen = "127.0.0.1:0"
@@ -45,52 +46,6 @@ const fresh = (ns = '') => `${ns ? `${ns}:` : ''}t${process.pid}x${++chanSeq}`;
 
 const token = (user, ttlS = 3600, extra = {}) =>
   mintToken(SECRET, { sub: user, exp: Math.floor(Date.now() / 1000) + ttlS, info: { name: user }, ...extra });
-
-/** A client with fast reconnects, cleaned up after the test. */
-function client(t, addr, opts = {}) {
-  const c = new TidingsClient({
-    url: `http://${addr}`,
-    WebSocket,
-    outbox: new MemoryOutboxStore(),
-    minReconnectDelay: 50,
-    maxReconnectDelay: 400,
-    connectTimeout: 5000,
-    commandTimeout: 5000,
-    ...opts,
-  });
-  t.after(() => c.disconnect());
-  if (process.env.SDK_DEBUG) {
-    for (const ev of ['state', 'connected', 'disconnected', 'error', 'reconnecting']) {
-      c.on(ev, (e) => console.error(addr, ev, JSON.stringify(e)));
-    }
-  }
-  return c;
-}
-
-/** Resolves with the next `name` event of `em` that satisfies `pred`. */
-function next(em, name, pred = () => true, ms = 10_000) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      off();
-      reject(new Error(`timed out waiting for ${name}`));
-    }, ms);
-    const off = em.on(name, (e) => {
-      if (!pred(e)) return;
-      clearTimeout(timer);
-      off();
-      resolve(e);
-    });
-  });
-}
-
-/** Collects a subscription's publications (data) and resets. */
-function collect(sub) {
-  const got = { pubs: [], offsets: [], resets: [], subscribed: [] };
-  sub.on('publication', (p) => { got.pubs.push(p.data); got.offsets.push(p.offset); });
-  sub.on('reset', (r) => got.resets.push(r));
-  sub.on('subscribed', (s) => got.subscribed.push(s));
-  return got;
-}
 
 /** Resolves with `p`, or rejects once `ms` passed without an answer. */
 function within(p, ms, what) {
@@ -157,11 +112,6 @@ function faultyWebSocket({ refuseSubscribe = null, dropReply = false } = {}) {
   }
   return { WebSocket: Faulty, state };
 }
-
-const connected = (c, transport) =>
-  c.state === 'connected' && (transport === undefined || c.transport === transport)
-    ? Promise.resolve()
-    : next(c, 'state', (s) => s.state === 'connected' && (transport === undefined || s.transport === transport));
 
 describe('WebSocket', () => {
   test('connect, subscribe, publish: the ack carries the offset the subscriber sees', { timeout: 20_000 }, async (t) => {

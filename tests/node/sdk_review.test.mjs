@@ -5,9 +5,9 @@
 // accept-then-close, and the typing user over HTTP transports.
 import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
-import WebSocket from 'ws';
-import { MemoryOutboxStore, Optimistic, TidingsClient, TypingWatcher } from '../../sdk/js/dist/index.js';
+import { Optimistic, TypingWatcher } from '../../sdk/js/dist/index.js';
 import { API_KEY, apiPublish, mintToken, startSwitchProxy, startTidings, until } from './harness.mjs';
+import { client, collect, connected, next } from './sdk_helpers.mjs';
 
 const SECRET = 'sdk-review-secret';
 const config = (recoveryMax) => `listen = "127.0.0.1:0"
@@ -41,55 +41,6 @@ const fresh = (ns = '') => `${ns ? `${ns}:` : ''}r${process.pid}x${++chanSeq}`;
 
 const token = (user, ttlS = 3600, extra = {}) =>
   mintToken(SECRET, { sub: user, exp: Math.floor(Date.now() / 1000) + ttlS, ...extra });
-
-function client(t, addr, opts = {}) {
-  const c = new TidingsClient({
-    url: `http://${addr}`,
-    WebSocket,
-    outbox: new MemoryOutboxStore(),
-    minReconnectDelay: 50,
-    maxReconnectDelay: 400,
-    connectTimeout: 5000,
-    commandTimeout: 5000,
-    ...opts,
-  });
-  t.after(() => c.disconnect());
-  if (process.env.SDK_DEBUG) {
-    for (const ev of ['state', 'connected', 'disconnected', 'error', 'reconnecting']) {
-      c.on(ev, (e) => console.error(addr, ev, JSON.stringify(e)));
-    }
-  }
-  return c;
-}
-
-function next(em, name, pred = () => true, ms = 10_000) {
-  return new Promise((resolve, reject) => {
-    const timer = setTimeout(() => {
-      off();
-      reject(new Error(`timed out waiting for ${name}`));
-    }, ms);
-    const off = em.on(name, (e) => {
-      if (!pred(e)) return;
-      clearTimeout(timer);
-      off();
-      resolve(e);
-    });
-  });
-}
-
-function collect(sub) {
-  const got = { pubs: [], offsets: [], resets: [], subscribed: [], errors: [] };
-  sub.on('publication', (p) => { got.pubs.push(p.data); got.offsets.push(p.offset); });
-  sub.on('reset', (r) => got.resets.push(r));
-  sub.on('subscribed', (s) => got.subscribed.push(s));
-  sub.on('error', (e) => got.errors.push(e));
-  return got;
-}
-
-const connected = (c, transport, ms = 10_000) =>
-  c.state === 'connected' && (transport === undefined || c.transport === transport)
-    ? Promise.resolve()
-    : next(c, 'state', (s) => s.state === 'connected' && (transport === undefined || s.transport === transport), ms);
 
 describe("since: 'start'", () => {
   test("a 'start' channel subscribed while the connection's lookups run gets its own lookup; no duplicates after a reconnect", { timeout: 30_000 }, async (t) => {

@@ -89,7 +89,7 @@ pub async fn run(mut scenario: Scenario, opts: Options) -> Result<Report, BenchE
         })
         .collect();
     let (stop, stopped) = watch::channel(false);
-    let (clients, connect) = connect_all(
+    let (clients, mut connect) = connect_all(
         &ctx,
         specs,
         scenario.connect_concurrency,
@@ -97,7 +97,6 @@ pub async fn run(mut scenario: Scenario, opts: Options) -> Result<Report, BenchE
         deadline,
     )
     .await;
-    let mut connect = connect;
     connect.rss_before_kib = before.rss_kib;
 
     // Idle.
@@ -143,33 +142,30 @@ pub async fn run(mut scenario: Scenario, opts: Options) -> Result<Report, BenchE
             }
             *phase.lock() = format!("{rate}/s");
             let s = step(&ctx, p, rate, &publisher, &commands, &mut seqs, &subs, pid).await;
-            let over = s.latency.p99 > p.stop_p99_ms;
-            let lost = s.lost > 0 && p.stop_on_loss;
-            let failed = s.publish_errors > 0;
-            let behind = s.unsent > 0;
+            let reasons: Vec<String> = [
+                (s.latency.p99 > p.stop_p99_ms)
+                    .then(|| format!("p99 {:.1} ms > {} ms", s.latency.p99, p.stop_p99_ms)),
+                (s.lost > 0 && p.stop_on_loss).then(|| format!("{} lost", s.lost)),
+                (s.publish_errors > 0).then(|| {
+                    format!(
+                        "{} publishes failed: {}",
+                        s.publish_errors,
+                        s.first_error.clone().unwrap_or_default()
+                    )
+                }),
+                (s.unsent > 0).then(|| {
+                    format!(
+                        "the publishers fell behind: {} not sent in time (acknowledgements too slow for {} workers)",
+                        s.unsent, p.workers
+                    )
+                }),
+            ]
+            .into_iter()
+            .flatten()
+            .collect();
             steps.push(s);
-            if over || lost || failed || behind {
-                let s = steps.last().expect("just pushed");
-                limit = Some(format!(
-                    "at {rate}/s: {}",
-                    [
-                        over.then(|| format!("p99 {:.1} ms > {} ms", s.latency.p99, p.stop_p99_ms)),
-                        lost.then(|| format!("{} lost", s.lost)),
-                        failed.then(|| format!(
-                            "{} publishes failed: {}",
-                            s.publish_errors,
-                            s.first_error.clone().unwrap_or_default()
-                        )),
-                        behind.then(|| format!(
-                            "the publishers fell behind: {} not sent in time (acknowledgements too slow for {} workers)",
-                            s.unsent, p.workers
-                        )),
-                    ]
-                    .into_iter()
-                    .flatten()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-                ));
+            if !reasons.is_empty() {
+                limit = Some(format!("at {rate}/s: {}", reasons.join(", ")));
                 break;
             }
         }

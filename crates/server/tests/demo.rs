@@ -18,6 +18,15 @@ fn url(server: &tidings_server::Server, path: &str) -> String {
     format!("http://{}{path}", server.local_addr())
 }
 
+async fn ask_token(server: &tidings_server::Server, body: &serde_json::Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(url(server, "/v1/dev/token"))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn dev_mode_serves_the_demo_and_mints_tokens_that_join_its_namespace() {
     let server = start_with(dev_config()).await;
@@ -57,24 +66,15 @@ async fn dev_mode_serves_the_demo_and_mints_tokens_that_join_its_namespace() {
         json!({"name": "  "}),
         json!({"name": "x".repeat(41)}),
     ] {
-        let r = http
-            .post(url(&server, "/v1/dev/token"))
-            .json(&bad)
-            .send()
-            .await
-            .unwrap();
+        let r = ask_token(&server, &bad).await;
         assert_eq!(r.status(), 400, "{bad}");
         assert_eq!(
             r.json::<serde_json::Value>().await.unwrap()["error"]["code"],
             101
         );
     }
-    let r: serde_json::Value = http
-        .post(url(&server, "/v1/dev/token"))
-        .json(&json!({"name": "Alice"}))
-        .send()
+    let r: serde_json::Value = ask_token(&server, &json!({"name": "Alice"}))
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
@@ -107,12 +107,7 @@ async fn dev_mode_serves_the_demo_and_mints_tokens_that_join_its_namespace() {
 async fn with_a_secret_there_is_no_token_endpoint_and_no_demo_unless_asked() {
     let server = start_with(config()).await;
     let http = reqwest::Client::new();
-    let r = http
-        .post(url(&server, "/v1/dev/token"))
-        .json(&json!({"name": "Mallory"}))
-        .send()
-        .await
-        .unwrap();
+    let r = ask_token(&server, &json!({"name": "Mallory"})).await;
     assert_eq!(r.status(), 404);
     let page = http
         .get(url(&server, "/"))
@@ -139,12 +134,7 @@ async fn with_a_secret_there_is_no_token_endpoint_and_no_demo_unless_asked() {
         .await
         .unwrap();
     assert!(page.contains("Live classroom"));
-    let r = http
-        .post(url(&server, "/v1/dev/token"))
-        .json(&json!({"name": "Mallory"}))
-        .send()
-        .await
-        .unwrap();
+    let r = ask_token(&server, &json!({"name": "Mallory"})).await;
     assert_eq!(
         r.status(),
         404,

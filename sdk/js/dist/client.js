@@ -897,33 +897,29 @@ function toPublishResult(ok) {
         r.epoch = epoch;
     return r;
 }
-/** The `exp` claim of a JWT, or null (unreadable or none). Never throws. */
-export function jwtExp(token) {
+/** A JWT's claims (not verified: the server does that), or null when unreadable. Never throws. */
+function jwtClaims(token) {
     try {
         const part = token.split('.')[1];
         if (!part)
             return null;
         const json = atob(part.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((part.length + 3) % 4));
         const claims = JSON.parse(json);
-        return typeof claims?.exp === 'number' ? claims.exp : null;
+        return claims !== null && typeof claims === 'object' ? claims : null;
     }
     catch {
         return null;
     }
 }
+/** The `exp` claim of a JWT, or null (unreadable or none). Never throws. */
+export function jwtExp(token) {
+    const exp = jwtClaims(token)?.exp;
+    return typeof exp === 'number' ? exp : null;
+}
 /** The `sub` claim of a JWT (not verified: the server does that), or null. Never throws. */
 export function jwtSub(token) {
-    try {
-        const part = token.split('.')[1];
-        if (!part)
-            return null;
-        const json = atob(part.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((part.length + 3) % 4));
-        const claims = JSON.parse(json);
-        return typeof claims?.sub === 'string' ? claims.sub : null;
-    }
-    catch {
-        return null;
-    }
+    const sub = jwtClaims(token)?.sub;
+    return typeof sub === 'string' ? sub : null;
 }
 /** Seconds until the token's `exp`, or null when it has none. */
 function secondsLeft(token) {

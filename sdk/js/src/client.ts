@@ -997,30 +997,29 @@ function toPublishResult(ok: Obj): PublishResult {
   return r;
 }
 
-/** The `exp` claim of a JWT, or null (unreadable or none). Never throws. */
-export function jwtExp(token: string): number | null {
+/** A JWT's claims (not verified: the server does that), or null when unreadable. Never throws. */
+function jwtClaims(token: string): Record<string, unknown> | null {
   try {
     const part = token.split('.')[1];
     if (!part) return null;
     const json = atob(part.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((part.length + 3) % 4));
-    const claims = JSON.parse(json);
-    return typeof claims?.exp === 'number' ? claims.exp : null;
+    const claims: unknown = JSON.parse(json);
+    return claims !== null && typeof claims === 'object' ? (claims as Record<string, unknown>) : null;
   } catch {
     return null;
   }
 }
 
+/** The `exp` claim of a JWT, or null (unreadable or none). Never throws. */
+export function jwtExp(token: string): number | null {
+  const exp = jwtClaims(token)?.exp;
+  return typeof exp === 'number' ? exp : null;
+}
+
 /** The `sub` claim of a JWT (not verified: the server does that), or null. Never throws. */
 export function jwtSub(token: string): string | null {
-  try {
-    const part = token.split('.')[1];
-    if (!part) return null;
-    const json = atob(part.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((part.length + 3) % 4));
-    const claims = JSON.parse(json);
-    return typeof claims?.sub === 'string' ? claims.sub : null;
-  } catch {
-    return null;
-  }
+  const sub = jwtClaims(token)?.sub;
+  return typeof sub === 'string' ? sub : null;
 }
 
 /** Seconds until the token's `exp`, or null when it has none. */
