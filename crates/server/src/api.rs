@@ -12,9 +12,10 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 use tidings_protocol::reply::Empty;
-use tidings_protocol::{Disconnect, DisconnectCode, ErrorBody, ErrorCode, SinceArg};
+use tidings_protocol::{DisconnectCode, ErrorBody, ErrorCode, SinceArg};
 
-use crate::node::{Control, Node};
+use crate::engine::UserControl;
+use crate::node::Node;
 use crate::session;
 
 /// An API error: the HTTP status follows the protocol code.
@@ -37,6 +38,8 @@ impl IntoResponse for ApiError {
             Ok(ErrorCode::TokenExpired) => StatusCode::UNAUTHORIZED,
             Ok(ErrorCode::Unrecoverable) => StatusCode::CONFLICT,
             Ok(ErrorCode::AlreadySubscribed | ErrorCode::NotSubscribed) => StatusCode::CONFLICT,
+            // An engine that cannot reach its backend: retry.
+            Ok(ErrorCode::Internal) if self.0.temporary => StatusCode::SERVICE_UNAVAILABLE,
             Ok(ErrorCode::Internal) | Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, Json(serde_json::json!({ "error": self.0 }))).into_response()
@@ -143,15 +146,6 @@ struct ChannelsOk {
     channels: Vec<ChannelEntry>,
     #[serde(skip_serializing_if = "Option::is_none")]
     next_cursor: Option<String>,
-}
-
-#[derive(Serialize)]
-struct NodeInfo {
-    id: String,
-    connections: usize,
-    subscriptions: usize,
-    channels: usize,
-    uptime_s: u64,
 }
 
 /// Bytes a request body may have beyond the largest `max_message_size`.
@@ -305,7 +299,15 @@ async fn call(
             if !(3000..4000).contains(&code.0) {
                 return Err(bad("`code` must be within 3000..3999"));
             }
-            node.disconnect_user(&b.user, b.client.as_deref(), &Disconnect::new(code, None));
+            // Every node closes the user's connections it holds.
+            node.engine
+                .control(UserControl::Disconnect {
+                    user: b.user,
+                    client: b.client,
+                    code: code.0,
+                })
+                .await
+                .map_err(session::internal)?;
             ok(&Empty {})
         }
         "unsubscribe" => {
@@ -314,22 +316,24 @@ async fn call(
                 return Err(bad("`user` must not be empty"));
             }
             node.resolve(&b.channel)?;
-            node.control_user(&b.user, || Control::Unsubscribe {
-                channel: b.channel.clone(),
-                code: DisconnectCode::FORBIDDEN.0,
-            });
+            node.engine
+                .control(UserControl::Unsubscribe {
+                    user: b.user,
+                    channel: b.channel,
+                    code: DisconnectCode::FORBIDDEN.0,
+                })
+                .await
+                .map_err(session::internal)?;
             ok(&Empty {})
         }
         "info" => {
             let Empty {} = parse(body)?;
-            let (channels, subscriptions) = node.hub.counts();
-            ok(&serde_json::json!({ "nodes": [NodeInfo {
-                id: node.id.clone(),
-                connections: node.connection_count(),
-                subscriptions,
-                channels,
-                uptime_s: node.started.elapsed().as_secs(),
-            }] }))
+            // Every node that announced itself lately; this one as it is now.
+            let mut nodes = node.engine.nodes().await.map_err(session::internal)?;
+            nodes.retain(|n| n.id != node.id);
+            nodes.push(node.info());
+            nodes.sort_by(|a, b| a.name.cmp(&b.name));
+            ok(&serde_json::json!({ "nodes": nodes }))
         }
         other => Err(ApiError(ErrorBody::new(
             ErrorCode::BadRequest,

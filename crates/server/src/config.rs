@@ -243,6 +243,117 @@ impl Default for ClientConfig {
     }
 }
 
+/// Which engine carries publications, history and presence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EngineType {
+    /// One node: memory, with durable history on disk (the default).
+    #[default]
+    Memory,
+    /// Several nodes sharing a Redis.
+    Redis,
+}
+
+/// `[engine]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EngineConfig {
+    /// `memory` (default) or `redis`.
+    #[serde(rename = "type")]
+    pub r#type: EngineType,
+    /// Settings of the Redis engine.
+    pub redis: RedisConfig,
+}
+
+/// `[engine.redis]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://[user:password@]host:port[/db]`; several shard channels
+    /// across independent Redis servers by consistent hashing.
+    pub urls: Vec<String>,
+    /// The urls are seeds of a Redis Cluster (not supported yet).
+    pub cluster: bool,
+    /// The urls point at Sentinels watching this master (not supported yet).
+    pub sentinel_master: Option<String>,
+    /// Prefix of every key and pub/sub channel Tidings uses.
+    pub prefix: String,
+    /// Connecting gives up after this.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// A command without an answer within this fails (temporary error).
+    #[serde(with = "humantime_serde")]
+    pub command_timeout: Duration,
+    /// How often each channel with subscribers here is checked against
+    /// Redis for publications pub/sub did not deliver.
+    #[serde(with = "humantime_serde")]
+    pub position_check: Duration,
+    /// How long history metadata (epoch, top offset) outlives a channel's
+    /// last publication; after it, the channel starts a new epoch.
+    #[serde(with = "humantime_serde")]
+    pub meta_ttl: Duration,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            urls: vec!["redis://127.0.0.1:6379".into()],
+            cluster: false,
+            sentinel_master: None,
+            prefix: "tidings".into(),
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(2),
+            position_check: Duration::from_secs(2),
+            meta_ttl: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+impl RedisConfig {
+    /// What is wrong with these settings, each naming its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        if self.urls.is_empty() {
+            bad.push("`engine.redis.urls`: at least one address".into());
+        }
+        for url in &self.urls {
+            match url.split_once("://").map(|(scheme, _)| scheme) {
+                Some("redis") => {
+                    if let Err(e) = redis::Client::open(url.as_str()) {
+                        bad.push(format!("`engine.redis.urls`: {url:?}: {e}"));
+                    }
+                }
+                Some("rediss") => bad.push(format!(
+                    "`engine.redis.urls`: {url:?}: TLS (rediss://) is not supported yet; reach Redis over a TLS tunnel"
+                )),
+                _ => bad.push(format!(
+                    "`engine.redis.urls`: {url:?} is not a redis://host:port address"
+                )),
+            }
+        }
+        if self.cluster {
+            bad.push("`engine.redis.cluster`: Redis Cluster is not supported yet; list several standalone servers in `urls` to shard channels across them".into());
+        }
+        if self.sentinel_master.is_some() {
+            bad.push("`engine.redis.sentinel_master`: Sentinel is not supported yet".into());
+        }
+        if self.prefix.is_empty() || self.prefix.contains(['{', '}', ' ']) {
+            bad.push("`engine.redis.prefix`: not empty, no braces or spaces".into());
+        }
+        for (key, d) in [
+            ("connect_timeout", self.connect_timeout),
+            ("command_timeout", self.command_timeout),
+            ("position_check", self.position_check),
+            ("meta_ttl", self.meta_ttl),
+        ] {
+            if d.is_zero() {
+                bad.push(format!("`engine.redis.{key}`: must be greater than 0"));
+            }
+        }
+        bad
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -289,6 +400,10 @@ pub struct Config {
     /// Serve the demo app at `/` and declare its namespaces (`demo`,
     /// `demo_typing`) unless the file declares them. Not set: on in dev mode.
     pub demo: Option<bool>,
+    /// This node's name in `info` (default: host name and port); distinct per node.
+    pub node_name: Option<String>,
+    /// The engine: memory (one node) or Redis (several).
+    pub engine: EngineConfig,
 }
 
 impl Default for Config {
@@ -309,6 +424,8 @@ impl Default for Config {
             fsync: Fsync::Interval,
             fsync_interval: Duration::from_millis(10),
             demo: None,
+            node_name: None,
+            engine: EngineConfig::default(),
         }
     }
 }
@@ -469,6 +586,9 @@ impl Config {
         {
             bad.push("`auth.token_secret`: at least 8 characters".into());
         }
+        if self.engine.r#type == EngineType::Redis {
+            bad.extend(self.engine.redis.problems());
+        }
         if bad.is_empty() {
             Ok(())
         } else {
@@ -493,11 +613,25 @@ impl Config {
             .fold(self.channels.max_message_size, usize::max)
     }
 
-    /// Whether any namespace keeps history on disk.
+    /// This node's name: `node_name`, else the host name and `addr`'s port.
+    pub fn node_name(&self, addr: SocketAddr) -> String {
+        self.node_name.clone().unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| "localhost".into());
+            format!("{host}:{}", addr.port())
+        })
+    }
+
+    /// Whether any namespace keeps history on disk (memory engine only:
+    /// with Redis, history lives in Redis).
     pub fn needs_store(&self) -> bool {
-        std::iter::once(&self.channels)
-            .chain(self.namespaces.values())
-            .any(|ns| ns.durable && ns.has_history())
+        self.engine.r#type == EngineType::Memory
+            && std::iter::once(&self.channels)
+                .chain(self.namespaces.values())
+                .any(|ns| ns.durable && ns.has_history())
     }
 
     /// Whether the demo app is served: `demo`, or dev mode when not set.
@@ -550,6 +684,8 @@ fn merge_env(mut fig: Figment, var: impl Fn(&str) -> Option<String>) -> Figment 
         ("TIDINGS_LISTEN", "listen"),
         ("TIDINGS_DATA_DIR", "data_dir"),
         ("TIDINGS_TOKEN_SECRET", "auth.token_secret"),
+        ("TIDINGS_ENGINE", "engine.type"),
+        ("TIDINGS_NODE_NAME", "node_name"),
     ] {
         if let Some(v) = var(env).filter(|v| !v.is_empty()) {
             fig = fig.merge((key, v));
@@ -563,6 +699,15 @@ fn merge_env(mut fig: Figment, var: impl Fn(&str) -> Option<String>) -> Figment 
             .map(String::from)
             .collect();
         fig = fig.merge(("auth.api_keys", keys));
+    }
+    if let Some(urls) = var("TIDINGS_REDIS_URLS").filter(|v| !v.is_empty()) {
+        let urls: Vec<String> = urls
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(String::from)
+            .collect();
+        fig = fig.merge(("engine.redis.urls", urls));
     }
     fig
 }

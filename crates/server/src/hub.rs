@@ -10,9 +10,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tidings_protocol::{Publication, encode_pub};
+use tidings_protocol::{DisconnectCode, Publication, Push, encode_pub, encode_push};
 
-use crate::engine::PublicationSink;
+use crate::engine::PresenceEvent;
+use crate::mailbox::{Control, Mailbox};
 use crate::metrics::Metrics;
 use crate::outbox::{Outbox, Pushed};
 
@@ -27,11 +28,15 @@ enum SubState {
     /// Subscribing: live pushes wait here (with their offsets) until the
     /// subscribe reply is queued.
     Buffering(Vec<(Option<u64>, Bytes)>),
+    /// Continuity was lost: nothing more is pushed; the connection's task
+    /// ends the subscription with `unsub` 3003.
+    Lost,
 }
 
 /// One connection's subscription to one channel.
 pub struct Subscriber {
     outbox: Arc<Outbox>,
+    control: Arc<Mailbox>,
     state: Mutex<SubState>,
 }
 
@@ -48,7 +53,22 @@ impl Subscriber {
                 buf.push((offset, bytes.clone()));
                 Pushed::Queued
             }
+            SubState::Lost => Pushed::Closed,
         }
+    }
+
+    /// Stops pushes and asks the connection's task to end the subscription
+    /// with `unsub` 3003 (the client subscribes again with `since`).
+    fn lose(&self, channel: &str) {
+        let mut state = self.state.lock();
+        if matches!(*state, SubState::Lost) {
+            return;
+        }
+        *state = SubState::Lost;
+        self.control.send(Control::Unsubscribe {
+            channel: channel.to_string(),
+            code: DisconnectCode::INSUFFICIENT_STATE.0,
+        });
     }
 
     /// Ends buffering: queues `reply` (if any), then the buffered publications newer
@@ -57,8 +77,13 @@ impl Subscriber {
     /// so no live publication can overtake. Fails on an offset gap after `top`.
     pub fn go_live(&self, reply: Option<Bytes>, top: Option<u64>) -> Result<(), Gap> {
         let mut state = self.state.lock();
-        let SubState::Buffering(buf) = std::mem::replace(&mut *state, SubState::Live) else {
-            return Ok(());
+        let buf = match std::mem::replace(&mut *state, SubState::Live) {
+            SubState::Buffering(buf) => buf,
+            SubState::Live => return Ok(()),
+            SubState::Lost => {
+                *state = SubState::Lost;
+                return Err(Gap);
+            }
         };
         if let Some(reply) = reply {
             self.outbox.push_reply(reply);
@@ -89,7 +114,10 @@ mod tests {
     async fn go_live_skips_what_the_reply_holds_across_presence_events() {
         let hub = Hub::new(Arc::new(Metrics::new()));
         let outbox = Arc::new(Outbox::new(1 << 20));
-        let (sub, _) = hub.subscribe("c", 1, outbox.clone()).unwrap();
+        let mailbox = Arc::new(Mailbox::default());
+        let (sub, _) = hub
+            .subscribe("c", 1, outbox.clone(), mailbox.clone())
+            .unwrap();
         let msg = |s: &'static str| Bytes::from_static(s.as_bytes());
         sub.offer(None, &msg("join"));
         sub.offer(Some(5), &msg("pub5"));
@@ -104,7 +132,7 @@ mod tests {
             ["reply", "join", "leave", "pub6"].map(|s| Bytes::from_static(s.as_bytes()))
         );
 
-        let (gappy, _) = hub.subscribe("d", 1, outbox.clone()).unwrap();
+        let (gappy, _) = hub.subscribe("d", 1, outbox.clone(), mailbox).unwrap();
         gappy.offer(Some(8), &msg("pub8"));
         assert_eq!(
             gappy.go_live(None, Some(6)),
@@ -150,6 +178,7 @@ impl Hub {
         channel: &str,
         conn: ConnId,
         outbox: Arc<Outbox>,
+        control: Arc<Mailbox>,
     ) -> Result<(Arc<Subscriber>, bool), AlreadySubscribed> {
         let mut shard = self.shard(channel).write();
         let first = !shard.contains_key(channel);
@@ -161,6 +190,7 @@ impl Hub {
         }
         let sub = Arc::new(Subscriber {
             outbox,
+            control,
             state: Mutex::new(SubState::Buffering(Vec::new())),
         });
         entry.subscribers.insert(conn, sub.clone());
@@ -212,6 +242,11 @@ impl Hub {
         all
     }
 
+    /// Whether `channel` has local subscribers.
+    pub fn has_subscribers(&self, channel: &str) -> bool {
+        self.shard(channel).read().contains_key(channel)
+    }
+
     /// Number of channels and of subscriptions on this node.
     pub fn counts(&self) -> (usize, usize) {
         self.shards.iter().fold((0, 0), |(c, s), shard| {
@@ -247,15 +282,35 @@ impl Hub {
     }
 }
 
-impl PublicationSink for Hub {
-    fn deliver(&self, channel: &str, epoch: Option<&str>, publication: &Arc<Publication>) {
+impl Hub {
+    /// Pushes a publication to the channel's local subscribers (called by
+    /// the engine in offset order per channel).
+    pub fn deliver(&self, channel: &str, epoch: Option<&str>, publication: &Arc<Publication>) {
         // Encoded once, and only when someone here listens.
         self.fan_out(channel, publication.offset, || {
             encode_pub(channel, epoch, publication)
         });
     }
 
-    fn deliver_event(&self, channel: &str, message: Bytes) {
-        self.fan_out(channel, None, || message);
+    /// Pushes `join` or `leave`, in the channel's order.
+    pub fn deliver_presence(&self, channel: &str, event: PresenceEvent) {
+        self.fan_out(channel, None, || {
+            let channel = channel.to_string();
+            encode_push(&match event {
+                PresenceEvent::Join(info) => Push::Join { channel, info },
+                PresenceEvent::Leave(info) => Push::Leave { channel, info },
+            })
+        });
+    }
+
+    /// Continuity of `channel` is lost on this node: every local subscriber
+    /// gets `unsub` 3003 and nothing more until it subscribes again.
+    pub fn lost(&self, channel: &str) {
+        let shard = self.shard(channel).read();
+        if let Some(entry) = shard.get(channel) {
+            for sub in entry.subscribers.values() {
+                sub.lose(channel);
+            }
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod hub;
+pub mod mailbox;
 pub mod metrics;
 pub mod node;
 pub mod outbox;

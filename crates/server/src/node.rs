@@ -10,52 +10,14 @@ use tidings_protocol::{ChannelName, Disconnect, ErrorBody, ErrorCode};
 
 use crate::auth::{ApiKeys, TokenVerifier};
 use crate::config::{Config, NamespaceOptions};
-use crate::engine::{ChannelPolicy, Engine};
-use crate::hub::{ConnId, Hub};
+use crate::engine::{
+    ChannelPolicy, Engine, EngineError, NodeInfo, PresenceEvent, PublicationSink, UserControl,
+};
+use crate::hub::{ConnId, Hub, Subscriber};
 use crate::metrics::Metrics;
 use crate::outbox::Outbox;
 
-/// An instruction from outside a connection's task (the server API).
-#[derive(Debug)]
-pub enum Control {
-    /// End a subscription with an `unsub` push.
-    Unsubscribe {
-        /// Channel name.
-        channel: String,
-        /// Code of the `unsub` push.
-        code: u16,
-    },
-}
-
-/// A connection's control mailbox. Allocates nothing while empty (a tokio
-/// channel would hold a block of 32 slots per connection).
-#[derive(Default)]
-pub struct Mailbox {
-    queue: Mutex<Vec<Control>>,
-    notify: tokio::sync::Notify,
-}
-
-impl Mailbox {
-    /// Leaves `control` for the connection's task.
-    pub fn send(&self, control: Control) {
-        self.queue.lock().push(control);
-        self.notify.notify_one();
-    }
-
-    /// Waits for the next control (one waiter: the connection's task).
-    pub async fn recv(&self) -> Control {
-        loop {
-            let notified = self.notify.notified();
-            {
-                let mut queue = self.queue.lock();
-                if !queue.is_empty() {
-                    return queue.remove(0);
-                }
-            }
-            notified.await;
-        }
-    }
-}
+pub use crate::mailbox::{Control, Mailbox};
 
 /// A registered connection, as the API sees it.
 pub struct ConnHandle {
@@ -83,8 +45,15 @@ pub struct Node {
     pub tokens: RwLock<TokenVerifier>,
     /// API keys.
     pub api_keys: RwLock<ApiKeys>,
-    /// This node's id.
+    /// This node's id (random, new at every start; prefixes client ids).
     pub id: String,
+    /// This node's name (`node_name`), as `info` reports it.
+    pub name: String,
+    /// The address this node serves on.
+    pub address: std::net::SocketAddr,
+    /// Serialises node-level subscribe/unsubscribe of a channel with the
+    /// hub's subscriber count (striped by channel).
+    channel_locks: Vec<tokio::sync::Mutex<()>>,
     /// When the node started.
     pub started: Instant,
     conns: Mutex<HashMap<ConnId, ConnHandle>>,
@@ -100,6 +69,76 @@ pub struct Node {
     users: Mutex<HashMap<String, usize>>,
     /// Token bucket of new connections: (tokens, last refill).
     new_conns: Mutex<(f64, std::time::Instant)>,
+}
+
+/// Stripes of [`Node::subscribe`]'s per-channel serialisation.
+const CHANNEL_LOCKS: usize = 1024;
+
+/// Why a local subscription could not be added.
+#[derive(Debug)]
+pub enum SubscribeError {
+    /// This connection is already subscribed.
+    AlreadySubscribed,
+    /// The engine could not subscribe the node.
+    Engine(EngineError),
+}
+
+/// What the engine hands to this node: publications and presence to the
+/// hub, instructions for users' connections to the node.
+pub struct NodeSink {
+    hub: Arc<Hub>,
+    node: std::sync::Weak<Node>,
+}
+
+impl NodeSink {
+    /// The sink of `node`.
+    pub fn new(node: &Arc<Node>) -> Self {
+        Self {
+            hub: node.hub.clone(),
+            node: Arc::downgrade(node),
+        }
+    }
+}
+
+impl PublicationSink for NodeSink {
+    fn deliver(
+        &self,
+        channel: &str,
+        epoch: Option<&str>,
+        publication: &Arc<tidings_protocol::Publication>,
+    ) {
+        self.hub.deliver(channel, epoch, publication);
+    }
+
+    fn deliver_presence(&self, channel: &str, event: PresenceEvent) {
+        self.hub.deliver_presence(channel, event);
+    }
+
+    fn lost(&self, channel: &str) {
+        self.hub.lost(channel);
+    }
+
+    fn control(&self, control: &UserControl) {
+        let Some(node) = self.node.upgrade() else {
+            return;
+        };
+        match control {
+            UserControl::Disconnect { user, client, code } => {
+                let disconnect = Disconnect::new(tidings_protocol::DisconnectCode(*code), None);
+                node.disconnect_user(user, client.as_deref(), &disconnect);
+            }
+            UserControl::Unsubscribe {
+                user,
+                channel,
+                code,
+            } => {
+                node.control_user(user, || Control::Unsubscribe {
+                    channel: channel.clone(),
+                    code: *code,
+                });
+            }
+        }
+    }
 }
 
 /// A WebSocket connection counted against its IP address; uncounted on drop.
@@ -142,12 +181,14 @@ impl Node {
     /// Assembles a node.
     pub fn new(
         config: Config,
+        address: std::net::SocketAddr,
         engine: Arc<dyn Engine>,
-        hub: Arc<Hub>,
         metrics: Arc<Metrics>,
         tokens: TokenVerifier,
         api_keys: ApiKeys,
     ) -> Self {
+        let hub = Arc::new(Hub::new(metrics.clone()));
+        let name = config.node_name(address);
         // The bucket starts full: a burst of one second's worth.
         let burst = f64::from(config.client.new_connections_per_second);
         let namespaces = RwLock::new(Arc::new(Namespaces::of(&config)));
@@ -159,6 +200,11 @@ impl Node {
             tokens: RwLock::new(tokens),
             api_keys: RwLock::new(api_keys),
             id: crate::engine::new_epoch(),
+            name,
+            address,
+            channel_locks: (0..CHANNEL_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
             started: Instant::now(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
@@ -167,6 +213,61 @@ impl Node {
             ips: Mutex::default(),
             users: Mutex::default(),
             new_conns: Mutex::new((burst, Instant::now())),
+        }
+    }
+
+    fn channel_lock(&self, channel: &str) -> &tokio::sync::Mutex<()> {
+        use std::hash::BuildHasher;
+        let hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default();
+        &self.channel_locks[hasher.hash_one(channel) as usize % CHANNEL_LOCKS]
+    }
+
+    /// Adds a local subscriber of `channel` (buffering; see
+    /// [`Subscriber::go_live`]); the channel's first makes the engine send
+    /// this node the channel's publications. Serialised per channel with
+    /// [`Node::unsubscribe`], so a subscribe racing the last unsubscribe
+    /// ends with the node subscribed.
+    pub async fn subscribe(
+        &self,
+        channel: &str,
+        conn: ConnId,
+        outbox: Arc<Outbox>,
+        control: Arc<Mailbox>,
+    ) -> Result<Arc<Subscriber>, SubscribeError> {
+        let _serial = self.channel_lock(channel).lock().await;
+        let (sub, first) = self
+            .hub
+            .subscribe(channel, conn, outbox, control)
+            .map_err(|_| SubscribeError::AlreadySubscribed)?;
+        if first && let Err(e) = self.engine.node_subscribe(channel).await {
+            self.hub.unsubscribe(channel, conn);
+            return Err(SubscribeError::Engine(e));
+        }
+        Ok(sub)
+    }
+
+    /// Removes a local subscriber; the channel's last unsubscribes the node.
+    pub async fn unsubscribe(&self, channel: &str, conn: ConnId) {
+        let _serial = self.channel_lock(channel).lock().await;
+        if self.hub.unsubscribe(channel, conn) == Some(true)
+            && let Err(e) = self.engine.node_unsubscribe(channel).await
+        {
+            tracing::warn!(channel, error = %e, "node unsubscribe failed");
+        }
+    }
+
+    /// What this node tells the cluster about itself.
+    pub fn info(&self) -> NodeInfo {
+        let (channels, subscriptions) = self.hub.counts();
+        NodeInfo {
+            name: self.name.clone(),
+            id: self.id.clone(),
+            address: self.address.to_string(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            connections: self.connection_count(),
+            channels,
+            subscriptions,
+            uptime_s: self.started.elapsed().as_secs(),
         }
     }
 
@@ -341,6 +442,7 @@ impl Node {
             idempotency_window: self.config.idempotency_window,
             durable: ns.durable,
             presence: crate::engine::PresencePolicy {
+                enabled: ns.presence,
                 ttl: self.config.presence_ttl,
                 join_leave: ns.join_leave,
                 join_leave_max: ns.join_leave_max,

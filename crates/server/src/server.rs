@@ -19,11 +19,9 @@ use tokio::task::JoinHandle;
 
 use crate::auth::{TokenKeys, TokenVerifier};
 use crate::config::Config;
-use crate::engine::memory::MemoryEngine;
-use crate::engine::store::{Store, StoreError};
-use crate::hub::Hub;
+use crate::engine::{BuildError, Engine};
 use crate::metrics::Metrics;
-use crate::node::Node;
+use crate::node::{Node, NodeSink};
 use crate::{api, client_api, demo, transport};
 
 /// Why the server could not start.
@@ -40,13 +38,18 @@ pub enum ServerError {
     /// The configuration is unsafe to run.
     #[error("{0}")]
     Unsafe(String),
-    /// The history store could not be opened.
+    /// The engine could not be built.
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Engine(#[from] BuildError),
+    /// The engine could not start (Redis unreachable).
+    #[error("the engine could not start: {0}")]
+    EngineStart(crate::engine::EngineError),
 }
 
 /// How often idle channels are trimmed and forgotten (at most).
 const SWEEP_EVERY: Duration = Duration::from_secs(30);
+/// How often a node announces itself to the cluster (`info`).
+const ANNOUNCE_EVERY: Duration = Duration::from_secs(3);
 
 /// Credentials generated in dev mode (no secret configured).
 #[derive(Debug, Clone)]
@@ -61,8 +64,9 @@ pub struct DevCredentials {
 pub struct Server {
     addr: SocketAddr,
     node: Arc<Node>,
-    engine: Arc<MemoryEngine>,
+    engine: Arc<dyn Engine>,
     sweeper: JoinHandle<()>,
+    announcer: JoinHandle<()>,
     jwks_refresher: Option<JoinHandle<()>>,
     dev: Option<DevCredentials>,
     stop: watch::Sender<bool>,
@@ -113,25 +117,20 @@ impl Server {
             source,
         })?;
 
-        let engine = if config.needs_store() {
-            let (store, loaded) =
-                Store::open(&config.data_dir, config.fsync, config.fsync_interval)?;
-            tracing::info!(channels = loaded.channels.len(), dir = %config.data_dir.display(), "history store opened");
-            Arc::new(MemoryEngine::with_store(store, loaded))
-        } else {
-            Arc::new(MemoryEngine::new())
-        };
+        let engine = crate::engine::build(&config)?;
         let metrics = Arc::new(Metrics::new());
-        let hub = Arc::new(Hub::new(metrics.clone()));
-        engine.set_sink(hub.clone());
         let node = Arc::new(Node::new(
             config,
+            addr,
             engine.clone(),
-            hub,
             metrics,
             tokens,
             api_keys,
         ));
+        engine
+            .start(Arc::new(NodeSink::new(&node)))
+            .await
+            .map_err(ServerError::EngineStart)?;
 
         let listener = listener.tap_io(|tcp| {
             // Pushes and replies are small and latency-bound: no Nagle delay.
@@ -192,9 +191,24 @@ impl Server {
                     tick.tick().await;
                     let policy_of =
                         |channel: &str| node.resolve(channel).ok().map(|(_, ns)| node.policy(&ns));
-                    let evicted = engine.sweep(&policy_of, node.config.idempotency_window);
+                    let evicted = engine
+                        .maintain(&policy_of, node.config.idempotency_window)
+                        .await;
                     if evicted > 0 {
                         tracing::debug!(evicted, "forgot idle channels");
+                    }
+                }
+            })
+        };
+        // The cluster learns of this node (and forgets it when it stops announcing).
+        let announcer = {
+            let node = node.clone();
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(ANNOUNCE_EVERY);
+                loop {
+                    tick.tick().await;
+                    if let Err(e) = node.engine.announce(&node.info()).await {
+                        tracing::debug!(error = %e, "announcing this node failed");
                     }
                 }
             })
@@ -230,6 +244,7 @@ impl Server {
         Ok(Server {
             engine,
             sweeper,
+            announcer,
             jwks_refresher,
             addr,
             node,
@@ -278,6 +293,7 @@ impl Server {
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
         self.sweeper.abort();
+        self.announcer.abort();
         if let Some(t) = &self.jwks_refresher {
             t.abort();
         }
@@ -294,8 +310,7 @@ impl Server {
         }
         let _ = tokio::time::timeout_at(deadline, self.task).await;
         // Everything acknowledged is committed; fold the log and stop writing.
-        let engine = self.engine.clone();
-        let _ = tokio::task::spawn_blocking(move || engine.close()).await;
+        self.engine.close().await;
     }
 }
 

@@ -22,7 +22,7 @@ use crate::auth::{TokenError, unix_now};
 use crate::config::{ClientAccess, ClientPublish, NamespaceOptions, SubscribeRule};
 use crate::engine::{EngineError, HistoryQuery, PublishRequest};
 use crate::hub::{ConnId, Subscriber};
-use crate::node::{ConnHandle, Control, Mailbox, Node};
+use crate::node::{ConnHandle, Control, Mailbox, Node, SubscribeError};
 use crate::outbox::{Outbox, Pushed};
 
 /// Rooms up to this size list who is here in the subscribe reply.
@@ -45,6 +45,7 @@ pub struct Session {
     conn: ConnId,
     client: String,
     outbox: Arc<Outbox>,
+    control: Arc<Mailbox>,
     identity: Option<Identity>,
     subs: HashMap<String, Arc<Subscriber>>,
     /// A request over plain HTTP (no socket to subscribe on): in
@@ -73,9 +74,19 @@ fn limited() -> ErrorBody {
     )
 }
 
-fn internal(e: EngineError) -> ErrorBody {
+/// An engine failure as the client sees it: code 100, `temporary` when a
+/// retry (with the same idempotency key) may succeed.
+pub(crate) fn internal(e: EngineError) -> ErrorBody {
     tracing::error!(error = %e, "engine failed");
-    err(ErrorCode::Internal, "internal error")
+    let message = if e.temporary() {
+        "temporarily unavailable: retry"
+    } else {
+        "internal error"
+    };
+    ErrorBody {
+        temporary: e.temporary(),
+        ..err(ErrorCode::Internal, message)
+    }
 }
 
 impl Session {
@@ -99,6 +110,7 @@ impl Session {
             conn,
             client,
             outbox,
+            control: control.clone(),
             identity: None,
             subs: HashMap::new(),
             stateless: false,
@@ -521,12 +533,22 @@ impl Session {
                 ),
             ));
         }
-        let (sub, first) = node
-            .hub
-            .subscribe(&arg.channel, self.conn, self.outbox.clone())
-            .map_err(|_| err(ErrorCode::AlreadySubscribed, "already subscribed"))?;
+        let sub = node
+            .subscribe(
+                &arg.channel,
+                self.conn,
+                self.outbox.clone(),
+                self.control.clone(),
+            )
+            .await
+            .map_err(|e| match e {
+                SubscribeError::AlreadySubscribed => {
+                    err(ErrorCode::AlreadySubscribed, "already subscribed")
+                }
+                SubscribeError::Engine(e) => internal(e),
+            })?;
         self.subs.insert(arg.channel.clone(), sub.clone());
-        match self.answer_subscribe(arg, ns, first).await {
+        match self.answer_subscribe(arg, ns).await {
             Ok(mut ok) if ns.presence && !self.transient => {
                 let show = ns.presence_access == ClientAccess::Subscribers;
                 let engine = &node.engine;
@@ -566,15 +588,8 @@ impl Session {
         &self,
         arg: &SubscribeArg,
         ns: &NamespaceOptions,
-        first: bool,
     ) -> Result<SubscribeOk, ErrorBody> {
         let engine = &self.node.engine;
-        if first {
-            engine
-                .node_subscribe(&arg.channel)
-                .await
-                .map_err(internal)?;
-        }
         if !ns.has_history() {
             return Ok(SubscribeOk::default());
         }
@@ -660,11 +675,7 @@ impl Session {
         let Some(_) = self.subs.remove(channel) else {
             return false;
         };
-        if self.node.hub.unsubscribe(channel, self.conn) == Some(true)
-            && let Err(e) = self.node.engine.node_unsubscribe(channel).await
-        {
-            tracing::warn!(channel, error = %e, "node unsubscribe failed");
-        }
+        self.node.unsubscribe(channel, self.conn).await;
         if let Ok((_, ns)) = self.node.resolve(channel)
             && ns.presence
             && !self.transient
@@ -810,10 +821,15 @@ impl Session {
         match control {
             Control::Unsubscribe { channel, code } => {
                 if self.drop_subscription(&channel).await {
+                    let reason = if code == DisconnectCode::INSUFFICIENT_STATE.0 {
+                        DisconnectCode::INSUFFICIENT_STATE.reason()
+                    } else {
+                        "unsubscribed by the server"
+                    };
                     self.send(encode_push(&Push::Unsub {
                         channel,
                         code,
-                        reason: "unsubscribed by the server".into(),
+                        reason: reason.into(),
                     }));
                 }
             }
@@ -871,35 +887,40 @@ impl Session {
 impl Drop for Session {
     /// A session dropped without [`Session::end`] (its request was cancelled)
     /// still leaves nothing behind: subscriptions and registration go now,
-    /// presence entries in a spawned task.
+    /// node-level unsubscribes and presence entries in a spawned task.
     fn drop(&mut self) {
         if self.subs.is_empty() && !self.node.is_registered(self.conn) {
             return; // ended properly
         }
-        for channel in self.subs.keys() {
-            self.node.hub.unsubscribe(channel, self.conn);
-        }
         self.node.unregister(self.conn);
         let channels: Vec<String> = self.subs.drain().map(|(c, _)| c).collect();
-        if self.transient || channels.is_empty() {
+        if channels.is_empty() {
             return;
         }
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            let node = self.node.clone();
-            let client = self.client.clone();
-            rt.spawn(async move {
-                for channel in channels {
-                    if let Ok((_, ns)) = node.resolve(&channel)
-                        && ns.presence
-                    {
-                        let _ = node
-                            .engine
-                            .leave(&channel, &client, &node.policy(&ns))
-                            .await;
-                    }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            for channel in &channels {
+                self.node.hub.unsubscribe(channel, self.conn);
+            }
+            return;
+        };
+        let node = self.node.clone();
+        let (client, conn, transient) = (self.client.clone(), self.conn, self.transient);
+        rt.spawn(async move {
+            for channel in channels {
+                node.unsubscribe(&channel, conn).await;
+                if transient {
+                    continue;
                 }
-            });
-        }
+                if let Ok((_, ns)) = node.resolve(&channel)
+                    && ns.presence
+                {
+                    let _ = node
+                        .engine
+                        .leave(&channel, &client, &node.policy(&ns))
+                        .await;
+                }
+            }
+        });
     }
 }
 

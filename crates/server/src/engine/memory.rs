@@ -12,8 +12,9 @@ use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 
 use super::store::{Loaded, LoadedChannel, Record, Store};
 use super::{
-    Broker, ChannelPolicy, EngineError, History, HistoryPage, HistoryQuery, Presence,
-    PublicationSink, PublishOutcome, PublishRequest, new_epoch, now_ms,
+    Broker, ChannelPolicy, Cluster, EngineError, History, HistoryPage, HistoryQuery, Lifecycle,
+    NodeInfo, PolicyOf, Presence, PresenceEvent, PublicationSink, PublishOutcome, PublishRequest,
+    UserControl, new_epoch, now_ms,
 };
 
 const SHARDS: usize = 64;
@@ -192,6 +193,8 @@ pub struct MemoryEngine {
     hasher: std::collections::hash_map::RandomState,
     sink: OnceLock<Arc<dyn PublicationSink>>,
     store: Option<Arc<Store>>,
+    /// This node, as last announced (the only node there is).
+    node: Mutex<Option<NodeInfo>>,
 }
 
 impl Default for MemoryEngine {
@@ -209,6 +212,7 @@ impl MemoryEngine {
             hasher: Default::default(),
             sink: OnceLock::new(),
             store: None,
+            node: Mutex::new(None),
         }
     }
 
@@ -278,11 +282,7 @@ impl MemoryEngine {
     /// `idle` with nothing left: no retained publication, no live key, no
     /// pending commit. A forgotten channel starts over with a new epoch, so
     /// memory follows the channels in use, not every name ever read.
-    pub fn sweep(
-        &self,
-        policy_of: &dyn Fn(&str) -> Option<ChannelPolicy>,
-        idle: Duration,
-    ) -> usize {
+    pub fn sweep(&self, policy_of: PolicyOf<'_>, idle: Duration) -> usize {
         let now = Instant::now();
         let mut evicted = 0;
         for shard in &self.logs {
@@ -346,26 +346,13 @@ impl MemoryEngine {
         let Some(sink) = self.sink.get() else {
             return;
         };
-        let (name, info) = (channel.to_string(), info.clone());
-        let push = if joined {
-            tidings_protocol::Push::Join {
-                channel: name,
-                info,
-            }
+        let info = info.clone();
+        let event = if joined {
+            PresenceEvent::Join(info)
         } else {
-            tidings_protocol::Push::Leave {
-                channel: name,
-                info,
-            }
+            PresenceEvent::Leave(info)
         };
-        sink.deliver_event(channel, tidings_protocol::encode_push(&push));
-    }
-
-    /// Commits what is queued to disk and stops the store's writer.
-    pub fn close(&self) {
-        if let Some(store) = &self.store {
-            store.close();
-        }
+        sink.deliver_presence(channel, event);
     }
 
     /// Sets where publications go (this node's hub). Only the first call counts.
@@ -518,6 +505,44 @@ impl Broker for MemoryEngine {
 
     async fn node_unsubscribe(&self, _channel: &str) -> Result<(), EngineError> {
         Ok(())
+    }
+
+    async fn control(&self, control: UserControl) -> Result<(), EngineError> {
+        if let Some(sink) = self.sink.get() {
+            sink.control(&control);
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Cluster for MemoryEngine {
+    async fn announce(&self, node: &NodeInfo) -> Result<(), EngineError> {
+        *self.node.lock() = Some(node.clone());
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
+        Ok(self.node.lock().iter().cloned().collect())
+    }
+}
+
+#[async_trait]
+impl Lifecycle for MemoryEngine {
+    async fn start(&self, sink: Arc<dyn PublicationSink>) -> Result<(), EngineError> {
+        self.set_sink(sink);
+        Ok(())
+    }
+
+    async fn maintain(&self, policy_of: PolicyOf<'_>, idle: Duration) -> usize {
+        self.sweep(policy_of, idle)
+    }
+
+    /// Commits what is queued to disk and stops the store's writer.
+    async fn close(&self) {
+        if let Some(store) = self.store.clone() {
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+        }
     }
 }
 
@@ -775,14 +800,14 @@ mod presence_tests {
         fn deliver(&self, _: &str, _: Option<&str>, p: &Arc<Publication>) {
             self.0.lock().push(format!("pub {}", p.offset.unwrap_or(0)));
         }
-        fn deliver_event(&self, _: &str, message: bytes::Bytes) {
-            let v: serde_json::Value = serde_json::from_slice(&message).unwrap();
-            self.0.lock().push(format!(
-                "{} {}",
-                v["push"].as_str().unwrap(),
-                v["client"].as_str().unwrap()
-            ));
+        fn deliver_presence(&self, _: &str, event: PresenceEvent) {
+            self.0.lock().push(match event {
+                PresenceEvent::Join(i) => format!("join {}", i.client),
+                PresenceEvent::Leave(i) => format!("leave {}", i.client),
+            });
         }
+        fn lost(&self, _: &str) {}
+        fn control(&self, _: &UserControl) {}
     }
 
     fn policy(ttl_ms: u64, max: usize, per_user: bool) -> ChannelPolicy {
@@ -792,6 +817,7 @@ mod presence_tests {
             idempotency_window: Duration::from_secs(60),
             durable: false,
             presence: super::super::PresencePolicy {
+                enabled: true,
                 ttl: Duration::from_millis(ttl_ms),
                 join_leave: true,
                 join_leave_max: max,

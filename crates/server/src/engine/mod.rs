@@ -1,10 +1,13 @@
 //! Hop 2 behind traits: the broker (publish: offsets, history, idempotency,
 //! fanout to every node), history reads, and presence.
 //!
-//! The traits are async so that a remote engine (Redis) implements them
-//! without reshaping. Implementations: [`memory::MemoryEngine`].
+//! The traits are async so that a remote engine implements them without
+//! reshaping. Implementations: [`memory::MemoryEngine`] (one node: memory
+//! plus the on-disk [`store`]) and [`redis::RedisEngine`] (several nodes).
+//! The server holds an engine only as `Arc<dyn Engine>`, built by [`build`].
 
 pub mod memory;
+pub mod redis;
 pub mod store;
 
 use std::collections::BTreeMap;
@@ -34,6 +37,8 @@ pub struct ChannelPolicy {
 /// How a namespace's presence behaves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PresencePolicy {
+    /// Whether the namespace tracks presence at all.
+    pub enabled: bool,
     /// An entry not renewed within this is gone (a crashed node's ghosts).
     pub ttl: Duration,
     /// Whether `join` and `leave` are pushed to subscribers.
@@ -47,6 +52,7 @@ pub struct PresencePolicy {
 impl Default for PresencePolicy {
     fn default() -> Self {
         Self {
+            enabled: false,
             ttl: Duration::from_secs(60),
             join_leave: false,
             join_leave_max: 1000,
@@ -100,17 +106,95 @@ pub struct HistoryPage {
 /// An engine failure (never the client's fault).
 #[derive(Debug, Clone, Error)]
 pub enum EngineError {
-    /// The backing store failed.
+    /// The backend cannot be reached or did not answer in time (Redis down,
+    /// failing over): the same command, retried later, may succeed.
+    #[error("engine backend unavailable: {0}")]
+    Unavailable(String),
+    /// The backend failed a write (a disk error, a store that stopped):
+    /// nothing was published; a retry with the same idempotency key is safe.
     #[error("engine backend failed: {0}")]
     Backend(String),
+    /// The backend refused the command for good (a misconfiguration such as
+    /// an ACL without the needed commands): retrying will not help.
+    #[error("engine backend refused: {0}")]
+    Refused(String),
 }
 
-/// Where the engine hands publications for this node's subscribers (the hub).
+impl EngineError {
+    /// Whether retrying the same command later may succeed (clients and
+    /// SDKs retry with the same idempotency key).
+    pub fn temporary(&self) -> bool {
+        !matches!(self, EngineError::Refused(_))
+    }
+}
+
+/// A change of who is in a channel, delivered in order with its publications.
+#[derive(Debug, Clone)]
+pub enum PresenceEvent {
+    /// A connection (or, per user, a user's first connection) joined.
+    Join(ClientInfo),
+    /// A connection (or, per user, a user's last connection) left.
+    Leave(ClientInfo),
+}
+
+/// An instruction for every node's connections of one user (the server API
+/// reaching a user connected anywhere).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum UserControl {
+    /// Close the user's connections (or only `client`) with `code`.
+    Disconnect {
+        /// The user.
+        user: String,
+        /// Only this connection, when set.
+        client: Option<String>,
+        /// The close code.
+        code: u16,
+    },
+    /// End the user's subscription to `channel` with an `unsub` push.
+    Unsubscribe {
+        /// The user.
+        user: String,
+        /// The channel.
+        channel: String,
+        /// The `unsub` code.
+        code: u16,
+    },
+}
+
+/// What a node tells the others about itself (the API's `info`).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeInfo {
+    /// The node's name (`node_name`).
+    pub name: String,
+    /// The node's id (changes at every start).
+    pub id: String,
+    /// The address it serves on.
+    pub address: String,
+    /// The Tidings version it runs.
+    pub version: String,
+    /// Open connections.
+    pub connections: usize,
+    /// Channels with subscribers on this node.
+    pub channels: usize,
+    /// Subscriptions on this node.
+    pub subscriptions: usize,
+    /// Seconds since the node started.
+    pub uptime_s: u64,
+}
+
+/// Where the engine hands what this node's connections must see.
 pub trait PublicationSink: Send + Sync {
     /// Called in offset order per channel, never concurrently for the same channel.
     fn deliver(&self, channel: &str, epoch: Option<&str>, publication: &Arc<Publication>);
-    /// An encoded push with no offset (`join`, `leave`), in the channel's order.
-    fn deliver_event(&self, channel: &str, message: bytes::Bytes);
+    /// A presence change, in the channel's order with its publications.
+    fn deliver_presence(&self, channel: &str, event: PresenceEvent);
+    /// The engine lost publications of `channel` it cannot fill in (they
+    /// left history, or the backend lost its data): the node's subscribers
+    /// must subscribe again with `since` (and learn `recovered: false`).
+    fn lost(&self, channel: &str);
+    /// An instruction for one user's connections on this node.
+    fn control(&self, control: &UserControl);
 }
 
 /// Hop 2's write path.
@@ -127,11 +211,16 @@ pub trait Broker: Send + Sync {
         policy: &ChannelPolicy,
     ) -> Result<PublishOutcome, EngineError>;
 
-    /// This node has its first local subscriber of `channel`.
+    /// This node has its first local subscriber of `channel`: from when this
+    /// returns, every publication of the channel reaches this node's sink.
+    /// The caller serialises it per channel with [`Broker::node_unsubscribe`].
     async fn node_subscribe(&self, channel: &str) -> Result<(), EngineError>;
 
     /// This node has no more local subscribers of `channel`.
     async fn node_unsubscribe(&self, channel: &str) -> Result<(), EngineError>;
+
+    /// Hands `control` to every node's sink, this one's included.
+    async fn control(&self, control: UserControl) -> Result<(), EngineError>;
 }
 
 /// Hop 2's read path.
@@ -189,10 +278,64 @@ pub trait Presence: Send + Sync {
     ) -> Result<BTreeMap<String, Option<u64>>, EngineError>;
 }
 
-/// A complete engine.
-pub trait Engine: Broker + History + Presence {}
+/// The nodes of the cluster, as the engine knows them.
+#[async_trait]
+pub trait Cluster: Send + Sync {
+    /// Records this node as live (until it stops announcing).
+    async fn announce(&self, node: &NodeInfo) -> Result<(), EngineError>;
+    /// Every live node.
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError>;
+}
 
-impl<T: Broker + History + Presence> Engine for T {}
+/// Looks up the policy of a channel's namespace (None: no such namespace now).
+pub type PolicyOf<'a> = &'a (dyn Fn(&str) -> Option<ChannelPolicy> + Send + Sync);
+
+/// Starting, upkeep and stopping.
+#[async_trait]
+pub trait Lifecycle: Send + Sync {
+    /// Starts background work; from now on, publications for this node's
+    /// subscribers go to `sink`.
+    async fn start(&self, sink: Arc<dyn PublicationSink>) -> Result<(), EngineError>;
+    /// Periodic upkeep: trims history by policy, expires presence leases
+    /// (with `leave`), forgets channels idle for `idle`. Returns how many
+    /// channels were forgotten.
+    async fn maintain(&self, policy_of: PolicyOf<'_>, idle: Duration) -> usize;
+    /// Commits what is pending and stops.
+    async fn close(&self);
+}
+
+/// A complete engine.
+pub trait Engine: Broker + History + Presence + Cluster + Lifecycle {}
+
+impl<T: Broker + History + Presence + Cluster + Lifecycle> Engine for T {}
+
+/// Why an engine could not be built.
+#[derive(Debug, Error)]
+pub enum BuildError {
+    /// The on-disk history store could not be opened.
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    /// The Redis settings are unusable.
+    #[error("engine.redis: {0}")]
+    Redis(String),
+}
+
+/// Builds the engine `config` asks for (`[engine] type`).
+pub fn build(config: &crate::Config) -> Result<Arc<dyn Engine>, BuildError> {
+    use crate::config::EngineType;
+    Ok(match config.engine.r#type {
+        EngineType::Memory if config.needs_store() => {
+            let (store, loaded) =
+                store::Store::open(&config.data_dir, config.fsync, config.fsync_interval)?;
+            tracing::info!(channels = loaded.channels.len(), dir = %config.data_dir.display(), "history store opened");
+            Arc::new(memory::MemoryEngine::with_store(store, loaded))
+        }
+        EngineType::Memory => Arc::new(memory::MemoryEngine::new()),
+        EngineType::Redis => {
+            Arc::new(redis::RedisEngine::new(&config.engine.redis).map_err(BuildError::Redis)?)
+        }
+    })
+}
 
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {

@@ -1,0 +1,503 @@
+//! The Redis engine: several nodes share publications, history, presence
+//! and the cluster's membership through Redis.
+//!
+//! Publishing is one Lua script per publication (idempotency key, epoch,
+//! next offset, append to the channel's stream, PUBLISH to the nodes), so it
+//! is atomic per channel and one round trip; concurrent publishes pipeline
+//! over one multiplexed connection. Each node listens to the channels it has
+//! subscribers of ([`fanout`]). Several `urls` shard channels across
+//! independent servers; the control channel, node list and last-seen times
+//! live on the first.
+
+mod fanout;
+mod keys;
+mod scripts;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use tidings_protocol::{ClientInfo, Publication, StreamPosition};
+
+use self::fanout::Fanout;
+use self::keys::{Keys, shard_of};
+use super::{
+    Broker, ChannelPolicy, Cluster, EngineError, History, HistoryPage, HistoryQuery, Lifecycle,
+    NodeInfo, PolicyOf, Presence, PublicationSink, PublishOutcome, PublishRequest, UserControl,
+    new_epoch, now_ms,
+};
+use crate::config::RedisConfig;
+
+/// A stream entry as XRANGE answers it: id, then field/value pairs.
+type Entry = (String, Vec<Vec<u8>>);
+
+/// How long a node's announcement lives without renewal.
+const NODE_TTL: Duration = Duration::from_secs(10);
+
+/// One Redis server's part: its connections and its pub/sub task.
+struct Shard {
+    client: redis::Client,
+    conn: OnceLock<ConnectionManager>,
+    fanout: OnceLock<Fanout>,
+}
+
+/// The Redis engine. Connects in [`Lifecycle::start`].
+pub struct RedisEngine {
+    config: RedisConfig,
+    keys: Keys,
+    shards: Vec<Shard>,
+}
+
+/// An error of the Redis client as the engine reports it: unreachable,
+/// timed out, loading or failing over are temporary; refusals are not.
+pub(crate) fn redis_error(e: redis::RedisError) -> EngineError {
+    if e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.code(),
+            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "READONLY" | "CLUSTERDOWN")
+        )
+    {
+        EngineError::Unavailable(e.to_string())
+    } else if matches!(e.code(), Some("NOPERM" | "NOAUTH" | "WRONGPASS" | "OOM")) {
+        EngineError::Refused(e.to_string())
+    } else {
+        EngineError::Backend(e.to_string())
+    }
+}
+
+/// A publication from its stream entry (`offset-0`, `d` = JSON).
+fn decode_entry((id, fields): &Entry) -> Option<Publication> {
+    let offset: u64 = id.split_once('-')?.0.parse().ok()?;
+    let data = fields.chunks(2).find(|kv| kv[0] == b"d")?.get(1)?;
+    let mut publication: Publication = serde_json::from_slice(data).ok()?;
+    publication.offset = Some(offset);
+    Some(publication)
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis().min(u128::from(u64::MAX)) as u64
+}
+
+impl RedisEngine {
+    /// An engine for `config` (checked by `RedisConfig::problems`); connects
+    /// when started.
+    pub fn new(config: &RedisConfig) -> Result<Self, String> {
+        if let Some(problem) = config.problems().into_iter().next() {
+            return Err(problem);
+        }
+        let shards = config
+            .urls
+            .iter()
+            .map(|url| {
+                Ok(Shard {
+                    client: redis::Client::open(url.as_str()).map_err(|e| format!("{url}: {e}"))?,
+                    conn: OnceLock::new(),
+                    fanout: OnceLock::new(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self {
+            keys: Keys::new(&config.prefix),
+            config: config.clone(),
+            shards,
+        })
+    }
+
+    fn shard(&self, channel: &str) -> &Shard {
+        &self.shards[shard_of(channel, self.shards.len())]
+    }
+
+    fn conn_of(shard: &Shard) -> Result<ConnectionManager, EngineError> {
+        shard
+            .conn
+            .get()
+            .cloned()
+            .ok_or_else(|| EngineError::Unavailable("the redis engine is not started".into()))
+    }
+
+    fn conn(&self, channel: &str) -> Result<ConnectionManager, EngineError> {
+        Self::conn_of(self.shard(channel))
+    }
+
+    /// The first server: control channel, nodes, last seen.
+    fn main_conn(&self) -> Result<ConnectionManager, EngineError> {
+        Self::conn_of(&self.shards[0])
+    }
+
+    fn meta_ttl(&self, policy: &ChannelPolicy) -> u64 {
+        // Metadata outlives history and keys, or a retry could publish twice
+        // in a channel that started over.
+        millis(
+            self.config
+                .meta_ttl
+                .max(policy.history_ttl)
+                .max(policy.idempotency_window),
+        )
+    }
+
+    /// Runs the LEAVE script for one client or for expired leases.
+    async fn leave_script(
+        &self,
+        channel: &str,
+        mode: &str,
+        arg: &str,
+        policy: &ChannelPolicy,
+    ) -> Result<u64, EngineError> {
+        let p = &policy.presence;
+        let mut invocation = scripts::LEAVE.prepare_invoke();
+        for key in self.keys.presence(channel) {
+            invocation.key(key);
+        }
+        invocation
+            .arg(mode)
+            .arg(arg)
+            .arg(if p.join_leave { "1" } else { "0" })
+            .arg(p.join_leave_max)
+            .arg(if p.per_user { "1" } else { "0" })
+            .arg(self.keys.pubsub(channel));
+        invocation
+            .invoke_async(&mut self.conn(channel)?)
+            .await
+            .map_err(redis_error)
+    }
+}
+
+#[async_trait]
+impl Broker for RedisEngine {
+    async fn publish(
+        &self,
+        channel: &str,
+        request: PublishRequest,
+        policy: &ChannelPolicy,
+    ) -> Result<PublishOutcome, EngineError> {
+        let payload = serde_json::to_string(&Publication {
+            offset: None,
+            data: request.data,
+            info: request.info,
+            tags: request.tags,
+            time: now_ms(),
+        })
+        .map_err(|e| EngineError::Backend(e.to_string()))?;
+        let key = request.idempotency_key.as_deref();
+        let (offset, epoch, duplicate): (u64, String, u8) = scripts::PUBLISH
+            .key(self.keys.stream(channel))
+            .key(self.keys.meta(channel))
+            .key(self.keys.idempotency(channel, key.unwrap_or("")))
+            .arg(payload)
+            .arg(policy.history_size)
+            .arg(millis(policy.history_ttl).max(1))
+            .arg(self.meta_ttl(policy))
+            .arg(millis(policy.idempotency_window).max(1))
+            .arg(new_epoch())
+            .arg(if key.is_some() { "1" } else { "0" })
+            .arg(self.keys.pubsub(channel))
+            .invoke_async(&mut self.conn(channel)?)
+            .await
+            .map_err(redis_error)?;
+        Ok(PublishOutcome {
+            position: (offset > 0).then_some(StreamPosition { offset, epoch }),
+            duplicate: duplicate == 1,
+        })
+    }
+
+    async fn node_subscribe(&self, channel: &str) -> Result<(), EngineError> {
+        match self.shard(channel).fanout.get() {
+            Some(f) => f.subscribe(channel).await,
+            None => Err(EngineError::Unavailable(
+                "the redis engine is not started".into(),
+            )),
+        }
+    }
+
+    async fn node_unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
+        if let Some(f) = self.shard(channel).fanout.get() {
+            f.unsubscribe(channel);
+        }
+        Ok(())
+    }
+
+    async fn control(&self, control: UserControl) -> Result<(), EngineError> {
+        let message =
+            serde_json::to_string(&control).map_err(|e| EngineError::Backend(e.to_string()))?;
+        let () = redis::cmd("PUBLISH")
+            .arg(self.keys.control())
+            .arg(message)
+            .query_async(&mut self.main_conn()?)
+            .await
+            .map(|_: u64| ())
+            .map_err(redis_error)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl History for RedisEngine {
+    async fn read(
+        &self,
+        channel: &str,
+        query: HistoryQuery,
+        policy: &ChannelPolicy,
+    ) -> Result<HistoryPage, EngineError> {
+        let count = query
+            .limit
+            .unwrap_or(policy.history_size)
+            .min(policy.history_size);
+        let from = query.after.unwrap_or(0) + 1;
+        let (top, epoch, entries): (u64, String, Vec<Entry>) = scripts::READ
+            .key(self.keys.stream(channel))
+            .key(self.keys.meta(channel))
+            .arg(new_epoch())
+            .arg(self.meta_ttl(policy))
+            .arg(from)
+            .arg(count)
+            .arg(if query.reverse { "1" } else { "0" })
+            .invoke_async(&mut self.conn(channel)?)
+            .await
+            .map_err(redis_error)?;
+        // The stream expires whole; single publications past the TTL are
+        // left out here, as the memory engine trims them.
+        let oldest = now_ms().saturating_sub(millis(policy.history_ttl));
+        let publications = entries
+            .iter()
+            .filter_map(decode_entry)
+            .filter(|p| p.time > oldest)
+            .map(Arc::new)
+            .collect();
+        Ok(HistoryPage {
+            publications,
+            position: StreamPosition { offset: top, epoch },
+        })
+    }
+
+    async fn position(
+        &self,
+        channel: &str,
+        policy: &ChannelPolicy,
+    ) -> Result<StreamPosition, EngineError> {
+        let query = HistoryQuery {
+            limit: Some(0),
+            ..Default::default()
+        };
+        Ok(self.read(channel, query, policy).await?.position)
+    }
+}
+
+#[async_trait]
+impl Presence for RedisEngine {
+    async fn join(
+        &self,
+        channel: &str,
+        info: &ClientInfo,
+        policy: &ChannelPolicy,
+    ) -> Result<(), EngineError> {
+        let p = &policy.presence;
+        let json = serde_json::to_string(info).map_err(|e| EngineError::Backend(e.to_string()))?;
+        let mut invocation = scripts::JOIN.prepare_invoke();
+        for key in self.keys.presence(channel) {
+            invocation.key(key);
+        }
+        invocation
+            .arg(&info.client)
+            .arg(&info.user)
+            .arg(json)
+            .arg(now_ms() + millis(p.ttl))
+            // Keys outlive the longest lease; all go if nobody renews.
+            .arg(millis(p.ttl) * 3)
+            .arg(if p.join_leave { "1" } else { "0" })
+            .arg(p.join_leave_max)
+            .arg(if p.per_user { "1" } else { "0" })
+            .arg(self.keys.pubsub(channel));
+        let _: u8 = invocation
+            .invoke_async(&mut self.conn(channel)?)
+            .await
+            .map_err(redis_error)?;
+        Ok(())
+    }
+
+    async fn leave(
+        &self,
+        channel: &str,
+        client: &str,
+        policy: &ChannelPolicy,
+    ) -> Result<(), EngineError> {
+        self.leave_script(channel, "client", client, policy)
+            .await
+            .map(|_| ())
+    }
+
+    async fn list(
+        &self,
+        channel: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<(BTreeMap<String, ClientInfo>, Option<String>), EngineError> {
+        let [_, names, infos, _] = self.keys.presence(channel);
+        let (ids, found): (Vec<String>, Vec<Option<String>>) = scripts::LIST
+            .key(names)
+            .key(infos)
+            .arg(cursor.unwrap_or(""))
+            .arg(limit)
+            .invoke_async(&mut self.conn(channel)?)
+            .await
+            .map_err(redis_error)?;
+        let mut page: BTreeMap<String, ClientInfo> = ids
+            .into_iter()
+            .zip(found)
+            .filter_map(|(id, info)| Some((id, serde_json::from_str(&info?).ok()?)))
+            .collect();
+        let next = if page.len() > limit {
+            page.pop_last();
+            page.keys().next_back().cloned()
+        } else {
+            None
+        };
+        Ok((page, next))
+    }
+
+    async fn stats(&self, channel: &str) -> Result<(u64, u64), EngineError> {
+        let [leases, _, _, users] = self.keys.presence(channel);
+        redis::pipe()
+            .cmd("ZCARD")
+            .arg(leases)
+            .cmd("HLEN")
+            .arg(users)
+            .query_async(&mut self.conn(channel)?)
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn touch(&self, user: &str, at_ms: u64) -> Result<(), EngineError> {
+        redis::cmd("HSET")
+            .arg(self.keys.last_seen())
+            .arg(user)
+            .arg(at_ms)
+            .query_async(&mut self.main_conn()?)
+            .await
+            .map(|_: u64| ())
+            .map_err(redis_error)
+    }
+
+    async fn last_seen(
+        &self,
+        users: &[String],
+    ) -> Result<BTreeMap<String, Option<u64>>, EngineError> {
+        if users.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let seen: Vec<Option<u64>> = redis::cmd("HMGET")
+            .arg(self.keys.last_seen())
+            .arg(users)
+            .query_async(&mut self.main_conn()?)
+            .await
+            .map_err(redis_error)?;
+        Ok(users.iter().cloned().zip(seen).collect())
+    }
+}
+
+#[async_trait]
+impl Cluster for RedisEngine {
+    async fn announce(&self, node: &NodeInfo) -> Result<(), EngineError> {
+        let json = serde_json::to_string(node).map_err(|e| EngineError::Backend(e.to_string()))?;
+        redis::pipe()
+            .cmd("SET")
+            .arg(self.keys.node(&node.id))
+            .arg(json)
+            .arg("PX")
+            .arg(millis(NODE_TTL))
+            .ignore()
+            .cmd("ZADD")
+            .arg(self.keys.nodes())
+            .arg(now_ms() + millis(NODE_TTL))
+            .arg(&node.id)
+            .ignore()
+            .query_async(&mut self.main_conn()?)
+            .await
+            .map_err(redis_error)
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
+        let mut conn = self.main_conn()?;
+        let ids: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys.nodes())
+            .arg(now_ms())
+            .arg("+inf")
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let keys: Vec<String> = ids.iter().map(|id| self.keys.node(id)).collect();
+        let found: Vec<Option<String>> = redis::cmd("MGET")
+            .arg(keys)
+            .query_async(&mut conn)
+            .await
+            .map_err(redis_error)?;
+        Ok(found
+            .into_iter()
+            .flatten()
+            .filter_map(|json| serde_json::from_str(&json).ok())
+            .collect())
+    }
+}
+
+#[async_trait]
+impl Lifecycle for RedisEngine {
+    async fn start(&self, sink: Arc<dyn PublicationSink>) -> Result<(), EngineError> {
+        for (i, shard) in self.shards.iter().enumerate() {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(self.config.connect_timeout))
+                .set_response_timeout(Some(self.config.command_timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(2));
+            let conn = tokio::time::timeout(
+                self.config.connect_timeout * 2,
+                shard.client.get_connection_manager_with_config(config),
+            )
+            .await
+            .map_err(|_| EngineError::Unavailable("connecting to redis timed out".into()))?
+            .map_err(redis_error)?;
+            let fanout = Fanout::start(fanout::Setup {
+                client: shard.client.clone(),
+                conn: conn.clone(),
+                keys: self.keys.clone(),
+                sink: sink.clone(),
+                control: i == 0,
+                connect_timeout: self.config.connect_timeout,
+                position_check: self.config.position_check,
+            });
+            let _ = shard.conn.set(conn);
+            let _ = shard.fanout.set(fanout);
+        }
+        Ok(())
+    }
+
+    async fn maintain(&self, policy_of: PolicyOf<'_>, _idle: Duration) -> usize {
+        // Leases not renewed (a connection or a whole node gone) end with a
+        // `leave`; every node sweeps the channels it has subscribers of, so
+        // the ones somebody watches are swept. Nothing is kept per channel
+        // here beyond the pub/sub tracks, which follow subscribers.
+        let now = now_ms().to_string();
+        for shard in &self.shards {
+            let Some(fanout) = shard.fanout.get() else {
+                continue;
+            };
+            for channel in fanout.channels() {
+                let Some(policy) = policy_of(&channel).filter(|p| p.presence.enabled) else {
+                    continue;
+                };
+                if let Err(e) = self.leave_script(&channel, "expire", &now, &policy).await {
+                    tracing::debug!(channel, error = %e, "presence expiry failed");
+                }
+            }
+        }
+        0
+    }
+
+    async fn close(&self) {}
+}

@@ -1,0 +1,154 @@
+//! The Lua scripts: each runs atomically in Redis, so one round trip does a
+//! whole per-channel step (no other publish of the channel interleaves).
+//!
+//! Every key of one channel carries the hash tag `{channel}`, so a script
+//! touches one Redis Cluster slot.
+
+use std::sync::LazyLock;
+
+use redis::Script;
+
+/// Publish: KEYS stream, meta, idempotency key; ARGV payload, history_size,
+/// history_ttl ms, meta ttl ms, idempotency window ms, a new epoch (used
+/// when the channel has none), "1" when a key is given, the pub/sub channel.
+/// Returns {offset, epoch, duplicate}. A channel without metadata (new, or
+/// lost by Redis) starts a new epoch with an empty stream, so no offset is
+/// ever reused within an epoch.
+pub(super) static PUBLISH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local stream, meta, idem = KEYS[1], KEYS[2], KEYS[3]
+local payload, size = ARGV[1], tonumber(ARGV[2])
+if ARGV[7] == '1' then
+  local seen = redis.call('GET', idem)
+  if seen then
+    local sep = string.find(seen, ':', 1, true)
+    return {tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1), 1}
+  end
+end
+local top, epoch = 0, ''
+if size > 0 then
+  epoch = redis.call('HGET', meta, 'e')
+  if not epoch then
+    epoch = ARGV[6]
+    redis.call('DEL', stream)
+    redis.call('HSET', meta, 'e', epoch, 't', 0)
+  end
+  top = redis.call('HINCRBY', meta, 't', 1)
+  redis.call('PEXPIRE', meta, ARGV[4])
+  redis.call('XADD', stream, 'MAXLEN', size, top .. '-0', 'd', payload)
+  redis.call('PEXPIRE', stream, ARGV[3])
+end
+redis.call('PUBLISH', ARGV[8], 'p' .. top .. ':' .. epoch .. ':' .. payload)
+if ARGV[7] == '1' then
+  redis.call('SET', idem, top .. ':' .. epoch, 'PX', ARGV[5])
+end
+return {top, epoch, 0}
+"#,
+    )
+});
+
+/// Read: KEYS stream, meta; ARGV a new epoch, meta ttl ms, first offset,
+/// count (0: position only), "1" for newest first. Returns {top, epoch,
+/// entries}. Creates the epoch of a channel that has none, so that a
+/// subscriber's position and the next publish share it.
+pub(super) static READ: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local stream, meta = KEYS[1], KEYS[2]
+local epoch = redis.call('HGET', meta, 'e')
+if not epoch then
+  epoch = ARGV[1]
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'e', epoch, 't', 0)
+  redis.call('PEXPIRE', meta, ARGV[2])
+end
+local top = tonumber(redis.call('HGET', meta, 't'))
+local entries = {}
+local count = tonumber(ARGV[4])
+if count > 0 then
+  if ARGV[5] == '1' then
+    entries = redis.call('XREVRANGE', stream, '+', ARGV[3] .. '-0', 'COUNT', count)
+  else
+    entries = redis.call('XRANGE', stream, ARGV[3] .. '-0', '+', 'COUNT', count)
+  end
+end
+return {top, epoch, entries}
+"#,
+    )
+});
+
+/// Presence join or renewal: KEYS leases (zset client → expiry ms), names
+/// (zset of client ids, for paging), infos (hash client → ClientInfo JSON),
+/// users (hash user → entries); ARGV client, user, info JSON, expiry ms,
+/// keys' ttl ms, "1" for join/leave pushes, join_leave_max, "1" per user,
+/// the pub/sub channel. Returns 1 for a new entry, 0 for a renewal.
+pub(super) static JOIN: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local renewed = redis.call('ZSCORE', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[1], ARGV[4], ARGV[1])
+local n = 0
+if not renewed then
+  redis.call('ZADD', KEYS[2], 0, ARGV[1])
+  redis.call('HSET', KEYS[3], ARGV[1], ARGV[3])
+  n = redis.call('HINCRBY', KEYS[4], ARGV[2], 1)
+end
+for i = 1, 4 do redis.call('PEXPIRE', KEYS[i], ARGV[5]) end
+if renewed then return 0 end
+if ARGV[6] == '1' and redis.call('ZCARD', KEYS[1]) <= tonumber(ARGV[7])
+    and (ARGV[8] ~= '1' or n == 1) then
+  redis.call('PUBLISH', ARGV[9], 'j' .. ARGV[3])
+end
+return 1
+"#,
+    )
+});
+
+/// Presence removal: KEYS as [`JOIN`]; ARGV "client" and a client id, or
+/// "expire" and now (ms: removes up to 1000 entries whose lease ended);
+/// "1" for join/leave pushes, join_leave_max, "1" per user, the pub/sub
+/// channel. Each removal is announced like a leave. Returns how many went.
+pub(super) static LEAVE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local function leave(client)
+  local info = redis.call('HGET', KEYS[3], client)
+  redis.call('ZREM', KEYS[1], client)
+  redis.call('ZREM', KEYS[2], client)
+  redis.call('HDEL', KEYS[3], client)
+  if not info then return 0 end
+  local user = cjson.decode(info).user
+  local n = redis.call('HINCRBY', KEYS[4], user, -1)
+  if n <= 0 then redis.call('HDEL', KEYS[4], user) end
+  if ARGV[3] == '1' and redis.call('ZCARD', KEYS[1]) <= tonumber(ARGV[4])
+      and (ARGV[5] ~= '1' or n <= 0) then
+    redis.call('PUBLISH', ARGV[6], 'l' .. info)
+  end
+  return 1
+end
+if ARGV[1] == 'client' then
+  return leave(ARGV[2])
+end
+local gone = 0
+for _, client in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, 1000)) do
+  gone = gone + leave(client)
+end
+return gone
+"#,
+    )
+});
+
+/// A page of presence: KEYS names, infos; ARGV cursor ("" for the first
+/// page), limit. Returns {ids, infos} with up to limit + 1 entries.
+pub(super) static LIST: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local min = '-'
+if ARGV[1] ~= '' then min = '(' .. ARGV[1] end
+local ids = redis.call('ZRANGEBYLEX', KEYS[1], min, '+', 'LIMIT', 0, tonumber(ARGV[2]) + 1)
+if #ids == 0 then return {{}, {}} end
+return {ids, redis.call('HMGET', KEYS[2], unpack(ids))}
+"#,
+    )
+});
