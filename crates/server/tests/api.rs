@@ -795,8 +795,18 @@ async fn info(server: &tidings_server::Server) -> Value {
     let node = nodes[0].clone();
     assert_eq!(
         keys(&node),
-        ["channels", "connections", "id", "subscriptions", "uptime_s"]
+        [
+            "address",
+            "channels",
+            "connections",
+            "id",
+            "name",
+            "subscriptions",
+            "uptime_s",
+            "version"
+        ]
     );
+    assert_eq!(node["address"], server.local_addr().to_string());
     assert!(node["id"].as_str().is_some_and(|s| !s.is_empty()));
     assert!(node["uptime_s"].is_u64());
     node

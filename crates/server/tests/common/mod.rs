@@ -1,6 +1,8 @@
 //! Test harness: a real server on 127.0.0.1:0 and a raw WebSocket client.
 #![allow(dead_code)]
 
+pub mod redis;
+
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};

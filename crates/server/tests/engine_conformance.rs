@@ -1,0 +1,407 @@
+//! One conformance suite that every engine passes: the memory engine and the
+//! Redis engine (on a real redis-server) run the same checks of offsets,
+//! epochs, trims, idempotency under racing retries, recovery reads,
+//! presence leases and last seen.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use proptest::prelude::*;
+use serde_json::value::RawValue;
+use tidings_protocol::{ClientInfo, Publication};
+use tidings_server::config::RedisConfig;
+use tidings_server::engine::memory::MemoryEngine;
+use tidings_server::engine::redis::RedisEngine;
+use tidings_server::engine::{
+    ChannelPolicy, Engine, HistoryQuery, PresenceEvent, PresencePolicy, PublicationSink,
+    PublishRequest, UserControl,
+};
+
+/// Records what an engine hands to the node.
+#[derive(Default)]
+struct Recorder {
+    events: Mutex<Vec<String>>,
+    changed: tokio::sync::Notify,
+}
+
+impl Recorder {
+    fn push(&self, event: String) {
+        self.events.lock().push(event);
+        self.changed.notify_waiters();
+    }
+
+    /// Waits (at most 10 s) until `n` events were recorded; returns them.
+    async fn wait_for(&self, n: usize) -> Vec<String> {
+        self.wait_for_in("", n).await
+    }
+
+    /// Waits (at most 10 s) until `n` events starting with `prefix` were
+    /// recorded (the memory engine hands over every channel's events, the
+    /// Redis engine only those of channels the node subscribed to).
+    async fn wait_for_in(&self, prefix: &str, n: usize) -> Vec<String> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let matching = || -> Vec<String> {
+            let events = self.events.lock();
+            events
+                .iter()
+                .filter(|e| e.starts_with(prefix))
+                .cloned()
+                .collect()
+        };
+        loop {
+            let notified = self.changed.notified();
+            let events = matching();
+            if events.len() >= n {
+                return events;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return matching();
+            }
+        }
+    }
+}
+
+impl PublicationSink for Recorder {
+    fn deliver(&self, channel: &str, _epoch: Option<&str>, p: &Arc<Publication>) {
+        self.push(format!("{channel} pub {}", p.offset.unwrap_or(0)));
+    }
+    fn deliver_presence(&self, channel: &str, event: PresenceEvent) {
+        self.push(match event {
+            PresenceEvent::Join(i) => format!("{channel} join {}", i.client),
+            PresenceEvent::Leave(i) => format!("{channel} leave {}", i.client),
+        });
+    }
+    fn lost(&self, channel: &str) {
+        self.push(format!("{channel} lost"));
+    }
+    fn control(&self, control: &UserControl) {
+        self.push(format!("control {control:?}"));
+    }
+}
+
+/// An engine under test, its recorder, and what keeps its backend alive.
+struct Subject {
+    engine: Arc<dyn Engine>,
+    sink: Arc<Recorder>,
+    _redis: Option<common::redis::Redis>,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    Memory,
+    Redis,
+}
+
+async fn subject(kind: Kind) -> Subject {
+    let sink = Arc::new(Recorder::default());
+    let (engine, redis): (Arc<dyn Engine>, _) = match kind {
+        Kind::Memory => (Arc::new(MemoryEngine::new()), None),
+        Kind::Redis => {
+            let redis = common::redis::Redis::start();
+            let config = RedisConfig {
+                urls: vec![redis.url()],
+                position_check: Duration::from_millis(200),
+                ..Default::default()
+            };
+            (Arc::new(RedisEngine::new(&config).unwrap()), Some(redis))
+        }
+    };
+    engine.start(sink.clone()).await.expect("engine starts");
+    Subject {
+        engine,
+        sink,
+        _redis: redis,
+    }
+}
+
+fn policy(size: usize, ttl: Duration) -> ChannelPolicy {
+    ChannelPolicy {
+        history_size: size,
+        history_ttl: ttl,
+        idempotency_window: Duration::from_secs(300),
+        durable: false,
+        presence: PresencePolicy {
+            enabled: true,
+            ttl: Duration::from_secs(60),
+            join_leave: true,
+            join_leave_max: 1000,
+            per_user: false,
+        },
+    }
+}
+
+fn req(n: u64, key: Option<&str>) -> PublishRequest {
+    PublishRequest {
+        data: RawValue::from_string(n.to_string()).unwrap(),
+        info: None,
+        tags: None,
+        idempotency_key: key.map(String::from),
+    }
+}
+
+fn who(client: &str, user: &str) -> ClientInfo {
+    ClientInfo {
+        client: client.into(),
+        user: user.into(),
+        info: None,
+    }
+}
+
+async fn offsets_epochs_and_keys(kind: Kind) {
+    let s = subject(kind).await;
+    let e = &s.engine;
+    let p = policy(10, Duration::from_secs(60));
+    // A position read before any publish names the epoch the publish uses.
+    let before = e.position("c", &p).await.unwrap();
+    assert_eq!(before.offset, 0);
+    let a = e.publish("c", req(1, Some("k")), &p).await.unwrap();
+    let b = e.publish("c", req(2, Some("k")), &p).await.unwrap();
+    let c = e.publish("c", req(3, None), &p).await.unwrap();
+    let a_pos = a.position.clone().unwrap();
+    assert_eq!((a_pos.offset, a_pos.epoch.as_str()), (1, before.epoch.as_str()));
+    assert!(!a.duplicate);
+    assert_eq!((b.position, b.duplicate), (a.position.clone(), true));
+    assert_eq!(c.position.unwrap().offset, 2);
+    let page = e.read("c", HistoryQuery::default(), &p).await.unwrap();
+    let data: Vec<_> = page.publications.iter().map(|p| p.data.get()).collect();
+    assert_eq!(data, ["1", "3"]);
+    assert_eq!(page.position.offset, 2);
+    assert_eq!(page.position.epoch, before.epoch);
+    // Ephemeral: no offsets, and keys still dedup.
+    let eph = policy(0, Duration::from_secs(60));
+    let out = e.publish("t", req(1, Some("k")), &eph).await.unwrap();
+    assert_eq!(out.position, None);
+    assert!(e.publish("t", req(1, Some("k")), &eph).await.unwrap().duplicate);
+}
+
+async fn racing_retries_publish_once(kind: Kind) {
+    let s = subject(kind).await;
+    let p = policy(100, Duration::from_secs(60));
+    let mut tasks = Vec::new();
+    for i in 0..32u64 {
+        let e = s.engine.clone();
+        // Four keys, each retried eight times at once.
+        let key = format!("k{}", i % 4);
+        tasks.push(tokio::spawn(async move {
+            e.publish("race", req(i, Some(&key)), &p).await.unwrap()
+        }));
+    }
+    let mut firsts = std::collections::BTreeMap::new();
+    for t in tasks {
+        let out = t.await.unwrap();
+        let offset = out.position.unwrap().offset;
+        *firsts.entry(offset).or_insert(0) += 1;
+    }
+    assert_eq!(firsts.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
+    assert!(firsts.values().all(|n| *n == 8), "{firsts:?}");
+    let page = s.engine.read("race", HistoryQuery::default(), &p).await.unwrap();
+    assert_eq!(page.publications.len(), 4);
+}
+
+async fn trims_by_size_and_ttl(kind: Kind) {
+    let s = subject(kind).await;
+    let e = &s.engine;
+    let p = policy(5, Duration::from_secs(60));
+    for i in 1..=12 {
+        e.publish("sized", req(i, None), &p).await.unwrap();
+    }
+    let page = e.read("sized", HistoryQuery::default(), &p).await.unwrap();
+    let got: Vec<u64> = page.publications.iter().filter_map(|p| p.offset).collect();
+    assert_eq!(got, [8, 9, 10, 11, 12]);
+    // Newest first, limited.
+    let q = HistoryQuery {
+        limit: Some(2),
+        reverse: true,
+        ..Default::default()
+    };
+    let page = e.read("sized", q, &p).await.unwrap();
+    let got: Vec<u64> = page.publications.iter().filter_map(|p| p.offset).collect();
+    assert_eq!(got, [12, 11]);
+
+    let short = policy(100, Duration::from_millis(300));
+    e.publish("ttl", req(1, None), &short).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(450)).await;
+    e.publish("ttl", req(2, None), &short).await.unwrap();
+    let page = e.read("ttl", HistoryQuery::default(), &short).await.unwrap();
+    let got: Vec<u64> = page.publications.iter().filter_map(|p| p.offset).collect();
+    assert_eq!(got, [2]);
+    assert_eq!(page.position.offset, 2);
+}
+
+async fn delivers_in_order_with_presence(kind: Kind) {
+    let s = subject(kind).await;
+    let e = &s.engine;
+    let p = policy(100, Duration::from_secs(60));
+    e.node_subscribe("room").await.unwrap();
+    e.join("room", &who("a", "alice"), &p).await.unwrap();
+    for i in 1..=3 {
+        e.publish("room", req(i, None), &p).await.unwrap();
+    }
+    e.leave("room", "a", &p).await.unwrap();
+    let events = s.sink.wait_for(5).await;
+    assert_eq!(
+        events,
+        [
+            "room join a",
+            "room pub 1",
+            "room pub 2",
+            "room pub 3",
+            "room leave a"
+        ]
+    );
+    // Instructions for users reach this node too.
+    e.control(UserControl::Disconnect {
+        user: "bob".into(),
+        client: None,
+        code: 3000,
+    })
+    .await
+    .unwrap();
+    let events = s.sink.wait_for(6).await;
+    assert!(events[5].starts_with("control Disconnect"), "{events:?}");
+}
+
+async fn presence_leases_stats_and_pages(kind: Kind) {
+    let s = subject(kind).await;
+    let e = &s.engine;
+    let mut p = policy(10, Duration::from_secs(60));
+    for i in 0..250 {
+        let (c, u) = (format!("c{i:03}"), format!("u{}", i % 50));
+        e.join("big", &who(&c, &u), &p).await.unwrap();
+    }
+    assert_eq!(e.stats("big").await.unwrap(), (250, 50));
+    let (mut cursor, mut seen, mut pages) = (None, Vec::new(), 0);
+    loop {
+        let (page, next) = e.list("big", cursor.as_deref(), 100).await.unwrap();
+        seen.extend(page.into_keys());
+        pages += 1;
+        match next {
+            Some(c) => cursor = Some(c),
+            None => break,
+        }
+    }
+    assert_eq!(pages, 3);
+    let want: Vec<String> = (0..250).map(|i| format!("c{i:03}")).collect();
+    assert_eq!(seen, want);
+
+    // Leases: an entry not renewed is gone after its TTL, with a leave.
+    p.presence.ttl = Duration::from_millis(300);
+    e.node_subscribe("lease").await.unwrap();
+    e.join("lease", &who("ghost", "g"), &p).await.unwrap();
+    e.join("lease", &who("live", "l"), &p).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    e.join("lease", &who("live", "l"), &p).await.unwrap(); // renewed
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let policy_of = move |_: &str| Some(p);
+    e.maintain(&policy_of, Duration::from_secs(3600)).await;
+    let (members, _) = e.list("lease", None, 10).await.unwrap();
+    assert_eq!(members.keys().collect::<Vec<_>>(), ["live"]);
+    assert_eq!(e.stats("lease").await.unwrap(), (1, 1));
+    let events = s.sink.wait_for_in("lease ", 3).await;
+    assert_eq!(
+        events,
+        ["lease join ghost", "lease join live", "lease leave ghost"]
+    );
+}
+
+async fn per_user_presence_and_last_seen(kind: Kind) {
+    let s = subject(kind).await;
+    let e = &s.engine;
+    let mut p = policy(10, Duration::from_secs(60));
+    p.presence.per_user = true;
+    e.node_subscribe("dev").await.unwrap();
+    for c in ["a1", "a2"] {
+        e.join("dev", &who(c, "alice"), &p).await.unwrap();
+    }
+    e.leave("dev", "a1", &p).await.unwrap();
+    e.leave("dev", "a2", &p).await.unwrap();
+    assert_eq!(s.sink.wait_for(2).await, ["dev join a1", "dev leave a2"]);
+
+    e.touch("alice", 1_000).await.unwrap();
+    e.touch("alice", 2_000).await.unwrap();
+    let seen = e
+        .last_seen(&["alice".to_string(), "nobody".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(seen["alice"], Some(2_000));
+    assert_eq!(seen["nobody"], None);
+}
+
+macro_rules! conformance {
+    ($($name:ident),*) => {
+        mod memory {
+            $(#[tokio::test] async fn $name() { super::$name(super::Kind::Memory).await })*
+        }
+        mod redis {
+            $(#[tokio::test] async fn $name() { super::$name(super::Kind::Redis).await })*
+        }
+    };
+}
+
+conformance!(
+    offsets_epochs_and_keys,
+    racing_retries_publish_once,
+    trims_by_size_and_ttl,
+    delivers_in_order_with_presence,
+    presence_leases_stats_and_pages,
+    per_user_presence_and_last_seen
+);
+
+#[derive(Debug, Clone)]
+enum Op {
+    Publish(Option<u8>),
+    Read(u8),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(12))]
+    /// Random publishes (some retried with a key) and recovery reads give the
+    /// same answers on both engines: offsets without gaps, each key published
+    /// once, and every read after `k` the contiguous run k+1..=top.
+    #[test]
+    fn engines_agree(ops in proptest::collection::vec(prop_oneof![
+        3 => proptest::option::of(0u8..6).prop_map(Op::Publish),
+        1 => (0u8..40).prop_map(Op::Read)], 1..40)) {
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let memory = subject(Kind::Memory).await;
+            let redis = subject(Kind::Redis).await;
+            let p = policy(16, Duration::from_secs(60));
+            let mut top = 0u64;
+            let mut keys = std::collections::HashMap::new();
+            for (n, op) in ops.iter().enumerate() {
+                match op {
+                    Op::Publish(key) => {
+                        let key = key.map(|k| format!("key{k}"));
+                        let m = memory.engine.publish("c", req(n as u64, key.as_deref()), &p).await.unwrap();
+                        let r = redis.engine.publish("c", req(n as u64, key.as_deref()), &p).await.unwrap();
+                        let (mo, ro) = (m.position.unwrap().offset, r.position.unwrap().offset);
+                        prop_assert_eq!(mo, ro);
+                        prop_assert_eq!(m.duplicate, r.duplicate);
+                        match key {
+                            Some(k) if keys.contains_key(&k) => prop_assert_eq!(keys[&k], mo),
+                            Some(k) => { top += 1; prop_assert_eq!(mo, top); keys.insert(k, mo); }
+                            None => { top += 1; prop_assert_eq!(mo, top); }
+                        }
+                    }
+                    Op::Read(after) => {
+                        let q = || HistoryQuery { after: Some(u64::from(*after)), limit: Some(100), reverse: false };
+                        let m = memory.engine.read("c", q(), &p).await.unwrap();
+                        let r = redis.engine.read("c", q(), &p).await.unwrap();
+                        let mo: Vec<u64> = m.publications.iter().filter_map(|p| p.offset).collect();
+                        let ro: Vec<u64> = r.publications.iter().filter_map(|p| p.offset).collect();
+                        prop_assert_eq!(&mo, &ro);
+                        let first = (u64::from(*after) + 1).max(top.saturating_sub(15));
+                        let want: Vec<u64> = (first..=top).collect();
+                        prop_assert_eq!(mo, want);
+                        prop_assert_eq!(m.position.offset, r.position.offset);
+                    }
+                }
+            }
+            Ok(())
+        })?;
+    }
+}
