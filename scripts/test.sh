@@ -10,9 +10,12 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 # System packages the tests use: curl (CLI tests), Node.js with npm (tests with
-# clients we did not write), Chromium (browser tests).
+# clients we did not write), Chromium (browser tests), redis-server and
+# redis-cli (the Redis engine's tests start their own servers).
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/bin/chromium ] || need+=(chromium)

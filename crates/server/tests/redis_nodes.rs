@@ -1,0 +1,412 @@
+//! Several nodes on one real redis-server behave as one server: every
+//! subscriber sees every publication once and in order wherever it was
+//! published and wherever the subscriber (re)connects; idempotency keys
+//! hold across nodes; pub/sub connection loss and Redis restarts never hand
+//! a subscriber a gap or a wrong offset; presence, `disconnect` and `info`
+//! span the nodes.
+
+mod common;
+
+use std::time::Duration;
+
+use common::redis::Redis;
+use common::{Raw, api, config};
+use proptest::prelude::*;
+use serde_json::{Value, json};
+use tidings_server::Server;
+use tidings_server::config::{EngineType, RedisConfig};
+
+/// Starts `n` nodes on `redis`.
+async fn nodes(redis: &Redis, n: usize) -> Vec<Server> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        let mut c = config();
+        c.engine.r#type = EngineType::Redis;
+        c.engine.redis = RedisConfig {
+            urls: vec![redis.url()],
+            position_check: Duration::from_millis(300),
+            connect_timeout: Duration::from_millis(500),
+            command_timeout: Duration::from_millis(500),
+            ..Default::default()
+        };
+        c.node_name = Some(format!("node-{i}"));
+        c.presence_ttl = Duration::from_secs(2);
+        out.push(common::start_with(c).await);
+    }
+    out
+}
+
+/// Subscribes (with `since`, when given); returns the client, the offsets
+/// recovered in the reply, and the channel's epoch.
+async fn subscribe(
+    server: &Server,
+    user: Option<&str>,
+    channel: &str,
+    since: Option<(u64, &str)>,
+) -> (Raw, Value) {
+    let mut raw = Raw::connect(server, user).await;
+    let mut cmd = json!({"op": "subscribe", "channel": channel});
+    if let Some((offset, epoch)) = since {
+        cmd["since"] = json!({"offset": offset, "epoch": epoch});
+    }
+    let reply = raw.call(cmd).await;
+    assert!(reply.get("ok").is_some(), "subscribe failed: {reply}");
+    (raw, reply["ok"].clone())
+}
+
+fn offsets_of(ok: &Value) -> Vec<u64> {
+    ok["publications"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|p| p["offset"].as_u64()).collect())
+        .unwrap_or_default()
+}
+
+/// Reads pushes until the channel's publications reach `top` (or `t`
+/// passes); returns every offset received, and any other push.
+async fn collect(raw: &mut Raw, top: u64, last: &mut u64, t: Duration) -> (Vec<u64>, Vec<Value>) {
+    let deadline = tokio::time::Instant::now() + t;
+    let (mut got, mut other) = (Vec::new(), Vec::new());
+    while *last < top {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match raw.next_within(left).await {
+            Ok(Some(m)) if m["push"] == "pub" => {
+                let o = m["offset"].as_u64().expect("offset");
+                got.push(o);
+                *last = (*last).max(o);
+            }
+            Ok(Some(m)) if m["push"] == "ping" => {}
+            Ok(Some(m)) => other.push(m),
+            Ok(None) | Err(()) => break,
+        }
+    }
+    (got, other)
+}
+
+/// Reads whatever arrives within `quiet` of the previous message.
+async fn drain(raw: &mut Raw, last: &mut u64, quiet: Duration) -> Vec<u64> {
+    let mut got = Vec::new();
+    while let Ok(Some(m)) = raw.next_within(quiet).await {
+        if m["push"] == "pub" {
+            let o = m["offset"].as_u64().expect("offset");
+            got.push(o);
+            *last = (*last).max(o);
+        }
+    }
+    got
+}
+
+async fn publish_api(server: &Server, channel: &str, data: Value, key: Option<&str>) -> Value {
+    let mut body = json!({"channel": channel, "data": data});
+    if let Some(k) = key {
+        body["idempotency_key"] = json!(k);
+    }
+    let (status, reply) = api(server, "publish", body).await;
+    assert_eq!(status, 200, "{reply}");
+    reply
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    /// Publish through node i's server API.
+    Api(usize),
+    /// Publish from a client connected to node i.
+    Client(usize),
+    /// Subscriber s drops and resumes with `since` on node i.
+    Move(usize, usize),
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(6))]
+    /// Three nodes, a subscriber on each; publications through every node's
+    /// API and from clients on every node; subscribers drop and resume on
+    /// random nodes. Every subscriber ends with every offset exactly once,
+    /// in order.
+    #[test]
+    fn every_subscriber_sees_every_publication_once_in_order(ops in proptest::collection::vec(
+        prop_oneof![
+            3 => (0usize..3).prop_map(Op::Api),
+            3 => (0usize..3).prop_map(Op::Client),
+            1 => (0usize..3, 0usize..3).prop_map(|(s, n)| Op::Move(s, n)),
+        ], 1..30)) {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        rt.block_on(async {
+            let redis = Redis::start();
+            let servers = nodes(&redis, 3).await;
+            let mut subs = Vec::new();
+            let mut epoch = String::new();
+            for s in &servers {
+                let (raw, ok) = subscribe(s, None, "room", None).await;
+                epoch = ok["epoch"].as_str().unwrap().to_string();
+                subs.push((raw, Vec::<u64>::new(), 0u64));
+            }
+            let mut publishers = Vec::new();
+            for s in &servers {
+                publishers.push(Raw::connect(s, None).await);
+            }
+            let mut top = 0u64;
+            for (n, op) in ops.iter().enumerate() {
+                match op {
+                    Op::Api(i) => {
+                        let r = publish_api(&servers[*i], "room", json!(n), None).await;
+                        top = r["offset"].as_u64().unwrap();
+                    }
+                    Op::Client(i) => {
+                        let r = publishers[*i].call(json!({"op": "publish", "channel": "room", "data": n})).await;
+                        top = r["ok"]["offset"].as_u64().expect("published");
+                    }
+                    Op::Move(s, i) => {
+                        let (raw, seen, last) = &mut subs[*s];
+                        let got = drain(raw, last, Duration::from_millis(30)).await;
+                        seen.extend(got);
+                        let (fresh, ok) = subscribe(&servers[*i], None, "room", Some((*last, &epoch))).await;
+                        prop_assert_eq!(&ok["recovered"], &json!(true));
+                        let recovered = offsets_of(&ok);
+                        if let Some(&o) = recovered.last() { *last = (*last).max(o); }
+                        seen.extend(recovered);
+                        *raw = fresh;
+                    }
+                }
+            }
+            for (raw, seen, last) in &mut subs {
+                let (got, other) = collect(raw, top, last, Duration::from_secs(10)).await;
+                seen.extend(got);
+                prop_assert!(other.is_empty(), "unexpected pushes: {:?}", other);
+                let want: Vec<u64> = (1..=top).collect();
+                prop_assert_eq!(&*seen, &want);
+            }
+            Ok(())
+        })?;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_idempotency_key_retried_on_every_node_publishes_once() {
+    let redis = Redis::start();
+    let servers = nodes(&redis, 3).await;
+    let mut tasks = Vec::new();
+    for round in 0..5 {
+        for s in &servers {
+            let (addr, data) = (s.local_addr(), json!({"round": round}));
+            tasks.push(tokio::spawn(async move {
+                let res = reqwest::Client::new()
+                    .post(format!("http://{addr}/v1/api/publish"))
+                    .bearer_auth(common::API_KEY)
+                    .json(&json!({"channel": "once", "data": data, "idempotency_key": "order-42"}))
+                    .send()
+                    .await
+                    .unwrap();
+                res.json::<Value>().await.unwrap()
+            }));
+        }
+    }
+    let mut offsets = Vec::new();
+    for t in tasks {
+        offsets.push(t.await.unwrap()["offset"].as_u64().unwrap());
+    }
+    assert!(offsets.iter().all(|o| *o == 1), "{offsets:?}");
+    let (_, history) = api(&servers[2], "history", json!({"channel": "once"})).await;
+    assert_eq!(history["publications"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_pubsub_connections_lose_nothing() {
+    let redis = Redis::start();
+    let servers = nodes(&redis, 2).await;
+    let (mut sub, _) = subscribe(&servers[1], None, "busy", None).await;
+    let mut last = 0;
+    let mut seen = Vec::new();
+    let total = 300u64;
+    for n in 1..=total {
+        publish_api(&servers[0], "busy", json!(n), None).await;
+        if n % 100 == 50 {
+            // Every node's pub/sub connection is cut while publishing goes on.
+            let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
+            assert_ne!(killed, "0", "pub/sub connections were killed");
+        }
+    }
+    let (got, other) = collect(&mut sub, total, &mut last, Duration::from_secs(15)).await;
+    seen.extend(got);
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!(seen, (1..=total).collect::<Vec<_>>());
+}
+
+/// Publishes until Redis answers again (after a restart).
+async fn publish_when_back(server: &Server, channel: &str, data: Value) -> Value {
+    for _ in 0..100 {
+        let (status, reply) = api(
+            server,
+            "publish",
+            json!({"channel": channel, "data": data.clone()}),
+        )
+        .await;
+        if status == 200 {
+            return reply;
+        }
+        // Unavailable is temporary: 503 with `temporary: true`.
+        assert_eq!(status, 503, "{reply}");
+        assert_eq!(reply["error"]["temporary"], true, "{reply}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("redis did not come back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_with_aof_recovers() {
+    let mut redis = Redis::start_with(true);
+    let servers = nodes(&redis, 2).await;
+    let (mut sub, ok) = subscribe(&servers[1], None, "kept", None).await;
+    let epoch = ok["epoch"].as_str().unwrap().to_string();
+    for n in 1..=5 {
+        publish_api(&servers[0], "kept", json!(n), None).await;
+    }
+    let mut last = 0;
+    let (got, _) = collect(&mut sub, 5, &mut last, Duration::from_secs(10)).await;
+    assert_eq!(got, [1, 2, 3, 4, 5]);
+    drop(sub);
+    redis.restart();
+    let r = publish_when_back(&servers[0], "kept", json!(6)).await;
+    assert_eq!(r["offset"], 6);
+    assert_eq!(r["epoch"], epoch.as_str(), "the same epoch after an AOF restart");
+    // A subscriber resuming on the other node recovers what it missed.
+    let (_, ok) = subscribe(&servers[0], None, "kept", Some((5, &epoch))).await;
+    assert_eq!(ok["recovered"], true, "{ok}");
+    assert_eq!(offsets_of(&ok), [6]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restarted_without_persistence_resets_subscribers() {
+    let mut redis = Redis::start();
+    let servers = nodes(&redis, 2).await;
+    let (mut stays, ok) = subscribe(&servers[1], None, "gone", None).await;
+    let epoch = ok["epoch"].as_str().unwrap().to_string();
+    for n in 1..=5 {
+        publish_api(&servers[0], "gone", json!(n), None).await;
+    }
+    let mut last = 0;
+    collect(&mut stays, 5, &mut last, Duration::from_secs(10)).await;
+    redis.restart();
+    let r = publish_when_back(&servers[0], "gone", json!("after")).await;
+    assert_ne!(r["epoch"], epoch.as_str(), "Redis lost the channel: a new epoch");
+    assert_eq!(r["offset"], 1);
+    // The subscriber that stayed is told to subscribe again, never handed
+    // offset 1 of the new epoch as if it followed 5.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let unsub = loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let m = stays
+            .next_within(left)
+            .await
+            .expect("an unsub within 10 s")
+            .expect("open");
+        assert_ne!(m["push"], "pub", "no publication of the new epoch: {m}");
+        if m["push"] == "unsub" {
+            break m;
+        }
+    };
+    assert_eq!(unsub["code"], 3003, "{unsub}");
+    // Resuming from the old position: not recovered.
+    let (_, ok) = subscribe(&servers[0], None, "gone", Some((5, &epoch))).await;
+    assert_eq!(ok["recovered"], false, "{ok}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_disconnect_and_info_span_the_nodes() {
+    let redis = Redis::start();
+    let servers = nodes(&redis, 3).await;
+    let (mut alice, _) = subscribe(&servers[0], Some("alice"), "chat:room", None).await;
+    let (_bob, _) = subscribe(&servers[1], Some("bob"), "chat:room", None).await;
+    let (status, presence) = api(&servers[2], "presence", json!({"channel": "chat:room"})).await;
+    assert_eq!(status, 200, "{presence}");
+    let mut users: Vec<&str> = presence["clients"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|c| c["user"].as_str().unwrap())
+        .collect();
+    users.sort();
+    assert_eq!(users, ["alice", "bob"]);
+    let (_, stats) = api(
+        &servers[2],
+        "presence_stats",
+        json!({"channel": "chat:room"}),
+    )
+    .await;
+    assert_eq!((stats["clients"].as_u64(), stats["users"].as_u64()), (Some(2), Some(2)));
+
+    let (_, info) = api(&servers[0], "info", json!({})).await;
+    let mut names: Vec<&str> = info["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["name"].as_str().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["node-0", "node-1", "node-2"]);
+
+    // The API of node 2 disconnects alice, who is connected to node 0.
+    let (status, _) = api(
+        &servers[2],
+        "disconnect",
+        json!({"user": "alice", "code": 3500}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let d = alice.expect_disconnect().await;
+    assert_eq!(d["code"], 3500, "{d}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribes_racing_unsubscribes_leave_the_node_subscribed_exactly_when_needed() {
+    let redis = Redis::start();
+    let servers = nodes(&redis, 1).await;
+    let server = &servers[0];
+    // Eight clients flip between subscribed and not, all at once; the even
+    // ones end subscribed.
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        clients.push(Raw::connect(server, None).await);
+    }
+    let flips = clients.into_iter().enumerate().map(|(i, mut raw)| {
+        tokio::spawn(async move {
+            for _ in 0..15 {
+                let r = raw.call(json!({"op": "subscribe", "channel": "flip"})).await;
+                assert!(r.get("ok").is_some(), "{r}");
+                let r = raw.call(json!({"op": "unsubscribe", "channel": "flip"})).await;
+                assert!(r.get("ok").is_some(), "{r}");
+            }
+            if i % 2 == 0 {
+                let r = raw.call(json!({"op": "subscribe", "channel": "flip"})).await;
+                assert!(r.get("ok").is_some(), "{r}");
+            }
+            raw
+        })
+    });
+    let mut clients = Vec::new();
+    for f in flips.collect::<Vec<_>>() {
+        clients.push(f.await.unwrap());
+    }
+    let numsub = |redis: &Redis| redis.cli(&["PUBSUB", "NUMSUB", "tidings:c:flip"]);
+    assert_eq!(numsub(&redis), "tidings:c:flip\n1");
+    publish_api(server, "flip", json!("hi"), None).await;
+    for (i, raw) in clients.iter_mut().enumerate() {
+        let m = raw.next_within(Duration::from_millis(if i % 2 == 0 { 5000 } else { 300 })).await;
+        match m {
+            Ok(Some(m)) if i % 2 == 0 => assert_eq!(m["push"], "pub", "{m}"),
+            Err(()) if i % 2 == 1 => {}
+            other => panic!("client {i}: {other:?}"),
+        }
+    }
+    // The last unsubscribe unsubscribes the node.
+    for raw in clients.iter_mut().step_by(2) {
+        raw.call(json!({"op": "unsubscribe", "channel": "flip"})).await;
+    }
+    let mut left = String::new();
+    for _ in 0..50 {
+        left = numsub(&redis);
+        if left == "tidings:c:flip\n0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(left, "tidings:c:flip\n0");
+}
