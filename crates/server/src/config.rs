@@ -404,6 +404,19 @@ pub struct Config {
     pub node_name: Option<String>,
     /// The engine: memory (one node) or Redis (several).
     pub engine: EngineConfig,
+    /// Dev mode's credentials, when they must not be generated (several
+    /// local nodes sharing one secret).
+    pub dev: DevConfig,
+}
+
+/// `[dev]`: in dev mode, fixed credentials instead of generated ones.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct DevConfig {
+    /// The dev token secret (generated when not set).
+    pub token_secret: Option<String>,
+    /// The dev API key (generated when not set).
+    pub api_key: Option<String>,
 }
 
 impl Default for Config {
@@ -426,6 +439,7 @@ impl Default for Config {
             demo: None,
             node_name: None,
             engine: EngineConfig::default(),
+            dev: DevConfig::default(),
         }
     }
 }
@@ -686,6 +700,8 @@ fn merge_env(mut fig: Figment, var: impl Fn(&str) -> Option<String>) -> Figment 
         ("TIDINGS_TOKEN_SECRET", "auth.token_secret"),
         ("TIDINGS_ENGINE", "engine.type"),
         ("TIDINGS_NODE_NAME", "node_name"),
+        ("TIDINGS_DEV_TOKEN_SECRET", "dev.token_secret"),
+        ("TIDINGS_DEV_API_KEY", "dev.api_key"),
     ] {
         if let Some(v) = var(env).filter(|v| !v.is_empty()) {
             fig = fig.merge((key, v));

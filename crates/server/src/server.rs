@@ -97,8 +97,12 @@ impl Server {
             }
         }
         let dev = config.dev_mode().then(|| DevCredentials {
-            token_secret: random_secret(),
-            api_key: random_secret(),
+            token_secret: config
+                .dev
+                .token_secret
+                .clone()
+                .unwrap_or_else(random_secret),
+            api_key: config.dev.api_key.clone().unwrap_or_else(random_secret),
         });
         if dev.is_some() && !config.listen.ip().is_loopback() {
             return Err(ServerError::Unsafe(format!(

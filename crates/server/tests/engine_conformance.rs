@@ -161,7 +161,10 @@ async fn offsets_epochs_and_keys(kind: Kind) {
     let b = e.publish("c", req(2, Some("k")), &p).await.unwrap();
     let c = e.publish("c", req(3, None), &p).await.unwrap();
     let a_pos = a.position.clone().unwrap();
-    assert_eq!((a_pos.offset, a_pos.epoch.as_str()), (1, before.epoch.as_str()));
+    assert_eq!(
+        (a_pos.offset, a_pos.epoch.as_str()),
+        (1, before.epoch.as_str())
+    );
     assert!(!a.duplicate);
     assert_eq!((b.position, b.duplicate), (a.position.clone(), true));
     assert_eq!(c.position.unwrap().offset, 2);
@@ -174,7 +177,12 @@ async fn offsets_epochs_and_keys(kind: Kind) {
     let eph = policy(0, Duration::from_secs(60));
     let out = e.publish("t", req(1, Some("k")), &eph).await.unwrap();
     assert_eq!(out.position, None);
-    assert!(e.publish("t", req(1, Some("k")), &eph).await.unwrap().duplicate);
+    assert!(
+        e.publish("t", req(1, Some("k")), &eph)
+            .await
+            .unwrap()
+            .duplicate
+    );
 }
 
 async fn racing_retries_publish_once(kind: Kind) {
@@ -197,7 +205,11 @@ async fn racing_retries_publish_once(kind: Kind) {
     }
     assert_eq!(firsts.keys().copied().collect::<Vec<_>>(), [1, 2, 3, 4]);
     assert!(firsts.values().all(|n| *n == 8), "{firsts:?}");
-    let page = s.engine.read("race", HistoryQuery::default(), &p).await.unwrap();
+    let page = s
+        .engine
+        .read("race", HistoryQuery::default(), &p)
+        .await
+        .unwrap();
     assert_eq!(page.publications.len(), 4);
 }
 
@@ -225,7 +237,10 @@ async fn trims_by_size_and_ttl(kind: Kind) {
     e.publish("ttl", req(1, None), &short).await.unwrap();
     tokio::time::sleep(Duration::from_millis(450)).await;
     e.publish("ttl", req(2, None), &short).await.unwrap();
-    let page = e.read("ttl", HistoryQuery::default(), &short).await.unwrap();
+    let page = e
+        .read("ttl", HistoryQuery::default(), &short)
+        .await
+        .unwrap();
     let got: Vec<u64> = page.publications.iter().filter_map(|p| p.offset).collect();
     assert_eq!(got, [2]);
     assert_eq!(page.position.offset, 2);

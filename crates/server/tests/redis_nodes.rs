@@ -266,7 +266,11 @@ async fn redis_restarted_with_aof_recovers() {
     redis.restart();
     let r = publish_when_back(&servers[0], "kept", json!(6)).await;
     assert_eq!(r["offset"], 6);
-    assert_eq!(r["epoch"], epoch.as_str(), "the same epoch after an AOF restart");
+    assert_eq!(
+        r["epoch"],
+        epoch.as_str(),
+        "the same epoch after an AOF restart"
+    );
     // A subscriber resuming on the other node recovers what it missed.
     let (_, ok) = subscribe(&servers[0], None, "kept", Some((5, &epoch))).await;
     assert_eq!(ok["recovered"], true, "{ok}");
@@ -286,7 +290,11 @@ async fn redis_restarted_without_persistence_resets_subscribers() {
     collect(&mut stays, 5, &mut last, Duration::from_secs(10)).await;
     redis.restart();
     let r = publish_when_back(&servers[0], "gone", json!("after")).await;
-    assert_ne!(r["epoch"], epoch.as_str(), "Redis lost the channel: a new epoch");
+    assert_ne!(
+        r["epoch"],
+        epoch.as_str(),
+        "Redis lost the channel: a new epoch"
+    );
     assert_eq!(r["offset"], 1);
     // The subscriber that stayed is told to subscribe again, never handed
     // offset 1 of the new epoch as if it followed 5.
@@ -331,7 +339,10 @@ async fn presence_disconnect_and_info_span_the_nodes() {
         json!({"channel": "chat:room"}),
     )
     .await;
-    assert_eq!((stats["clients"].as_u64(), stats["users"].as_u64()), (Some(2), Some(2)));
+    assert_eq!(
+        (stats["clients"].as_u64(), stats["users"].as_u64()),
+        (Some(2), Some(2))
+    );
 
     let (_, info) = api(&servers[0], "info", json!({})).await;
     let mut names: Vec<&str> = info["nodes"]
@@ -369,13 +380,19 @@ async fn subscribes_racing_unsubscribes_leave_the_node_subscribed_exactly_when_n
     let flips = clients.into_iter().enumerate().map(|(i, mut raw)| {
         tokio::spawn(async move {
             for _ in 0..15 {
-                let r = raw.call(json!({"op": "subscribe", "channel": "flip"})).await;
+                let r = raw
+                    .call(json!({"op": "subscribe", "channel": "flip"}))
+                    .await;
                 assert!(r.get("ok").is_some(), "{r}");
-                let r = raw.call(json!({"op": "unsubscribe", "channel": "flip"})).await;
+                let r = raw
+                    .call(json!({"op": "unsubscribe", "channel": "flip"}))
+                    .await;
                 assert!(r.get("ok").is_some(), "{r}");
             }
             if i % 2 == 0 {
-                let r = raw.call(json!({"op": "subscribe", "channel": "flip"})).await;
+                let r = raw
+                    .call(json!({"op": "subscribe", "channel": "flip"}))
+                    .await;
                 assert!(r.get("ok").is_some(), "{r}");
             }
             raw
@@ -389,7 +406,9 @@ async fn subscribes_racing_unsubscribes_leave_the_node_subscribed_exactly_when_n
     assert_eq!(numsub(&redis), "tidings:c:flip\n1");
     publish_api(server, "flip", json!("hi"), None).await;
     for (i, raw) in clients.iter_mut().enumerate() {
-        let m = raw.next_within(Duration::from_millis(if i % 2 == 0 { 5000 } else { 300 })).await;
+        let m = raw
+            .next_within(Duration::from_millis(if i % 2 == 0 { 5000 } else { 300 }))
+            .await;
         match m {
             Ok(Some(m)) if i % 2 == 0 => assert_eq!(m["push"], "pub", "{m}"),
             Err(()) if i % 2 == 1 => {}
@@ -398,7 +417,8 @@ async fn subscribes_racing_unsubscribes_leave_the_node_subscribed_exactly_when_n
     }
     // The last unsubscribe unsubscribes the node.
     for raw in clients.iter_mut().step_by(2) {
-        raw.call(json!({"op": "unsubscribe", "channel": "flip"})).await;
+        raw.call(json!({"op": "unsubscribe", "channel": "flip"}))
+            .await;
     }
     let mut left = String::new();
     for _ in 0..50 {
