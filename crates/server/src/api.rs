@@ -273,7 +273,12 @@ async fn call(
             let b: ChannelsBody = parse(body)?;
             let limit = b.limit.unwrap_or(100).clamp(1, MAX_CHANNELS_PAGE);
             // One more than asked tells whether another page follows.
-            let mut page = node.hub.channels(&b.prefix, b.cursor.as_deref(), limit + 1);
+            // Every node's channels (with the Redis engine, a survey of the nodes).
+            let mut page = node
+                .engine
+                .channels(&b.prefix, b.cursor.as_deref(), limit + 1)
+                .await
+                .map_err(session::internal)?;
             let next_cursor = (page.len() > limit).then(|| {
                 page.truncate(limit);
                 page.last().map(|(c, _)| c.clone()).unwrap_or_default()

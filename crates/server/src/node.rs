@@ -118,6 +118,10 @@ impl PublicationSink for NodeSink {
         self.hub.lost(channel);
     }
 
+    fn channels(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Vec<(String, usize)> {
+        self.hub.channels(prefix, cursor, limit)
+    }
+
     fn control(&self, control: &UserControl) {
         let Some(node) = self.node.upgrade() else {
             return;

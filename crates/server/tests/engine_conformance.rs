@@ -80,6 +80,9 @@ impl PublicationSink for Recorder {
     fn control(&self, control: &UserControl) {
         self.push(format!("control {control:?}"));
     }
+    fn channels(&self, _: &str, _: Option<&str>, _: usize) -> Vec<(String, usize)> {
+        vec![("local".into(), 1)]
+    }
 }
 
 /// An engine under test, its recorder, and what keeps its backend alive.

@@ -430,3 +430,31 @@ async fn subscribes_racing_unsubscribes_leave_the_node_subscribed_exactly_when_n
     }
     assert_eq!(left, "tidings:c:flip\n0");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channels_lists_every_nodes_subscribers() {
+    let redis = Redis::start();
+    let servers = nodes(&redis, 3).await;
+    let mut held = Vec::new();
+    for (node, channel) in [(0, "x1"), (0, "x1"), (1, "x2"), (2, "x1"), (2, "y")] {
+        held.push(subscribe(&servers[node], None, channel, None).await.0);
+    }
+    let (status, page) = api(&servers[1], "channels", json!({"prefix": "x", "limit": 1})).await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(
+        page["channels"],
+        json!([{"channel": "x1", "subscribers": 3}])
+    );
+    let cursor = page["next_cursor"].as_str().expect("another page");
+    let (_, page) = api(
+        &servers[1],
+        "channels",
+        json!({"prefix": "x", "limit": 1, "cursor": cursor}),
+    )
+    .await;
+    assert_eq!(
+        page["channels"],
+        json!([{"channel": "x2", "subscribers": 1}])
+    );
+    assert!(page.get("next_cursor").is_none_or(Value::is_null), "{page}");
+}

@@ -525,6 +525,19 @@ impl Cluster for MemoryEngine {
     async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError> {
         Ok(self.node.lock().iter().cloned().collect())
     }
+
+    async fn channels(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, usize)>, EngineError> {
+        Ok(self
+            .sink
+            .get()
+            .map(|s| s.channels(prefix, cursor, limit))
+            .unwrap_or_default())
+    }
 }
 
 #[async_trait]
@@ -808,6 +821,9 @@ mod presence_tests {
         }
         fn lost(&self, _: &str) {}
         fn control(&self, _: &UserControl) {}
+        fn channels(&self, _: &str, _: Option<&str>, _: usize) -> Vec<(String, usize)> {
+            Vec::new()
+        }
     }
 
     fn policy(ttl_ms: u64, max: usize, per_user: bool) -> ChannelPolicy {

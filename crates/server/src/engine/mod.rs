@@ -195,6 +195,10 @@ pub trait PublicationSink: Send + Sync {
     fn lost(&self, channel: &str);
     /// An instruction for one user's connections on this node.
     fn control(&self, control: &UserControl);
+    /// This node's channels with subscribers, sorted by name: those
+    /// starting with `prefix`, after `cursor`, at most `limit`, with their
+    /// number of local subscribers (for the cluster-wide `channels`).
+    fn channels(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Vec<(String, usize)>;
 }
 
 /// Hop 2's write path.
@@ -285,6 +289,14 @@ pub trait Cluster: Send + Sync {
     async fn announce(&self, node: &NodeInfo) -> Result<(), EngineError>;
     /// Every live node.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError>;
+    /// Channels with subscribers on any node, as [`PublicationSink::channels`]
+    /// pages them, subscribers summed over the nodes.
+    async fn channels(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, usize)>, EngineError>;
 }
 
 /// Looks up the policy of a channel's namespace (None: no such namespace now).

@@ -22,8 +22,8 @@ use tidings_protocol::{ClientInfo, Publication};
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys::Keys;
-use super::{Entry, redis_error};
-use crate::engine::{EngineError, PresenceEvent, PublicationSink, UserControl};
+use super::{ControlMessage, Entry, redis_error};
+use crate::engine::{EngineError, PresenceEvent, PublicationSink};
 
 /// Channels per SUBSCRIBE or UNSUBSCRIBE command, and per position check pipeline.
 const BATCH: usize = 500;
@@ -405,8 +405,14 @@ impl Task {
     async fn on_message(&mut self, name: &str, payload: &[u8]) {
         let Some(channel) = self.setup.keys.channel_of(name) else {
             if name == self.setup.keys.control() {
-                match serde_json::from_slice::<UserControl>(payload) {
-                    Ok(control) => self.setup.sink.control(&control),
+                match serde_json::from_slice::<ControlMessage>(payload) {
+                    Ok(ControlMessage::User(control)) => self.setup.sink.control(&control),
+                    Ok(ControlMessage::Survey {
+                        reply,
+                        prefix,
+                        cursor,
+                        limit,
+                    }) => self.answer_survey(reply, &prefix, cursor.as_deref(), limit),
                     Err(e) => tracing::warn!(error = %e, "bad control message"),
                 }
             }
@@ -432,6 +438,31 @@ impl Task {
             }
             _ => tracing::warn!(channel, "unknown message"),
         }
+    }
+
+    /// Pushes this node's channels onto `reply` (without holding up delivery).
+    fn answer_survey(&self, reply: String, prefix: &str, cursor: Option<&str>, limit: usize) {
+        let page = self.setup.sink.channels(prefix, cursor, limit);
+        let Ok(json) = serde_json::to_string(&page) else {
+            return;
+        };
+        let mut conn = self.setup.conn.clone();
+        tokio::spawn(async move {
+            let answered: Result<(), _> = redis::pipe()
+                .cmd("RPUSH")
+                .arg(&reply)
+                .arg(json)
+                .ignore()
+                .cmd("PEXPIRE")
+                .arg(&reply)
+                .arg(10_000)
+                .ignore()
+                .query_async(&mut conn)
+                .await;
+            if let Err(e) = answered {
+                tracing::debug!(error = %e, "answering a channels survey failed");
+            }
+        });
     }
 
     /// `offset:epoch:publication JSON` (offset 0 and no epoch: ephemeral).

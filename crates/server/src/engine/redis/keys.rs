@@ -64,6 +64,11 @@ impl Keys {
         format!("{}:node:{id}", self.prefix)
     }
 
+    /// Where the nodes answer the survey `id` (a list).
+    pub(super) fn survey(&self, id: &str) -> String {
+        format!("{}:survey:{id}", self.prefix)
+    }
+
     /// When users were last seen: a hash user → ms.
     pub(super) fn last_seen(&self) -> String {
         format!("{}:seen", self.prefix)

@@ -35,6 +35,24 @@ type Entry = (String, Vec<Vec<u8>>);
 
 /// How long a node's announcement lives without renewal.
 const NODE_TTL: Duration = Duration::from_secs(10);
+/// The longest a survey of the nodes waits for their answers.
+const SURVEY_WAIT: Duration = Duration::from_secs(1);
+
+/// What travels on the control channel to every node.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+enum ControlMessage {
+    /// For one user's connections, wherever they are.
+    User(UserControl),
+    /// Each node pushes its channels (as [`PublicationSink::channels`]
+    /// pages them) as JSON onto the list `reply`.
+    Survey {
+        reply: String,
+        prefix: String,
+        cursor: Option<String>,
+        limit: usize,
+    },
+}
 
 /// One Redis server's part: its connections and its pub/sub task.
 struct Shard {
@@ -127,6 +145,19 @@ impl RedisEngine {
     /// The first server: control channel, nodes, last seen.
     fn main_conn(&self) -> Result<ConnectionManager, EngineError> {
         Self::conn_of(&self.shards[0])
+    }
+
+    /// Publishes `message` on the control channel.
+    async fn broadcast(&self, message: &ControlMessage) -> Result<(), EngineError> {
+        let message =
+            serde_json::to_string(message).map_err(|e| EngineError::Backend(e.to_string()))?;
+        redis::cmd("PUBLISH")
+            .arg(self.keys.control())
+            .arg(message)
+            .query_async(&mut self.main_conn()?)
+            .await
+            .map(|_: u64| ())
+            .map_err(redis_error)
     }
 
     fn meta_ttl(&self, policy: &ChannelPolicy) -> u64 {
@@ -222,16 +253,7 @@ impl Broker for RedisEngine {
     }
 
     async fn control(&self, control: UserControl) -> Result<(), EngineError> {
-        let message =
-            serde_json::to_string(&control).map_err(|e| EngineError::Backend(e.to_string()))?;
-        let () = redis::cmd("PUBLISH")
-            .arg(self.keys.control())
-            .arg(message)
-            .query_async(&mut self.main_conn()?)
-            .await
-            .map(|_: u64| ())
-            .map_err(redis_error)?;
-        Ok(())
+        self.broadcast(&ControlMessage::User(control)).await
     }
 }
 
@@ -443,6 +465,53 @@ impl Cluster for RedisEngine {
             .flatten()
             .filter_map(|json| serde_json::from_str(&json).ok())
             .collect())
+    }
+
+    /// Asks every node for its first `limit` channels after `cursor` and
+    /// merges them: the cluster's first `limit` are among them, and each
+    /// node that has one of those counts it, so the sums are exact.
+    async fn channels(
+        &self,
+        prefix: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, usize)>, EngineError> {
+        let expected = self.nodes().await?.len().max(1);
+        let reply = self.keys.survey(&new_epoch());
+        self.broadcast(&ControlMessage::Survey {
+            reply: reply.clone(),
+            prefix: prefix.to_string(),
+            cursor: cursor.map(String::from),
+            limit,
+        })
+        .await?;
+        let mut conn = self.main_conn()?;
+        let deadline = tokio::time::Instant::now() + SURVEY_WAIT;
+        let answers: Vec<String> = loop {
+            let answers: Vec<String> = redis::cmd("LRANGE")
+                .arg(&reply)
+                .arg(0)
+                .arg(-1)
+                .query_async(&mut conn)
+                .await
+                .map_err(redis_error)?;
+            // A node that died since it last announced never answers.
+            if answers.len() >= expected || tokio::time::Instant::now() >= deadline {
+                break answers;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        let _: Result<u64, _> = redis::cmd("DEL").arg(&reply).query_async(&mut conn).await;
+        let mut merged = BTreeMap::<String, usize>::new();
+        for answer in answers {
+            let Ok(page) = serde_json::from_str::<Vec<(String, usize)>>(&answer) else {
+                continue;
+            };
+            for (channel, n) in page {
+                *merged.entry(channel).or_default() += n;
+            }
+        }
+        Ok(merged.into_iter().take(limit).collect())
     }
 }
 
