@@ -62,13 +62,14 @@ pub async fn open(
     let s = &ctx.scenario;
     let source = (!ctx.sources.is_empty())
         .then(|| ctx.sources[(spec.index / ctx.per_source).min(ctx.sources.len() - 1)]);
-    let tcp = ws::tcp(s.addr, source).await?;
+    let addr = s.addr_of(spec.index);
+    let tcp = ws::tcp(addr, source).await?;
     let mut tracker = Tracker::new(&spec.channels);
     match s.transport {
         Transport::Ws => {
             let mut conn = Ws::connect(
                 tcp,
-                &s.addr.to_string(),
+                &addr.to_string(),
                 &target::ws_path(s.target, &s.auth),
             )
             .await?;
@@ -128,6 +129,7 @@ pub async fn open(
             ctx.stats.open.fetch_add(1, Ordering::Relaxed);
             let task = tokio::spawn(read_poll(
                 ctx.clone(),
+                addr,
                 tcp,
                 spec.channels,
                 position,
@@ -282,6 +284,7 @@ async fn poll_once(
 
 async fn read_poll(
     ctx: Arc<Ctx>,
+    addr: std::net::SocketAddr,
     mut tcp: TcpStream,
     channels: Vec<u32>,
     mut position: String,
@@ -300,7 +303,7 @@ async fn read_poll(
                     ctx.stats.closed.fetch_add(1, Ordering::Relaxed);
                     // Reconnect after a pause rather than spin; keep the position.
                     tokio::time::sleep(Duration::from_millis(200)).await;
-                    match tokio::time::timeout(Duration::from_secs(5), ws::tcp(ctx.scenario.addr, None)).await {
+                    match tokio::time::timeout(Duration::from_secs(5), ws::tcp(addr, None)).await {
                         Ok(Ok(t)) => tcp = t,
                         _ => break,
                     }

@@ -132,7 +132,7 @@ pub async fn run(mut scenario: Scenario, opts: Options) -> Result<Report, BenchE
             .collect();
         let publisher = Arc::new(Publisher::new(
             scenario.target,
-            scenario.addr,
+            &scenario.addrs(),
             scenario.auth.clone(),
         ));
         for &rate in &p.rates {
@@ -500,7 +500,7 @@ async fn run_storm(
 ) -> Result<StormResult, BenchError> {
     let s = &ctx.scenario;
     if storm.recover > 0 {
-        let publisher = Publisher::new(s.target, s.addr, s.auth.clone());
+        let publisher = Publisher::new(s.target, &s.addrs(), s.auth.clone());
         for (c, seq) in seqs.iter_mut().enumerate() {
             for _ in 0..storm.recover {
                 *seq += 1;

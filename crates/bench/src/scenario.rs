@@ -19,6 +19,9 @@ pub struct Scenario {
     pub target: Target,
     /// Where it listens; loopback only.
     pub addr: SocketAddr,
+    /// More nodes of the same cluster: connections and publishes are
+    /// spread round-robin over `addr` and these.
+    pub also: Vec<SocketAddr>,
     /// How clients receive (SSE and long-poll: Tidings only).
     pub transport: Transport,
     /// Clients to open.
@@ -47,6 +50,7 @@ impl Default for Scenario {
             name: "unnamed".into(),
             target: Target::Tidings,
             addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
+            also: Vec::new(),
             transport: Transport::Ws,
             connections: 1000,
             connect_concurrency: 256,
@@ -241,10 +245,29 @@ impl Scenario {
         Ok(s)
     }
 
+    /// Every node's address: `addr`, then `also`.
+    pub fn addrs(&self) -> Vec<SocketAddr> {
+        std::iter::once(self.addr)
+            .chain(self.also.iter().copied())
+            .collect()
+    }
+
+    /// The node client `i` connects to.
+    pub fn addr_of(&self, i: usize) -> SocketAddr {
+        match i % (self.also.len() + 1) {
+            0 => self.addr,
+            n => self.also[n - 1],
+        }
+    }
+
     /// Refuses what the bench cannot or must not do.
     pub fn check(&self) -> Result<(), BenchError> {
         let bad = |m: &str| Err(BenchError::Scenario(m.to_string()));
-        if !(self.addr.is_ipv4() && self.addr.ip().is_loopback()) {
+        if !self
+            .addrs()
+            .iter()
+            .all(|a| a.is_ipv4() && a.ip().is_loopback())
+        {
             return bad("addr must be a loopback address: the bench targets 127.0.0.0/8 only");
         }
         if self.connections == 0 {

@@ -184,13 +184,15 @@ pub fn heartbeat(target: Target, msg: &[u8]) -> Option<&'static [u8]> {
 pub struct Publisher {
     http: reqwest::Client,
     target: Target,
-    base: String,
+    /// One per node; publishes go round-robin.
+    bases: Vec<String>,
+    next: std::sync::atomic::AtomicUsize,
     auth: Auth,
 }
 
 impl Publisher {
-    /// A publisher for the server at `addr`.
-    pub fn new(target: Target, addr: std::net::SocketAddr, auth: Auth) -> Publisher {
+    /// A publisher for the servers at `addrs` (round-robin).
+    pub fn new(target: Target, addrs: &[std::net::SocketAddr], auth: Auth) -> Publisher {
         // Loopback only: no proxy from the environment. A stalled server
         // must not hold a step forever.
         let http = reqwest::Client::builder()
@@ -201,7 +203,8 @@ impl Publisher {
         Publisher {
             http,
             target,
-            base: format!("http://{addr}"),
+            bases: addrs.iter().map(|a| format!("http://{a}")).collect(),
+            next: Default::default(),
             auth,
         }
     }
@@ -209,11 +212,15 @@ impl Publisher {
     /// Publishes `data` (a string) into channel `c`.
     pub async fn publish(&self, c: u32, data: &str) -> Result<(), BenchError> {
         let channel = channel_name(c);
+        let i = self
+            .next
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let base = &self.bases[i % self.bases.len()];
         let req = match self.target {
             Target::Tidings => {
                 let req = self
                     .http
-                    .post(format!("{}/v1/api/publish", self.base))
+                    .post(format!("{base}/v1/api/publish"))
                     .json(&json!({"channel": channel, "data": data}));
                 match &self.auth.api_key {
                     Some(k) => req.bearer_auth(k),
@@ -230,13 +237,13 @@ impl Publisher {
                     crate::payload::now_us() / 1_000_000,
                 );
                 self.http
-                    .post(format!("{}{path}?{query}", self.base))
+                    .post(format!("{base}{path}?{query}"))
                     .header("content-type", "application/json")
                     .body(body)
             }
             Target::Socketio => self
                 .http
-                .post(format!("{}/publish", self.base))
+                .post(format!("{base}/publish"))
                 .json(&json!({"room": channel, "event": "m", "data": data})),
         };
         let resp = req

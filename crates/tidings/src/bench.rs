@@ -28,8 +28,9 @@ pub fn run(runtime: &tokio::runtime::Runtime, args: BenchArgs) -> anyhow::Result
         return Ok(());
     }
     let mut scenario = Scenario::load(&args.scenario)?;
-    if let Some(addr) = args.addr {
-        scenario.addr = addr;
+    if let Some((first, rest)) = args.addr.split_first() {
+        scenario.addr = *first;
+        scenario.also = rest.to_vec();
     }
     if let Some(n) = args.connections {
         scenario.connections = n;

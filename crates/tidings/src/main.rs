@@ -137,9 +137,10 @@ struct BenchArgs {
     /// Print one JSON line instead of the table.
     #[arg(long)]
     json: bool,
-    /// Override the scenario's server address.
-    #[arg(long)]
-    addr: Option<SocketAddr>,
+    /// Override the scenario's server address; several (comma-separated):
+    /// nodes of one cluster, connections and publishes spread over them.
+    #[arg(long, value_delimiter = ',')]
+    addr: Vec<SocketAddr>,
     /// Override the scenario's connection count.
     #[arg(long)]
     connections: Option<usize>,
