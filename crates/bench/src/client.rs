@@ -67,12 +67,8 @@ pub async fn open(
     let mut tracker = Tracker::new(&spec.channels);
     match s.transport {
         Transport::Ws => {
-            let mut conn = Ws::connect(
-                tcp,
-                &addr.to_string(),
-                &target::ws_path(s.target, &s.auth),
-            )
-            .await?;
+            let mut conn =
+                Ws::connect(tcp, &addr.to_string(), &target::ws_path(s.target, &s.auth)).await?;
             let positions = target::subscribe(
                 &mut conn,
                 s.target,

@@ -212,9 +212,7 @@ impl Publisher {
     /// Publishes `data` (a string) into channel `c`.
     pub async fn publish(&self, c: u32, data: &str) -> Result<(), BenchError> {
         let channel = channel_name(c);
-        let i = self
-            .next
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let i = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let base = &self.bases[i % self.bases.len()];
         let req = match self.target {
             Target::Tidings => {

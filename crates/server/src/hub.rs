@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tidings_protocol::{DisconnectCode, Publication, Push, encode_pub, encode_push};
+use tidings_protocol::{Publication, Push, encode_pub, encode_push};
 
 use crate::engine::PresenceEvent;
 use crate::mailbox::{Control, Mailbox};
@@ -23,8 +23,10 @@ const SHARDS: usize = 64;
 pub type ConnId = u64;
 
 enum SubState {
-    /// Pushes go straight to the outbox.
-    Live,
+    /// Pushes go straight to the outbox, but for publications at or below
+    /// `floor` (the subscribe reply's top): a node fed by a remote broker
+    /// may hand over, after the reply, publications the reply already held.
+    Live { floor: Option<u64> },
     /// Subscribing: live pushes wait here (with their offsets) until the
     /// subscribe reply is queued.
     Buffering(Vec<(Option<u64>, Bytes)>),
@@ -35,10 +37,16 @@ enum SubState {
 
 /// One connection's subscription to one channel.
 pub struct Subscriber {
+    /// Unique on this node: tells this subscription from a later one of
+    /// the same connection and channel.
+    id: u64,
     outbox: Arc<Outbox>,
     control: Arc<Mailbox>,
     state: Mutex<SubState>,
 }
+
+/// Ids of [`Subscriber`]s.
+static NEXT_SUBSCRIBER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Live publications seen while subscribing skipped an offset.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,7 +56,10 @@ impl Subscriber {
     fn offer(&self, offset: Option<u64>, bytes: &Bytes) -> Pushed {
         let mut state = self.state.lock();
         match &mut *state {
-            SubState::Live => self.outbox.push(bytes.clone()),
+            SubState::Live { floor } => match (offset, *floor) {
+                (Some(o), Some(f)) if o <= f => Pushed::Queued, // in the reply
+                _ => self.outbox.push(bytes.clone()),
+            },
             SubState::Buffering(buf) => {
                 buf.push((offset, bytes.clone()));
                 Pushed::Queued
@@ -65,10 +76,15 @@ impl Subscriber {
             return;
         }
         *state = SubState::Lost;
-        self.control.send(Control::Unsubscribe {
+        self.control.send(Control::Lost {
             channel: channel.to_string(),
-            code: DisconnectCode::INSUFFICIENT_STATE.0,
+            subscriber: self.id,
         });
+    }
+
+    /// This subscription's id (see [`Control::Lost`]).
+    pub fn id(&self) -> u64 {
+        self.id
     }
 
     /// Ends buffering: queues `reply` (if any), then the buffered publications newer
@@ -77,9 +93,12 @@ impl Subscriber {
     /// so no live publication can overtake. Fails on an offset gap after `top`.
     pub fn go_live(&self, reply: Option<Bytes>, top: Option<u64>) -> Result<(), Gap> {
         let mut state = self.state.lock();
-        let buf = match std::mem::replace(&mut *state, SubState::Live) {
+        let buf = match std::mem::replace(&mut *state, SubState::Live { floor: top }) {
             SubState::Buffering(buf) => buf,
-            SubState::Live => return Ok(()),
+            live @ SubState::Live { .. } => {
+                *state = live;
+                return Ok(());
+            }
             SubState::Lost => {
                 *state = SubState::Lost;
                 return Err(Gap);
@@ -189,6 +208,7 @@ impl Hub {
             return Err(AlreadySubscribed);
         }
         let sub = Arc::new(Subscriber {
+            id: NEXT_SUBSCRIBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             outbox,
             control,
             state: Mutex::new(SubState::Buffering(Vec::new())),

@@ -3,7 +3,7 @@
 
 use parking_lot::Mutex;
 
-/// An instruction from outside a connection's task (the server API).
+/// An instruction from outside a connection's task.
 #[derive(Debug)]
 pub enum Control {
     /// End a subscription with an `unsub` push.
@@ -12,6 +12,14 @@ pub enum Control {
         channel: String,
         /// Code of the `unsub` push.
         code: u16,
+    },
+    /// The engine lost continuity of a channel: end that subscription
+    /// (only if it is still `subscriber`) with `unsub` 3003.
+    Lost {
+        /// Channel name.
+        channel: String,
+        /// The subscription's id ([`crate::hub::Subscriber::id`]).
+        subscriber: u64,
     },
 }
 

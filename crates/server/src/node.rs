@@ -74,6 +74,32 @@ pub struct Node {
 /// Stripes of [`Node::subscribe`]'s per-channel serialisation.
 const CHANNEL_LOCKS: usize = 1024;
 
+/// Takes back a local subscriber whose [`Node::subscribe`] was cancelled.
+struct UndoSubscribe {
+    node: Arc<Node>,
+    channel: String,
+    conn: ConnId,
+    armed: bool,
+}
+
+impl Drop for UndoSubscribe {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.node.hub.unsubscribe(&self.channel, self.conn);
+            return;
+        };
+        let (node, channel, conn) = (
+            self.node.clone(),
+            std::mem::take(&mut self.channel),
+            self.conn,
+        );
+        rt.spawn(async move { node.unsubscribe(&channel, conn).await });
+    }
+}
+
 /// Why a local subscription could not be added.
 #[derive(Debug)]
 pub enum SubscribeError {
@@ -232,7 +258,7 @@ impl Node {
     /// [`Node::unsubscribe`], so a subscribe racing the last unsubscribe
     /// ends with the node subscribed.
     pub async fn subscribe(
-        &self,
+        self: &Arc<Self>,
         channel: &str,
         conn: ConnId,
         outbox: Arc<Outbox>,
@@ -243,7 +269,21 @@ impl Node {
             .hub
             .subscribe(channel, conn, outbox, control)
             .map_err(|_| SubscribeError::AlreadySubscribed)?;
-        if first && let Err(e) = self.engine.node_subscribe(channel).await {
+        // Dropped while the engine subscribes (the request went away): the
+        // subscriber goes again, as an unsubscribe would take it.
+        let mut undo = UndoSubscribe {
+            node: self.clone(),
+            channel: channel.to_string(),
+            conn,
+            armed: true,
+        };
+        let subscribed = if first {
+            self.engine.node_subscribe(channel).await
+        } else {
+            Ok(())
+        };
+        undo.armed = false;
+        if let Err(e) = subscribed {
             self.hub.unsubscribe(channel, conn);
             return Err(SubscribeError::Engine(e));
         }

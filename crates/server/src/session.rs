@@ -672,10 +672,13 @@ impl Session {
     }
 
     async fn drop_subscription(&mut self, channel: &str) -> bool {
-        let Some(_) = self.subs.remove(channel) else {
+        if !self.subs.contains_key(channel) {
             return false;
-        };
+        }
+        // Forgotten only once the node let go: a session dropped meanwhile
+        // still unsubscribes (see `Drop`).
         self.node.unsubscribe(channel, self.conn).await;
+        self.subs.remove(channel);
         if let Ok((_, ns)) = self.node.resolve(channel)
             && ns.presence
             && !self.transient
@@ -821,15 +824,26 @@ impl Session {
         match control {
             Control::Unsubscribe { channel, code } => {
                 if self.drop_subscription(&channel).await {
-                    let reason = if code == DisconnectCode::INSUFFICIENT_STATE.0 {
-                        DisconnectCode::INSUFFICIENT_STATE.reason()
-                    } else {
-                        "unsubscribed by the server"
-                    };
                     self.send(encode_push(&Push::Unsub {
                         channel,
                         code,
-                        reason: reason.into(),
+                        reason: "unsubscribed by the server".into(),
+                    }));
+                }
+            }
+            Control::Lost {
+                channel,
+                subscriber,
+            } => {
+                // A later subscription of the same channel is not concerned.
+                if self.subs.get(&channel).map(|s| s.id()) == Some(subscriber)
+                    && self.drop_subscription(&channel).await
+                {
+                    let code = DisconnectCode::INSUFFICIENT_STATE;
+                    self.send(encode_push(&Push::Unsub {
+                        channel,
+                        code: code.0,
+                        reason: code.reason().into(),
                     }));
                 }
             }

@@ -8,13 +8,16 @@
 //! it read the missing publications from the channel's stream first. When
 //! the stream no longer has them (or Redis lost the channel: a new epoch),
 //! the channel's subscribers are told to subscribe again (`unsub` 3003),
-//! and learn `recovered: false`.
+//! and learn `recovered: false`. Redis handing out an offset twice in one
+//! epoch (a restart that lost acknowledged writes, a failover to a replica
+//! that lagged) is caught the same way: the channel gets a new epoch.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use parking_lot::Mutex;
 use rand::Rng;
 use redis::aio::{ConnectionManager, PubSubSink};
@@ -22,7 +25,7 @@ use tidings_protocol::{ClientInfo, Publication};
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys::Keys;
-use super::{ControlMessage, Entry, redis_error};
+use super::{ControlMessage, Entry, redis_error, scripts};
 use crate::engine::{EngineError, PresenceEvent, PublicationSink};
 
 /// Channels per SUBSCRIBE or UNSUBSCRIBE command, and per position check pipeline.
@@ -40,10 +43,12 @@ enum Command {
 /// Where delivery of one channel stands.
 #[derive(Debug, Default)]
 struct Track {
-    /// The epoch delivered in (None: the channel had none yet).
-    epoch: Option<String>,
+    /// The epoch delivered in.
+    epoch: String,
     /// The last offset delivered.
     last: u64,
+    /// Its publication's time (0: unknown), to notice an offset reused.
+    last_time: u64,
 }
 
 /// The handle the engine holds.
@@ -55,14 +60,24 @@ pub(super) struct Fanout {
 
 /// What the task needs.
 pub(super) struct Setup {
+    /// Opens the pub/sub connection.
     pub client: redis::Client,
+    /// Reads (positions, catch-up) and answers (surveys).
     pub conn: ConnectionManager,
+    /// Key names.
     pub keys: Keys,
+    /// Where deliveries go.
     pub sink: Arc<dyn PublicationSink>,
     /// Whether this shard carries the control channel (shard 0).
     pub control: bool,
+    /// Bounds connecting.
     pub connect_timeout: Duration,
+    /// Bounds every pub/sub command (a half-open connection is noticed).
+    pub command_timeout: Duration,
+    /// How often positions are checked and the connection pinged.
     pub position_check: Duration,
+    /// Lifetime of channel metadata created here (ms).
+    pub meta_ttl_ms: u64,
 }
 
 impl Fanout {
@@ -105,6 +120,9 @@ impl Fanout {
     }
 }
 
+/// The pub/sub connection broke (or stopped answering).
+struct Broken;
+
 struct Task {
     setup: Setup,
     tracks: HashMap<String, Track>,
@@ -140,16 +158,35 @@ impl Task {
                     _ = tokio::time::sleep_until(until) => break,
                     command = rx.recv() => match command {
                         None => return,
-                        Some(Command::Subscribe(_, ack)) => {
-                            let _ = ack.send(Err(EngineError::Unavailable(
-                                "redis pub/sub is reconnecting".into(),
-                            )));
-                        }
-                        Some(Command::Unsubscribe(channel)) => self.forget(&channel),
+                        Some(command) => self.refuse(command),
                     },
                 }
             }
         }
+    }
+
+    /// Applies `command` without a connection: subscribes fail (temporary),
+    /// unsubscribes forget the channel (nothing to resubscribe later).
+    fn refuse(&mut self, command: Command) {
+        match command {
+            Command::Subscribe(_, ack) => {
+                let _ = ack.send(Err(EngineError::Unavailable(
+                    "redis pub/sub is reconnecting".into(),
+                )));
+            }
+            Command::Unsubscribe(channel) => self.forget(&channel),
+        }
+    }
+
+    /// Runs one pub/sub command within `command_timeout`.
+    async fn bounded<T>(
+        &self,
+        what: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, EngineError> {
+        tokio::time::timeout(self.setup.command_timeout, what)
+            .await
+            .map_err(|_| EngineError::Unavailable("redis pub/sub did not answer".into()))?
+            .map_err(redis_error)
     }
 
     async fn connect(&self) -> Result<(PubSubSink, redis::aio::PubSubStream), EngineError> {
@@ -162,9 +199,8 @@ impl Task {
         .map_err(redis_error)?;
         let (mut sink, stream) = pubsub.split();
         if self.setup.control {
-            sink.subscribe(self.setup.keys.control())
-                .await
-                .map_err(redis_error)?;
+            self.bounded(sink.subscribe(self.setup.keys.control()))
+                .await?;
         }
         let names: Vec<String> = self
             .tracks
@@ -172,12 +208,12 @@ impl Task {
             .map(|c| self.setup.keys.pubsub(c))
             .collect();
         for chunk in names.chunks(BATCH) {
-            sink.subscribe(chunk).await.map_err(redis_error)?;
+            self.bounded(sink.subscribe(chunk)).await?;
         }
         Ok((sink, stream))
     }
 
-    /// Serves one pub/sub connection until it drops (true) or the engine
+    /// Serves one pub/sub connection until it breaks (true) or the engine
     /// is dropped (false).
     async fn serve(
         &mut self,
@@ -186,8 +222,7 @@ impl Task {
         rx: &mut mpsc::UnboundedReceiver<Command>,
     ) -> bool {
         // Whatever was published while we were not listening.
-        let all: Vec<String> = self.tracks.keys().cloned().collect();
-        self.check(&all).await;
+        self.check().await;
         let mut tick = tokio::time::interval(self.setup.position_check);
         tick.tick().await;
         loop {
@@ -209,38 +244,57 @@ impl Task {
                     }
                 }
                 _ = tick.tick() => {
-                    let all: Vec<String> = self.tracks.keys().cloned().collect();
-                    self.check(&all).await;
+                    // A connection that went quiet may be half-open: ping it.
+                    let pong: Result<redis::Value, _> = self.bounded(sink.ping()).await;
+                    if pong.is_err() {
+                        return true;
+                    }
+                    self.check().await;
                 }
             }
         }
     }
 
     /// Applies commands in order; runs of subscribes go as one SUBSCRIBE.
-    async fn apply(&mut self, sink: &mut PubSubSink, batch: Vec<Command>) -> Result<(), ()> {
-        let mut pending: Vec<(String, oneshot::Sender<Result<(), EngineError>>)> = Vec::new();
+    /// After a failure, the rest are refused as if disconnected.
+    async fn apply(&mut self, sink: &mut PubSubSink, batch: Vec<Command>) -> Result<(), Broken> {
+        let mut pending = Vec::new();
+        let mut broken = false;
         for command in batch {
+            if broken {
+                self.refuse(command);
+                continue;
+            }
             match command {
                 Command::Subscribe(channel, ack) => pending.push((channel, ack)),
                 Command::Unsubscribe(channel) => {
-                    self.subscribe_all(sink, std::mem::take(&mut pending))
-                        .await?;
+                    broken = self
+                        .subscribe_all(sink, std::mem::take(&mut pending))
+                        .await
+                        .is_err();
                     self.forget(&channel);
-                    if let Err(e) = sink.unsubscribe(self.setup.keys.pubsub(&channel)).await {
-                        tracing::warn!(error = %e, "redis unsubscribe failed");
-                        return Err(());
+                    if !broken {
+                        let name = self.setup.keys.pubsub(&channel);
+                        broken = self.bounded(sink.unsubscribe(name)).await.is_err();
                     }
                 }
             }
         }
-        self.subscribe_all(sink, pending).await
+        if !broken {
+            broken = self.subscribe_all(sink, pending).await.is_err();
+        } else {
+            for (channel, ack) in pending {
+                self.refuse(Command::Subscribe(channel, ack));
+            }
+        }
+        if broken { Err(Broken) } else { Ok(()) }
     }
 
     async fn subscribe_all(
         &mut self,
         sink: &mut PubSubSink,
         pending: Vec<(String, oneshot::Sender<Result<(), EngineError>>)>,
-    ) -> Result<(), ()> {
+    ) -> Result<(), Broken> {
         if pending.is_empty() {
             return Ok(());
         }
@@ -248,36 +302,35 @@ impl Task {
             .iter()
             .map(|(c, _)| self.setup.keys.pubsub(c))
             .collect();
-        if let Err(e) = sink.subscribe(&names).await {
-            let e = redis_error(e);
+        if let Err(e) = self.bounded(sink.subscribe(&names)).await {
             for (_, ack) in pending {
                 let _ = ack.send(Err(e.clone()));
             }
-            return Err(());
+            return Err(Broken);
         }
-        // Listening now: where each channel stands is where delivery starts
-        // (anything at or below it reaches subscribers through their
-        // subscribe reply, which reads the position after this).
-        let channels: Vec<&str> = pending.iter().map(|(c, _)| c.as_str()).collect();
-        let positions = self.positions(&channels).await;
-        for (i, (channel, ack)) in pending.into_iter().enumerate() {
-            let track = match &positions {
-                Ok(p) => match &p[i] {
-                    (Some(epoch), top) => Track {
-                        epoch: Some(epoch.clone()),
-                        last: *top,
-                    },
-                    (None, _) => Track::default(),
-                },
-                Err(e) => {
-                    let _ = ack.send(Err(e.clone()));
-                    let _ = sink.unsubscribe(self.setup.keys.pubsub(&channel)).await;
-                    continue;
+        // Listening now: where each channel stands (its epoch created if
+        // need be, as a subscriber's reply would) is where delivery starts;
+        // anything at or below it reaches subscribers through their reply,
+        // which reads the position after this.
+        let positions = join_all(pending.iter().map(|(c, _)| self.position(c, None))).await;
+        for ((channel, ack), position) in pending.into_iter().zip(positions) {
+            match position {
+                Ok((top, epoch)) => {
+                    self.channels.lock().insert(channel.clone());
+                    let track = Track {
+                        epoch,
+                        last: top,
+                        last_time: 0,
+                    };
+                    self.tracks.insert(channel, track);
+                    let _ = ack.send(Ok(()));
                 }
-            };
-            self.channels.lock().insert(channel.clone());
-            self.tracks.insert(channel, track);
-            let _ = ack.send(Ok(()));
+                Err(e) => {
+                    let _ = ack.send(Err(e));
+                    let name = self.setup.keys.pubsub(&channel);
+                    let _ = self.bounded(sink.unsubscribe(name)).await;
+                }
+            }
         }
         Ok(())
     }
@@ -287,69 +340,97 @@ impl Task {
         self.channels.lock().remove(channel);
     }
 
-    /// Each channel's (epoch, top) in Redis now.
-    async fn positions(
+    /// The channel's (top, epoch), creating the epoch if it has none; with
+    /// `replace`, an epoch equal to it is replaced by a new one first (its
+    /// offsets can no longer be trusted).
+    async fn position(
         &self,
-        channels: &[&str],
-    ) -> Result<Vec<(Option<String>, u64)>, EngineError> {
-        let mut out = Vec::with_capacity(channels.len());
-        for chunk in channels.chunks(BATCH) {
-            let mut pipe = redis::pipe();
-            for channel in chunk {
-                pipe.cmd("HMGET")
-                    .arg(self.setup.keys.meta(channel))
-                    .arg("e")
-                    .arg("t");
-            }
-            let mut conn = self.setup.conn.clone();
-            let got: Vec<(Option<String>, Option<u64>)> =
-                pipe.query_async(&mut conn).await.map_err(redis_error)?;
-            out.extend(got.into_iter().map(|(e, t)| (e, t.unwrap_or(0))));
-        }
-        Ok(out)
+        channel: &str,
+        replace: Option<&str>,
+    ) -> Result<(u64, String), EngineError> {
+        let mut conn = self.setup.conn.clone();
+        scripts::EPOCH
+            .key(self.setup.keys.meta(channel))
+            .key(self.setup.keys.stream(channel))
+            .arg(crate::engine::new_epoch())
+            .arg(self.setup.meta_ttl_ms)
+            .arg(replace.unwrap_or(""))
+            .invoke_async(&mut conn)
+            .await
+            .map_err(redis_error)
     }
 
     /// The position check: catches up every channel whose top in Redis is
-    /// ahead of what was delivered; a changed or vanished epoch is a loss.
-    async fn check(&mut self, channels: &[String]) {
-        let names: Vec<&str> = channels.iter().map(String::as_str).collect();
-        let positions = match self.positions(&names).await {
-            Ok(p) => p,
-            Err(e) => {
-                tracing::warn!(error = %e, "redis position check failed");
-                return;
+    /// ahead of what was delivered. A changed or vanished epoch, or an
+    /// offset Redis handed out again (its top below what was delivered, or
+    /// another publication at the last offset delivered), is a loss.
+    async fn check(&mut self) {
+        let channels: Vec<String> = self.tracks.keys().cloned().collect();
+        for chunk in channels.chunks(BATCH) {
+            let mut pipe = redis::pipe();
+            for channel in chunk {
+                let last = self.tracks.get(channel).map_or(0, |t| t.last);
+                pipe.cmd("HMGET")
+                    .arg(self.setup.keys.meta(channel))
+                    .arg("e")
+                    .arg("t")
+                    .cmd("XRANGE")
+                    .arg(self.setup.keys.stream(channel))
+                    .arg(format!("{last}-0"))
+                    .arg(format!("{last}-0"));
             }
-        };
-        for (channel, (epoch, top)) in channels.iter().zip(positions) {
-            let Some(track) = self.tracks.get(channel) else {
-                continue;
+            let mut conn = self.setup.conn.clone();
+            type Answer = ((Option<String>, Option<u64>), Vec<Entry>);
+            let answers: Vec<Answer> = match pipe.query_async(&mut conn).await {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis position check failed");
+                    return;
+                }
             };
-            match (&track.epoch, epoch) {
-                (Some(had), Some(now)) if *had != now => self.lose(channel, Some(now), top),
-                (Some(_), None) => self.lose(channel, None, 0),
-                (None, Some(now)) => {
-                    if let Some(t) = self.tracks.get_mut(channel) {
-                        t.epoch = Some(now);
+            for (channel, ((epoch, top), at_last)) in chunk.iter().zip(answers) {
+                let Some(track) = self.tracks.get(channel) else {
+                    continue;
+                };
+                let top = top.unwrap_or(0);
+                let reused = at_last
+                    .first()
+                    .and_then(super::decode_entry)
+                    .is_some_and(|p| track.last_time != 0 && p.time != track.last_time);
+                match epoch {
+                    None => self.restart(channel, None).await,
+                    Some(e) if e != track.epoch => self.lose(channel, e, top),
+                    Some(e) if top < track.last || reused => self.restart(channel, Some(&e)).await,
+                    Some(_) => {
+                        self.catch_up(channel, top).await;
                     }
-                    self.catch_up(channel, top).await;
                 }
-                (Some(_), Some(_)) => {
-                    self.catch_up(channel, top).await;
-                }
-                (None, None) => {}
             }
+        }
+    }
+
+    /// Redis lost the channel, or reused its offsets: a new epoch, and
+    /// subscribers start over.
+    async fn restart(&mut self, channel: &str, replace: Option<&str>) {
+        match self.position(channel, replace).await {
+            Ok((top, epoch)) => self.lose(channel, epoch, top),
+            Err(e) => tracing::warn!(channel, error = %e, "starting a new epoch failed"),
         }
     }
 
     /// Continuity is lost: subscribers start over from `epoch` at `top`.
-    fn lose(&mut self, channel: &str, epoch: Option<String>, top: u64) {
+    fn lose(&mut self, channel: &str, epoch: String, top: u64) {
         tracing::info!(
             channel,
             "publications lost in redis; subscribers must resubscribe"
         );
         self.setup.sink.lost(channel);
         if let Some(t) = self.tracks.get_mut(channel) {
-            *t = Track { epoch, last: top };
+            *t = Track {
+                epoch,
+                last: top,
+                last_time: 0,
+            };
         }
     }
 
@@ -379,25 +460,22 @@ impl Task {
             }
         };
         let mut expect = from;
-        let mut publications = Vec::with_capacity(entries.len());
         for entry in &entries {
             match super::decode_entry(entry) {
                 Some(p) if p.offset == Some(expect) => {
-                    publications.push(Arc::new(p));
+                    let time = p.time;
+                    self.setup.sink.deliver(channel, Some(&epoch), &Arc::new(p));
+                    if let Some(t) = self.tracks.get_mut(channel) {
+                        (t.last, t.last_time) = (expect, time);
+                    }
                     expect += 1;
                 }
                 _ => break,
             }
         }
-        for p in &publications {
-            self.setup.sink.deliver(channel, epoch.as_deref(), p);
-        }
         if expect <= upto {
             self.lose(channel, epoch, upto);
             return false;
-        }
-        if let Some(t) = self.tracks.get_mut(channel) {
-            t.last = upto;
         }
         true
     }
@@ -412,7 +490,7 @@ impl Task {
                         prefix,
                         cursor,
                         limit,
-                    }) => self.answer_survey(reply, &prefix, cursor.as_deref(), limit),
+                    }) => self.answer_survey(reply, prefix, cursor, limit),
                     Err(e) => tracing::warn!(error = %e, "bad control message"),
                 }
             }
@@ -440,14 +518,15 @@ impl Task {
         }
     }
 
-    /// Pushes this node's channels onto `reply` (without holding up delivery).
-    fn answer_survey(&self, reply: String, prefix: &str, cursor: Option<&str>, limit: usize) {
-        let page = self.setup.sink.channels(prefix, cursor, limit);
-        let Ok(json) = serde_json::to_string(&page) else {
-            return;
-        };
+    /// Pushes this node's channels onto `reply`, off the delivery path.
+    fn answer_survey(&self, reply: String, prefix: String, cursor: Option<String>, limit: usize) {
+        let sink = self.setup.sink.clone();
         let mut conn = self.setup.conn.clone();
         tokio::spawn(async move {
+            let page = sink.channels(&prefix, cursor.as_deref(), limit);
+            let Ok(json) = serde_json::to_string(&page) else {
+                return;
+            };
             let answered: Result<(), _> = redis::pipe()
                 .cmd("RPUSH")
                 .arg(&reply)
@@ -477,16 +556,13 @@ impl Task {
                 .deliver(channel, None, &Arc::new(publication));
             return;
         }
-        let Some(track) = self.tracks.get_mut(channel) else {
+        let Some(track) = self.tracks.get(channel) else {
             return;
         };
-        match &track.epoch {
-            Some(had) if had != epoch => {
-                let epoch = epoch.to_string();
-                return self.lose(channel, Some(epoch), offset);
-            }
-            Some(_) => {}
-            None => track.epoch = Some(epoch.to_string()),
+        if track.epoch != epoch {
+            // A new epoch (made elsewhere): what was delivered no longer
+            // continues; subscribers start over.
+            return self.lose(channel, epoch.to_string(), offset);
         }
         if offset <= track.last {
             return; // delivered already (by a catch-up)
@@ -495,11 +571,12 @@ impl Task {
             return; // the next check delivers it, or subscribers start over
         }
         publication.offset = Some(offset);
+        let time = publication.time;
         self.setup
             .sink
             .deliver(channel, Some(epoch), &Arc::new(publication));
         if let Some(t) = self.tracks.get_mut(channel) {
-            t.last = offset;
+            (t.last, t.last_time) = (offset, time);
         }
     }
 }

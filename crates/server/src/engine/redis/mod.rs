@@ -77,11 +77,16 @@ pub(crate) fn redis_error(e: redis::RedisError) -> EngineError {
         || e.is_connection_refusal()
         || matches!(
             e.code(),
-            Some("LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "READONLY" | "CLUSTERDOWN")
+            Some(
+                "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "READONLY" | "CLUSTERDOWN" | "OOM"
+            )
         )
     {
         EngineError::Unavailable(e.to_string())
-    } else if matches!(e.code(), Some("NOPERM" | "NOAUTH" | "WRONGPASS" | "OOM")) {
+    } else if matches!(
+        e.code(),
+        Some("NOPERM" | "NOAUTH" | "WRONGPASS" | "WRONGTYPE")
+    ) {
         EngineError::Refused(e.to_string())
     } else {
         EngineError::Backend(e.to_string())
@@ -269,7 +274,7 @@ impl History for RedisEngine {
             .limit
             .unwrap_or(policy.history_size)
             .min(policy.history_size);
-        let from = query.after.unwrap_or(0) + 1;
+        let from = query.after.unwrap_or(0).saturating_add(1);
         let (top, epoch, entries): (u64, String, Vec<Entry>) = scripts::READ
             .key(self.keys.stream(channel))
             .key(self.keys.meta(channel))
@@ -538,7 +543,9 @@ impl Lifecycle for RedisEngine {
                 sink: sink.clone(),
                 control: i == 0,
                 connect_timeout: self.config.connect_timeout,
+                command_timeout: self.config.command_timeout,
                 position_check: self.config.position_check,
+                meta_ttl_ms: millis(self.config.meta_ttl),
             });
             let _ = shard.conn.set(conn);
             let _ = shard.fanout.set(fanout);

@@ -78,6 +78,28 @@ return {top, epoch, entries}
     )
 });
 
+/// A node's view of a channel: KEYS meta, stream; ARGV a new epoch, meta
+/// ttl ms, an epoch to replace ("" for none). Creates the epoch of a
+/// channel that has none (Redis lost it: from offset 0), or replaces the
+/// given one (its offsets were handed out twice: from the same top, with
+/// empty history). Returns {top, epoch}.
+pub(super) static EPOCH: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local meta, stream = KEYS[1], KEYS[2]
+local epoch = redis.call('HGET', meta, 'e')
+if (not epoch) or epoch == ARGV[3] then
+  epoch = ARGV[1]
+  redis.call('DEL', stream)
+  redis.call('HSET', meta, 'e', epoch)
+  redis.call('HSETNX', meta, 't', 0)
+  redis.call('PEXPIRE', meta, ARGV[2])
+end
+return {tonumber(redis.call('HGET', meta, 't')), epoch}
+"#,
+    )
+});
+
 /// Presence join or renewal: KEYS leases (zset client → expiry ms), names
 /// (zset of client ids, for paging), infos (hash client → ClientInfo JSON),
 /// users (hash user → entries); ARGV client, user, info JSON, expiry ms,
