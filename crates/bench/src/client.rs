@@ -33,6 +33,8 @@ pub struct Ctx {
 pub struct Spec {
     /// Its number in the run.
     pub index: usize,
+    /// The node it connects to.
+    pub addr: std::net::SocketAddr,
     /// Channels it subscribes.
     pub channels: Vec<u32>,
     /// Where it resumes each channel (Tidings).
@@ -62,7 +64,7 @@ pub async fn open(
     let s = &ctx.scenario;
     let source = (!ctx.sources.is_empty())
         .then(|| ctx.sources[(spec.index / ctx.per_source).min(ctx.sources.len() - 1)]);
-    let addr = s.addr_of(spec.index);
+    let addr = spec.addr;
     let tcp = ws::tcp(addr, source).await?;
     let mut tracker = Tracker::new(&spec.channels);
     match s.transport {

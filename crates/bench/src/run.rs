@@ -82,6 +82,7 @@ pub async fn run(mut scenario: Scenario, opts: Options) -> Result<Report, BenchE
             }
             Spec {
                 index: i,
+                addr: scenario.addr_of(i),
                 since: vec![None; channels.len()],
                 channels,
                 publishes: publisher,
@@ -521,6 +522,7 @@ async fn run_storm(
             };
             Spec {
                 index: i,
+                addr: s.addr_of(i + usize::from(storm.move_node)),
                 since,
                 channels,
                 publishes: false,

@@ -183,6 +183,9 @@ pub struct Storm {
     /// Publications made into each channel while the clients are away, to
     /// be recovered on reconnect (Tidings WebSocket only); 0: none.
     pub recover: u64,
+    /// Every client comes back to the next node of `addr`/`also` (a node
+    /// lost: its clients resume on the others).
+    pub move_node: bool,
     /// How long the storm may take.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
@@ -192,6 +195,7 @@ impl Default for Storm {
     fn default() -> Self {
         Self {
             recover: 0,
+            move_node: false,
             timeout: Duration::from_secs(60),
         }
     }

@@ -302,7 +302,7 @@ impl Default for RedisConfig {
             sentinel_master: None,
             prefix: "tidings".into(),
             connect_timeout: Duration::from_secs(2),
-            command_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(5),
             position_check: Duration::from_secs(2),
             meta_ttl: Duration::from_secs(30 * 24 * 3600),
         }
