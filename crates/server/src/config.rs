@@ -272,7 +272,7 @@ pub struct RedisConfig {
     /// `redis://[user:password@]host:port[/db]`; several shard channels
     /// across independent Redis servers by consistent hashing.
     pub urls: Vec<String>,
-    /// The urls are seeds of a Redis Cluster (not supported yet).
+    /// The urls are seeds of one Redis Cluster.
     pub cluster: bool,
     /// The urls point at Sentinels watching this master (not supported yet).
     pub sentinel_master: Option<String>,
@@ -330,9 +330,6 @@ impl RedisConfig {
                     "`engine.redis.urls`: {url:?} is not a redis://host:port address"
                 )),
             }
-        }
-        if self.cluster {
-            bad.push("`engine.redis.cluster`: Redis Cluster is not supported yet; list several standalone servers in `urls` to shard channels across them".into());
         }
         if self.sentinel_master.is_some() {
             bad.push("`engine.redis.sentinel_master`: Sentinel is not supported yet".into());

@@ -1,5 +1,6 @@
 //! One conformance suite that every engine passes: the memory engine and the
-//! Redis engine (on a real redis-server) run the same checks of offsets,
+//! Redis engine (on a real redis-server, and on a real three-master Redis
+//! Cluster) run the same checks of offsets,
 //! epochs, trims, idempotency under racing retries, recovery reads,
 //! presence leases and last seen.
 
@@ -89,34 +90,43 @@ impl PublicationSink for Recorder {
 struct Subject {
     engine: Arc<dyn Engine>,
     sink: Arc<Recorder>,
-    _redis: Option<common::redis::Redis>,
+    _backend: Option<Box<dyn std::any::Any>>,
 }
 
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     Memory,
     Redis,
+    Cluster,
 }
 
 async fn subject(kind: Kind) -> Subject {
     let sink = Arc::new(Recorder::default());
-    let (engine, redis): (Arc<dyn Engine>, _) = match kind {
+    let redis = |urls: Vec<String>, cluster: bool| -> Arc<dyn Engine> {
+        let config = RedisConfig {
+            urls,
+            cluster,
+            position_check: Duration::from_millis(200),
+            ..Default::default()
+        };
+        Arc::new(RedisEngine::new(&config).unwrap())
+    };
+    let (engine, backend): (Arc<dyn Engine>, Option<Box<dyn std::any::Any>>) = match kind {
         Kind::Memory => (Arc::new(MemoryEngine::new()), None),
         Kind::Redis => {
-            let redis = common::redis::Redis::start();
-            let config = RedisConfig {
-                urls: vec![redis.url()],
-                position_check: Duration::from_millis(200),
-                ..Default::default()
-            };
-            (Arc::new(RedisEngine::new(&config).unwrap()), Some(redis))
+            let server = common::redis::Redis::start();
+            (redis(vec![server.url()], false), Some(Box::new(server)))
+        }
+        Kind::Cluster => {
+            let cluster = common::redis::RedisCluster::start();
+            (redis(cluster.urls(), true), Some(Box::new(cluster)))
         }
     };
     engine.start(sink.clone()).await.expect("engine starts");
     Subject {
         engine,
         sink,
-        _redis: redis,
+        _backend: backend,
     }
 }
 
@@ -355,6 +365,9 @@ macro_rules! conformance {
         }
         mod redis {
             $(#[tokio::test] async fn $name() { super::$name(super::Kind::Redis).await })*
+        }
+        mod cluster {
+            $(#[tokio::test] async fn $name() { super::$name(super::Kind::Cluster).await })*
         }
     };
 }

@@ -3,27 +3,65 @@
 //! published and wherever the subscriber (re)connects; idempotency keys
 //! hold across nodes; pub/sub connection loss and Redis restarts never hand
 //! a subscriber a gap or a wrong offset; presence, `disconnect` and `info`
-//! span the nodes.
+//! span the nodes. Every test that does not restart Redis runs twice: on
+//! one redis-server, and on a three-master Redis Cluster.
 
 mod common;
 
 use std::time::Duration;
 
-use common::redis::Redis;
+use common::redis::{Redis, RedisCluster};
 use common::{Raw, api, config};
 use proptest::prelude::*;
 use serde_json::{Value, json};
 use tidings_server::Server;
 use tidings_server::config::{EngineType, RedisConfig};
 
-/// Starts `n` nodes on `redis`.
-async fn nodes(redis: &Redis, n: usize) -> Vec<Server> {
+/// What the nodes share: one Redis, or a Redis Cluster.
+enum Backend {
+    Single(Redis),
+    Cluster(RedisCluster),
+}
+
+impl Backend {
+    fn single() -> Backend {
+        Backend::Single(Redis::start())
+    }
+
+    fn cluster() -> Backend {
+        Backend::Cluster(RedisCluster::start())
+    }
+
+    /// Runs a command with redis-cli on every server; their outputs.
+    fn cli_each(&self, args: &[&str]) -> Vec<String> {
+        match self {
+            Backend::Single(r) => vec![r.cli(args)],
+            Backend::Cluster(c) => c.nodes.iter().map(|r| r.cli(args)).collect(),
+        }
+    }
+
+    /// The one server (the tests that restart Redis run on one).
+    fn server(&mut self) -> &mut Redis {
+        match self {
+            Backend::Single(r) => r,
+            Backend::Cluster(_) => unreachable!("restart tests run on one server"),
+        }
+    }
+}
+
+/// Starts `n` nodes on `backend`.
+async fn nodes(backend: &Backend, n: usize) -> Vec<Server> {
+    let (urls, cluster) = match backend {
+        Backend::Single(r) => (vec![r.url()], false),
+        Backend::Cluster(c) => (c.urls(), true),
+    };
     let mut out = Vec::new();
     for i in 0..n {
         let mut c = config();
         c.engine.r#type = EngineType::Redis;
         c.engine.redis = RedisConfig {
-            urls: vec![redis.url()],
+            urls: urls.clone(),
+            cluster,
             position_check: Duration::from_millis(300),
             connect_timeout: Duration::from_millis(500),
             command_timeout: Duration::from_millis(500),
@@ -139,8 +177,9 @@ proptest! {
         ], 1..30)) {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         rt.block_on(async {
-            let redis = Redis::start();
-            let servers = nodes(&redis, 3).await;
+            // Half the cases on one server, half on a Cluster.
+            let backend = if ops.len() % 2 == 0 { Backend::single() } else { Backend::cluster() };
+            let servers = nodes(&backend, 3).await;
             let mut subs = Vec::new();
             let mut epoch = String::new();
             for s in &servers {
@@ -188,9 +227,7 @@ proptest! {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_idempotency_key_retried_on_every_node_publishes_once() {
-    let redis = Redis::start();
+async fn one_idempotency_key_retried_on_every_node_publishes_once(redis: Backend) {
     let servers = nodes(&redis, 3).await;
     let mut tasks = Vec::new();
     for round in 0..5 {
@@ -217,9 +254,7 @@ async fn one_idempotency_key_retried_on_every_node_publishes_once() {
     assert_eq!(history["publications"].as_array().unwrap().len(), 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killed_pubsub_connections_lose_nothing() {
-    let redis = Redis::start();
+async fn killed_pubsub_connections_lose_nothing(redis: Backend) {
     let servers = nodes(&redis, 2).await;
     let (mut sub, _) = subscribe(&servers[1], None, "busy", None).await;
     let mut last = 0;
@@ -231,17 +266,22 @@ async fn killed_pubsub_connections_lose_nothing() {
             // Both nodes listen again (after the previous cut)...
             let deadline = std::time::Instant::now() + Duration::from_secs(10);
             while redis
-                .cli(&["CLIENT", "LIST", "TYPE", "pubsub"])
-                .lines()
-                .count()
+                .cli_each(&["CLIENT", "LIST", "TYPE", "pubsub"])
+                .iter()
+                .map(|l| l.lines().count())
+                .sum::<usize>()
                 < 2
             {
                 assert!(std::time::Instant::now() < deadline, "nodes reconnect");
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
             // ...then every node's pub/sub connection is cut while publishing goes on.
-            let killed = redis.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]);
-            assert_eq!(killed, "2", "both nodes' pub/sub connections were killed");
+            let killed: usize = redis
+                .cli_each(&["CLIENT", "KILL", "TYPE", "pubsub"])
+                .iter()
+                .map(|n| n.parse::<usize>().unwrap_or(0))
+                .sum();
+            assert_eq!(killed, 2, "both nodes' pub/sub connections were killed");
         }
     }
     let (got, other) = collect(&mut sub, total, &mut last, Duration::from_secs(15)).await;
@@ -272,7 +312,7 @@ async fn publish_when_back(server: &Server, channel: &str, data: Value) -> Value
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_with_aof_recovers() {
-    let mut redis = Redis::start_with(true);
+    let mut redis = Backend::Single(Redis::start_with(true));
     let servers = nodes(&redis, 2).await;
     let (mut sub, ok) = subscribe(&servers[1], None, "kept", None).await;
     let epoch = ok["epoch"].as_str().unwrap().to_string();
@@ -283,7 +323,7 @@ async fn redis_restarted_with_aof_recovers() {
     let (got, _) = collect(&mut sub, 5, &mut last, Duration::from_secs(10)).await;
     assert_eq!(got, [1, 2, 3, 4, 5]);
     drop(sub);
-    redis.restart();
+    redis.server().restart();
     let r = publish_when_back(&servers[0], "kept", json!(6)).await;
     assert_eq!(r["offset"], 6);
     assert_eq!(
@@ -299,7 +339,7 @@ async fn redis_restarted_with_aof_recovers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_restarted_without_persistence_resets_subscribers() {
-    let mut redis = Redis::start();
+    let mut redis = Backend::single();
     let servers = nodes(&redis, 2).await;
     let (mut stays, ok) = subscribe(&servers[1], None, "gone", None).await;
     let epoch = ok["epoch"].as_str().unwrap().to_string();
@@ -308,7 +348,7 @@ async fn redis_restarted_without_persistence_resets_subscribers() {
     }
     let mut last = 0;
     collect(&mut stays, 5, &mut last, Duration::from_secs(10)).await;
-    redis.restart();
+    redis.server().restart();
     let r = publish_when_back(&servers[0], "gone", json!("after")).await;
     assert_ne!(
         r["epoch"],
@@ -337,9 +377,7 @@ async fn redis_restarted_without_persistence_resets_subscribers() {
     assert_eq!(ok["recovered"], false, "{ok}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn presence_disconnect_and_info_span_the_nodes() {
-    let redis = Redis::start();
+async fn presence_disconnect_and_info_span_the_nodes(redis: Backend) {
     let servers = nodes(&redis, 3).await;
     let (mut alice, _) = subscribe(&servers[0], Some("alice"), "chat:room", None).await;
     let (_bob, _) = subscribe(&servers[1], Some("bob"), "chat:room", None).await;
@@ -386,9 +424,9 @@ async fn presence_disconnect_and_info_span_the_nodes() {
     assert_eq!(d["code"], 3500, "{d}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn subscribes_racing_unsubscribes_leave_the_node_subscribed_exactly_when_needed() {
-    let redis = Redis::start();
+async fn subscribes_racing_unsubscribes_leave_the_node_subscribed_exactly_when_needed(
+    redis: Backend,
+) {
     let servers = nodes(&redis, 1).await;
     let server = &servers[0];
     // Eight clients flip between subscribed and not, all at once; the even
@@ -422,8 +460,15 @@ async fn subscribes_racing_unsubscribes_leave_the_node_subscribed_exactly_when_n
     for f in flips.collect::<Vec<_>>() {
         clients.push(f.await.unwrap());
     }
-    let numsub = |redis: &Redis| redis.cli(&["PUBSUB", "NUMSUB", "tidings:c:flip"]);
-    assert_eq!(numsub(&redis), "tidings:c:flip\n1");
+    // The node's subscriptions, on whichever server its pub/sub connection is.
+    let numsub = |redis: &Backend| -> usize {
+        redis
+            .cli_each(&["PUBSUB", "NUMSUB", "tidings:c:flip"])
+            .iter()
+            .filter_map(|out| out.lines().nth(1)?.parse::<usize>().ok())
+            .sum()
+    };
+    assert_eq!(numsub(&redis), 1);
     publish_api(server, "flip", json!("hi"), None).await;
     for (i, raw) in clients.iter_mut().enumerate() {
         let m = raw
@@ -440,20 +485,18 @@ async fn subscribes_racing_unsubscribes_leave_the_node_subscribed_exactly_when_n
         raw.call(json!({"op": "unsubscribe", "channel": "flip"}))
             .await;
     }
-    let mut left = String::new();
+    let mut left = usize::MAX;
     for _ in 0..50 {
         left = numsub(&redis);
-        if left == "tidings:c:flip\n0" {
+        if left == 0 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(left, "tidings:c:flip\n0");
+    assert_eq!(left, 0);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn channels_lists_every_nodes_subscribers() {
-    let redis = Redis::start();
+async fn channels_lists_every_nodes_subscribers(redis: Backend) {
     let servers = nodes(&redis, 3).await;
     let mut held = Vec::new();
     for (node, channel) in [(0, "x1"), (0, "x1"), (1, "x2"), (2, "x1"), (2, "y")] {
@@ -481,7 +524,7 @@ async fn channels_lists_every_nodes_subscribers() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsets_handed_out_again_after_a_rollback_start_a_new_epoch() {
-    let mut redis = Redis::start();
+    let mut redis = Backend::single();
     let servers = nodes(&redis, 2).await;
     let (mut stays, ok) = subscribe(&servers[1], None, "rolled", None).await;
     let epoch = ok["epoch"].as_str().unwrap().to_string();
@@ -491,14 +534,14 @@ async fn offsets_handed_out_again_after_a_rollback_start_a_new_epoch() {
     // A snapshot at offset 3; 4 and 5 are acknowledged, then lost by a
     // restart from that snapshot (as `appendfsync everysec` or a lagging
     // replica can lose them): Redis comes back with the same epoch at 3.
-    assert_eq!(redis.cli(&["SAVE"]), "OK");
+    assert_eq!(redis.server().cli(&["SAVE"]), "OK");
     for n in 4..=5 {
         publish_api(&servers[0], "rolled", json!(n), None).await;
     }
     let mut last = 0;
     let (got, _) = collect(&mut stays, 5, &mut last, Duration::from_secs(10)).await;
     assert_eq!(got, [1, 2, 3, 4, 5]);
-    redis.restart();
+    redis.server().restart();
     publish_when_back(&servers[0], "rolled", json!("after")).await;
     // The subscriber is never handed a second offset 4; it is told to
     // subscribe again, and its old position does not recover.
@@ -520,3 +563,24 @@ async fn offsets_handed_out_again_after_a_rollback_start_a_new_epoch() {
     assert_eq!(ok["recovered"], false, "{ok}");
     assert_ne!(ok["epoch"], epoch.as_str());
 }
+
+macro_rules! on_both {
+    ($($name:ident),*) => {
+        mod standalone {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::single()).await })*
+        }
+        mod cluster {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() { super::$name(super::Backend::cluster()).await })*
+        }
+    };
+}
+
+on_both!(
+    one_idempotency_key_retried_on_every_node_publishes_once,
+    killed_pubsub_connections_lose_nothing,
+    presence_disconnect_and_info_span_the_nodes,
+    subscribes_racing_unsubscribes_leave_the_node_subscribed_exactly_when_needed,
+    channels_lists_every_nodes_subscribers
+);

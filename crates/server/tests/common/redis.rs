@@ -9,6 +9,8 @@ pub struct Redis {
     pub port: u16,
     dir: std::path::PathBuf,
     aof: bool,
+    /// Run as a node of a Redis Cluster.
+    cluster: bool,
     child: Option<Child>,
 }
 
@@ -29,6 +31,10 @@ impl Redis {
     /// Starts a server; with `aof`, every write is fsynced to an append-only
     /// file (`appendfsync always`) and survives a restart.
     pub fn start_with(aof: bool) -> Redis {
+        Self::start_node(aof, false)
+    }
+
+    fn start_node(aof: bool, cluster: bool) -> Redis {
         let dir = tempfile::Builder::new()
             .prefix("tidings-redis-")
             .tempdir()
@@ -38,6 +44,7 @@ impl Redis {
             port: free_port(),
             dir,
             aof,
+            cluster,
             child: None,
         };
         redis.spawn();
@@ -58,6 +65,11 @@ impl Redis {
             .arg(if self.aof { "yes" } else { "no" })
             .arg("--appendfsync")
             .arg("always")
+            .args(if self.cluster {
+                &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"][..]
+            } else {
+                &[][..]
+            })
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = cmd
@@ -107,5 +119,47 @@ impl Drop for Redis {
     fn drop(&mut self) {
         self.kill();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A Redis Cluster of three masters (no replicas), each its own process.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+}
+
+impl RedisCluster {
+    /// Starts three cluster-enabled servers and joins them with
+    /// `redis-cli --cluster create`; returns once every node says ok.
+    pub fn start() -> RedisCluster {
+        let nodes: Vec<Redis> = (0..3).map(|_| Redis::start_node(false, true)).collect();
+        let addrs: Vec<String> = nodes
+            .iter()
+            .map(|n| format!("127.0.0.1:{}", n.port))
+            .collect();
+        let out = Command::new("redis-cli")
+            .arg("--cluster")
+            .arg("create")
+            .args(&addrs)
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .output()
+            .expect("redis-cli runs");
+        assert!(
+            out.status.success(),
+            "cluster create: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for node in &nodes {
+            while !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                assert!(Instant::now() < deadline, "the cluster did not become ok");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        RedisCluster { nodes }
+    }
+
+    /// The seeds: every node's URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(Redis::url).collect()
     }
 }

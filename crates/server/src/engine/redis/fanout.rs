@@ -20,10 +20,11 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use parking_lot::Mutex;
 use rand::Rng;
-use redis::aio::{ConnectionManager, PubSubSink};
+use redis::aio::PubSubSink;
 use tidings_protocol::{ClientInfo, Publication};
 use tokio::sync::{mpsc, oneshot};
 
+use super::conn::Conn;
 use super::keys::Keys;
 use super::{ControlMessage, Entry, redis_error, scripts};
 use crate::engine::{EngineError, PresenceEvent, PublicationSink};
@@ -60,10 +61,10 @@ pub(super) struct Fanout {
 
 /// What the task needs.
 pub(super) struct Setup {
-    /// Opens the pub/sub connection.
-    pub client: redis::Client,
+    /// Where the pub/sub connection may go (tried in turn).
+    pub clients: Vec<redis::Client>,
     /// Reads (positions, catch-up) and answers (surveys).
-    pub conn: ConnectionManager,
+    pub conn: Conn,
     /// Key names.
     pub keys: Keys,
     /// Where deliveries go.
@@ -133,7 +134,8 @@ impl Task {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         let mut failures = 0u32;
         loop {
-            match self.connect().await {
+            let client = &self.setup.clients[failures as usize % self.setup.clients.len()];
+            match self.connect(client.clone()).await {
                 Ok((sink, stream)) => {
                     failures = 0;
                     if !self.serve(sink, stream, &mut rx).await {
@@ -189,14 +191,14 @@ impl Task {
             .map_err(redis_error)
     }
 
-    async fn connect(&self) -> Result<(PubSubSink, redis::aio::PubSubStream), EngineError> {
-        let pubsub = tokio::time::timeout(
-            self.setup.connect_timeout,
-            self.setup.client.get_async_pubsub(),
-        )
-        .await
-        .map_err(|_| EngineError::Unavailable("connecting to redis timed out".into()))?
-        .map_err(redis_error)?;
+    async fn connect(
+        &self,
+        client: redis::Client,
+    ) -> Result<(PubSubSink, redis::aio::PubSubStream), EngineError> {
+        let pubsub = tokio::time::timeout(self.setup.connect_timeout, client.get_async_pubsub())
+            .await
+            .map_err(|_| EngineError::Unavailable("connecting to redis timed out".into()))?
+            .map_err(redis_error)?;
         let (mut sink, stream) = pubsub.split();
         if self.setup.control {
             self.bounded(sink.subscribe(self.setup.keys.control()))
@@ -366,10 +368,13 @@ impl Task {
     /// another publication at the last offset delivered), is a loss.
     async fn check(&mut self) {
         let channels: Vec<String> = self.tracks.keys().cloned().collect();
+        type Answer = ((Option<String>, Option<u64>), Vec<Entry>);
         for chunk in channels.chunks(BATCH) {
-            let mut pipe = redis::pipe();
-            for channel in chunk {
+            // One pipeline per channel (its keys share a Cluster slot), all
+            // at once over the multiplexed connection.
+            let reads = chunk.iter().map(|channel| {
                 let last = self.tracks.get(channel).map_or(0, |t| t.last);
+                let mut pipe = redis::pipe();
                 pipe.cmd("HMGET")
                     .arg(self.setup.keys.meta(channel))
                     .arg("e")
@@ -378,10 +383,11 @@ impl Task {
                     .arg(self.setup.keys.stream(channel))
                     .arg(format!("{last}-0"))
                     .arg(format!("{last}-0"));
-            }
-            let mut conn = self.setup.conn.clone();
-            type Answer = ((Option<String>, Option<u64>), Vec<Entry>);
-            let answers: Vec<Answer> = match pipe.query_async(&mut conn).await {
+                let mut conn = self.setup.conn.clone();
+                async move { pipe.query_async::<Answer>(&mut conn).await }
+            });
+            let answers: Result<Vec<Answer>, _> = join_all(reads).await.into_iter().collect();
+            let answers = match answers {
                 Ok(a) => a,
                 Err(e) => {
                     tracing::warn!(error = %e, "redis position check failed");

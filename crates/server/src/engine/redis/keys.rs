@@ -54,24 +54,30 @@ impl Keys {
         format!("{}:control", self.prefix)
     }
 
+    /// A key of the whole cluster of nodes; all share the hash tag
+    /// `{nodes}` (one slot, so that one command may name several).
+    fn global(&self, what: &str) -> String {
+        format!("{}:{{nodes}}:{what}", self.prefix)
+    }
+
     /// Live nodes: a sorted set of node ids by expiry (ms).
     pub(super) fn nodes(&self) -> String {
-        format!("{}:nodes", self.prefix)
+        self.global("nodes")
     }
 
     /// One node's announcement.
     pub(super) fn node(&self, id: &str) -> String {
-        format!("{}:node:{id}", self.prefix)
+        self.global(&format!("node:{id}"))
     }
 
     /// Where the nodes answer the survey `id` (a list).
     pub(super) fn survey(&self, id: &str) -> String {
-        format!("{}:survey:{id}", self.prefix)
+        self.global(&format!("survey:{id}"))
     }
 
     /// When users were last seen: a hash user → ms.
     pub(super) fn last_seen(&self) -> String {
-        format!("{}:seen", self.prefix)
+        self.global("seen")
     }
 }
 

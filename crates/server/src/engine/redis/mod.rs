@@ -7,8 +7,12 @@
 //! over one multiplexed connection. Each node listens to the channels it has
 //! subscribers of ([`fanout`]). Several `urls` shard channels across
 //! independent servers; the control channel, node list and last-seen times
-//! live on the first.
+//! live on the first. With `cluster`, the urls are seeds of one Redis
+//! Cluster: commands follow their keys' slots (every key of a channel
+//! shares the slot of `{channel}`), and pub/sub goes over one connection to
+//! any of its nodes (classic pub/sub reaches every node of a Cluster).
 
+mod conn;
 mod fanout;
 mod keys;
 mod scripts;
@@ -18,9 +22,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::ConnectionManagerConfig;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 
+use self::conn::Conn;
 use self::fanout::Fanout;
 use self::keys::{Keys, shard_of};
 use super::{
@@ -54,10 +59,12 @@ enum ControlMessage {
     },
 }
 
-/// One Redis server's part: its connections and its pub/sub task.
+/// One Redis server's part (or the whole Cluster's): its connections and
+/// its pub/sub task.
 struct Shard {
-    client: redis::Client,
-    conn: OnceLock<ConnectionManager>,
+    /// Where pub/sub may connect (a Cluster's seeds: any of them).
+    clients: Vec<redis::Client>,
+    conn: OnceLock<Conn>,
     fanout: OnceLock<Fanout>,
 }
 
@@ -113,17 +120,21 @@ impl RedisEngine {
         if let Some(problem) = config.problems().into_iter().next() {
             return Err(problem);
         }
-        let shards = config
+        let clients = config
             .urls
             .iter()
-            .map(|url| {
-                Ok(Shard {
-                    client: redis::Client::open(url.as_str()).map_err(|e| format!("{url}: {e}"))?,
-                    conn: OnceLock::new(),
-                    fanout: OnceLock::new(),
-                })
-            })
+            .map(|url| redis::Client::open(url.as_str()).map_err(|e| format!("{url}: {e}")))
             .collect::<Result<Vec<_>, String>>()?;
+        let shard = |clients| Shard {
+            clients,
+            conn: OnceLock::new(),
+            fanout: OnceLock::new(),
+        };
+        let shards = if config.cluster {
+            vec![shard(clients)]
+        } else {
+            clients.into_iter().map(|c| shard(vec![c])).collect()
+        };
         Ok(Self {
             keys: Keys::new(&config.prefix),
             config: config.clone(),
@@ -135,7 +146,7 @@ impl RedisEngine {
         &self.shards[shard_of(channel, self.shards.len())]
     }
 
-    fn conn_of(shard: &Shard) -> Result<ConnectionManager, EngineError> {
+    fn conn_of(shard: &Shard) -> Result<Conn, EngineError> {
         shard
             .conn
             .get()
@@ -143,12 +154,12 @@ impl RedisEngine {
             .ok_or_else(|| EngineError::Unavailable("the redis engine is not started".into()))
     }
 
-    fn conn(&self, channel: &str) -> Result<ConnectionManager, EngineError> {
+    fn conn(&self, channel: &str) -> Result<Conn, EngineError> {
         Self::conn_of(self.shard(channel))
     }
 
     /// The first server: control channel, nodes, last seen.
-    fn main_conn(&self) -> Result<ConnectionManager, EngineError> {
+    fn main_conn(&self) -> Result<Conn, EngineError> {
         Self::conn_of(&self.shards[0])
     }
 
@@ -174,6 +185,28 @@ impl RedisEngine {
                 .max(policy.history_ttl)
                 .max(policy.idempotency_window),
         )
+    }
+
+    /// The command connection of `shard`.
+    async fn connect(&self, shard: &Shard) -> redis::RedisResult<Conn> {
+        if self.config.cluster {
+            let seeds: Vec<&str> = self.config.urls.iter().map(String::as_str).collect();
+            let client = redis::cluster::ClusterClient::builder(seeds)
+                .connection_timeout(self.config.connect_timeout)
+                .response_timeout(self.config.command_timeout)
+                .retries(2)
+                .build()?;
+            return Ok(Conn::Cluster(client.get_async_connection().await?));
+        }
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.config.connect_timeout))
+            .set_response_timeout(Some(self.config.command_timeout))
+            .set_number_of_retries(2)
+            .set_max_delay(Duration::from_secs(2));
+        let client = &shard.clients[0];
+        Ok(Conn::Single(
+            client.get_connection_manager_with_config(config).await?,
+        ))
     }
 
     /// Runs the LEAVE script for one client or for expired leases.
@@ -524,20 +557,12 @@ impl Cluster for RedisEngine {
 impl Lifecycle for RedisEngine {
     async fn start(&self, sink: Arc<dyn PublicationSink>) -> Result<(), EngineError> {
         for (i, shard) in self.shards.iter().enumerate() {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(self.config.connect_timeout))
-                .set_response_timeout(Some(self.config.command_timeout))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(2));
-            let conn = tokio::time::timeout(
-                self.config.connect_timeout * 2,
-                shard.client.get_connection_manager_with_config(config),
-            )
-            .await
-            .map_err(|_| EngineError::Unavailable("connecting to redis timed out".into()))?
-            .map_err(redis_error)?;
+            let conn = tokio::time::timeout(self.config.connect_timeout * 2, self.connect(shard))
+                .await
+                .map_err(|_| EngineError::Unavailable("connecting to redis timed out".into()))?
+                .map_err(redis_error)?;
             let fanout = Fanout::start(fanout::Setup {
-                client: shard.client.clone(),
+                clients: shard.clients.clone(),
                 conn: conn.clone(),
                 keys: self.keys.clone(),
                 sink: sink.clone(),
