@@ -4,6 +4,10 @@
 
 use std::time::Duration;
 
+#[allow(dead_code)]
+#[path = "../../server/tests/common/redis.rs"]
+mod redis;
+
 use tidings_bench::scenario::{Publish, Shape, Storm, Transport, Via};
 use tidings_bench::{Options, Report, Scenario};
 use tidings_server::Server;
@@ -140,6 +144,7 @@ async fn storm_recovers_what_everyone_missed() {
     s.storm = Some(Storm {
         recover: 20,
         timeout: Duration::from_secs(30),
+        ..Default::default()
     });
     let r = run(s).await;
     let storm = r.storm.as_ref().expect("a storm ran");
@@ -175,4 +180,44 @@ async fn refused_client_publishes_are_errors_not_losses() {
         "{r}"
     );
     server.shutdown().await;
+}
+
+/// Two nodes on one Redis: connections and publishes spread over both, and
+/// a storm that moves every client to the other node recovers everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spreads_over_nodes_and_moves_clients_in_a_storm() {
+    let redis = redis::Redis::start();
+    let mut nodes = Vec::new();
+    for _ in 0..2 {
+        nodes.push(
+            server_with(|c| {
+                c.engine.r#type = tidings_server::config::EngineType::Redis;
+                c.engine.redis.urls = vec![redis.url()];
+            })
+            .await,
+        );
+    }
+    let spread = |mut s: Scenario| {
+        s.also = vec![nodes[1].0.local_addr()];
+        s.subscribe.shape = Shape::Spread;
+        s.subscribe.k = 1;
+        s.subscribe.m = 4;
+        s
+    };
+    let r = run(spread(scenario(&nodes[0].0, Transport::Ws, 40))).await;
+    assert!(!r.steps.is_empty(), "{r}");
+    for step in &r.steps {
+        assert_eq!((step.lost, step.duplicates), (0, 0), "{r}");
+    }
+    let mut s = spread(scenario(&nodes[0].0, Transport::Ws, 40));
+    s.publish = None;
+    s.storm = Some(Storm {
+        recover: 10,
+        move_node: true,
+        timeout: Duration::from_secs(30),
+    });
+    let r = run(s).await;
+    let storm = r.storm.as_ref().expect("a storm ran");
+    assert_eq!(storm.connect.opened, 40, "{r}");
+    assert_eq!(storm.recovered, 40 * 10, "{r}");
 }
