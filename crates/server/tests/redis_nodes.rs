@@ -584,3 +584,45 @@ on_both!(
     subscribes_racing_unsubscribes_leave_the_node_subscribed_exactly_when_needed,
     channels_lists_every_nodes_subscribers
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_stopped_gracefully_sends_its_clients_to_the_others() {
+    let redis = Backend::single();
+    let mut servers = nodes(&redis, 2).await;
+    let (mut client, ok) = subscribe(&servers[0], None, "moving", None).await;
+    let epoch = ok["epoch"].as_str().unwrap().to_string();
+    for n in 1..=3 {
+        publish_api(&servers[1], "moving", json!(n), None).await;
+    }
+    let mut last = 0;
+    let (mut seen, _) = collect(&mut client, 3, &mut last, Duration::from_secs(10)).await;
+    // SIGTERM's path: the node tells its clients to come back after a
+    // random delay (3001), while the other node goes on publishing.
+    let stopping = tokio::spawn(servers.remove(0).shutdown());
+    let disconnect = loop {
+        let m = client
+            .next()
+            .await
+            .expect("a disconnect push before the close");
+        match m["push"].as_str() {
+            Some("pub") => {
+                last = m["offset"].as_u64().unwrap();
+                seen.push(last);
+            }
+            Some("disconnect") => break m,
+            _ => {}
+        }
+    };
+    assert_eq!(disconnect["code"], 3001, "{disconnect}");
+    let delay = disconnect["delay_ms"].as_u64().expect("a delay");
+    assert!(delay <= 500, "within shutdown_spread: {delay}");
+    for n in 4..=6 {
+        publish_api(&servers[0], "moving", json!(n), None).await;
+    }
+    tokio::time::sleep(Duration::from_millis(delay)).await;
+    let (_, ok) = subscribe(&servers[0], None, "moving", Some((last, &epoch))).await;
+    assert_eq!(ok["recovered"], true, "{ok}");
+    seen.extend(offsets_of(&ok));
+    assert_eq!(seen, [1, 2, 3, 4, 5, 6]);
+    stopping.await.unwrap();
+}
