@@ -29,6 +29,8 @@ pub struct ConnHandle {
     pub outbox: Arc<Outbox>,
     /// Its control mailbox.
     pub control: Arc<Mailbox>,
+    /// Whether the engine counts it against the user's limit (to release).
+    pub claimed: bool,
 }
 
 /// Shared node state.
@@ -325,10 +327,60 @@ impl Node {
         self.conns.lock().insert(conn, handle);
     }
 
-    /// Records the user a connection authenticated as.
     /// Records the user a connection authenticated as; false (and nothing
-    /// recorded) when the user already has `max_connections_per_user`.
-    pub fn set_user(&self, conn: ConnId, user: &str) -> bool {
+    /// recorded) when the user already has `max_connections_per_user`, on
+    /// this node or (with a shared engine) on all live nodes together.
+    pub async fn claim_user(&self, conn: ConnId, user: &str) -> bool {
+        if !self.set_user(conn, user) {
+            return false;
+        }
+        let max = self.config.client.max_connections_per_user;
+        if max == 0 || user.is_empty() {
+            return true;
+        }
+        match self.engine.claim_user(&self.id, user, max).await {
+            Ok(true) => {
+                if let Some(h) = self.conns.lock().get_mut(&conn) {
+                    h.claimed = true;
+                }
+                true
+            }
+            Ok(false) => {
+                self.release_local(conn);
+                false
+            }
+            Err(e) => {
+                // Limits protect; they do not stop users when Redis is away.
+                tracing::warn!(error = %e, "counting the user's connections across nodes failed; allowed");
+                true
+            }
+        }
+    }
+
+    /// Forgets the user of `conn` in this node's counts.
+    fn release_local(&self, conn: ConnId) {
+        let user = match self.conns.lock().get_mut(&conn) {
+            Some(h) => std::mem::take(&mut h.user),
+            None => return,
+        };
+        self.uncount_user(&user);
+    }
+
+    fn uncount_user(&self, user: &str) {
+        if user.is_empty() {
+            return;
+        }
+        let mut users = self.users.lock();
+        if let Some(n) = users.get_mut(user) {
+            *n -= 1;
+            if *n == 0 {
+                users.remove(user);
+            }
+        }
+    }
+
+    /// Records the user of `conn` in this node's counts (see [`Node::claim_user`]).
+    fn set_user(&self, conn: ConnId, user: &str) -> bool {
         let max = self.config.client.max_connections_per_user;
         if !user.is_empty() {
             let mut users = self.users.lock();
@@ -383,19 +435,21 @@ impl Node {
         self.conns.lock().contains_key(&conn)
     }
 
-    /// Forgets a connection.
+    /// Forgets a connection (and releases its count with the engine).
     pub fn unregister(&self, conn: ConnId) {
         let Some(handle) = self.conns.lock().remove(&conn) else {
             return;
         };
-        if !handle.user.is_empty() {
-            let mut users = self.users.lock();
-            if let Some(n) = users.get_mut(&handle.user) {
-                *n -= 1;
-                if *n == 0 {
-                    users.remove(&handle.user);
+        self.uncount_user(&handle.user);
+        if handle.claimed
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (engine, id, user) = (self.engine.clone(), self.id.clone(), handle.user);
+            rt.spawn(async move {
+                if let Err(e) = engine.release_user(&id, &user).await {
+                    tracing::warn!(error = %e, "releasing a user's connection count failed");
                 }
-            }
+            });
         }
     }
 

@@ -103,6 +103,7 @@ impl Session {
                 user: String::new(),
                 outbox: outbox.clone(),
                 control: control.clone(),
+                claimed: false,
             },
         );
         let session = Self {
@@ -381,7 +382,7 @@ impl Session {
             },
         };
         let expires_in = identity.expires_at.map(|e| e.saturating_sub(unix_now()));
-        if !self.node.set_user(self.conn, &identity.user) {
+        if !self.node.claim_user(self.conn, &identity.user).await {
             self.node.metrics.limit_rejected("user");
             self.reply_error(
                 id,

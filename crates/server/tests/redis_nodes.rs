@@ -51,6 +51,15 @@ impl Backend {
 
 /// Starts `n` nodes on `backend`.
 async fn nodes(backend: &Backend, n: usize) -> Vec<Server> {
+    nodes_with(backend, n, |_| {}).await
+}
+
+/// Starts `n` nodes on `backend`, each configured by `change` too.
+async fn nodes_with(
+    backend: &Backend,
+    n: usize,
+    change: impl Fn(&mut tidings_server::Config),
+) -> Vec<Server> {
     let (urls, cluster) = match backend {
         Backend::Single(r) => (vec![r.url()], false),
         Backend::Cluster(c) => (c.urls(), true),
@@ -69,6 +78,7 @@ async fn nodes(backend: &Backend, n: usize) -> Vec<Server> {
         };
         c.node_name = Some(format!("node-{i}"));
         c.presence_ttl = Duration::from_secs(2);
+        change(&mut c);
         out.push(common::start_with(c).await);
     }
     out
@@ -582,7 +592,8 @@ on_both!(
     killed_pubsub_connections_lose_nothing,
     presence_disconnect_and_info_span_the_nodes,
     subscribes_racing_unsubscribes_leave_the_node_subscribed_exactly_when_needed,
-    channels_lists_every_nodes_subscribers
+    channels_lists_every_nodes_subscribers,
+    connections_per_user_count_across_nodes
 );
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -625,4 +636,31 @@ async fn a_node_stopped_gracefully_sends_its_clients_to_the_others() {
     seen.extend(offsets_of(&ok));
     assert_eq!(seen, [1, 2, 3, 4, 5, 6]);
     stopping.await.unwrap();
+}
+
+async fn connections_per_user_count_across_nodes(redis: Backend) {
+    let servers = nodes_with(&redis, 2, |c| c.client.max_connections_per_user = 2).await;
+    let _a = Raw::connect(&servers[0], Some("alice")).await;
+    let b = Raw::connect(&servers[1], Some("alice")).await;
+    // A third, on either node, is one too many.
+    let mut third = Raw::open(&servers[1]).await;
+    let reply = third
+        .call(json!({"op": "connect", "token": common::token("alice")}))
+        .await;
+    assert_eq!(reply["error"]["code"], 104, "{reply}");
+    // One closes: room for another, on the other node.
+    drop(b);
+    let mut ok = false;
+    for _ in 0..100 {
+        let mut again = Raw::open(&servers[0]).await;
+        let reply = again
+            .call(json!({"op": "connect", "token": common::token("alice")}))
+            .await;
+        if reply.get("ok").is_some() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(ok, "a closed connection gives its place back");
 }

@@ -526,6 +526,15 @@ impl Cluster for MemoryEngine {
         Ok(self.node.lock().iter().cloned().collect())
     }
 
+    /// One node: the node's own count is the whole count.
+    async fn claim_user(&self, _: &str, _: &str, _: usize) -> Result<bool, EngineError> {
+        Ok(true)
+    }
+
+    async fn release_user(&self, _: &str, _: &str) -> Result<(), EngineError> {
+        Ok(())
+    }
+
     async fn channels(
         &self,
         prefix: &str,

@@ -289,6 +289,11 @@ pub trait Cluster: Send + Sync {
     async fn announce(&self, node: &NodeInfo) -> Result<(), EngineError>;
     /// Every live node.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError>;
+    /// Counts one more connection of `user` on node `node` unless the user
+    /// has `max` connections on the live nodes already (false).
+    async fn claim_user(&self, node: &str, user: &str, max: usize) -> Result<bool, EngineError>;
+    /// Counts one connection of `user` on node `node` less.
+    async fn release_user(&self, node: &str, user: &str) -> Result<(), EngineError>;
     /// Channels with subscribers on any node, as [`PublicationSink::channels`]
     /// pages them, subscribers summed over the nodes.
     async fn channels(

@@ -75,6 +75,11 @@ impl Keys {
         self.global(&format!("survey:{id}"))
     }
 
+    /// A user's connections: a hash node id → count.
+    pub(super) fn user(&self, user: &str) -> String {
+        self.global(&format!("user:{user}"))
+    }
+
     /// When users were last seen: a hash user → ms.
     pub(super) fn last_seen(&self) -> String {
         self.global("seen")

@@ -209,6 +209,27 @@ impl RedisEngine {
         ))
     }
 
+    /// Runs the USER script (a connection of `user` claimed or released).
+    async fn user_script(
+        &self,
+        node: &str,
+        user: &str,
+        op: &str,
+        max: usize,
+    ) -> Result<bool, EngineError> {
+        let done: u8 = scripts::USER
+            .key(self.keys.user(user))
+            .key(self.keys.nodes())
+            .arg(node)
+            .arg(op)
+            .arg(max)
+            .arg(now_ms())
+            .invoke_async(&mut self.main_conn()?)
+            .await
+            .map_err(redis_error)?;
+        Ok(done == 1)
+    }
+
     /// Runs the LEAVE script for one client or for expired leases.
     async fn leave_script(
         &self,
@@ -503,6 +524,14 @@ impl Cluster for RedisEngine {
             .flatten()
             .filter_map(|json| serde_json::from_str(&json).ok())
             .collect())
+    }
+
+    async fn claim_user(&self, node: &str, user: &str, max: usize) -> Result<bool, EngineError> {
+        self.user_script(node, user, "claim", max).await
+    }
+
+    async fn release_user(&self, node: &str, user: &str) -> Result<(), EngineError> {
+        self.user_script(node, user, "release", 0).await.map(|_| ())
     }
 
     /// Asks every node for its first `limit` channels after `cursor` and

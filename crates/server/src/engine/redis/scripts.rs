@@ -161,6 +161,37 @@ return gone
     )
 });
 
+/// A user's connections across nodes: KEYS the user's hash (node id →
+/// count), the live nodes (zset by expiry); ARGV this node's id, "claim"
+/// or "release", max, now ms. A claim counts the connections on live nodes
+/// (and this one), forgets dead nodes' counts, and adds one unless the
+/// user has max already. Returns 1 (claimed or released) or 0 (refused).
+pub(super) static USER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if ARGV[2] == 'release' then
+  if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then
+    redis.call('HDEL', KEYS[1], ARGV[1])
+  end
+  return 1
+end
+local total = 0
+local counts = redis.call('HGETALL', KEYS[1])
+for i = 1, #counts, 2 do
+  local expiry = redis.call('ZSCORE', KEYS[2], counts[i])
+  if counts[i] == ARGV[1] or (expiry and tonumber(expiry) > tonumber(ARGV[4])) then
+    total = total + tonumber(counts[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], counts[i])
+  end
+end
+if total >= tonumber(ARGV[3]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+return 1
+"#,
+    )
+});
+
 /// A page of presence: KEYS names, infos; ARGV cursor ("" for the first
 /// page), limit. Returns {ids, infos} with up to limit + 1 entries.
 pub(super) static LIST: LazyLock<Script> = LazyLock::new(|| {
