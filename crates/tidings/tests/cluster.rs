@@ -1,6 +1,6 @@
-//! A node killed with SIGKILL under publish load: its SSE and long-poll
-//! clients resume on the other nodes with the same position vector and end
-//! with every publication once; its presence entries end with a `leave`
+//! A node killed with SIGKILL under publish load: its WebSocket client
+//! resumes on another node with `since`, its SSE and long-poll clients with
+//! the same position vector, and each ends with every publication once; its presence entries end with a `leave`
 //! within the lease; `info` stops listing it.
 
 #[allow(dead_code)]
@@ -11,7 +11,9 @@ use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
+use tokio_websockets::{ClientBuilder, Message};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tidings");
 const KEY: &str = "cluster-api-key";
@@ -135,6 +137,66 @@ impl SseState {
     }
 }
 
+/// A WebSocket client: connected, subscribed to `chat:live` (from `since`);
+/// the offsets it received and the channel's epoch.
+struct WsClient {
+    ws: tokio_websockets::WebSocketStream<tokio_websockets::MaybeTlsStream<tokio::net::TcpStream>>,
+    offsets: Vec<u64>,
+    epoch: String,
+}
+
+impl WsClient {
+    async fn open(addr: &str, token: &str, since: Option<(u64, &str)>) -> WsClient {
+        let uri = format!("ws://{addr}/v1/ws").parse().unwrap();
+        let (mut ws, _) = ClientBuilder::from_uri(uri)
+            .connect()
+            .await
+            .expect("ws connects");
+        let mut sub = json!({"id": 2, "op": "subscribe", "channel": "chat:live"});
+        if let Some((offset, epoch)) = since {
+            sub["since"] = json!({"offset": offset, "epoch": epoch});
+        }
+        let frame = format!(
+            "{}\n{sub}",
+            json!({"id": 1, "op": "connect", "token": token})
+        );
+        ws.send(Message::text(frame)).await.unwrap();
+        let mut client = WsClient {
+            ws,
+            offsets: Vec::new(),
+            epoch: String::new(),
+        };
+        while client.epoch.is_empty() {
+            client.read(Duration::from_secs(10)).await;
+        }
+        client
+    }
+
+    /// Reads one frame (its messages), at most `t`.
+    async fn read(&mut self, t: Duration) {
+        let Ok(Some(Ok(frame))) = tokio::time::timeout(t, self.ws.next()).await else {
+            return;
+        };
+        let Some(text) = frame.as_text() else {
+            return;
+        };
+        for line in text.lines() {
+            let m: Value = serde_json::from_str(line).unwrap();
+            if m["id"] == 2 {
+                let ok = &m["ok"];
+                assert!(ok.is_object(), "subscribed: {m}");
+                assert_ne!(ok["recovered"], false, "recovered: {m}");
+                self.epoch = ok["epoch"].as_str().unwrap().to_string();
+                for p in ok["publications"].as_array().into_iter().flatten() {
+                    self.offsets.push(p["offset"].as_u64().unwrap());
+                }
+            } else if m["push"] == "pub" {
+                self.offsets.push(m["offset"].as_u64().unwrap());
+            }
+        }
+    }
+}
+
 async fn open_sse(
     http: &reqwest::Client,
     addr: &str,
@@ -153,14 +215,15 @@ async fn open_sse(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_killed_nodes_sse_and_long_poll_clients_resume_elsewhere() {
+async fn a_killed_nodes_websocket_sse_and_long_poll_clients_resume_elsewhere() {
     let redis = redis::Redis::start();
     let dir = tempfile::tempdir().unwrap();
     let mut nodes: Vec<Node> = (0..3).map(|i| start(&redis, dir.path(), i)).collect();
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let token = tidings_server::auth::mint_token(SECRET, "watcher", None, None).unwrap();
 
-    // Both clients start on node 0.
+    // The three clients start on node 0.
+    let mut ws = WsClient::open(&nodes[0].addr, &token, None).await;
     let mut sse = SseState::default();
     let mut stream = open_sse(&http, &nodes[0].addr, &token, None).await;
     while sse.last_id.is_none() {
@@ -211,6 +274,7 @@ async fn a_killed_nodes_sse_and_long_poll_clients_resume_elsewhere() {
         {
             sse.feed(&chunk);
         }
+        ws.read(Duration::from_millis(20)).await;
     }
     if let Some(answer) = poll(nodes[0].addr.clone(), Some(position.clone())).await {
         for e in answer["events"].as_array().unwrap() {
@@ -221,6 +285,10 @@ async fn a_killed_nodes_sse_and_long_poll_clients_resume_elsewhere() {
     let killed = nodes.remove(0);
     drop(killed); // SIGKILL
     drop(stream);
+    // The WebSocket client resumes from the last publication it processed.
+    let last = ws.offsets.last().copied().unwrap_or(0);
+    let mut ws_moved = WsClient::open(&nodes[1].addr, &token, Some((last, &ws.epoch))).await;
+    let mut ws_seen = std::mem::take(&mut ws.offsets);
 
     // The SSE client resumes on node 1 with its last id; long-poll on node 2.
     let mut stream = open_sse(
@@ -239,6 +307,10 @@ async fn a_killed_nodes_sse_and_long_poll_clients_resume_elsewhere() {
             sse.feed(&chunk);
         }
     }
+    while ws_moved.offsets.last() != Some(&total) && Instant::now() < deadline {
+        ws_moved.read(Duration::from_millis(200)).await;
+    }
+    ws_seen.extend(&ws_moved.offsets);
     while polled.last() != Some(&total) && Instant::now() < deadline {
         let answer = poll(nodes[1].addr.clone(), Some(position.clone()))
             .await
@@ -249,6 +321,7 @@ async fn a_killed_nodes_sse_and_long_poll_clients_resume_elsewhere() {
         position = answer["position"].as_str().unwrap().to_string();
     }
     let want: Vec<u64> = (1..=total).collect();
+    assert_eq!(ws_seen, want, "WebSocket: every publication once, in order");
     assert_eq!(sse.offsets, want, "SSE: every publication once, in order");
     assert_eq!(polled, want, "long-poll: every publication once, in order");
 
@@ -269,11 +342,15 @@ async fn a_killed_nodes_sse_and_long_poll_clients_resume_elsewhere() {
             .iter()
             .map(|n| n["name"].as_str().unwrap().to_string())
             .collect();
-        if !sse.leaves.is_empty() && names.len() == 2 {
+        if sse.leaves.len() >= 2 && names.len() == 2 {
             break;
         }
     }
-    assert_eq!(sse.leaves.len(), 1, "one leave: the killed node's stream");
+    assert_eq!(
+        sse.leaves.len(),
+        2,
+        "two leaves: the killed node's WebSocket and stream"
+    );
     assert_eq!(names.into_iter().collect::<Vec<_>>(), ["node-1", "node-2"]);
     let presence = api(
         &http,
@@ -283,6 +360,10 @@ async fn a_killed_nodes_sse_and_long_poll_clients_resume_elsewhere() {
     )
     .await;
     let clients: Vec<&String> = presence["clients"].as_object().unwrap().keys().collect();
-    assert_eq!(clients.len(), 1, "only the resumed stream: {presence}");
-    assert!(!clients.contains(&&sse.leaves[0]));
+    assert_eq!(
+        clients.len(),
+        2,
+        "the resumed WebSocket and stream: {presence}"
+    );
+    assert!(sse.leaves.iter().all(|gone| !clients.contains(&gone)));
 }
