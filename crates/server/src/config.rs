@@ -274,7 +274,7 @@ pub struct RedisConfig {
     pub urls: Vec<String>,
     /// The urls are seeds of one Redis Cluster.
     pub cluster: bool,
-    /// The urls point at Sentinels watching this master (not supported yet).
+    /// The urls point at Sentinels monitoring the master of this name.
     pub sentinel_master: Option<String>,
     /// Prefix of every key and pub/sub channel Tidings uses.
     pub prefix: String,
@@ -331,8 +331,14 @@ impl RedisConfig {
                 )),
             }
         }
-        if self.sentinel_master.is_some() {
-            bad.push("`engine.redis.sentinel_master`: Sentinel is not supported yet".into());
+        if self.sentinel_master.is_some() && self.cluster {
+            bad.push("`engine.redis.sentinel_master`: Sentinel watches one master, not a Cluster: set one of `cluster` and `sentinel_master`".into());
+        }
+        if self.sentinel_master.as_deref() == Some("") {
+            bad.push(
+                "`engine.redis.sentinel_master`: the name of the master the Sentinels monitor"
+                    .into(),
+            );
         }
         if self.prefix.is_empty() || self.prefix.contains(['{', '}', ' ']) {
             bad.push("`engine.redis.prefix`: not empty, no braces or spaces".into());

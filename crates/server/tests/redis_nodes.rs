@@ -664,3 +664,72 @@ async fn connections_per_user_count_across_nodes(redis: Backend) {
     }
     assert!(ok, "a closed connection gives its place back");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_failover_keeps_every_publication() {
+    let mut master = Redis::start();
+    let replica = Redis::start_replica_of(&master);
+    let sentinel = common::redis::Sentinel::start(&master);
+    let servers = {
+        let mut out = Vec::new();
+        for i in 0..2 {
+            let mut c = config();
+            c.engine.r#type = EngineType::Redis;
+            c.engine.redis = RedisConfig {
+                urls: vec![sentinel.url()],
+                sentinel_master: Some("mymaster".into()),
+                position_check: Duration::from_millis(300),
+                connect_timeout: Duration::from_millis(500),
+                command_timeout: Duration::from_millis(500),
+                ..Default::default()
+            };
+            c.node_name = Some(format!("node-{i}"));
+            out.push(common::start_with(c).await);
+        }
+        out
+    };
+    let (mut sub, ok) = subscribe(&servers[1], None, "failover", None).await;
+    let epoch = ok["epoch"].as_str().unwrap().to_string();
+    for n in 1..=5 {
+        publish_api(&servers[0], "failover", json!(n), None).await;
+    }
+    // The replica has it all before the master dies.
+    let offset = |r: &Redis, key: &str| -> String {
+        r.cli(&["INFO", "replication"])
+            .lines()
+            .find_map(|l| l.strip_prefix(key).map(str::to_string))
+            .unwrap_or_default()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while offset(&replica, "slave_repl_offset:") != offset(&master, "master_repl_offset:") {
+        assert!(std::time::Instant::now() < deadline, "replica caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    master.kill();
+    // Publishing fails (temporary) until Sentinel promotes the replica and
+    // the nodes follow it; then it goes on in the same epoch.
+    let mut reply = Value::Null;
+    for _ in 0..300 {
+        let (status, r) = api(
+            &servers[0],
+            "publish",
+            json!({"channel": "failover", "data": 6}),
+        )
+        .await;
+        if status == 200 {
+            reply = r;
+            break;
+        }
+        assert_eq!(r["error"]["temporary"], true, "{r}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(reply["offset"], 6, "{reply}");
+    assert_eq!(reply["epoch"], epoch.as_str());
+    let mut last = 0;
+    let (got, other) = collect(&mut sub, 6, &mut last, Duration::from_secs(15)).await;
+    assert!(other.is_empty(), "{other:?}");
+    assert_eq!(got, [1, 2, 3, 4, 5, 6]);
+    let (_, ok) = subscribe(&servers[0], None, "failover", Some((4, &epoch))).await;
+    assert_eq!(ok["recovered"], true, "{ok}");
+    assert_eq!(offsets_of(&ok), [5, 6]);
+}

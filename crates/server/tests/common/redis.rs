@@ -11,6 +11,8 @@ pub struct Redis {
     aof: bool,
     /// Run as a node of a Redis Cluster.
     cluster: bool,
+    /// More arguments (`--replicaof`).
+    extra: Vec<String>,
     child: Option<Child>,
 }
 
@@ -45,10 +47,24 @@ impl Redis {
             dir,
             aof,
             cluster,
+            extra: Vec::new(),
             child: None,
         };
         redis.spawn();
         redis
+    }
+
+    /// Starts a replica of `master`.
+    pub fn start_replica_of(master: &Redis) -> Redis {
+        let mut replica = Self::start_node(false, false);
+        replica.kill();
+        replica.extra = vec![
+            "--replicaof".into(),
+            "127.0.0.1".into(),
+            master.port.to_string(),
+        ];
+        replica.spawn();
+        replica
     }
 
     fn spawn(&mut self) {
@@ -70,6 +86,7 @@ impl Redis {
             } else {
                 &[][..]
             })
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         let child = cmd
@@ -161,5 +178,59 @@ impl RedisCluster {
     /// The seeds: every node's URL.
     pub fn urls(&self) -> Vec<String> {
         self.nodes.iter().map(Redis::url).collect()
+    }
+}
+
+/// A Redis Sentinel monitoring one master as `mymaster` (quorum 1, a
+/// master is down after 1 s), in its own temp dir.
+pub struct Sentinel {
+    pub port: u16,
+    dir: std::path::PathBuf,
+    child: Child,
+}
+
+impl Sentinel {
+    pub fn start(master: &Redis) -> Sentinel {
+        let dir = tempfile::Builder::new()
+            .prefix("tidings-sentinel-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        let port = free_port();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+                dir.display(),
+                master.port
+            ),
+        )
+        .expect("sentinel.conf");
+        let child = Command::new("redis-server")
+            .arg(&conf)
+            .arg("--sentinel")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server --sentinel runs");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "sentinel did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Sentinel { port, dir, child }
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Sentinel {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

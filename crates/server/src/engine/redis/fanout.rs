@@ -24,7 +24,7 @@ use redis::aio::PubSubSink;
 use tidings_protocol::{ClientInfo, Publication};
 use tokio::sync::{mpsc, oneshot};
 
-use super::conn::Conn;
+use super::conn::{Conn, Endpoints};
 use super::keys::Keys;
 use super::{ControlMessage, Entry, redis_error, scripts};
 use crate::engine::{EngineError, PresenceEvent, PublicationSink};
@@ -61,8 +61,8 @@ pub(super) struct Fanout {
 
 /// What the task needs.
 pub(super) struct Setup {
-    /// Where the pub/sub connection may go (tried in turn).
-    pub clients: Vec<redis::Client>,
+    /// Where the pub/sub connection may go.
+    pub endpoints: Arc<Endpoints>,
     /// Reads (positions, catch-up) and answers (surveys).
     pub conn: Conn,
     /// Key names.
@@ -134,8 +134,12 @@ impl Task {
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Command>) {
         let mut failures = 0u32;
         loop {
-            let client = &self.setup.clients[failures as usize % self.setup.clients.len()];
-            match self.connect(client.clone()).await {
+            // Sentinel's master may have moved: ask at every attempt.
+            let connected = match self.setup.endpoints.client(failures as usize).await {
+                Ok(client) => self.connect(client).await,
+                Err(e) => Err(redis_error(e)),
+            };
+            match connected {
                 Ok((sink, stream)) => {
                     failures = 0;
                     if !self.serve(sink, stream, &mut rx).await {

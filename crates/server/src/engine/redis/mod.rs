@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManagerConfig;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 
-use self::conn::Conn;
+use self::conn::{Conn, Endpoints, Followed};
 use self::fanout::Fanout;
 use self::keys::{Keys, shard_of};
 use super::{
@@ -59,11 +59,11 @@ enum ControlMessage {
     },
 }
 
-/// One Redis server's part (or the whole Cluster's): its connections and
-/// its pub/sub task.
+/// One Redis server's part (or the whole Cluster's, or Sentinel's
+/// master's): its connections and its pub/sub task.
 struct Shard {
-    /// Where pub/sub may connect (a Cluster's seeds: any of them).
-    clients: Vec<redis::Client>,
+    /// Where to connect.
+    endpoints: Arc<Endpoints>,
     conn: OnceLock<Conn>,
     fanout: OnceLock<Fanout>,
 }
@@ -125,15 +125,25 @@ impl RedisEngine {
             .iter()
             .map(|url| redis::Client::open(url.as_str()).map_err(|e| format!("{url}: {e}")))
             .collect::<Result<Vec<_>, String>>()?;
-        let shard = |clients| Shard {
-            clients,
+        let shard = |endpoints| Shard {
+            endpoints: Arc::new(endpoints),
             conn: OnceLock::new(),
             fanout: OnceLock::new(),
         };
-        let shards = if config.cluster {
-            vec![shard(clients)]
+        let shards = if let Some(master) = &config.sentinel_master {
+            let sentinel = redis::sentinel::Sentinel::build(config.urls.clone())
+                .map_err(|e| format!("the Sentinels: {e}"))?;
+            vec![shard(Endpoints::Sentinel {
+                sentinel: tokio::sync::Mutex::new(sentinel),
+                master: master.clone(),
+            })]
+        } else if config.cluster {
+            vec![shard(Endpoints::Fixed(clients))]
         } else {
-            clients.into_iter().map(|c| shard(vec![c])).collect()
+            clients
+                .into_iter()
+                .map(|c| shard(Endpoints::Fixed(vec![c])))
+                .collect()
         };
         Ok(Self {
             keys: Keys::new(&config.prefix),
@@ -203,10 +213,16 @@ impl RedisEngine {
             .set_response_timeout(Some(self.config.command_timeout))
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
-        let client = &shard.clients[0];
-        Ok(Conn::Single(
-            client.get_connection_manager_with_config(config).await?,
-        ))
+        match &*shard.endpoints {
+            Endpoints::Sentinel { .. } => Ok(Conn::Sentinel(Arc::new(
+                Followed::connect(shard.endpoints.clone(), config).await?,
+            ))),
+            Endpoints::Fixed(clients) => Ok(Conn::Single(
+                clients[0]
+                    .get_connection_manager_with_config(config)
+                    .await?,
+            )),
+        }
     }
 
     /// Runs the USER script (a connection of `user` claimed or released).
@@ -591,7 +607,7 @@ impl Lifecycle for RedisEngine {
                 .map_err(|_| EngineError::Unavailable("connecting to redis timed out".into()))?
                 .map_err(redis_error)?;
             let fanout = Fanout::start(fanout::Setup {
-                clients: shard.clients.clone(),
+                endpoints: shard.endpoints.clone(),
                 conn: conn.clone(),
                 keys: self.keys.clone(),
                 sink: sink.clone(),
