@@ -57,7 +57,8 @@ impl Subscriber {
         let mut state = self.state.lock();
         match &mut *state {
             SubState::Live { floor } => match (offset, *floor) {
-                (Some(o), Some(f)) if o <= f => Pushed::Queued, // in the reply
+                // In the reply already: not queued (nor counted as sent).
+                (Some(o), Some(f)) if o <= f => Pushed::Closed,
                 _ => self.outbox.push(bytes.clone()),
             },
             SubState::Buffering(buf) => {
@@ -100,7 +101,11 @@ impl Subscriber {
                 return Ok(());
             }
             SubState::Lost => {
+                // Answered, then ended: the caller sends `unsub` 3003.
                 *state = SubState::Lost;
+                if let Some(reply) = reply {
+                    self.outbox.push_reply(reply);
+                }
                 return Err(Gap);
             }
         };

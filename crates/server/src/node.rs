@@ -29,8 +29,6 @@ pub struct ConnHandle {
     pub outbox: Arc<Outbox>,
     /// Its control mailbox.
     pub control: Arc<Mailbox>,
-    /// Whether the engine counts it against the user's limit (to release).
-    pub claimed: bool,
 }
 
 /// Shared node state.
@@ -55,7 +53,7 @@ pub struct Node {
     pub address: std::net::SocketAddr,
     /// Serialises node-level subscribe/unsubscribe of a channel with the
     /// hub's subscriber count (striped by channel).
-    channel_locks: Vec<tokio::sync::Mutex<()>>,
+    channel_locks: Vec<Arc<tokio::sync::Mutex<()>>>,
     /// When the node started.
     pub started: Instant,
     conns: Mutex<HashMap<ConnId, ConnHandle>>,
@@ -76,19 +74,22 @@ pub struct Node {
 /// Stripes of [`Node::subscribe`]'s per-channel serialisation.
 const CHANNEL_LOCKS: usize = 1024;
 
-/// Takes back a local subscriber whose [`Node::subscribe`] was cancelled.
+/// Takes back a local subscriber whose [`Node::subscribe`] was cancelled,
+/// still holding the channel's lock: nobody may see the subscriber as the
+/// channel's first before the node subscription it stood for is settled.
 struct UndoSubscribe {
     node: Arc<Node>,
     channel: String,
     conn: ConnId,
-    armed: bool,
+    /// The channel's lock; taken back (disarmed) when the subscribe completes.
+    serial: Option<tokio::sync::OwnedMutexGuard<()>>,
 }
 
 impl Drop for UndoSubscribe {
     fn drop(&mut self) {
-        if !self.armed {
+        let Some(serial) = self.serial.take() else {
             return;
-        }
+        };
         let Ok(rt) = tokio::runtime::Handle::try_current() else {
             self.node.hub.unsubscribe(&self.channel, self.conn);
             return;
@@ -98,7 +99,10 @@ impl Drop for UndoSubscribe {
             std::mem::take(&mut self.channel),
             self.conn,
         );
-        rt.spawn(async move { node.unsubscribe(&channel, conn).await });
+        rt.spawn(async move {
+            node.unsubscribe_locked(&channel, conn).await;
+            drop(serial);
+        });
     }
 }
 
@@ -148,6 +152,10 @@ impl PublicationSink for NodeSink {
 
     fn channels(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Vec<(String, usize)> {
         self.hub.channels(prefix, cursor, limit)
+    }
+
+    fn has_subscribers(&self, channel: &str) -> bool {
+        self.hub.has_subscribers(channel)
     }
 
     fn control(&self, control: &UserControl) {
@@ -235,7 +243,7 @@ impl Node {
             name,
             address,
             channel_locks: (0..CHANNEL_LOCKS)
-                .map(|_| tokio::sync::Mutex::new(()))
+                .map(|_| Arc::new(tokio::sync::Mutex::new(())))
                 .collect(),
             started: Instant::now(),
             conns: Mutex::new(HashMap::new()),
@@ -248,7 +256,7 @@ impl Node {
         }
     }
 
-    fn channel_lock(&self, channel: &str) -> &tokio::sync::Mutex<()> {
+    fn channel_lock(&self, channel: &str) -> &Arc<tokio::sync::Mutex<()>> {
         use std::hash::BuildHasher;
         let hasher = std::hash::BuildHasherDefault::<std::hash::DefaultHasher>::default();
         &self.channel_locks[hasher.hash_one(channel) as usize % CHANNEL_LOCKS]
@@ -266,7 +274,7 @@ impl Node {
         outbox: Arc<Outbox>,
         control: Arc<Mailbox>,
     ) -> Result<Arc<Subscriber>, SubscribeError> {
-        let _serial = self.channel_lock(channel).lock().await;
+        let serial = self.channel_lock(channel).clone().lock_owned().await;
         let (sub, first) = self
             .hub
             .subscribe(channel, conn, outbox, control)
@@ -277,14 +285,14 @@ impl Node {
             node: self.clone(),
             channel: channel.to_string(),
             conn,
-            armed: true,
+            serial: Some(serial),
         };
         let subscribed = if first {
             self.engine.node_subscribe(channel).await
         } else {
             Ok(())
         };
-        undo.armed = false;
+        let _serial = undo.serial.take();
         if let Err(e) = subscribed {
             self.hub.unsubscribe(channel, conn);
             return Err(SubscribeError::Engine(e));
@@ -295,6 +303,11 @@ impl Node {
     /// Removes a local subscriber; the channel's last unsubscribes the node.
     pub async fn unsubscribe(&self, channel: &str, conn: ConnId) {
         let _serial = self.channel_lock(channel).lock().await;
+        self.unsubscribe_locked(channel, conn).await;
+    }
+
+    /// [`Node::unsubscribe`], the channel's lock held.
+    async fn unsubscribe_locked(&self, channel: &str, conn: ConnId) {
         if self.hub.unsubscribe(channel, conn) == Some(true)
             && let Err(e) = self.engine.node_unsubscribe(channel).await
         {
@@ -338,13 +351,9 @@ impl Node {
         if max == 0 || user.is_empty() {
             return true;
         }
-        match self.engine.claim_user(&self.id, user, max).await {
-            Ok(true) => {
-                if let Some(h) = self.conns.lock().get_mut(&conn) {
-                    h.claimed = true;
-                }
-                true
-            }
+        let count = self.users.lock().get(user).copied().unwrap_or(0);
+        match self.engine.claim_user(&self.id, user, count, max).await {
+            Ok(true) => true,
             Ok(false) => {
                 self.release_local(conn);
                 false
@@ -441,13 +450,15 @@ impl Node {
             return;
         };
         self.uncount_user(&handle.user);
-        if handle.claimed
+        if self.config.client.max_connections_per_user > 0
+            && !handle.user.is_empty()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
+            let count = self.users.lock().get(&handle.user).copied().unwrap_or(0);
             let (engine, id, user) = (self.engine.clone(), self.id.clone(), handle.user);
             rt.spawn(async move {
-                if let Err(e) = engine.release_user(&id, &user).await {
-                    tracing::warn!(error = %e, "releasing a user's connection count failed");
+                if let Err(e) = engine.release_user(&id, &user, count).await {
+                    tracing::warn!(error = %e, "recording a user's connections failed");
                 }
             });
         }

@@ -103,7 +103,6 @@ impl Session {
                 user: String::new(),
                 outbox: outbox.clone(),
                 control: control.clone(),
-                claimed: false,
             },
         );
         let session = Self {

@@ -84,6 +84,9 @@ impl PublicationSink for Recorder {
     fn channels(&self, _: &str, _: Option<&str>, _: usize) -> Vec<(String, usize)> {
         vec![("local".into(), 1)]
     }
+    fn has_subscribers(&self, _: &str) -> bool {
+        false
+    }
 }
 
 /// An engine under test, its recorder, and what keeps its backend alive.

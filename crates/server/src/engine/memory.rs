@@ -309,7 +309,11 @@ impl MemoryEngine {
                         }
                     }
                 }
+                // A channel with subscribers keeps its epoch and offsets:
+                // starting over under them would hand them offset 1 again.
+                let subscribed = self.sink.get().is_some_and(|s| s.has_subscribers(name));
                 let keep = in_use
+                    || subscribed
                     || !l.presence.members.is_empty()
                     || !l.retained.is_empty()
                     || !l.keys.is_empty()
@@ -527,11 +531,11 @@ impl Cluster for MemoryEngine {
     }
 
     /// One node: the node's own count is the whole count.
-    async fn claim_user(&self, _: &str, _: &str, _: usize) -> Result<bool, EngineError> {
+    async fn claim_user(&self, _: &str, _: &str, _: usize, _: usize) -> Result<bool, EngineError> {
         Ok(true)
     }
 
-    async fn release_user(&self, _: &str, _: &str) -> Result<(), EngineError> {
+    async fn release_user(&self, _: &str, _: &str, _: usize) -> Result<(), EngineError> {
         Ok(())
     }
 
@@ -832,6 +836,9 @@ mod presence_tests {
         fn control(&self, _: &UserControl) {}
         fn channels(&self, _: &str, _: Option<&str>, _: usize) -> Vec<(String, usize)> {
             Vec::new()
+        }
+        fn has_subscribers(&self, _: &str) -> bool {
+            false
         }
     }
 

@@ -195,6 +195,9 @@ pub trait PublicationSink: Send + Sync {
     fn lost(&self, channel: &str);
     /// An instruction for one user's connections on this node.
     fn control(&self, control: &UserControl);
+    /// Whether `channel` has subscribers on this node (an engine keeps
+    /// such a channel's state).
+    fn has_subscribers(&self, channel: &str) -> bool;
     /// This node's channels with subscribers, sorted by name: those
     /// starting with `prefix`, after `cursor`, at most `limit`, with their
     /// number of local subscribers (for the cluster-wide `channels`).
@@ -289,11 +292,19 @@ pub trait Cluster: Send + Sync {
     async fn announce(&self, node: &NodeInfo) -> Result<(), EngineError>;
     /// Every live node.
     async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError>;
-    /// Counts one more connection of `user` on node `node` unless the user
-    /// has `max` connections on the live nodes already (false).
-    async fn claim_user(&self, node: &str, user: &str, max: usize) -> Result<bool, EngineError>;
-    /// Counts one connection of `user` on node `node` less.
-    async fn release_user(&self, node: &str, user: &str) -> Result<(), EngineError>;
+    /// Records that `user` has `count` connections on node `node` (one just
+    /// opened), unless with those on the other live nodes that is more than
+    /// `max` (false, nothing recorded). Counts are absolute, so a lost or
+    /// repeated call is mended by the next.
+    async fn claim_user(
+        &self,
+        node: &str,
+        user: &str,
+        count: usize,
+        max: usize,
+    ) -> Result<bool, EngineError>;
+    /// Records that `user` has `count` connections left on node `node`.
+    async fn release_user(&self, node: &str, user: &str, count: usize) -> Result<(), EngineError>;
     /// Channels with subscribers on any node, as [`PublicationSink::channels`]
     /// pages them, subscribers summed over the nodes.
     async fn channels(

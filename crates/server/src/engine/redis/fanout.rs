@@ -12,7 +12,7 @@
 //! epoch (a restart that lost acknowledged writes, a failover to a replica
 //! that lagged) is caught the same way: the channel gets a new epoch.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +41,11 @@ enum Command {
     Unsubscribe(String),
 }
 
+/// Publications remembered per channel to notice an offset handed out twice.
+const RECENT: usize = 32;
+/// Epochs remembered per channel after it left them.
+const RETIRED: usize = 4;
+
 /// Where delivery of one channel stands.
 #[derive(Debug, Default)]
 struct Track {
@@ -48,8 +53,52 @@ struct Track {
     epoch: String,
     /// The last offset delivered.
     last: u64,
-    /// Its publication's time (0: unknown), to notice an offset reused.
-    last_time: u64,
+    /// (offset, time) of the latest publications delivered, oldest first:
+    /// one of these offsets arriving again with another time means Redis
+    /// handed it out twice (a rollback).
+    recent: VecDeque<(u64, u64)>,
+    /// Epochs the channel left: their late messages are ignored.
+    retired: Vec<String>,
+}
+
+impl Track {
+    fn new(epoch: String, last: u64) -> Self {
+        Self {
+            epoch,
+            last,
+            ..Self::default()
+        }
+    }
+
+    fn delivered(&mut self, offset: u64, time: u64) {
+        self.last = offset;
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((offset, time));
+    }
+
+    /// The time of the publication delivered at `offset`, if remembered.
+    fn time_of(&self, offset: u64) -> Option<u64> {
+        self.recent
+            .iter()
+            .rev()
+            .find(|(o, _)| *o == offset)
+            .map(|(_, t)| *t)
+    }
+
+    /// Moves to `epoch` at `top`, forgetting what was delivered.
+    fn start_over(&mut self, epoch: String, top: u64) {
+        if epoch != self.epoch {
+            let old = std::mem::replace(&mut self.epoch, epoch);
+            if self.retired.len() == RETIRED {
+                self.retired.remove(0);
+            }
+            self.retired.push(old);
+        }
+        self.last = top;
+        self.recent.clear();
+    }
 }
 
 /// The handle the engine holds.
@@ -323,12 +372,7 @@ impl Task {
             match position {
                 Ok((top, epoch)) => {
                     self.channels.lock().insert(channel.clone());
-                    let track = Track {
-                        epoch,
-                        last: top,
-                        last_time: 0,
-                    };
-                    self.tracks.insert(channel, track);
+                    self.tracks.insert(channel, Track::new(epoch, top));
                     let _ = ack.send(Ok(()));
                 }
                 Err(e) => {
@@ -390,15 +434,15 @@ impl Task {
                 let mut conn = self.setup.conn.clone();
                 async move { pipe.query_async::<Answer>(&mut conn).await }
             });
-            let answers: Result<Vec<Answer>, _> = join_all(reads).await.into_iter().collect();
-            let answers = match answers {
-                Ok(a) => a,
-                Err(e) => {
-                    tracing::warn!(error = %e, "redis position check failed");
-                    return;
-                }
-            };
-            for (channel, ((epoch, top), at_last)) in chunk.iter().zip(answers) {
+            let answers = join_all(reads).await;
+            for (channel, answer) in chunk.iter().zip(answers) {
+                let ((epoch, top), at_last) = match answer {
+                    Ok(a) => a,
+                    Err(e) => {
+                        tracing::warn!(channel, error = %e, "redis position check failed");
+                        continue;
+                    }
+                };
                 let Some(track) = self.tracks.get(channel) else {
                     continue;
                 };
@@ -406,7 +450,7 @@ impl Task {
                 let reused = at_last
                     .first()
                     .and_then(super::decode_entry)
-                    .is_some_and(|p| track.last_time != 0 && p.time != track.last_time);
+                    .is_some_and(|p| track.time_of(track.last).is_some_and(|t| t != p.time));
                 match epoch {
                     None => self.restart(channel, None).await,
                     Some(e) if e != track.epoch => self.lose(channel, e, top),
@@ -436,11 +480,7 @@ impl Task {
         );
         self.setup.sink.lost(channel);
         if let Some(t) = self.tracks.get_mut(channel) {
-            *t = Track {
-                epoch,
-                last: top,
-                last_time: 0,
-            };
+            t.start_over(epoch, top);
         }
     }
 
@@ -476,7 +516,7 @@ impl Task {
                     let time = p.time;
                     self.setup.sink.deliver(channel, Some(&epoch), &Arc::new(p));
                     if let Some(t) = self.tracks.get_mut(channel) {
-                        (t.last, t.last_time) = (expect, time);
+                        t.delivered(expect, time);
                     }
                     expect += 1;
                 }
@@ -569,13 +609,22 @@ impl Task {
         let Some(track) = self.tracks.get(channel) else {
             return;
         };
+        if track.retired.iter().any(|e| e == epoch) {
+            return; // sent before the channel left that epoch
+        }
         if track.epoch != epoch {
             // A new epoch (made elsewhere): what was delivered no longer
             // continues; subscribers start over.
             return self.lose(channel, epoch.to_string(), offset);
         }
         if offset <= track.last {
-            return; // delivered already (by a catch-up)
+            // Delivered already (by a catch-up), unless Redis handed the
+            // offset out again to another publication.
+            if track.time_of(offset).is_some_and(|t| t != publication.time) {
+                let epoch = epoch.to_string();
+                self.restart(channel, Some(&epoch)).await;
+            }
+            return;
         }
         if offset > track.last + 1 && !self.catch_up(channel, offset - 1).await {
             return; // the next check delivers it, or subscribers start over
@@ -586,7 +635,7 @@ impl Task {
             .sink
             .deliver(channel, Some(epoch), &Arc::new(publication));
         if let Some(t) = self.tracks.get_mut(channel) {
-            (t.last, t.last_time) = (offset, time);
+            t.delivered(offset, time);
         }
     }
 }

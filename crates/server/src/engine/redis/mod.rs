@@ -225,19 +225,20 @@ impl RedisEngine {
         }
     }
 
-    /// Runs the USER script (a connection of `user` claimed or released).
+    /// Runs the USER script: `count` connections of `user` on `node`,
+    /// checked against `max` (0: not checked).
     async fn user_script(
         &self,
         node: &str,
         user: &str,
-        op: &str,
+        count: usize,
         max: usize,
     ) -> Result<bool, EngineError> {
         let done: u8 = scripts::USER
             .key(self.keys.user(user))
             .key(self.keys.nodes())
             .arg(node)
-            .arg(op)
+            .arg(count)
             .arg(max)
             .arg(now_ms())
             .invoke_async(&mut self.main_conn()?)
@@ -542,12 +543,18 @@ impl Cluster for RedisEngine {
             .collect())
     }
 
-    async fn claim_user(&self, node: &str, user: &str, max: usize) -> Result<bool, EngineError> {
-        self.user_script(node, user, "claim", max).await
+    async fn claim_user(
+        &self,
+        node: &str,
+        user: &str,
+        count: usize,
+        max: usize,
+    ) -> Result<bool, EngineError> {
+        self.user_script(node, user, count, max).await
     }
 
-    async fn release_user(&self, node: &str, user: &str) -> Result<(), EngineError> {
-        self.user_script(node, user, "release", 0).await.map(|_| ())
+    async fn release_user(&self, node: &str, user: &str, count: usize) -> Result<(), EngineError> {
+        self.user_script(node, user, count, 0).await.map(|_| ())
     }
 
     /// Asks every node for its first `limit` channels after `cursor` and

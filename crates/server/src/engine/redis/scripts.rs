@@ -162,31 +162,34 @@ return gone
 });
 
 /// A user's connections across nodes: KEYS the user's hash (node id →
-/// count), the live nodes (zset by expiry); ARGV this node's id, "claim"
-/// or "release", max, now ms. A claim counts the connections on live nodes
-/// (and this one), forgets dead nodes' counts, and adds one unless the
-/// user has max already. Returns 1 (claimed or released) or 0 (refused).
+/// count), the live nodes (zset by expiry); ARGV this node's id, its count
+/// of the user's connections, max (0: no check), now ms. With a max, the
+/// other live nodes' counts are added (dead nodes' forgotten) and over max
+/// refuses (0). Otherwise this node's count is recorded (1).
 pub(super) static USER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-if ARGV[2] == 'release' then
-  if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then
-    redis.call('HDEL', KEYS[1], ARGV[1])
+local count, max = tonumber(ARGV[2]), tonumber(ARGV[3])
+if max > 0 then
+  local total = count
+  local counts = redis.call('HGETALL', KEYS[1])
+  for i = 1, #counts, 2 do
+    if counts[i] ~= ARGV[1] then
+      local expiry = redis.call('ZSCORE', KEYS[2], counts[i])
+      if expiry and tonumber(expiry) > tonumber(ARGV[4]) then
+        total = total + tonumber(counts[i + 1])
+      else
+        redis.call('HDEL', KEYS[1], counts[i])
+      end
+    end
   end
-  return 1
+  if total > max then return 0 end
 end
-local total = 0
-local counts = redis.call('HGETALL', KEYS[1])
-for i = 1, #counts, 2 do
-  local expiry = redis.call('ZSCORE', KEYS[2], counts[i])
-  if counts[i] == ARGV[1] or (expiry and tonumber(expiry) > tonumber(ARGV[4])) then
-    total = total + tonumber(counts[i + 1])
-  else
-    redis.call('HDEL', KEYS[1], counts[i])
-  end
+if count > 0 then
+  redis.call('HSET', KEYS[1], ARGV[1], count)
+else
+  redis.call('HDEL', KEYS[1], ARGV[1])
 end
-if total >= tonumber(ARGV[3]) then return 0 end
-redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 return 1
 "#,
     )
