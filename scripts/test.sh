@@ -11,11 +11,13 @@ fi
 
 # System packages the tests use: curl (CLI tests), Node.js with npm (tests with
 # clients we did not write), Chromium (browser tests), redis-server and
-# redis-cli (the Redis engine's tests start their own servers).
+# redis-cli (the Redis engine's tests start their own servers), openssl (a
+# CA and certificate for the TLS test).
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/bin/chromium ] || need+=(chromium)

@@ -278,6 +278,14 @@ pub struct RedisConfig {
     pub sentinel_master: Option<String>,
     /// Prefix of every key and pub/sub channel Tidings uses.
     pub prefix: String,
+    /// With `rediss://` urls: the CA certificate(s) to trust (PEM); not
+    /// set: the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// With `rediss://` urls: a client certificate (PEM) for servers that
+    /// ask for one (`tls-auth-clients yes`), with `tls_key_file`.
+    pub tls_cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
     /// Connecting gives up after this.
     #[serde(with = "humantime_serde")]
     pub connect_timeout: Duration,
@@ -301,6 +309,9 @@ impl Default for RedisConfig {
             cluster: false,
             sentinel_master: None,
             prefix: "tidings".into(),
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             connect_timeout: Duration::from_secs(2),
             command_timeout: Duration::from_secs(5),
             position_check: Duration::from_secs(2),
@@ -318,17 +329,40 @@ impl RedisConfig {
         }
         for url in &self.urls {
             match url.split_once("://").map(|(scheme, _)| scheme) {
-                Some("redis") => {
-                    if let Err(e) = redis::Client::open(url.as_str()) {
+                Some("redis" | "rediss") => {
+                    if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
                         bad.push(format!("`engine.redis.urls`: {url:?}: {e}"));
                     }
                 }
-                Some("rediss") => bad.push(format!(
-                    "`engine.redis.urls`: {url:?}: TLS (rediss://) is not supported yet; reach Redis over a TLS tunnel"
-                )),
                 _ => bad.push(format!(
-                    "`engine.redis.urls`: {url:?} is not a redis://host:port address"
+                    "`engine.redis.urls`: {url:?} is not a redis://host:port (or rediss://) address"
                 )),
+            }
+        }
+        let tls = self.urls.iter().any(|u| u.starts_with("rediss://"));
+        if tls && self.urls.iter().any(|u| u.starts_with("redis://")) {
+            bad.push("`engine.redis.urls`: all rediss:// or all redis://".into());
+        }
+        if tls && self.sentinel_master.is_some() {
+            bad.push(
+                "`engine.redis.sentinel_master`: TLS to Sentinels is not supported yet".into(),
+            );
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            bad.push("`engine.redis.tls_cert_file` and `tls_key_file` go together".into());
+        }
+        for (key, file) in [
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+        ] {
+            if let Some(f) = file
+                && !f.is_file()
+            {
+                bad.push(format!(
+                    "`engine.redis.{key}`: {} is not a file",
+                    f.display()
+                ));
             }
         }
         if self.sentinel_master.is_some() && self.cluster {

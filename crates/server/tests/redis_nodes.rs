@@ -737,3 +737,34 @@ async fn a_sentinel_failover_keeps_every_publication() {
     assert_eq!(ok["recovered"], true, "{ok}");
     assert_eq!(offsets_of(&ok), [5, 6]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_redis_over_tls() {
+    let redis = Backend::Single(Redis::start_tls());
+    let Backend::Single(server) = &redis else {
+        unreachable!()
+    };
+    let (url, ca) = (server.tls_url(), server.ca());
+    let servers = nodes_with(&redis, 2, |c| {
+        c.engine.redis.urls = vec![url.clone()];
+        c.engine.redis.tls_ca_file = Some(ca.clone());
+    })
+    .await;
+    let (mut sub, _) = subscribe(&servers[1], None, "secret", None).await;
+    for n in 1..=3 {
+        publish_api(&servers[0], "secret", json!(n), None).await;
+    }
+    let mut last = 0;
+    let (got, _) = collect(&mut sub, 3, &mut last, Duration::from_secs(10)).await;
+    assert_eq!(got, [1, 2, 3]);
+    // The server's certificate is checked: without its CA, no start.
+    let mut c = config();
+    c.engine.r#type = EngineType::Redis;
+    c.engine.redis.urls = vec![url];
+    c.engine.redis.connect_timeout = Duration::from_millis(500);
+    let refused = Server::start(c).await;
+    assert!(
+        refused.is_err(),
+        "a certificate from an unknown CA is refused"
+    );
+}

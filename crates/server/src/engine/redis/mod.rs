@@ -71,6 +71,8 @@ struct Shard {
 /// The Redis engine. Connects in [`Lifecycle::start`].
 pub struct RedisEngine {
     config: RedisConfig,
+    /// For `rediss://`: what to trust and what to present.
+    certs: Option<redis::TlsCertificates>,
     keys: Keys,
     shards: Vec<Shard>,
 }
@@ -100,6 +102,36 @@ pub(crate) fn redis_error(e: redis::RedisError) -> EngineError {
     }
 }
 
+/// The certificates of `rediss://` urls (None for redis://), read from
+/// the configured files.
+fn tls_certificates(config: &RedisConfig) -> Result<Option<redis::TlsCertificates>, String> {
+    if !config.urls.iter().any(|u| u.starts_with("rediss://")) {
+        return Ok(None);
+    }
+    // rustls is built with ring only (aws-lc-rs, its post-quantum default,
+    // needs cmake and a long C build); make ring the process's provider.
+    #[allow(deprecated)]
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| format!("{key} {}: {e}", path.display()))
+    };
+    let root_cert = match &config.tls_ca_file {
+        Some(p) => Some(read("tls_ca_file", p)?),
+        None => None,
+    };
+    let client_tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("tls_cert_file", cert)?,
+            client_key: read("tls_key_file", key)?,
+        }),
+        _ => None,
+    };
+    Ok(Some(redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    }))
+}
+
 /// A publication from its stream entry (`offset-0`, `d` = JSON).
 fn decode_entry((id, fields): &Entry) -> Option<Publication> {
     let offset: u64 = id.split_once('-')?.0.parse().ok()?;
@@ -120,10 +152,17 @@ impl RedisEngine {
         if let Some(problem) = config.problems().into_iter().next() {
             return Err(problem);
         }
+        let certs = tls_certificates(config)?;
         let clients = config
             .urls
             .iter()
-            .map(|url| redis::Client::open(url.as_str()).map_err(|e| format!("{url}: {e}")))
+            .map(|url| {
+                match &certs {
+                    Some(c) => redis::Client::build_with_tls(url.as_str(), c.clone()),
+                    None => redis::Client::open(url.as_str()),
+                }
+                .map_err(|e| format!("{url}: {e}"))
+            })
             .collect::<Result<Vec<_>, String>>()?;
         let shard = |endpoints| Shard {
             endpoints: Arc::new(endpoints),
@@ -148,6 +187,7 @@ impl RedisEngine {
         Ok(Self {
             keys: Keys::new(&config.prefix),
             config: config.clone(),
+            certs,
             shards,
         })
     }
@@ -201,11 +241,14 @@ impl RedisEngine {
     async fn connect(&self, shard: &Shard) -> redis::RedisResult<Conn> {
         if self.config.cluster {
             let seeds: Vec<&str> = self.config.urls.iter().map(String::as_str).collect();
-            let client = redis::cluster::ClusterClient::builder(seeds)
+            let mut builder = redis::cluster::ClusterClient::builder(seeds)
                 .connection_timeout(self.config.connect_timeout)
                 .response_timeout(self.config.command_timeout)
-                .retries(2)
-                .build()?;
+                .retries(2);
+            if let Some(certs) = &self.certs {
+                builder = builder.certs(certs.clone());
+            }
+            let client = builder.build()?;
             return Ok(Conn::Cluster(client.get_async_connection().await?));
         }
         let config = ConnectionManagerConfig::new()
