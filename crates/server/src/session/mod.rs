@@ -1,0 +1,558 @@
+//! One connection's state machine, independent of the transport:
+//! authentication, subscriptions, command handling, limits — one concern a
+//! file: [`access`] (who may use what), [`subscribe`] (subscriptions and
+//! recovery), [`commands`] (the client's publish, history and presence,
+//! with their limits), [`shared`] (the typed handlers the server API calls
+//! too).
+
+mod access;
+mod commands;
+mod shared;
+mod subscribe;
+
+pub(crate) use shared::internal;
+pub use shared::{history, last_seen, presence_list, presence_stats, publish};
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tidings_protocol::reply::{ConnectOk, Empty, RefreshOk, SubscribeResult};
+use tidings_protocol::{
+    ClientInfo, Command, CommandKind, Disconnect, DisconnectCode, ErrorBody, ErrorCode, Push,
+    SubscribeArg, decode_commands, encode_error_reply, encode_ok_reply, encode_push,
+};
+
+use crate::auth::{TokenError, unix_now};
+use crate::hub::{ConnId, Subscriber};
+use crate::node::{ConnHandle, Control, Mailbox, Node};
+use crate::outbox::{Outbox, Pushed};
+
+/// Rooms up to this size list who is here in the subscribe reply.
+const PRESENCE_IN_REPLY: usize = 1000;
+/// Default and largest page of a `presence` answer.
+const PRESENCE_PAGE: usize = 100;
+const PRESENCE_PAGE_MAX: usize = 1000;
+
+struct Identity {
+    user: String,
+    info: Option<Box<RawValue>>,
+    /// Unix seconds when the token expires.
+    expires_at: Option<u64>,
+    anonymous: bool,
+}
+
+/// A connection's session.
+pub struct Session {
+    node: Arc<Node>,
+    conn: ConnId,
+    client: String,
+    outbox: Arc<Outbox>,
+    control: Arc<Mailbox>,
+    identity: Option<Identity>,
+    subs: HashMap<String, Arc<Subscriber>>,
+    /// A request over plain HTTP (no socket to subscribe on): in
+    /// `client_publish = "subscribers"` namespaces, being allowed to
+    /// subscribe is enough to publish.
+    stateless: bool,
+    /// A short-lived session (one long-poll): it takes no part in presence.
+    transient: bool,
+    /// Publications per channel in the current one-second window (for
+    /// namespaces with `client_publish_rate`).
+    publish_window: HashMap<String, (Instant, u32)>,
+    /// Command token bucket: (tokens, last refill).
+    commands: (f64, Instant),
+    /// Commands refused in a row for the rate.
+    refused: u32,
+}
+
+fn err(code: ErrorCode, message: impl Into<String>) -> ErrorBody {
+    ErrorBody::new(code, message)
+}
+
+impl Session {
+    /// A session for a new connection, and its control mailbox.
+    pub fn new(node: Arc<Node>, outbox: Arc<Outbox>) -> (Self, Arc<Mailbox>) {
+        let control = Arc::new(Mailbox::default());
+        let rate = node.config.client.max_commands_per_second;
+        let conn = node.next_conn_id();
+        let client = format!("{}-{conn}", node.id);
+        node.register(
+            conn,
+            ConnHandle {
+                client: client.clone(),
+                user: String::new(),
+                outbox: outbox.clone(),
+                control: control.clone(),
+            },
+        );
+        let session = Self {
+            node,
+            conn,
+            client,
+            outbox,
+            control: control.clone(),
+            identity: None,
+            subs: HashMap::new(),
+            stateless: false,
+            transient: false,
+            publish_window: HashMap::new(),
+            commands: (f64::from(rate), Instant::now()),
+            refused: 0,
+        };
+        (session, control)
+    }
+
+    /// The client id.
+    pub fn client_id(&self) -> &str {
+        &self.client
+    }
+
+    /// Takes a token for one command; false over `max_commands_per_second`
+    /// (a bucket with a burst of one second's worth).
+    fn take_command_token(&mut self) -> bool {
+        let rate = self.node.config.client.max_commands_per_second;
+        if rate == 0 {
+            return true;
+        }
+        let now = Instant::now();
+        let (tokens, at) = &mut self.commands;
+        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * f64::from(rate))
+            .min(f64::from(rate));
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    /// Marks the session as serving one HTTP request (see `stateless`).
+    pub fn set_stateless(&mut self) {
+        self.stateless = true;
+        self.transient = true;
+    }
+
+    /// Marks the session as short-lived (a long-poll): no presence.
+    pub fn set_transient(&mut self) {
+        self.transient = true;
+    }
+
+    /// The authenticated user, once connected ("" when anonymous).
+    pub fn user(&self) -> Option<&str> {
+        self.identity.as_ref().map(|i| i.user.as_str())
+    }
+
+    /// Whether `connect` succeeded.
+    pub fn is_connected(&self) -> bool {
+        self.identity.is_some()
+    }
+
+    /// When the connection token expires (Unix seconds), if it does.
+    pub fn expires_at(&self) -> Option<u64> {
+        self.identity.as_ref().and_then(|i| i.expires_at)
+    }
+
+    fn send(&self, bytes: Bytes) {
+        match self.outbox.push_reply(bytes) {
+            Pushed::Queued => {
+                self.node.metrics.messages_out.inc();
+            }
+            Pushed::Overflow => {
+                self.node.metrics.slow_consumer_disconnects.inc();
+            }
+            Pushed::Closed => {}
+        }
+    }
+
+    fn reply<T: Serialize>(&self, id: u32, result: Result<T, ErrorBody>) {
+        match result {
+            Ok(body) => self.send(encode_ok_reply(id, &body)),
+            Err(e) => self.reply_error(id, &e),
+        }
+    }
+
+    fn reply_error(&self, id: u32, e: &ErrorBody) {
+        self.node.metrics.command_error(e.code);
+        self.send(encode_error_reply(id, e));
+    }
+
+    /// Closes the connection with `code`.
+    pub fn disconnect(&self, code: DisconnectCode) {
+        self.outbox.close(Disconnect::new(code, None), true);
+    }
+
+    /// Handles one frame of `\n`-separated commands.
+    pub async fn handle_frame(&mut self, frame: &[u8]) {
+        for command in decode_commands(frame) {
+            if self.outbox.is_closed() {
+                return;
+            }
+            // One command at a time counts against the task's budget, so a
+            // frame of thousands of commands lets other connections run.
+            tokio::task::consume_budget().await;
+            if !self.take_command_token() {
+                let id = command
+                    .as_ref()
+                    .map_or_else(|e| e.id.unwrap_or(0), |c| c.id);
+                self.refused += 1;
+                // Refused for a whole second's worth in a row: it goes on, so go.
+                let rate = self.node.config.client.max_commands_per_second;
+                if self.refused > rate {
+                    self.node.metrics.limit_rejected("commands");
+                    self.outbox.close(
+                        Disconnect {
+                            reason: "command flood".into(),
+                            ..Disconnect::new(DisconnectCode::BAD_REQUEST, None)
+                        },
+                        true,
+                    );
+                    return;
+                }
+                if !matches!(
+                    &command,
+                    Ok(Command {
+                        kind: CommandKind::Pong,
+                        ..
+                    })
+                ) {
+                    self.reply_error(
+                        id,
+                        &err(
+                            ErrorCode::RateLimited,
+                            format!("at most {rate} commands per second"),
+                        ),
+                    );
+                }
+                continue;
+            }
+            self.refused = 0;
+            match command {
+                Ok(c) => self.handle(c).await,
+                Err(e) => {
+                    self.reply_error(e.id.unwrap_or(0), &err(ErrorCode::BadRequest, e.message));
+                    if self.identity.is_none() {
+                        self.disconnect(DisconnectCode::BAD_REQUEST);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, command: Command) {
+        let id = command.id;
+        if self.identity.is_none() {
+            let CommandKind::Connect {
+                token, subscribe, ..
+            } = command.kind
+            else {
+                self.reply_error(
+                    id,
+                    &err(ErrorCode::BadRequest, "the first command must be `connect`"),
+                );
+                self.disconnect(DisconnectCode::BAD_REQUEST);
+                return;
+            };
+            return self.connect(id, token, subscribe).await;
+        }
+        match command.kind {
+            CommandKind::Connect { .. } => {
+                self.reply_error(id, &err(ErrorCode::BadRequest, "already connected"))
+            }
+            CommandKind::Subscribe(arg) => match self.subscribe(&arg).await {
+                Ok((sub, ok)) => {
+                    let reply = encode_ok_reply(id, &ok);
+                    self.go_live(&arg.channel, &sub, Some(reply), ok.offset)
+                        .await
+                }
+                Err(e) => self.reply_error(id, &e),
+            },
+            CommandKind::Unsubscribe { channel } => {
+                let r = self.unsubscribe(&channel).await.map(|()| Empty {});
+                self.reply(id, r)
+            }
+            CommandKind::Publish {
+                channel,
+                data,
+                idempotency_key,
+                tags,
+            } => {
+                let r = self.publish(&channel, data, idempotency_key, tags).await;
+                self.reply(id, r)
+            }
+            CommandKind::History {
+                channel,
+                since,
+                limit,
+                reverse,
+            } => {
+                let r = self.history(&channel, since, limit, reverse).await;
+                self.reply(id, r)
+            }
+            CommandKind::Presence {
+                channel,
+                limit,
+                cursor,
+            } => {
+                let r = self.presence(&channel, limit, cursor).await;
+                self.reply(id, r)
+            }
+            CommandKind::LastSeen { users } => {
+                // Who was online when is for signed-in users, not anonymous ones.
+                let r = match self.user() {
+                    Some(u) if !u.is_empty() => last_seen(&self.node, &users).await,
+                    _ => Err(err(
+                        ErrorCode::PermissionDenied,
+                        "last_seen needs an authenticated connection",
+                    )),
+                };
+                self.reply(id, r)
+            }
+            CommandKind::PresenceStats { channel } => {
+                let r = self.presence_stats(&channel).await;
+                self.reply(id, r)
+            }
+            CommandKind::Refresh { token } => {
+                let r = self.refresh(&token);
+                self.reply(id, r)
+            }
+            CommandKind::Pong => {}
+        }
+    }
+
+    async fn connect(&mut self, id: u32, token: Option<String>, mut subscribe: Vec<SubscribeArg>) {
+        let identity = match token {
+            None => Identity {
+                user: String::new(),
+                info: None,
+                expires_at: None,
+                anonymous: true,
+            },
+            Some(token) => match self.node.tokens.read().verify(&token) {
+                Ok(claims) => {
+                    // The token's `channels` are subscribed server-side.
+                    for channel in claims.channels.unwrap_or_default() {
+                        if !subscribe.iter().any(|s| s.channel == channel) {
+                            subscribe.push(SubscribeArg {
+                                channel,
+                                since: None,
+                                token: None,
+                                strict: false,
+                            });
+                        }
+                    }
+                    Identity {
+                        user: claims.sub,
+                        info: claims.info,
+                        expires_at: claims.exp,
+                        anonymous: false,
+                    }
+                }
+                Err(TokenError::Expired) => {
+                    self.reply_error(id, &err(ErrorCode::TokenExpired, "token expired"));
+                    self.disconnect(DisconnectCode::TOKEN_EXPIRED);
+                    return;
+                }
+                Err(TokenError::Invalid(why)) => {
+                    self.reply_error(id, &err(ErrorCode::PermissionDenied, why));
+                    self.disconnect(DisconnectCode::INVALID_TOKEN);
+                    return;
+                }
+            },
+        };
+        let expires_in = identity.expires_at.map(|e| e.saturating_sub(unix_now()));
+        if !self.node.claim_user(self.conn, &identity.user).await {
+            self.node.metrics.limit_rejected("user");
+            self.reply_error(
+                id,
+                &err(
+                    ErrorCode::LimitExceeded,
+                    "this user has the most connections allowed",
+                ),
+            );
+            self.disconnect(DisconnectCode::CONNECTION_LIMIT);
+            return;
+        }
+        let user = identity.user.clone();
+        self.identity = Some(identity);
+        self.touch().await;
+
+        // Subscribe everything asked while buffering, queue the connect reply,
+        // then let each channel go live: no push can precede the reply.
+        let mut results = Vec::with_capacity(subscribe.len());
+        let mut live = Vec::new();
+        for arg in &subscribe {
+            match self.subscribe(arg).await {
+                Ok((sub, ok)) => {
+                    live.push((arg.channel.clone(), sub, ok.offset));
+                    results.push(SubscribeResult {
+                        channel: arg.channel.clone(),
+                        ok: Some(ok),
+                        error: None,
+                    });
+                }
+                Err(e) => {
+                    self.node.metrics.command_error(e.code);
+                    results.push(SubscribeResult {
+                        channel: arg.channel.clone(),
+                        ok: None,
+                        error: Some(e),
+                    })
+                }
+            }
+        }
+        let ok = ConnectOk {
+            client: self.client.clone(),
+            user,
+            ping_interval: self.node.config.client.ping_interval.as_secs().max(1),
+            expires_in,
+            subscribed: (!subscribe.is_empty()).then_some(results),
+        };
+        self.send(encode_ok_reply(id, &ok));
+        for (channel, sub, top) in live {
+            self.go_live(&channel, &sub, None, top).await;
+        }
+    }
+
+    fn refresh(&mut self, token: &str) -> Result<RefreshOk, ErrorBody> {
+        let claims = self.node.tokens.read().verify(token).map_err(|e| match e {
+            TokenError::Expired => err(ErrorCode::TokenExpired, "token expired"),
+            TokenError::Invalid(why) => err(ErrorCode::PermissionDenied, why),
+        })?;
+        let Some(identity) = self.identity.as_mut() else {
+            return Err(err(ErrorCode::BadRequest, "not connected"));
+        };
+        if identity.anonymous || claims.sub != identity.user {
+            return Err(err(
+                ErrorCode::PermissionDenied,
+                "a refresh token must be for the same user",
+            ));
+        }
+        identity.expires_at = claims.exp;
+        Ok(RefreshOk {
+            expires_in: claims.exp.map(|e| e.saturating_sub(unix_now())),
+        })
+    }
+
+    /// Handles an instruction from the server API.
+    pub async fn handle_control(&mut self, control: Control) {
+        match control {
+            Control::Unsubscribe { channel, code } => {
+                if self.drop_subscription(&channel).await {
+                    self.send(encode_push(&Push::Unsub {
+                        channel,
+                        code,
+                        reason: "unsubscribed by the server".into(),
+                    }));
+                }
+            }
+            Control::Lost {
+                channel,
+                subscriber,
+            } => {
+                // A later subscription of the same channel is not concerned.
+                if self.subs.get(&channel).map(|s| s.id()) == Some(subscriber)
+                    && self.drop_subscription(&channel).await
+                {
+                    let code = DisconnectCode::INSUFFICIENT_STATE;
+                    self.send(encode_push(&Push::Unsub {
+                        channel,
+                        code: code.0,
+                        reason: code.reason().into(),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// Releases everything the connection held.
+    pub async fn end(mut self) {
+        let channels: Vec<String> = self.subs.keys().cloned().collect();
+        for channel in channels {
+            self.drop_subscription(&channel).await;
+        }
+        self.node.unregister(self.conn);
+        self.touch().await;
+    }
+
+    /// Records the user as seen now (at connect and at disconnect).
+    async fn touch(&self) {
+        if let Some(user) = self.user().filter(|u| !u.is_empty())
+            && !self.transient
+            && let Err(e) = self.node.engine.touch(user, crate::engine::now_ms()).await
+        {
+            tracing::warn!(error = %e, "recording last seen failed");
+        }
+    }
+
+    /// Renews the presence leases of every subscribed channel that has presence.
+    pub async fn renew_presence(&self) {
+        let Some(identity) = &self.identity else {
+            return;
+        };
+        if self.transient {
+            return;
+        }
+        let info = ClientInfo {
+            client: self.client.clone(),
+            user: identity.user.clone(),
+            info: identity.info.clone(),
+        };
+        for channel in self.subs.keys() {
+            if let Ok((_, ns)) = self.node.resolve(channel)
+                && ns.presence
+                && let Err(e) = self
+                    .node
+                    .engine
+                    .join(channel, &info, &self.node.policy(&ns))
+                    .await
+            {
+                tracing::warn!(channel, error = %e, "renewing presence failed");
+            }
+        }
+    }
+}
+
+impl Drop for Session {
+    /// A session dropped without [`Session::end`] (its request was cancelled)
+    /// still leaves nothing behind: subscriptions and registration go now,
+    /// node-level unsubscribes and presence entries in a spawned task.
+    fn drop(&mut self) {
+        if self.subs.is_empty() && !self.node.is_registered(self.conn) {
+            return; // ended properly
+        }
+        self.node.unregister(self.conn);
+        let channels: Vec<String> = self.subs.drain().map(|(c, _)| c).collect();
+        if channels.is_empty() {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            for channel in &channels {
+                self.node.hub.unsubscribe(channel, self.conn);
+            }
+            return;
+        };
+        let node = self.node.clone();
+        let (client, conn, transient) = (self.client.clone(), self.conn, self.transient);
+        rt.spawn(async move {
+            for channel in channels {
+                node.unsubscribe(&channel, conn).await;
+                if transient {
+                    continue;
+                }
+                if let Ok((_, ns)) = node.resolve(&channel)
+                    && ns.presence
+                {
+                    let _ = node
+                        .engine
+                        .leave(&channel, &client, &node.policy(&ns))
+                        .await;
+                }
+            }
+        });
+    }
+}

@@ -1,0 +1,190 @@
+//! The typed handlers behind both client commands and the server API:
+//! publish, history, presence, last seen.
+
+use serde_json::value::RawValue;
+use tidings_protocol::reply::{HistoryOk, LastSeenOk, PresenceOk, PresenceStatsOk, PublishOk};
+use tidings_protocol::{ClientInfo, ErrorBody, ErrorCode, Publication, SinceArg};
+
+use super::{PRESENCE_PAGE, PRESENCE_PAGE_MAX, err};
+use crate::config::NamespaceOptions;
+use crate::engine::{EngineError, HistoryQuery, PublishRequest};
+use crate::node::Node;
+
+/// An engine failure as the client sees it: code 100, `temporary` when a
+/// retry (with the same idempotency key) may succeed.
+pub(crate) fn internal(e: EngineError) -> ErrorBody {
+    tracing::error!(error = %e, "engine failed");
+    let message = if e.temporary() {
+        "temporarily unavailable: retry"
+    } else {
+        "internal error"
+    };
+    ErrorBody {
+        temporary: e.temporary(),
+        ..err(ErrorCode::Internal, message)
+    }
+}
+
+/// Publishes through the engine after the namespace's checks; shared by
+/// client commands and the server API.
+pub async fn publish(
+    node: &Node,
+    channel: &str,
+    ns: &NamespaceOptions,
+    data: Box<RawValue>,
+    info: Option<ClientInfo>,
+    tags: Option<std::collections::BTreeMap<String, String>>,
+    idempotency_key: Option<String>,
+) -> Result<PublishOk, ErrorBody> {
+    if data.get().len() > ns.max_message_size {
+        return Err(err(
+            ErrorCode::LimitExceeded,
+            format!("data is larger than {} bytes", ns.max_message_size),
+        ));
+    }
+    if idempotency_key
+        .as_ref()
+        .is_some_and(|k| k.is_empty() || k.len() > 256)
+    {
+        return Err(err(
+            ErrorCode::BadRequest,
+            "idempotency_key must be 1 to 256 bytes",
+        ));
+    }
+    let outcome = node
+        .engine
+        .publish(
+            channel,
+            PublishRequest {
+                data,
+                info,
+                tags,
+                idempotency_key,
+            },
+            &node.policy(ns),
+        )
+        .await
+        .map_err(internal)?;
+    if !outcome.duplicate {
+        node.metrics.publications_in.inc();
+    }
+    Ok(match outcome.position {
+        Some(p) => PublishOk {
+            offset: Some(p.offset),
+            epoch: Some(p.epoch),
+        },
+        None => PublishOk::default(),
+    })
+}
+
+/// Reads history after the namespace's checks; shared by commands and the API.
+pub async fn history(
+    node: &Node,
+    channel: &str,
+    ns: &NamespaceOptions,
+    since: Option<SinceArg>,
+    limit: Option<u32>,
+    reverse: bool,
+) -> Result<HistoryOk, ErrorBody> {
+    if !ns.has_history() {
+        return Err(err(
+            ErrorCode::BadRequest,
+            "this namespace keeps no history",
+        ));
+    }
+    // One answer carries at most `recovery_max` publications; page with `since`.
+    let cap = node.config.client.recovery_max;
+    let limit = limit.map_or(cap, |l| (l as usize).min(cap));
+    let page = node
+        .engine
+        .read(
+            channel,
+            HistoryQuery {
+                after: since.as_ref().map(|s| s.offset),
+                limit: Some(limit),
+                reverse,
+            },
+            &node.policy(ns),
+        )
+        .await
+        .map_err(internal)?;
+    if let Some(since) = since {
+        if since.epoch != page.position.epoch {
+            return Err(err(
+                ErrorCode::Unrecoverable,
+                "`since` belongs to another epoch of this channel",
+            ));
+        }
+        // Never a silently partial answer: a forward read starts right after `since`.
+        let starts_right = match page.publications.first() {
+            Some(p) => p.offset == Some(since.offset + 1),
+            None => since.offset >= page.position.offset,
+        };
+        if !reverse && limit > 0 && !starts_right {
+            return Err(err(
+                ErrorCode::Unrecoverable,
+                "history no longer holds what follows `since`",
+            ));
+        }
+    }
+    Ok(HistoryOk {
+        publications: page
+            .publications
+            .iter()
+            .map(|p| Publication::clone(p))
+            .collect(),
+        offset: page.position.offset,
+        epoch: page.position.epoch,
+    })
+}
+
+/// Presence members after the namespace's checks.
+pub async fn presence_list(
+    node: &Node,
+    channel: &str,
+    ns: &NamespaceOptions,
+    limit: Option<u32>,
+    cursor: Option<String>,
+) -> Result<PresenceOk, ErrorBody> {
+    if !ns.presence {
+        return Err(err(
+            ErrorCode::BadRequest,
+            "presence is off in this namespace",
+        ));
+    }
+    let limit = limit.map_or(PRESENCE_PAGE, |l| (l as usize).clamp(1, PRESENCE_PAGE_MAX));
+    let (clients, next_cursor) = node
+        .engine
+        .list(channel, cursor.as_deref(), limit)
+        .await
+        .map_err(internal)?;
+    Ok(PresenceOk {
+        clients,
+        next_cursor,
+    })
+}
+
+/// When users were last seen; at most 1000 users per call.
+pub async fn last_seen(node: &Node, users: &[String]) -> Result<LastSeenOk, ErrorBody> {
+    if users.len() > 1000 {
+        return Err(err(ErrorCode::LimitExceeded, "at most 1000 users per call"));
+    }
+    let users = node.engine.last_seen(users).await.map_err(internal)?;
+    Ok(LastSeenOk { users })
+}
+
+/// Presence counts after the namespace's checks.
+pub async fn presence_stats(
+    node: &Node,
+    channel: &str,
+    ns: &NamespaceOptions,
+) -> Result<PresenceStatsOk, ErrorBody> {
+    if !ns.presence {
+        return Err(err(
+            ErrorCode::BadRequest,
+            "presence is off in this namespace",
+        ));
+    }
+    let (clients, users) = node.engine.stats(channel).await.map_err(internal)?;
+    Ok(PresenceStatsOk { clients, users })
+}

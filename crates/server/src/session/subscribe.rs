@@ -1,0 +1,236 @@
+//! Subscriptions: access, the node-level subscription, the reply with
+//! recovery and presence, going live without a gap, and ending.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tidings_protocol::reply::SubscribeOk;
+use tidings_protocol::{
+    ClientInfo, DisconnectCode, ErrorBody, ErrorCode, Publication, Push, SubscribeArg, encode_push,
+};
+
+use super::{PRESENCE_IN_REPLY, Session, err, internal};
+use crate::auth::TokenError;
+use crate::config::{ClientAccess, NamespaceOptions, SubscribeRule};
+use crate::engine::HistoryQuery;
+use crate::hub::Subscriber;
+use crate::node::SubscribeError;
+
+impl Session {
+    /// Registers a subscription (buffering) and builds its reply.
+    pub(super) async fn subscribe(
+        &mut self,
+        arg: &SubscribeArg,
+    ) -> Result<(Arc<Subscriber>, SubscribeOk), ErrorBody> {
+        let node = self.node.clone();
+        let ns = &self.check_channel(&arg.channel)?;
+        let identity = self.check_access(ns)?;
+        if ns.subscribe_rule() == SubscribeRule::Token {
+            // A private channel: a channel token for this user and channel.
+            let token = arg.token.as_deref().ok_or_else(|| {
+                err(
+                    ErrorCode::PermissionDenied,
+                    "this channel needs a channel token",
+                )
+            })?;
+            let claims = self
+                .node
+                .tokens
+                .read()
+                .verify_channel(token)
+                .map_err(|e| match e {
+                    TokenError::Expired => err(ErrorCode::TokenExpired, "channel token expired"),
+                    TokenError::Invalid(why) => err(ErrorCode::PermissionDenied, why),
+                })?;
+            if claims.channel != arg.channel || claims.sub != identity.user {
+                return Err(err(
+                    ErrorCode::PermissionDenied,
+                    "the channel token is for another channel or user",
+                ));
+            }
+        }
+        let presence_info = ClientInfo {
+            client: self.client.clone(),
+            user: identity.user.clone(),
+            info: identity.info.clone(),
+        };
+        if self.subs.contains_key(&arg.channel) {
+            return Err(err(ErrorCode::AlreadySubscribed, "already subscribed"));
+        }
+        if self.subs.len() >= node.config.client.max_subscriptions {
+            return Err(err(
+                ErrorCode::LimitExceeded,
+                format!(
+                    "at most {} subscriptions per connection",
+                    node.config.client.max_subscriptions
+                ),
+            ));
+        }
+        let sub = node
+            .subscribe(
+                &arg.channel,
+                self.conn,
+                self.outbox.clone(),
+                self.control.clone(),
+            )
+            .await
+            .map_err(|e| match e {
+                SubscribeError::AlreadySubscribed => {
+                    err(ErrorCode::AlreadySubscribed, "already subscribed")
+                }
+                SubscribeError::Engine(e) => internal(e),
+            })?;
+        self.subs.insert(arg.channel.clone(), sub.clone());
+        match self.answer_subscribe(arg, ns).await {
+            Ok(mut ok) if ns.presence && !self.transient => {
+                let show = ns.presence_access == ClientAccess::Subscribers;
+                let engine = &node.engine;
+                let policy = node.policy(ns);
+                let joined = async {
+                    engine.join(&arg.channel, &presence_info, &policy).await?;
+                    // Small rooms get who is here in the reply; large ones page.
+                    let (clients, _) = engine.stats(&arg.channel).await?;
+                    if !show || clients as usize > PRESENCE_IN_REPLY {
+                        return Ok(None);
+                    }
+                    engine
+                        .list(&arg.channel, None, PRESENCE_IN_REPLY)
+                        .await
+                        .map(|(members, _)| Some(members))
+                };
+                match joined.await {
+                    Ok(members) => {
+                        ok.presence = members;
+                        Ok((sub, ok))
+                    }
+                    Err(e) => {
+                        self.drop_subscription(&arg.channel).await;
+                        Err(internal(e))
+                    }
+                }
+            }
+            Ok(ok) => Ok((sub, ok)),
+            Err(e) => {
+                self.drop_subscription(&arg.channel).await;
+                Err(e)
+            }
+        }
+    }
+
+    pub(super) async fn answer_subscribe(
+        &self,
+        arg: &SubscribeArg,
+        ns: &NamespaceOptions,
+    ) -> Result<SubscribeOk, ErrorBody> {
+        let engine = &self.node.engine;
+        if !ns.has_history() {
+            return Ok(SubscribeOk::default());
+        }
+        let policy = self.node.policy(ns);
+        let Some(since) = &arg.since else {
+            let top = engine
+                .position(&arg.channel, &policy)
+                .await
+                .map_err(internal)?;
+            return Ok(SubscribeOk {
+                offset: Some(top.offset),
+                epoch: Some(top.epoch),
+                ..Default::default()
+            });
+        };
+        let max = self.node.config.client.recovery_max;
+        let page = engine
+            .read(
+                &arg.channel,
+                HistoryQuery {
+                    after: Some(since.offset),
+                    limit: Some(max + 1),
+                    reverse: false,
+                },
+                &policy,
+            )
+            .await
+            .map_err(internal)?;
+        let top = page.position;
+        let missed = top.offset.saturating_sub(since.offset);
+        // Recovered only when every publication after `since` is here, in one epoch.
+        let complete = top.epoch == since.epoch
+            && since.offset <= top.offset
+            && missed as usize <= max
+            && page.publications.len() as u64 == missed
+            && page
+                .publications
+                .first()
+                .is_none_or(|p| p.offset == Some(since.offset + 1));
+        if !complete && arg.strict {
+            return Err(err(
+                ErrorCode::Unrecoverable,
+                "the position cannot be recovered",
+            ));
+        }
+        Ok(SubscribeOk {
+            offset: Some(top.offset),
+            epoch: Some(top.epoch),
+            recovered: Some(complete),
+            publications: complete.then(|| {
+                page.publications
+                    .iter()
+                    .map(|p| Publication::clone(p))
+                    .collect()
+            }),
+            presence: None,
+        })
+    }
+
+    pub(super) async fn go_live(
+        &mut self,
+        channel: &str,
+        sub: &Subscriber,
+        reply: Option<Bytes>,
+        top: Option<u64>,
+    ) {
+        if sub.go_live(reply, top).is_err() {
+            // Live publications skipped an offset: the client must recover.
+            tracing::warn!(
+                channel,
+                "gap while subscribing; ending the subscription with 3003"
+            );
+            self.drop_subscription(channel).await;
+            self.send(encode_push(&Push::Unsub {
+                channel: channel.to_string(),
+                code: DisconnectCode::INSUFFICIENT_STATE.0,
+                reason: DisconnectCode::INSUFFICIENT_STATE.reason().into(),
+            }));
+        }
+    }
+
+    pub(super) async fn drop_subscription(&mut self, channel: &str) -> bool {
+        if !self.subs.contains_key(channel) {
+            return false;
+        }
+        // Forgotten only once the node let go: a session dropped meanwhile
+        // still unsubscribes (see `Drop`).
+        self.node.unsubscribe(channel, self.conn).await;
+        self.subs.remove(channel);
+        if let Ok((_, ns)) = self.node.resolve(channel)
+            && ns.presence
+            && !self.transient
+            && let Err(e) = self
+                .node
+                .engine
+                .leave(channel, &self.client, &self.node.policy(&ns))
+                .await
+        {
+            tracing::warn!(channel, error = %e, "presence removal failed");
+        }
+        true
+    }
+
+    pub(super) async fn unsubscribe(&mut self, channel: &str) -> Result<(), ErrorBody> {
+        if self.drop_subscription(channel).await {
+            Ok(())
+        } else {
+            Err(err(ErrorCode::NotSubscribed, "not subscribed"))
+        }
+    }
+}
