@@ -152,6 +152,24 @@ async fn drain(raw: &mut Raw, last: &mut u64, quiet: Duration) -> Vec<u64> {
     got
 }
 
+/// Waits (10 s at most) for `unsub` 3003, and no publication before it.
+async fn expect_unsub_3003(raw: &mut Raw) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let m = raw
+            .next_within(left)
+            .await
+            .expect("an unsub within 10 s")
+            .expect("open");
+        assert_ne!(m["push"], "pub", "no publication before the unsub: {m}");
+        if m["push"] == "unsub" {
+            assert_eq!(m["code"], 3003, "{m}");
+            return;
+        }
+    }
+}
+
 async fn publish_api(server: &Server, channel: &str, data: Value, key: Option<&str>) -> Value {
     let mut body = json!({"channel": channel, "data": data});
     if let Some(k) = key {
@@ -368,20 +386,7 @@ async fn redis_restarted_without_persistence_resets_subscribers() {
     assert_eq!(r["offset"], 1);
     // The subscriber that stayed is told to subscribe again, never handed
     // offset 1 of the new epoch as if it followed 5.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let unsub = loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let m = stays
-            .next_within(left)
-            .await
-            .expect("an unsub within 10 s")
-            .expect("open");
-        assert_ne!(m["push"], "pub", "no publication of the new epoch: {m}");
-        if m["push"] == "unsub" {
-            break m;
-        }
-    };
-    assert_eq!(unsub["code"], 3003, "{unsub}");
+    expect_unsub_3003(&mut stays).await;
     // Resuming from the old position: not recovered.
     let (_, ok) = subscribe(&servers[0], None, "gone", Some((5, &epoch))).await;
     assert_eq!(ok["recovered"], false, "{ok}");
@@ -559,20 +564,7 @@ async fn offsets_handed_out_again_after_a_rollback_start_a_new_epoch() {
     }
     // The subscriber is never handed a second offset 4; it is told to
     // subscribe again, and its old position does not recover.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    let unsub = loop {
-        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-        let m = stays
-            .next_within(left)
-            .await
-            .expect("an unsub within 10 s")
-            .expect("open");
-        assert_ne!(m["push"], "pub", "no reused offset: {m}");
-        if m["push"] == "unsub" {
-            break m;
-        }
-    };
-    assert_eq!(unsub["code"], 3003, "{unsub}");
+    expect_unsub_3003(&mut stays).await;
     let (_, ok) = subscribe(&servers[0], None, "rolled", Some((5, &epoch))).await;
     assert_eq!(ok["recovered"], false, "{ok}");
     assert_ne!(ok["epoch"], epoch.as_str());

@@ -673,14 +673,7 @@ impl Presence for MemoryEngine {
             .take(limit.saturating_add(1))
             .map(|(k, (info, _))| (k.clone(), info.clone()))
             .collect();
-        let mut page = page;
-        let next = if page.len() > limit {
-            page.pop_last();
-            page.keys().next_back().cloned()
-        } else {
-            None
-        };
-        Ok((page, next))
+        Ok(super::presence_page(page, limit))
     }
 
     async fn stats(&self, channel: &str) -> Result<(u64, u64), EngineError> {

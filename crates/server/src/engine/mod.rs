@@ -365,6 +365,21 @@ pub fn build(config: &crate::Config) -> Result<Arc<dyn Engine>, BuildError> {
     })
 }
 
+/// A page of presence from up to `limit + 1` entries: at most `limit`, and
+/// the cursor of the next page when there was one more.
+pub fn presence_page(
+    mut page: BTreeMap<String, ClientInfo>,
+    limit: usize,
+) -> (BTreeMap<String, ClientInfo>, Option<String>) {
+    let next = if page.len() > limit {
+        page.pop_last();
+        page.keys().next_back().cloned()
+    } else {
+        None
+    };
+    (page, next)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

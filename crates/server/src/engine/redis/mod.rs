@@ -486,18 +486,12 @@ impl Presence for RedisEngine {
             .invoke_async(&mut self.conn(channel)?)
             .await
             .map_err(redis_error)?;
-        let mut page: BTreeMap<String, ClientInfo> = ids
+        let page = ids
             .into_iter()
             .zip(found)
             .filter_map(|(id, info)| Some((id, serde_json::from_str(&info?).ok()?)))
             .collect();
-        let next = if page.len() > limit {
-            page.pop_last();
-            page.keys().next_back().cloned()
-        } else {
-            None
-        };
-        Ok((page, next))
+        Ok(super::presence_page(page, limit))
     }
 
     async fn stats(&self, channel: &str) -> Result<(u64, u64), EngineError> {
