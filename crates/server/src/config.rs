@@ -327,10 +327,11 @@ impl RedisConfig {
         if self.urls.is_empty() {
             bad.push("`engine.redis.urls`: at least one address".into());
         }
-        for url in &self.urls {
-            match url.split_once("://").map(|(scheme, _)| scheme) {
+        for full in &self.urls {
+            let url = crate::engine::redis::redact(full);
+            match full.split_once("://").map(|(scheme, _)| scheme) {
                 Some("redis" | "rediss") => {
-                    if let Err(e) = redis::IntoConnectionInfo::into_connection_info(url.as_str()) {
+                    if let Err(e) = redis::IntoConnectionInfo::into_connection_info(full.as_str()) {
                         bad.push(format!("`engine.redis.urls`: {url:?}: {e}"));
                     }
                 }

@@ -132,6 +132,17 @@ fn tls_certificates(config: &RedisConfig) -> Result<Option<redis::TlsCertificate
     }))
 }
 
+/// `url` without its credentials, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((_, host)) => format!("{scheme}://…@{host}"),
+            None => url.to_string(),
+        },
+        None => url.to_string(),
+    }
+}
+
 /// A publication from its stream entry (`offset-0`, `d` = JSON).
 fn decode_entry((id, fields): &Entry) -> Option<Publication> {
     let offset: u64 = id.split_once('-')?.0.parse().ok()?;
@@ -648,8 +659,14 @@ impl Lifecycle for RedisEngine {
         for (i, shard) in self.shards.iter().enumerate() {
             let conn = tokio::time::timeout(self.config.connect_timeout * 2, self.connect(shard))
                 .await
-                .map_err(|_| EngineError::Unavailable("connecting to redis timed out".into()))?
-                .map_err(redis_error)?;
+                .map_err(|_| "timed out".to_string())
+                .and_then(|c| c.map_err(|e| e.to_string()))
+                .map_err(|e| {
+                    // Name where, for the operator reading why the node stopped.
+                    let urls: Vec<String> = self.config.urls.iter().map(|u| redact(u)).collect();
+                    let urls = urls.join(", ");
+                    EngineError::Unavailable(format!("connecting to {urls}: {e}"))
+                })?;
             let fanout = Fanout::start(fanout::Setup {
                 endpoints: shard.endpoints.clone(),
                 conn: conn.clone(),
@@ -690,4 +707,16 @@ impl Lifecycle for RedisEngine {
     }
 
     async fn close(&self) {}
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn messages_never_show_credentials() {
+        assert_eq!(
+            super::redact("redis://app:s3cret@db:6379/0"),
+            "redis://…@db:6379/0"
+        );
+        assert_eq!(super::redact("rediss://db:6380"), "rediss://db:6380");
+    }
 }
