@@ -37,6 +37,9 @@ pub struct Metrics {
     pub command_errors: Family<CodeLabel, Counter<u64, AtomicU64>>,
     /// Connections refused by a limit, by limit (`ip`, `user`, `rate`).
     pub limit_rejections: Family<LimitLabel, Counter<u64, AtomicU64>>,
+    /// Times the engine lost a channel's continuity on this node (its
+    /// subscribers were told to resubscribe, `unsub` 3003).
+    pub channel_resets: Counter<u64, AtomicU64>,
 }
 
 /// Label of `tidings_limit_rejections_total`.
@@ -67,6 +70,7 @@ impl Metrics {
             slow_consumer_disconnects: Counter::default(),
             command_errors: Family::default(),
             limit_rejections: Family::default(),
+            channel_resets: Counter::default(),
         };
         registry.register(
             "connections",
@@ -104,6 +108,11 @@ impl Metrics {
             "limit_rejections",
             "Connections refused by a limit",
             m.limit_rejections.clone(),
+        );
+        registry.register(
+            "channel_resets",
+            "Channels whose continuity the engine lost here (subscribers resubscribe)",
+            m.channel_resets.clone(),
         );
         Metrics { registry, ..m }
     }

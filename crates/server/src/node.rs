@@ -147,6 +147,9 @@ impl PublicationSink for NodeSink {
     }
 
     fn lost(&self, channel: &str) {
+        if let Some(node) = self.node.upgrade() {
+            node.metrics.channel_resets.inc();
+        }
         self.hub.lost(channel);
     }
 

@@ -387,6 +387,10 @@ async fn redis_restarted_without_persistence_resets_subscribers() {
     // The subscriber that stayed is told to subscribe again, never handed
     // offset 1 of the new epoch as if it followed 5.
     expect_unsub_3003(&mut stays).await;
+    assert_eq!(
+        common::metric(&servers[1], "tidings_channel_resets_total").await,
+        Some(1.0)
+    );
     // Resuming from the old position: not recovered.
     let (_, ok) = subscribe(&servers[0], None, "gone", Some((5, &epoch))).await;
     assert_eq!(ok["recovered"], false, "{ok}");
