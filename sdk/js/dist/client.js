@@ -831,6 +831,12 @@ export class TidingsClient extends Emitter {
                 this.inflight.delete(e.key);
                 return false;
             }
+            if (te.code === ErrorCode.Internal && te.temporary) {
+                // The server could not publish it now (Redis away or failing over):
+                // send it again after a pause, under the same key.
+                this.inflight.delete(e.key);
+                return false;
+            }
             if (te.code === ErrorCode.TokenExpired && this.getToken) {
                 // A client action over HTTP with a token that just expired: not the
                 // message's fault. Get a new token and send it again.
