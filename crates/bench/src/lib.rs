@@ -4,6 +4,8 @@
 //! increasing rates and reports deliveries, loss, latency and the server's
 //! memory and CPU. Loopback only; every phase is bounded in time.
 
+#![warn(missing_docs)]
+
 pub mod ceiling;
 pub mod client;
 pub mod payload;

@@ -3,6 +3,8 @@
 //! Pure types and codecs: no I/O, no async. Decoding never panics; every
 //! malformed input becomes a [`DecodeError`] that the server maps to code 101.
 
+#![warn(missing_docs)]
+
 pub mod channel;
 pub mod codes;
 pub mod command;

@@ -2,6 +2,8 @@
 //!
 //! Dependencies point one way: transport → session → hub → engine → protocol.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod auth;
 pub mod client_api;
