@@ -276,6 +276,11 @@ pub struct RedisConfig {
     pub cluster: bool,
     /// The urls point at Sentinels monitoring the master of this name.
     pub sentinel_master: Option<String>,
+    /// With `sentinel_master`: the ACL user of the master (and replicas)
+    /// the Sentinels name (the urls' credentials are the Sentinels').
+    pub master_username: Option<String>,
+    /// With `sentinel_master`: the master's password.
+    pub master_password: Option<String>,
     /// Prefix of every key and pub/sub channel Tidings uses.
     pub prefix: String,
     /// With `rediss://` urls: the CA certificate(s) to trust (PEM); not
@@ -308,6 +313,8 @@ impl Default for RedisConfig {
             urls: vec!["redis://127.0.0.1:6379".into()],
             cluster: false,
             sentinel_master: None,
+            master_username: None,
+            master_password: None,
             prefix: "tidings".into(),
             tls_ca_file: None,
             tls_cert_file: None,
@@ -348,6 +355,14 @@ impl RedisConfig {
             bad.push(
                 "`engine.redis.sentinel_master`: TLS to Sentinels is not supported yet".into(),
             );
+        }
+        if self.urls.iter().any(|u| u.contains("#insecure")) {
+            bad.push("`engine.redis.urls`: `#insecure` would turn certificate checks off; set `tls_ca_file` to the CA that signed the server's certificate".into());
+        }
+        if self.sentinel_master.is_none()
+            && (self.master_username.is_some() || self.master_password.is_some())
+        {
+            bad.push("`engine.redis.master_username`/`master_password`: only with `sentinel_master` (otherwise credentials go in the urls)".into());
         }
         if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
             bad.push("`engine.redis.tls_cert_file` and `tls_key_file` go together".into());

@@ -58,6 +58,8 @@ pub struct Node {
     pub started: Instant,
     conns: Mutex<HashMap<ConnId, ConnHandle>>,
     next_conn: AtomicU64,
+    /// Orders this node's writes of per-user connection counts.
+    user_seq: AtomicU64,
     /// Long-polls held open, by user.
     polls: Arc<Mutex<HashMap<String, usize>>>,
     /// Namespace options in force: the default one and the named ones
@@ -251,6 +253,7 @@ impl Node {
             started: Instant::now(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
+            user_seq: AtomicU64::new(1),
             polls: Arc::default(),
             namespaces,
             ips: Mutex::default(),
@@ -354,8 +357,12 @@ impl Node {
         if max == 0 || user.is_empty() {
             return true;
         }
-        let count = self.users.lock().get(user).copied().unwrap_or(0);
-        match self.engine.claim_user(&self.id, user, count, max).await {
+        let (count, seq) = self.user_count(user);
+        match self
+            .engine
+            .claim_user(&self.id, user, count, seq, max)
+            .await
+        {
             Ok(true) => true,
             Ok(false) => {
                 self.release_local(conn);
@@ -367,6 +374,15 @@ impl Node {
                 true
             }
         }
+    }
+
+    /// This node's count of `user`'s connections, with a sequence number
+    /// taken under the same lock: the engine keeps only the newest count,
+    /// whatever order concurrent calls reach it in.
+    fn user_count(&self, user: &str) -> (usize, u64) {
+        let users = self.users.lock();
+        let seq = self.user_seq.fetch_add(1, Ordering::Relaxed);
+        (users.get(user).copied().unwrap_or(0), seq)
     }
 
     /// Forgets the user of `conn` in this node's counts.
@@ -457,10 +473,10 @@ impl Node {
             && !handle.user.is_empty()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
-            let count = self.users.lock().get(&handle.user).copied().unwrap_or(0);
+            let (count, seq) = self.user_count(&handle.user);
             let (engine, id, user) = (self.engine.clone(), self.id.clone(), handle.user);
             rt.spawn(async move {
-                if let Err(e) = engine.release_user(&id, &user, count).await {
+                if let Err(e) = engine.release_user(&id, &user, count, seq).await {
                     tracing::warn!(error = %e, "recording a user's connections failed");
                 }
             });

@@ -361,6 +361,51 @@ async fn per_user_presence_and_last_seen(kind: Kind) {
     assert_eq!(seen["nobody"], None);
 }
 
+/// Per-user connection counts across nodes: the newest count of each node
+/// wins whatever order the calls arrive in, and the sum is the limit.
+async fn user_counts_keep_the_newest(kind: Kind) {
+    let s = subject(kind).await;
+    let e = &s.engine;
+    let node = |id: &str| tidings_server::engine::NodeInfo {
+        name: id.into(),
+        id: id.into(),
+        address: "127.0.0.1:1".into(),
+        version: "test".into(),
+        connections: 0,
+        channels: 0,
+        subscriptions: 0,
+        uptime_s: 0,
+    };
+    e.announce(&node("a")).await.unwrap();
+    e.announce(&node("b")).await.unwrap();
+    // Node a: 1 then 2 connections of alice; a late, older write (seq 1,
+    // count 0) must not undo the newer one.
+    assert!(e.claim_user("a", "alice", 1, 2, 3).await.unwrap());
+    assert!(e.claim_user("a", "alice", 2, 3, 3).await.unwrap());
+    e.release_user("a", "alice", 0, 1).await.unwrap();
+    // Node b: a third is allowed, a fourth is not (2 on a + 2 on b > 3).
+    assert!(e.claim_user("b", "alice", 1, 1, 3).await.unwrap());
+    assert!(!e.claim_user("b", "alice", 2, 2, 3).await.unwrap());
+    // Node a lets go of both: room again on b.
+    e.release_user("a", "alice", 0, 4).await.unwrap();
+    assert!(e.claim_user("b", "alice", 2, 3, 3).await.unwrap());
+}
+
+/// What only engines shared by several nodes promise (the memory engine is
+/// one node: its counts are the node's own).
+macro_rules! shared_engines {
+    ($($name:ident),*) => {
+        mod shared_redis {
+            $(#[tokio::test] async fn $name() { super::$name(super::Kind::Redis).await })*
+        }
+        mod shared_cluster {
+            $(#[tokio::test] async fn $name() { super::$name(super::Kind::Cluster).await })*
+        }
+    };
+}
+
+shared_engines!(user_counts_keep_the_newest);
+
 macro_rules! conformance {
     ($($name:ident),*) => {
         mod memory {

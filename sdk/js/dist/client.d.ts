@@ -154,6 +154,8 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
     private httpFlushing;
     /** A re-flush after a WebSocket publish timed out. */
     private reflushTimer;
+    /** Widening delays between resends of publishes refused as temporary. */
+    private publishRetry;
     /**
      * Channels whose subscribe waits for a position lookup before it is sent,
      * with the session it is for: publishes into them wait too, since the
@@ -296,6 +298,9 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
     private flush;
     /** Flushes again shortly, if `s` is still the session. */
     private reflushLater;
+    /** The pause before sending again: 1 s, or a widening backoff (with
+     * jitter) while the server refuses publishes as temporary. */
+    private resendDelay;
     /** Sends one entry; resolves false when it must be sent again. */
     private send;
     private settle;

@@ -47,6 +47,8 @@ export class TidingsClient extends Emitter {
         this.httpFlushing = null;
         /** A re-flush after a WebSocket publish timed out. */
         this.reflushTimer = null;
+        /** Widening delays between resends of publishes refused as temporary. */
+        this.publishRetry = null;
         /**
          * Channels whose subscribe waits for a position lookup before it is sent,
          * with the session it is for: publishes into them wait too, since the
@@ -791,9 +793,9 @@ export class TidingsClient extends Emitter {
                 while (this.queue.length && this.session === s && this._state === 'connected') {
                     const ok = await this.send(this.queue[0], s);
                     if (!ok) {
-                        // A network failure: the session is probably going away; if not,
-                        // try again shortly.
-                        await new Promise((r) => setTimeout(r, 1000));
+                        // A network failure (the session is probably going away) or a
+                        // temporary refusal: try again shortly.
+                        await new Promise((r) => setTimeout(r, this.resendDelay()));
                     }
                 }
             }
@@ -814,7 +816,12 @@ export class TidingsClient extends Emitter {
             this.reflushTimer = null;
             if (this.session === s)
                 this.flush();
-        }, 1000);
+        }, this.resendDelay());
+    }
+    /** The pause before sending again: 1 s, or a widening backoff (with
+     * jitter) while the server refuses publishes as temporary. */
+    resendDelay() {
+        return this.publishRetry ? Math.max(1, this.publishRetry.next()) : 1000;
     }
     /** Sends one entry; resolves false when it must be sent again. */
     async send(e, s) {
@@ -833,8 +840,9 @@ export class TidingsClient extends Emitter {
             }
             if (te.code === ErrorCode.Internal && te.temporary) {
                 // The server could not publish it now (Redis away or failing over):
-                // send it again after a pause, under the same key.
+                // send it again after a widening pause, under the same key.
                 this.inflight.delete(e.key);
+                this.publishRetry ?? (this.publishRetry = new Backoff(1000, this.maxReconnectDelay, this.random));
                 return false;
             }
             if (te.code === ErrorCode.TokenExpired && this.getToken) {
@@ -866,6 +874,7 @@ export class TidingsClient extends Emitter {
         const w = this.waiters.get(e.key);
         this.waiters.delete(e.key);
         if (result) {
+            this.publishRetry = null;
             w?.resolve(result);
             this.emit('published', { entry: { ...e }, result });
         }

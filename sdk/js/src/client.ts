@@ -180,6 +180,8 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   private httpFlushing: Session | null = null;
   /** A re-flush after a WebSocket publish timed out. */
   private reflushTimer: ReturnType<typeof setTimeout> | null = null;
+  /** Widening delays between resends of publishes refused as temporary. */
+  private publishRetry: Backoff | null = null;
   /**
    * Channels whose subscribe waits for a position lookup before it is sent,
    * with the session it is for: publishes into them wait too, since the
@@ -897,9 +899,9 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
         while (this.queue.length && this.session === s && this._state === 'connected') {
           const ok = await this.send(this.queue[0], s);
           if (!ok) {
-            // A network failure: the session is probably going away; if not,
-            // try again shortly.
-            await new Promise((r) => setTimeout(r, 1000));
+            // A network failure (the session is probably going away) or a
+            // temporary refusal: try again shortly.
+            await new Promise((r) => setTimeout(r, this.resendDelay()));
           }
         }
       } finally {
@@ -917,7 +919,13 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     this.reflushTimer = setTimeout(() => {
       this.reflushTimer = null;
       if (this.session === s) this.flush();
-    }, 1000);
+    }, this.resendDelay());
+  }
+
+  /** The pause before sending again: 1 s, or a widening backoff (with
+   * jitter) while the server refuses publishes as temporary. */
+  private resendDelay(): number {
+    return this.publishRetry ? Math.max(1, this.publishRetry.next()) : 1000;
   }
 
   /** Sends one entry; resolves false when it must be sent again. */
@@ -936,8 +944,9 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
       }
       if (te.code === ErrorCode.Internal && te.temporary) {
         // The server could not publish it now (Redis away or failing over):
-        // send it again after a pause, under the same key.
+        // send it again after a widening pause, under the same key.
         this.inflight.delete(e.key);
+        this.publishRetry ??= new Backoff(1000, this.maxReconnectDelay, this.random);
         return false;
       }
       if (te.code === ErrorCode.TokenExpired && this.getToken) {
@@ -967,6 +976,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     const w = this.waiters.get(e.key);
     this.waiters.delete(e.key);
     if (result) {
+      this.publishRetry = null;
       w?.resolve(result);
       this.emit('published', { entry: { ...e }, result });
     } else if (err) {

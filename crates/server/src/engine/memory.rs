@@ -531,11 +531,18 @@ impl Cluster for MemoryEngine {
     }
 
     /// One node: the node's own count is the whole count.
-    async fn claim_user(&self, _: &str, _: &str, _: usize, _: usize) -> Result<bool, EngineError> {
+    async fn claim_user(
+        &self,
+        _: &str,
+        _: &str,
+        _: usize,
+        _: u64,
+        _: usize,
+    ) -> Result<bool, EngineError> {
         Ok(true)
     }
 
-    async fn release_user(&self, _: &str, _: &str, _: usize) -> Result<(), EngineError> {
+    async fn release_user(&self, _: &str, _: &str, _: usize, _: u64) -> Result<(), EngineError> {
         Ok(())
     }
 

@@ -294,17 +294,25 @@ pub trait Cluster: Send + Sync {
     async fn nodes(&self) -> Result<Vec<NodeInfo>, EngineError>;
     /// Records that `user` has `count` connections on node `node` (one just
     /// opened), unless with those on the other live nodes that is more than
-    /// `max` (false, nothing recorded). Counts are absolute, so a lost or
-    /// repeated call is mended by the next.
+    /// `max` (false, nothing recorded). Counts are absolute and `seq`
+    /// (increasing per node) keeps only the newest, so calls may be lost,
+    /// repeated or reordered and the next one mends the count.
     async fn claim_user(
         &self,
         node: &str,
         user: &str,
         count: usize,
+        seq: u64,
         max: usize,
     ) -> Result<bool, EngineError>;
     /// Records that `user` has `count` connections left on node `node`.
-    async fn release_user(&self, node: &str, user: &str, count: usize) -> Result<(), EngineError>;
+    async fn release_user(
+        &self,
+        node: &str,
+        user: &str,
+        count: usize,
+        seq: u64,
+    ) -> Result<(), EngineError>;
     /// Channels with subscribers on any node, as [`PublicationSink::channels`]
     /// pages them, subscribers summed over the nodes.
     async fn channels(

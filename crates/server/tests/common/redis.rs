@@ -11,7 +11,9 @@ pub struct Redis {
     aof: bool,
     /// Run as a node of a Redis Cluster.
     cluster: bool,
-    /// More arguments (`--replicaof`).
+    /// Speak TLS only (certificates in `dir`).
+    tls: bool,
+    /// More arguments (`--replicaof`, `--requirepass`).
     extra: Vec<String>,
     child: Option<Child>,
 }
@@ -24,6 +26,20 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// Runs openssl in `dir`.
+fn openssl(dir: &std::path::Path, args: &str) {
+    let out = Command::new("openssl")
+        .args(args.split(' '))
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 impl Redis {
     /// Starts a server without persistence (a restart loses everything).
     pub fn start() -> Redis {
@@ -33,113 +49,48 @@ impl Redis {
     /// Starts a server; with `aof`, every write is fsynced to an append-only
     /// file (`appendfsync always`) and survives a restart.
     pub fn start_with(aof: bool) -> Redis {
-        Self::start_node(aof, false)
+        Self::new(aof).started()
     }
 
-    fn start_node(aof: bool, cluster: bool) -> Redis {
-        let dir = tempfile::Builder::new()
-            .prefix("tidings-redis-")
-            .tempdir()
-            .expect("temp dir")
-            .keep();
-        let mut redis = Redis {
-            port: free_port(),
-            dir,
-            aof,
-            cluster,
-            extra: Vec::new(),
-            child: None,
-        };
-        redis.spawn();
-        redis
+    /// Starts a server with more arguments (`--requirepass`, ...).
+    pub fn start_with_args(args: &[&str]) -> Redis {
+        let mut redis = Self::new(false);
+        redis.extra = args.iter().map(|a| a.to_string()).collect();
+        redis.started()
+    }
+
+    /// Starts a replica of `master`, with more arguments.
+    pub fn start_replica_of(master: &Redis, args: &[&str]) -> Redis {
+        let port = master.port.to_string();
+        let mut all = vec!["--replicaof", "127.0.0.1", &port];
+        all.extend_from_slice(args);
+        Self::start_with_args(&all)
     }
 
     /// Starts a server that speaks TLS only, with a certificate for
     /// 127.0.0.1 signed by a CA made for it (openssl); see [`Redis::ca`].
     pub fn start_tls() -> Redis {
-        let mut redis = Self::start_node(false, false);
-        redis.kill();
+        let mut redis = Self::new(false);
         let dir = redis.dir.clone();
-        let openssl = |args: &[&str]| {
-            let out = Command::new("openssl")
-                .args(args)
-                .current_dir(&dir)
-                .output()
-                .expect("openssl runs (scripts/test.sh installs it)");
-            assert!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.crt",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=tidings-test-ca",
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "redis.key",
-            "-out",
-            "redis.csr",
-            "-subj",
-            "/CN=127.0.0.1",
-        ]);
+        openssl(
+            &dir,
+            "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.crt -days 1 -subj /CN=tidings-test-ca",
+        );
+        openssl(
+            &dir,
+            "req -newkey rsa:2048 -nodes -keyout redis.key -out redis.csr -subj /CN=127.0.0.1",
+        );
         std::fs::write(
             dir.join("ext.cnf"),
             "subjectAltName=IP:127.0.0.1,DNS:localhost\n",
         )
         .unwrap();
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "redis.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "redis.crt",
-            "-days",
-            "1",
-            "-extfile",
-            "ext.cnf",
-        ]);
-        let port = redis.port.to_string();
-        redis.extra = [
-            "--port",
-            "0",
-            "--tls-port",
-            &port,
-            "--tls-cert-file",
-            "redis.crt",
-            "--tls-key-file",
-            "redis.key",
-            "--tls-ca-cert-file",
-            "ca.crt",
-            "--tls-auth-clients",
-            "no",
-        ]
-        .map(String::from)
-        .to_vec();
-        redis.spawn();
-        redis
+        openssl(
+            &dir,
+            "x509 -req -in redis.csr -CA ca.crt -CAkey ca.key -CAcreateserial -out redis.crt -days 1 -extfile ext.cnf",
+        );
+        redis.tls = true;
+        redis.started()
     }
 
     /// The CA of a [`Redis::start_tls`] server.
@@ -152,51 +103,77 @@ impl Redis {
         format!("rediss://127.0.0.1:{}", self.port)
     }
 
-    /// Starts a replica of `master`.
-    pub fn start_replica_of(master: &Redis) -> Redis {
-        let mut replica = Self::start_node(false, false);
-        replica.kill();
-        replica.extra = vec![
-            "--replicaof".into(),
-            "127.0.0.1".into(),
-            master.port.to_string(),
-        ];
-        replica.spawn();
-        replica
+    /// A server not started yet, in a fresh temp dir.
+    fn new(aof: bool) -> Redis {
+        let dir = tempfile::Builder::new()
+            .prefix("tidings-redis-")
+            .tempdir()
+            .expect("temp dir")
+            .keep();
+        Redis {
+            port: free_port(),
+            dir,
+            aof,
+            cluster: false,
+            tls: false,
+            extra: Vec::new(),
+            child: None,
+        }
     }
 
-    fn spawn(&mut self) {
+    /// Starts it; a port another test took meanwhile (the free port was
+    /// only free when asked) is traded for another.
+    fn started(mut self) -> Redis {
+        for _ in 0..5 {
+            if self.spawn() {
+                return self;
+            }
+            self.port = free_port();
+        }
+        panic!("redis-server did not start (5 ports tried)");
+    }
+
+    /// Spawns the server on `port`; false when it exited without listening.
+    fn spawn(&mut self) -> bool {
+        let port = self.port.to_string();
         let mut cmd = Command::new("redis-server");
         cmd.current_dir(&self.dir)
-            .arg("--port")
-            .arg(self.port.to_string())
-            .arg("--bind")
-            .arg("127.0.0.1")
+            .args(["--bind", "127.0.0.1", "--save", ""])
             .arg("--dir")
             .arg(&self.dir)
-            .arg("--save")
-            .arg("")
-            .arg("--appendonly")
-            .arg(if self.aof { "yes" } else { "no" })
-            .arg("--appendfsync")
-            .arg("always")
-            .args(if self.cluster {
-                &["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"][..]
-            } else {
-                &[][..]
-            })
+            .args(["--appendonly", if self.aof { "yes" } else { "no" }])
+            .args(["--appendfsync", "always"]);
+        if self.tls {
+            cmd.args(["--port", "0", "--tls-port", &port])
+                .args([
+                    "--tls-cert-file",
+                    "redis.crt",
+                    "--tls-key-file",
+                    "redis.key",
+                ])
+                .args(["--tls-ca-cert-file", "ca.crt", "--tls-auth-clients", "no"]);
+        } else {
+            cmd.args(["--port", &port]);
+        }
+        if self.cluster {
+            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"]);
+        }
+        let mut child = cmd
             .args(&self.extra)
             .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let child = cmd
+            .stderr(Stdio::null())
             .spawn()
             .expect("redis-server runs (scripts/test.sh installs it)");
-        self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return false;
+            }
             assert!(Instant::now() < deadline, "redis-server did not start");
             std::thread::sleep(Duration::from_millis(20));
         }
+        self.child = Some(child);
+        true
     }
 
     pub fn url(&self) -> String {
@@ -205,9 +182,19 @@ impl Redis {
 
     /// Runs a command with redis-cli; returns its output.
     pub fn cli(&self, args: &[&str]) -> String {
+        let password = self
+            .extra
+            .iter()
+            .position(|a| a == "--requirepass")
+            .and_then(|i| self.extra.get(i + 1));
         let out = Command::new("redis-cli")
             .arg("-p")
             .arg(self.port.to_string())
+            .args(
+                password
+                    .map(|p| vec!["--no-auth-warning", "-a", p.as_str()])
+                    .unwrap_or_default(),
+            )
             .args(args)
             .output()
             .expect("redis-cli runs");
@@ -219,7 +206,7 @@ impl Redis {
     pub fn restart(&mut self) {
         self.kill();
         // The port is free again once the process is reaped.
-        self.spawn();
+        assert!(self.spawn(), "redis-server restarted on its port");
     }
 
     /// Kills the server (SIGKILL).
@@ -247,7 +234,13 @@ impl RedisCluster {
     /// Starts three cluster-enabled servers and joins them with
     /// `redis-cli --cluster create`; returns once every node says ok.
     pub fn start() -> RedisCluster {
-        let nodes: Vec<Redis> = (0..3).map(|_| Redis::start_node(false, true)).collect();
+        let nodes: Vec<Redis> = (0..3)
+            .map(|_| {
+                let mut node = Redis::new(false);
+                node.cluster = true;
+                node.started()
+            })
+            .collect();
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
@@ -289,7 +282,8 @@ pub struct Sentinel {
 }
 
 impl Sentinel {
-    pub fn start(master: &Redis) -> Sentinel {
+    /// Monitors `master` (and its replicas) with `password`, if any.
+    pub fn start(master: &Redis, password: Option<&str>) -> Sentinel {
         let dir = tempfile::Builder::new()
             .prefix("tidings-sentinel-")
             .tempdir()
@@ -300,9 +294,10 @@ impl Sentinel {
         std::fs::write(
             &conf,
             format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n",
+                "port {port}\nbind 127.0.0.1\ndir {}\nsentinel monitor mymaster 127.0.0.1 {} 1\nsentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 5000\n{}",
                 dir.display(),
-                master.port
+                master.port,
+                password.map_or(String::new(), |p| format!("sentinel auth-pass mymaster {p}\n"))
             ),
         )
         .expect("sentinel.conf");
@@ -323,6 +318,17 @@ impl Sentinel {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Runs a command on the Sentinel with redis-cli.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(args)
+            .output()
+            .expect("redis-cli runs");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 }
 

@@ -13,13 +13,18 @@ use redis::{Cmd, Pipeline, RedisError, RedisFuture, RedisResult, Value};
 pub(super) enum Endpoints {
     /// Fixed addresses (one server, or a Cluster's seeds: any will do).
     Fixed(Vec<redis::Client>),
-    /// The current master of `master`, as the Sentinels say.
-    Sentinel {
-        /// The Sentinels.
-        sentinel: tokio::sync::Mutex<redis::sentinel::Sentinel>,
-        /// The monitored master's name.
-        master: String,
-    },
+    /// The current master, as the Sentinels say.
+    Sentinel(Box<Watched>),
+}
+
+/// A master watched by Sentinels.
+pub(super) struct Watched {
+    /// The Sentinels.
+    pub sentinel: tokio::sync::Mutex<redis::sentinel::Sentinel>,
+    /// The monitored master's name.
+    pub master: String,
+    /// How to log in to the master (its credentials, not the Sentinels').
+    pub node: redis::sentinel::SentinelNodeConnectionInfo,
 }
 
 impl Endpoints {
@@ -27,8 +32,12 @@ impl Endpoints {
     pub(super) async fn client(&self, attempt: usize) -> RedisResult<redis::Client> {
         match self {
             Endpoints::Fixed(clients) => Ok(clients[attempt % clients.len()].clone()),
-            Endpoints::Sentinel { sentinel, master } => {
-                sentinel.lock().await.async_master_for(master, None).await
+            Endpoints::Sentinel(w) => {
+                w.sentinel
+                    .lock()
+                    .await
+                    .async_master_for(&w.master, Some(&w.node))
+                    .await
             }
         }
     }

@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManagerConfig;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 
-use self::conn::{Conn, Endpoints, Followed};
+use self::conn::{Conn, Endpoints, Followed, Watched};
 use self::fanout::Fanout;
 use self::keys::{Keys, shard_of};
 use super::{
@@ -84,6 +84,7 @@ pub(crate) fn redis_error(e: redis::RedisError) -> EngineError {
         || e.is_timeout()
         || e.is_connection_dropped()
         || e.is_connection_refusal()
+        || e.is_cluster_error()
         || matches!(
             e.code(),
             Some(
@@ -92,13 +93,10 @@ pub(crate) fn redis_error(e: redis::RedisError) -> EngineError {
         )
     {
         EngineError::Unavailable(e.to_string())
-    } else if matches!(
-        e.code(),
-        Some("NOPERM" | "NOAUTH" | "WRONGPASS" | "WRONGTYPE")
-    ) {
-        EngineError::Refused(e.to_string())
     } else {
-        EngineError::Backend(e.to_string())
+        // Anything else Redis answered (NOPERM, WRONGTYPE, a script error) or
+        // an answer of the wrong shape will answer the same to a retry.
+        EngineError::Refused(e.to_string())
     }
 }
 
@@ -172,7 +170,7 @@ impl RedisEngine {
                     Some(c) => redis::Client::build_with_tls(url.as_str(), c.clone()),
                     None => redis::Client::open(url.as_str()),
                 }
-                .map_err(|e| format!("{url}: {e}"))
+                .map_err(|e| format!("{}: {e}", redact(url)))
             })
             .collect::<Result<Vec<_>, String>>()?;
         let shard = |endpoints| Shard {
@@ -183,10 +181,20 @@ impl RedisEngine {
         let shards = if let Some(master) = &config.sentinel_master {
             let sentinel = redis::sentinel::Sentinel::build(config.urls.clone())
                 .map_err(|e| format!("the Sentinels: {e}"))?;
-            vec![shard(Endpoints::Sentinel {
+            // The master's own credentials (the urls' are the Sentinels').
+            let mut auth = redis::RedisConnectionInfo::default();
+            if let Some(user) = &config.master_username {
+                auth = auth.set_username(user);
+            }
+            if let Some(password) = &config.master_password {
+                auth = auth.set_password(password);
+            }
+            vec![shard(Endpoints::Sentinel(Box::new(Watched {
                 sentinel: tokio::sync::Mutex::new(sentinel),
                 master: master.clone(),
-            })]
+                node: redis::sentinel::SentinelNodeConnectionInfo::default()
+                    .set_redis_connection_info(auth),
+            })))]
         } else if config.cluster {
             vec![shard(Endpoints::Fixed(clients))]
         } else {
@@ -268,7 +276,7 @@ impl RedisEngine {
             .set_number_of_retries(2)
             .set_max_delay(Duration::from_secs(2));
         match &*shard.endpoints {
-            Endpoints::Sentinel { .. } => Ok(Conn::Sentinel(Arc::new(
+            Endpoints::Sentinel(_) => Ok(Conn::Sentinel(Arc::new(
                 Followed::connect(shard.endpoints.clone(), config).await?,
             ))),
             Endpoints::Fixed(clients) => Ok(Conn::Single(
@@ -279,13 +287,14 @@ impl RedisEngine {
         }
     }
 
-    /// Runs the USER script: `count` connections of `user` on `node`,
-    /// checked against `max` (0: not checked).
+    /// Runs the USER script: `count` connections of `user` on `node` as of
+    /// `seq`, checked against `max` (0: not checked).
     async fn user_script(
         &self,
         node: &str,
         user: &str,
         count: usize,
+        seq: u64,
         max: usize,
     ) -> Result<bool, EngineError> {
         let done: u8 = scripts::USER
@@ -295,6 +304,7 @@ impl RedisEngine {
             .arg(count)
             .arg(max)
             .arg(now_ms())
+            .arg(seq)
             .invoke_async(&mut self.main_conn()?)
             .await
             .map_err(redis_error)?;
@@ -596,13 +606,22 @@ impl Cluster for RedisEngine {
         node: &str,
         user: &str,
         count: usize,
+        seq: u64,
         max: usize,
     ) -> Result<bool, EngineError> {
-        self.user_script(node, user, count, max).await
+        self.user_script(node, user, count, seq, max).await
     }
 
-    async fn release_user(&self, node: &str, user: &str, count: usize) -> Result<(), EngineError> {
-        self.user_script(node, user, count, 0).await.map(|_| ())
+    async fn release_user(
+        &self,
+        node: &str,
+        user: &str,
+        count: usize,
+        seq: u64,
+    ) -> Result<(), EngineError> {
+        self.user_script(node, user, count, seq, 0)
+            .await
+            .map(|_| ())
     }
 
     /// Asks every node for its first `limit` channels after `cursor` and

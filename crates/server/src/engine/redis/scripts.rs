@@ -162,31 +162,34 @@ return gone
 });
 
 /// A user's connections across nodes: KEYS the user's hash (node id →
-/// count), the live nodes (zset by expiry); ARGV this node's id, its count
-/// of the user's connections, max (0: no check), now ms. With a max, the
-/// other live nodes' counts are added (dead nodes' forgotten) and over max
-/// refuses (0). Otherwise this node's count is recorded (1).
+/// "seq:count"), the live nodes (zset by expiry); ARGV this node's id, its
+/// count of the user's connections, max (0: no check), now ms, seq. With a
+/// max, the other live nodes' counts are added (dead nodes' forgotten) and
+/// over max refuses (0). Otherwise this node's count is recorded (1),
+/// unless a newer one (higher seq) already is.
 pub(super) static USER: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
-local count, max = tonumber(ARGV[2]), tonumber(ARGV[3])
-if max > 0 then
-  local total = count
-  local counts = redis.call('HGETALL', KEYS[1])
-  for i = 1, #counts, 2 do
-    if counts[i] ~= ARGV[1] then
-      local expiry = redis.call('ZSCORE', KEYS[2], counts[i])
-      if expiry and tonumber(expiry) > tonumber(ARGV[4]) then
-        total = total + tonumber(counts[i + 1])
-      else
-        redis.call('HDEL', KEYS[1], counts[i])
-      end
+local count, max, seq = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[5])
+local counts = redis.call('HGETALL', KEYS[1])
+local total, newer = count, false
+for i = 1, #counts, 2 do
+  local had_seq, had = string.match(counts[i + 1], '^(%d+):(%d+)$')
+  if counts[i] == ARGV[1] then
+    newer = had_seq ~= nil and tonumber(had_seq) > seq
+  else
+    local expiry = redis.call('ZSCORE', KEYS[2], counts[i])
+    if had and expiry and tonumber(expiry) > tonumber(ARGV[4]) then
+      total = total + tonumber(had)
+    else
+      redis.call('HDEL', KEYS[1], counts[i])
     end
   end
-  if total > max then return 0 end
 end
+if max > 0 and total > max then return 0 end
+if newer then return 1 end
 if count > 0 then
-  redis.call('HSET', KEYS[1], ARGV[1], count)
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[5] .. ':' .. ARGV[2])
 else
   redis.call('HDEL', KEYS[1], ARGV[1])
 end
