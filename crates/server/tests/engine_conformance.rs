@@ -25,6 +25,8 @@ use tidings_server::engine::{
 #[derive(Default)]
 struct Recorder {
     events: Mutex<Vec<String>>,
+    /// Channels with a subscriber on this (pretend) node, as a hub knows them.
+    subscribed: Mutex<std::collections::BTreeSet<String>>,
     changed: tokio::sync::Notify,
 }
 
@@ -82,7 +84,11 @@ impl PublicationSink for Recorder {
         self.push(format!("control {control:?}"));
     }
     fn channels(&self, _: &str, _: Option<&str>, _: usize) -> Vec<(String, usize)> {
-        vec![("local".into(), 1)]
+        self.subscribed
+            .lock()
+            .iter()
+            .map(|c| (c.clone(), 1))
+            .collect()
     }
     fn has_subscribers(&self, _: &str) -> bool {
         false
@@ -96,10 +102,21 @@ struct Subject {
     _backend: Option<Box<dyn std::any::Any>>,
 }
 
+impl Subject {
+    /// A subscriber of `channel` on this node: the node subscribes, and its
+    /// hub (the recorder) lists the channel.
+    async fn subscribe(&self, channel: &str) {
+        self.sink.subscribed.lock().insert(channel.to_string());
+        self.engine.node_subscribe(channel).await.unwrap();
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 enum Kind {
     Memory,
     Redis,
+    /// Two independent servers, channels sharded across them.
+    Sharded,
     Cluster,
 }
 
@@ -119,6 +136,11 @@ async fn subject(kind: Kind) -> Subject {
         Kind::Redis => {
             let server = common::redis::Redis::start();
             (redis(vec![server.url()], false), Some(Box::new(server)))
+        }
+        Kind::Sharded => {
+            let servers = [common::redis::Redis::start(), common::redis::Redis::start()];
+            let urls = servers.iter().map(|r| r.url()).collect();
+            (redis(urls, false), Some(Box::new(servers)))
         }
         Kind::Cluster => {
             let cluster = common::redis::RedisCluster::start();
@@ -266,7 +288,7 @@ async fn delivers_in_order_with_presence(kind: Kind) {
     let s = subject(kind).await;
     let e = &s.engine;
     let p = policy(100, Duration::from_secs(60));
-    e.node_subscribe("room").await.unwrap();
+    s.subscribe("room").await;
     e.join("room", &who("a", "alice"), &p).await.unwrap();
     for i in 1..=3 {
         e.publish("room", req(i, None), &p).await.unwrap();
@@ -320,7 +342,7 @@ async fn presence_leases_stats_and_pages(kind: Kind) {
 
     // Leases: an entry not renewed is gone after its TTL, with a leave.
     p.presence.ttl = Duration::from_millis(300);
-    e.node_subscribe("lease").await.unwrap();
+    s.subscribe("lease").await;
     e.join("lease", &who("ghost", "g"), &p).await.unwrap();
     e.join("lease", &who("live", "l"), &p).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -343,7 +365,7 @@ async fn per_user_presence_and_last_seen(kind: Kind) {
     let e = &s.engine;
     let mut p = policy(10, Duration::from_secs(60));
     p.presence.per_user = true;
-    e.node_subscribe("dev").await.unwrap();
+    s.subscribe("dev").await;
     for c in ["a1", "a2"] {
         e.join("dev", &who(c, "alice"), &p).await.unwrap();
     }
@@ -414,10 +436,45 @@ macro_rules! conformance {
         mod redis {
             $(#[tokio::test] async fn $name() { super::$name(super::Kind::Redis).await })*
         }
+        mod sharded {
+            $(#[tokio::test] async fn $name() { super::$name(super::Kind::Sharded).await })*
+        }
         mod cluster {
             $(#[tokio::test] async fn $name() { super::$name(super::Kind::Cluster).await })*
         }
     };
+}
+
+/// Several `urls`: every channel lives on one of the servers, both get some,
+/// and each channel reads back what was published into it.
+#[tokio::test]
+async fn sharded_servers_each_hold_some_channels() {
+    let servers = [common::redis::Redis::start(), common::redis::Redis::start()];
+    let config = RedisConfig {
+        urls: servers.iter().map(|r| r.url()).collect(),
+        ..Default::default()
+    };
+    let engine: Arc<dyn Engine> = Arc::new(RedisEngine::new(&config).unwrap());
+    engine.start(Arc::new(Recorder::default())).await.unwrap();
+    let p = policy(10, Duration::from_secs(60));
+    for c in 0..20 {
+        let channel = format!("spread:{c}");
+        for n in 1..=2 {
+            engine.publish(&channel, req(n, None), &p).await.unwrap();
+        }
+    }
+    for c in 0..20 {
+        let page = engine
+            .read(&format!("spread:{c}"), HistoryQuery::default(), &p)
+            .await
+            .unwrap();
+        let data: Vec<_> = page.publications.iter().map(|p| p.data.get()).collect();
+        assert_eq!(data, ["1", "2"]);
+    }
+    for server in &servers {
+        let keys: u64 = server.cli(&["DBSIZE"]).parse().unwrap();
+        assert!(keys > 0, "server {} holds some channels", server.port);
+    }
 }
 
 conformance!(

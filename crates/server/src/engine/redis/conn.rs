@@ -91,12 +91,7 @@ impl Followed {
     /// After a failure that may mean a failover: ask Sentinel where the
     /// master is and move there if it moved.
     async fn follow(&self, e: &RedisError) {
-        let failover = e.is_io_error()
-            || e.is_connection_dropped()
-            || e.is_connection_refusal()
-            || e.is_timeout()
-            || matches!(e.code(), Some("READONLY" | "MASTERDOWN" | "LOADING"));
-        if !failover {
+        if !super::transient(e) {
             return;
         }
         let Ok(mut last) = self.resolving.try_lock() else {

@@ -12,13 +12,12 @@
 //! epoch (a restart that lost acknowledged writes, a failover to a replica
 //! that lagged) is caught the same way: the channel gets a new epoch.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::future::join_all;
-use parking_lot::Mutex;
 use rand::Rng;
 use redis::aio::PubSubSink;
 use tidings_protocol::{ClientInfo, Publication};
@@ -104,8 +103,6 @@ impl Track {
 /// The handle the engine holds.
 pub(super) struct Fanout {
     commands: mpsc::UnboundedSender<Command>,
-    /// Channels subscribed here (what presence upkeep looks at).
-    channels: Arc<Mutex<HashSet<String>>>,
 }
 
 /// What the task needs.
@@ -134,17 +131,12 @@ impl Fanout {
     /// Starts the shard's task.
     pub(super) fn start(setup: Setup) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
-        let channels = Arc::new(Mutex::new(HashSet::new()));
         let task = Task {
             setup,
             tracks: HashMap::new(),
-            channels: channels.clone(),
         };
         tokio::spawn(task.run(rx));
-        Self {
-            commands: tx,
-            channels,
-        }
+        Self { commands: tx }
     }
 
     /// Subscribes the node; returns once Redis confirmed it.
@@ -163,11 +155,6 @@ impl Fanout {
             .commands
             .send(Command::Unsubscribe(channel.to_string()));
     }
-
-    /// The channels subscribed here.
-    pub(super) fn channels(&self) -> Vec<String> {
-        self.channels.lock().iter().cloned().collect()
-    }
 }
 
 /// The pub/sub connection broke (or stopped answering).
@@ -176,7 +163,6 @@ struct Broken;
 struct Task {
     setup: Setup,
     tracks: HashMap<String, Track>,
-    channels: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Task {
@@ -371,7 +357,6 @@ impl Task {
         for ((channel, ack), position) in pending.into_iter().zip(positions) {
             match position {
                 Ok((top, epoch)) => {
-                    self.channels.lock().insert(channel.clone());
                     self.tracks.insert(channel, Track::new(epoch, top));
                     let _ = ack.send(Ok(()));
                 }
@@ -387,7 +372,6 @@ impl Task {
 
     fn forget(&mut self, channel: &str) {
         self.tracks.remove(channel);
-        self.channels.lock().remove(channel);
     }
 
     /// The channel's (top, epoch), creating the epoch if it has none; with
@@ -399,15 +383,19 @@ impl Task {
         replace: Option<&str>,
     ) -> Result<(u64, String), EngineError> {
         let mut conn = self.setup.conn.clone();
-        scripts::EPOCH
-            .key(self.setup.keys.meta(channel))
+        let (top, epoch, _): (u64, String, Vec<Entry>) = scripts::READ
             .key(self.setup.keys.stream(channel))
+            .key(self.setup.keys.meta(channel))
             .arg(crate::engine::new_epoch())
             .arg(self.setup.meta_ttl_ms)
+            .arg(1)
+            .arg(0)
+            .arg("0")
             .arg(replace.unwrap_or(""))
             .invoke_async(&mut conn)
             .await
-            .map_err(redis_error)
+            .map_err(redis_error)?;
+        Ok((top, epoch))
     }
 
     /// The position check: catches up every channel whose top in Redis is
@@ -549,9 +537,8 @@ impl Task {
         if !self.tracks.contains_key(channel) {
             return; // unsubscribed meanwhile
         }
-        let channel = channel.to_string();
         match payload.split_first() {
-            Some((b'p', rest)) => self.on_publication(&channel, rest).await,
+            Some((b'p', rest)) => self.on_publication(channel, rest).await,
             Some((kind @ (b'j' | b'l'), rest)) => {
                 let Ok(info) = serde_json::from_slice::<ClientInfo>(rest) else {
                     tracing::warn!(channel, "bad presence message");
@@ -562,7 +549,7 @@ impl Task {
                 } else {
                     PresenceEvent::Leave(info)
                 };
-                self.setup.sink.deliver_presence(&channel, event);
+                self.setup.sink.deliver_presence(channel, event);
             }
             _ => tracing::warn!(channel, "unknown message"),
         }

@@ -73,6 +73,8 @@ pub struct RedisEngine {
     config: RedisConfig,
     /// For `rediss://`: what to trust and what to present.
     certs: Option<redis::TlsCertificates>,
+    /// This node, once started (for presence upkeep: its channels).
+    sink: OnceLock<Arc<dyn PublicationSink>>,
     keys: Keys,
     shards: Vec<Shard>,
 }
@@ -80,18 +82,7 @@ pub struct RedisEngine {
 /// An error of the Redis client as the engine reports it: unreachable,
 /// timed out, loading or failing over are temporary; refusals are not.
 pub(crate) fn redis_error(e: redis::RedisError) -> EngineError {
-    if e.is_io_error()
-        || e.is_timeout()
-        || e.is_connection_dropped()
-        || e.is_connection_refusal()
-        || e.is_cluster_error()
-        || matches!(
-            e.code(),
-            Some(
-                "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "READONLY" | "CLUSTERDOWN" | "OOM"
-            )
-        )
-    {
+    if transient(&e) {
         EngineError::Unavailable(e.to_string())
     } else {
         // Anything else Redis answered (NOPERM, WRONGTYPE, a script error) or
@@ -128,6 +119,23 @@ fn tls_certificates(config: &RedisConfig) -> Result<Option<redis::TlsCertificate
         client_tls,
         root_cert,
     }))
+}
+
+/// Whether `e` says Redis is away, slow or moving (unreachable, timed out,
+/// loading, failing over): the same command may succeed later, perhaps on
+/// another master.
+fn transient(e: &redis::RedisError) -> bool {
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || e.is_cluster_error()
+        || matches!(
+            e.code(),
+            Some(
+                "LOADING" | "BUSY" | "MASTERDOWN" | "TRYAGAIN" | "READONLY" | "CLUSTERDOWN" | "OOM"
+            )
+        )
 }
 
 /// `url` without its credentials, for messages.
@@ -207,6 +215,7 @@ impl RedisEngine {
             keys: Keys::new(&config.prefix),
             config: config.clone(),
             certs,
+            sink: OnceLock::new(),
             shards,
         })
     }
@@ -418,6 +427,7 @@ impl History for RedisEngine {
             .arg(from)
             .arg(count)
             .arg(if query.reverse { "1" } else { "0" })
+            .arg("")
             .invoke_async(&mut self.conn(channel)?)
             .await
             .map_err(redis_error)?;
@@ -675,6 +685,7 @@ impl Cluster for RedisEngine {
 #[async_trait]
 impl Lifecycle for RedisEngine {
     async fn start(&self, sink: Arc<dyn PublicationSink>) -> Result<(), EngineError> {
+        let _ = self.sink.set(sink.clone());
         for (i, shard) in self.shards.iter().enumerate() {
             let conn = tokio::time::timeout(self.config.connect_timeout * 2, self.connect(shard))
                 .await
@@ -707,19 +718,17 @@ impl Lifecycle for RedisEngine {
         // Leases not renewed (a connection or a whole node gone) end with a
         // `leave`; every node sweeps the channels it has subscribers of, so
         // the ones somebody watches are swept. Nothing is kept per channel
-        // here beyond the pub/sub tracks, which follow subscribers.
+        // here: the node's hub knows its channels.
+        let Some(sink) = self.sink.get() else {
+            return 0;
+        };
         let now = now_ms().to_string();
-        for shard in &self.shards {
-            let Some(fanout) = shard.fanout.get() else {
+        for (channel, _) in sink.channels("", None, usize::MAX) {
+            let Some(policy) = policy_of(&channel).filter(|p| p.presence.enabled) else {
                 continue;
             };
-            for channel in fanout.channels() {
-                let Some(policy) = policy_of(&channel).filter(|p| p.presence.enabled) else {
-                    continue;
-                };
-                if let Err(e) = self.leave_script(&channel, "expire", &now, &policy).await {
-                    tracing::debug!(channel, error = %e, "presence expiry failed");
-                }
+            if let Err(e) = self.leave_script(&channel, "expire", &now, &policy).await {
+                tracing::debug!(channel, error = %e, "presence expiry failed");
             }
         }
         0

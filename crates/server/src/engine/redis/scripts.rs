@@ -49,18 +49,21 @@ return {top, epoch, 0}
 });
 
 /// Read: KEYS stream, meta; ARGV a new epoch, meta ttl ms, first offset,
-/// count (0: position only), "1" for newest first. Returns {top, epoch,
-/// entries}. Creates the epoch of a channel that has none, so that a
-/// subscriber's position and the next publish share it.
+/// count (0: position only), "1" for newest first, an epoch to replace (""
+/// for none). Returns {top, epoch, entries}. Creates the epoch of a channel
+/// that has none (new, or lost by Redis: from offset 0), so that a
+/// subscriber's position and the next publish share it; replaces the given
+/// epoch (a node saw its offsets handed out twice: same top, empty history).
 pub(super) static READ: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local stream, meta = KEYS[1], KEYS[2]
 local epoch = redis.call('HGET', meta, 'e')
-if not epoch then
+if (not epoch) or epoch == ARGV[6] then
   epoch = ARGV[1]
   redis.call('DEL', stream)
-  redis.call('HSET', meta, 'e', epoch, 't', 0)
+  redis.call('HSET', meta, 'e', epoch)
+  redis.call('HSETNX', meta, 't', 0)
   redis.call('PEXPIRE', meta, ARGV[2])
 end
 local top = tonumber(redis.call('HGET', meta, 't'))
@@ -74,28 +77,6 @@ if count > 0 then
   end
 end
 return {top, epoch, entries}
-"#,
-    )
-});
-
-/// A node's view of a channel: KEYS meta, stream; ARGV a new epoch, meta
-/// ttl ms, an epoch to replace ("" for none). Creates the epoch of a
-/// channel that has none (Redis lost it: from offset 0), or replaces the
-/// given one (its offsets were handed out twice: from the same top, with
-/// empty history). Returns {top, epoch}.
-pub(super) static EPOCH: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local meta, stream = KEYS[1], KEYS[2]
-local epoch = redis.call('HGET', meta, 'e')
-if (not epoch) or epoch == ARGV[3] then
-  epoch = ARGV[1]
-  redis.call('DEL', stream)
-  redis.call('HSET', meta, 'e', epoch)
-  redis.call('HSETNX', meta, 't', 0)
-  redis.call('PEXPIRE', meta, ARGV[2])
-end
-return {tonumber(redis.call('HGET', meta, 't')), epoch}
 "#,
     )
 });
