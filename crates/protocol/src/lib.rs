@@ -8,6 +8,7 @@
 pub mod channel;
 pub mod codes;
 pub mod command;
+pub mod depth;
 pub mod message;
 pub mod position;
 pub mod reply;
@@ -15,6 +16,7 @@ pub mod reply;
 pub use channel::{ChannelName, ChannelNameError};
 pub use codes::{DisconnectCode, ErrorCode};
 pub use command::{Command, CommandKind, DecodeError, SinceArg, SubscribeArg, decode_commands};
+pub use depth::nests_deeper_than;
 pub use message::{
     ClientInfo, Disconnect, ErrorBody, Publication, Push, Reply, ServerMessage, StreamPosition,
     decode_server_messages, encode_error_reply, encode_ok_reply, encode_pub, encode_push,

@@ -95,6 +95,9 @@ pub struct NamespaceOptions {
     pub anonymous: bool,
     /// Largest accepted `data`, in bytes.
     pub max_message_size: usize,
+    /// Deepest nesting of arrays and objects accepted in `data` (0: no
+    /// limit); deeper JSON breaks common client parsers.
+    pub max_data_depth: usize,
     /// Whether the channel tracks presence (who is subscribed).
     pub presence: bool,
     /// Whether history is kept on disk (survives restarts) or in memory only.
@@ -123,6 +126,7 @@ impl Default for NamespaceOptions {
             client_publish: ClientPublish::Subscribers,
             anonymous: false,
             max_message_size: 64 * 1024,
+            max_data_depth: 64,
             presence: false,
             durable: true,
             subscribe: None,

@@ -406,7 +406,12 @@ mod frames {
 
     /// A masked client frame with FIN set.
     pub fn frame(opcode: u8, payload: &[u8]) -> Vec<u8> {
-        let mut out = vec![0x80 | opcode];
+        fragment(opcode, payload, true)
+    }
+
+    /// A masked client frame, the last of its message when `fin`.
+    pub fn fragment(opcode: u8, payload: &[u8], fin: bool) -> Vec<u8> {
+        let mut out = vec![if fin { 0x80 } else { 0 } | opcode];
         let len = payload.len();
         if len < 126 {
             out.push(0x80 | len as u8);
@@ -591,6 +596,80 @@ async fn a_10_mib_frame_closes_the_connection_and_others_keep_receiving() {
     let mut again = Raw::connect(&server, None).await;
     subscribe(&mut again, "huge").await;
     all_receive(&server, &mut [&mut other, &mut again], "huge").await;
+}
+
+#[tokio::test]
+async fn a_message_fragmented_past_the_frame_limit_closes_like_one_big_frame() {
+    use tokio::io::AsyncWriteExt;
+
+    let mut config = config();
+    config.client.max_frame_size = 64 * 1024;
+    let server = start_with(config).await;
+    let (mut rd, mut wr) = frames::open(server.local_addr()).await;
+    wr.write_all(&frames::frame(frames::TEXT, br#"{"id":1,"op":"connect"}"#))
+        .await
+        .expect("write");
+    assert!(rd.reply(1).await.get("ok").is_some());
+    // Five fragments of 20 KiB: each is within the limit, the message is not.
+    let chunk = vec![b'x'; 20 * 1024];
+    for i in 0..5u8 {
+        let opcode = if i == 0 { frames::TEXT } else { 0 };
+        // The server may close before the last fragments arrive.
+        if wr
+            .write_all(&frames::fragment(opcode, &chunk, i == 4))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let (got, end) = rd.until_end(100).await;
+    assert_eq!(
+        got,
+        vec![frames::Got::Close(Some(1009))],
+        "the same close as one oversized frame, with no push ({end})"
+    );
+}
+
+#[tokio::test]
+async fn data_nested_deeper_than_the_limit_is_refused_by_clients_and_the_api() {
+    let server = start().await;
+    let mut raw = Raw::connect(&server, None).await;
+    subscribe(&mut raw, "deep").await;
+    // 10,000 levels fit in 20 KB, far below the size limit.
+    let deep = "[".repeat(10_000) + &"]".repeat(10_000);
+    let cmd = format!(r#"{{"id":7,"op":"publish","channel":"deep","data":{deep}}}"#);
+    raw.send_text(&cmd).await;
+    let r = next_msg(&mut raw).await;
+    assert_error(&r, 104, Some(7));
+    let body = format!(r#"{{"channel":"deep","data":{deep}}}"#);
+    let (status, reply) = api_raw(
+        &server,
+        "publish",
+        Some(&format!("Bearer {API_KEY}")),
+        &[],
+        body,
+    )
+    .await;
+    let reply: Value = serde_json::from_str(&reply).expect("a JSON error");
+    assert_eq!(status, 413, "{reply}");
+    assert_eq!(reply["error"]["code"], 104, "{reply}");
+    // 64 levels (the default limit) pass; nothing deeper was stored.
+    let ok = "[".repeat(64) + &"]".repeat(64);
+    let body = format!(r#"{{"channel":"deep","data":{ok}}}"#);
+    let (status, reply) = api_raw(
+        &server,
+        "publish",
+        Some(&format!("Bearer {API_KEY}")),
+        &[],
+        body,
+    )
+    .await;
+    let reply: Value = serde_json::from_str(&reply).expect("a JSON answer");
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["offset"], 1, "the deep ones were not stored: {reply}");
+    let m = next_pub(&mut raw).await;
+    assert_eq!(m["offset"], 1);
 }
 
 /// A config for load cases: pings out of the way, namespace `slow` with a long history.

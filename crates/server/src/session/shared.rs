@@ -42,6 +42,12 @@ pub async fn publish(
             format!("data is larger than {} bytes", ns.max_message_size),
         ));
     }
+    if ns.max_data_depth > 0 && tidings_protocol::nests_deeper_than(data.get(), ns.max_data_depth) {
+        return Err(err(
+            ErrorCode::LimitExceeded,
+            format!("data nests deeper than {} levels", ns.max_data_depth),
+        ));
+    }
     if idempotency_key
         .as_ref()
         .is_some_and(|k| k.is_empty() || k.len() > 256)

@@ -178,8 +178,7 @@ where
                 }
                 Some(Err(e)) => {
                     tracing::debug!(client = session.client_id(), error = %e, "websocket read failed");
-                    let reason = format!("bad frame: {e}");
-                    outbox.close(Disconnect { reason, ..Disconnect::new(DisconnectCode::BAD_REQUEST, None) }, true);
+                    outbox.close(read_failure(&e), true);
                     break;
                 }
                 None => break,
@@ -232,6 +231,24 @@ where
         }
     }
     node.metrics.connections.dec();
+}
+
+/// How a connection whose frames cannot be read is closed. A message over
+/// `max_frame_size` gets close 1009 without a push, whether it came as one
+/// frame or as fragments (tokio-websockets closes the first case itself).
+fn read_failure(e: &tokio_websockets::Error) -> Disconnect {
+    match e {
+        tokio_websockets::Error::PayloadTooLong { max_len, .. } => Disconnect {
+            code: CloseCode::MESSAGE_TOO_BIG.into(),
+            reason: format!("message larger than {max_len} bytes"),
+            reconnect: false,
+            delay_ms: None,
+        },
+        e => Disconnect {
+            reason: format!("bad frame: {e}"),
+            ..Disconnect::new(DisconnectCode::BAD_REQUEST, None)
+        },
+    }
 }
 
 /// Drains the outbox into frames: each batch becomes as few frames as it
