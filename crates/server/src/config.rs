@@ -106,6 +106,9 @@ pub struct NamespaceOptions {
     pub subscribe: Option<SubscribeRule>,
     /// Who may read history from a client connection.
     pub history: ClientAccess,
+    /// Who may recover missed publications when subscribing with `since`;
+    /// when absent, `history` decides (recovery reads history).
+    pub recovery: Option<ClientAccess>,
     /// Who may read presence from a client connection.
     pub presence_access: ClientAccess,
     /// Whether `join` and `leave` are pushed to subscribers (needs `presence`).
@@ -131,6 +134,7 @@ impl Default for NamespaceOptions {
             durable: true,
             subscribe: None,
             history: ClientAccess::Subscribers,
+            recovery: None,
             presence_access: ClientAccess::Subscribers,
             join_leave: false,
             join_leave_max: 1000,
@@ -148,6 +152,11 @@ impl NamespaceOptions {
         } else {
             SubscribeRule::Authenticated
         })
+    }
+
+    /// Who may recover with `since` (`recovery`, else `history`).
+    pub fn recovery_rule(&self) -> ClientAccess {
+        self.recovery.unwrap_or(self.history)
     }
 
     /// Whether channels of this namespace have history and offsets.

@@ -599,3 +599,65 @@ async fn the_opening_id_never_claims_what_was_not_delivered() {
         ["feed:4", "feed:5", "feed:6", "feed:7", "feed:8", "other:1"]
     );
 }
+
+#[tokio::test]
+async fn history_none_recovers_nothing_over_any_transport() {
+    use tidings_server::config::{ClientAccess, ClientPublish, NamespaceOptions};
+    let mut c = config();
+    c.namespaces.insert(
+        "sealed".into(),
+        NamespaceOptions {
+            history: ClientAccess::None,
+            history_size: 5000,
+            client_publish: ClientPublish::Any,
+            anonymous: true,
+            ..Default::default()
+        },
+    );
+    let server = start_with(c).await;
+    let first = publish(&server, "sealed:x", json!(0)).await;
+    let epoch = first["epoch"].as_str().unwrap().to_string();
+    for i in 1..50 {
+        publish(&server, "sealed:x", json!(i)).await;
+    }
+
+    // WebSocket: recovered false, no publications; strict: 109.
+    let mut ws = Raw::connect(&server, None).await;
+    let since = json!({"offset": 1, "epoch": epoch});
+    let r = ws
+        .call(json!({"op": "subscribe", "channel": "sealed:x", "since": since}))
+        .await;
+    assert_eq!(r["ok"]["recovered"], false, "{r}");
+    assert!(r["ok"].get("publications").is_none(), "{r}");
+    assert_eq!(r["ok"]["offset"], 50, "{r}");
+    let r = ws
+        .call(json!({"op": "subscribe", "channel": "sealed:y", "since": since, "strict": true}))
+        .await;
+    assert_eq!(error_code(&r), 109, "{r}");
+
+    // SSE: from an id at offset 1, a reset and no publication.
+    let mut sse = Sse::open(&server, "channel=sealed:x", None).await;
+    publish(&server, "sealed:x", json!(50)).await;
+    let live = sse.next().await.unwrap();
+    assert_eq!(live.event, "pub", "live publications still arrive");
+    drop(sse);
+    for i in 51..60 {
+        publish(&server, "sealed:x", json!(i)).await;
+    }
+    let mut sse = Sse::open(&server, "channel=sealed:x", live.id.as_deref()).await;
+    let e = sse.next().await.unwrap();
+    assert_eq!(e.event, "reset", "{e:?}");
+    let data: Value = serde_json::from_str(&e.data).unwrap();
+    assert_eq!(data["offset"], 60, "{data}");
+
+    // Long-poll: the same.
+    let (status, answer) = poll(
+        &server,
+        &format!("channel=sealed:x&since={}", live.id.as_deref().unwrap()),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let events = answer["events"].as_array().unwrap();
+    assert!(offsets_of(events).is_empty(), "nothing recovered: {answer}");
+    assert!(events.iter().any(|e| e["push"] == "reset"), "{answer}");
+}

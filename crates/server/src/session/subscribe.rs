@@ -138,6 +138,25 @@ impl Session {
                 ..Default::default()
             });
         };
+        if ns.recovery_rule() == ClientAccess::None {
+            // Recovery reads history, which clients may not read here.
+            if arg.strict {
+                return Err(err(
+                    ErrorCode::Unrecoverable,
+                    "clients may not recover in this namespace",
+                ));
+            }
+            let top = engine
+                .position(&arg.channel, &policy)
+                .await
+                .map_err(internal)?;
+            return Ok(SubscribeOk {
+                offset: Some(top.offset),
+                epoch: Some(top.epoch),
+                recovered: Some(false),
+                ..Default::default()
+            });
+        }
         let max = self.node.config.client.recovery_max;
         let page = engine
             .read(
