@@ -228,8 +228,26 @@ pub struct ClientConfig {
     /// (0: no limit). Over it: error 105; a second's worth refused in a row
     /// closes the connection (3500, "command flood").
     pub max_commands_per_second: u32,
-    /// WebSocket connections from one IP address (0: no limit).
+    /// Open sockets from one IP address, whatever they carry (WebSocket,
+    /// SSE, long-poll, a request not yet finished, an idle keep-alive;
+    /// 0: no limit).
     pub max_connections_per_ip: usize,
+    /// Open sockets on this node (0: as many as the open-file limit allows
+    /// after `reserved_fds`). Past it, only `/health`, `/metrics` and the
+    /// server API are served, from the reserve.
+    pub max_connections: usize,
+    /// File descriptors kept below the process's open-file limit: half for
+    /// sockets that serve `/health`, `/metrics` and the API when clients
+    /// hold `max_connections`, half for files and the engine's connections.
+    pub reserved_fds: usize,
+    /// A new socket's first request head must arrive within this; a socket
+    /// that sends nothing, or half a request, is closed.
+    #[serde(with = "humantime_serde")]
+    pub header_timeout: Duration,
+    /// An idle keep-alive socket is closed when its next request head has
+    /// not arrived within this.
+    #[serde(with = "humantime_serde")]
+    pub keepalive_timeout: Duration,
     /// Connections of one user (0: no limit).
     pub max_connections_per_user: usize,
     /// New WebSocket connections per second, node-wide, with a burst of as
@@ -250,6 +268,10 @@ impl Default for ClientConfig {
             max_polls_per_user: 16,
             max_commands_per_second: 0,
             max_connections_per_ip: 0,
+            max_connections: 0,
+            reserved_fds: 64,
+            header_timeout: Duration::from_secs(10),
+            keepalive_timeout: Duration::from_secs(60),
             max_connections_per_user: 0,
             new_connections_per_second: 0,
         }
@@ -651,6 +673,17 @@ impl Config {
                     "`cors_origins`/`allowed_origins`: {origin:?} is not an origin like \"https://app.example\" (scheme and host, no path) or \"*\""
                 ));
             }
+        }
+        for (key, d) in [
+            ("header_timeout", self.client.header_timeout),
+            ("keepalive_timeout", self.client.keepalive_timeout),
+        ] {
+            if d.is_zero() {
+                bad.push(format!("`client.{key}`: must be greater than 0"));
+            }
+        }
+        if self.client.reserved_fds < 8 {
+            bad.push("`client.reserved_fds`: at least 8".into());
         }
         if self.client.max_subscriptions == 0 {
             bad.push("`client.max_subscriptions`: must be greater than 0".into());

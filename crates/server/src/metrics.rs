@@ -21,6 +21,10 @@ pub struct Metrics {
     registry: Registry,
     /// Open client connections.
     pub connections: Gauge<i64, AtomicI64>,
+    /// Open sockets, whatever they carry (upgraded or not).
+    pub sockets: Gauge<i64, AtomicI64>,
+    /// Sockets closed for not sending their first request head in time.
+    pub request_timeouts: Counter<u64, AtomicU64>,
     /// Subscriptions across connections.
     pub subscriptions: Gauge<i64, AtomicI64>,
     /// Channels with at least one local subscriber.
@@ -35,7 +39,7 @@ pub struct Metrics {
     pub slow_consumer_disconnects: Counter<u64, AtomicU64>,
     /// Error replies, by code.
     pub command_errors: Family<CodeLabel, Counter<u64, AtomicU64>>,
-    /// Connections refused by a limit, by limit (`ip`, `user`, `rate`).
+    /// Connections refused by a limit, by limit (`ip`, `node`, `user`, `rate`).
     pub limit_rejections: Family<LimitLabel, Counter<u64, AtomicU64>>,
     /// Times the engine lost a channel's continuity on this node (its
     /// subscribers were told to resubscribe, `unsub` 3003).
@@ -62,6 +66,8 @@ impl Metrics {
         let m = Metrics {
             registry: Registry::default(),
             connections: Gauge::default(),
+            sockets: Gauge::default(),
+            request_timeouts: Counter::default(),
             subscriptions: Gauge::default(),
             channels: Gauge::default(),
             publications_in: Counter::default(),
@@ -76,6 +82,16 @@ impl Metrics {
             "connections",
             "Open client connections",
             m.connections.clone(),
+        );
+        registry.register(
+            "sockets",
+            "Open sockets, upgraded or not",
+            m.sockets.clone(),
+        );
+        registry.register(
+            "request_timeouts",
+            "Sockets closed for not sending a request head within client.header_timeout",
+            m.request_timeouts.clone(),
         );
         registry.register("subscriptions", "Subscriptions", m.subscriptions.clone());
         registry.register(

@@ -65,8 +65,6 @@ pub struct Node {
     /// Namespace options in force: the default one and the named ones
     /// (swapped whole on SIGHUP).
     namespaces: RwLock<Arc<Namespaces>>,
-    /// Open WebSocket connections by IP address.
-    ips: Mutex<HashMap<std::net::IpAddr, usize>>,
     /// Registered connections by user.
     users: Mutex<HashMap<String, usize>>,
     /// Token bucket of new connections: (tokens, last refill).
@@ -186,24 +184,6 @@ impl PublicationSink for NodeSink {
     }
 }
 
-/// A WebSocket connection counted against its IP address; uncounted on drop.
-pub struct IpSlot {
-    node: Arc<Node>,
-    ip: std::net::IpAddr,
-}
-
-impl Drop for IpSlot {
-    fn drop(&mut self) {
-        let mut ips = self.node.ips.lock();
-        if let Some(n) = ips.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                ips.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// A held long-poll; counted until dropped.
 pub struct HeldPoll {
     polls: Arc<Mutex<HashMap<String, usize>>>,
@@ -256,7 +236,6 @@ impl Node {
             user_seq: AtomicU64::new(1),
             polls: Arc::default(),
             namespaces,
-            ips: Mutex::default(),
             users: Mutex::default(),
             new_conns: Mutex::new((burst, Instant::now())),
         }
@@ -422,22 +401,6 @@ impl Node {
             h.user = user.to_string();
         }
         true
-    }
-
-    /// Takes a slot for a new WebSocket connection from `ip`: None when the
-    /// address already has `max_connections_per_ip`.
-    pub fn take_ip_slot(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
-        let max = self.config.client.max_connections_per_ip;
-        let mut ips = self.ips.lock();
-        let n = ips.entry(ip).or_default();
-        if max > 0 && *n >= max {
-            return None;
-        }
-        *n += 1;
-        Some(IpSlot {
-            node: self.clone(),
-            ip,
-        })
     }
 
     /// Takes a token for a new connection; false over `new_connections_per_second`.

@@ -9,7 +9,6 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{any, get, post};
-use axum::serve::ListenerExt;
 use rand::Rng;
 use thiserror::Error;
 use tidings_protocol::{Disconnect, DisconnectCode};
@@ -20,6 +19,7 @@ use tokio::task::JoinHandle;
 use crate::auth::{TokenKeys, TokenVerifier};
 use crate::config::Config;
 use crate::engine::{BuildError, Engine};
+use crate::listener::{self, Admission, Timeouts};
 use crate::metrics::Metrics;
 use crate::node::{Node, NodeSink};
 use crate::{api, client_api, demo, transport};
@@ -63,6 +63,7 @@ pub struct DevCredentials {
 /// A running server.
 pub struct Server {
     addr: SocketAddr,
+    admission: Arc<Admission>,
     node: Arc<Node>,
     engine: Arc<dyn Engine>,
     sweeper: JoinHandle<()>,
@@ -136,27 +137,6 @@ impl Server {
             .await
             .map_err(ServerError::EngineStart)?;
 
-        let listener = listener.tap_io(|tcp| {
-            // Pushes and replies are small and latency-bound: no Nagle delay.
-            if let Err(e) = tcp.set_nodelay(true) {
-                tracing::debug!(error = %e, "TCP_NODELAY failed");
-            }
-            // A peer that vanished (NAT drop, mobile handover) must be noticed
-            // in tens of seconds, not the kernel's ~15 minutes: SSE streams
-            // never write back, and their presence leases renew while open.
-            let sock = socket2::SockRef::from(&*tcp);
-            let keepalive = socket2::TcpKeepalive::new()
-                .with_time(Duration::from_secs(30))
-                .with_interval(Duration::from_secs(10))
-                .with_retries(3);
-            if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
-                tracing::debug!(error = %e, "TCP keepalive failed");
-            }
-            #[cfg(target_os = "linux")]
-            if let Err(e) = sock.set_tcp_user_timeout(Some(Duration::from_secs(60))) {
-                tracing::debug!(error = %e, "TCP_USER_TIMEOUT failed");
-            }
-        });
         // Browser-facing routes: CORS for the configured origins only.
         let browser = Router::new()
             .route("/v1/sse", get(transport::sse::handle))
@@ -234,18 +214,23 @@ impl Server {
                 }
             })
         });
-        let (stop, mut stopped) = watch::channel(false);
-        let task = tokio::spawn(async move {
-            let app = app.into_make_service_with_connect_info::<SocketAddr>();
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "server stopped with an error");
-            }
-        });
-        tracing::info!(%addr, "tidings listening");
+        let (stop, stopped) = watch::channel(false);
+        let admission = Admission::new(&node.config.client, node.metrics.clone());
+        let timeouts = Timeouts {
+            header: node.config.client.header_timeout,
+            keepalive: node.config.client.keepalive_timeout,
+        };
+        let task = tokio::spawn(listener::serve(
+            listener,
+            app,
+            admission.clone(),
+            timeouts,
+            tune,
+            stopped,
+        ));
+        tracing::info!(%addr, max_connections = admission.max_open(), "tidings listening");
         Ok(Server {
+            admission,
             engine,
             sweeper,
             announcer,
@@ -309,12 +294,35 @@ impl Server {
             )
         });
         let deadline = tokio::time::Instant::now() + self.node.config.shutdown_timeout;
-        while self.node.metrics.connections.get() > 0 && tokio::time::Instant::now() < deadline {
+        while self.admission.open() > 0 && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = tokio::time::timeout_at(deadline, self.task).await;
         // Everything acknowledged is committed; fold the log and stop writing.
         self.engine.close().await;
+    }
+}
+
+/// Socket options of every accepted connection.
+fn tune(tcp: &tokio::net::TcpStream) {
+    // Pushes and replies are small and latency-bound: no Nagle delay.
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(error = %e, "TCP_NODELAY failed");
+    }
+    // A peer that vanished (NAT drop, mobile handover) must be noticed in
+    // tens of seconds, not the kernel's ~15 minutes: SSE streams never
+    // write back, and their presence leases renew while open.
+    let sock = socket2::SockRef::from(tcp);
+    let keepalive = socket2::TcpKeepalive::new()
+        .with_time(Duration::from_secs(30))
+        .with_interval(Duration::from_secs(10))
+        .with_retries(3);
+    if let Err(e) = sock.set_tcp_keepalive(&keepalive) {
+        tracing::debug!(error = %e, "TCP keepalive failed");
+    }
+    #[cfg(target_os = "linux")]
+    if let Err(e) = sock.set_tcp_user_timeout(Some(Duration::from_secs(60))) {
+        tracing::debug!(error = %e, "TCP_USER_TIMEOUT failed");
     }
 }
 

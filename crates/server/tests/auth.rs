@@ -488,14 +488,25 @@ async fn connections_per_ip_are_limited_while_another_ip_connects() {
         503,
         "an SSE stream counts against the address too"
     );
-    let text = reqwest::get(format!("http://{}/metrics", server.local_addr()))
+    // Every socket from the address counts, plain requests included.
+    let health = reqwest::get(format!("http://{}/health", server.local_addr()))
+        .await
+        .unwrap();
+    assert_eq!(health.status(), 503, "a plain request counts too");
+    let other = reqwest::Client::builder()
+        .local_address(Some("127.0.0.2".parse().unwrap()))
+        .build()
+        .unwrap();
+    let text = other
+        .get(format!("http://{}/metrics", server.local_addr()))
+        .send()
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
     assert!(
-        text.contains("tidings_limit_rejections_total{limit=\"ip\"} 2"),
+        text.contains("tidings_limit_rejections_total{limit=\"ip\"} 3"),
         "{text}"
     );
     // A closed connection frees its slot.

@@ -252,6 +252,11 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("deleting the history in {}", config.data_dir.display()))?;
         tracing::warn!(dir = %config.data_dir.display(), "history deleted (--reset-history): channels start over with new epochs");
     }
+    // Each connection is a file descriptor: use all the hard limit allows
+    // (the soft one is often 1024). What is left is reported at start.
+    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
+        tracing::warn!(error = %e, "raising the open-file limit failed");
+    }
     let server = Server::start(config).await.context("starting the server")?;
     if let Some(dev) = server.dev_credentials() {
         tracing::warn!(

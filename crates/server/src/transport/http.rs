@@ -5,8 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, HeaderValue, header};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
@@ -26,17 +25,6 @@ pub fn origin_allowed(node: &Node, headers: &HeaderMap) -> bool {
             .and_then(|v: &HeaderValue| v.to_str().ok())
     };
     node.origin_allowed(get(header::ORIGIN), get(header::HOST))
-}
-
-/// The answer when an address already holds `max_connections_per_ip`.
-pub fn refuse_address(node: &Node) -> Response {
-    node.metrics.limit_rejected("ip");
-    (
-        StatusCode::SERVICE_UNAVAILABLE,
-        [(header::RETRY_AFTER, "5")],
-        "too many connections from this address",
-    )
-        .into_response()
 }
 
 /// A parsed `GET /v1/sse` or `/v1/poll` request.

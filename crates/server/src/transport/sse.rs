@@ -6,9 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::HeaderMap;
 use tidings_protocol::{ErrorBody, ErrorCode};
 
@@ -18,8 +16,8 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{self, Stream, StreamExt};
 use rand::Rng;
 
-use super::http::{OpenStream, StreamEvent, StreamRequest, origin_allowed, refuse_address};
-use crate::node::{IpSlot, Node};
+use super::http::{OpenStream, StreamEvent, StreamRequest, origin_allowed};
+use crate::node::Node;
 
 /// Keep-alive comment interval.
 const KEEP_ALIVE: Duration = Duration::from_secs(15);
@@ -36,14 +34,9 @@ fn to_event(e: StreamEvent) -> Event {
 /// `GET /v1/sse`.
 pub async fn handle(
     State(node): State<Arc<Node>>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
-    // An open stream counts against its address like a WebSocket.
-    let Some(slot) = node.take_ip_slot(peer.ip()) else {
-        return refuse_address(&node);
-    };
     if !origin_allowed(&node, &headers) {
         let e = ErrorBody::new(ErrorCode::PermissionDenied, "this origin may not connect");
         return ApiError(e).into_response();
@@ -66,8 +59,8 @@ pub async fn handle(
             .chain(first.into_iter().map(to_event))
             .map(Ok::<_, Infallible>),
     );
-    let live = live_events(open, node.clone(), slot)
-        .flat_map(|events| stream::iter(events.into_iter().map(Ok)));
+    let live =
+        live_events(open, node.clone()).flat_map(|events| stream::iter(events.into_iter().map(Ok)));
     Sse::new(head.chain(live))
         .keep_alive(KeepAlive::new().interval(KEEP_ALIVE).text("ping"))
         .into_response()
@@ -76,12 +69,11 @@ pub async fn handle(
 /// Events as pushes arrive, until the session closes (slow consumer,
 /// shutdown, API disconnect): the last batch ends with the `disconnect`
 /// event, then the stream ends and the browser reconnects by itself.
-fn live_events(open: OpenStream, node: Arc<Node>, slot: IpSlot) -> impl Stream<Item = Vec<Event>> {
+fn live_events(open: OpenStream, node: Arc<Node>) -> impl Stream<Item = Vec<Event>> {
     struct Live {
         open: OpenStream,
         node: Arc<Node>,
         next_renew: tokio::time::Instant,
-        _slot: IpSlot,
     }
     impl Drop for Live {
         fn drop(&mut self) {
@@ -93,7 +85,6 @@ fn live_events(open: OpenStream, node: Arc<Node>, slot: IpSlot) -> impl Stream<I
         open,
         node,
         next_renew,
-        _slot: slot,
     };
     stream::unfold(Some(live), |state| async move {
         let mut live = state?;

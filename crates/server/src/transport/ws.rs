@@ -85,21 +85,11 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
         )
             .into_response();
     }
-    let peer = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    let slot = match peer.map(|ip| node.take_ip_slot(ip)) {
-        Some(None) => return super::http::refuse_address(&node),
-        Some(slot) => slot,
-        None => None,
-    };
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
                 run(node, TokioIo::new(upgraded)).await;
-                drop(slot);
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
