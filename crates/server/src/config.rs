@@ -220,6 +220,11 @@ pub struct ClientConfig {
     pub max_subscriptions: usize,
     /// Publications a recovery may return; beyond it, `recovered: false`.
     pub recovery_max: usize,
+    /// Bytes of publications one reply may recover: a `subscribe`'s
+    /// recovery beyond it is `recovered: false`; the subscriptions of one
+    /// `connect` share it (those past it are refused with a temporary 104,
+    /// to be subscribed on their own).
+    pub recovery_max_bytes: usize,
     /// Channels one SSE stream or long-poll may read.
     pub max_stream_channels: usize,
     /// Long-polls one user may hold open at once.
@@ -264,6 +269,7 @@ impl Default for ClientConfig {
             max_frame_size: 1024 * 1024,
             max_subscriptions: 1024,
             recovery_max: 1000,
+            recovery_max_bytes: 1024 * 1024,
             max_stream_channels: 64,
             max_polls_per_user: 16,
             max_commands_per_second: 0,
@@ -681,6 +687,9 @@ impl Config {
             if d.is_zero() {
                 bad.push(format!("`client.{key}`: must be greater than 0"));
             }
+        }
+        if self.client.recovery_max_bytes < 1024 {
+            bad.push("`client.recovery_max_bytes`: at least 1024".into());
         }
         if self.client.reserved_fds < 8 {
             bad.push("`client.reserved_fds`: at least 8".into());

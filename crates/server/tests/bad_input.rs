@@ -672,6 +672,97 @@ async fn data_nested_deeper_than_the_limit_is_refused_by_clients_and_the_api() {
     assert_eq!(m["offset"], 1);
 }
 
+#[tokio::test]
+async fn recovery_replies_are_bounded_in_bytes() {
+    let mut config = config();
+    config.client.recovery_max_bytes = 64 * 1024;
+    let server = start_with(config).await;
+    let blob = "x".repeat(2000);
+    // Ten channels of ten 2 KB publications: about 21 KB to recover each.
+    let mut epochs = Vec::new();
+    for c in 0..10 {
+        let channel = format!("many{c}");
+        let (_, first) = api(
+            &server,
+            "publish",
+            json!({"channel": channel, "data": blob}),
+        )
+        .await;
+        epochs.push(first["epoch"].as_str().unwrap().to_string());
+        for _ in 1..10 {
+            publish(&server, &channel, json!(blob)).await;
+        }
+    }
+    let since = |c: usize| json!({"offset": 0, "epoch": epochs[c]});
+    let subscribe: Vec<Value> = (0..10)
+        .map(|c| json!({"channel": format!("many{c}"), "since": since(c)}))
+        .collect();
+    let mut raw = Raw::open(&server).await;
+    raw.send_text(json!({"id": 1, "op": "connect", "subscribe": subscribe}).to_string())
+        .await;
+    let reply = raw.reply(1).await;
+    assert!(
+        reply.to_string().len() < 70 * 1024,
+        "the connect reply stays within recovery_max_bytes: {} bytes",
+        reply.to_string().len()
+    );
+    let results = reply["ok"]["subscribed"].as_array().expect("results");
+    let (mut recovered, mut deferred) = (0, Vec::new());
+    for (c, r) in results.iter().enumerate() {
+        if r["ok"]["recovered"] == true {
+            assert_eq!(r["ok"]["publications"].as_array().unwrap().len(), 10);
+            recovered += 1;
+        } else {
+            // Past the budget: a temporary 104, to subscribe on its own.
+            assert_eq!(r["error"]["code"], 104, "{r}");
+            assert_eq!(r["error"]["temporary"], true, "{r}");
+            deferred.push(c);
+        }
+    }
+    assert_eq!(recovered, 3, "as many as fit in 64 KiB");
+    // Each deferred channel recovers in full with its own subscribe.
+    for c in deferred {
+        let r = raw
+            .call(json!({"op": "subscribe", "channel": format!("many{c}"), "since": since(c)}))
+            .await;
+        assert_eq!(r["ok"]["recovered"], true, "{r}");
+        assert_eq!(r["ok"]["publications"].as_array().unwrap().len(), 10);
+    }
+    // One channel with more than the budget: recovered false (109 strict),
+    // and history answers it in pages.
+    for _ in 0..30 {
+        publish(&server, "many0", json!(blob)).await;
+    }
+    let mut other = Raw::connect(&server, None).await;
+    let r = other
+        .call(json!({"op": "subscribe", "channel": "many0", "since": since(0)}))
+        .await;
+    assert_eq!(r["ok"]["recovered"], false, "{r}");
+    let r = other
+        .call(json!({"op": "subscribe", "channel": "many1", "since": since(1), "strict": true}))
+        .await;
+    assert_eq!(r["ok"]["recovered"], true, "within the budget: {r}");
+    let mut after = 0;
+    let mut pages = 0;
+    while after < 40 {
+        let r = other
+            .call(json!({"op": "history", "channel": "many0", "since": {"offset": after, "epoch": epochs[0]}}))
+            .await;
+        let page = r["ok"]["publications"].as_array().expect("a page");
+        assert!(
+            !page.is_empty() && page.len() < 40,
+            "a bounded page: {}",
+            page.len()
+        );
+        for p in page {
+            after += 1;
+            assert_eq!(p["offset"], after, "pages follow on without gaps");
+        }
+        pages += 1;
+    }
+    assert!(pages >= 2, "{pages}");
+}
+
 /// A config for load cases: pings out of the way, namespace `slow` with a long history.
 fn load_config() -> Config {
     let mut c = config();

@@ -10,6 +10,8 @@ mod commands;
 mod shared;
 mod subscribe;
 
+use subscribe::ReplyBudget;
+
 pub(crate) use shared::internal;
 pub use shared::{history, last_seen, presence_list, presence_stats, publish};
 
@@ -263,14 +265,17 @@ impl Session {
             CommandKind::Connect { .. } => {
                 self.reply_error(id, &err(ErrorCode::BadRequest, "already connected"))
             }
-            CommandKind::Subscribe(arg) => match self.subscribe(&arg).await {
-                Ok((sub, ok)) => {
-                    let reply = encode_ok_reply(id, &ok);
-                    self.go_live(&arg.channel, &sub, Some(reply), ok.offset)
-                        .await
+            CommandKind::Subscribe(arg) => {
+                let mut budget = ReplyBudget::single(self.node.config.client.recovery_max_bytes);
+                match self.subscribe(&arg, &mut budget).await {
+                    Ok((sub, ok)) => {
+                        let reply = encode_ok_reply(id, &ok);
+                        self.go_live(&arg.channel, &sub, Some(reply), ok.offset)
+                            .await
+                    }
+                    Err(e) => self.reply_error(id, &e),
                 }
-                Err(e) => self.reply_error(id, &e),
-            },
+            }
             CommandKind::Unsubscribe { channel } => {
                 let r = self.unsubscribe(&channel).await.map(|()| Empty {});
                 self.reply(id, r)
@@ -385,8 +390,9 @@ impl Session {
         // then let each channel go live: no push can precede the reply.
         let mut results = Vec::with_capacity(subscribe.len());
         let mut live = Vec::new();
+        let mut budget = ReplyBudget::shared(self.node.config.client.recovery_max_bytes);
         for arg in &subscribe {
-            match self.subscribe(arg).await {
+            match self.subscribe(arg, &mut budget).await {
                 Ok((sub, ok)) => {
                     live.push((arg.channel.clone(), sub, ok.offset));
                     results.push(SubscribeResult {

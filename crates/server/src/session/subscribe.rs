@@ -9,6 +9,7 @@ use tidings_protocol::{
     ClientInfo, DisconnectCode, ErrorBody, ErrorCode, Publication, Push, SubscribeArg, encode_push,
 };
 
+use super::shared::reply_size;
 use super::{PRESENCE_IN_REPLY, Session, err, internal};
 use crate::auth::TokenError;
 use crate::config::{ClientAccess, NamespaceOptions, SubscribeRule};
@@ -16,11 +17,40 @@ use crate::engine::HistoryQuery;
 use crate::hub::Subscriber;
 use crate::node::SubscribeError;
 
+/// Bytes of recovered publications one reply may still carry
+/// (`client.recovery_max_bytes`): a `connect` that subscribes many channels
+/// shares one budget among them, a `subscribe` has its own.
+pub(super) struct ReplyBudget {
+    left: usize,
+    /// Shared by several subscriptions of one `connect` reply.
+    shared: bool,
+}
+
+impl ReplyBudget {
+    /// The budget of one `subscribe` reply.
+    pub(super) fn single(max: usize) -> Self {
+        Self {
+            left: max,
+            shared: false,
+        }
+    }
+
+    /// The budget a `connect` reply's subscriptions share.
+    pub(super) fn shared(max: usize) -> Self {
+        Self {
+            left: max,
+            shared: true,
+        }
+    }
+}
+
 impl Session {
-    /// Registers a subscription (buffering) and builds its reply.
+    /// Registers a subscription (buffering) and builds its reply, with
+    /// recovered publications within `budget`.
     pub(super) async fn subscribe(
         &mut self,
         arg: &SubscribeArg,
+        budget: &mut ReplyBudget,
     ) -> Result<(Arc<Subscriber>, SubscribeOk), ErrorBody> {
         let node = self.node.clone();
         let ns = &self.check_channel(&arg.channel)?;
@@ -81,7 +111,7 @@ impl Session {
                 SubscribeError::Engine(e) => internal(e),
             })?;
         self.subs.insert(arg.channel.clone(), sub.clone());
-        match self.answer_subscribe(arg, ns).await {
+        match self.answer_subscribe(arg, ns, budget).await {
             Ok(mut ok) if ns.presence && !self.transient => {
                 let show = ns.presence_access == ClientAccess::Subscribers;
                 let engine = &node.engine;
@@ -121,6 +151,7 @@ impl Session {
         &self,
         arg: &SubscribeArg,
         ns: &NamespaceOptions,
+        budget: &mut ReplyBudget,
     ) -> Result<SubscribeOk, ErrorBody> {
         let engine = &self.node.engine;
         if !ns.has_history() {
@@ -173,7 +204,7 @@ impl Session {
         let top = page.position;
         let missed = top.offset.saturating_sub(since.offset);
         // Recovered only when every publication after `since` is here, in one epoch.
-        let complete = top.epoch == since.epoch
+        let mut complete = top.epoch == since.epoch
             && since.offset <= top.offset
             && missed as usize <= max
             && page.publications.len() as u64 == missed
@@ -181,6 +212,24 @@ impl Session {
                 .publications
                 .first()
                 .is_none_or(|p| p.offset == Some(since.offset + 1));
+        let size: usize = page.publications.iter().map(|p| reply_size(p)).sum();
+        let max_bytes = self.node.config.client.recovery_max_bytes;
+        if complete && size > budget.left {
+            if budget.shared && size <= max_bytes {
+                // Fits a reply of its own: the client subscribes it again.
+                return Err(ErrorBody {
+                    temporary: true,
+                    ..err(
+                        ErrorCode::LimitExceeded,
+                        "the connect reply is full: subscribe to this channel with its own command",
+                    )
+                });
+            }
+            complete = false;
+        }
+        if complete {
+            budget.left -= size;
+        }
         if !complete && arg.strict {
             return Err(err(
                 ErrorCode::Unrecoverable,
