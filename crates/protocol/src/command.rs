@@ -102,10 +102,13 @@ pub enum CommandKind {
         /// User ids.
         users: Vec<String>,
     },
-    /// Renew the connection token.
+    /// Renew the connection token, or with `channel` the channel token of
+    /// that subscription.
     Refresh {
         /// The new token.
         token: String,
+        /// The subscription whose channel token this renews.
+        channel: Option<String>,
     },
     /// Answer to a server `ping`.
     Pong,
@@ -231,6 +234,7 @@ impl Command {
             },
             "refresh" => CommandKind::Refresh {
                 token: raw.token.ok_or_else(|| missing(id, op, "token"))?,
+                channel: raw.channel,
             },
             "pong" => CommandKind::Pong,
             other => {

@@ -45,17 +45,40 @@ pub async fn handle(
     }
 }
 
+/// `heartbeat` `{"lease"}`: an SSE stream's reader is alive (see
+/// [`crate::lease`]); the lease id is the credential.
+async fn heartbeat(node: &Arc<Node>, body: Body) -> Result<String, ApiError> {
+    #[derive(serde::Deserialize)]
+    struct Beat {
+        lease: String,
+    }
+    let body = crate::api::read_body(node, body).await?;
+    let beat: Beat = serde_json::from_slice(&body)
+        .map_err(|e| bad(ErrorCode::BadRequest, format!("malformed body: {e}")))?;
+    if node.leases.beat(&beat.lease) {
+        Ok("{}".into())
+    } else {
+        Err(bad(
+            ErrorCode::NotSubscribed,
+            "no open stream has this lease (it ended)",
+        ))
+    }
+}
+
 async fn call(
     node: &Arc<Node>,
     op: &str,
     headers: &HeaderMap,
     body: Body,
 ) -> Result<String, ApiError> {
+    if op == "heartbeat" {
+        return heartbeat(node, body).await;
+    }
     if !OPS.contains(&op) {
         return Err(bad(
             ErrorCode::BadRequest,
             format!(
-                "unknown client action `{}`; one of {OPS:?}",
+                "unknown client action `{}`; one of {OPS:?} or \"heartbeat\"",
                 op.escape_default()
             ),
         ));

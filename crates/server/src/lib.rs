@@ -11,6 +11,7 @@ pub mod config;
 pub mod demo;
 pub mod engine;
 pub mod hub;
+pub mod lease;
 pub mod listener;
 pub mod mailbox;
 pub mod metrics;

@@ -56,6 +56,8 @@ pub struct Node {
     channel_locks: Vec<Arc<tokio::sync::Mutex<()>>>,
     /// When the node started.
     pub started: Instant,
+    /// Liveness leases of SSE streams in presence.
+    pub leases: Arc<crate::lease::Leases>,
     conns: Mutex<HashMap<ConnId, ConnHandle>>,
     next_conn: AtomicU64,
     /// Orders this node's writes of per-user connection counts.
@@ -231,6 +233,7 @@ impl Node {
                 .map(|_| Arc::new(tokio::sync::Mutex::new(())))
                 .collect(),
             started: Instant::now(),
+            leases: Default::default(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             user_seq: AtomicU64::new(1),

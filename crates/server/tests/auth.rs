@@ -650,3 +650,65 @@ async fn keys_from_a_jwks_file_are_used_and_refreshed() {
     };
     assert_eq!((error_code(&r), code), (103, Some(3501)), "{r}");
 }
+
+#[tokio::test]
+async fn a_subscription_ends_when_its_channel_token_expires_unless_refreshed() {
+    let server = private_server().await;
+    let mut a = Raw::connect(&server, Some("alice")).await;
+    // Expired 3 s ago: still accepted for the 5 s leeway, so both end in ~2 s.
+    for channel in ["private:short", "private:renewed"] {
+        let r = a
+            .call(json!({"op": "subscribe", "channel": channel, "token": channel_token("alice", channel, -3)}))
+            .await;
+        assert!(r.get("ok").is_some(), "{r}");
+    }
+    let r = a
+        .call(json!({"op": "refresh", "channel": "private:renewed", "token": channel_token("alice", "private:renewed", 600)}))
+        .await;
+    assert!(
+        r["ok"]["expires_in"].as_u64().is_some_and(|s| s > 500),
+        "{r}"
+    );
+    // Refreshing what is not subscribed, or with another channel's token, is refused.
+    let r = a
+        .call(json!({"op": "refresh", "channel": "private:other", "token": channel_token("alice", "private:other", 600)}))
+        .await;
+    assert_eq!(error_code(&r), 108, "{r}");
+    let r = a
+        .call(json!({"op": "refresh", "channel": "private:renewed", "token": channel_token("alice", "private:other", 600)}))
+        .await;
+    assert_eq!(error_code(&r), 103, "{r}");
+
+    let m = a.next_non_ping().await.expect("an unsub push");
+    assert_eq!(
+        (
+            m["push"].as_str(),
+            m["channel"].as_str(),
+            m["code"].as_u64()
+        ),
+        (Some("unsub"), Some("private:short"), Some(3005)),
+        "{m}"
+    );
+    // The expired one receives nothing more; the refreshed one does.
+    for channel in ["private:short", "private:renewed"] {
+        let (status, _) = api(
+            &server,
+            "publish",
+            json!({"channel": channel, "data": channel}),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let m = a.next_non_ping().await.expect("a publication");
+    assert_eq!(
+        (m["push"].as_str(), m["channel"].as_str()),
+        (Some("pub"), Some("private:renewed")),
+        "{m}"
+    );
+    assert!(
+        a.next_within(std::time::Duration::from_millis(300))
+            .await
+            .is_err(),
+        "nothing else arrives"
+    );
+}

@@ -59,7 +59,8 @@ impl Sse {
                 if e.id.is_some() {
                     self.last_id = e.id.clone();
                 }
-                if !e.event.is_empty() {
+                // `connected` opens every stream; the tests read what follows.
+                if !e.event.is_empty() && e.event != "connected" {
                     return Some(e);
                 }
                 continue;
@@ -478,12 +479,15 @@ async fn sse_slow_reader_is_cut_off_and_resumes_without_loss() {
     let mut config = config();
     config.client.outbox_bytes = 64 * 1024;
     config.channels.max_message_size = 16 * 1024;
+    // The resume below recovers about 11 MB in one answer.
+    config.client.recovery_max_bytes = 16 * 1024 * 1024;
     let server = start_with(config).await;
     let mut sse = Sse::open(&server, "channel=bulk", None).await;
     publish(&server, "bulk", json!(0)).await;
     let first = sse.next().await.unwrap();
     // Stop reading; publish far more than socket buffers and the outbox hold.
-    // Fewer than recovery_max (1000) in all, so the resume recovers them.
+    // Fewer than recovery_max (1000) in all, and fewer bytes than
+    // recovery_max_bytes, so the resume recovers them.
     let blob = "y".repeat(12 * 1024);
     let total = 900u64;
     for i in 1..total {
@@ -660,4 +664,27 @@ async fn history_none_recovers_nothing_over_any_transport() {
     let events = answer["events"].as_array().unwrap();
     assert!(offsets_of(events).is_empty(), "nothing recovered: {answer}");
     assert!(events.iter().any(|e| e["push"] == "reset"), "{answer}");
+}
+
+#[tokio::test]
+async fn an_sse_stream_ends_when_its_connection_token_expires() {
+    let server = start().await;
+    // Expired 3 s ago: still accepted for the 5 s leeway, so it ends in ~2 s.
+    let exp = tidings_server::auth::unix_now() - 3;
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &json!({"sub": "alice", "exp": exp}),
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let mut sse = Sse::open(&server, &format!("channel=news&token={token}"), None).await;
+    let e = sse.next().await.expect("a disconnect event");
+    assert_eq!(e.event, "disconnect", "{e:?}");
+    let d: Value = serde_json::from_str(&e.data).unwrap();
+    assert_eq!(
+        (d["code"].as_u64(), d["reconnect"].as_bool()),
+        (Some(3005), Some(true)),
+        "{d}"
+    );
+    assert!(sse.next().await.is_none(), "the stream ends");
 }

@@ -64,7 +64,7 @@ export declare abstract class HttpSession implements Session {
     protected finish(info: CloseInfo): void;
     /** The stream of generation `gen` ended by itself. */
     protected streamEnded(gen: number, info: Omit<CloseInfo, 'opened'>): void;
-    private queueRestart;
+    protected queueRestart(): void;
     private run;
     /**
      * Finds the channels that fail on their own: one answer-at-once poll per

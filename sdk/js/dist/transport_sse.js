@@ -6,7 +6,7 @@
  */
 import { isObj, parseJson, uint, str } from './codec.js';
 import { isTerminalCloseCode } from './errors.js';
-import { errorFromResponse, isTidingsError } from './http.js';
+import { errorFromResponse, httpAction, isTidingsError } from './http.js';
 import { HttpSession } from './transport_http.js';
 /** The server comments `: ping` after 15 s of silence; allow for slack. */
 const SSE_SILENCE_MS = 45000;
@@ -15,6 +15,21 @@ export class SseSession extends HttpSession {
     constructor() {
         super(...arguments);
         this.transport = 'sse';
+        /**
+         * A stream in presence stays there only while it proves its reader is
+         * alive: a heartbeat every `heartbeat` seconds, under its lease. A frozen
+         * tab or process sends none, and the server ends the stream (3004), so it
+         * leaves presence as a frozen WebSocket client does by missing pongs.
+         */
+        this.heartbeat = null;
+    }
+    /**
+     * The server ends a stream when the token it opened with expires (3005):
+     * reopen it with the new token first, resuming from the positions held.
+     */
+    async refresh(token) {
+        await super.refresh(token);
+        this.queueRestart();
     }
     async openStream(subs, gen) {
         const ctrl = new AbortController();
@@ -83,6 +98,7 @@ export class SseSession extends HttpSession {
         let event = '';
         let data = [];
         let watchdog = null;
+        this.stopHeartbeat();
         const arm = () => {
             if (watchdog)
                 clearTimeout(watchdog);
@@ -142,17 +158,39 @@ export class SseSession extends HttpSession {
         finally {
             if (watchdog)
                 clearTimeout(watchdog);
+            if (gen === this.generation)
+                this.stopHeartbeat();
             reader.cancel().catch(() => undefined);
         }
         if (ctrl.signal.aborted && gen !== this.generation)
             return;
         this.streamEnded(gen, ended);
     }
+    startHeartbeat(lease, everySeconds) {
+        this.stopHeartbeat();
+        const beat = () => {
+            httpAction(this.opts.fetch, this.opts.url, this.token, 'heartbeat', { lease }, this.opts.commandTimeout)
+                .catch(() => undefined); // A missed beat is retried at the next one.
+        };
+        this.heartbeat = setInterval(beat, Math.max(1, everySeconds) * 1000);
+    }
+    stopHeartbeat() {
+        if (this.heartbeat)
+            clearInterval(this.heartbeat);
+        this.heartbeat = null;
+    }
     /** Handles one event; returns the disconnect it announces, if any. */
     dispatch(event, data) {
         const v = parseJson(data);
         if (!isObj(v))
             return null;
+        if (event === 'connected') {
+            const lease = str(v.lease);
+            const every = uint(v.heartbeat);
+            if (lease && every !== undefined)
+                this.startHeartbeat(lease, every);
+            return null;
+        }
         if (event === 'disconnect') {
             const code = uint(v.code) ?? 0;
             const d = {

@@ -107,7 +107,7 @@ export abstract class HttpSession implements Session {
     this.finish({ ...info, opened: this.opened });
   }
 
-  private queueRestart(): void {
+  protected queueRestart(): void {
     if (!this.opened || this.done || this.restartQueued) return;
     this.restartQueued = true;
     // Batch the subscribes of one tick into a single new request.

@@ -6,7 +6,7 @@
  */
 import { isObj, parseJson, uint, str } from './codec.js';
 import { isTerminalCloseCode } from './errors.js';
-import { errorFromResponse, isTidingsError } from './http.js';
+import { errorFromResponse, httpAction, isTidingsError } from './http.js';
 import { HttpSession, type OpenOutcome } from './transport_http.js';
 import type { SubscribeRequest } from './transport.js';
 
@@ -16,6 +16,15 @@ const SSE_SILENCE_MS = 45_000;
 /** One SSE stream (restarted when the channel set changes). */
 export class SseSession extends HttpSession {
   readonly transport = 'sse' as const;
+
+  /**
+   * The server ends a stream when the token it opened with expires (3005):
+   * reopen it with the new token first, resuming from the positions held.
+   */
+  override async refresh(token: string): Promise<void> {
+    await super.refresh(token);
+    this.queueRestart();
+  }
 
   protected async openStream(subs: SubscribeRequest[], gen: number): Promise<OpenOutcome> {
     const ctrl = new AbortController();
@@ -87,6 +96,7 @@ export class SseSession extends HttpSession {
     let event = '';
     let data: string[] = [];
     let watchdog: ReturnType<typeof setTimeout> | null = null;
+    this.stopHeartbeat();
     const arm = () => {
       if (watchdog) clearTimeout(watchdog);
       watchdog = setTimeout(() => ctrl.abort(), SSE_SILENCE_MS);
@@ -135,16 +145,45 @@ export class SseSession extends HttpSession {
       // Aborted or the connection dropped.
     } finally {
       if (watchdog) clearTimeout(watchdog);
+      if (gen === this.generation) this.stopHeartbeat();
       reader.cancel().catch(() => undefined);
     }
     if (ctrl.signal.aborted && gen !== this.generation) return;
     this.streamEnded(gen, ended);
   }
 
+  /**
+   * A stream in presence stays there only while it proves its reader is
+   * alive: a heartbeat every `heartbeat` seconds, under its lease. A frozen
+   * tab or process sends none, and the server ends the stream (3004), so it
+   * leaves presence as a frozen WebSocket client does by missing pongs.
+   */
+  private heartbeat: ReturnType<typeof setInterval> | null = null;
+
+  private startHeartbeat(lease: string, everySeconds: number): void {
+    this.stopHeartbeat();
+    const beat = () => {
+      httpAction(this.opts.fetch, this.opts.url, this.token, 'heartbeat', { lease }, this.opts.commandTimeout)
+        .catch(() => undefined); // A missed beat is retried at the next one.
+    };
+    this.heartbeat = setInterval(beat, Math.max(1, everySeconds) * 1000);
+  }
+
+  private stopHeartbeat(): void {
+    if (this.heartbeat) clearInterval(this.heartbeat);
+    this.heartbeat = null;
+  }
+
   /** Handles one event; returns the disconnect it announces, if any. */
   private dispatch(event: string, data: string) {
     const v = parseJson(data);
     if (!isObj(v)) return null;
+    if (event === 'connected') {
+      const lease = str(v.lease);
+      const every = uint(v.heartbeat);
+      if (lease && every !== undefined) this.startHeartbeat(lease, every);
+      return null;
+    }
     if (event === 'disconnect') {
       const code = uint(v.code) ?? 0;
       const d: { code: number; reason: string; reconnect: boolean; delayMs?: number } = {

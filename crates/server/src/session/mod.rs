@@ -28,11 +28,13 @@ use tidings_protocol::{
     SubscribeArg, decode_commands, encode_error_reply, encode_ok_reply, encode_push,
 };
 
-use crate::auth::{TokenError, unix_now};
+use crate::auth::{TOKEN_LEEWAY_S, TokenError, unix_now};
 use crate::hub::{ConnId, Subscriber};
 use crate::node::{ConnHandle, Control, Mailbox, Node};
 use crate::outbox::{Outbox, Pushed};
 
+/// Longest timer set for a token's expiry (ten years).
+const MAX_TIMER_S: u64 = 10 * 365 * 24 * 3600;
 /// Rooms up to this size list who is here in the subscribe reply.
 const PRESENCE_IN_REPLY: usize = 1000;
 /// Default and largest page of a `presence` answer.
@@ -56,6 +58,8 @@ pub struct Session {
     control: Arc<Mailbox>,
     identity: Option<Identity>,
     subs: HashMap<String, Arc<Subscriber>>,
+    /// When each subscription's channel token expires (Unix seconds).
+    sub_expiry: HashMap<String, u64>,
     /// A request over plain HTTP (no socket to subscribe on): in
     /// `client_publish = "subscribers"` namespaces, being allowed to
     /// subscribe is enough to publish.
@@ -99,6 +103,7 @@ impl Session {
             control: control.clone(),
             identity: None,
             subs: HashMap::new(),
+            sub_expiry: HashMap::new(),
             stateless: false,
             transient: false,
             publish_window: HashMap::new(),
@@ -159,6 +164,33 @@ impl Session {
         self.identity.as_ref().and_then(|i| i.expires_at)
     }
 
+    /// When the next token of this connection runs out, leeway included:
+    /// its connection token or a subscription's channel token.
+    pub fn next_expiry(&self) -> Option<tokio::time::Instant> {
+        let at = self
+            .expires_at()
+            .into_iter()
+            .chain(self.sub_expiry.values().copied())
+            .min()?;
+        let left = at.saturating_add(TOKEN_LEEWAY_S).saturating_sub(unix_now());
+        // Clamped: a token may claim an expiry past what an Instant can hold.
+        Some(tokio::time::Instant::now() + std::time::Duration::from_secs(left.min(MAX_TIMER_S)))
+    }
+
+    /// Ends what has expired: the connection (disconnect 3005) when its
+    /// token has, else each subscription whose channel token has (`unsub` 3005).
+    pub async fn expire(&mut self) {
+        let now = unix_now();
+        if self
+            .expires_at()
+            .is_some_and(|at| at.saturating_add(TOKEN_LEEWAY_S) <= now)
+        {
+            self.disconnect(DisconnectCode::TOKEN_EXPIRED);
+            return;
+        }
+        self.expire_subscriptions(now).await;
+    }
+
     fn send(&self, bytes: Bytes) {
         match self.outbox.push_reply(bytes) {
             Pushed::Queued => {
@@ -185,7 +217,21 @@ impl Session {
 
     /// Closes the connection with `code`.
     pub fn disconnect(&self, code: DisconnectCode) {
-        self.outbox.close(Disconnect::new(code, None), true);
+        self.close(Disconnect::new(code, None));
+    }
+
+    /// Closes the connection with `disconnect`.
+    pub fn close(&self, disconnect: Disconnect) {
+        self.outbox.close(disconnect, true);
+    }
+
+    /// Whether this connection is in the presence of any channel.
+    pub fn in_presence(&self) -> bool {
+        !self.transient
+            && self
+                .subs
+                .keys()
+                .any(|c| self.node.resolve(c).is_ok_and(|(_, ns)| ns.presence))
     }
 
     /// Handles one frame of `\n`-separated commands.
@@ -321,8 +367,11 @@ impl Session {
                 let r = self.presence_stats(&channel).await;
                 self.reply(id, r)
             }
-            CommandKind::Refresh { token } => {
-                let r = self.refresh(&token);
+            CommandKind::Refresh { token, channel } => {
+                let r = match channel {
+                    Some(channel) => self.refresh_channel(&token, &channel),
+                    None => self.refresh(&token),
+                };
                 self.reply(id, r)
             }
             CommandKind::Pong => {}

@@ -4,14 +4,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tidings_protocol::reply::SubscribeOk;
+use tidings_protocol::reply::{RefreshOk, SubscribeOk};
 use tidings_protocol::{
     ClientInfo, DisconnectCode, ErrorBody, ErrorCode, Publication, Push, SubscribeArg, encode_push,
 };
 
 use super::shared::reply_size;
 use super::{PRESENCE_IN_REPLY, Session, err, internal};
-use crate::auth::TokenError;
+use crate::auth::{TOKEN_LEEWAY_S, TokenError, unix_now};
 use crate::config::{ClientAccess, NamespaceOptions, SubscribeRule};
 use crate::engine::HistoryQuery;
 use crate::hub::Subscriber;
@@ -55,30 +55,18 @@ impl Session {
         let node = self.node.clone();
         let ns = &self.check_channel(&arg.channel)?;
         let identity = self.check_access(ns)?;
-        if ns.subscribe_rule() == SubscribeRule::Token {
-            // A private channel: a channel token for this user and channel.
+        // A private channel: a channel token for this user and channel.
+        let token_expiry = if ns.subscribe_rule() == SubscribeRule::Token {
             let token = arg.token.as_deref().ok_or_else(|| {
                 err(
                     ErrorCode::PermissionDenied,
                     "this channel needs a channel token",
                 )
             })?;
-            let claims = self
-                .node
-                .tokens
-                .read()
-                .verify_channel(token)
-                .map_err(|e| match e {
-                    TokenError::Expired => err(ErrorCode::TokenExpired, "channel token expired"),
-                    TokenError::Invalid(why) => err(ErrorCode::PermissionDenied, why),
-                })?;
-            if claims.channel != arg.channel || claims.sub != identity.user {
-                return Err(err(
-                    ErrorCode::PermissionDenied,
-                    "the channel token is for another channel or user",
-                ));
-            }
-        }
+            self.check_channel_token(token, &arg.channel)?
+        } else {
+            None
+        };
         let presence_info = ClientInfo {
             client: self.client.clone(),
             user: identity.user.clone(),
@@ -111,6 +99,9 @@ impl Session {
                 SubscribeError::Engine(e) => internal(e),
             })?;
         self.subs.insert(arg.channel.clone(), sub.clone());
+        if let Some(at) = token_expiry {
+            self.sub_expiry.insert(arg.channel.clone(), at);
+        }
         match self.answer_subscribe(arg, ns, budget).await {
             Ok(mut ok) if ns.presence && !self.transient => {
                 let show = ns.presence_access == ClientAccess::Subscribers;
@@ -143,6 +134,66 @@ impl Session {
             Err(e) => {
                 self.drop_subscription(&arg.channel).await;
                 Err(e)
+            }
+        }
+    }
+
+    /// Checks a channel token for this connection's user and `channel`;
+    /// returns its expiry (Unix seconds), if it has one.
+    fn check_channel_token(&self, token: &str, channel: &str) -> Result<Option<u64>, ErrorBody> {
+        let claims = self
+            .node
+            .tokens
+            .read()
+            .verify_channel(token)
+            .map_err(|e| match e {
+                TokenError::Expired => err(ErrorCode::TokenExpired, "channel token expired"),
+                TokenError::Invalid(why) => err(ErrorCode::PermissionDenied, why),
+            })?;
+        if claims.channel != channel || Some(claims.sub.as_str()) != self.user() {
+            return Err(err(
+                ErrorCode::PermissionDenied,
+                "the channel token is for another channel or user",
+            ));
+        }
+        Ok(claims.exp)
+    }
+
+    /// `refresh` with a `channel`: a new channel token for that subscription.
+    pub(super) fn refresh_channel(
+        &mut self,
+        token: &str,
+        channel: &str,
+    ) -> Result<RefreshOk, ErrorBody> {
+        if !self.subs.contains_key(channel) {
+            return Err(err(ErrorCode::NotSubscribed, "not subscribed"));
+        }
+        let exp = self.check_channel_token(token, channel)?;
+        match exp {
+            Some(at) => self.sub_expiry.insert(channel.to_string(), at),
+            None => self.sub_expiry.remove(channel),
+        };
+        Ok(RefreshOk {
+            expires_in: exp.map(|e| e.saturating_sub(unix_now())),
+        })
+    }
+
+    /// Ends subscriptions whose channel token has run out (with the
+    /// leeway), each with `unsub` 3005: a new channel token subscribes again.
+    pub(super) async fn expire_subscriptions(&mut self, now: u64) {
+        let expired: Vec<String> = self
+            .sub_expiry
+            .iter()
+            .filter(|(_, at)| at.saturating_add(TOKEN_LEEWAY_S) <= now)
+            .map(|(channel, _)| channel.clone())
+            .collect();
+        for channel in expired {
+            if self.drop_subscription(&channel).await {
+                self.send(encode_push(&Push::Unsub {
+                    channel,
+                    code: DisconnectCode::TOKEN_EXPIRED.0,
+                    reason: "channel token expired".into(),
+                }));
             }
         }
     }
@@ -280,6 +331,7 @@ impl Session {
         // still unsubscribes (see `Drop`).
         self.node.unsubscribe(channel, self.conn).await;
         self.subs.remove(channel);
+        self.sub_expiry.remove(channel);
         if let Ok((_, ns)) = self.node.resolve(channel)
             && ns.presence
             && !self.transient

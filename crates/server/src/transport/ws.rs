@@ -16,7 +16,6 @@ use tidings_protocol::{Disconnect, DisconnectCode, Push, SUBPROTOCOL_JSON, encod
 use tokio::time::{Instant, sleep_until};
 use tokio_websockets::{CloseCode, Config, Limits, Message, ServerBuilder};
 
-use crate::auth::unix_now;
 use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::session::Session;
@@ -28,11 +27,6 @@ const WRITE_FRAME_SIZE: usize = 64 * 1024;
 
 /// How long a closing connection's writer may take to deliver what is queued.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
-/// Seconds of clock skew accepted on token expiry, as at connect.
-const TOKEN_LEEWAY_S: u64 = crate::auth::TOKEN_LEEWAY_S;
-
-/// Longest timer set for a token's expiry (ten years).
-const MAX_TIMER_S: u64 = 10 * 365 * 24 * 3600;
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -142,12 +136,7 @@ where
 
     // Once the outbox is closing, stop reading: the writer sends the rest.
     while !outbox.is_closed() {
-        // The same leeway as token verification at connect.
-        let expiry = session.expires_at().map(|at| {
-            // Clamped: a token may claim an expiry past what an Instant can hold.
-            let left = at.saturating_add(TOKEN_LEEWAY_S).saturating_sub(unix_now());
-            Instant::now() + Duration::from_secs(left.min(MAX_TIMER_S))
-        });
+        let expiry = session.next_expiry();
         let wake = [pong_deadline, expiry, Some(next_renew)]
             .into_iter()
             .flatten()
@@ -181,10 +170,8 @@ where
                     session.disconnect(DisconnectCode::NO_PONG);
                     pong_deadline = None;
                 }
-                if expiry.is_some_and(|e| e <= now)
-                    && session.expires_at().is_some_and(|at| at.saturating_add(TOKEN_LEEWAY_S) <= unix_now())
-                {
-                    session.disconnect(DisconnectCode::TOKEN_EXPIRED);
+                if expiry.is_some_and(|e| e <= now) {
+                    Box::pin(session.expire()).await;
                 }
                 // A connection that was just closed gets no ping and no renewal.
                 if next_ping <= now && !outbox.is_closed() {
