@@ -119,6 +119,12 @@ pub struct NamespaceOptions {
     pub presence_per_user: bool,
     /// Publications per second one connection may make in one channel (0 = no limit).
     pub client_publish_rate: u32,
+    /// Bytes of publications one channel's history keeps (0: no bound
+    /// beyond `history_size`); past it the oldest are trimmed.
+    pub history_max_bytes: usize,
+    /// Channels of this namespace one node keeps at once (0: only the
+    /// node's `engine.memory.max_channels`); a new one past it is refused (104).
+    pub max_channels: usize,
 }
 
 impl Default for NamespaceOptions {
@@ -140,6 +146,8 @@ impl Default for NamespaceOptions {
             join_leave_max: 1000,
             presence_per_user: false,
             client_publish_rate: 0,
+            history_max_bytes: 8 * 1024 * 1024,
+            max_channels: 0,
         }
     }
 }
@@ -302,8 +310,31 @@ pub struct EngineConfig {
     /// `memory` (default) or `redis`.
     #[serde(rename = "type")]
     pub r#type: EngineType,
+    /// Bounds of the memory engine.
+    pub memory: MemoryConfig,
     /// Settings of the Redis engine.
     pub redis: RedisConfig,
+}
+
+/// `[engine.memory]`: what one node keeps, whatever clients do.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MemoryConfig {
+    /// Channels the node keeps at once (with history, keys or presence); a
+    /// new one past it is refused with 104 until idle ones are forgotten.
+    pub max_channels: usize,
+    /// Bytes of history the node keeps over all channels; past it the
+    /// oldest publications of any channel are trimmed first.
+    pub history_max_bytes: usize,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        Self {
+            max_channels: 100_000,
+            history_max_bytes: 256 * 1024 * 1024,
+        }
+    }
 }
 
 /// `[engine.redis]`.
@@ -619,6 +650,15 @@ impl Config {
                 bad.push(format!(
                     "`{key}.max_message_size`: {} is more than half of `client.outbox_bytes` ({}): one publication would cut subscribers off",
                     ns.max_message_size, self.client.outbox_bytes
+                ));
+            }
+            if ns.has_history()
+                && ns.history_max_bytes > 0
+                && ns.history_max_bytes < ns.max_message_size
+            {
+                bad.push(format!(
+                    "`{key}.history_max_bytes`: {} is smaller than `max_message_size` ({}): the largest publication would not be kept",
+                    ns.history_max_bytes, ns.max_message_size
                 ));
             }
             if ns.has_history() && ns.history_ttl.is_zero() {

@@ -163,6 +163,12 @@ impl PublicationSink for NodeSink {
         self.hub.has_subscribers(channel)
     }
 
+    fn refused(&self, limit: &str) {
+        if let Some(node) = self.node.upgrade() {
+            node.metrics.limit_rejected(limit);
+        }
+    }
+
     fn control(&self, control: &UserControl) {
         let Some(node) = self.node.upgrade() else {
             return;
@@ -532,6 +538,8 @@ impl Node {
     pub fn policy(&self, ns: &NamespaceOptions) -> ChannelPolicy {
         ChannelPolicy {
             history_size: ns.history_size,
+            history_max_bytes: ns.history_max_bytes,
+            max_channels: ns.max_channels,
             history_ttl: ns.history_ttl,
             idempotency_window: self.config.idempotency_window,
             durable: ns.durable,

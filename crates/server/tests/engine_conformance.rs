@@ -158,6 +158,8 @@ async fn subject(kind: Kind) -> Subject {
 fn policy(size: usize, ttl: Duration) -> ChannelPolicy {
     ChannelPolicy {
         history_size: size,
+        history_max_bytes: 0,
+        max_channels: 0,
         history_ttl: ttl,
         idempotency_window: Duration::from_secs(300),
         durable: false,

@@ -1,4 +1,5 @@
-//! Sockets that never finish a request, and a node at its connection cap,
+//! Sockets that never finish a request, a node at its connection cap, and
+//! a flood of large publications into fresh channels,
 //! against the real binary with its open-file limit lowered (so a few
 //! hundred sockets exhaust it): the server closes what idles, keeps other
 //! addresses served, and always answers `/health`, `/metrics` and the API.
@@ -30,8 +31,8 @@ impl Drop for Node {
 }
 
 /// Starts the binary with `nofile` as its open-file limit (soft and hard)
-/// and `client` as its `[client]` section.
-fn start(nofile: u64, client: &str) -> Node {
+/// and `extra` at the end of its configuration.
+fn start(nofile: u64, extra: &str) -> Node {
     let dir = tempfile::tempdir().unwrap();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -49,8 +50,7 @@ token_secret = "starvation-secret"
 api_keys = ["{KEY}"]
 [channels]
 anonymous = true
-[client]
-{client}
+{extra}
 "#,
             dir.path().join("data").display()
         ),
@@ -215,7 +215,7 @@ async fn half_sent_requests_are_closed_and_other_addresses_keep_being_served() {
     // 256 descriptors: 224 sockets, 16 of them for the reserve.
     let node = start(
         256,
-        "header_timeout = \"1s\"\nmax_connections_per_ip = 100\nreserved_fds = 32",
+        "[client]\nheader_timeout = \"1s\"\nmax_connections_per_ip = 100\nreserved_fds = 32",
     );
     let addr = node.addr;
     let ops = http_from("127.0.0.3");
@@ -263,7 +263,7 @@ async fn half_sent_requests_are_closed_and_other_addresses_keep_being_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_connection_cap_health_metrics_and_the_api_still_answer() {
-    let node = start(200, "max_connections = 40\nreserved_fds = 64");
+    let node = start(200, "[client]\nmax_connections = 40\nreserved_fds = 64");
     let addr = node.addr;
     let mut subs = Vec::new();
     for i in 0..40 {
@@ -306,4 +306,108 @@ async fn at_the_connection_cap_health_metrics_and_the_api_still_answer() {
         assert!(Instant::now() < deadline, "a freed place is taken again");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// The resident memory of `pid`, in bytes.
+fn rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS");
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_into_fresh_channels_stops_at_the_bounds() {
+    const BOUND: u64 = 8 * 1024 * 1024;
+    let node = start(
+        1024,
+        "client_publish = \"any\"\n[engine.memory]\nmax_channels = 300\nhistory_max_bytes = 8388608",
+    );
+    let addr = node.addr;
+    let http = http_from("127.0.0.1");
+    let mut ws = subscriber("127.0.0.1", addr, "watch")
+        .await
+        .expect("a client");
+    // Warm up (allocator arenas, buffers), then measure.
+    for i in 0..20 {
+        assert_eq!(publish(&http, addr, "warm", json!(i)).await, 200);
+    }
+    let before = rss(node.child.id());
+    // 2,000 publications of 64 KB, each into a new channel, from one
+    // anonymous connection: 128 MB if nothing bounded them.
+    let blob = "z".repeat(64_000);
+    let (mut accepted, mut refused) = (0u32, 0u32);
+    for i in 0..2000u32 {
+        let cmd =
+            json!({"id": 100 + i, "op": "publish", "channel": format!("flood-{i}"), "data": blob});
+        ws.send(Message::text(cmd.to_string())).await.expect("send");
+        let reply = loop {
+            let m = next_json(&mut ws).await.expect("a reply");
+            if m["id"] == 100 + i {
+                break m;
+            }
+        };
+        if reply.get("ok").is_some() {
+            accepted += 1;
+        } else {
+            assert_eq!(reply["error"]["code"], 104, "{reply}");
+            assert!(
+                reply["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("most channels"),
+                "{reply}"
+            );
+            refused += 1;
+        }
+    }
+    let after = rss(node.child.id());
+    // The channel bound (two are taken: `watch` and `warm`).
+    assert_eq!(accepted, 298, "accepted until the node kept 300 channels");
+    assert_eq!(refused, 1702);
+    let counted = metric(
+        &http,
+        addr,
+        "tidings_limit_rejections_total{limit=\"channels\"}",
+    )
+    .await;
+    assert_eq!(counted, 1702.0);
+    // History kept within its bound: the newest channels keep theirs, the
+    // oldest were trimmed first.
+    let history = |channel: String| {
+        let http = http.clone();
+        async move {
+            http.post(format!("http://{addr}/v1/api/history"))
+                .bearer_auth(KEY)
+                .json(&json!({"channel": channel}))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let newest = history("flood-297".into()).await;
+    assert_eq!(
+        newest["publications"].as_array().map(Vec::len),
+        Some(1),
+        "{newest}"
+    );
+    let oldest = history("flood-0".into()).await;
+    assert_eq!(
+        oldest["publications"].as_array().map(Vec::len),
+        Some(0),
+        "trimmed first"
+    );
+    let grown = after.saturating_sub(before);
+    eprintln!("RSS grew by {} KiB over the flood", grown / 1024);
+    assert!(
+        grown < BOUND + 32 * 1024 * 1024,
+        "memory grew by {} MiB (bound 8 MiB plus overhead)",
+        grown / (1024 * 1024)
+    );
 }

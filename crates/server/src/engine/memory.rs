@@ -1,8 +1,10 @@
 //! The single-node engine: history, idempotency keys and presence in memory,
 //! with durable namespaces written through to the on-disk [`Store`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -16,8 +18,64 @@ use super::{
     NodeInfo, PolicyOf, Presence, PresenceEvent, PublicationSink, PublishOutcome, PublishRequest,
     UserControl, new_epoch, now_ms,
 };
+use crate::config::MemoryConfig;
 
 const SHARDS: usize = 64;
+
+/// How many channels the node keeps, in all and by namespace.
+#[derive(Default)]
+struct ChannelCounts {
+    all: usize,
+    by_namespace: HashMap<String, usize>,
+}
+
+/// The namespace part of a channel name (before `:`; "" for the default one).
+fn namespace_of(channel: &str) -> &str {
+    channel.split_once(':').map_or("", |(ns, _)| ns)
+}
+
+impl ChannelCounts {
+    fn add(&mut self, channel: &str) {
+        self.all += 1;
+        *self
+            .by_namespace
+            .entry(namespace_of(channel).to_string())
+            .or_default() += 1;
+    }
+
+    /// Counts a new channel unless a bound (0: none) is reached.
+    fn admit(
+        &mut self,
+        channel: &str,
+        max_all: usize,
+        max_in_ns: usize,
+    ) -> Result<(), EngineError> {
+        if max_all > 0 && self.all >= max_all {
+            return Err(EngineError::Limit(format!(
+                "this node keeps its most channels ({max_all}); try again later"
+            )));
+        }
+        let ns = namespace_of(channel);
+        if max_in_ns > 0 && self.by_namespace.get(ns).copied().unwrap_or(0) >= max_in_ns {
+            return Err(EngineError::Limit(format!(
+                "namespace `{ns}` keeps its most channels ({max_in_ns}); try again later"
+            )));
+        }
+        self.add(channel);
+        Ok(())
+    }
+
+    fn remove(&mut self, channel: &str) {
+        self.all = self.all.saturating_sub(1);
+        let ns = namespace_of(channel);
+        if let Some(n) = self.by_namespace.get_mut(ns) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_namespace.remove(ns);
+            }
+        }
+    }
+}
 
 /// One channel's log: its position, retained publications and recent keys.
 struct ChannelLog {
@@ -28,6 +86,10 @@ struct ChannelLog {
     visible: tokio::sync::watch::Sender<u64>,
     /// Retained publications with the instant they were appended, oldest first.
     retained: VecDeque<(Instant, Arc<Publication>)>,
+    /// Their size ([`retained_size`]), also counted in `total`.
+    bytes: usize,
+    /// The node's retained bytes over all channels.
+    total: Arc<AtomicUsize>,
     keys: HashMap<String, PublishOutcome>,
     /// Keys by the instant they were made, or (when `key_deadlines`) expire.
     key_order: VecDeque<(Instant, String)>,
@@ -63,13 +125,28 @@ impl Members {
     }
 }
 
+/// About what a retained publication costs in memory: its variable parts
+/// and a bound on the fixed ones.
+fn retained_size(p: &Publication) -> usize {
+    const FIXED: usize = 128;
+    let info = p.info.as_ref().map_or(0, |i| {
+        i.client.len() + i.user.len() + i.info.as_ref().map_or(0, |x| x.get().len())
+    });
+    let tags = p.tags.as_ref().map_or(0, |t| {
+        t.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
+    });
+    FIXED + p.data.get().len() + info + tags
+}
+
 impl ChannelLog {
-    fn new() -> Self {
+    fn new(total: Arc<AtomicUsize>) -> Self {
         Self {
             epoch: new_epoch(),
             top: 0,
             visible: tokio::sync::watch::Sender::new(0),
             retained: VecDeque::new(),
+            bytes: 0,
+            total,
             keys: HashMap::new(),
             key_order: VecDeque::new(),
             key_deadlines: false,
@@ -85,8 +162,25 @@ impl ChannelLog {
         }
     }
 
+    /// Keeps `p`, appended at `at`.
+    fn push(&mut self, at: Instant, p: Arc<Publication>) {
+        let n = retained_size(&p);
+        self.bytes += n;
+        self.total.fetch_add(n, Ordering::Relaxed);
+        self.retained.push_back((at, p));
+    }
+
+    /// Drops the oldest kept publication; its offset, if there was one.
+    fn pop_front(&mut self) -> Option<u64> {
+        let (_, p) = self.retained.pop_front()?;
+        let n = retained_size(&p);
+        self.bytes -= n;
+        self.total.fetch_sub(n, Ordering::Relaxed);
+        Some(p.offset.unwrap_or(0))
+    }
+
     /// Rebuilds a log from the store.
-    fn loaded(ch: LoadedChannel) -> Self {
+    fn loaded(ch: LoadedChannel, total: Arc<AtomicUsize>) -> Self {
         let now = Instant::now();
         let now_ms = now_ms();
         let ago = |ms: u64| {
@@ -113,28 +207,30 @@ impl ChannelLog {
             ));
         }
         key_order.sort();
-        Self {
+        let mut log = Self {
             epoch: ch.epoch,
             top: ch.top,
             visible: tokio::sync::watch::Sender::new(ch.top),
-            retained: ch
-                .publications
-                .into_iter()
-                .map(|p| (ago(p.time), Arc::new(p)))
-                .collect(),
+            retained: VecDeque::new(),
+            bytes: 0,
+            total,
             keys,
             key_order: key_order.into(),
             key_deadlines: true,
             touched: now,
             presence: Members::default(),
+        };
+        for p in ch.publications {
+            log.push(ago(p.time), Arc::new(p));
         }
+        log
     }
 
     /// Gives up this history: offsets were given that will never be
     /// delivered. A new epoch from the current top, no history, no keys.
     fn start_new_epoch(&mut self) {
         self.epoch = new_epoch();
-        self.retained.clear();
+        while self.pop_front().is_some() {}
         self.keys.clear();
         self.key_order.clear();
         let top = self.top;
@@ -144,15 +240,17 @@ impl ChannelLog {
     /// Drops what is over size or past its TTL, and expired keys.
     fn trim(&mut self, policy: &ChannelPolicy, now: Instant) {
         self.touched = self.touched.max(now);
-        while self.retained.len() > policy.history_size {
-            self.retained.pop_front();
+        while self.retained.len() > policy.history_size
+            || (policy.history_max_bytes > 0 && self.bytes > policy.history_max_bytes)
+        {
+            self.pop_front();
         }
         while self
             .retained
             .front()
             .is_some_and(|(at, _)| now.duration_since(*at) >= policy.history_ttl)
         {
-            self.retained.pop_front();
+            self.pop_front();
         }
         while let Some((at, _)) = self.key_order.front() {
             let live = if self.key_deadlines {
@@ -167,6 +265,12 @@ impl ChannelLog {
                 self.keys.remove(&key);
             }
         }
+    }
+}
+
+impl Drop for ChannelLog {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.bytes, Ordering::Relaxed);
     }
 }
 
@@ -188,6 +292,14 @@ enum Step {
 /// The memory engine. Clone-free: share it in an `Arc`.
 pub struct MemoryEngine {
     logs: Vec<Shard<Arc<Mutex<ChannelLog>>>>,
+    /// What the node keeps at most.
+    limits: MemoryConfig,
+    /// Channels kept, in all and by namespace.
+    channels: Mutex<ChannelCounts>,
+    /// Retained bytes over all channels.
+    retained: Arc<AtomicUsize>,
+    /// Held while the oldest history is trimmed for the node's bound.
+    trimming: Mutex<()>,
     /// When each user was last seen (ms since the Unix epoch).
     last_seen: Mutex<HashMap<String, u64>>,
     hasher: std::collections::hash_map::RandomState,
@@ -208,6 +320,13 @@ impl MemoryEngine {
     pub fn new() -> Self {
         Self {
             logs: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            limits: MemoryConfig {
+                max_channels: 0,
+                history_max_bytes: 0,
+            },
+            channels: Mutex::default(),
+            retained: Arc::default(),
+            trimming: Mutex::new(()),
             last_seen: Mutex::new(HashMap::new()),
             hasher: Default::default(),
             sink: OnceLock::new(),
@@ -224,12 +343,78 @@ impl MemoryEngine {
         for ch in loaded.channels {
             let shard = engine.shard(&ch.channel);
             let name = ch.channel.clone();
+            engine.channels.lock().add(&name);
+            let log = ChannelLog::loaded(ch, engine.retained.clone());
             engine.logs[shard]
                 .lock()
-                .insert(name, Arc::new(Mutex::new(ChannelLog::loaded(ch))));
+                .insert(name, Arc::new(Mutex::new(log)));
         }
         engine.store = Some(Arc::new(store));
         engine
+    }
+
+    /// Bounds what the node keeps (none by default).
+    pub fn with_limits(mut self, limits: MemoryConfig) -> Self {
+        self.limits = limits;
+        // What the store held may be more than the node now keeps.
+        self.trim_node();
+        self
+    }
+
+    /// Retained bytes over all channels.
+    pub fn retained_bytes(&self) -> usize {
+        self.retained.load(Ordering::Relaxed)
+    }
+
+    /// Trims the oldest history of any channel until the node keeps at most
+    /// nine tenths of `engine.memory.history_max_bytes` (so it is not done
+    /// at every publish): one pass over the channels, then a heap of their
+    /// oldest publications. Durable channels are trimmed on disk too.
+    fn trim_node(&self) {
+        let max = self.limits.history_max_bytes;
+        if max == 0 || self.retained_bytes() <= max {
+            return;
+        }
+        let Some(_one) = self.trimming.try_lock() else {
+            return; // another publish is at it
+        };
+        let target = max / 10 * 9;
+        let logs: Vec<(String, Arc<Mutex<ChannelLog>>)> = self
+            .logs
+            .iter()
+            .flat_map(|shard| {
+                shard
+                    .lock()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut oldest: BinaryHeap<Reverse<(Instant, usize)>> = logs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, (_, log))| {
+                log.lock().retained.front().map(|(at, _)| Reverse((*at, i)))
+            })
+            .collect();
+        let mut trimmed: HashMap<usize, u64> = HashMap::new();
+        while self.retained_bytes() > target {
+            let Some(Reverse((_, i))) = oldest.pop() else {
+                break;
+            };
+            let mut log = logs[i].1.lock();
+            if let Some(offset) = log.pop_front() {
+                trimmed.insert(i, offset);
+            }
+            if let Some((at, _)) = log.retained.front() {
+                oldest.push(Reverse((*at, i)));
+            }
+        }
+        if let Some(store) = &self.store {
+            for (i, through) in trimmed {
+                store.trim(&logs[i].0, through);
+            }
+        }
     }
 
     /// What runs on the store's writer thread once a record is committed:
@@ -320,7 +505,10 @@ impl MemoryEngine {
                     || *l.visible.borrow() != l.top
                     || now.duration_since(touched) < idle;
                 l.touched = touched;
-                evicted += usize::from(!keep);
+                if !keep {
+                    evicted += 1;
+                    self.channels.lock().remove(name);
+                }
                 keep
             });
         }
@@ -368,14 +556,35 @@ impl MemoryEngine {
         (self.hasher.hash_one(channel) as usize) % SHARDS
     }
 
-    fn log(&self, channel: &str) -> Arc<Mutex<ChannelLog>> {
+    /// The log of `channel`, made when it is new and the node's and the
+    /// namespace's channel bounds allow.
+    fn log(
+        &self,
+        channel: &str,
+        policy: &ChannelPolicy,
+    ) -> Result<Arc<Mutex<ChannelLog>>, EngineError> {
         let mut shard = self.logs[self.shard(channel)].lock();
         if let Some(log) = shard.get(channel) {
-            return log.clone();
+            return Ok(log.clone());
         }
-        let log = Arc::new(Mutex::new(ChannelLog::new()));
+        let admitted =
+            self.channels
+                .lock()
+                .admit(channel, self.limits.max_channels, policy.max_channels);
+        if let Err(e) = admitted {
+            if let Some(sink) = self.sink.get() {
+                sink.refused("channels");
+            }
+            return Err(e);
+        }
+        let log = Arc::new(Mutex::new(ChannelLog::new(self.retained.clone())));
         shard.insert(channel.to_string(), log.clone());
-        log
+        Ok(log)
+    }
+
+    /// The log of `channel` if the node has one (reads that need none made).
+    fn existing(&self, channel: &str) -> Option<Arc<Mutex<ChannelLog>>> {
+        self.logs[self.shard(channel)].lock().get(channel).cloned()
     }
 }
 
@@ -387,7 +596,7 @@ impl Broker for MemoryEngine {
         request: PublishRequest,
         policy: &ChannelPolicy,
     ) -> Result<PublishOutcome, EngineError> {
-        let log_arc = self.log(channel);
+        let log_arc = self.log(channel, policy)?;
         let step = {
             let mut log = log_arc.lock();
             let now = Instant::now();
@@ -415,7 +624,7 @@ impl Broker for MemoryEngine {
                     time: now_ms(),
                 });
                 if history {
-                    log.retained.push_back((now, publication.clone()));
+                    log.push(now, publication.clone());
                     log.trim(policy, now);
                 }
                 let position = offset.map(|offset| StreamPosition {
@@ -440,7 +649,11 @@ impl Broker for MemoryEngine {
                         // Queued under the channel lock, so the writer sees this
                         // channel's records in offset order; delivered after commit.
                         let (tx, rx) = tokio::sync::oneshot::channel();
-                        let trim_through = offset.saturating_sub(policy.history_size as u64);
+                        // Through what was trimmed, by count, bytes or age.
+                        let trim_through = log
+                            .retained
+                            .front()
+                            .map_or(offset, |(_, p)| p.offset.unwrap_or(1) - 1);
                         let done = self.commit_callback(
                             channel,
                             log_arc.clone(),
@@ -480,6 +693,7 @@ impl Broker for MemoryEngine {
                 }
             }
         };
+        self.trim_node();
         match step {
             Step::Done(outcome) => Ok(outcome),
             Step::Duplicate(mut visible, first) => {
@@ -587,7 +801,7 @@ impl History for MemoryEngine {
         query: HistoryQuery,
         policy: &ChannelPolicy,
     ) -> Result<HistoryPage, EngineError> {
-        let log = self.log(channel);
+        let log = self.log(channel, policy)?;
         let mut log = log.lock();
         log.trim(policy, Instant::now());
         let after = query.after.unwrap_or(0);
@@ -612,9 +826,9 @@ impl History for MemoryEngine {
     async fn position(
         &self,
         channel: &str,
-        _policy: &ChannelPolicy,
+        policy: &ChannelPolicy,
     ) -> Result<StreamPosition, EngineError> {
-        let log = self.log(channel);
+        let log = self.log(channel, policy)?;
         let mut log = log.lock();
         log.touched = Instant::now();
         Ok(log.position())
@@ -629,7 +843,7 @@ impl Presence for MemoryEngine {
         info: &ClientInfo,
         policy: &ChannelPolicy,
     ) -> Result<(), EngineError> {
-        let log = self.log(channel);
+        let log = self.log(channel, policy)?;
         let mut log = log.lock();
         let until = Instant::now() + policy.presence.ttl;
         if let Some(entry) = log.presence.members.get_mut(&info.client) {
@@ -652,7 +866,9 @@ impl Presence for MemoryEngine {
         client: &str,
         policy: &ChannelPolicy,
     ) -> Result<(), EngineError> {
-        let log = self.log(channel);
+        let Some(log) = self.existing(channel) else {
+            return Ok(());
+        };
         let mut log = log.lock();
         if let Some((info, _)) = log.presence.members.remove(client) {
             let last_of_user = log.presence.release(&info.user);
@@ -667,7 +883,9 @@ impl Presence for MemoryEngine {
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<(BTreeMap<String, ClientInfo>, Option<String>), EngineError> {
-        let log = self.log(channel);
+        let Some(log) = self.existing(channel) else {
+            return Ok((BTreeMap::new(), None));
+        };
         let log = log.lock();
         let range = match cursor {
             Some(c) => log
@@ -684,7 +902,9 @@ impl Presence for MemoryEngine {
     }
 
     async fn stats(&self, channel: &str) -> Result<(u64, u64), EngineError> {
-        let log = self.log(channel);
+        let Some(log) = self.existing(channel) else {
+            return Ok((0, 0));
+        };
         let log = log.lock();
         Ok((
             log.presence.members.len() as u64,
@@ -721,6 +941,8 @@ mod tests {
     fn policy(size: usize, ttl_ms: u64) -> ChannelPolicy {
         ChannelPolicy {
             history_size: size,
+            history_max_bytes: 0,
+            max_channels: 0,
             history_ttl: Duration::from_millis(ttl_ms),
             idempotency_window: Duration::from_secs(300),
             durable: false,
@@ -760,6 +982,83 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(out.position, None);
+    }
+
+    fn sized(n: u64, len: usize) -> PublishRequest {
+        PublishRequest {
+            data: RawValue::from_string(format!("\"{}\"", "x".repeat(len))).unwrap(),
+            ..req(n, None)
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+        /// Byte bounds against a model, over random publications of random
+        /// sizes into a few channels: each channel keeps the newest
+        /// publications that fit its bound (contiguous, ending with the
+        /// newest), the node's total stays within its bound after every
+        /// publish, and no publish is refused or loses its offset.
+        #[test]
+        fn byte_bounds_keep_the_newest(
+            per_channel in 2_000usize..6_000,
+            node in 6_000usize..20_000,
+            pubs in proptest::collection::vec((0usize..4, 0usize..1_500), 1..120),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                let e = MemoryEngine::new().with_limits(MemoryConfig { max_channels: 0, history_max_bytes: node });
+                let p = ChannelPolicy { history_max_bytes: per_channel, ..policy(1000, 60_000) };
+                let mut tops = [0u64; 4];
+                for (c, len) in pubs {
+                    let channel = format!("c{c}");
+                    tops[c] += 1;
+                    let out = e.publish(&channel, sized(tops[c], len), &p).await.unwrap();
+                    prop_assert_eq!(out.position.unwrap().offset, tops[c]);
+                    prop_assert!(e.retained_bytes() <= node, "node total {} > {node}", e.retained_bytes());
+                    for (i, top) in tops.iter().enumerate() {
+                        let page = e.read(&format!("c{i}"), HistoryQuery::default(), &p).await.unwrap();
+                        let got: Vec<u64> = page.publications.iter().filter_map(|p| p.offset).collect();
+                        let bytes: usize = page.publications.iter().map(|p| retained_size(p)).sum();
+                        prop_assert!(bytes <= per_channel);
+                        // Contiguous and ending with the newest (or empty).
+                        if let Some(first) = got.first() {
+                            prop_assert_eq!(got.clone(), (*first..=*top).collect::<Vec<_>>());
+                        }
+                    }
+                    // The channel just published to keeps its newest publication.
+                    let page = e.read(&channel, HistoryQuery::default(), &p).await.unwrap();
+                    prop_assert_eq!(page.publications.last().and_then(|p| p.offset), Some(tops[c]));
+                }
+                Ok(())
+            })?;
+        }
+    }
+
+    #[tokio::test]
+    async fn new_channels_past_the_bounds_are_refused() {
+        let e = MemoryEngine::new().with_limits(MemoryConfig {
+            max_channels: 4,
+            history_max_bytes: 0,
+        });
+        let p = policy(10, 60_000);
+        let in_ns = ChannelPolicy {
+            max_channels: 2,
+            ..p
+        };
+        for c in ["ns:a", "ns:b"] {
+            e.publish(c, req(1, None), &in_ns).await.unwrap();
+        }
+        let refused = e.publish("ns:c", req(1, None), &in_ns).await;
+        assert!(matches!(refused, Err(EngineError::Limit(_))), "{refused:?}");
+        // Known channels still take publications; others fill the node.
+        e.publish("ns:a", req(2, None), &in_ns).await.unwrap();
+        for c in ["x", "y"] {
+            e.publish(c, req(1, None), &p).await.unwrap();
+        }
+        let refused = e.position("z", &p).await;
+        assert!(matches!(refused, Err(EngineError::Limit(_))), "{refused:?}");
+        // Reads of unknown channels make none.
+        assert_eq!(e.stats("z").await.unwrap(), (0, 0));
     }
 
     #[derive(Debug, Clone)]
@@ -845,6 +1144,8 @@ mod presence_tests {
     fn policy(ttl_ms: u64, max: usize, per_user: bool) -> ChannelPolicy {
         ChannelPolicy {
             history_size: 10,
+            history_max_bytes: 0,
+            max_channels: 0,
             history_ttl: Duration::from_secs(60),
             idempotency_window: Duration::from_secs(60),
             durable: false,

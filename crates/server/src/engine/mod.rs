@@ -24,6 +24,10 @@ use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 pub struct ChannelPolicy {
     /// Publications kept; 0 = ephemeral (no offsets, no history).
     pub history_size: usize,
+    /// Bytes of publications kept (0: no bound); the oldest go first.
+    pub history_max_bytes: usize,
+    /// Channels of this namespace a node keeps at once (0: no bound).
+    pub max_channels: usize,
     /// How long publications stay.
     pub history_ttl: Duration,
     /// How long idempotency keys are remembered.
@@ -118,13 +122,17 @@ pub enum EngineError {
     /// an ACL without the needed commands): retrying will not help.
     #[error("engine backend refused: {0}")]
     Refused(String),
+    /// A bound of this node refuses the command (it keeps its most
+    /// channels): the client's request, not the engine, is over the line.
+    #[error("{0}")]
+    Limit(String),
 }
 
 impl EngineError {
     /// Whether retrying the same command later may succeed (clients and
     /// SDKs retry with the same idempotency key).
     pub fn temporary(&self) -> bool {
-        !matches!(self, EngineError::Refused(_))
+        !matches!(self, EngineError::Refused(_) | EngineError::Limit(_))
     }
 }
 
@@ -202,6 +210,12 @@ pub trait PublicationSink: Send + Sync {
     /// starting with `prefix`, after `cursor`, at most `limit`, with their
     /// number of local subscribers (for the cluster-wide `channels`).
     fn channels(&self, prefix: &str, cursor: Option<&str>, limit: usize) -> Vec<(String, usize)>;
+
+    /// The engine refused a command for one of the node's bounds (`limit`
+    /// names it, as in `tidings_limit_rejections_total`).
+    fn refused(&self, limit: &str) {
+        let _ = limit;
+    }
 }
 
 /// Hop 2's write path.
@@ -364,9 +378,14 @@ pub fn build(config: &crate::Config) -> Result<Arc<dyn Engine>, BuildError> {
             let (store, loaded) =
                 store::Store::open(&config.data_dir, config.fsync, config.fsync_interval)?;
             tracing::info!(channels = loaded.channels.len(), dir = %config.data_dir.display(), "history store opened");
-            Arc::new(memory::MemoryEngine::with_store(store, loaded))
+            Arc::new(
+                memory::MemoryEngine::with_store(store, loaded)
+                    .with_limits(config.engine.memory.clone()),
+            )
         }
-        EngineType::Memory => Arc::new(memory::MemoryEngine::new()),
+        EngineType::Memory => {
+            Arc::new(memory::MemoryEngine::new().with_limits(config.engine.memory.clone()))
+        }
         EngineType::Redis => {
             Arc::new(redis::RedisEngine::new(&config.engine.redis).map_err(BuildError::Redis)?)
         }

@@ -137,6 +137,11 @@ enum Job {
         epoch: String,
         top: u64,
     },
+    /// A channel's oldest publications were trimmed (the node's bound).
+    Trim {
+        channel: String,
+        through: u64,
+    },
     /// A user was seen.
     LastSeen {
         user: String,
@@ -289,6 +294,16 @@ impl Store {
         }
     }
 
+    /// Records that `channel` keeps nothing up to offset `through`.
+    pub fn trim(&self, channel: &str, through: u64) {
+        if let Some(tx) = &*self.tx.lock() {
+            let _ = tx.send(Job::Trim {
+                channel: channel.to_string(),
+                through,
+            });
+        }
+    }
+
     /// Records when a user was last seen.
     pub fn last_seen(&self, user: &str, at_ms: u64) {
         if let Some(tx) = &*self.tx.lock() {
@@ -398,6 +413,9 @@ fn write_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
                     if let Some((k, expire)) = &r.key {
                         key.execute(params![r.channel, k, offset, *expire as i64])?;
                     }
+                }
+                Job::Trim { channel, through } => {
+                    trim.execute(params![channel, *through as i64])?;
                 }
                 Job::LastSeen { user, at_ms } => {
                     tx.execute(

@@ -11,8 +11,11 @@ use crate::engine::{EngineError, HistoryQuery, PublishRequest};
 use crate::node::Node;
 
 /// An engine failure as the client sees it: code 100, `temporary` when a
-/// retry (with the same idempotency key) may succeed.
+/// retry (with the same idempotency key) may succeed; a node bound, 104.
 pub(crate) fn internal(e: EngineError) -> ErrorBody {
+    if let EngineError::Limit(why) = e {
+        return err(ErrorCode::LimitExceeded, why);
+    }
     tracing::error!(error = %e, "engine failed");
     let message = if e.temporary() {
         "temporarily unavailable: retry"
