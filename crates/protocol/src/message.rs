@@ -49,6 +49,22 @@ pub struct Publication {
     pub time: u64,
 }
 
+impl Publication {
+    /// About how many bytes it takes as JSON, without encoding it: its
+    /// variable parts exactly, the fixed ones (field names, offset, time)
+    /// bounded.
+    pub fn approx_size(&self) -> usize {
+        const FIXED: usize = 96;
+        let info = self.info.as_ref().map_or(0, |i| {
+            i.client.len() + i.user.len() + i.info.as_ref().map_or(0, |x| x.get().len()) + 48
+        });
+        let tags = self.tags.as_ref().map_or(0, |t| {
+            t.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>()
+        });
+        FIXED + self.data.get().len() + info + tags
+    }
+}
+
 /// The body of an error reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {

@@ -155,12 +155,22 @@ pub(crate) const BODY_ENVELOPE: usize = 64 * 1024;
 /// plus the envelope; over it, a JSON 104 (axum's own limit answers in plain text).
 pub(crate) async fn read_body(node: &Node, body: Body) -> Result<axum::body::Bytes, ApiError> {
     let limit = node.namespaces().largest_message_size() + BODY_ENVELOPE;
-    axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError(ErrorBody::new(
+    // A body trickled in a byte at a time must not hold its socket forever.
+    let within = node.config.client.body_timeout;
+    match tokio::time::timeout(within, axum::body::to_bytes(body, limit)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(_)) => Err(ApiError(ErrorBody::new(
             ErrorCode::LimitExceeded,
             format!("request body is larger than {limit} bytes"),
-        ))
-    })
+        ))),
+        Err(_) => Err(ApiError(ErrorBody::new(
+            ErrorCode::BadRequest,
+            format!(
+                "the request body did not arrive within {}",
+                humantime::format_duration(within)
+            ),
+        ))),
+    }
 }
 
 /// Most channels one `channels` page returns.

@@ -12,9 +12,12 @@ use serde_json::{Value, json};
 use tidings_protocol::{ErrorBody, ErrorCode, ServerMessage};
 
 use crate::api::ApiError;
+use crate::engine::UserControl;
+use crate::lease::Beat;
 use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::session::Session;
+use crate::session::internal;
 
 /// The commands open to HTTP clients.
 const OPS: [&str; 5] = [
@@ -49,19 +52,27 @@ pub async fn handle(
 /// [`crate::lease`]); the lease id is the credential.
 async fn heartbeat(node: &Arc<Node>, body: Body) -> Result<String, ApiError> {
     #[derive(serde::Deserialize)]
-    struct Beat {
+    struct Heartbeat {
         lease: String,
     }
     let body = crate::api::read_body(node, body).await?;
-    let beat: Beat = serde_json::from_slice(&body)
+    let beat: Heartbeat = serde_json::from_slice(&body)
         .map_err(|e| bad(ErrorCode::BadRequest, format!("malformed body: {e}")))?;
-    if node.leases.beat(&beat.lease) {
-        Ok("{}".into())
-    } else {
-        Err(bad(
+    match node.leases.beat(&beat.lease) {
+        Beat::Renewed => Ok("{}".into()),
+        Beat::Elsewhere => {
+            // Another node holds the stream (no sticky sessions): pass it on.
+            let control = UserControl::Heartbeat { lease: beat.lease };
+            node.engine
+                .control(control)
+                .await
+                .map_err(|e| ApiError(internal(e)))?;
+            Ok("{}".into())
+        }
+        Beat::Unknown => Err(bad(
             ErrorCode::NotSubscribed,
             "no open stream has this lease (it ended)",
-        ))
+        )),
     }
 }
 

@@ -261,6 +261,9 @@ pub struct ClientConfig {
     /// not arrived within this.
     #[serde(with = "humantime_serde")]
     pub keepalive_timeout: Duration,
+    /// A request body (API, client actions) must arrive whole within this.
+    #[serde(with = "humantime_serde")]
+    pub body_timeout: Duration,
     /// Connections of one user (0: no limit).
     pub max_connections_per_user: usize,
     /// New WebSocket connections per second, node-wide, with a burst of as
@@ -286,6 +289,7 @@ impl Default for ClientConfig {
             reserved_fds: 64,
             header_timeout: Duration::from_secs(10),
             keepalive_timeout: Duration::from_secs(60),
+            body_timeout: Duration::from_secs(30),
             max_connections_per_user: 0,
             new_connections_per_second: 0,
         }
@@ -326,6 +330,9 @@ pub struct MemoryConfig {
     /// Bytes of history the node keeps over all channels; past it the
     /// oldest publications of any channel are trimmed first.
     pub history_max_bytes: usize,
+    /// Idempotency keys the node remembers over all channels; past it a
+    /// channel forgets its own oldest key for each new one.
+    pub max_idempotency_keys: usize,
 }
 
 impl Default for MemoryConfig {
@@ -333,6 +340,7 @@ impl Default for MemoryConfig {
         Self {
             max_channels: 100_000,
             history_max_bytes: 256 * 1024 * 1024,
+            max_idempotency_keys: 1_000_000,
         }
     }
 }
@@ -723,10 +731,15 @@ impl Config {
         for (key, d) in [
             ("header_timeout", self.client.header_timeout),
             ("keepalive_timeout", self.client.keepalive_timeout),
+            ("body_timeout", self.client.body_timeout),
         ] {
             if d.is_zero() {
                 bad.push(format!("`client.{key}`: must be greater than 0"));
             }
+        }
+        if self.client.keepalive_timeout < self.client.header_timeout {
+            // hyper's one timer also bounds the first request head.
+            bad.push("`client.keepalive_timeout`: at least `client.header_timeout`".into());
         }
         if self.client.recovery_max_bytes < 1024 {
             bad.push("`client.recovery_max_bytes`: at least 1024".into());

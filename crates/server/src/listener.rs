@@ -34,8 +34,8 @@ use crate::metrics::Metrics;
 
 /// How long a refused socket may take to read our answer before it is dropped.
 const REFUSAL_LINGER: Duration = Duration::from_secs(1);
-/// Refused sockets that may linger at once; past it they are closed at once.
-const REFUSALS_LINGERING: usize = 64;
+/// How long a socket from the reserve may take to send its one request head.
+const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Open sockets, in total and per address.
 #[derive(Default)]
@@ -52,6 +52,9 @@ pub struct Admission {
     max_per_ip: usize,
     max_open: usize,
     max_reserve: usize,
+    /// Refused sockets that may wait for their answer at once (a quarter of
+    /// `reserved_fds`, so that they never take the files' share).
+    lingering: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 }
 
@@ -109,6 +112,7 @@ impl Admission {
             max_per_ip: client.max_connections_per_ip,
             max_open,
             max_reserve: client.reserved_fds / 2,
+            lingering: Arc::new(Semaphore::new(client.reserved_fds / 4)),
             metrics,
         })
     }
@@ -124,6 +128,7 @@ impl Admission {
     }
 
     fn admit(self: &Arc<Self>, ip: IpAddr) -> Verdict {
+        let ip = counted_as(ip);
         let mut c = self.counts.lock();
         let from_ip = c.per_ip.get(&ip).copied().unwrap_or(0);
         if self.max_per_ip > 0 && from_ip >= self.max_per_ip {
@@ -148,6 +153,18 @@ impl Admission {
         } else {
             Verdict::Serve(slot)
         }
+    }
+}
+
+/// The address a socket counts against: an IPv6 client holds a whole /64
+/// (so its /64 is one address here), and IPv4 may come IPv4-mapped.
+fn counted_as(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6((u128::from(v6) & !u128::from(u64::MAX)).into()),
+        },
+        v4 => v4,
     }
 }
 
@@ -229,7 +246,6 @@ pub async fn serve(
     tune: impl Fn(&TcpStream) + Send,
     mut stop: watch::Receiver<bool>,
 ) {
-    let lingering = Arc::new(Semaphore::new(REFUSALS_LINGERING));
     loop {
         let (tcp, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -249,7 +265,10 @@ pub async fn serve(
             Verdict::Reserve(slot) => (slot, true),
             Verdict::Refuse(limit) => {
                 admission.metrics.limit_rejected(limit);
-                refuse(tcp, limit, &lingering);
+                // Past the reserve nothing is left to answer with: close.
+                if limit == "ip" {
+                    refuse(tcp, &admission.lingering);
+                }
                 continue;
             }
         };
@@ -295,13 +314,20 @@ async fn serve_one(
     };
     let mut http = hyper::server::conn::http1::Builder::new();
     // hyper's header timer also runs while a kept-alive socket waits for
-    // its next request: that is the idle timeout.
+    // its next request: that is the idle timeout. A socket from the
+    // reserve serves one quick request, so that it cannot be held.
     http.timer(TokioTimer::new())
-        .header_read_timeout(timeouts.keepalive);
+        .header_read_timeout(timeouts.keepalive)
+        .keep_alive(!reserve);
+    let first_head_within = if reserve {
+        timeouts.header.min(RESERVE_HEADER_TIMEOUT)
+    } else {
+        timeouts.header
+    };
     let conn = http.serve_connection(TokioIo::new(io), svc).with_upgrades();
     tokio::pin!(conn);
     let first_head = async {
-        tokio::time::sleep(timeouts.header).await;
+        tokio::time::sleep(first_head_within).await;
         if started.load(Ordering::Relaxed) {
             std::future::pending::<()>().await;
         }
@@ -316,7 +342,7 @@ async fn serve_one(
                 }
                 return;
             }
-            () = &mut first_head, if !stopping => {
+            () = &mut first_head => {
                 metrics.request_timeouts.inc();
                 return;
             }
@@ -348,11 +374,8 @@ fn at_capacity() -> Response<axum::body::Body> {
 /// request head — HTTP clients reject an answer that comes before their
 /// request, and closing with the request unread would reset the connection
 /// — if few refused sockets are lingering, and for at most a second.
-fn refuse(tcp: TcpStream, limit: &'static str, lingering: &Arc<Semaphore>) {
-    let why = match limit {
-        "ip" => "too many connections from this address",
-        _ => "the server is at its connection limit",
-    };
+fn refuse(tcp: TcpStream, lingering: &Arc<Semaphore>) {
+    let why = "too many connections from this address";
     let answer = format!(
         "HTTP/1.1 503 Service Unavailable\r\nretry-after: 5\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{why}",
         why.len()
@@ -380,4 +403,22 @@ fn refuse(tcp: TcpStream, limit: &'static str, lingering: &Arc<Semaphore>) {
         })
         .await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv6_counts_by_its_64_and_mapped_ipv4_as_ipv4() {
+        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:bbbb::9".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert_eq!(counted_as(a), counted_as(b));
+        assert_ne!(counted_as(a), counted_as(c));
+        let mapped: IpAddr = "::ffff:127.0.0.2".parse().unwrap();
+        assert_eq!(counted_as(mapped), "127.0.0.2".parse::<IpAddr>().unwrap());
+        let v4: IpAddr = "127.0.0.3".parse().unwrap();
+        assert_eq!(counted_as(v4), v4);
+    }
 }

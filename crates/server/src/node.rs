@@ -188,6 +188,9 @@ impl PublicationSink for NodeSink {
                     code: *code,
                 });
             }
+            UserControl::Heartbeat { lease } => {
+                node.leases.beat(lease);
+            }
         }
     }
 }
@@ -225,6 +228,7 @@ impl Node {
         // The bucket starts full: a burst of one second's worth.
         let burst = f64::from(config.client.new_connections_per_second);
         let namespaces = RwLock::new(Arc::new(Namespaces::of(&config)));
+        let id = crate::engine::new_epoch();
         Self {
             config,
             engine,
@@ -232,14 +236,14 @@ impl Node {
             metrics,
             tokens: RwLock::new(tokens),
             api_keys: RwLock::new(api_keys),
-            id: crate::engine::new_epoch(),
+            leases: Arc::new(crate::lease::Leases::new(&id)),
+            id,
             name,
             address,
             channel_locks: (0..CHANNEL_LOCKS)
                 .map(|_| Arc::new(tokio::sync::Mutex::new(())))
                 .collect(),
             started: Instant::now(),
-            leases: Default::default(),
             conns: Mutex::new(HashMap::new()),
             next_conn: AtomicU64::new(1),
             user_seq: AtomicU64::new(1),

@@ -763,6 +763,36 @@ async fn recovery_replies_are_bounded_in_bytes() {
     assert!(pages >= 2, "{pages}");
 }
 
+#[tokio::test]
+async fn a_request_body_that_trickles_is_answered_within_the_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut config = config();
+    config.client.body_timeout = Duration::from_secs(1);
+    let server = start_with(config).await;
+    let mut tcp = tokio::net::TcpStream::connect(server.local_addr())
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /v1/api/publish HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{\"channel\""
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // The rest of the body never comes.
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut buf = [0u8; 1024];
+        while !answer.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "answered, not held");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+}
+
 /// A config for load cases: pings out of the way, namespace `slow` with a long history.
 fn load_config() -> Config {
     let mut c = config();

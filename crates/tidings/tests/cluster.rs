@@ -1,7 +1,9 @@
 //! A node killed with SIGKILL under publish load: its WebSocket client
 //! resumes on another node with `since`, its SSE and long-poll clients with
 //! the same position vector, and each ends with every publication once; its presence entries end with a `leave`
-//! within the lease; `info` stops listing it.
+//! within the lease; `info` stops listing it. The SSE client sends its
+//! presence heartbeats to another node than its stream's, which passes
+//! them on.
 
 #[allow(dead_code)]
 #[path = "../../server/tests/common/redis.rs"]
@@ -93,12 +95,14 @@ async fn api(http: &reqwest::Client, addr: &str, method: &str, body: Value) -> V
     res.json().await.unwrap()
 }
 
-/// An SSE stream: offsets of `pub` events, the last `id:`, and leaves seen.
+/// An SSE stream: offsets of `pub` events, the last `id:`, leaves seen,
+/// and the presence lease of the last stream opened.
 #[derive(Default)]
 struct SseState {
     offsets: Vec<u64>,
     last_id: Option<String>,
     leaves: Vec<String>,
+    lease: Option<(String, u64)>,
     buf: String,
 }
 
@@ -110,12 +114,11 @@ impl SseState {
             let (mut event, mut id, mut data) = ("", None, None);
             for line in block.lines() {
                 if let Some(v) = line.strip_prefix("event: ") {
-                    event = if v == "pub" {
-                        "pub"
-                    } else if v == "leave" {
-                        "leave"
-                    } else {
-                        ""
+                    event = match v {
+                        "pub" => "pub",
+                        "leave" => "leave",
+                        "connected" => "connected",
+                        _ => "",
                     };
                 } else if let Some(v) = line.strip_prefix("id: ") {
                     id = Some(v.to_string());
@@ -131,6 +134,12 @@ impl SseState {
                 ("leave", Some(d)) => self
                     .leaves
                     .push(d["info"]["client"].as_str().unwrap_or_default().into()),
+                ("connected", Some(d)) => {
+                    self.lease = d["lease"]
+                        .as_str()
+                        .zip(d["heartbeat_ms"].as_u64())
+                        .map(|(l, ms)| (l.to_string(), ms));
+                }
                 _ => {}
             }
         }
@@ -197,6 +206,22 @@ impl WsClient {
     }
 }
 
+/// Sends the presence heartbeats of `lease` to the node at `addr`, every
+/// `every_ms`, for at most two minutes.
+fn heartbeats(
+    http: &reqwest::Client,
+    addr: &str,
+    (lease, every_ms): (String, u64),
+) -> tokio::task::JoinHandle<()> {
+    let (http, url) = (http.clone(), format!("http://{addr}/v1/client/heartbeat"));
+    tokio::spawn(async move {
+        for _ in 0..(120_000 / every_ms.max(1)) {
+            let _ = http.post(&url).json(&json!({"lease": lease})).send().await;
+            tokio::time::sleep(Duration::from_millis(every_ms)).await;
+        }
+    })
+}
+
 async fn open_sse(
     http: &reqwest::Client,
     addr: &str,
@@ -229,6 +254,9 @@ async fn a_killed_nodes_websocket_sse_and_long_poll_clients_resume_elsewhere() {
     while sse.last_id.is_none() {
         sse.feed(&stream.chunk().await.unwrap().expect("opening block"));
     }
+    // In presence: heartbeats, through another node.
+    let lease = sse.lease.take().expect("a presence lease");
+    let beating = heartbeats(&http, &nodes[1].addr, lease);
     let poll = |addr: String, since: Option<String>| {
         let http = http.clone();
         let token = token.clone();
@@ -298,6 +326,12 @@ async fn a_killed_nodes_websocket_sse_and_long_poll_clients_resume_elsewhere() {
         sse.last_id.clone().as_deref(),
     )
     .await;
+    beating.abort();
+    while sse.lease.is_none() {
+        sse.feed(&stream.chunk().await.unwrap().expect("opening block"));
+    }
+    let lease = sse.lease.take().expect("a presence lease");
+    let _beating = heartbeats(&http, &nodes[1].addr, lease);
     publisher.await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(20);
     while sse.offsets.last() != Some(&total) && Instant::now() < deadline {

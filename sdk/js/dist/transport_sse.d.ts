@@ -12,7 +12,7 @@ export declare class SseSession extends HttpSession {
     private read;
     /**
      * A stream in presence stays there only while it proves its reader is
-     * alive: a heartbeat every `heartbeat` seconds, under its lease. A frozen
+     * alive: a heartbeat every `heartbeat_ms`, under its lease. A frozen
      * tab or process sends none, and the server ends the stream (3004), so it
      * leaves presence as a frozen WebSocket client does by missing pongs.
      */

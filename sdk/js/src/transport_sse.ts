@@ -154,19 +154,19 @@ export class SseSession extends HttpSession {
 
   /**
    * A stream in presence stays there only while it proves its reader is
-   * alive: a heartbeat every `heartbeat` seconds, under its lease. A frozen
+   * alive: a heartbeat every `heartbeat_ms`, under its lease. A frozen
    * tab or process sends none, and the server ends the stream (3004), so it
    * leaves presence as a frozen WebSocket client does by missing pongs.
    */
   private heartbeat: ReturnType<typeof setInterval> | null = null;
 
-  private startHeartbeat(lease: string, everySeconds: number): void {
+  private startHeartbeat(lease: string, everyMs: number): void {
     this.stopHeartbeat();
     const beat = () => {
       httpAction(this.opts.fetch, this.opts.url, this.token, 'heartbeat', { lease }, this.opts.commandTimeout)
         .catch(() => undefined); // A missed beat is retried at the next one.
     };
-    this.heartbeat = setInterval(beat, Math.max(1, everySeconds) * 1000);
+    this.heartbeat = setInterval(beat, Math.max(100, everyMs));
   }
 
   private stopHeartbeat(): void {
@@ -180,7 +180,7 @@ export class SseSession extends HttpSession {
     if (!isObj(v)) return null;
     if (event === 'connected') {
       const lease = str(v.lease);
-      const every = uint(v.heartbeat);
+      const every = uint(v.heartbeat_ms);
       if (lease && every !== undefined) this.startHeartbeat(lease, every);
       return null;
     }

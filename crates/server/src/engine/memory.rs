@@ -52,13 +52,13 @@ impl ChannelCounts {
     ) -> Result<(), EngineError> {
         if max_all > 0 && self.all >= max_all {
             return Err(EngineError::Limit(format!(
-                "this node keeps its most channels ({max_all}); try again later"
+                "this node keeps its most channels ({max_all})"
             )));
         }
         let ns = namespace_of(channel);
         if max_in_ns > 0 && self.by_namespace.get(ns).copied().unwrap_or(0) >= max_in_ns {
             return Err(EngineError::Limit(format!(
-                "namespace `{ns}` keeps its most channels ({max_in_ns}); try again later"
+                "namespace `{ns}` keeps its most channels ({max_in_ns})"
             )));
         }
         self.add(channel);
@@ -90,6 +90,10 @@ struct ChannelLog {
     bytes: usize,
     /// The node's retained bytes over all channels.
     total: Arc<AtomicUsize>,
+    /// The node's idempotency keys over all channels.
+    keys_total: Arc<AtomicUsize>,
+    /// Whether the channel's history is on disk too.
+    durable: bool,
     keys: HashMap<String, PublishOutcome>,
     /// Keys by the instant they were made, or (when `key_deadlines`) expire.
     key_order: VecDeque<(Instant, String)>,
@@ -125,21 +129,14 @@ impl Members {
     }
 }
 
-/// About what a retained publication costs in memory: its variable parts
-/// and a bound on the fixed ones.
+/// About what a retained publication costs in memory: its JSON and the
+/// allocations around it.
 fn retained_size(p: &Publication) -> usize {
-    const FIXED: usize = 128;
-    let info = p.info.as_ref().map_or(0, |i| {
-        i.client.len() + i.user.len() + i.info.as_ref().map_or(0, |x| x.get().len())
-    });
-    let tags = p.tags.as_ref().map_or(0, |t| {
-        t.iter().map(|(k, v)| k.len() + v.len() + 48).sum::<usize>()
-    });
-    FIXED + p.data.get().len() + info + tags
+    p.approx_size() + 64
 }
 
 impl ChannelLog {
-    fn new(total: Arc<AtomicUsize>) -> Self {
+    fn new(total: Arc<AtomicUsize>, keys_total: Arc<AtomicUsize>) -> Self {
         Self {
             epoch: new_epoch(),
             top: 0,
@@ -147,6 +144,8 @@ impl ChannelLog {
             retained: VecDeque::new(),
             bytes: 0,
             total,
+            keys_total,
+            durable: false,
             keys: HashMap::new(),
             key_order: VecDeque::new(),
             key_deadlines: false,
@@ -179,34 +178,43 @@ impl ChannelLog {
         Some(p.offset.unwrap_or(0))
     }
 
+    /// Remembers an idempotency key, ordered by `at`.
+    fn add_key(&mut self, key: String, at: Instant, outcome: PublishOutcome) {
+        self.key_order.push_back((at, key.clone()));
+        if self.keys.insert(key, outcome).is_none() {
+            self.keys_total.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets the oldest idempotency key; false when there is none.
+    fn pop_key(&mut self) -> bool {
+        let Some((_, key)) = self.key_order.pop_front() else {
+            return false;
+        };
+        if self.keys.remove(&key).is_some() {
+            self.keys_total.fetch_sub(1, Ordering::Relaxed);
+        }
+        true
+    }
+
     /// Rebuilds a log from the store.
-    fn loaded(ch: LoadedChannel, total: Arc<AtomicUsize>) -> Self {
+    fn loaded(ch: LoadedChannel, total: Arc<AtomicUsize>, keys_total: Arc<AtomicUsize>) -> Self {
         let now = Instant::now();
         let now_ms = now_ms();
         let ago = |ms: u64| {
             now.checked_sub(Duration::from_millis(now_ms.saturating_sub(ms)))
                 .unwrap_or(now)
         };
-        let mut keys = HashMap::new();
-        let mut key_order: Vec<(Instant, String)> = Vec::new();
-        for (key, offset, expire_ms) in ch.keys {
-            keys.insert(
-                key.clone(),
-                PublishOutcome {
-                    position: Some(StreamPosition {
-                        offset,
-                        epoch: ch.epoch.clone(),
-                    }),
-                    duplicate: false,
-                },
-            );
-            // Keys are stored with their expiry; keep them in expiry order.
-            key_order.push((
-                now + Duration::from_millis(expire_ms.saturating_sub(now_ms)),
-                key,
-            ));
-        }
-        key_order.sort();
+        // Keys are stored with their expiry; keep them in expiry order.
+        let mut keys: Vec<(Instant, String, u64)> = ch
+            .keys
+            .into_iter()
+            .map(|(key, offset, expire_ms)| {
+                let at = now + Duration::from_millis(expire_ms.saturating_sub(now_ms));
+                (at, key, offset)
+            })
+            .collect();
+        keys.sort();
         let mut log = Self {
             epoch: ch.epoch,
             top: ch.top,
@@ -214,12 +222,28 @@ impl ChannelLog {
             retained: VecDeque::new(),
             bytes: 0,
             total,
-            keys,
-            key_order: key_order.into(),
+            keys_total,
+            durable: true,
+            keys: HashMap::new(),
+            key_order: VecDeque::new(),
             key_deadlines: true,
             touched: now,
             presence: Members::default(),
         };
+        for (at, key, offset) in keys {
+            let position = Some(StreamPosition {
+                offset,
+                epoch: log.epoch.clone(),
+            });
+            log.add_key(
+                key,
+                at,
+                PublishOutcome {
+                    position,
+                    duplicate: false,
+                },
+            );
+        }
         for p in ch.publications {
             log.push(ago(p.time), Arc::new(p));
         }
@@ -231,8 +255,7 @@ impl ChannelLog {
     fn start_new_epoch(&mut self) {
         self.epoch = new_epoch();
         while self.pop_front().is_some() {}
-        self.keys.clear();
-        self.key_order.clear();
+        while self.pop_key() {}
         let top = self.top;
         self.visible.send_replace(top);
     }
@@ -240,8 +263,11 @@ impl ChannelLog {
     /// Drops what is over size or past its TTL, and expired keys.
     fn trim(&mut self, policy: &ChannelPolicy, now: Instant) {
         self.touched = self.touched.max(now);
+        // The byte bound never takes the newest: its offset was just given.
         while self.retained.len() > policy.history_size
-            || (policy.history_max_bytes > 0 && self.bytes > policy.history_max_bytes)
+            || (policy.history_max_bytes > 0
+                && self.bytes > policy.history_max_bytes
+                && self.retained.len() > 1)
         {
             self.pop_front();
         }
@@ -261,9 +287,7 @@ impl ChannelLog {
             if live {
                 break;
             }
-            if let Some((_, key)) = self.key_order.pop_front() {
-                self.keys.remove(&key);
-            }
+            self.pop_key();
         }
     }
 }
@@ -271,6 +295,8 @@ impl ChannelLog {
 impl Drop for ChannelLog {
     fn drop(&mut self) {
         self.total.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.keys_total
+            .fetch_sub(self.keys.len(), Ordering::Relaxed);
     }
 }
 
@@ -298,6 +324,10 @@ pub struct MemoryEngine {
     channels: Mutex<ChannelCounts>,
     /// Retained bytes over all channels.
     retained: Arc<AtomicUsize>,
+    /// Idempotency keys over all channels.
+    keys: Arc<AtomicUsize>,
+    /// When empty channels were last forgotten for room (at most once a second).
+    made_room: Mutex<Option<Instant>>,
     /// Held while the oldest history is trimmed for the node's bound.
     trimming: Mutex<()>,
     /// When each user was last seen (ms since the Unix epoch).
@@ -323,9 +353,12 @@ impl MemoryEngine {
             limits: MemoryConfig {
                 max_channels: 0,
                 history_max_bytes: 0,
+                max_idempotency_keys: 0,
             },
             channels: Mutex::default(),
             retained: Arc::default(),
+            keys: Arc::default(),
+            made_room: Mutex::new(None),
             trimming: Mutex::new(()),
             last_seen: Mutex::new(HashMap::new()),
             hasher: Default::default(),
@@ -344,7 +377,7 @@ impl MemoryEngine {
             let shard = engine.shard(&ch.channel);
             let name = ch.channel.clone();
             engine.channels.lock().add(&name);
-            let log = ChannelLog::loaded(ch, engine.retained.clone());
+            let log = ChannelLog::loaded(ch, engine.retained.clone(), engine.keys.clone());
             engine.logs[shard]
                 .lock()
                 .insert(name, Arc::new(Mutex::new(log)));
@@ -403,7 +436,9 @@ impl MemoryEngine {
                 break;
             };
             let mut log = logs[i].1.lock();
-            if let Some(offset) = log.pop_front() {
+            if let Some(offset) = log.pop_front()
+                && log.durable
+            {
                 trimmed.insert(i, offset);
             }
             if let Some((at, _)) = log.retained.front() {
@@ -468,6 +503,26 @@ impl MemoryEngine {
     /// pending commit. A forgotten channel starts over with a new epoch, so
     /// memory follows the channels in use, not every name ever read.
     pub fn sweep(&self, policy_of: PolicyOf<'_>, idle: Duration) -> usize {
+        self.forget(Some(policy_of), idle)
+    }
+
+    /// Forgets channels with nothing kept and nobody subscribed, however
+    /// recently used, to make room under `max_channels` (at most once a
+    /// second: each is a pass over every channel).
+    fn make_room(&self) {
+        {
+            let mut last = self.made_room.lock();
+            if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+                return;
+            }
+            *last = Some(Instant::now());
+        }
+        let forgotten = self.forget(None, Duration::ZERO);
+        tracing::debug!(forgotten, "forgot empty channels to make room");
+    }
+
+    /// [`MemoryEngine::sweep`], trimming only with a `policy_of`.
+    fn forget(&self, policy_of: Option<PolicyOf<'_>>, idle: Duration) -> usize {
         let now = Instant::now();
         let mut evicted = 0;
         for shard in &self.logs {
@@ -477,7 +532,7 @@ impl MemoryEngine {
                     return true;
                 };
                 let touched = l.touched;
-                if let Some(policy) = policy_of(name) {
+                if let Some(policy) = policy_of.and_then(|of| of(name)) {
                     l.trim(&policy, now);
                     // Leases not renewed: the connection (or its node) is gone.
                     let expired: Vec<String> = l
@@ -563,21 +618,32 @@ impl MemoryEngine {
         channel: &str,
         policy: &ChannelPolicy,
     ) -> Result<Arc<Mutex<ChannelLog>>, EngineError> {
-        let mut shard = self.logs[self.shard(channel)].lock();
-        if let Some(log) = shard.get(channel) {
-            return Ok(log.clone());
+        if let Some(log) = self.existing(channel) {
+            return Ok(log);
         }
-        let admitted =
+        let admit = || {
             self.channels
                 .lock()
-                .admit(channel, self.limits.max_channels, policy.max_channels);
-        if let Err(e) = admitted {
-            if let Some(sink) = self.sink.get() {
-                sink.refused("channels");
+                .admit(channel, self.limits.max_channels, policy.max_channels)
+        };
+        if admit().is_err() {
+            // Empty channels (read once, subscribed and left) make way.
+            self.make_room();
+            if let Err(e) = admit() {
+                if let Some(sink) = self.sink.get() {
+                    sink.refused("channels");
+                }
+                return Err(e);
             }
-            return Err(e);
         }
-        let log = Arc::new(Mutex::new(ChannelLog::new(self.retained.clone())));
+        let mut shard = self.logs[self.shard(channel)].lock();
+        if let Some(log) = shard.get(channel) {
+            // Made by another task meanwhile: it is counted once.
+            self.channels.lock().remove(channel);
+            return Ok(log.clone());
+        }
+        let log = ChannelLog::new(self.retained.clone(), self.keys.clone());
+        let log = Arc::new(Mutex::new(log));
         shard.insert(channel.to_string(), log.clone());
         Ok(log)
     }
@@ -600,6 +666,7 @@ impl Broker for MemoryEngine {
         let step = {
             let mut log = log_arc.lock();
             let now = Instant::now();
+            log.durable = policy.durable && self.store.is_some();
             log.trim(policy, now);
             if let Some(key) = &request.idempotency_key
                 && let Some(first) = log.keys.get(key)
@@ -636,13 +703,20 @@ impl Broker for MemoryEngine {
                     duplicate: false,
                 };
                 if let Some(key) = &request.idempotency_key {
-                    if !log.key_deadlines {
-                        log.key_order.push_back((now, key.clone()));
-                    } else {
-                        log.key_order
-                            .push_back((now + policy.idempotency_window, key.clone()));
+                    // Past the node's bound, a channel forgets its own
+                    // oldest key for a new one: keys sent into many
+                    // channels cannot grow memory past the bound plus
+                    // one key a channel.
+                    let max = self.limits.max_idempotency_keys;
+                    if max > 0 && self.keys.load(Ordering::Relaxed) >= max {
+                        log.pop_key();
                     }
-                    log.keys.insert(key.clone(), outcome.clone());
+                    let at = if log.key_deadlines {
+                        now + policy.idempotency_window
+                    } else {
+                        now
+                    };
+                    log.add_key(key.clone(), at, outcome.clone());
                 }
                 match (&self.store, offset) {
                     (Some(store), Some(offset)) if policy.durable => {
@@ -653,7 +727,7 @@ impl Broker for MemoryEngine {
                         let trim_through = log
                             .retained
                             .front()
-                            .map_or(offset, |(_, p)| p.offset.unwrap_or(1) - 1);
+                            .map_or(offset, |(_, p)| p.offset.unwrap_or(1).saturating_sub(1));
                         let done = self.commit_callback(
                             channel,
                             log_arc.clone(),
@@ -1006,7 +1080,7 @@ mod tests {
         ) {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             rt.block_on(async {
-                let e = MemoryEngine::new().with_limits(MemoryConfig { max_channels: 0, history_max_bytes: node });
+                let e = MemoryEngine::new().with_limits(MemoryConfig { max_channels: 0, history_max_bytes: node, max_idempotency_keys: 0 });
                 let p = ChannelPolicy { history_max_bytes: per_channel, ..policy(1000, 60_000) };
                 let mut tops = [0u64; 4];
                 for (c, len) in pubs {
@@ -1039,6 +1113,7 @@ mod tests {
         let e = MemoryEngine::new().with_limits(MemoryConfig {
             max_channels: 4,
             history_max_bytes: 0,
+            max_idempotency_keys: 0,
         });
         let p = policy(10, 60_000);
         let in_ns = ChannelPolicy {
@@ -1057,8 +1132,50 @@ mod tests {
         }
         let refused = e.position("z", &p).await;
         assert!(matches!(refused, Err(EngineError::Limit(_))), "{refused:?}");
-        // Reads of unknown channels make none.
+        // Presence reads of unknown channels make none.
         assert_eq!(e.stats("z").await.unwrap(), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn empty_channels_make_room_at_the_bound() {
+        let e = MemoryEngine::new().with_limits(MemoryConfig {
+            max_channels: 3,
+            history_max_bytes: 0,
+            max_idempotency_keys: 0,
+        });
+        let p = policy(10, 60_000);
+        e.publish("kept", req(1, None), &p).await.unwrap();
+        // Read once (a subscribe that left): nothing kept in them.
+        for c in ["read1", "read2"] {
+            e.position(c, &p).await.unwrap();
+        }
+        // They give way to a new channel; the one with history stays.
+        e.publish("new", req(1, None), &p).await.unwrap();
+        let page = e.read("kept", HistoryQuery::default(), &p).await.unwrap();
+        assert_eq!(page.publications.len(), 1);
+        e.publish("more", req(1, None), &p).await.unwrap();
+        let refused = e.publish("most", req(1, None), &p).await;
+        assert!(matches!(refused, Err(EngineError::Limit(_))), "{refused:?}");
+    }
+
+    #[tokio::test]
+    async fn idempotency_keys_stay_within_the_node_bound() {
+        let e = MemoryEngine::new().with_limits(MemoryConfig {
+            max_channels: 0,
+            history_max_bytes: 0,
+            max_idempotency_keys: 50,
+        });
+        let p = policy(10, 60_000);
+        for i in 0..500u64 {
+            let key = format!("k{i}");
+            e.publish(&format!("c{}", i % 5), req(i, Some(&key)), &p)
+                .await
+                .unwrap();
+            assert!(e.keys.load(Ordering::Relaxed) <= 50 + 5);
+        }
+        // The newest key of a channel still deduplicates.
+        let again = e.publish("c4", req(0, Some("k499")), &p).await.unwrap();
+        assert!(again.duplicate);
     }
 
     #[derive(Debug, Clone)]

@@ -145,8 +145,8 @@ pub enum PresenceEvent {
     Leave(ClientInfo),
 }
 
-/// An instruction for every node's connections of one user (the server API
-/// reaching a user connected anywhere).
+/// An instruction for connections wherever they are: one user's (the
+/// server API reaching a user connected anywhere), or one SSE stream's.
 #[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum UserControl {
@@ -167,6 +167,12 @@ pub enum UserControl {
         channel: String,
         /// The `unsub` code.
         code: u16,
+    },
+    /// Renew the presence lease of an SSE stream, on the node that holds it
+    /// (a heartbeat that reached another node).
+    Heartbeat {
+        /// The lease id.
+        lease: String,
     },
 }
 

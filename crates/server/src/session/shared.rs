@@ -28,19 +28,6 @@ pub(crate) fn internal(e: EngineError) -> ErrorBody {
     }
 }
 
-/// About how many bytes `p` takes in a reply (without encoding it): its
-/// variable parts and a bound on the fixed ones.
-pub(super) fn reply_size(p: &Publication) -> usize {
-    const FIXED: usize = 96;
-    let info = p.info.as_ref().map_or(0, |i| {
-        i.client.len() + i.user.len() + i.info.as_ref().map_or(0, |x| x.get().len()) + 48
-    });
-    let tags = p.tags.as_ref().map_or(0, |t| {
-        t.iter().map(|(k, v)| k.len() + v.len() + 6).sum::<usize>()
-    });
-    FIXED + p.data.get().len() + info + tags
-}
-
 /// Publishes through the engine after the namespace's checks; shared by
 /// client commands and the server API.
 pub async fn publish(
@@ -156,7 +143,7 @@ pub async fn history(
         .publications
         .iter()
         .take_while(|p| {
-            bytes += reply_size(p);
+            bytes += p.approx_size();
             bytes <= node.config.client.recovery_max_bytes
         })
         .count()

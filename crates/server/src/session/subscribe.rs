@@ -9,7 +9,6 @@ use tidings_protocol::{
     ClientInfo, DisconnectCode, ErrorBody, ErrorCode, Publication, Push, SubscribeArg, encode_push,
 };
 
-use super::shared::reply_size;
 use super::{PRESENCE_IN_REPLY, Session, err, internal};
 use crate::auth::{TOKEN_LEEWAY_S, TokenError, unix_now};
 use crate::config::{ClientAccess, NamespaceOptions, SubscribeRule};
@@ -168,6 +167,13 @@ impl Session {
         if !self.subs.contains_key(channel) {
             return Err(err(ErrorCode::NotSubscribed, "not subscribed"));
         }
+        let (_, ns) = self.node.resolve(channel)?;
+        if ns.subscribe_rule() != SubscribeRule::Token {
+            return Err(err(
+                ErrorCode::BadRequest,
+                "this channel takes no channel token",
+            ));
+        }
         let exp = self.check_channel_token(token, channel)?;
         match exp {
             Some(at) => self.sub_expiry.insert(channel.to_string(), at),
@@ -263,7 +269,7 @@ impl Session {
                 .publications
                 .first()
                 .is_none_or(|p| p.offset == Some(since.offset + 1));
-        let size: usize = page.publications.iter().map(|p| reply_size(p)).sum();
+        let size: usize = page.publications.iter().map(|p| p.approx_size()).sum();
         let max_bytes = self.node.config.client.recovery_max_bytes;
         if complete && size > budget.left {
             if budget.shared && size <= max_bytes {

@@ -27,7 +27,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(15);
 /// How often a stream in presence is asked to send a heartbeat: three
 /// chances within the lease (`presence_ttl`).
 fn heartbeat_every(node: &Node) -> Duration {
-    (node.config.presence_ttl / 3).max(Duration::from_secs(1))
+    node.config.presence_ttl / 3
 }
 
 fn far_future() -> tokio::time::Instant {
@@ -73,7 +73,7 @@ pub async fn handle(
     });
     if let Some(lease) = &lease {
         connected["lease"] = json!(lease.id());
-        connected["heartbeat"] = json!(heartbeat_every(&node).as_secs());
+        connected["heartbeat_ms"] = json!(heartbeat_every(&node).as_millis() as u64);
     }
     // Jitter the browser's reconnect delay so a restart does not bring everyone back at once.
     let retry = Duration::from_millis(rand::rng().random_range(1000..=3000));
