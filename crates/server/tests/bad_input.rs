@@ -642,30 +642,21 @@ async fn data_nested_deeper_than_the_limit_is_refused_by_clients_and_the_api() {
     raw.send_text(&cmd).await;
     let r = next_msg(&mut raw).await;
     assert_error(&r, 104, Some(7));
-    let body = format!(r#"{{"channel":"deep","data":{deep}}}"#);
-    let (status, reply) = api_raw(
-        &server,
-        "publish",
-        Some(&format!("Bearer {API_KEY}")),
-        &[],
-        body,
-    )
-    .await;
-    let reply: Value = serde_json::from_str(&reply).expect("a JSON error");
+    let server = &server;
+    let publish = |data: String| async move {
+        let body = format!(r#"{{"channel":"deep","data":{data}}}"#);
+        let auth = format!("Bearer {API_KEY}");
+        let (status, reply) = api_raw(server, "publish", Some(&auth), &[], body).await;
+        (
+            status,
+            serde_json::from_str::<Value>(&reply).expect("a JSON answer"),
+        )
+    };
+    let (status, reply) = publish(deep).await;
     assert_eq!(status, 413, "{reply}");
     assert_eq!(reply["error"]["code"], 104, "{reply}");
     // 64 levels (the default limit) pass; nothing deeper was stored.
-    let ok = "[".repeat(64) + &"]".repeat(64);
-    let body = format!(r#"{{"channel":"deep","data":{ok}}}"#);
-    let (status, reply) = api_raw(
-        &server,
-        "publish",
-        Some(&format!("Bearer {API_KEY}")),
-        &[],
-        body,
-    )
-    .await;
-    let reply: Value = serde_json::from_str(&reply).expect("a JSON answer");
+    let (status, reply) = publish("[".repeat(64) + &"]".repeat(64)).await;
     assert_eq!(status, 200, "{reply}");
     assert_eq!(reply["offset"], 1, "the deep ones were not stored: {reply}");
     let m = next_pub(&mut raw).await;

@@ -215,7 +215,16 @@ impl Session {
             return Ok(SubscribeOk::default());
         }
         let policy = self.node.policy(ns);
-        let Some(since) = &arg.since else {
+        // Recovery reads history: where clients may not read it, they may
+        // not recover either.
+        let barred = arg.since.is_some() && ns.recovery_rule() == ClientAccess::None;
+        if barred && arg.strict {
+            return Err(err(
+                ErrorCode::Unrecoverable,
+                "clients may not recover in this namespace",
+            ));
+        }
+        let Some(since) = arg.since.as_ref().filter(|_| !barred) else {
             let top = engine
                 .position(&arg.channel, &policy)
                 .await
@@ -223,28 +232,10 @@ impl Session {
             return Ok(SubscribeOk {
                 offset: Some(top.offset),
                 epoch: Some(top.epoch),
+                recovered: barred.then_some(false),
                 ..Default::default()
             });
         };
-        if ns.recovery_rule() == ClientAccess::None {
-            // Recovery reads history, which clients may not read here.
-            if arg.strict {
-                return Err(err(
-                    ErrorCode::Unrecoverable,
-                    "clients may not recover in this namespace",
-                ));
-            }
-            let top = engine
-                .position(&arg.channel, &policy)
-                .await
-                .map_err(internal)?;
-            return Ok(SubscribeOk {
-                offset: Some(top.offset),
-                epoch: Some(top.epoch),
-                recovered: Some(false),
-                ..Default::default()
-            });
-        }
         let max = self.node.config.client.recovery_max;
         let page = engine
             .read(
