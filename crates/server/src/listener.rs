@@ -265,7 +265,8 @@ pub async fn serve(
             Verdict::Reserve(slot) => (slot, true),
             Verdict::Refuse(limit) => {
                 admission.metrics.limit_rejected(limit);
-                // Past the reserve nothing is left to answer with: close.
+                // An address over its limit is told why (boundedly); past
+                // the reserve nothing is left to answer with: closed now.
                 if limit == "ip" {
                     refuse(tcp, &admission.lingering);
                 }
