@@ -865,6 +865,10 @@ impl Task {
                 self.on_unsub(channel.clone(), *code, reason.clone(), s);
                 return;
             }
+            Push::Gap { channel, .. } => {
+                self.on_gap(channel.clone(), s);
+                return;
+            }
             Push::Pub { channel, .. }
             | Push::Join { channel, .. }
             | Push::Leave { channel, .. } => channel.clone(),
@@ -882,6 +886,25 @@ impl Task {
             // Recovery on the next subscribe covers these.
             SubState::Idle | SubState::RetryAt(_) => {}
         }
+    }
+
+    /// The server skipped publications of `channel` for this slow
+    /// connection: subscribe again from the last one processed, so that
+    /// recovery fills the gap (publications already had are not repeated).
+    fn on_gap(&mut self, channel: String, s: &mut Session) {
+        if !s.connected || !self.subs.contains_key(&channel) {
+            return;
+        }
+        info!(%channel, "gap notice; recovering");
+        // Its reply is not waited for: the subscribe after it is what counts.
+        let id = self.next_id();
+        s.out.push(encode(
+            Some(id),
+            &Op::Unsubscribe {
+                channel: channel.clone(),
+            },
+        ));
+        self.send_subscribe(&channel, &mut s.out);
     }
 
     fn on_unsub(&mut self, channel: String, code: u16, reason: String, s: &mut Session) {

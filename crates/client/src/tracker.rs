@@ -10,12 +10,18 @@ use crate::subscription::SubEvent;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Tracker {
     pos: Option<SinceArg>,
+    /// The channel's live pushes may skip values (`delivery: "latest"`):
+    /// an offset jump is not a loss.
+    skips: bool,
 }
 
 impl Tracker {
     /// A tracker that starts at `since` (the app's own position), if given.
     pub(crate) fn new(since: Option<SinceArg>) -> Self {
-        Self { pos: since }
+        Self {
+            pos: since,
+            skips: false,
+        }
     }
 
     /// The position to resume from (`since` of the next subscribe), if known.
@@ -32,6 +38,7 @@ impl Tracker {
         asked: Option<&SinceArg>,
         ok: SubscribeOk,
     ) -> Vec<SubEvent> {
+        self.skips = ok.delivery.as_deref() == Some("latest");
         let mut events = vec![SubEvent::Subscribed {
             recovered: ok.recovered,
             offset: ok.offset,
@@ -109,7 +116,7 @@ impl Tracker {
             if offset <= pos.offset {
                 return Vec::new();
             }
-            let gap = offset > pos.offset.saturating_add(1);
+            let gap = offset > pos.offset.saturating_add(1) && !self.skips;
             pos.offset = offset;
             if !gap {
                 return vec![SubEvent::Publication(p)];
@@ -150,6 +157,8 @@ mod tests {
             data: RawValue::from_string(offset.to_string()).unwrap(),
             info: None,
             tags: None,
+            key: None,
+            priority: None,
             time: 0,
         }
     }
@@ -168,6 +177,7 @@ mod tests {
             recovered,
             publications: (!pubs.is_empty()).then(|| pubs.iter().map(|o| publ(*o)).collect()),
             presence: None,
+            delivery: None,
         }
     }
 

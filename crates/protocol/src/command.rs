@@ -71,6 +71,10 @@ pub enum CommandKind {
         idempotency_key: Option<String>,
         /// Free-form string tags.
         tags: Option<BTreeMap<String, String>>,
+        /// What it is the latest value of (see [`crate::Publication::key`]).
+        key: Option<String>,
+        /// Its lane on the way to subscribers; the namespace's default when absent.
+        priority: Option<Priority>,
     },
     /// Read a channel's history.
     History {
@@ -132,6 +136,20 @@ impl CommandKind {
     }
 }
 
+/// How urgently a publication reaches subscribers that have a backlog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Priority {
+    /// Overtakes everything but replies (a goal, an auction's end).
+    Critical,
+    /// Overtakes `normal` and `low`.
+    High,
+    /// The default.
+    Normal,
+    /// Waits behind the others (statistics; `join`, `leave`, typing).
+    Low,
+}
+
 /// A message that could not be decoded into a command; answered with code 101.
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
 #[error("{message}")]
@@ -157,6 +175,8 @@ struct RawCommand {
     since: Option<SinceArg>,
     idempotency_key: Option<String>,
     tags: Option<BTreeMap<String, String>>,
+    key: Option<String>,
+    priority: Option<Priority>,
     limit: Option<u32>,
     reverse: Option<bool>,
     cursor: Option<String>,
@@ -214,6 +234,8 @@ impl Command {
                 data: raw.data.ok_or_else(|| missing(id, op, "data"))?,
                 idempotency_key: raw.idempotency_key,
                 tags: raw.tags,
+                key: raw.key,
+                priority: raw.priority,
             },
             "history" => CommandKind::History {
                 channel: channel(raw.channel)?,

@@ -15,7 +15,9 @@ pub mod reply;
 
 pub use channel::{ChannelName, ChannelNameError};
 pub use codes::{DisconnectCode, ErrorCode};
-pub use command::{Command, CommandKind, DecodeError, SinceArg, SubscribeArg, decode_commands};
+pub use command::{
+    Command, CommandKind, DecodeError, Priority, SinceArg, SubscribeArg, decode_commands,
+};
 pub use depth::nests_deeper_than;
 pub use message::{
     ClientInfo, Disconnect, ErrorBody, Publication, Push, Reply, ServerMessage, StreamPosition,

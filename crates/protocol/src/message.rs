@@ -44,6 +44,14 @@ pub struct Publication {
     /// Free-form tags.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tags: Option<BTreeMap<String, String>>,
+    /// What it is the latest value of within its channel (a ticker's
+    /// symbol, a driver's id): in `latest` and conflating delivery, a
+    /// newer publication with the same key replaces a queued one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+    /// Its priority on the way to subscribers, when the publisher gave one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority: Option<crate::Priority>,
     /// Server time of the publish, milliseconds since the Unix epoch.
     #[serde(default)]
     pub time: u64,
@@ -132,7 +140,7 @@ pub enum Push {
         channel: String,
         /// Epoch of the channel's history, when it has one.
         epoch: Option<String>,
-        /// The publication (its `time` is 0: pushes do not carry it).
+        /// The publication (its `time` is 0 unless the namespace pushes it).
         publication: Publication,
     },
     /// A client joined a channel.
@@ -157,6 +165,16 @@ pub enum Push {
         code: u16,
         /// Why.
         reason: String,
+    },
+    /// Publications of a channel were skipped for a slow connection
+    /// (`slow_consumer = "skip"`): recover from history, through `offset`.
+    Gap {
+        /// Channel name.
+        channel: String,
+        /// The newest offset skipped.
+        offset: Option<u64>,
+        /// The channel's epoch.
+        epoch: Option<String>,
     },
     /// The server is about to close the connection.
     Disconnect(Disconnect),
@@ -209,6 +227,10 @@ enum PushOut<'a> {
         info: Option<&'a ClientInfo>,
         #[serde(skip_serializing_if = "Option::is_none")]
         tags: Option<&'a BTreeMap<String, String>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        time: Option<u64>,
     },
     Join {
         channel: &'a str,
@@ -225,12 +247,20 @@ enum PushOut<'a> {
         code: u16,
         reason: &'a str,
     },
+    Gap {
+        channel: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        offset: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        epoch: Option<&'a str>,
+    },
     Disconnect(&'a Disconnect),
     Ping {},
 }
 
-/// Encodes a `pub` push without building a [`Push`]: the bytes shared by all subscribers.
-pub fn encode_pub(channel: &str, epoch: Option<&str>, p: &Publication) -> Bytes {
+/// Encodes a `pub` push without building a [`Push`]: the bytes shared by
+/// all subscribers; with the publication's `time` when `with_time`.
+pub fn encode_pub(channel: &str, epoch: Option<&str>, p: &Publication, with_time: bool) -> Bytes {
     to_bytes(&PushOut::Pub {
         channel,
         offset: p.offset,
@@ -238,6 +268,8 @@ pub fn encode_pub(channel: &str, epoch: Option<&str>, p: &Publication) -> Bytes 
         data: &p.data,
         info: p.info.as_ref(),
         tags: p.tags.as_ref(),
+        key: p.key.as_deref(),
+        time: with_time.then_some(p.time),
     })
 }
 
@@ -248,7 +280,10 @@ pub fn encode_push(push: &Push) -> Bytes {
             channel,
             epoch,
             publication,
-        } => return encode_pub(channel, epoch.as_deref(), publication),
+        } => {
+            let with_time = publication.time > 0;
+            return encode_pub(channel, epoch.as_deref(), publication, with_time);
+        }
         Push::Join { channel, info } => PushOut::Join { channel, info },
         Push::Leave { channel, info } => PushOut::Leave { channel, info },
         Push::Unsub {
@@ -259,6 +294,15 @@ pub fn encode_push(push: &Push) -> Bytes {
             channel,
             code: *code,
             reason,
+        },
+        Push::Gap {
+            channel,
+            offset,
+            epoch,
+        } => PushOut::Gap {
+            channel,
+            offset: *offset,
+            epoch: epoch.as_deref(),
         },
         Push::Disconnect(d) => PushOut::Disconnect(d),
         Push::Ping => PushOut::Ping {},
@@ -293,6 +337,8 @@ struct RawServerMessage {
     data: Option<Box<RawValue>>,
     info: Option<Box<RawValue>>,
     tags: Option<BTreeMap<String, String>>,
+    key: Option<String>,
+    time: Option<u64>,
     client: Option<String>,
     user: Option<String>,
     code: Option<u16>,
@@ -338,7 +384,9 @@ impl ServerMessage {
                             None => None,
                         },
                         tags: raw.tags.clone(),
-                        time: 0,
+                        key: raw.key.clone(),
+                        priority: None,
+                        time: raw.time.unwrap_or(0),
                     },
                 },
                 "join" => Push::Join {
@@ -360,6 +408,11 @@ impl ServerMessage {
                     reconnect: raw.reconnect.unwrap_or(false),
                     delay_ms: raw.delay_ms,
                 }),
+                "gap" => Push::Gap {
+                    channel: channel()?,
+                    offset: raw.offset,
+                    epoch: raw.epoch.clone(),
+                },
                 "ping" => Push::Ping,
                 other => return Err(bad(format!("unknown push `{}`", other.escape_default()))),
             };
@@ -409,6 +462,8 @@ mod tests {
                     info: None,
                 }),
                 tags: None,
+                key: None,
+                priority: None,
                 time: 0,
             },
         };

@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use crate::engine::PublishRequest;
+
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
@@ -70,6 +72,8 @@ struct PublishBody {
     data: Box<RawValue>,
     idempotency_key: Option<String>,
     tags: Option<BTreeMap<String, String>>,
+    key: Option<String>,
+    priority: Option<tidings_protocol::Priority>,
 }
 
 #[derive(Deserialize)]
@@ -79,6 +83,8 @@ struct BroadcastBody {
     data: Box<RawValue>,
     idempotency_key: Option<String>,
     tags: Option<BTreeMap<String, String>>,
+    key: Option<String>,
+    priority: Option<tidings_protocol::Priority>,
 }
 
 #[derive(Deserialize)]
@@ -230,8 +236,15 @@ async fn call(
         "publish" => {
             let b: PublishBody = parse(body)?;
             let (_, ns) = node.resolve(&b.channel)?;
-            let key = b.idempotency_key.or(header_key);
-            ok(&session::publish(node, &b.channel, &ns, b.data, None, b.tags, key).await?)
+            let request = PublishRequest {
+                data: b.data,
+                info: None,
+                tags: b.tags,
+                idempotency_key: b.idempotency_key.or(header_key),
+                key: b.key,
+                priority: b.priority,
+            };
+            ok(&session::publish(node, &b.channel, &ns, request).await?)
         }
         "broadcast" => {
             let b: BroadcastBody = parse(body)?;
@@ -240,16 +253,15 @@ async fn call(
             for channel in &b.channels {
                 let r = match node.resolve(channel) {
                     Ok((_, ns)) => {
-                        session::publish(
-                            node,
-                            channel,
-                            &ns,
-                            b.data.clone(),
-                            None,
-                            b.tags.clone(),
-                            key.clone(),
-                        )
-                        .await
+                        let request = PublishRequest {
+                            data: b.data.clone(),
+                            info: None,
+                            tags: b.tags.clone(),
+                            idempotency_key: key.clone(),
+                            key: b.key.clone(),
+                            priority: b.priority,
+                        };
+                        session::publish(node, channel, &ns, request).await
                     }
                     Err(e) => Err(e),
                 };

@@ -121,7 +121,7 @@ async fn call(
     let mut batch = Vec::new();
     outbox.try_batch(&mut batch);
     for message in batch {
-        if let Ok(ServerMessage::Reply(reply)) = ServerMessage::decode(&message) {
+        if let Ok(ServerMessage::Reply(reply)) = ServerMessage::decode(&message.bytes) {
             match reply.result {
                 Err(e) => return Err(ApiError(e)),
                 Ok(ok) if reply.id == 1 => return Ok(ok.get().to_string()),

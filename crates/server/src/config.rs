@@ -80,6 +80,32 @@ pub enum ClientAccess {
     None,
 }
 
+/// How a namespace's publications reach subscribers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Delivery {
+    /// Every publication, in order (chat, feeds).
+    #[default]
+    Stream,
+    /// A subscriber that keeps up gets every publication; one that falls
+    /// behind only the newest per channel and `key` (tickers, locations).
+    Latest,
+}
+
+/// What a full outbox does with a namespace's publications.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SlowConsumer {
+    /// Close the connection (3002); the client reconnects and recovers.
+    #[default]
+    Disconnect,
+    /// Keep only the newest queued value per channel and `key`.
+    Conflate,
+    /// Drop the channel's backlog and send a `gap` notice; the client
+    /// recovers from history.
+    Skip,
+}
+
 /// Options of one namespace (`[channels]` for the default one, `[namespaces.NAME]` for others).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -125,6 +151,15 @@ pub struct NamespaceOptions {
     /// Channels of this namespace one node keeps at once (0: only the
     /// node's `engine.memory.max_channels`); a new one past it is refused (104).
     pub max_channels: usize,
+    /// `stream` (every publication) or `latest` (the newest per channel and
+    /// key for subscribers that fall behind).
+    pub delivery: Delivery,
+    /// What a subscriber's full outbox does: `disconnect`, `conflate`, `skip`.
+    pub slow_consumer: SlowConsumer,
+    /// The priority of publications that give none.
+    pub default_priority: tidings_protocol::Priority,
+    /// Whether live `pub` pushes carry the server's `time` (ms).
+    pub push_time: bool,
 }
 
 impl Default for NamespaceOptions {
@@ -148,6 +183,10 @@ impl Default for NamespaceOptions {
             client_publish_rate: 0,
             history_max_bytes: 8 * 1024 * 1024,
             max_channels: 0,
+            delivery: Delivery::Stream,
+            slow_consumer: SlowConsumer::Disconnect,
+            default_priority: tidings_protocol::Priority::Normal,
+            push_time: false,
         }
     }
 }

@@ -1,8 +1,8 @@
 //! The node-local channel registry: who is subscribed where, and fanout.
 //!
-//! A publication is encoded once and the same `Bytes` go to every
-//! subscriber's outbox. Sharded by channel; no lock is held while writing to
-//! sockets (the writers do that).
+//! A publication is encoded once, by the channel's [`ChannelDelivery`], and
+//! the same entry goes to every subscriber's outbox. Sharded by channel; no
+//! lock is held while writing to sockets (the writers do that).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
-use tidings_protocol::{Publication, Push, encode_pub, encode_push};
+use tidings_protocol::{Publication, Push, encode_push};
 
+use crate::delivery::ChannelDelivery;
 use crate::engine::PresenceEvent;
 use crate::mailbox::{Control, Mailbox};
 use crate::metrics::Metrics;
-use crate::outbox::{Outbox, Pushed};
+use crate::outbox::{Entry, Lane, Outbox, Pushed};
 
 const SHARDS: usize = 64;
 
@@ -27,9 +28,8 @@ enum SubState {
     /// `floor` (the subscribe reply's top): a node fed by a remote broker
     /// may hand over, after the reply, publications the reply already held.
     Live { floor: Option<u64> },
-    /// Subscribing: live pushes wait here (with their offsets) until the
-    /// subscribe reply is queued.
-    Buffering(Vec<(Option<u64>, Bytes)>),
+    /// Subscribing: live pushes wait here until the subscribe reply is queued.
+    Buffering(Vec<Entry>),
     /// Continuity was lost: nothing more is pushed; the connection's task
     /// ends the subscription with `unsub` 3003.
     Lost,
@@ -53,16 +53,16 @@ static NEXT_SUBSCRIBER: std::sync::atomic::AtomicU64 = std::sync::atomic::Atomic
 pub struct Gap;
 
 impl Subscriber {
-    fn offer(&self, offset: Option<u64>, bytes: &Bytes) -> Pushed {
+    fn offer(&self, entry: &Entry) -> Pushed {
         let mut state = self.state.lock();
         match &mut *state {
-            SubState::Live { floor } => match (offset, *floor) {
+            SubState::Live { floor } => match (offset_of(entry), *floor) {
                 // In the reply already: not queued (nor counted as sent).
                 (Some(o), Some(f)) if o <= f => Pushed::Closed,
-                _ => self.outbox.push(bytes.clone()),
+                _ => self.outbox.push_entry(entry.clone()),
             },
             SubState::Buffering(buf) => {
-                buf.push((offset, bytes.clone()));
+                buf.push(entry.clone());
                 Pushed::Queued
             }
             SubState::Lost => Pushed::Closed,
@@ -114,8 +114,8 @@ impl Subscriber {
         }
         // Only publications have offsets; `join`/`leave` pass through in place.
         let mut expect = top.map(|t| t + 1);
-        for (offset, bytes) in buf {
-            if let (Some(o), Some(e)) = (offset, expect) {
+        for entry in buf {
+            if let (Some(o), Some(e)) = (offset_of(&entry), expect) {
                 if o < e {
                     continue; // in the reply, or before the client's position
                 }
@@ -124,10 +124,15 @@ impl Subscriber {
                 }
                 expect = Some(o + 1);
             }
-            self.outbox.push(bytes);
+            self.outbox.push_entry(entry);
         }
         Ok(())
     }
+}
+
+/// The offset of a publication entry.
+fn offset_of(entry: &Entry) -> Option<u64> {
+    entry.publication.as_ref().and_then(|p| p.offset)
 }
 
 #[cfg(test)]
@@ -139,25 +144,40 @@ mod tests {
         let hub = Hub::new(Arc::new(Metrics::new()));
         let outbox = Arc::new(Outbox::new(1 << 20));
         let mailbox = Arc::new(Mailbox::default());
+        let delivery = ChannelDelivery::default();
         let (sub, _) = hub
-            .subscribe("c", 1, outbox.clone(), mailbox.clone())
+            .subscribe("c", 1, outbox.clone(), mailbox.clone(), delivery)
             .unwrap();
         let msg = |s: &'static str| Bytes::from_static(s.as_bytes());
-        sub.offer(None, &msg("join"));
-        sub.offer(Some(5), &msg("pub5"));
-        sub.offer(None, &msg("leave"));
-        sub.offer(Some(6), &msg("pub6"));
+        let publ = |offset: u64, s: &'static str| {
+            let meta = crate::outbox::PubMeta {
+                channel: "c".into(),
+                offset: Some(offset),
+                epoch: None,
+                key: None,
+                mode: crate::outbox::Mode::Stream,
+            };
+            Entry::publication(msg(s), Lane::Normal, Arc::new(meta))
+        };
+        let presence = |s: &'static str| Entry::of_channel(msg(s), Lane::Normal, "c".into());
+        sub.offer(&presence("join"));
+        sub.offer(&publ(5, "pub5"));
+        sub.offer(&presence("leave"));
+        sub.offer(&publ(6, "pub6"));
         // The reply was built at top 5: offset 5 is in it, 6 is not.
         sub.go_live(Some(msg("reply")), Some(5)).unwrap();
         let mut batch = Vec::new();
         outbox.try_batch(&mut batch);
+        let texts: Vec<Bytes> = batch.into_iter().map(|e| e.bytes).collect();
         assert_eq!(
-            batch,
+            texts,
             ["reply", "join", "leave", "pub6"].map(|s| Bytes::from_static(s.as_bytes()))
         );
 
-        let (gappy, _) = hub.subscribe("d", 1, outbox.clone(), mailbox).unwrap();
-        gappy.offer(Some(8), &msg("pub8"));
+        let (gappy, _) = hub
+            .subscribe("d", 1, outbox.clone(), mailbox, delivery)
+            .unwrap();
+        gappy.offer(&publ(8, "pub8"));
         assert_eq!(
             gappy.go_live(None, Some(6)),
             Err(Gap),
@@ -167,7 +187,12 @@ mod tests {
 }
 
 struct Channel {
+    /// The name, shared by its entries.
+    name: Arc<str>,
     subscribers: HashMap<ConnId, Arc<Subscriber>>,
+    /// How its publications are delivered (its namespace's policy, as of
+    /// the latest subscribe).
+    delivery: ChannelDelivery,
 }
 
 /// The hub.
@@ -203,15 +228,19 @@ impl Hub {
         conn: ConnId,
         outbox: Arc<Outbox>,
         control: Arc<Mailbox>,
+        delivery: ChannelDelivery,
     ) -> Result<(Arc<Subscriber>, bool), AlreadySubscribed> {
         let mut shard = self.shard(channel).write();
         let first = !shard.contains_key(channel);
         let entry = shard.entry(channel.to_string()).or_insert_with(|| Channel {
+            name: Arc::from(channel),
             subscribers: HashMap::new(),
+            delivery,
         });
         if entry.subscribers.contains_key(&conn) {
             return Err(AlreadySubscribed);
         }
+        entry.delivery = delivery;
         let sub = Arc::new(Subscriber {
             id: NEXT_SUBSCRIBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             outbox,
@@ -285,17 +314,17 @@ impl Hub {
 }
 
 impl Hub {
-    /// Offers one encoded message (with its offset, if any) to every local
-    /// subscriber of `channel`.
-    fn fan_out(&self, channel: &str, offset: Option<u64>, make: impl FnOnce() -> Bytes) {
+    /// Offers one entry, made for the channel, to every local subscriber
+    /// of `channel`.
+    fn fan_out(&self, channel: &str, make: impl FnOnce(&Channel) -> Entry) {
         let shard = self.shard(channel).read();
-        let Some(entry) = shard.get(channel) else {
+        let Some(ch) = shard.get(channel) else {
             return;
         };
-        let bytes = make();
+        let entry = make(ch);
         let mut queued = 0u64;
-        for sub in entry.subscribers.values() {
-            match sub.offer(offset, &bytes) {
+        for sub in ch.subscribers.values() {
+            match sub.offer(&entry) {
                 Pushed::Queued => queued += 1,
                 Pushed::Overflow => {
                     self.metrics.slow_consumer_disconnects.inc();
@@ -312,19 +341,20 @@ impl Hub {
     /// the engine in offset order per channel).
     pub fn deliver(&self, channel: &str, epoch: Option<&str>, publication: &Arc<Publication>) {
         // Encoded once, and only when someone here listens.
-        self.fan_out(channel, publication.offset, || {
-            encode_pub(channel, epoch, publication)
+        self.fan_out(channel, |ch| {
+            ch.delivery.entry(&ch.name, epoch, publication)
         });
     }
 
-    /// Pushes `join` or `leave`, in the channel's order.
+    /// Pushes `join` or `leave`, in the channel's order (lane `low`).
     pub fn deliver_presence(&self, channel: &str, event: PresenceEvent) {
-        self.fan_out(channel, None, || {
-            let channel = channel.to_string();
-            encode_push(&match event {
+        self.fan_out(channel, |ch| {
+            let channel = ch.name.to_string();
+            let bytes = encode_push(&match event {
                 PresenceEvent::Join(info) => Push::Join { channel, info },
                 PresenceEvent::Leave(info) => Push::Leave { channel, info },
-            })
+            });
+            Entry::of_channel(bytes, Lane::Low, ch.name.clone())
         });
     }
 

@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod client_api;
 pub mod config;
+pub mod delivery;
 pub mod demo;
 pub mod engine;
 pub mod hub;

@@ -273,9 +273,13 @@ impl Node {
         control: Arc<Mailbox>,
     ) -> Result<Arc<Subscriber>, SubscribeError> {
         let serial = self.channel_lock(channel).clone().lock_owned().await;
+        let delivery = self
+            .resolve(channel)
+            .map(|(_, ns)| crate::delivery::ChannelDelivery::of(&ns))
+            .unwrap_or_default();
         let (sub, first) = self
             .hub
-            .subscribe(channel, conn, outbox, control)
+            .subscribe(channel, conn, outbox, control, delivery)
             .map_err(|_| SubscribeError::AlreadySubscribed)?;
         // Dropped while the engine subscribes (the request went away): the
         // subscriber goes again, as an unsubscribe would take it.

@@ -1,11 +1,22 @@
 //! A connection's outbox: bounded in bytes, filled by the hub and the
 //! session, drained in batches by the transport's writer.
+//!
+//! Entries are typed: each waits in a lane (replies and control first, then
+//! publications from `critical` to `low`), and a publication carries its
+//! channel, position and delivery mode ([`PubMeta`]), so that the
+//! namespace's policy applies here, in one place, over every transport:
+//! `latest` keeps one queued value per channel and key, and a full outbox
+//! conflates, skips with a `gap` notice, or disconnects (3002).
+//!
+//! A channel's entries never overtake each other: an entry queued in a
+//! higher lane first lifts the same channel's waiting entries into it.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use tidings_protocol::{Disconnect, DisconnectCode};
+use tidings_protocol::{Disconnect, DisconnectCode, Push, encode_push};
 use tokio::sync::Notify;
 
 /// How the connection ends.
@@ -28,10 +39,242 @@ pub enum Pushed {
     Closed,
 }
 
+/// Where an entry waits: lower lanes are written first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub enum Lane {
+    /// Replies, pings, `unsub`, `gap`: never behind publications.
+    Control = 0,
+    /// Publications with priority `critical`.
+    Critical = 1,
+    /// Priority `high`.
+    High = 2,
+    /// Priority `normal` (the default).
+    #[default]
+    Normal = 3,
+    /// Priority `low`; `join` and `leave`.
+    Low = 4,
+}
+
+const LANES: usize = 5;
+
+/// What a channel's publications may become in a subscriber's outbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    /// Every publication; a full outbox disconnects (3002).
+    #[default]
+    Stream,
+    /// Every publication while the outbox has room; when full, a newer
+    /// value replaces the queued one of its channel and key.
+    Conflate,
+    /// Every publication while the outbox has room; when full, the
+    /// channel's queued publications are dropped for a `gap` notice.
+    Skip,
+    /// Only the newest value per channel and key waits: a newer one
+    /// replaces the queued one (a subscriber that keeps up gets all).
+    Latest,
+}
+
+/// What a publication entry is: shared by every subscriber's copy.
+#[derive(Debug, PartialEq, Eq)]
+pub struct PubMeta {
+    /// The channel.
+    pub channel: Arc<str>,
+    /// Its offset, in channels with history.
+    pub offset: Option<u64>,
+    /// The channel's epoch, in channels with history.
+    pub epoch: Option<Arc<str>>,
+    /// The publication's conflation key (`key`), if it has one.
+    pub key: Option<Arc<str>>,
+    /// Its delivery mode.
+    pub mode: Mode,
+}
+
+/// One queued message.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The encoded message, shared across subscribers.
+    pub bytes: Bytes,
+    /// Its lane.
+    pub lane: Lane,
+    /// For messages of one channel: which (publications carry their
+    /// position too); keeps the channel's order across lanes.
+    pub channel: Option<Arc<str>>,
+    /// For publications: what they are.
+    pub publication: Option<Arc<PubMeta>>,
+}
+
+impl Entry {
+    /// A reply or control push.
+    pub fn control(bytes: Bytes) -> Self {
+        Self {
+            bytes,
+            lane: Lane::Control,
+            channel: None,
+            publication: None,
+        }
+    }
+
+    /// A publication.
+    pub fn publication(bytes: Bytes, lane: Lane, meta: Arc<PubMeta>) -> Self {
+        Self {
+            bytes,
+            lane,
+            channel: Some(meta.channel.clone()),
+            publication: Some(meta),
+        }
+    }
+
+    /// Another message of `channel` (`join`, `leave`) in `lane`.
+    pub fn of_channel(bytes: Bytes, lane: Lane, channel: Arc<str>) -> Self {
+        Self {
+            bytes,
+            lane,
+            channel: Some(channel),
+            publication: None,
+        }
+    }
+
+    /// The (channel, key) this entry replaces and is replaced by, when its
+    /// mode conflates.
+    fn conflation(&self) -> Option<(Arc<str>, Option<Arc<str>>)> {
+        let p = self.publication.as_ref()?;
+        matches!(p.mode, Mode::Latest | Mode::Conflate).then(|| (p.channel.clone(), p.key.clone()))
+    }
+}
+
 struct Inner {
-    queue: VecDeque<Bytes>,
+    lanes: [VecDeque<Entry>; LANES],
     bytes: usize,
     close: Option<Close>,
+    /// Queued entries per channel and lane (to keep a channel's order).
+    channels: HashMap<Arc<str>, [u32; LANES]>,
+}
+
+impl Inner {
+    fn is_empty(&self) -> bool {
+        self.lanes.iter().all(VecDeque::is_empty)
+    }
+
+    fn count(&mut self, e: &Entry, up: bool) {
+        let Some(channel) = &e.channel else {
+            return;
+        };
+        let counts = self.channels.entry(channel.clone()).or_default();
+        if up {
+            counts[e.lane as usize] += 1;
+        } else {
+            counts[e.lane as usize] -= 1;
+            if counts.iter().all(|n| *n == 0) {
+                self.channels.remove(channel);
+            }
+        }
+    }
+
+    fn append(&mut self, e: Entry) {
+        self.bytes += e.bytes.len();
+        self.count(&e, true);
+        self.lanes[e.lane as usize].push_back(e);
+    }
+
+    /// Moves `channel`'s entries waiting in lanes below `lane` into it, in
+    /// their order, so that what comes next cannot overtake them.
+    fn lift(&mut self, channel: &Arc<str>, lane: Lane) {
+        let Some(counts) = self.channels.get(channel) else {
+            return;
+        };
+        // Drained lane by lane, a channel's entries come in the order they
+        // were queued: gathering them the same way keeps it.
+        let lower: Vec<usize> = (lane as usize + 1..LANES)
+            .filter(|l| counts[*l] > 0)
+            .collect();
+        let mut moved = Vec::new();
+        for l in lower {
+            let queue = std::mem::take(&mut self.lanes[l]);
+            let (mine, rest): (VecDeque<Entry>, VecDeque<Entry>) = queue
+                .into_iter()
+                .partition(|e| e.channel.as_ref() == Some(channel));
+            self.lanes[l] = rest;
+            moved.extend(mine);
+        }
+        for mut e in moved {
+            self.count(&e, false);
+            self.bytes -= e.bytes.len();
+            e.lane = lane;
+            self.append(e);
+        }
+    }
+
+    /// Takes out the queued entry that `e` replaces (same channel and key,
+    /// in a conflating mode); whether there was one. `e` then goes at the
+    /// end, so the channel's offsets still only grow.
+    fn remove_replaced(&mut self, e: &Entry) -> bool {
+        let Some(want) = e.conflation() else {
+            return false;
+        };
+        for l in 0..LANES {
+            let found = self.lanes[l]
+                .iter()
+                .position(|q| q.conflation().as_ref() == Some(&want));
+            if let Some(at) = found
+                && let Some(old) = self.lanes[l].remove(at)
+            {
+                self.bytes -= old.bytes.len();
+                self.count(&old, false);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Drops `channel`'s queued publications; the newest dropped, if any.
+    fn drop_publications(&mut self, channel: &Arc<str>) -> Option<Arc<PubMeta>> {
+        let mut newest: Option<Arc<PubMeta>> = None;
+        for l in 0..LANES {
+            let queue = std::mem::take(&mut self.lanes[l]);
+            let (dropped, kept): (VecDeque<Entry>, VecDeque<Entry>) =
+                queue.into_iter().partition(|e| {
+                    e.publication
+                        .as_ref()
+                        .is_some_and(|p| p.channel == *channel)
+                });
+            self.lanes[l] = kept;
+            for e in dropped {
+                self.bytes -= e.bytes.len();
+                self.count(&e, false);
+                let p = e.publication.expect("partitioned on publications");
+                if newest.as_ref().is_none_or(|n| p.offset > n.offset) {
+                    newest = Some(p);
+                }
+            }
+        }
+        newest
+    }
+
+    fn drain_into(&mut self, batch: &mut Vec<Entry>) {
+        for queue in self.lanes.iter_mut() {
+            batch.extend(queue.drain(..));
+        }
+        self.channels.clear();
+        self.bytes = 0;
+    }
+
+    fn clear(&mut self) {
+        for queue in self.lanes.iter_mut() {
+            queue.clear();
+        }
+        self.channels.clear();
+        self.bytes = 0;
+    }
+}
+
+/// What a full outbox could do for a new entry.
+enum Room {
+    /// Room was made: queue it.
+    Made,
+    /// It was dealt with (dropped for a `gap` notice).
+    Taken,
+    /// Nothing: the connection is a slow consumer (3002).
+    None,
 }
 
 /// The outbox. Share it in an `Arc`.
@@ -49,9 +292,10 @@ impl Outbox {
     pub fn new(max_bytes: usize) -> Self {
         Self {
             inner: Mutex::new(Inner {
-                queue: VecDeque::new(),
+                lanes: Default::default(),
                 bytes: 0,
                 close: None,
+                channels: HashMap::new(),
             }),
             notify: Notify::new(),
             closing: Notify::new(),
@@ -59,9 +303,10 @@ impl Outbox {
         }
     }
 
-    /// Queues one encoded push. Never blocks; overflow closes the connection.
+    /// Queues one encoded control push (ping, `unsub`). Never blocks;
+    /// overflow closes the connection.
     pub fn push(&self, message: Bytes) -> Pushed {
-        self.push_inner(message, false)
+        self.push_entry(Entry::control(message))
     }
 
     /// Queues a reply. Like [`Outbox::push`], except that a reply larger than
@@ -69,39 +314,101 @@ impl Outbox {
     /// (bounded by `recovery_max`) can be bigger than the outbox, and a client
     /// that was cut off as a slow consumer must still be able to recover.
     pub fn push_reply(&self, message: Bytes) -> Pushed {
-        self.push_inner(message, true)
+        self.push_inner(Entry::control(message), true)
     }
 
-    fn push_inner(&self, message: Bytes, reply: bool) -> Pushed {
+    /// Queues a typed entry by its lane and its publication's mode.
+    pub fn push_entry(&self, entry: Entry) -> Pushed {
+        self.push_inner(entry, false)
+    }
+
+    fn push_inner(&self, entry: Entry, reply: bool) -> Pushed {
         let mut inner = self.inner.lock();
         if inner.close.is_some() {
             return Pushed::Closed;
         }
+        // `latest`: the newest value waits instead of the queued one.
+        if entry.publication.as_ref().map(|p| p.mode) == Some(Mode::Latest) {
+            inner.remove_replaced(&entry);
+        }
+        let len = entry.bytes.len();
         // An oversized reply into an empty queue is not charged against the
         // bound, so the pushes that follow it still have the whole bound.
-        let oversized_reply = reply && inner.queue.is_empty() && message.len() > self.max_bytes;
-        if !oversized_reply && inner.bytes + message.len() > self.max_bytes {
-            inner.queue.clear();
-            inner.bytes = 0;
-            inner.close = Some(Close {
-                disconnect: Disconnect::new(DisconnectCode::SLOW_CONSUMER, None),
-                flush: false,
-            });
-            drop(inner);
-            self.notify.notify_one();
-            self.closing.notify_one();
-            return Pushed::Overflow;
+        let oversized_reply = reply && inner.is_empty() && len > self.max_bytes;
+        if !oversized_reply && inner.bytes + len > self.max_bytes {
+            match self.make_room(&mut inner, &entry) {
+                Room::Made => {}
+                Room::Taken => return Pushed::Queued,
+                Room::None => {
+                    inner.clear();
+                    inner.close = Some(Close {
+                        disconnect: Disconnect::new(DisconnectCode::SLOW_CONSUMER, None),
+                        flush: false,
+                    });
+                    drop(inner);
+                    self.notify.notify_one();
+                    self.closing.notify_one();
+                    return Pushed::Overflow;
+                }
+            }
         }
-        let wake = inner.queue.is_empty();
-        if !oversized_reply {
-            inner.bytes += message.len();
+        let wake = inner.is_empty();
+        if let Some(channel) = &entry.channel {
+            inner.lift(channel, entry.lane);
         }
-        inner.queue.push_back(message);
+        if oversized_reply {
+            inner.lanes[Lane::Control as usize].push_back(entry);
+        } else {
+            inner.append(entry);
+        }
         drop(inner);
         if wake {
             self.notify.notify_one();
         }
         Pushed::Queued
+    }
+
+    /// A full outbox and `entry` to queue: what its channel's mode allows
+    /// instead of disconnecting.
+    fn make_room(&self, inner: &mut Inner, entry: &Entry) -> Room {
+        let Some(p) = entry.publication.as_ref() else {
+            return Room::None;
+        };
+        match p.mode {
+            Mode::Stream | Mode::Latest => Room::None,
+            Mode::Conflate => {
+                let fits = inner.remove_replaced(entry)
+                    && inner.bytes + entry.bytes.len() <= self.max_bytes;
+                if fits { Room::Made } else { Room::None }
+            }
+            Mode::Skip => {
+                // The channel's backlog and this publication go; the client
+                // is told where it stands and recovers from history.
+                let dropped = inner.drop_publications(&p.channel);
+                let newest = match dropped {
+                    Some(d) if d.offset > p.offset => d,
+                    _ => p.clone(),
+                };
+                let gap = Entry::of_channel(
+                    encode_push(&Push::Gap {
+                        channel: newest.channel.to_string(),
+                        offset: newest.offset,
+                        epoch: newest.epoch.as_deref().map(str::to_string),
+                    }),
+                    Lane::Control,
+                    p.channel.clone(),
+                );
+                if inner.bytes + gap.bytes.len() > self.max_bytes {
+                    return Room::None;
+                }
+                let wake = inner.is_empty();
+                inner.append(gap);
+                if wake {
+                    self.notify.notify_one();
+                }
+                Room::Taken
+            }
+        }
     }
 
     /// Asks the writer to end the connection. The first close wins.
@@ -127,32 +434,29 @@ impl Outbox {
         self.inner.lock().close.is_some()
     }
 
-    /// Moves whatever is queued into `batch` without waiting; returns the
-    /// close when the connection is closing.
-    pub fn try_batch(&self, batch: &mut Vec<Bytes>) -> Option<Close> {
+    /// Moves whatever is queued into `batch` (by lane) without waiting;
+    /// returns the close when the connection is closing.
+    pub fn try_batch(&self, batch: &mut Vec<Entry>) -> Option<Close> {
         let mut inner = self.inner.lock();
-        batch.extend(inner.queue.drain(..));
-        inner.bytes = 0;
+        inner.drain_into(batch);
         inner.close.clone()
     }
 
     /// Waits until something is queued or the connection closes, then moves
-    /// every queued message into `batch`. Returns the close when closing
-    /// (after this batch, if it is to be flushed).
-    pub async fn next_batch(&self, batch: &mut Vec<Bytes>) -> Option<Close> {
+    /// every queued message into `batch`, lane by lane. Returns the close
+    /// when closing (after this batch, if it is to be flushed).
+    pub async fn next_batch(&self, batch: &mut Vec<Entry>) -> Option<Close> {
         loop {
             let notified = self.notify.notified();
             {
                 let mut inner = self.inner.lock();
                 let close = inner.close.clone();
                 if close.as_ref().is_some_and(|c| !c.flush) {
-                    inner.queue.clear();
-                    inner.bytes = 0;
+                    inner.clear();
                     return close;
                 }
-                if !inner.queue.is_empty() || close.is_some() {
-                    batch.extend(inner.queue.drain(..));
-                    inner.bytes = 0;
+                if !inner.is_empty() || close.is_some() {
+                    inner.drain_into(batch);
                     return close;
                 }
             }
@@ -165,17 +469,43 @@ impl Outbox {
 mod tests {
     use super::*;
 
+    fn bytes(s: &'static str) -> Bytes {
+        Bytes::from_static(s.as_bytes())
+    }
+
+    fn texts(batch: &[Entry]) -> Vec<&[u8]> {
+        batch.iter().map(|e| &e.bytes[..]).collect()
+    }
+
+    fn publication(
+        channel: &str,
+        offset: u64,
+        key: Option<&str>,
+        mode: Mode,
+        text: &'static str,
+        lane: Lane,
+    ) -> Entry {
+        let meta = PubMeta {
+            channel: channel.into(),
+            offset: Some(offset),
+            epoch: Some("e".into()),
+            key: key.map(Into::into),
+            mode,
+        };
+        Entry::publication(bytes(text), lane, Arc::new(meta))
+    }
+
     #[tokio::test]
     async fn batches_and_overflows() {
         let o = Outbox::new(10);
-        assert_eq!(o.push(Bytes::from_static(b"aaaa")), Pushed::Queued);
-        assert_eq!(o.push(Bytes::from_static(b"bbbb")), Pushed::Queued);
+        assert_eq!(o.push(bytes("aaaa")), Pushed::Queued);
+        assert_eq!(o.push(bytes("bbbb")), Pushed::Queued);
         let mut batch = Vec::new();
         assert!(o.next_batch(&mut batch).await.is_none());
         assert_eq!(batch.len(), 2);
-        assert_eq!(o.push(Bytes::from_static(b"cccccccc")), Pushed::Queued);
-        assert_eq!(o.push(Bytes::from_static(b"ddd")), Pushed::Overflow);
-        assert_eq!(o.push(Bytes::from_static(b"e")), Pushed::Closed);
+        assert_eq!(o.push(bytes("cccccccc")), Pushed::Queued);
+        assert_eq!(o.push(bytes("ddd")), Pushed::Overflow);
+        assert_eq!(o.push(bytes("e")), Pushed::Closed);
         batch.clear();
         let close = o.next_batch(&mut batch).await.unwrap();
         assert!(batch.is_empty());
@@ -185,10 +515,148 @@ mod tests {
     #[tokio::test]
     async fn flushing_close_keeps_queue() {
         let o = Outbox::new(100);
-        o.push(Bytes::from_static(b"x"));
+        o.push(bytes("x"));
         o.close(Disconnect::new(DisconnectCode::SHUTDOWN, Some(5)), true);
         let mut batch = Vec::new();
         let close = o.next_batch(&mut batch).await.unwrap();
         assert_eq!((batch.len(), close.disconnect.code), (1, 3001));
+    }
+
+    #[test]
+    fn lanes_go_by_priority_but_a_channel_keeps_its_order() {
+        let o = Outbox::new(1000);
+        o.push_entry(publication("stats", 1, None, Mode::Stream, "s1", Lane::Low));
+        o.push_entry(publication(
+            "score",
+            1,
+            None,
+            Mode::Stream,
+            "a1",
+            Lane::Normal,
+        ));
+        o.push_entry(publication("stats", 2, None, Mode::Stream, "s2", Lane::Low));
+        o.push_entry(publication(
+            "goal",
+            1,
+            None,
+            Mode::Stream,
+            "g1",
+            Lane::Critical,
+        ));
+        o.push(bytes("reply"));
+        // A critical one in `score` lifts `score`'s queued one with it.
+        o.push_entry(publication(
+            "score",
+            2,
+            None,
+            Mode::Stream,
+            "a2",
+            Lane::Critical,
+        ));
+        let mut batch = Vec::new();
+        o.try_batch(&mut batch);
+        assert_eq!(
+            texts(&batch),
+            [&b"reply"[..], b"g1", b"a1", b"a2", b"s1", b"s2"]
+        );
+    }
+
+    #[test]
+    fn latest_keeps_one_value_per_channel_and_key() {
+        let o = Outbox::new(1000);
+        o.push_entry(publication(
+            "t",
+            1,
+            Some("AAPL"),
+            Mode::Latest,
+            "a1",
+            Lane::Normal,
+        ));
+        o.push_entry(publication(
+            "t",
+            2,
+            Some("MSFT"),
+            Mode::Latest,
+            "m2",
+            Lane::Normal,
+        ));
+        o.push_entry(publication(
+            "t",
+            3,
+            Some("AAPL"),
+            Mode::Latest,
+            "a3",
+            Lane::Normal,
+        ));
+        let mut batch = Vec::new();
+        o.try_batch(&mut batch);
+        assert_eq!(texts(&batch), [&b"m2"[..], b"a3"], "offsets still grow");
+    }
+
+    #[test]
+    fn a_full_outbox_conflates_skips_or_disconnects_by_mode() {
+        // Conflate: room is made by replacing the same key's value.
+        let o = Outbox::new(4);
+        o.push_entry(publication(
+            "t",
+            1,
+            Some("k"),
+            Mode::Conflate,
+            "v1",
+            Lane::Normal,
+        ));
+        o.push_entry(publication(
+            "t",
+            2,
+            Some("j"),
+            Mode::Conflate,
+            "w2",
+            Lane::Normal,
+        ));
+        assert_eq!(
+            o.push_entry(publication(
+                "t",
+                3,
+                Some("k"),
+                Mode::Conflate,
+                "v3",
+                Lane::Normal
+            )),
+            Pushed::Queued
+        );
+        let mut batch = Vec::new();
+        o.try_batch(&mut batch);
+        assert_eq!(texts(&batch), [&b"w2"[..], b"v3"]);
+
+        // Skip: the channel's backlog goes; a gap notice says up to where.
+        let o = Outbox::new(200);
+        let big = "p_______________________________________"; // 40 bytes
+        for i in 1..=3 {
+            o.push_entry(publication("c", i, None, Mode::Skip, big, Lane::Normal));
+        }
+        o.push(bytes(
+            "f_____________________________________________________________________",
+        )); // 70
+        assert_eq!(
+            o.push_entry(publication("c", 4, None, Mode::Skip, big, Lane::Normal)),
+            Pushed::Queued
+        );
+        let mut batch = Vec::new();
+        assert!(o.try_batch(&mut batch).is_none());
+        assert_eq!(batch.len(), 2, "{batch:?}");
+        let gap: serde_json::Value = serde_json::from_slice(&batch[1].bytes).unwrap();
+        assert_eq!(
+            gap,
+            serde_json::json!({"push": "gap", "channel": "c", "offset": 4, "epoch": "e"})
+        );
+
+        // Stream: disconnect.
+        let o = Outbox::new(4);
+        o.push_entry(publication("s", 1, None, Mode::Stream, "x1", Lane::Normal));
+        o.push_entry(publication("s", 2, None, Mode::Stream, "x2", Lane::Normal));
+        assert_eq!(
+            o.push_entry(publication("s", 3, None, Mode::Stream, "x3", Lane::Normal)),
+            Pushed::Overflow
+        );
     }
 }

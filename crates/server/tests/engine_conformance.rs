@@ -179,6 +179,8 @@ fn req(n: u64, key: Option<&str>) -> PublishRequest {
         info: None,
         tags: None,
         idempotency_key: key.map(String::from),
+        key: None,
+        priority: None,
     }
 }
 

@@ -688,6 +688,8 @@ impl Broker for MemoryEngine {
                     data: request.data,
                     info: request.info,
                     tags: request.tags,
+                    key: request.key,
+                    priority: request.priority,
                     time: now_ms(),
                 });
                 if history {
@@ -1030,6 +1032,8 @@ mod tests {
             info: None,
             tags: None,
             idempotency_key: key.map(String::from),
+            key: None,
+            priority: None,
         }
     }
 

@@ -76,6 +76,10 @@ pub struct PublishRequest {
     pub tags: Option<BTreeMap<String, String>>,
     /// Retries with the same key (per channel, within the window) publish nothing new.
     pub idempotency_key: Option<String>,
+    /// What the publication is the latest value of (conflation key).
+    pub key: Option<String>,
+    /// Its priority on the way to subscribers.
+    pub priority: Option<tidings_protocol::Priority>,
 }
 
 /// The result of a publish.

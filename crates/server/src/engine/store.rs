@@ -554,6 +554,8 @@ mod tests {
                 data: RawValue::from_string(offset.to_string()).unwrap(),
                 info: None,
                 tags: None,
+                key: None,
+                priority: None,
                 time: now_ms(),
             }),
             expire_at_ms,

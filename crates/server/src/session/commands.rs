@@ -3,21 +3,20 @@
 
 use std::time::Instant;
 
-use serde_json::value::RawValue;
 use tidings_protocol::reply::{HistoryOk, PresenceOk, PresenceStatsOk, PublishOk};
 use tidings_protocol::{ClientInfo, ErrorBody, ErrorCode, SinceArg};
 
 use super::shared::{history, presence_list, presence_stats, publish};
 use super::{Session, err};
 use crate::config::{ClientPublish, SubscribeRule};
+use crate::engine::PublishRequest;
 
 impl Session {
+    /// `publish`: `request.info` is set to this connection's.
     pub(super) async fn publish(
         &mut self,
         channel: &str,
-        data: Box<RawValue>,
-        idempotency_key: Option<String>,
-        tags: Option<std::collections::BTreeMap<String, String>>,
+        mut request: PublishRequest,
     ) -> Result<PublishOk, ErrorBody> {
         let ns = &self.check_channel(channel)?;
         let identity = self.check_access(ns)?;
@@ -42,11 +41,11 @@ impl Session {
             }
             _ => {}
         }
-        let info = ClientInfo {
+        request.info = Some(ClientInfo {
             client: self.client.clone(),
             user: identity.user.clone(),
             info: identity.info.clone(),
-        };
+        });
         if ns.client_publish_rate > 0 {
             // A fixed one-second window per connection and channel (typing, cursors).
             let now = Instant::now();
@@ -72,16 +71,7 @@ impl Session {
             }
             window.1 += 1;
         }
-        publish(
-            &self.node,
-            channel,
-            ns,
-            data,
-            Some(info),
-            tags,
-            idempotency_key,
-        )
-        .await
+        publish(&self.node, channel, ns, request).await
     }
 
     pub(super) async fn history(

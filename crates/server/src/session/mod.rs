@@ -29,6 +29,7 @@ use tidings_protocol::{
 };
 
 use crate::auth::{TOKEN_LEEWAY_S, TokenError, unix_now};
+use crate::engine::PublishRequest;
 use crate::hub::{ConnId, Subscriber};
 use crate::node::{ConnHandle, Control, Mailbox, Node};
 use crate::outbox::{Outbox, Pushed};
@@ -331,8 +332,18 @@ impl Session {
                 data,
                 idempotency_key,
                 tags,
+                key,
+                priority,
             } => {
-                let r = self.publish(&channel, data, idempotency_key, tags).await;
+                let request = PublishRequest {
+                    data,
+                    info: None,
+                    tags,
+                    idempotency_key,
+                    key,
+                    priority,
+                };
+                let r = self.publish(&channel, request).await;
                 self.reply(id, r)
             }
             CommandKind::History {

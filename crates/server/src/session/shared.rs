@@ -1,9 +1,8 @@
 //! The typed handlers behind both client commands and the server API:
 //! publish, history, presence, last seen.
 
-use serde_json::value::RawValue;
 use tidings_protocol::reply::{HistoryOk, LastSeenOk, PresenceOk, PresenceStatsOk, PublishOk};
-use tidings_protocol::{ClientInfo, ErrorBody, ErrorCode, Publication, SinceArg};
+use tidings_protocol::{ErrorBody, ErrorCode, Publication, SinceArg};
 
 use super::{PRESENCE_PAGE, PRESENCE_PAGE_MAX, err};
 use crate::config::NamespaceOptions;
@@ -34,11 +33,9 @@ pub async fn publish(
     node: &Node,
     channel: &str,
     ns: &NamespaceOptions,
-    data: Box<RawValue>,
-    info: Option<ClientInfo>,
-    tags: Option<std::collections::BTreeMap<String, String>>,
-    idempotency_key: Option<String>,
+    request: PublishRequest,
 ) -> Result<PublishOk, ErrorBody> {
+    let data = &request.data;
     if data.get().len() > ns.max_message_size {
         return Err(err(
             ErrorCode::LimitExceeded,
@@ -51,27 +48,23 @@ pub async fn publish(
             format!("data nests deeper than {} levels", ns.max_data_depth),
         ));
     }
-    if idempotency_key
-        .as_ref()
-        .is_some_and(|k| k.is_empty() || k.len() > 256)
-    {
-        return Err(err(
-            ErrorCode::BadRequest,
-            "idempotency_key must be 1 to 256 bytes",
-        ));
+    for (name, value) in [
+        ("idempotency_key", &request.idempotency_key),
+        ("key", &request.key),
+    ] {
+        if value
+            .as_ref()
+            .is_some_and(|k| k.is_empty() || k.len() > 256)
+        {
+            return Err(err(
+                ErrorCode::BadRequest,
+                format!("{name} must be 1 to 256 bytes"),
+            ));
+        }
     }
     let outcome = node
         .engine
-        .publish(
-            channel,
-            PublishRequest {
-                data,
-                info,
-                tags,
-                idempotency_key,
-            },
-            &node.policy(ns),
-        )
+        .publish(channel, request, &node.policy(ns))
         .await
         .map_err(internal)?;
     if !outcome.duplicate {

@@ -14,7 +14,7 @@ use tidings_protocol::{ErrorBody, ErrorCode, ServerMessage, encode_pub, position
 
 use crate::api::ApiError;
 use crate::node::{Mailbox, Node};
-use crate::outbox::Outbox;
+use crate::outbox::{Entry, Lane, Mode, Outbox, PubMeta};
 use crate::session::Session;
 
 /// Whether the request's browser origin (if any) may open a connection.
@@ -89,7 +89,7 @@ struct ChannelPos {
 /// An opening message, decoded.
 enum Opening {
     Reply(String, SubscribeOk),
-    Push(Bytes),
+    Push(Entry),
 }
 
 /// An epoch no channel has: a vector holding it resets that channel again.
@@ -153,9 +153,6 @@ pub struct StreamEvent {
 #[derive(Deserialize)]
 struct PushHead {
     push: String,
-    channel: Option<String>,
-    offset: Option<u64>,
-    epoch: Option<String>,
 }
 
 impl OpenStream {
@@ -232,7 +229,7 @@ impl OpenStream {
         // and claims nothing the client has not received yet.
         let mut decoded = Vec::with_capacity(batch.len());
         for message in batch {
-            match ServerMessage::decode(&message) {
+            match ServerMessage::decode(&message.bytes) {
                 Ok(ServerMessage::Reply(reply)) => {
                     let ok = match reply.result {
                         Ok(ok) => ok,
@@ -285,9 +282,21 @@ impl OpenStream {
         };
         match ok.recovered {
             Some(true) => {
+                let (name, epoch): (Arc<str>, Arc<str>) = (channel.into(), epoch.into());
                 for p in ok.publications.unwrap_or_default() {
-                    let bytes = encode_pub(&channel, Some(&epoch), &p);
-                    events.extend(self.on_push(bytes));
+                    let meta = PubMeta {
+                        channel: name.clone(),
+                        offset: p.offset,
+                        epoch: Some(epoch.clone()),
+                        key: None,
+                        mode: Mode::Stream,
+                    };
+                    let bytes = encode_pub(&name, Some(&epoch), &p, false);
+                    events.extend(self.on_push(Entry::publication(
+                        bytes,
+                        Lane::Normal,
+                        Arc::new(meta),
+                    )));
                 }
             }
             Some(false) => {
@@ -315,28 +324,32 @@ impl OpenStream {
         )
     }
 
-    /// Turns a queued push into an event, moving the vector on `pub`.
-    pub fn on_push(&mut self, message: Bytes) -> Option<StreamEvent> {
-        let head: PushHead = serde_json::from_slice(&message).ok()?;
-        if head.push == "ping" {
-            return None;
-        }
+    /// Turns a queued entry into an event, moving the vector on `pub`: a
+    /// publication's position comes with its entry; other pushes are read
+    /// for their name.
+    pub fn on_push(&mut self, entry: Entry) -> Option<StreamEvent> {
+        let Some(p) = entry.publication.as_deref() else {
+            let head: PushHead = serde_json::from_slice(&entry.bytes).ok()?;
+            return (head.push != "ping").then(|| StreamEvent {
+                name: head.push,
+                data: entry.bytes,
+                id: None,
+            });
+        };
         let mut id = None;
-        if head.push == "pub"
-            && let (Some(channel), Some(offset), Some(epoch)) =
-                (&head.channel, head.offset, head.epoch)
-            && let Some(pos) = self.positions.iter_mut().find(|p| p.name == *channel)
+        if let (Some(offset), Some(epoch)) = (p.offset, p.epoch.as_deref())
+            && let Some(pos) = self.positions.iter_mut().find(|c| *c.name == *p.channel)
         {
-            if pos.epoch.as_deref() == Some(epoch.as_str()) && offset <= pos.offset {
+            if pos.epoch.as_deref() == Some(epoch) && offset <= pos.offset {
                 return None; // already delivered
             }
-            pos.epoch = Some(epoch);
+            pos.epoch = Some(epoch.to_string());
             pos.offset = offset;
             id = Some(self.vector());
         }
         Some(StreamEvent {
-            name: head.push,
-            data: message,
+            name: "pub".into(),
+            data: entry.bytes,
             id,
         })
     }

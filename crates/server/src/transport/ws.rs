@@ -9,7 +9,7 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tidings_protocol::{Disconnect, DisconnectCode, Push, SUBPROTOCOL_JSON, encode_push};
@@ -17,7 +17,7 @@ use tokio::time::{Instant, sleep_until};
 use tokio_websockets::{CloseCode, Config, Limits, Message, ServerBuilder};
 
 use crate::node::Node;
-use crate::outbox::Outbox;
+use crate::outbox::{Entry, Outbox};
 use crate::session::Session;
 
 /// Largest frame the writer builds from a batch; more is sent as several frames.
@@ -237,11 +237,11 @@ async fn write_loop<S>(
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    let mut batch: Vec<Bytes> = Vec::new();
+    let mut batch: Vec<Entry> = Vec::new();
     loop {
         let close = outbox.next_batch(&mut batch).await;
         let mut written = 0u64;
-        let mut frames = batch.drain(..).peekable();
+        let mut frames = batch.drain(..).map(|e| e.bytes).peekable();
         let mut failed = false;
         while let Some(first) = frames.next() {
             let frame = if frames.peek().is_none() || first.len() >= MAX_BATCH_FRAME {

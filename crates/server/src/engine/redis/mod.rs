@@ -360,6 +360,8 @@ impl Broker for RedisEngine {
             data: request.data,
             info: request.info,
             tags: request.tags,
+            key: request.key,
+            priority: request.priority,
             time: now_ms(),
         })
         .map_err(|e| EngineError::Backend(e.to_string()))?;
