@@ -29,6 +29,13 @@ pub struct PublishOptions {
     pub idempotency_key: Option<String>,
     /// Free-form string tags.
     pub tags: Option<BTreeMap<String, String>>,
+    /// What the publication is the latest value of within its channel: in
+    /// `latest` namespaces, a subscriber that falls behind gets the newest
+    /// value per key.
+    pub key: Option<String>,
+    /// Its priority on the way to subscribers (the namespace's default when
+    /// absent).
+    pub priority: Option<tidings_protocol::Priority>,
 }
 
 /// Options of [`Client::history`].
@@ -227,6 +234,8 @@ impl Client {
             data,
             idempotency_key: opts.idempotency_key,
             tags: opts.tags,
+            key: opts.key,
+            priority: opts.priority,
         };
         self.call(op, retry).await
     }

@@ -1038,8 +1038,11 @@ impl Task {
 fn apply_push(tracker: &mut Tracker, push: Push) -> Vec<SubEvent> {
     match push {
         Push::Pub {
-            epoch, publication, ..
-        } => tracker.on_publication(epoch.as_deref(), publication),
+            epoch,
+            publication,
+            latest,
+            ..
+        } => tracker.on_publication(epoch.as_deref(), publication, latest),
         Push::Join { info, .. } => vec![SubEvent::Join(info)],
         Push::Leave { info, .. } => vec![SubEvent::Leave(info)],
         _ => Vec::new(),

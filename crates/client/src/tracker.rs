@@ -10,18 +10,12 @@ use crate::subscription::SubEvent;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Tracker {
     pos: Option<SinceArg>,
-    /// The channel's live pushes may skip values (`delivery: "latest"`):
-    /// an offset jump is not a loss.
-    skips: bool,
 }
 
 impl Tracker {
     /// A tracker that starts at `since` (the app's own position), if given.
     pub(crate) fn new(since: Option<SinceArg>) -> Self {
-        Self {
-            pos: since,
-            skips: false,
-        }
+        Self { pos: since }
     }
 
     /// The position to resume from (`since` of the next subscribe), if known.
@@ -38,7 +32,6 @@ impl Tracker {
         asked: Option<&SinceArg>,
         ok: SubscribeOk,
     ) -> Vec<SubEvent> {
-        self.skips = ok.delivery.as_deref() == Some("latest");
         let mut events = vec![SubEvent::Subscribed {
             recovered: ok.recovered,
             offset: ok.offset,
@@ -59,7 +52,7 @@ impl Tracker {
                     epoch: epoch.clone(),
                 });
                 for p in publications {
-                    events.extend(self.on_publication(Some(&epoch), p));
+                    events.extend(self.on_publication(Some(&epoch), p, false));
                 }
             }
             Some(since) => {
@@ -68,7 +61,7 @@ impl Tracker {
                 if recovered {
                     self.pos = Some(since.clone());
                     for p in publications {
-                        events.extend(self.on_publication(Some(&epoch), p));
+                        events.extend(self.on_publication(Some(&epoch), p, false));
                     }
                     let at = self.pos.as_ref().map_or(0, |p| p.offset);
                     if at < top {
@@ -97,7 +90,13 @@ impl Tracker {
     /// Returns nothing for a duplicate (offset already delivered), the
     /// publication alone when it is the next one, or `NotRecovered` followed by
     /// the publication when some were lost in between or the epoch changed.
-    pub(crate) fn on_publication(&mut self, epoch: Option<&str>, p: Publication) -> Vec<SubEvent> {
+    /// With `skips` (the push said `latest`), an offset jump is no loss.
+    pub(crate) fn on_publication(
+        &mut self,
+        epoch: Option<&str>,
+        p: Publication,
+        skips: bool,
+    ) -> Vec<SubEvent> {
         let Some(offset) = p.offset else {
             return vec![SubEvent::Publication(p)];
         };
@@ -116,7 +115,7 @@ impl Tracker {
             if offset <= pos.offset {
                 return Vec::new();
             }
-            let gap = offset > pos.offset.saturating_add(1) && !self.skips;
+            let gap = offset > pos.offset.saturating_add(1) && !skips;
             pos.offset = offset;
             if !gap {
                 return vec![SubEvent::Publication(p)];
@@ -177,7 +176,6 @@ mod tests {
             recovered,
             publications: (!pubs.is_empty()).then(|| pubs.iter().map(|o| publ(*o)).collect()),
             presence: None,
-            delivery: None,
         }
     }
 
@@ -203,11 +201,11 @@ mod tests {
         let mut t = Tracker::new(None);
         assert_eq!(show(&t.on_subscribed(None, ok(5, "e", None, &[]))), ["S"]);
         assert_eq!(t.since(), Some(since(5, "e")));
-        assert!(t.on_publication(Some("e"), publ(5)).is_empty());
-        assert!(t.on_publication(Some("e"), publ(3)).is_empty());
-        assert_eq!(show(&t.on_publication(Some("e"), publ(6))), ["P6"]);
-        assert!(t.on_publication(Some("e"), publ(6)).is_empty());
-        assert_eq!(show(&t.on_publication(None, publ(7))), ["P7"]);
+        assert!(t.on_publication(Some("e"), publ(5), false).is_empty());
+        assert!(t.on_publication(Some("e"), publ(3), false).is_empty());
+        assert_eq!(show(&t.on_publication(Some("e"), publ(6), false)), ["P6"]);
+        assert!(t.on_publication(Some("e"), publ(6), false).is_empty());
+        assert_eq!(show(&t.on_publication(None, publ(7), false)), ["P7"]);
         assert_eq!(t.since(), Some(since(7, "e")));
     }
 
@@ -215,33 +213,39 @@ mod tests {
     fn gap_is_reported_as_not_recovered_then_delivered() {
         let mut t = Tracker::new(None);
         t.on_subscribed(None, ok(5, "e", None, &[]));
-        assert_eq!(show(&t.on_publication(Some("e"), publ(9))), ["N8@e", "P9"]);
+        assert_eq!(
+            show(&t.on_publication(Some("e"), publ(9), false)),
+            ["N8@e", "P9"]
+        );
         assert_eq!(t.since(), Some(since(9, "e")));
-        assert_eq!(show(&t.on_publication(Some("e"), publ(10))), ["P10"]);
+        assert_eq!(show(&t.on_publication(Some("e"), publ(10), false)), ["P10"]);
     }
 
     #[test]
     fn epoch_change_is_reported() {
         let mut t = Tracker::new(None);
         t.on_subscribed(None, ok(5, "e", None, &[]));
-        assert_eq!(show(&t.on_publication(Some("f"), publ(1))), ["N0@f", "P1"]);
+        assert_eq!(
+            show(&t.on_publication(Some("f"), publ(1), false)),
+            ["N0@f", "P1"]
+        );
         assert_eq!(t.since(), Some(since(1, "f")));
-        assert!(t.on_publication(Some("f"), publ(1)).is_empty());
+        assert!(t.on_publication(Some("f"), publ(1), false).is_empty());
     }
 
     #[test]
     fn recovery_delivers_missed_publications_without_duplicates() {
         let mut t = Tracker::new(None);
         t.on_subscribed(None, ok(5, "e", None, &[]));
-        t.on_publication(Some("e"), publ(6));
+        t.on_publication(Some("e"), publ(6), false);
         let asked = t.since().unwrap();
         assert_eq!(asked, since(6, "e"));
         // The server resends 6 (overlap) and the missed 7, 8.
         let ev = t.on_subscribed(Some(&asked), ok(8, "e", Some(true), &[6, 7, 8]));
         assert_eq!(show(&ev), ["S+", "P7", "P8"]);
         // A live push that raced the reply is dropped; the next one flows.
-        assert!(t.on_publication(Some("e"), publ(8)).is_empty());
-        assert_eq!(show(&t.on_publication(Some("e"), publ(9))), ["P9"]);
+        assert!(t.on_publication(Some("e"), publ(8), false).is_empty());
+        assert_eq!(show(&t.on_publication(Some("e"), publ(9), false)), ["P9"]);
     }
 
     #[test]
@@ -264,8 +268,8 @@ mod tests {
         let mut t = Tracker::new(Some(since(2, "e")));
         let ev = t.on_subscribed(Some(&since(2, "e")), ok(50, "e", Some(false), &[]));
         assert_eq!(show(&ev), ["S-", "N50@e"]);
-        assert!(t.on_publication(Some("e"), publ(50)).is_empty());
-        assert_eq!(show(&t.on_publication(Some("e"), publ(51))), ["P51"]);
+        assert!(t.on_publication(Some("e"), publ(50), false).is_empty());
+        assert_eq!(show(&t.on_publication(Some("e"), publ(51), false)), ["P51"]);
     }
 
     #[test]
@@ -291,7 +295,7 @@ mod tests {
         let mut t = Tracker::new(None);
         let ev = t.on_subscribed(Some(&since(4, "e")), ok(4, "e", Some(true), &[]));
         assert_eq!(show(&ev), ["S+"]);
-        assert_eq!(show(&t.on_publication(Some("e"), publ(5))), ["P5"]);
+        assert_eq!(show(&t.on_publication(Some("e"), publ(5), false)), ["P5"]);
     }
 
     #[test]
@@ -302,16 +306,27 @@ mod tests {
         assert_eq!(t.since(), None);
         let mut p = publ(0);
         p.offset = None;
-        assert_eq!(show(&t.on_publication(None, p.clone())), ["P-1"]);
-        assert_eq!(show(&t.on_publication(None, p)), ["P-1"]);
+        assert_eq!(show(&t.on_publication(None, p.clone(), false)), ["P-1"]);
+        assert_eq!(show(&t.on_publication(None, p, false)), ["P-1"]);
         assert_eq!(t.since(), None);
     }
 
     #[test]
     fn first_publication_without_a_position_sets_it() {
         let mut t = Tracker::new(None);
-        assert_eq!(show(&t.on_publication(Some("e"), publ(3))), ["P3"]);
+        assert_eq!(show(&t.on_publication(Some("e"), publ(3), false)), ["P3"]);
         assert_eq!(t.since(), Some(since(3, "e")));
-        assert!(t.on_publication(Some("e"), publ(2)).is_empty());
+        assert!(t.on_publication(Some("e"), publ(2), false).is_empty());
+    }
+
+    #[test]
+    fn latest_pushes_jump_without_a_loss() {
+        let mut t = Tracker::new(Some(since(5, "e")));
+        assert_eq!(show(&t.on_publication(Some("e"), publ(9), true)), ["P9"]);
+        assert!(t.on_publication(Some("e"), publ(7), true).is_empty());
+        assert_eq!(
+            show(&t.on_publication(Some("e"), publ(12), false)),
+            ["N11@e", "P12"]
+        );
     }
 }

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tidings_protocol::{SinceArg, SubscribeArg};
+use tidings_protocol::{Priority, SinceArg, SubscribeArg};
 
 /// A command's body; the `op` tag and the fields as PROTOCOL.md names them.
 #[derive(Debug, Clone, Serialize)]
@@ -35,6 +35,10 @@ pub(crate) enum Op {
         idempotency_key: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         tags: Option<BTreeMap<String, String>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        priority: Option<Priority>,
     },
     History {
         channel: String,
@@ -157,6 +161,8 @@ mod tests {
                 data: raw(r#"{"x": [1, 2]}"#),
                 idempotency_key: Some("k".into()),
                 tags: Some(BTreeMap::from([("t".to_string(), "v".to_string())])),
+                key: None,
+                priority: None,
             },
         );
         assert_eq!(

@@ -20,8 +20,9 @@ pub use command::{
 };
 pub use depth::nests_deeper_than;
 pub use message::{
-    ClientInfo, Disconnect, ErrorBody, Publication, Push, Reply, ServerMessage, StreamPosition,
-    decode_server_messages, encode_error_reply, encode_ok_reply, encode_pub, encode_push,
+    ClientInfo, Disconnect, ErrorBody, PubStyle, Publication, Push, Reply, ServerMessage,
+    StreamPosition, decode_server_messages, encode_error_reply, encode_ok_reply, encode_pub,
+    encode_push,
 };
 
 /// The WebSocket subprotocol name of this codec.

@@ -142,6 +142,9 @@ pub enum Push {
         epoch: Option<String>,
         /// The publication (its `time` is 0 unless the namespace pushes it).
         publication: Publication,
+        /// The channel's pushes may skip values (`delivery = "latest"`,
+        /// `slow_consumer = "conflate"`): an offset jump is not a loss.
+        latest: bool,
     },
     /// A client joined a channel.
     Join {
@@ -231,6 +234,8 @@ enum PushOut<'a> {
         key: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         time: Option<u64>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        latest: bool,
     },
     Join {
         channel: &'a str,
@@ -258,9 +263,19 @@ enum PushOut<'a> {
     Ping {},
 }
 
+/// How a `pub` push is written: beside the publication itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PubStyle {
+    /// Carry the publication's server `time`.
+    pub time: bool,
+    /// Say `"latest": true`: the channel's pushes may skip values, so an
+    /// offset jump is not a loss.
+    pub latest: bool,
+}
+
 /// Encodes a `pub` push without building a [`Push`]: the bytes shared by
-/// all subscribers; with the publication's `time` when `with_time`.
-pub fn encode_pub(channel: &str, epoch: Option<&str>, p: &Publication, with_time: bool) -> Bytes {
+/// all subscribers.
+pub fn encode_pub(channel: &str, epoch: Option<&str>, p: &Publication, style: PubStyle) -> Bytes {
     to_bytes(&PushOut::Pub {
         channel,
         offset: p.offset,
@@ -269,7 +284,8 @@ pub fn encode_pub(channel: &str, epoch: Option<&str>, p: &Publication, with_time
         info: p.info.as_ref(),
         tags: p.tags.as_ref(),
         key: p.key.as_deref(),
-        time: with_time.then_some(p.time),
+        time: style.time.then_some(p.time),
+        latest: style.latest,
     })
 }
 
@@ -280,9 +296,13 @@ pub fn encode_push(push: &Push) -> Bytes {
             channel,
             epoch,
             publication,
+            latest,
         } => {
-            let with_time = publication.time > 0;
-            return encode_pub(channel, epoch.as_deref(), publication, with_time);
+            let style = PubStyle {
+                time: publication.time > 0,
+                latest: *latest,
+            };
+            return encode_pub(channel, epoch.as_deref(), publication, style);
         }
         Push::Join { channel, info } => PushOut::Join { channel, info },
         Push::Leave { channel, info } => PushOut::Leave { channel, info },
@@ -339,6 +359,8 @@ struct RawServerMessage {
     tags: Option<BTreeMap<String, String>>,
     key: Option<String>,
     time: Option<u64>,
+    #[serde(default)]
+    latest: bool,
     client: Option<String>,
     user: Option<String>,
     code: Option<u16>,
@@ -388,6 +410,7 @@ impl ServerMessage {
                         priority: None,
                         time: raw.time.unwrap_or(0),
                     },
+                    latest: raw.latest,
                 },
                 "join" => Push::Join {
                     channel: channel()?,
@@ -466,6 +489,7 @@ mod tests {
                 priority: None,
                 time: 0,
             },
+            latest: false,
         };
         let bytes = encode_push(&push);
         assert_eq!(

@@ -52,11 +52,6 @@ pub struct SubscribeOk {
     /// Who is in the channel, when the namespace has presence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<std::collections::BTreeMap<String, ClientInfo>>,
-    /// `"latest"` when live pushes may skip values (the namespace's
-    /// `delivery`, `max_rate` or `slow_consumer = "conflate"`): offsets
-    /// then grow with gaps that are not losses. Absent: every publication.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delivery: Option<String>,
 }
 
 /// `publish` → ok.

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use tidings_protocol::{Priority, Publication, encode_pub};
+use tidings_protocol::{Priority, PubStyle, Publication, encode_pub};
 
 use crate::config::{Delivery, NamespaceOptions, SlowConsumer};
 use crate::outbox::{Entry, Lane, Mode, PubMeta};
@@ -47,15 +47,14 @@ impl ChannelDelivery {
         }
     }
 
-    /// Whether live pushes may skip values without a notice (offsets then
-    /// grow with gaps that are not losses): what subscribe replies say.
-    pub fn skips_values(&self) -> bool {
-        matches!(self.mode, Mode::Latest | Mode::Conflate)
-    }
-
     /// The entry every local subscriber of `channel` gets for `p`.
     pub fn entry(&self, channel: &Arc<str>, epoch: Option<&str>, p: &Publication) -> Entry {
-        let bytes = encode_pub(channel, epoch, p, self.push_time);
+        let style = PubStyle {
+            time: self.push_time,
+            // Values may be skipped without a notice: pushes say so.
+            latest: matches!(self.mode, Mode::Latest | Mode::Conflate),
+        };
+        let bytes = encode_pub(channel, epoch, p, style);
         let meta = PubMeta {
             channel: channel.clone(),
             offset: p.offset,

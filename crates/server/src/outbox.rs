@@ -226,6 +226,27 @@ impl Inner {
         false
     }
 
+    /// Keeps only the newest queued entry of each conflating channel and
+    /// key (under pressure: before that, every value waits its turn).
+    fn keep_newest(&mut self) {
+        let mut newer = std::collections::HashSet::new();
+        for l in (0..LANES).rev() {
+            let queue = std::mem::take(&mut self.lanes[l]);
+            let mut kept = VecDeque::with_capacity(queue.len());
+            for e in queue.into_iter().rev() {
+                if let Some(k) = e.conflation()
+                    && !newer.insert(k)
+                {
+                    self.bytes -= e.bytes.len();
+                    self.count(&e, false);
+                } else {
+                    kept.push_front(e);
+                }
+            }
+            self.lanes[l] = kept;
+        }
+    }
+
     /// Drops `channel`'s queued publications; the newest dropped, if any.
     fn drop_publications(&mut self, channel: &Arc<str>) -> Option<Arc<PubMeta>> {
         let mut newest: Option<Arc<PubMeta>> = None;
@@ -377,9 +398,16 @@ impl Outbox {
         match p.mode {
             Mode::Stream | Mode::Latest => Room::None,
             Mode::Conflate => {
-                let fits = inner.remove_replaced(entry)
-                    && inner.bytes + entry.bytes.len() <= self.max_bytes;
-                if fits { Room::Made } else { Room::None }
+                let len = entry.bytes.len();
+                inner.remove_replaced(entry);
+                if inner.bytes + len > self.max_bytes {
+                    inner.keep_newest();
+                }
+                if inner.bytes + len <= self.max_bytes {
+                    Room::Made
+                } else {
+                    Room::None
+                }
             }
             Mode::Skip => {
                 // The channel's backlog and this publication go; the client
@@ -468,6 +496,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn bytes(s: &'static str) -> Bytes {
         Bytes::from_static(s.as_bytes())
@@ -493,6 +522,71 @@ mod tests {
             mode,
         };
         Entry::publication(bytes(text), lane, Arc::new(meta))
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Publish(usize),
+        Read,
+    }
+
+    proptest! {
+        /// `latest` and `conflate` against a model: for any interleaving of
+        /// publications (three keys, one channel) and reads, the values a
+        /// subscriber sees per key have increasing offsets, the channel's
+        /// offsets only grow, and it ends with the newest of every key.
+        /// `conflate` runs with an outbox that holds three values only.
+        #[test]
+        fn latest_and_conflate_never_go_back_and_end_with_the_newest(
+            latest in proptest::bool::ANY,
+            ops in proptest::collection::vec(
+                prop_oneof![3 => (0usize..3).prop_map(Op::Publish), 1 => Just(Op::Read)],
+                1..200,
+            ),
+        ) {
+            let (mode, max) = if latest { (Mode::Latest, 1 << 20) } else { (Mode::Conflate, 3 * 8) };
+            let o = Outbox::new(max);
+            let keys = ["k0", "k1", "k2"];
+            let mut newest: [Option<u64>; 3] = [None; 3];
+            let mut seen: Vec<(usize, u64)> = Vec::new();
+            let read = |o: &Outbox, seen: &mut Vec<(usize, u64)>| {
+                let mut batch = Vec::new();
+                o.try_batch(&mut batch);
+                for e in batch {
+                    let p = e.publication.expect("publications only");
+                    let k = keys.iter().position(|k| Some(*k) == p.key.as_deref()).expect("a key");
+                    seen.push((k, p.offset.expect("an offset")));
+                }
+            };
+            for (i, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Publish(k) => {
+                        let offset = i as u64 + 1;
+                        newest[k] = Some(offset);
+                        let meta = PubMeta {
+                            channel: "t".into(),
+                            offset: Some(offset),
+                            epoch: None,
+                            key: Some(keys[k].into()),
+                            mode,
+                        };
+                        // Eight bytes each: the bound holds three.
+                        let bytes = Bytes::from(format!("{offset:08}"));
+                        let pushed = o.push_entry(Entry::publication(bytes, Lane::Normal, Arc::new(meta)));
+                        prop_assert_eq!(pushed, Pushed::Queued);
+                    }
+                    Op::Read => read(&o, &mut seen),
+                }
+            }
+            read(&o, &mut seen);
+            for w in seen.windows(2) {
+                prop_assert!(w[0].1 < w[1].1, "the channel's offsets only grow: {:?}", seen);
+            }
+            for (k, want) in newest.iter().enumerate() {
+                let last = seen.iter().rev().find(|(key, _)| *key == k).map(|(_, o)| *o);
+                prop_assert_eq!(last, *want, "key {} ends with its newest", k);
+            }
+        }
     }
 
     #[tokio::test]

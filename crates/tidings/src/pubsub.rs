@@ -145,7 +145,7 @@ pub async fn run_pub(
         .ok();
     let opts = PublishOptions {
         idempotency_key,
-        tags: None,
+        ..Default::default()
     };
     let result = if serde_json::from_str::<serde_json::Value>(&data).is_ok() {
         client.publish_raw(&channel, &data, opts).await

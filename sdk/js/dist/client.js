@@ -167,6 +167,10 @@ export class TidingsClient extends Emitter {
         };
         if (opts.tags)
             entry.tags = opts.tags;
+        if (opts.key !== undefined)
+            entry.conflationKey = opts.key;
+        if (opts.priority)
+            entry.priority = opts.priority;
         if (opts.queue === false || !this.store) {
             const s = this.session;
             if (this._state !== 'connected' || !s) {
@@ -900,6 +904,10 @@ function publishArgs(e) {
     const a = { channel: e.channel, data: e.data, idempotency_key: e.key };
     if (e.tags)
         a.tags = e.tags;
+    if (e.conflationKey !== undefined)
+        a.key = e.conflationKey;
+    if (e.priority)
+        a.priority = e.priority;
     return a;
 }
 function toPublishResult(ok) {

@@ -74,6 +74,9 @@ export function decodePublication(v, channel) {
     const time = uint(v.time);
     if (time !== undefined)
         p.time = time;
+    const key = str(v.key);
+    if (key !== undefined)
+        p.key = key;
     return p;
 }
 /** Decodes a presence entry (a `join`/`leave` push or a `presence` value). */

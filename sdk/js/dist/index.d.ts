@@ -5,7 +5,7 @@
 export { TidingsClient, VERSION, jwtExp } from './client.js';
 export type { ClientOptions, ClientEvents, ConnectionState, ConnectedEvent, DisconnectedEvent, StateEvent, SubscribeOptions, } from './client.js';
 export { Subscription } from './subscription.js';
-export type { HistoryOptions, HistoryResult, PublishOptions, ResetEvent, SubscribedEvent, SubscriptionEvents, SubscriptionState, } from './subscription.js';
+export type { HistoryOptions, HistoryResult, Priority, PublishOptions, ResetEvent, SubscribedEvent, SubscriptionEvents, SubscriptionState, } from './subscription.js';
 export { TidingsError, ErrorCode, isTerminalCloseCode } from './errors.js';
 export { Backoff } from './backoff.js';
 export { MemoryOutboxStore, IndexedDbOutboxStore, defaultOutboxStore } from './outbox.js';

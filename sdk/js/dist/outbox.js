@@ -1,10 +1,3 @@
-/**
- * The offline outbox: publishes wait here until the server acknowledges or
- * refuses them. Entries are stored (IndexedDB in browsers) so that messages
- * written while offline survive a page reload, and are sent again in order
- * with their original idempotency keys, so a resend after a lost
- * acknowledgement publishes nothing twice.
- */
 /** Keeps entries in memory: nothing survives the process (Node, tests). */
 export class MemoryOutboxStore {
     constructor() {

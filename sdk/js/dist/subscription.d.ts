@@ -56,11 +56,21 @@ export interface SubscriptionEvents {
     state: SubscriptionState;
 }
 /** Options of {@link Subscription.publish}. */
+/** How urgently a publication reaches subscribers with a backlog. */
+export type Priority = 'critical' | 'high' | 'normal' | 'low';
 export interface PublishOptions {
     /** The idempotency key; a random one is made when absent. */
     idempotencyKey?: string;
     /** Tags passed to subscribers. */
     tags?: Record<string, string>;
+    /**
+     * What the publication is the latest value of within its channel (a
+     * ticker's symbol, a driver's id): in `latest` namespaces a subscriber
+     * that falls behind gets the newest value per key.
+     */
+    key?: string;
+    /** Its priority on the way to subscribers (the namespace's default when absent). */
+    priority?: Priority;
     /**
      * Queue in the outbox while disconnected (default true). False: fail at
      * once with {@link ErrorCode.Disconnected} when not connected, and do not
@@ -157,6 +167,7 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
     handleError(err: TidingsError): void;
     /** @internal A push for this channel. */
     handlePush(push: Obj): void;
+    /** `latest`: the channel's pushes may skip values (an offset jump is no loss). */
     private handlePub;
     private setState;
 }

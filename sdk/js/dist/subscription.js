@@ -138,7 +138,14 @@ export class Subscription extends Emitter {
             case 'pub': {
                 const p = decodePublication(push);
                 if (p)
-                    this.handlePub(p);
+                    this.handlePub(p, push.latest === true);
+                return;
+            }
+            case 'gap': {
+                // The server skipped publications for this slow connection: recover
+                // them from history by subscribing again from our position.
+                this.setState('subscribing');
+                this.host.resubscribe(this, false);
                 return;
             }
             case 'reset': {
@@ -172,7 +179,8 @@ export class Subscription extends Emitter {
             default:
         }
     }
-    handlePub(p) {
+    /** `latest`: the channel's pushes may skip values (an offset jump is no loss). */
+    handlePub(p, latest = false) {
         if (p.offset === undefined || p.epoch === undefined) {
             // Ephemeral: no position, at most once.
             this.emit('publication', p);
@@ -187,7 +195,7 @@ export class Subscription extends Emitter {
         if (this.pos) {
             if (p.offset <= this.pos.offset)
                 return; // already delivered
-            if (p.offset > this.pos.offset + 1) {
+            if (p.offset > this.pos.offset + 1 && !latest) {
                 // A gap should not happen; do not deliver out of order, recover it.
                 this.setState('subscribing');
                 this.host.resubscribe(this, false);

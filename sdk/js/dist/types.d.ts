@@ -29,8 +29,13 @@ export interface Publication<T = unknown> {
     info?: PublicationInfo;
     /** Tags given by the publisher. */
     tags?: Record<string, string>;
-    /** Server time of the publish (ms since the Unix epoch); only in history and recovery. */
+    /**
+     * Server time of the publish (ms since the Unix epoch): in history and
+     * recovery, and on live pushes in namespaces with `push_time`.
+     */
     time?: number;
+    /** What it is the latest value of within its channel (`key` on publish). */
+    key?: string;
 }
 /** A presence entry: one subscribed connection. */
 export interface PresenceEntry {

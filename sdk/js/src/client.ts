@@ -310,6 +310,8 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
       createdAt: Date.now(),
     };
     if (opts.tags) entry.tags = opts.tags;
+    if (opts.key !== undefined) entry.conflationKey = opts.key;
+    if (opts.priority) entry.priority = opts.priority;
     if (opts.queue === false || !this.store) {
       const s = this.session;
       if (this._state !== 'connected' || !s) {
@@ -1001,6 +1003,8 @@ function validPosition(p: unknown): p is Position {
 function publishArgs(e: OutboxEntry): Obj {
   const a: Obj = { channel: e.channel, data: e.data, idempotency_key: e.key };
   if (e.tags) a.tags = e.tags;
+  if (e.conflationKey !== undefined) a.key = e.conflationKey;
+  if (e.priority) a.priority = e.priority;
   return a;
 }
 

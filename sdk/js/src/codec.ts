@@ -76,6 +76,8 @@ export function decodePublication(v: unknown, channel?: string): Publication | n
   if (tags) p.tags = tags;
   const time = uint(v.time);
   if (time !== undefined) p.time = time;
+  const key = str(v.key);
+  if (key !== undefined) p.key = key;
   return p;
 }
 

@@ -16,6 +16,7 @@ export { Subscription } from './subscription.js';
 export type {
   HistoryOptions,
   HistoryResult,
+  Priority,
   PublishOptions,
   ResetEvent,
   SubscribedEvent,

@@ -1,3 +1,4 @@
+import type { Priority } from './subscription.js';
 /**
  * The offline outbox: publishes wait here until the server acknowledges or
  * refuses them. Entries are stored (IndexedDB in browsers) so that messages
@@ -16,6 +17,10 @@ export interface OutboxEntry {
   data: unknown;
   /** Tags to publish with. */
   tags?: Record<string, string>;
+  /** What it is the latest value of (`latest` delivery conflates by it). */
+  conflationKey?: string;
+  /** Its priority on the way to subscribers. */
+  priority?: Priority;
   /** Sending order: increasing, also across reloads. */
   seq: number;
   /** When the app published it, ms since the Unix epoch. */

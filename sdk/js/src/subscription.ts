@@ -61,11 +61,22 @@ export interface SubscriptionEvents {
 }
 
 /** Options of {@link Subscription.publish}. */
+/** How urgently a publication reaches subscribers with a backlog. */
+export type Priority = 'critical' | 'high' | 'normal' | 'low';
+
 export interface PublishOptions {
   /** The idempotency key; a random one is made when absent. */
   idempotencyKey?: string;
   /** Tags passed to subscribers. */
   tags?: Record<string, string>;
+  /**
+   * What the publication is the latest value of within its channel (a
+   * ticker's symbol, a driver's id): in `latest` namespaces a subscriber
+   * that falls behind gets the newest value per key.
+   */
+  key?: string;
+  /** Its priority on the way to subscribers (the namespace's default when absent). */
+  priority?: Priority;
   /**
    * Queue in the outbox while disconnected (default true). False: fail at
    * once with {@link ErrorCode.Disconnected} when not connected, and do not
@@ -252,7 +263,14 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     switch (push.push) {
       case 'pub': {
         const p = decodePublication(push);
-        if (p) this.handlePub(p);
+        if (p) this.handlePub(p, push.latest === true);
+        return;
+      }
+      case 'gap': {
+        // The server skipped publications for this slow connection: recover
+        // them from history by subscribing again from our position.
+        this.setState('subscribing');
+        this.host.resubscribe(this, false);
         return;
       }
       case 'reset': {
@@ -285,7 +303,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     }
   }
 
-  private handlePub(p: Publication): void {
+  /** `latest`: the channel's pushes may skip values (an offset jump is no loss). */
+  private handlePub(p: Publication, latest = false): void {
     if (p.offset === undefined || p.epoch === undefined) {
       // Ephemeral: no position, at most once.
       this.emit('publication', p);
@@ -299,7 +318,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     }
     if (this.pos) {
       if (p.offset <= this.pos.offset) return; // already delivered
-      if (p.offset > this.pos.offset + 1) {
+      if (p.offset > this.pos.offset + 1 && !latest) {
         // A gap should not happen; do not deliver out of order, recover it.
         this.setState('subscribing');
         this.host.resubscribe(this, false);

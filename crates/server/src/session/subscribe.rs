@@ -12,7 +12,6 @@ use tidings_protocol::{
 use super::{PRESENCE_IN_REPLY, Session, err, internal};
 use crate::auth::{TOKEN_LEEWAY_S, TokenError, unix_now};
 use crate::config::{ClientAccess, NamespaceOptions, SubscribeRule};
-use crate::delivery::ChannelDelivery;
 use crate::engine::HistoryQuery;
 use crate::hub::Subscriber;
 use crate::node::SubscribeError;
@@ -102,13 +101,7 @@ impl Session {
         if let Some(at) = token_expiry {
             self.sub_expiry.insert(arg.channel.clone(), at);
         }
-        let answer = self.answer_subscribe(arg, ns, budget).await.map(|mut ok| {
-            if ChannelDelivery::of(ns).skips_values() {
-                ok.delivery = Some("latest".into());
-            }
-            ok
-        });
-        match answer {
+        match self.answer_subscribe(arg, ns, budget).await {
             Ok(mut ok) if ns.presence && !self.transient => {
                 let show = ns.presence_access == ClientAccess::Subscribers;
                 let engine = &node.engine;
@@ -302,7 +295,6 @@ impl Session {
                     .collect()
             }),
             presence: None,
-            delivery: None,
         })
     }
 

@@ -10,7 +10,7 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use tidings_protocol::reply::SubscribeOk;
-use tidings_protocol::{ErrorBody, ErrorCode, ServerMessage, encode_pub, position};
+use tidings_protocol::{ErrorBody, ErrorCode, PubStyle, ServerMessage, encode_pub, position};
 
 use crate::api::ApiError;
 use crate::node::{Mailbox, Node};
@@ -291,7 +291,7 @@ impl OpenStream {
                         key: None,
                         mode: Mode::Stream,
                     };
-                    let bytes = encode_pub(&name, Some(&epoch), &p, false);
+                    let bytes = encode_pub(&name, Some(&epoch), &p, PubStyle::default());
                     events.extend(self.on_push(Entry::publication(
                         bytes,
                         Lane::Normal,
