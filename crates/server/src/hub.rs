@@ -326,6 +326,13 @@ impl Hub {
         for sub in ch.subscribers.values() {
             match sub.offer(&entry) {
                 Pushed::Queued => queued += 1,
+                Pushed::Replaced => {
+                    queued += 1;
+                    self.metrics.conflated.inc();
+                }
+                Pushed::Skipped => {
+                    self.metrics.gaps.inc();
+                }
                 Pushed::Overflow => {
                     self.metrics.slow_consumer_disconnects.inc();
                 }

@@ -37,6 +37,10 @@ pub struct Metrics {
     pub bytes_out: Counter<u64, AtomicU64>,
     /// Connections cut off because their outbox overflowed.
     pub slow_consumer_disconnects: Counter<u64, AtomicU64>,
+    /// Queued values replaced by newer ones (`latest`, `conflate`).
+    pub conflated: Counter<u64, AtomicU64>,
+    /// Backlogs dropped for a `gap` notice (`skip`).
+    pub gaps: Counter<u64, AtomicU64>,
     /// Error replies, by code.
     pub command_errors: Family<CodeLabel, Counter<u64, AtomicU64>>,
     /// Connections refused by a limit, by limit (`ip`, `node`, `user`, `rate`).
@@ -74,6 +78,8 @@ impl Metrics {
             messages_out: Counter::default(),
             bytes_out: Counter::default(),
             slow_consumer_disconnects: Counter::default(),
+            conflated: Counter::default(),
+            gaps: Counter::default(),
             command_errors: Family::default(),
             limit_rejections: Family::default(),
             channel_resets: Counter::default(),
@@ -114,6 +120,16 @@ impl Metrics {
             "slow_consumer_disconnects",
             "Connections cut off for a full outbox",
             m.slow_consumer_disconnects.clone(),
+        );
+        registry.register(
+            "conflated",
+            "Queued values replaced by newer ones of their channel and key (latest, conflate)",
+            m.conflated.clone(),
+        );
+        registry.register(
+            "gaps",
+            "Backlogs of slow connections dropped for a gap notice (skip)",
+            m.gaps.clone(),
         );
         registry.register(
             "command_errors",

@@ -33,6 +33,11 @@ pub struct Close {
 pub enum Pushed {
     /// Queued.
     Queued,
+    /// Queued in place of an older value of its channel and key.
+    Replaced,
+    /// The outbox was full: the channel's backlog was dropped for a `gap`
+    /// notice (`slow_consumer = "skip"`).
+    Skipped,
     /// The outbox was full: the connection is now closing as a slow consumer.
     Overflow,
     /// The connection is already closing; dropped.
@@ -349,8 +354,11 @@ impl Outbox {
             return Pushed::Closed;
         }
         // `latest`: the newest value waits instead of the queued one.
-        if entry.publication.as_ref().map(|p| p.mode) == Some(Mode::Latest) {
-            inner.remove_replaced(&entry);
+        let mut pushed = Pushed::Queued;
+        if entry.publication.as_ref().map(|p| p.mode) == Some(Mode::Latest)
+            && inner.remove_replaced(&entry)
+        {
+            pushed = Pushed::Replaced;
         }
         let len = entry.bytes.len();
         // An oversized reply into an empty queue is not charged against the
@@ -358,8 +366,8 @@ impl Outbox {
         let oversized_reply = reply && inner.is_empty() && len > self.max_bytes;
         if !oversized_reply && inner.bytes + len > self.max_bytes {
             match self.make_room(&mut inner, &entry) {
-                Room::Made => {}
-                Room::Taken => return Pushed::Queued,
+                Room::Made => pushed = Pushed::Replaced,
+                Room::Taken => return Pushed::Skipped,
                 Room::None => {
                     inner.clear();
                     inner.close = Some(Close {
@@ -386,7 +394,7 @@ impl Outbox {
         if wake {
             self.notify.notify_one();
         }
-        Pushed::Queued
+        pushed
     }
 
     /// A full outbox and `entry` to queue: what its channel's mode allows
@@ -573,7 +581,7 @@ mod tests {
                         // Eight bytes each: the bound holds three.
                         let bytes = Bytes::from(format!("{offset:08}"));
                         let pushed = o.push_entry(Entry::publication(bytes, Lane::Normal, Arc::new(meta)));
-                        prop_assert_eq!(pushed, Pushed::Queued);
+                        prop_assert!(matches!(pushed, Pushed::Queued | Pushed::Replaced), "{:?}", pushed);
                     }
                     Op::Read => read(&o, &mut seen),
                 }
@@ -716,7 +724,7 @@ mod tests {
                 "v3",
                 Lane::Normal
             )),
-            Pushed::Queued
+            Pushed::Replaced
         );
         let mut batch = Vec::new();
         o.try_batch(&mut batch);
@@ -733,7 +741,7 @@ mod tests {
         )); // 70
         assert_eq!(
             o.push_entry(publication("c", 4, None, Mode::Skip, big, Lane::Normal)),
-            Pushed::Queued
+            Pushed::Skipped
         );
         let mut batch = Vec::new();
         assert!(o.try_batch(&mut batch).is_none());

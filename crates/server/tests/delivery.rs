@@ -38,7 +38,8 @@ fn delivery_config() -> Config {
         .insert("ticker".into(), ns(&|n| n.delivery = Delivery::Latest));
     c.namespaces
         .insert("feed".into(), ns(&|n| n.slow_consumer = SlowConsumer::Skip));
-    c.namespaces.insert("timed".into(), ns(&|n| n.push_time = true));
+    c.namespaces
+        .insert("timed".into(), ns(&|n| n.push_time = true));
     c.namespaces
         .insert("board".into(), ns(&|n| n.default_priority = Priority::Low));
     c
@@ -72,7 +73,10 @@ async fn live_pushes_carry_time_and_key_where_asked() {
         let m = raw.next_non_ping().await.expect("a publication");
         assert_eq!(m["key"], "k", "{m}");
         if channel == "timed:x" {
-            assert!(m["time"].as_u64().is_some_and(|t| t > 1_700_000_000_000), "{m}");
+            assert!(
+                m["time"].as_u64().is_some_and(|t| t > 1_700_000_000_000),
+                "{m}"
+            );
         } else {
             assert!(m.get("time").is_none(), "only with push_time: {m}");
         }
@@ -113,9 +117,17 @@ async fn a_stalled_latest_subscriber_gets_the_newest_per_key_and_stays() {
         }
     }
     assert_eq!(last_per_key, newest, "each key ends with its newest");
-    assert!(got.len() < 2000, "values were skipped: {} of 2000", got.len());
+    assert!(
+        got.len() < 2000,
+        "values were skipped: {} of 2000",
+        got.len()
+    );
     // And it is still subscribed.
-    let r = publish(&server, json!({"channel": "ticker:t", "data": "after", "key": "k0"})).await;
+    let r = publish(
+        &server,
+        json!({"channel": "ticker:t", "data": "after", "key": "k0"}),
+    )
+    .await;
     let m = raw.next_non_ping().await.unwrap();
     assert_eq!(m["offset"], r["offset"]);
 }
@@ -129,7 +141,11 @@ async fn skip_sends_a_gap_and_recovery_gives_every_offset_once() {
     let blob = "s".repeat(8000);
     let mut epoch = String::new();
     for i in 0..2000u64 {
-        let r = publish(&server, json!({"channel": "feed:f", "data": {"i": i, "b": blob}})).await;
+        let r = publish(
+            &server,
+            json!({"channel": "feed:f", "data": {"i": i, "b": blob}}),
+        )
+        .await;
         epoch = r["epoch"].as_str().unwrap().to_string();
     }
     // Read what came: publications in order, then a gap notice.
@@ -169,7 +185,11 @@ async fn skip_sends_a_gap_and_recovery_gives_every_offset_once() {
     for p in r["ok"]["publications"].as_array().unwrap() {
         delivered.push(p["offset"].as_u64().unwrap());
     }
-    assert_eq!(delivered, (1..=2000).collect::<Vec<_>>(), "every offset once, in order");
+    assert_eq!(
+        delivered,
+        (1..=2000).collect::<Vec<_>>(),
+        "every offset once, in order"
+    );
 }
 
 #[tokio::test]
@@ -186,7 +206,11 @@ async fn a_critical_publication_overtakes_a_low_backlog() {
     // behind a reader that does not read; then one critical score.
     let blob = "l".repeat(8000);
     for i in 0..1000u64 {
-        publish(&server, json!({"channel": "board:stats", "data": {"i": i, "b": blob}})).await;
+        publish(
+            &server,
+            json!({"channel": "board:stats", "data": {"i": i, "b": blob}}),
+        )
+        .await;
     }
     publish(
         &server,
@@ -203,7 +227,11 @@ async fn a_critical_publication_overtakes_a_low_backlog() {
         .filter(|m| m["channel"] == "board:stats")
         .map(|m| m["offset"].as_u64().unwrap())
         .collect();
-    assert_eq!(stats, (1..=1000).collect::<Vec<_>>(), "statistics all come, in order");
+    assert_eq!(
+        stats,
+        (1..=1000).collect::<Vec<_>>(),
+        "statistics all come, in order"
+    );
     let after = got.len() - 1 - score;
     assert!(
         after > 0,

@@ -1,0 +1,123 @@
+// Delivery policies through the SDK, on every transport: a subscriber that
+// stalls (its event loop blocked while a backlog builds) in a `skip`
+// namespace ends with every publication exactly once, in order (the gap
+// notice answered by recovery); in a `latest` namespace it ends with the
+// newest value of every key, never an older one after a newer one.
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import { after, before, test } from 'node:test';
+import { API_KEY, startTidings, until } from './harness.mjs';
+import { client, next } from './sdk_helpers.mjs';
+
+const CONFIG = `listen = "127.0.0.1:0"
+cors_origins = ["*"]
+[auth]
+token_secret = "delivery-test-secret"
+api_keys = ["${API_KEY}"]
+[client]
+outbox_bytes = 262144
+recovery_max = 10000
+recovery_max_bytes = 67108864
+ping_interval = "600s"
+pong_timeout = "600s"
+[namespaces.feed]
+anonymous = true
+history_size = 10000
+history_max_bytes = 67108864
+max_message_size = 16384
+slow_consumer = "skip"
+[namespaces.ticker]
+anonymous = true
+history_size = 10000
+history_max_bytes = 67108864
+max_message_size = 16384
+delivery = "latest"
+`;
+
+let server;
+before(async () => { server = await startTidings(CONFIG); });
+after(() => server?.stop());
+
+const COUNT = 1500;
+
+/** A counter of the server's /metrics. */
+async function metric(name) {
+  const text = await (await fetch(`http://${server.addr}/metrics`)).text();
+  const line = text.split('\n').find((l) => l.startsWith(`${name} `));
+  return line ? Number(line.split(' ')[1]) : 0;
+}
+
+/**
+ * Publishes COUNT publications of 8 KB into `channel` from another process,
+ * while this one's event loop is blocked (spawnSync): the client reads
+ * nothing meanwhile, as a frozen tab would not. Keys cycle over five.
+ */
+function stalledBacklog(channel) {
+  const script = `
+    const blob = 'b'.repeat(8000);
+    for (let i = 0; i < ${COUNT}; i++) {
+      const res = await fetch('http://${server.addr}/v1/api/publish', {
+        method: 'POST',
+        headers: { authorization: 'Bearer ${API_KEY}', 'content-type': 'application/json' },
+        body: JSON.stringify({ channel: '${channel}', data: { i, blob }, key: 'k' + (i % 5) }),
+      });
+      if (!res.ok) { console.error(await res.text()); process.exit(1); }
+    }`;
+  const r = spawnSync(process.execPath, ['--input-type=module', '-e', script], { stdio: 'inherit', timeout: 120_000 });
+  assert.equal(r.status, 0, 'the publisher ran');
+}
+
+for (const transport of ['websocket', 'sse', 'poll']) {
+  test(`${transport}: skip — a stalled subscriber ends with every offset once`, { timeout: 120_000 }, async (t) => {
+    const ch = `feed:${transport}-${Date.now()}`;
+    const c = client(t, server.addr, { transports: [transport] });
+    const sub = c.subscribe(ch);
+    const offsets = [];
+    sub.on('publication', (p) => offsets.push(p.offset));
+    const resets = [];
+    sub.on('reset', (r) => resets.push(r));
+    const subscribed = next(sub, 'subscribed');
+    c.connect();
+    await subscribed;
+    const gaps = await metric('tidings_gaps_total');
+    stalledBacklog(ch);
+    await until(() => offsets.length >= COUNT, 60_000, `all ${COUNT} publications`);
+    assert.deepEqual(offsets, Array.from({ length: COUNT }, (_, i) => i + 1), 'every offset once, in order');
+    assert.deepEqual(resets, [], 'nothing unrecoverable');
+    // A stream held open fell behind and was skipped; a long-poll holds
+    // nothing between requests, so it only ever recovers.
+    if (transport !== 'poll') assert.ok(await metric('tidings_gaps_total') > gaps, 'a gap notice was sent');
+  });
+}
+
+for (const transport of ['websocket', 'sse']) {
+  test(`${transport}: latest — a stalled subscriber ends with the newest per key`, { timeout: 120_000 }, async (t) => {
+    const ch = `ticker:${transport}-${Date.now()}`;
+    const c = client(t, server.addr, { transports: [transport] });
+    const sub = c.subscribe(ch);
+    const last = new Map();
+    let received = 0;
+    let subscribedTimes = 0;
+    sub.on('subscribed', () => { subscribedTimes += 1; });
+    sub.on('publication', (p) => {
+      received += 1;
+      const prev = last.get(p.key);
+      assert.ok(prev === undefined || p.offset > prev, `never older after newer (${p.key})`);
+      last.set(p.key, p.offset);
+    });
+    const subscribed = next(sub, 'subscribed');
+    c.connect();
+    await subscribed;
+    const conflated = await metric('tidings_conflated_total');
+    stalledBacklog(ch);
+    // The newest of each key: offsets COUNT-4..COUNT.
+    const newest = new Map(Array.from({ length: 5 }, (_, j) => {
+      const offset = COUNT - 4 + j;
+      return [`k${(offset - 1) % 5}`, offset];
+    }));
+    await until(() => [...newest].every(([k, o]) => last.get(k) === o), 60_000, 'the newest of every key');
+    assert.ok(received < COUNT, `values were skipped (${received} of ${COUNT})`);
+    assert.equal(subscribedTimes, 1, 'offset jumps did not make it resubscribe');
+    assert.ok(await metric('tidings_conflated_total') > conflated, 'queued values were replaced');
+  });
+}
