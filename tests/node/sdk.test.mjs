@@ -195,7 +195,7 @@ describe('WebSocket', () => {
     const ch = fresh();
     const proxy = await startSwitchProxy(server.addr);
     t.after(() => proxy.close());
-    const c = client(t, proxy.addr);
+    const c = client(t, proxy.addr, { transports: ['websocket'] }); // asserts the WebSocket reply: no fallback
     const sub = c.subscribe(ch);
     const got = collect(sub);
     const ready = next(sub, 'subscribed');
@@ -222,7 +222,7 @@ describe('WebSocket', () => {
     const ch = fresh('small'); // history_size = 3
     const proxy = await startSwitchProxy(server.addr);
     t.after(() => proxy.close());
-    const c = client(t, proxy.addr);
+    const c = client(t, proxy.addr, { transports: ['websocket'] }); // asserts the WebSocket reply: no fallback
     const sub = c.subscribe(ch);
     const got = collect(sub);
     const ready = next(sub, 'subscribed');

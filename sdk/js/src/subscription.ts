@@ -60,10 +60,10 @@ export interface SubscriptionEvents {
   state: SubscriptionState;
 }
 
-/** Options of {@link Subscription.publish}. */
 /** How urgently a publication reaches subscribers with a backlog. */
 export type Priority = 'critical' | 'high' | 'normal' | 'low';
 
+/** Options of {@link Subscription.publish}. */
 export interface PublishOptions {
   /** The idempotency key; a random one is made when absent. */
   idempotencyKey?: string;
