@@ -2,7 +2,9 @@
 // stalls (its event loop blocked while a backlog builds) in a `skip`
 // namespace ends with every publication exactly once, in order (the gap
 // notice answered by recovery); in a `latest` namespace it ends with the
-// newest value of every key, never an older one after a newer one.
+// newest value of every key, never an older one after a newer one; a
+// throttled one (`max_rate`) gets at most one value per interval per key
+// and always the last; a batched one (`batch_delay`) every publication.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { after, before, test } from 'node:test';
@@ -32,6 +34,14 @@ history_size = 10000
 history_max_bytes = 67108864
 max_message_size = 16384
 delivery = "latest"
+[namespaces.rated]
+anonymous = true
+history_size = 1000
+max_rate = 5.0
+[namespaces.batched]
+anonymous = true
+history_size = 1000
+batch_delay = "20ms"
 `;
 
 let server;
@@ -119,5 +129,61 @@ for (const transport of ['websocket', 'sse']) {
     assert.ok(received < COUNT, `values were skipped (${received} of ${COUNT})`);
     assert.equal(subscribedTimes, 1, 'offset jumps did not make it resubscribe');
     assert.ok(await metric('tidings_conflated_total') > conflated, 'queued values were replaced');
+  });
+}
+
+/** Publishes `n` publications into `channel`, `gapMs` apart, keys cycling over `keys`. */
+async function paced(channel, n, gapMs, keys) {
+  for (let i = 0; i < n; i++) {
+    const res = await fetch(`http://${server.addr}/v1/api/publish`, {
+      method: 'POST',
+      headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ channel, data: { i }, key: `k${i % keys}` }),
+    });
+    assert.equal(res.status, 200, await res.text());
+    await new Promise((r) => setTimeout(r, gapMs));
+  }
+}
+
+for (const transport of ['websocket', 'sse', 'poll']) {
+  test(`${transport}: max_rate — at most one value per interval per key, and always the last`, { timeout: 60_000 }, async (t) => {
+    const ch = `rated:${transport}-${Date.now()}`;
+    const c = client(t, server.addr, { transports: [transport] });
+    const sub = c.subscribe(ch);
+    const got = [];
+    sub.on('publication', (p) => got.push({ key: p.key, offset: p.offset }));
+    const subscribed = next(sub, 'subscribed');
+    c.connect();
+    await subscribed;
+    const started = Date.now();
+    const N = 40;
+    await paced(ch, N, 20, 2);
+    // The newest of each key: offsets N-1 (k0) and N (k1).
+    await until(() => got.some((g) => g.offset === N - 1) && got.some((g) => g.offset === N), 10_000, 'the trailing values');
+    const elapsed = Date.now() - started;
+    for (let i = 1; i < got.length; i++) assert.ok(got[i].offset > got[i - 1].offset, 'offsets only grow');
+    for (const key of ['k0', 'k1']) {
+      const mine = got.filter((g) => g.key === key);
+      // 5 per second per key: one per 200 ms (plus the first at once).
+      assert.ok(mine.length <= Math.floor(elapsed / 200) + 1, `${key}: ${mine.length} values in ${elapsed} ms`);
+    }
+    assert.ok(got.length < N, `values were replaced (${got.length} of ${N})`);
+  });
+
+  test(`${transport}: batch_delay — every publication once, in order`, { timeout: 60_000 }, async (t) => {
+    const ch = `batched:${transport}-${Date.now()}`;
+    const c = client(t, server.addr, { transports: [transport] });
+    const sub = c.subscribe(ch);
+    const offsets = [];
+    sub.on('publication', (p) => offsets.push(p.offset));
+    const subscribed = next(sub, 'subscribed');
+    c.connect();
+    await subscribed;
+    await paced(ch, 60, 2, 1);
+    await until(() => offsets.length >= 60, 10_000, 'every publication');
+    assert.deepEqual(offsets, Array.from({ length: 60 }, (_, i) => i + 1));
+    // A client's own publish is answered at once: its reply is not held.
+    const ack = await sub.publish({ mine: true });
+    assert.equal(ack.offset, 61);
   });
 }

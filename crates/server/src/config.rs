@@ -160,6 +160,14 @@ pub struct NamespaceOptions {
     pub default_priority: tidings_protocol::Priority,
     /// Whether live `pub` pushes carry the server's `time` (ms).
     pub push_time: bool,
+    /// Deliveries per second one subscriber gets per channel and `key`
+    /// (0: no limit): a newer value replaces the waiting one and the last
+    /// is always delivered.
+    pub max_rate: f64,
+    /// How long a connection's pushes of this namespace may wait to be
+    /// written together with others (0: at once; replies never wait).
+    #[serde(with = "humantime_serde")]
+    pub batch_delay: Duration,
 }
 
 impl Default for NamespaceOptions {
@@ -187,6 +195,8 @@ impl Default for NamespaceOptions {
             slow_consumer: SlowConsumer::Disconnect,
             default_priority: tidings_protocol::Priority::Normal,
             push_time: false,
+            max_rate: 0.0,
+            batch_delay: Duration::ZERO,
         }
     }
 }
@@ -712,6 +722,14 @@ impl Config {
                 bad.push(format!(
                     "`{key}.history_ttl`: must be greater than 0 when history_size > 0"
                 ));
+            }
+            if !ns.max_rate.is_finite() || ns.max_rate < 0.0 || ns.max_rate > 1000.0 {
+                bad.push(format!(
+                    "`{key}.max_rate`: deliveries per second, from 0 (no limit) to 1000"
+                ));
+            }
+            if ns.batch_delay > Duration::from_secs(1) {
+                bad.push(format!("`{key}.batch_delay`: at most 1s"));
             }
             if ns.history_size > 1_000_000 {
                 bad.push(format!("`{key}.history_size`: at most 1000000"));

@@ -4,6 +4,7 @@
 //! subscriber gets (encoded once); the outbox then applies its mode.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tidings_protocol::{Priority, PubStyle, Publication, encode_pub};
 
@@ -19,6 +20,11 @@ pub struct ChannelDelivery {
     pub lane: Lane,
     /// Whether pushes carry `time`.
     pub push_time: bool,
+    /// Throttled (`max_rate`): the least time between two deliveries of a
+    /// channel and key to one subscriber.
+    pub interval: Option<Duration>,
+    /// How long pushes may wait to be written with others (`batch_delay`).
+    pub hold: Duration,
 }
 
 /// The lane of a priority.
@@ -44,15 +50,39 @@ impl ChannelDelivery {
             mode,
             lane: lane_of(ns.default_priority),
             push_time: ns.push_time,
+            interval: (ns.max_rate > 0.0).then(|| Duration::from_secs_f64(1.0 / ns.max_rate)),
+            hold: ns.batch_delay,
         }
+    }
+
+    /// Whether a subscriber may get only some values (the newest per
+    /// channel and key) without a notice: pushes then say `latest`.
+    pub fn skips_values(&self) -> bool {
+        matches!(self.mode, Mode::Latest | Mode::Conflate) || self.interval.is_some()
+    }
+
+    /// What a subscriber that is behind gets of `missed` (in offset
+    /// order): all of it, or where values may be skipped, the newest per
+    /// key, still in order.
+    pub fn catch_up(&self, missed: Vec<Publication>) -> Vec<Publication> {
+        if !self.skips_values() {
+            return missed;
+        }
+        let mut seen = std::collections::HashSet::new();
+        let mut newest: Vec<Publication> = missed
+            .into_iter()
+            .rev()
+            .filter(|p| seen.insert(p.key.clone()))
+            .collect();
+        newest.reverse();
+        newest
     }
 
     /// The entry every local subscriber of `channel` gets for `p`.
     pub fn entry(&self, channel: &Arc<str>, epoch: Option<&str>, p: &Publication) -> Entry {
         let style = PubStyle {
             time: self.push_time,
-            // Values may be skipped without a notice: pushes say so.
-            latest: matches!(self.mode, Mode::Latest | Mode::Conflate),
+            latest: self.skips_values(),
         };
         let bytes = encode_pub(channel, epoch, p, style);
         let meta = PubMeta {
@@ -61,6 +91,8 @@ impl ChannelDelivery {
             epoch: epoch.map(Arc::from),
             key: p.key.as_deref().map(Arc::from),
             mode: self.mode,
+            interval: self.interval,
+            hold: self.hold,
         };
         let lane = p.priority.map_or(self.lane, lane_of);
         Entry::publication(bytes, lane, Arc::new(meta))

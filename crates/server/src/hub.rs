@@ -156,6 +156,7 @@ mod tests {
                 epoch: None,
                 key: None,
                 mode: crate::outbox::Mode::Stream,
+                ..Default::default()
             };
             Entry::publication(msg(s), Lane::Normal, Arc::new(meta))
         };

@@ -20,6 +20,7 @@ pub mod node;
 pub mod outbox;
 pub mod server;
 pub mod session;
+mod throttle;
 pub mod transport;
 
 pub use config::Config;

@@ -10,14 +10,24 @@
 //!
 //! A channel's entries never overtake each other: an entry queued in a
 //! higher lane first lifts the same channel's waiting entries into it.
+//!
+//! Two policies act in time: a throttled publication (`max_rate`) waits in
+//! the connection's [`Throttle`] for its slot, and a publication of a
+//! namespace with `batch_delay` may wait that long for others to be written
+//! with it. Replies and control pushes are never held: they take whatever
+//! is queued with them at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
 use tidings_protocol::{Disconnect, DisconnectCode, Push, encode_push};
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::throttle::Throttle;
 
 /// How the connection ends.
 #[derive(Debug, Clone)]
@@ -80,7 +90,7 @@ pub enum Mode {
 }
 
 /// What a publication entry is: shared by every subscriber's copy.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct PubMeta {
     /// The channel.
     pub channel: Arc<str>,
@@ -92,6 +102,11 @@ pub struct PubMeta {
     pub key: Option<Arc<str>>,
     /// Its delivery mode.
     pub mode: Mode,
+    /// Throttled (`max_rate`): the least time between two deliveries of
+    /// its channel and key to one subscriber.
+    pub interval: Option<Duration>,
+    /// How long it may wait to be written with others (`batch_delay`).
+    pub hold: Duration,
 }
 
 /// One queued message.
@@ -139,6 +154,11 @@ impl Entry {
         }
     }
 
+    /// How long it may wait to be written with others (0: at once).
+    fn hold(&self) -> Duration {
+        self.publication.as_ref().map_or(Duration::ZERO, |p| p.hold)
+    }
+
     /// The (channel, key) this entry replaces and is replaced by, when its
     /// mode conflates.
     fn conflation(&self) -> Option<(Arc<str>, Option<Arc<str>>)> {
@@ -149,10 +169,19 @@ impl Entry {
 
 struct Inner {
     lanes: [VecDeque<Entry>; LANES],
+    /// Bytes queued and held by the throttle.
     bytes: usize,
     close: Option<Close>,
     /// Queued entries per channel and lane (to keep a channel's order).
     channels: HashMap<Arc<str>, [u32; LANES]>,
+    /// Throttled publications waiting for their slot.
+    throttle: Throttle,
+    /// Something queued must be written at once.
+    urgent: bool,
+    /// Otherwise, when the queue must be written (`batch_delay`) ...
+    hold_until: Option<Instant>,
+    /// ... set by the shortest delay queued.
+    hold_min: Duration,
 }
 
 impl Inner {
@@ -179,6 +208,54 @@ impl Inner {
         self.bytes += e.bytes.len();
         self.count(&e, true);
         self.lanes[e.lane as usize].push_back(e);
+    }
+
+    /// Queues `e` after its channel's waiting entries and notes when it
+    /// must be written; whether the writer must wake to see it.
+    fn enqueue(&mut self, e: Entry, now: &mut Option<Instant>) -> bool {
+        let mut wake = self.is_empty();
+        let hold = e.hold();
+        if hold.is_zero() {
+            wake |= !self.urgent;
+            self.urgent = true;
+        } else if self.hold_until.is_none() || hold < self.hold_min {
+            // Only a shorter delay can make the queue due sooner.
+            let at = *now.get_or_insert_with(Instant::now) + hold;
+            wake |= self.hold_until.is_some_and(|h| at < h);
+            self.hold_until = Some(self.hold_until.map_or(at, |h| h.min(at)));
+            self.hold_min = hold;
+        }
+        if let Some(channel) = &e.channel {
+            self.lift(channel, e.lane);
+        }
+        self.append(e);
+        wake
+    }
+
+    /// Whether the queue is to be written now.
+    fn ready(&self, now: Instant) -> bool {
+        !self.is_empty() && (self.urgent || self.hold_until.is_none_or(|h| h <= now))
+    }
+
+    /// When the writer must look again though nothing is pushed: the end of
+    /// a batch delay or a throttled value's slot.
+    fn wake_at(&self) -> Option<Instant> {
+        let hold = self.hold_until.filter(|_| !self.is_empty());
+        match (hold, self.throttle.due()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Queues the throttled values whose slot has come.
+    fn release(&mut self, now: Instant) {
+        let mut out = Vec::new();
+        self.throttle.release(now, &mut out);
+        let mut now = Some(now);
+        for e in out {
+            self.bytes -= e.bytes.len();
+            self.enqueue(e, &mut now);
+        }
     }
 
     /// Moves `channel`'s entries waiting in lanes below `lane` into it, in
@@ -281,14 +358,14 @@ impl Inner {
             batch.extend(queue.drain(..));
         }
         self.channels.clear();
-        self.bytes = 0;
+        self.bytes = self.throttle.bytes();
+        self.urgent = false;
+        self.hold_until = None;
     }
 
     fn clear(&mut self) {
-        for queue in self.lanes.iter_mut() {
-            queue.clear();
-        }
-        self.channels.clear();
+        self.drain_into(&mut Vec::new());
+        self.throttle.clear();
         self.bytes = 0;
     }
 }
@@ -322,6 +399,10 @@ impl Outbox {
                 bytes: 0,
                 close: None,
                 channels: HashMap::new(),
+                throttle: Throttle::default(),
+                urgent: false,
+                hold_until: None,
+                hold_min: Duration::ZERO,
             }),
             notify: Notify::new(),
             closing: Notify::new(),
@@ -353,11 +434,20 @@ impl Outbox {
         if inner.close.is_some() {
             return Pushed::Closed;
         }
-        // `latest`: the newest value waits instead of the queued one.
+        let throttled = entry
+            .publication
+            .as_ref()
+            .is_some_and(|p| p.interval.is_some());
+        // `latest`: the newest value waits instead of the queued one; and a
+        // throttled one instead of the held one.
         let mut pushed = Pushed::Queued;
         if entry.publication.as_ref().map(|p| p.mode) == Some(Mode::Latest)
             && inner.remove_replaced(&entry)
         {
+            pushed = Pushed::Replaced;
+        }
+        if throttled && let Some(len) = inner.throttle.take_replaced(&entry) {
+            inner.bytes -= len;
             pushed = Pushed::Replaced;
         }
         let len = entry.bytes.len();
@@ -381,15 +471,26 @@ impl Outbox {
                 }
             }
         }
-        let wake = inner.is_empty();
-        if let Some(channel) = &entry.channel {
-            inner.lift(channel, entry.lane);
-        }
-        if oversized_reply {
+        let mut now = None;
+        let wake = if oversized_reply {
+            inner.urgent = true;
             inner.lanes[Lane::Control as usize].push_back(entry);
+            true
+        } else if throttled {
+            let due = inner.throttle.due();
+            let mut out = Vec::new();
+            let at = *now.get_or_insert_with(Instant::now);
+            inner.bytes += entry.bytes.len();
+            inner.throttle.hold(entry, at, &mut out);
+            let mut wake = inner.throttle.due() != due;
+            for e in out {
+                inner.bytes -= e.bytes.len();
+                wake |= inner.enqueue(e, &mut now);
+            }
+            wake
         } else {
-            inner.append(entry);
-        }
+            inner.enqueue(entry, &mut now)
+        };
         drop(inner);
         if wake {
             self.notify.notify_one();
@@ -437,9 +538,7 @@ impl Outbox {
                 if inner.bytes + gap.bytes.len() > self.max_bytes {
                     return Room::None;
                 }
-                let wake = inner.is_empty();
-                inner.append(gap);
-                if wake {
+                if inner.enqueue(gap, &mut None) {
                     self.notify.notify_one();
                 }
                 Room::Taken
@@ -484,19 +583,36 @@ impl Outbox {
     pub async fn next_batch(&self, batch: &mut Vec<Entry>) -> Option<Close> {
         loop {
             let notified = self.notify.notified();
-            {
+            let wake_at = {
                 let mut inner = self.inner.lock();
                 let close = inner.close.clone();
                 if close.as_ref().is_some_and(|c| !c.flush) {
                     inner.clear();
                     return close;
                 }
-                if !inner.is_empty() || close.is_some() {
+                let now = inner.wake_at().map(|_| Instant::now());
+                if let Some(now) = now {
+                    inner.release(now);
+                }
+                let ready = match now {
+                    Some(now) => inner.ready(now),
+                    None => inner.urgent && !inner.is_empty(),
+                };
+                if ready || close.is_some() {
                     inner.drain_into(batch);
                     return close;
                 }
+                inner.wake_at()
+            };
+            match wake_at {
+                Some(at) => {
+                    tokio::select! {
+                        _ = notified => {}
+                        _ = tokio::time::sleep_until(at) => {}
+                    }
+                }
+                None => notified.await,
             }
-            notified.await;
         }
     }
 }
@@ -528,6 +644,7 @@ mod tests {
             epoch: Some("e".into()),
             key: key.map(Into::into),
             mode,
+            ..Default::default()
         };
         Entry::publication(bytes(text), lane, Arc::new(meta))
     }
@@ -577,6 +694,7 @@ mod tests {
                             epoch: None,
                             key: Some(keys[k].into()),
                             mode,
+                            ..Default::default()
                         };
                         // Eight bytes each: the bound holds three.
                         let bytes = Bytes::from(format!("{offset:08}"));
@@ -759,6 +877,158 @@ mod tests {
         assert_eq!(
             o.push_entry(publication("s", 3, None, Mode::Stream, "x3", Lane::Normal)),
             Pushed::Overflow
+        );
+    }
+
+    fn timed(channel: &str, offset: u64, key: &str, interval: u64, hold: u64) -> Entry {
+        let meta = PubMeta {
+            channel: channel.into(),
+            offset: Some(offset),
+            epoch: Some("e".into()),
+            key: Some(key.into()),
+            interval: (interval > 0).then(|| Duration::from_millis(interval)),
+            hold: Duration::from_millis(hold),
+            ..Default::default()
+        };
+        Entry::publication(
+            Bytes::from(format!("{key}{offset}")),
+            Lane::Normal,
+            Arc::new(meta),
+        )
+    }
+
+    /// A writer that records when each entry leaves the outbox (paused time).
+    fn record(o: Arc<Outbox>) -> tokio::task::JoinHandle<Vec<(Instant, Entry)>> {
+        tokio::spawn(async move {
+            let mut out = Vec::new();
+            let mut batch = Vec::new();
+            while o.next_batch(&mut batch).await.is_none() {
+                let now = Instant::now();
+                out.extend(batch.drain(..).map(|e| (now, e)));
+            }
+            out
+        })
+    }
+
+    proptest! {
+        /// Throttling and batching against a model: for any timing of
+        /// publications of three keys (one channel, at most 10 per second
+        /// per key), each key's deliveries are at least the interval apart
+        /// (less the batch delay),
+        /// the channel's offsets only grow, each key ends with its newest
+        /// value, and no value waits longer than the interval plus the
+        /// batch delay after it was published.
+        #[test]
+        fn throttled_values_keep_the_rate_order_and_trailing_edge(
+            hold in prop_oneof![Just(0u64), Just(10u64)],
+            ops in proptest::collection::vec((0u64..150, 0usize..3), 1..60),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_time()
+                .start_paused(true)
+                .build()
+                .expect("a runtime");
+            let (sent, got) = rt.block_on(async {
+                let o = Arc::new(Outbox::new(1 << 20));
+                let writer = record(o.clone());
+                let mut sent = Vec::new();
+                for (i, (gap, k)) in ops.iter().enumerate() {
+                    tokio::time::sleep(Duration::from_millis(*gap)).await;
+                    let offset = i as u64 + 1;
+                    sent.push((Instant::now(), *k, offset));
+                    o.push_entry(timed("t", offset, ["a", "b", "c"][*k], 100, hold));
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                o.close(Disconnect::new(DisconnectCode::SHUTDOWN, None), false);
+                (sent, writer.await.expect("the writer"))
+            });
+            let interval = Duration::from_millis(100);
+            let got: Vec<(Instant, usize, u64)> = got
+                .into_iter()
+                .map(|(t, e)| {
+                    let p = e.publication.expect("publications only");
+                    let k = ["a", "b", "c"].iter().position(|k| Some(*k) == p.key.as_deref()).expect("a key");
+                    (t, k, p.offset.expect("an offset"))
+                })
+                .collect();
+            for w in got.windows(2) {
+                prop_assert!(w[0].2 < w[1].2, "offsets only grow: {:?}", got);
+            }
+            for k in 0..3 {
+                let mine: Vec<_> = got.iter().filter(|g| g.1 == k).collect();
+                // Slots are counted when values are queued; a batch is
+                // written when its first entry is due, so a write may come
+                // up to the batch delay early.
+                for w in mine.windows(2) {
+                    prop_assert!(w[1].0 - w[0].0 + Duration::from_millis(hold) >= interval, "key {} twice within the interval: {:?}", k, mine);
+                }
+                let newest = sent.iter().rev().find(|s| s.1 == k).map(|s| s.2);
+                prop_assert_eq!(mine.last().map(|g| g.2), newest, "key {} ends with its newest", k);
+            }
+            for (t, _, offset) in &got {
+                let (at, _, _) = sent.iter().find(|s| s.2 == *offset).expect("sent");
+                prop_assert!(*t - *at <= interval + Duration::from_millis(hold), "offset {} waited {:?}", offset, *t - *at);
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_delivers_the_trailing_value_once_per_interval() {
+        let o = Arc::new(Outbox::new(1 << 20));
+        let writer = record(o.clone());
+        let start = Instant::now();
+        for offset in 1..=5 {
+            o.push_entry(timed("t", offset, "k", 100, 0));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        o.close(Disconnect::new(DisconnectCode::SHUTDOWN, None), false);
+        let got: Vec<(Duration, Bytes)> = writer
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(t, e)| (t - start, e.bytes))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (Duration::ZERO, Bytes::from("k1")),
+                (Duration::from_millis(100), Bytes::from("k5"))
+            ]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batch_delay_holds_publications_but_never_replies() {
+        let o = Arc::new(Outbox::new(1 << 20));
+        let writer = record(o.clone());
+        let start = Instant::now();
+        o.push_entry(timed("t", 1, "a", 0, 10));
+        tokio::time::sleep(Duration::from_millis(4)).await;
+        o.push_entry(timed("t", 2, "b", 0, 10));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        o.push_entry(timed("t", 3, "c", 0, 10));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        o.push(bytes("reply"));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        o.close(Disconnect::new(DisconnectCode::SHUTDOWN, None), false);
+        let got: Vec<(Duration, Bytes)> = writer
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(t, e)| (t - start, e.bytes))
+            .collect();
+        let ms = Duration::from_millis;
+        assert_eq!(
+            got,
+            [
+                // Written together when the first has waited its 10 ms.
+                (ms(10), Bytes::from("a1")),
+                (ms(10), Bytes::from("b2")),
+                // A reply takes the held one with it at once.
+                (ms(26), Bytes::from("reply")),
+                (ms(26), Bytes::from("c3")),
+            ]
         );
     }
 }

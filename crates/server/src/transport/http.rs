@@ -10,11 +10,12 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use tidings_protocol::reply::SubscribeOk;
-use tidings_protocol::{ErrorBody, ErrorCode, PubStyle, ServerMessage, encode_pub, position};
+use tidings_protocol::{ErrorBody, ErrorCode, ServerMessage, position};
 
 use crate::api::ApiError;
+use crate::delivery::ChannelDelivery;
 use crate::node::{Mailbox, Node};
-use crate::outbox::{Entry, Lane, Mode, Outbox, PubMeta};
+use crate::outbox::{Entry, Outbox};
 use crate::session::Session;
 
 /// Whether the request's browser origin (if any) may open a connection.
@@ -88,7 +89,7 @@ struct ChannelPos {
 
 /// An opening message, decoded.
 enum Opening {
-    Reply(String, SubscribeOk),
+    Reply(String, SubscribeOk, ChannelDelivery),
     Push(Entry),
 }
 
@@ -248,7 +249,11 @@ impl OpenStream {
                         bad(ErrorCode::Internal, format!("bad subscribe reply: {e}"))
                     })?;
                     stream.positions.push(ChannelPos::start(channel, &ok));
-                    decoded.push(Opening::Reply(channel.clone(), ok));
+                    let delivery = node
+                        .resolve(channel)
+                        .map(|(_, ns)| ChannelDelivery::of(&ns))
+                        .unwrap_or_default();
+                    decoded.push(Opening::Reply(channel.clone(), ok, delivery));
                 }
                 Ok(ServerMessage::Push(_)) => decoded.push(Opening::Push(message)),
                 Err(_) => {}
@@ -269,34 +274,32 @@ impl OpenStream {
         let mut events = Vec::new();
         for item in decoded {
             match item {
-                Opening::Reply(channel, ok) => stream.on_subscribed(channel, ok, &mut events),
+                Opening::Reply(channel, ok, delivery) => {
+                    stream.on_subscribed(channel, ok, delivery, &mut events)
+                }
                 Opening::Push(message) => events.extend(stream.on_push(message)),
             }
         }
         Ok((stream, opening, events))
     }
 
-    fn on_subscribed(&mut self, channel: String, ok: SubscribeOk, events: &mut Vec<StreamEvent>) {
+    fn on_subscribed(
+        &mut self,
+        channel: String,
+        ok: SubscribeOk,
+        delivery: ChannelDelivery,
+        events: &mut Vec<StreamEvent>,
+    ) {
         let (Some(offset), Some(epoch)) = (ok.offset, ok.epoch) else {
             return;
         };
         match ok.recovered {
             Some(true) => {
-                let (name, epoch): (Arc<str>, Arc<str>) = (channel.into(), epoch.into());
-                for p in ok.publications.unwrap_or_default() {
-                    let meta = PubMeta {
-                        channel: name.clone(),
-                        offset: p.offset,
-                        epoch: Some(epoch.clone()),
-                        key: None,
-                        mode: Mode::Stream,
-                    };
-                    let bytes = encode_pub(&name, Some(&epoch), &p, PubStyle::default());
-                    events.extend(self.on_push(Entry::publication(
-                        bytes,
-                        Lane::Normal,
-                        Arc::new(meta),
-                    )));
+                // Pushed as live ones are; where values may be skipped, the
+                // newest per key only.
+                let name: Arc<str> = channel.into();
+                for p in delivery.catch_up(ok.publications.unwrap_or_default()) {
+                    events.extend(self.on_push(delivery.entry(&name, Some(&epoch), &p)));
                 }
             }
             Some(false) => {

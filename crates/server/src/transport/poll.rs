@@ -2,6 +2,11 @@
 //! once when anything is pending after `since`, else holds the request (a
 //! parked future: no thread, no busy loop) until something arrives or the
 //! timeout passes. Stateless: each answer carries the next position.
+//!
+//! Being stateless, a poller has no outbox to throttle between requests:
+//! in a throttled namespace (`max_rate`) a continuing poll (with `since`)
+//! starts one interval after it arrives, and gets the newest value per key
+//! of what it missed, as a connected subscriber would.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,6 +21,7 @@ use tidings_protocol::{ErrorBody, ErrorCode};
 
 use super::http::{OpenStream, StreamEvent, StreamRequest};
 use crate::api::ApiError;
+use crate::delivery::ChannelDelivery;
 use crate::node::Node;
 
 /// Default and largest `timeout`, in seconds.
@@ -55,6 +61,17 @@ async fn poll(
                 ))
             })?,
     };
+    if req.since.is_some() {
+        let interval = req
+            .channels
+            .iter()
+            .filter_map(|c| node.resolve(c).ok())
+            .filter_map(|(_, ns)| ChannelDelivery::of(&ns).interval)
+            .max();
+        if let Some(interval) = interval {
+            tokio::time::sleep(interval.min(Duration::from_secs(timeout))).await;
+        }
+    }
     let (mut open, _, mut events) = OpenStream::open(node, &req, true).await?;
     if req.since.is_some() && events.is_empty() && timeout > 0 {
         // Anonymous clients are counted by address, not as one user.
