@@ -501,17 +501,20 @@ impl Outbox {
     /// A full outbox and `entry` to queue: what its channel's mode allows
     /// instead of disconnecting.
     fn make_room(&self, inner: &mut Inner, entry: &Entry) -> Room {
+        let len = entry.bytes.len();
+        // Whatever the new entry, queued values that a newer one of their
+        // channel and key replaces go first (conflating namespaces).
+        inner.keep_newest();
+        if inner.bytes + len <= self.max_bytes {
+            return Room::Made;
+        }
         let Some(p) = entry.publication.as_ref() else {
             return Room::None;
         };
         match p.mode {
             Mode::Stream | Mode::Latest => Room::None,
             Mode::Conflate => {
-                let len = entry.bytes.len();
                 inner.remove_replaced(entry);
-                if inner.bytes + len > self.max_bytes {
-                    inner.keep_newest();
-                }
                 if inner.bytes + len <= self.max_bytes {
                     Room::Made
                 } else {
@@ -869,6 +872,33 @@ mod tests {
             gap,
             serde_json::json!({"push": "gap", "channel": "c", "offset": 4, "epoch": "e"})
         );
+
+        // Any entry: conflating values with a newer one queued go first.
+        let o = Outbox::new(6);
+        o.push_entry(publication(
+            "t",
+            1,
+            Some("k"),
+            Mode::Conflate,
+            "v1",
+            Lane::Low,
+        ));
+        o.push_entry(publication(
+            "t",
+            2,
+            Some("k"),
+            Mode::Conflate,
+            "v2",
+            Lane::Low,
+        ));
+        o.push_entry(publication("s", 1, None, Mode::Stream, "x1", Lane::Normal));
+        assert_eq!(
+            o.push_entry(publication("s", 2, None, Mode::Stream, "x2", Lane::Normal)),
+            Pushed::Replaced
+        );
+        let mut batch = Vec::new();
+        o.try_batch(&mut batch);
+        assert_eq!(texts(&batch), [&b"x1"[..], b"x2", b"v2"]);
 
         // Stream: disconnect.
         let o = Outbox::new(4);
