@@ -41,6 +41,8 @@ pub struct Spec {
     pub since: Vec<Option<Position>>,
     /// Whether it publishes for the run (`via = "client"`).
     pub publishes: bool,
+    /// Whether it reads slowly (`subscribe.slow`).
+    pub slow: bool,
 }
 
 /// A client that is open and subscribed.
@@ -65,7 +67,11 @@ pub async fn open(
     let source = (!ctx.sources.is_empty())
         .then(|| ctx.sources[(spec.index / ctx.per_source).min(ctx.sources.len() - 1)]);
     let addr = spec.addr;
-    let tcp = ws::tcp(addr, source).await?;
+    let tcp = if spec.slow {
+        ws::tcp_small(addr, source).await?
+    } else {
+        ws::tcp(addr, source).await?
+    };
     let mut tracker = Tracker::new(&spec.channels);
     match s.transport {
         Transport::Ws => {
@@ -89,7 +95,11 @@ pub async fn open(
                 (None, None)
             };
             ctx.stats.open.fetch_add(1, Ordering::Relaxed);
-            let task = tokio::spawn(read_ws(ctx.clone(), conn, tracker, rx, stop));
+            let task = if spec.slow {
+                tokio::spawn(read_slowly(ctx.clone(), conn, stop))
+            } else {
+                tokio::spawn(read_ws(ctx.clone(), conn, tracker, rx, stop))
+            };
             Ok(Opened {
                 positions,
                 received,
@@ -199,6 +209,30 @@ async fn read_ws(
                     break;
                 }
             }
+        }
+    }
+    ctx.stats.open.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A client on a poor link: reads at `subscribe.slow_read` bytes per
+/// second (on average), counting bytes only.
+async fn read_slowly(ctx: Arc<Ctx>, mut conn: Ws, mut stop: watch::Receiver<bool>) {
+    let rate = ctx.scenario.subscribe.slow_read as f64;
+    loop {
+        let mut bytes = 0u64;
+        let read = tokio::select! {
+            _ = stop.changed() => break,
+            read = conn.read(|msg| bytes += msg.len() as u64) => read,
+        };
+        ctx.stats.slow_bytes.fetch_add(bytes, Ordering::Relaxed);
+        if !matches!(read, Ok(true)) || conn.flush().await.is_err() {
+            ctx.stats.slow_closed.fetch_add(1, Ordering::Relaxed);
+            break;
+        }
+        let pause = Duration::from_secs_f64(bytes as f64 / rate);
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tokio::time::sleep(pause) => {}
         }
     }
     ctx.stats.open.fetch_sub(1, Ordering::Relaxed);

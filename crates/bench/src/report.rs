@@ -123,10 +123,25 @@ pub struct Report {
     pub storm: Option<StormResult>,
     /// Connections the server closed before the storm.
     pub closed_by_server: u64,
+    /// The slow readers, if any.
+    pub slow: Option<Slow>,
     /// Length of the run.
     pub seconds: f64,
     /// Anything the reader must know (caps, missing pid).
     pub notes: Vec<String>,
+}
+
+/// What became of the slow readers (`subscribe.slow`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Slow {
+    /// How many there were.
+    pub clients: usize,
+    /// How fast each read.
+    pub read_bytes_per_second: u64,
+    /// How many the server closed.
+    pub closed_by_server: u64,
+    /// KiB each read over the run, on average.
+    pub kib_each: f64,
 }
 
 /// Percentile `q` of sorted durations, in ms.
@@ -242,6 +257,13 @@ impl fmt::Display for Report {
                 out,
                 "the server closed {} connections during the run",
                 self.closed_by_server
+            )?;
+        }
+        if let Some(s) = &self.slow {
+            writeln!(
+                out,
+                "slow readers: {} at {} B/s (not in the figures above): {} saw the server close, {:.1} KiB read each",
+                s.clients, s.read_bytes_per_second, s.closed_by_server, s.kib_each
             )?;
         }
         for n in &self.notes {

@@ -12,7 +12,7 @@ use crate::BenchError;
 use crate::client::{self, Ctx, Opened, Spec};
 use crate::payload;
 use crate::proc;
-use crate::report::{Connect, Idle, Report, Step, StormResult, percentile_ms};
+use crate::report::{Connect, Idle, Report, Slow, Step, StormResult, percentile_ms};
 use crate::scenario::{Publish, Scenario, Via, channel_name};
 use crate::stats::Stats;
 use crate::target::{Position, Publisher};
@@ -86,6 +86,7 @@ pub async fn run(mut scenario: Scenario, opts: Options) -> Result<Report, BenchE
                 since: vec![None; channels.len()],
                 channels,
                 publishes: publisher,
+                slow: scenario.is_slow(i),
             }
         })
         .collect();
@@ -117,7 +118,8 @@ pub async fn run(mut scenario: Scenario, opts: Options) -> Result<Report, BenchE
     // Publish steps.
     let mut subs = vec![0u64; scenario.channel_count()];
     for (i, c) in clients.iter().enumerate() {
-        if c.is_some() {
+        // Slow readers are counted apart: what they miss is not lost.
+        if c.is_some() && !scenario.is_slow(i) {
             for ch in scenario.channels_of(i) {
                 subs[ch as usize] += 1;
             }
@@ -174,6 +176,17 @@ pub async fn run(mut scenario: Scenario, opts: Options) -> Result<Report, BenchE
 
     // Storm: everyone leaves, then comes back at once.
     let closed_during_run = ctx.stats.closed.load(Ordering::Relaxed);
+    let slow_clients = (0..scenario.connections)
+        .filter(|&i| scenario.is_slow(i) && clients[i].is_some())
+        .count();
+    let slow = (slow_clients > 0).then(|| Slow {
+        clients: slow_clients,
+        read_bytes_per_second: scenario.subscribe.slow_read,
+        closed_by_server: ctx.stats.slow_closed.load(Ordering::Relaxed),
+        kib_each: ctx.stats.slow_bytes.load(Ordering::Relaxed) as f64
+            / 1024.0
+            / slow_clients as f64,
+    });
     let positions: Vec<Vec<Option<Position>>> = clients
         .iter()
         .map(|c| c.as_ref().map(|c| c.positions.clone()).unwrap_or_default())
@@ -208,6 +221,7 @@ pub async fn run(mut scenario: Scenario, opts: Options) -> Result<Report, BenchE
         limit,
         storm,
         closed_by_server: closed_during_run,
+        slow,
         seconds: started.elapsed().as_secs_f64(),
         notes,
     })
@@ -526,6 +540,7 @@ async fn run_storm(
                 since,
                 channels,
                 publishes: false,
+                slow: false,
             }
         })
         .collect();

@@ -101,6 +101,11 @@ pub struct Subscribe {
     pub k: usize,
     /// Channels in all (`spread`).
     pub m: usize,
+    /// The fraction of clients that read slowly (0: none), spread evenly;
+    /// they are counted apart, not as lost or in latency.
+    pub slow: f64,
+    /// How fast a slow client reads, in bytes per second.
+    pub slow_read: u64,
 }
 
 impl Default for Subscribe {
@@ -110,6 +115,8 @@ impl Default for Subscribe {
             room_size: 10,
             k: 3,
             m: 100,
+            slow: 0.0,
+            slow_read: 1024,
         }
     }
 }
@@ -305,6 +312,9 @@ impl Scenario {
                 );
             }
         }
+        if !(0.0..1.0).contains(&self.subscribe.slow) || self.subscribe.slow_read == 0 {
+            return bad("subscribe.slow is a fraction below 1, and slow_read at least 1 byte/s");
+        }
         match self.subscribe.shape {
             Shape::Rooms if self.subscribe.room_size == 0 => bad("room_size must be at least 1"),
             Shape::Spread if self.subscribe.k == 0 || self.subscribe.k > self.subscribe.m => {
@@ -312,6 +322,12 @@ impl Scenario {
             }
             _ => Ok(()),
         }
+    }
+
+    /// Whether client `i` is one of the slow readers.
+    pub fn is_slow(&self, i: usize) -> bool {
+        let f = self.subscribe.slow;
+        f > 0.0 && ((i + 1) as f64 * f).floor() > (i as f64 * f).floor()
     }
 
     /// The channels (by index) that client `i` subscribes.

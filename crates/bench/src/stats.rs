@@ -23,6 +23,10 @@ pub struct Stats {
     pub late: AtomicU64,
     /// Connections the server closed during the run.
     pub closed: AtomicU64,
+    /// Slow readers: bytes read, and how many the server closed.
+    pub slow_bytes: AtomicU64,
+    /// Slow readers the server closed.
+    pub slow_closed: AtomicU64,
     /// Connections currently open and subscribed.
     pub open: AtomicU64,
     /// Per channel: publications the server accepted (API answer or client
@@ -55,6 +59,8 @@ impl Stats {
             duplicates: AtomicU64::new(0),
             late: AtomicU64::new(0),
             closed: AtomicU64::new(0),
+            slow_bytes: AtomicU64::new(0),
+            slow_closed: AtomicU64::new(0),
             open: AtomicU64::new(0),
             accepted: zeros(),
             refused: AtomicU64::new(0),

@@ -32,6 +32,22 @@ pub async fn tcp(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, 
     Ok(stream)
 }
 
+/// Connects like [`tcp`], with a small receive buffer: a slow reader's
+/// backlog then waits in the server, not in this host's kernel.
+pub async fn tcp_small(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, BenchError> {
+    let socket = TcpSocket::new_v4().map_err(BenchError::Io)?;
+    socket.set_recv_buffer_size(4096).map_err(BenchError::Io)?;
+    if let Some(ip) = source {
+        socket.set_reuseaddr(true).map_err(BenchError::Io)?;
+        socket
+            .bind(SocketAddr::new(ip, 0))
+            .map_err(BenchError::Io)?;
+    }
+    let stream = socket.connect(addr).await.map_err(BenchError::Io)?;
+    stream.set_nodelay(true).map_err(BenchError::Io)?;
+    Ok(stream)
+}
+
 /// Reads an HTTP response head; returns the status line and what followed
 /// the head in the same reads.
 pub async fn read_head(stream: &mut TcpStream) -> Result<(String, Vec<u8>), BenchError> {

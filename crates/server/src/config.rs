@@ -271,6 +271,11 @@ pub struct ClientConfig {
     pub pong_timeout: Duration,
     /// Bytes a connection's outbox may hold before it is cut off as a slow consumer.
     pub outbox_bytes: usize,
+    /// The kernel send buffer of each connection, in bytes (`SO_SNDBUF`;
+    /// 0: the kernel's autotuning, up to `net.ipv4.tcp_wmem`'s maximum).
+    /// Small values bound memory per connection and make a slow client's
+    /// backlog wait in its outbox, where the delivery policy acts on it.
+    pub send_buffer: usize,
     /// Largest WebSocket frame accepted from a client.
     pub max_frame_size: usize,
     /// Subscriptions per connection.
@@ -326,6 +331,7 @@ impl Default for ClientConfig {
             ping_interval: Duration::from_secs(25),
             pong_timeout: Duration::from_secs(10),
             outbox_bytes: 1024 * 1024,
+            send_buffer: 0,
             max_frame_size: 1024 * 1024,
             max_subscriptions: 1024,
             recovery_max: 1000,

@@ -327,9 +327,9 @@ impl Hub {
         for sub in ch.subscribers.values() {
             match sub.offer(&entry) {
                 Pushed::Queued => queued += 1,
-                Pushed::Replaced => {
+                Pushed::Replaced(n) => {
                     queued += 1;
-                    self.metrics.conflated.inc();
+                    self.metrics.conflated.inc_by(u64::from(n));
                 }
                 Pushed::Skipped => {
                     self.metrics.gaps.inc();

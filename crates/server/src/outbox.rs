@@ -43,8 +43,9 @@ pub struct Close {
 pub enum Pushed {
     /// Queued.
     Queued,
-    /// Queued in place of an older value of its channel and key.
-    Replaced,
+    /// Queued in place of this many older values of conflating channels
+    /// (its own channel and key's, or others' under pressure).
+    Replaced(u32),
     /// The outbox was full: the channel's backlog was dropped for a `gap`
     /// notice (`slow_consumer = "skip"`).
     Skipped,
@@ -309,8 +310,10 @@ impl Inner {
     }
 
     /// Keeps only the newest queued entry of each conflating channel and
-    /// key (under pressure: before that, every value waits its turn).
-    fn keep_newest(&mut self) {
+    /// key (under pressure: before that, every value waits its turn); how
+    /// many it dropped.
+    fn keep_newest(&mut self) -> u32 {
+        let mut dropped = 0;
         let mut newer = std::collections::HashSet::new();
         for l in (0..LANES).rev() {
             let queue = std::mem::take(&mut self.lanes[l]);
@@ -321,12 +324,14 @@ impl Inner {
                 {
                     self.bytes -= e.bytes.len();
                     self.count(&e, false);
+                    dropped += 1;
                 } else {
                     kept.push_front(e);
                 }
             }
             self.lanes[l] = kept;
         }
+        dropped
     }
 
     /// Drops `channel`'s queued publications; the newest dropped, if any.
@@ -372,8 +377,8 @@ impl Inner {
 
 /// What a full outbox could do for a new entry.
 enum Room {
-    /// Room was made: queue it.
-    Made,
+    /// Room was made by dropping this many conflated values: queue it.
+    Made(u32),
     /// It was dealt with (dropped for a `gap` notice).
     Taken,
     /// Nothing: the connection is a slow consumer (3002).
@@ -440,15 +445,15 @@ impl Outbox {
             .is_some_and(|p| p.interval.is_some());
         // `latest`: the newest value waits instead of the queued one; and a
         // throttled one instead of the held one.
-        let mut pushed = Pushed::Queued;
+        let mut replaced = 0;
         if entry.publication.as_ref().map(|p| p.mode) == Some(Mode::Latest)
             && inner.remove_replaced(&entry)
         {
-            pushed = Pushed::Replaced;
+            replaced += 1;
         }
         if throttled && let Some(len) = inner.throttle.take_replaced(&entry) {
             inner.bytes -= len;
-            pushed = Pushed::Replaced;
+            replaced += 1;
         }
         let len = entry.bytes.len();
         // An oversized reply into an empty queue is not charged against the
@@ -456,7 +461,7 @@ impl Outbox {
         let oversized_reply = reply && inner.is_empty() && len > self.max_bytes;
         if !oversized_reply && inner.bytes + len > self.max_bytes {
             match self.make_room(&mut inner, &entry) {
-                Room::Made => pushed = Pushed::Replaced,
+                Room::Made(n) => replaced += n,
                 Room::Taken => return Pushed::Skipped,
                 Room::None => {
                     inner.clear();
@@ -495,7 +500,11 @@ impl Outbox {
         if wake {
             self.notify.notify_one();
         }
-        pushed
+        if replaced > 0 {
+            Pushed::Replaced(replaced)
+        } else {
+            Pushed::Queued
+        }
     }
 
     /// A full outbox and `entry` to queue: what its channel's mode allows
@@ -504,9 +513,9 @@ impl Outbox {
         let len = entry.bytes.len();
         // Whatever the new entry, queued values that a newer one of their
         // channel and key replaces go first (conflating namespaces).
-        inner.keep_newest();
+        let dropped = inner.keep_newest();
         if inner.bytes + len <= self.max_bytes {
-            return Room::Made;
+            return Room::Made(dropped);
         }
         let Some(p) = entry.publication.as_ref() else {
             return Room::None;
@@ -514,9 +523,9 @@ impl Outbox {
         match p.mode {
             Mode::Stream | Mode::Latest => Room::None,
             Mode::Conflate => {
-                inner.remove_replaced(entry);
+                let own = u32::from(inner.remove_replaced(entry));
                 if inner.bytes + len <= self.max_bytes {
-                    Room::Made
+                    Room::Made(dropped + own)
                 } else {
                     Room::None
                 }
@@ -702,7 +711,7 @@ mod tests {
                         // Eight bytes each: the bound holds three.
                         let bytes = Bytes::from(format!("{offset:08}"));
                         let pushed = o.push_entry(Entry::publication(bytes, Lane::Normal, Arc::new(meta)));
-                        prop_assert!(matches!(pushed, Pushed::Queued | Pushed::Replaced), "{:?}", pushed);
+                        prop_assert!(matches!(pushed, Pushed::Queued | Pushed::Replaced(_)), "{:?}", pushed);
                     }
                     Op::Read => read(&o, &mut seen),
                 }
@@ -845,7 +854,7 @@ mod tests {
                 "v3",
                 Lane::Normal
             )),
-            Pushed::Replaced
+            Pushed::Replaced(1)
         );
         let mut batch = Vec::new();
         o.try_batch(&mut batch);
@@ -894,7 +903,7 @@ mod tests {
         o.push_entry(publication("s", 1, None, Mode::Stream, "x1", Lane::Normal));
         assert_eq!(
             o.push_entry(publication("s", 2, None, Mode::Stream, "x2", Lane::Normal)),
-            Pushed::Replaced
+            Pushed::Replaced(1)
         );
         let mut batch = Vec::new();
         o.try_batch(&mut batch);

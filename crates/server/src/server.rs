@@ -215,6 +215,7 @@ impl Server {
             })
         });
         let (stop, stopped) = watch::channel(false);
+        let send_buffer = node.config.client.send_buffer;
         let admission = Admission::new(&node.config.client, node.metrics.clone());
         let timeouts = Timeouts {
             header: node.config.client.header_timeout,
@@ -225,7 +226,7 @@ impl Server {
             app,
             admission.clone(),
             timeouts,
-            tune,
+            move |tcp: &tokio::net::TcpStream| tune(tcp, send_buffer),
             stopped,
         ));
         tracing::info!(%addr, max_connections = admission.max_open(), "tidings listening");
@@ -304,7 +305,7 @@ impl Server {
 }
 
 /// Socket options of every accepted connection.
-fn tune(tcp: &tokio::net::TcpStream) {
+fn tune(tcp: &tokio::net::TcpStream, send_buffer: usize) {
     // Pushes and replies are small and latency-bound: no Nagle delay.
     if let Err(e) = tcp.set_nodelay(true) {
         tracing::debug!(error = %e, "TCP_NODELAY failed");
@@ -323,6 +324,11 @@ fn tune(tcp: &tokio::net::TcpStream) {
     #[cfg(target_os = "linux")]
     if let Err(e) = sock.set_tcp_user_timeout(Some(Duration::from_secs(60))) {
         tracing::debug!(error = %e, "TCP_USER_TIMEOUT failed");
+    }
+    if send_buffer > 0
+        && let Err(e) = sock.set_send_buffer_size(send_buffer)
+    {
+        tracing::debug!(error = %e, "SO_SNDBUF failed");
     }
 }
 

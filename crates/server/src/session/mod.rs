@@ -194,7 +194,7 @@ impl Session {
 
     fn send(&self, bytes: Bytes) {
         match self.outbox.push_reply(bytes) {
-            Pushed::Queued | Pushed::Replaced | Pushed::Skipped => {
+            Pushed::Queued | Pushed::Replaced(_) | Pushed::Skipped => {
                 self.node.metrics.messages_out.inc();
             }
             Pushed::Overflow => {
