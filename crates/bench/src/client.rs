@@ -67,11 +67,8 @@ pub async fn open(
     let source = (!ctx.sources.is_empty())
         .then(|| ctx.sources[(spec.index / ctx.per_source).min(ctx.sources.len() - 1)]);
     let addr = spec.addr;
-    let tcp = if spec.slow {
-        ws::tcp_small(addr, source).await?
-    } else {
-        ws::tcp(addr, source).await?
-    };
+    // A slow reader's small receive buffer keeps its backlog in the server.
+    let tcp = ws::tcp_with(addr, source, spec.slow.then_some(4096)).await?;
     let mut tracker = Tracker::new(&spec.channels);
     match s.transport {
         Transport::Ws => {

@@ -19,25 +19,22 @@ const PING: u8 = 0x9;
 /// Opens a TCP connection from `source` (a loopback address; spreading
 /// sources multiplies the ephemeral ports available).
 pub async fn tcp(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, BenchError> {
-    let socket = TcpSocket::new_v4().map_err(BenchError::Io)?;
-    if let Some(ip) = source {
-        // Ports of the previous wave's sockets linger in TIME_WAIT.
-        socket.set_reuseaddr(true).map_err(BenchError::Io)?;
-        socket
-            .bind(SocketAddr::new(ip, 0))
-            .map_err(BenchError::Io)?;
-    }
-    let stream = socket.connect(addr).await.map_err(BenchError::Io)?;
-    stream.set_nodelay(true).map_err(BenchError::Io)?;
-    Ok(stream)
+    tcp_with(addr, source, None).await
 }
 
-/// Connects like [`tcp`], with a small receive buffer: a slow reader's
-/// backlog then waits in the server, not in this host's kernel.
-pub async fn tcp_small(addr: SocketAddr, source: Option<IpAddr>) -> Result<TcpStream, BenchError> {
+/// Connects like [`tcp`]; with `recv_buffer`, a small receive buffer, so
+/// that a slow reader's backlog waits in the server, not in this host's kernel.
+pub async fn tcp_with(
+    addr: SocketAddr,
+    source: Option<IpAddr>,
+    recv_buffer: Option<u32>,
+) -> Result<TcpStream, BenchError> {
     let socket = TcpSocket::new_v4().map_err(BenchError::Io)?;
-    socket.set_recv_buffer_size(4096).map_err(BenchError::Io)?;
+    if let Some(size) = recv_buffer {
+        socket.set_recv_buffer_size(size).map_err(BenchError::Io)?;
+    }
     if let Some(ip) = source {
+        // Ports of the previous wave's sockets linger in TIME_WAIT.
         socket.set_reuseaddr(true).map_err(BenchError::Io)?;
         socket
             .bind(SocketAddr::new(ip, 0))

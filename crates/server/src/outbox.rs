@@ -252,11 +252,18 @@ impl Inner {
     fn release(&mut self, now: Instant) {
         let mut out = Vec::new();
         self.throttle.release(now, &mut out);
-        let mut now = Some(now);
+        self.enqueue_released(out, &mut Some(now));
+    }
+
+    /// Queues values the throttle let go (their bytes are counted already);
+    /// whether the writer must wake.
+    fn enqueue_released(&mut self, out: Vec<Entry>, now: &mut Option<Instant>) -> bool {
+        let mut wake = false;
         for e in out {
             self.bytes -= e.bytes.len();
-            self.enqueue(e, &mut now);
+            wake |= self.enqueue(e, now);
         }
+        wake
     }
 
     /// Moves `channel`'s entries waiting in lanes below `lane` into it, in
@@ -487,12 +494,8 @@ impl Outbox {
             let at = *now.get_or_insert_with(Instant::now);
             inner.bytes += entry.bytes.len();
             inner.throttle.hold(entry, at, &mut out);
-            let mut wake = inner.throttle.due() != due;
-            for e in out {
-                inner.bytes -= e.bytes.len();
-                wake |= inner.enqueue(e, &mut now);
-            }
-            wake
+            let moved = inner.throttle.due() != due;
+            inner.enqueue_released(out, &mut now) || moved
         } else {
             inner.enqueue(entry, &mut now)
         };
@@ -936,6 +939,18 @@ mod tests {
         )
     }
 
+    /// Closes `o` and returns what its recording writer saw: when each
+    /// entry left, since `start`, and its bytes.
+    async fn recorded(
+        o: &Outbox,
+        writer: tokio::task::JoinHandle<Vec<(Instant, Entry)>>,
+        start: Instant,
+    ) -> Vec<(Duration, Bytes)> {
+        o.close(Disconnect::new(DisconnectCode::SHUTDOWN, None), false);
+        let got = writer.await.expect("the writer");
+        got.into_iter().map(|(t, e)| (t - start, e.bytes)).collect()
+    }
+
     /// A writer that records when each entry leaves the outbox (paused time).
     fn record(o: Arc<Outbox>) -> tokio::task::JoinHandle<Vec<(Instant, Entry)>> {
         tokio::spawn(async move {
@@ -1021,13 +1036,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
-        o.close(Disconnect::new(DisconnectCode::SHUTDOWN, None), false);
-        let got: Vec<(Duration, Bytes)> = writer
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(t, e)| (t - start, e.bytes))
-            .collect();
+        let got = recorded(&o, writer, start).await;
         assert_eq!(
             got,
             [
@@ -1050,13 +1059,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(2)).await;
         o.push(bytes("reply"));
         tokio::time::sleep(Duration::from_millis(20)).await;
-        o.close(Disconnect::new(DisconnectCode::SHUTDOWN, None), false);
-        let got: Vec<(Duration, Bytes)> = writer
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(t, e)| (t - start, e.bytes))
-            .collect();
+        let got = recorded(&o, writer, start).await;
         let ms = Duration::from_millis;
         assert_eq!(
             got,
