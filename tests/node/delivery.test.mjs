@@ -1,10 +1,11 @@
 // Delivery policies through the SDK, on every transport: a subscriber that
 // stalls (its event loop blocked while a backlog builds) in a `skip`
 // namespace ends with every publication exactly once, in order (the gap
-// notice answered by recovery); in a `latest` namespace it ends with the
-// newest value of every key, never an older one after a newer one; a
-// throttled one (`max_rate`) gets at most one value per interval per key
-// and always the last; a batched one (`batch_delay`) every publication.
+// notice answered by recovery); in a `latest` or `conflate` namespace it
+// ends with the newest value of every key, never an older one after a
+// newer one; a throttled one (`max_rate`) gets at most one value per
+// interval per key and always the last; a batched one (`batch_delay`)
+// every publication.
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { after, before, test } from 'node:test';
@@ -34,6 +35,12 @@ history_size = 10000
 history_max_bytes = 67108864
 max_message_size = 16384
 delivery = "latest"
+[namespaces.dash]
+anonymous = true
+history_size = 10000
+history_max_bytes = 67108864
+max_message_size = 16384
+slow_consumer = "conflate"
 [namespaces.rated]
 anonymous = true
 history_size = 1000
@@ -100,36 +107,42 @@ for (const transport of ['websocket', 'sse', 'poll']) {
   });
 }
 
-for (const transport of ['websocket', 'sse']) {
-  test(`${transport}: latest — a stalled subscriber ends with the newest per key`, { timeout: 120_000 }, async (t) => {
-    const ch = `ticker:${transport}-${Date.now()}`;
-    const c = client(t, server.addr, { transports: [transport] });
-    const sub = c.subscribe(ch);
-    const last = new Map();
-    let received = 0;
-    let subscribedTimes = 0;
-    sub.on('subscribed', () => { subscribedTimes += 1; });
-    sub.on('publication', (p) => {
-      received += 1;
-      const prev = last.get(p.key);
-      assert.ok(prev === undefined || p.offset > prev, `never older after newer (${p.key})`);
-      last.set(p.key, p.offset);
+for (const [ns, policy] of [['ticker', 'latest'], ['dash', 'conflate']]) {
+  for (const transport of ['websocket', 'sse', 'poll']) {
+    test(`${transport}: ${policy} — a stalled subscriber ends with the newest per key`, { timeout: 120_000 }, async (t) => {
+      const ch = `${ns}:${transport}-${Date.now()}`;
+      const c = client(t, server.addr, { transports: [transport] });
+      const sub = c.subscribe(ch);
+      const last = new Map();
+      let received = 0;
+      let subscribedTimes = 0;
+      sub.on('subscribed', () => { subscribedTimes += 1; });
+      sub.on('publication', (p) => {
+        received += 1;
+        const prev = last.get(p.key);
+        assert.ok(prev === undefined || p.offset > prev, `never older after newer (${p.key})`);
+        last.set(p.key, p.offset);
+      });
+      const subscribed = next(sub, 'subscribed');
+      c.connect();
+      await subscribed;
+      const conflated = await metric('tidings_conflated_total');
+      stalledBacklog(ch);
+      // The newest of each key: offsets COUNT-4..COUNT.
+      const newest = new Map(Array.from({ length: 5 }, (_, j) => {
+        const offset = COUNT - 4 + j;
+        return [`k${(offset - 1) % 5}`, offset];
+      }));
+      await until(() => [...newest].every(([k, o]) => last.get(k) === o), 60_000, 'the newest of every key');
+      assert.ok(received < COUNT, `values were skipped (${received} of ${COUNT})`);
+      // Each long-poll starts anew and gets the newest per key of what it
+      // missed; a stream subscribes once and keeps up by conflation.
+      if (transport !== 'poll') {
+        assert.equal(subscribedTimes, 1, 'offset jumps did not make it resubscribe');
+        assert.ok(await metric('tidings_conflated_total') > conflated, 'queued values were replaced');
+      }
     });
-    const subscribed = next(sub, 'subscribed');
-    c.connect();
-    await subscribed;
-    const conflated = await metric('tidings_conflated_total');
-    stalledBacklog(ch);
-    // The newest of each key: offsets COUNT-4..COUNT.
-    const newest = new Map(Array.from({ length: 5 }, (_, j) => {
-      const offset = COUNT - 4 + j;
-      return [`k${(offset - 1) % 5}`, offset];
-    }));
-    await until(() => [...newest].every(([k, o]) => last.get(k) === o), 60_000, 'the newest of every key');
-    assert.ok(received < COUNT, `values were skipped (${received} of ${COUNT})`);
-    assert.equal(subscribedTimes, 1, 'offset jumps did not make it resubscribe');
-    assert.ok(await metric('tidings_conflated_total') > conflated, 'queued values were replaced');
-  });
+  }
 }
 
 /** Publishes `n` publications into `channel`, `gapMs` apart, keys cycling over `keys`. */
