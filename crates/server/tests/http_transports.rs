@@ -688,3 +688,103 @@ async fn an_sse_stream_ends_when_its_connection_token_expires() {
     );
     assert!(sse.next().await.is_none(), "the stream ends");
 }
+
+/// A configuration with `board` (publications `low` by default) whose
+/// backlog waits in the outbox rather than in kernel buffers.
+fn board_config() -> tidings_server::config::Config {
+    let mut c = config();
+    c.client.outbox_bytes = 32 * 1024 * 1024;
+    c.client.send_buffer = 16 * 1024;
+    c.client.recovery_max = 10_000;
+    c.client.recovery_max_bytes = 64 * 1024 * 1024;
+    c.namespaces.insert(
+        "board".into(),
+        tidings_server::config::NamespaceOptions {
+            anonymous: true,
+            history_size: 10_000,
+            history_max_bytes: 64 * 1024 * 1024,
+            max_message_size: 16 * 1024,
+            default_priority: tidings_protocol::Priority::Low,
+            ..Default::default()
+        },
+    );
+    c
+}
+
+#[tokio::test]
+async fn sse_writes_a_critical_publication_before_a_low_backlog() {
+    let server = start_with(board_config()).await;
+    let mut sse = Sse::open(&server, "channel=board:stats&channel=board:score", None).await;
+    // 1,000 statistics of 8 KB queue up behind a reader that does not
+    // read; then one critical score.
+    let blob = "l".repeat(8000);
+    for i in 0..1000u64 {
+        publish(&server, "board:stats", json!({"i": i, "b": blob})).await;
+    }
+    let (status, body) = api(
+        &server,
+        "publish",
+        json!({"channel": "board:score", "data": "goal", "priority": "critical"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut order = Vec::new();
+    while order.len() < 1001 {
+        let e = sse.next().await.expect("every event");
+        let d: Value = serde_json::from_str(&e.data).unwrap();
+        order.push((
+            d["channel"].as_str().unwrap().to_string(),
+            d["offset"].as_u64().unwrap(),
+        ));
+    }
+    let score = order
+        .iter()
+        .position(|(c, _)| c == "board:score")
+        .expect("the score");
+    let stats: Vec<u64> = order
+        .iter()
+        .filter(|(c, _)| c == "board:stats")
+        .map(|(_, o)| *o)
+        .collect();
+    assert_eq!(
+        stats,
+        (1..=1000).collect::<Vec<_>>(),
+        "statistics all come, in order"
+    );
+    assert!(
+        score < 1000,
+        "written before the statistics still queued (at {score})"
+    );
+}
+
+#[tokio::test]
+async fn a_poll_answers_the_channel_with_a_critical_publication_first() {
+    let server = start_with(board_config()).await;
+    let query = "channel=board:stats&channel=board:score";
+    let (status, first) = poll(&server, query).await;
+    assert_eq!(status, 200, "{first}");
+    let position = first["position"].as_str().unwrap().to_string();
+    for i in 0..50u64 {
+        publish(&server, "board:stats", json!(i)).await;
+    }
+    let (status, body) = api(
+        &server,
+        "publish",
+        json!({"channel": "board:score", "data": "goal", "priority": "critical"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, answer) = poll(&server, &format!("{query}&since={position}")).await;
+    assert_eq!(status, 200, "{answer}");
+    let events = answer["events"].as_array().unwrap();
+    assert_eq!(events.len(), 51, "{answer}");
+    assert_eq!(
+        events[0]["channel"], "board:score",
+        "the critical one first"
+    );
+    assert_eq!(
+        offsets_of(&events[1..]),
+        (1..=50).collect::<Vec<_>>(),
+        "then the statistics, in order"
+    );
+}

@@ -13,9 +13,9 @@ use tidings_protocol::reply::SubscribeOk;
 use tidings_protocol::{ErrorBody, ErrorCode, ServerMessage, position};
 
 use crate::api::ApiError;
-use crate::delivery::ChannelDelivery;
+use crate::delivery::{ChannelDelivery, lane_of};
 use crate::node::{Mailbox, Node};
-use crate::outbox::{Entry, Outbox};
+use crate::outbox::{Entry, Lane, Outbox};
 use crate::session::Session;
 
 /// Whether the request's browser origin (if any) may open a connection.
@@ -91,6 +91,31 @@ struct ChannelPos {
 enum Opening {
     Reply(String, SubscribeOk, ChannelDelivery),
     Push(Entry),
+}
+
+/// Orders the channels' recovered publications as an outbox orders lanes:
+/// a channel whose missed publications include a higher priority comes
+/// first, whole (its own order kept); pushes keep their places.
+fn order_by_lane(decoded: &mut Vec<Opening>) {
+    let lane = |item: &Opening| match item {
+        Opening::Reply(_, ok, delivery) => ok
+            .publications
+            .iter()
+            .flatten()
+            .map(|p| p.priority.map_or(delivery.lane, lane_of))
+            .min()
+            .unwrap_or(delivery.lane),
+        Opening::Push(_) => Lane::Control,
+    };
+    let slots: Vec<usize> = (0..decoded.len())
+        .filter(|&i| matches!(decoded[i], Opening::Reply(..)))
+        .collect();
+    let mut replies: Vec<Opening> = slots.iter().rev().map(|&i| decoded.remove(i)).collect();
+    replies.reverse();
+    replies.sort_by_key(lane); // stable: equal lanes keep the request's order
+    for (slot, reply) in slots.into_iter().zip(replies) {
+        decoded.insert(slot, reply);
+    }
 }
 
 /// An epoch no channel has: a vector holding it resets that channel again.
@@ -269,6 +294,7 @@ impl OpenStream {
             };
             return Err(bad(code, close.disconnect.reason));
         }
+        order_by_lane(&mut decoded);
         // Pass 2: the events, each with the whole vector after it.
         let opening = stream.vector();
         let mut events = Vec::new();
