@@ -26,6 +26,16 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A free port for a cluster node, whose bus listens 10,000 ports higher.
+fn cluster_port() -> u16 {
+    loop {
+        let port = free_port();
+        if port <= 55_535 {
+            return port;
+        }
+    }
+}
+
 /// Runs openssl in `dir`.
 fn openssl(dir: &std::path::Path, args: &str) {
     let out = Command::new("openssl")
@@ -128,7 +138,11 @@ impl Redis {
             if self.spawn() {
                 return self;
             }
-            self.port = free_port();
+            self.port = if self.cluster {
+                cluster_port()
+            } else {
+                free_port()
+            };
         }
         panic!("redis-server did not start (5 ports tried)");
     }
@@ -232,39 +246,45 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     /// Starts three cluster-enabled servers and joins them with
-    /// `redis-cli --cluster create`; returns once every node says ok.
+    /// `redis-cli --cluster create`; returns once every node says ok. A
+    /// create that fails (a port taken between asking and binding, its
+    /// bus port 10,000 higher among them) is tried again on fresh nodes.
     pub fn start() -> RedisCluster {
-        let nodes: Vec<Redis> = (0..3)
-            .map(|_| {
-                let mut node = Redis::new(false);
-                node.cluster = true;
-                node.started()
-            })
-            .collect();
-        let addrs: Vec<String> = nodes
-            .iter()
-            .map(|n| format!("127.0.0.1:{}", n.port))
-            .collect();
-        let out = Command::new("redis-cli")
-            .arg("--cluster")
-            .arg("create")
-            .args(&addrs)
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("redis-cli runs");
-        assert!(
-            out.status.success(),
-            "cluster create: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
-        let deadline = Instant::now() + Duration::from_secs(20);
-        for node in &nodes {
-            while !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
-                assert!(Instant::now() < deadline, "the cluster did not become ok");
-                std::thread::sleep(Duration::from_millis(50));
+        let mut last = String::new();
+        for _ in 0..3 {
+            let nodes: Vec<Redis> = (0..3)
+                .map(|_| {
+                    let mut node = Redis::new(false);
+                    node.cluster = true;
+                    node.port = cluster_port();
+                    node.started()
+                })
+                .collect();
+            let addrs: Vec<String> = nodes
+                .iter()
+                .map(|n| format!("127.0.0.1:{}", n.port))
+                .collect();
+            let out = Command::new("redis-cli")
+                .arg("--cluster")
+                .arg("create")
+                .args(&addrs)
+                .args(["--cluster-replicas", "0", "--cluster-yes"])
+                .output()
+                .expect("redis-cli runs");
+            if !out.status.success() {
+                last = String::from_utf8_lossy(&out.stdout).into_owned();
+                continue;
             }
+            let deadline = Instant::now() + Duration::from_secs(20);
+            for node in &nodes {
+                while !node.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok") {
+                    assert!(Instant::now() < deadline, "the cluster did not become ok");
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            return RedisCluster { nodes };
         }
-        RedisCluster { nodes }
+        panic!("cluster create failed three times; last: {last}")
     }
 
     /// The seeds: every node's URL.
