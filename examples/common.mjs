@@ -76,6 +76,29 @@ export async function connect(url, WebSocket, opts = {}) {
   return client;
 }
 
+/**
+ * `n` connected clients (options `url`, `WebSocket`, `transports` from
+ * `o`), each set up by `setup(subscribe, i)`, whose result is kept with
+ * the client; resolves once every subscription made through `subscribe`
+ * is answered.
+ */
+export async function clients(o, n, setup) {
+  const WebSocket = o.WebSocket ?? await webSocket();
+  const ready = [];
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    const client = await connect(o.url, WebSocket, o.transports ? { transports: o.transports } : {});
+    const subscribe = (channel) => {
+      const sub = client.subscribe(channel);
+      ready.push(new Promise((r) => sub.once('subscribed', r)));
+      return sub;
+    };
+    out.push({ client, ...setup(subscribe, i) });
+  }
+  await Promise.all(ready);
+  return out;
+}
+
 /** Resolves after `ms`. */
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 

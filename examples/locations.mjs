@@ -7,7 +7,7 @@
 //
 //   cargo run --release -- --config examples/tidings.toml
 //   node examples/locations.mjs [--drivers 500 --rate 2000 --maps 20 --seconds 20]
-import { connect, isMain, options, pace, publish, sleep, webSocket } from './common.mjs';
+import { clients, isMain, options, pace, publish, sleep } from './common.mjs';
 
 const DEFAULTS = {
   url: 'http://127.0.0.1:8000',
@@ -20,9 +20,9 @@ const DEFAULTS = {
 };
 
 /** A map: the newest position per driver, and whether one ever went back. */
-function map(client, city) {
+function map(subscribe, city) {
   const m = { at: new Map(), wentBack: 0, updates: 0, ageMs: [] };
-  client.subscribe(`city:${city}`).on('publication', (p) => {
+  subscribe(`city:${city}`).on('publication', (p) => {
     m.updates += 1;
     const prev = m.at.get(p.key);
     if (prev && prev.offset >= p.offset) m.wentBack += 1;
@@ -38,13 +38,7 @@ function map(client, city) {
  */
 export async function runLocations(opts = {}) {
   const o = { ...DEFAULTS, ...opts };
-  const WebSocket = o.WebSocket ?? await webSocket();
-  const maps = [];
-  for (let i = 0; i < o.maps; i++) {
-    const client = await connect(o.url, WebSocket, o.transports ? { transports: o.transports } : {});
-    maps.push({ client, map: map(client, o.city) });
-  }
-  await sleep(300); // the subscriptions are answered
+  const maps = await clients(o, o.maps, (subscribe) => ({ map: map(subscribe, o.city) }));
   const pos = Array.from({ length: o.drivers }, () => ({ lat: 48.85 + Math.random() / 10, lng: 2.35 + Math.random() / 10 }));
   const newest = new Map();
   const published = await pace(o.rate, o.seconds, async (i) => {

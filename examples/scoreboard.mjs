@@ -8,7 +8,7 @@
 //
 //   cargo run --release -- --config examples/tidings.toml
 //   node examples/scoreboard.mjs [--rate 500 --goals 6 --viewers 20 --seconds 20]
-import { connect, isMain, options, pace, publish, sleep, webSocket } from './common.mjs';
+import { clients, isMain, options, pace, publish, sleep } from './common.mjs';
 
 const DEFAULTS = {
   url: 'http://127.0.0.1:8000',
@@ -23,13 +23,13 @@ const DEFAULTS = {
 const STATS = ['possession', 'shots', 'shots_on_target', 'passes', 'corners', 'fouls', 'offsides', 'distance_km'];
 
 /** A viewer's board: the score, the newest value of each statistic. */
-function board(client, match) {
+function board(subscribe, match) {
   const b = { score: { home: 0, away: 0 }, stats: {}, goalsSeen: 0 };
-  client.subscribe(`match:${match}`).on('publication', (p) => {
+  subscribe(`match:${match}`).on('publication', (p) => {
     b.score = p.data.score;
     b.goalsSeen += 1;
   });
-  client.subscribe(`match:${match}-stats`).on('publication', (p) => {
+  subscribe(`match:${match}-stats`).on('publication', (p) => {
     b.stats[p.key] = p.data.value;
   });
   return b;
@@ -41,13 +41,7 @@ function board(client, match) {
  */
 export async function runScoreboard(opts = {}) {
   const o = { ...DEFAULTS, ...opts };
-  const WebSocket = o.WebSocket ?? await webSocket();
-  const viewers = [];
-  for (let i = 0; i < o.viewers; i++) {
-    const client = await connect(o.url, WebSocket, o.transports ? { transports: o.transports } : {});
-    viewers.push({ client, board: board(client, o.match) });
-  }
-  await sleep(300); // the subscriptions are answered
+  const viewers = await clients(o, o.viewers, (subscribe) => ({ board: board(subscribe, o.match) }));
   const truth = { score: { home: 0, away: 0 }, stats: {} };
   const newest = {};
   const total = Math.round(o.rate * o.seconds);

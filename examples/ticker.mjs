@@ -7,7 +7,7 @@
 //
 //   cargo run --release -- --config examples/tidings.toml
 //   node examples/ticker.mjs [--symbols 1000 --rate 5000 --clients 50 --watch 20 --seconds 30]
-import { connect, isMain, options, pace, publish, sleep, webSocket } from './common.mjs';
+import { clients, isMain, options, pace, publish, sleep } from './common.mjs';
 
 const DEFAULTS = {
   url: 'http://127.0.0.1:8000',
@@ -28,31 +28,27 @@ const symbol = (i) => `S${String(i).padStart(4, '0')}`;
  */
 export async function runTicker(opts = {}) {
   const o = { ...DEFAULTS, ...opts };
-  const WebSocket = o.WebSocket ?? await webSocket();
-  const viewers = [];
-  const ready = [];
-  for (let c = 0; c < o.clients; c++) {
-    const client = await connect(o.url, WebSocket, o.transports ? { transports: o.transports } : {});
+  const viewers = await clients(o, o.clients, (subscribe, c) => {
     const watched = Array.from({ length: o.watch }, (_, j) => symbol((c * o.watch + j) % o.symbols));
     const updates = new Map(watched.map((s) => [s, []]));
     for (const s of watched) {
-      const sub = client.subscribe(`ticker:${s}`);
-      ready.push(new Promise((r) => sub.once('subscribed', r)));
-      sub.on('publication', (p) => updates.get(s).push({ price: p.data.price, at: Date.now() }));
+      subscribe(`ticker:${s}`).on('publication', (p) => updates.get(s).push({ price: p.data.price, at: Date.now() }));
     }
-    viewers.push({ client, watched, updates });
-  }
-  await Promise.all(ready);
+    return { watched, updates };
+  });
   const prices = new Map();
   // The newest price per symbol is the one with the highest offset
   // (concurrent publishes of one symbol may land in either order).
   const last = new Map();
   const started = Date.now();
-  const published = await pace(o.rate, o.seconds, async (i) => {
+  // Publications the server acknowledged with an offset.
+  let published = 0;
+  await pace(o.rate, o.seconds, async (i) => {
     const s = symbol(Math.floor(Math.random() * o.symbols));
     const price = Math.round(((prices.get(s) ?? 100) + (Math.random() - 0.5)) * 100) / 100;
     prices.set(s, price);
     const { offset } = await publish(o.url, o.apiKey, { channel: `ticker:${s}`, key: s, data: { symbol: s, price, i } });
+    if (typeof offset === 'number') published += 1;
     if (!(last.get(s)?.offset > offset)) last.set(s, { offset, price });
   });
   const feedSeconds = (Date.now() - started) / 1000;

@@ -9,7 +9,7 @@
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { after, before, test } from 'node:test';
-import { API_KEY, startTidings, until } from './harness.mjs';
+import { API_KEY, apiPublishBody, startTidings, until } from './harness.mjs';
 import { client, next } from './sdk_helpers.mjs';
 
 const CONFIG = `listen = "127.0.0.1:0"
@@ -148,12 +148,7 @@ for (const [ns, policy] of [['ticker', 'latest'], ['dash', 'conflate']]) {
 /** Publishes `n` publications into `channel`, `gapMs` apart, keys cycling over `keys`. */
 async function paced(channel, n, gapMs, keys) {
   for (let i = 0; i < n; i++) {
-    const res = await fetch(`http://${server.addr}/v1/api/publish`, {
-      method: 'POST',
-      headers: { authorization: `Bearer ${API_KEY}`, 'content-type': 'application/json' },
-      body: JSON.stringify({ channel, data: { i }, key: `k${i % keys}` }),
-    });
-    assert.equal(res.status, 200, await res.text());
+    await apiPublishBody(server.addr, { channel, data: { i }, key: `k${i % keys}` });
     await new Promise((r) => setTimeout(r, gapMs));
   }
 }

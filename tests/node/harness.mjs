@@ -298,10 +298,15 @@ export function mintToken(secret, claims) {
 
 /** Publishes through the server API; resolves with its answer. */
 export async function apiPublish(addr, channel, data, key = API_KEY) {
+  return apiPublishBody(addr, { channel, data }, key);
+}
+
+/** Publishes `body` (channel, data and any other publish field) through the API. */
+export async function apiPublishBody(addr, body, key = API_KEY) {
   const res = await fetch(`http://${addr}/v1/api/publish`, {
     method: 'POST',
     headers: { authorization: `Bearer ${key}`, 'content-type': 'application/json' },
-    body: JSON.stringify({ channel, data }),
+    body: JSON.stringify(body),
   });
   if (!res.ok) throw new Error(`publish failed: ${res.status} ${await res.text()}`);
   return res.json();

@@ -138,8 +138,8 @@ pub struct Slow {
     pub clients: usize,
     /// How fast each read.
     pub read_bytes_per_second: u64,
-    /// How many the server closed.
-    pub closed_by_server: u64,
+    /// How many read as far as the server's close.
+    pub saw_close: u64,
     /// KiB each read over the run, on average.
     pub kib_each: f64,
 }
@@ -263,7 +263,7 @@ impl fmt::Display for Report {
             writeln!(
                 out,
                 "slow readers: {} at {} B/s (not in the figures above): {} saw the server close, {:.1} KiB read each",
-                s.clients, s.read_bytes_per_second, s.closed_by_server, s.kib_each
+                s.clients, s.read_bytes_per_second, s.saw_close, s.kib_each
             )?;
         }
         for n in &self.notes {

@@ -182,7 +182,7 @@ pub async fn run(mut scenario: Scenario, opts: Options) -> Result<Report, BenchE
     let slow = (slow_clients > 0).then(|| Slow {
         clients: slow_clients,
         read_bytes_per_second: scenario.subscribe.slow_read,
-        closed_by_server: ctx.stats.slow_closed.load(Ordering::Relaxed),
+        saw_close: ctx.stats.slow_closed.load(Ordering::Relaxed),
         kib_each: ctx.stats.slow_bytes.load(Ordering::Relaxed) as f64
             / 1024.0
             / slow_clients as f64,

@@ -23,9 +23,10 @@ pub struct Stats {
     pub late: AtomicU64,
     /// Connections the server closed during the run.
     pub closed: AtomicU64,
-    /// Slow readers: bytes read, and how many the server closed.
+    /// Bytes the slow readers read.
     pub slow_bytes: AtomicU64,
-    /// Slow readers the server closed.
+    /// Slow readers that read as far as the server's close (one cut off
+    /// may not get there within the run: its backlog is read first).
     pub slow_closed: AtomicU64,
     /// Connections currently open and subscribed.
     pub open: AtomicU64,

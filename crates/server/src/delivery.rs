@@ -78,6 +78,11 @@ impl ChannelDelivery {
         newest
     }
 
+    /// The lane of `p`: its priority, else the namespace's default.
+    pub fn lane_for(&self, p: &Publication) -> Lane {
+        p.priority.map_or(self.lane, lane_of)
+    }
+
     /// The entry every local subscriber of `channel` gets for `p`.
     pub fn entry(&self, channel: &Arc<str>, epoch: Option<&str>, p: &Publication) -> Entry {
         let style = PubStyle {
@@ -94,7 +99,6 @@ impl ChannelDelivery {
             interval: self.interval,
             hold: self.hold,
         };
-        let lane = p.priority.map_or(self.lane, lane_of);
-        Entry::publication(bytes, lane, Arc::new(meta))
+        Entry::publication(bytes, self.lane_for(p), Arc::new(meta))
     }
 }

@@ -170,7 +170,7 @@ impl Entry {
 
 struct Inner {
     lanes: [VecDeque<Entry>; LANES],
-    /// Bytes queued and held by the throttle.
+    /// Bytes queued (the throttle counts what it holds).
     bytes: usize,
     close: Option<Close>,
     /// Queued entries per channel and lane (to keep a channel's order).
@@ -255,15 +255,15 @@ impl Inner {
         self.enqueue_released(out, &mut Some(now));
     }
 
-    /// Queues values the throttle let go (their bytes are counted already);
-    /// whether the writer must wake.
+    /// Queues values the throttle let go; whether the writer must wake.
     fn enqueue_released(&mut self, out: Vec<Entry>, now: &mut Option<Instant>) -> bool {
-        let mut wake = false;
-        for e in out {
-            self.bytes -= e.bytes.len();
-            wake |= self.enqueue(e, now);
-        }
-        wake
+        out.into_iter()
+            .fold(false, |wake, e| self.enqueue(e, now) | wake)
+    }
+
+    /// Bytes against the bound: queued and held by the throttle.
+    fn used(&self) -> usize {
+        self.bytes + self.throttle.bytes()
     }
 
     /// Moves `channel`'s entries waiting in lanes below `lane` into it, in
@@ -370,7 +370,7 @@ impl Inner {
             batch.extend(queue.drain(..));
         }
         self.channels.clear();
-        self.bytes = self.throttle.bytes();
+        self.bytes = 0;
         self.urgent = false;
         self.hold_until = None;
     }
@@ -378,7 +378,6 @@ impl Inner {
     fn clear(&mut self) {
         self.drain_into(&mut Vec::new());
         self.throttle.clear();
-        self.bytes = 0;
     }
 }
 
@@ -458,15 +457,14 @@ impl Outbox {
         {
             replaced += 1;
         }
-        if throttled && let Some(len) = inner.throttle.take_replaced(&entry) {
-            inner.bytes -= len;
+        if throttled && inner.throttle.take_replaced(&entry) {
             replaced += 1;
         }
         let len = entry.bytes.len();
         // An oversized reply into an empty queue is not charged against the
         // bound, so the pushes that follow it still have the whole bound.
         let oversized_reply = reply && inner.is_empty() && len > self.max_bytes;
-        if !oversized_reply && inner.bytes + len > self.max_bytes {
+        if !oversized_reply && inner.used() + len > self.max_bytes {
             match self.make_room(&mut inner, &entry) {
                 Room::Made(n) => replaced += n,
                 Room::Taken => return Pushed::Skipped,
@@ -492,7 +490,6 @@ impl Outbox {
             let due = inner.throttle.due();
             let mut out = Vec::new();
             let at = *now.get_or_insert_with(Instant::now);
-            inner.bytes += entry.bytes.len();
             inner.throttle.hold(entry, at, &mut out);
             let moved = inner.throttle.due() != due;
             inner.enqueue_released(out, &mut now) || moved
@@ -517,7 +514,7 @@ impl Outbox {
         // Whatever the new entry, queued values that a newer one of their
         // channel and key replaces go first (conflating namespaces).
         let dropped = inner.keep_newest();
-        if inner.bytes + len <= self.max_bytes {
+        if inner.used() + len <= self.max_bytes {
             return Room::Made(dropped);
         }
         let Some(p) = entry.publication.as_ref() else {
@@ -527,7 +524,7 @@ impl Outbox {
             Mode::Stream | Mode::Latest => Room::None,
             Mode::Conflate => {
                 let own = u32::from(inner.remove_replaced(entry));
-                if inner.bytes + len <= self.max_bytes {
+                if inner.used() + len <= self.max_bytes {
                     Room::Made(dropped + own)
                 } else {
                     Room::None
@@ -550,7 +547,7 @@ impl Outbox {
                     Lane::Control,
                     p.channel.clone(),
                 );
-                if inner.bytes + gap.bytes.len() > self.max_bytes {
+                if inner.used() + gap.bytes.len() > self.max_bytes {
                     return Room::None;
                 }
                 if inner.enqueue(gap, &mut None) {

@@ -45,14 +45,21 @@ impl Throttle {
     }
 
     /// Takes out the held value that `e` (a throttled publication) would
-    /// replace; its size, if there was one.
-    pub fn take_replaced(&mut self, e: &Entry) -> Option<usize> {
-        let channel = self.channels.get_mut(e.channel.as_ref()?)?;
+    /// replace; whether there was one.
+    pub fn take_replaced(&mut self, e: &Entry) -> bool {
+        let Some(channel) = e.channel.as_ref().and_then(|c| self.channels.get_mut(c)) else {
+            return false;
+        };
         let key = key_of(e);
-        let at = channel.held.iter().position(|h| key_of(h) == key)?;
-        let old = channel.held.remove(at)?;
-        self.bytes -= old.bytes.len();
-        Some(old.bytes.len())
+        let old = channel
+            .held
+            .iter()
+            .position(|h| key_of(h) == key)
+            .and_then(|at| channel.held.remove(at));
+        if let Some(old) = &old {
+            self.bytes -= old.bytes.len();
+        }
+        old.is_some()
     }
 
     /// Holds `e` until its slot comes, then moves every value of its channel

@@ -711,6 +711,17 @@ fn board_config() -> tidings_server::config::Config {
     c
 }
 
+/// Publishes one `critical` score into `board:score`.
+async fn publish_goal(server: &tidings_server::Server) {
+    let (status, body) = api(
+        server,
+        "publish",
+        json!({"channel": "board:score", "data": "goal", "priority": "critical"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test]
 async fn sse_writes_a_critical_publication_before_a_low_backlog() {
     let server = start_with(board_config()).await;
@@ -721,13 +732,7 @@ async fn sse_writes_a_critical_publication_before_a_low_backlog() {
     for i in 0..1000u64 {
         publish(&server, "board:stats", json!({"i": i, "b": blob})).await;
     }
-    let (status, body) = api(
-        &server,
-        "publish",
-        json!({"channel": "board:score", "data": "goal", "priority": "critical"}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    publish_goal(&server).await;
     let mut order = Vec::new();
     while order.len() < 1001 {
         let e = sse.next().await.expect("every event");
@@ -767,13 +772,7 @@ async fn a_poll_answers_the_channel_with_a_critical_publication_first() {
     for i in 0..50u64 {
         publish(&server, "board:stats", json!(i)).await;
     }
-    let (status, body) = api(
-        &server,
-        "publish",
-        json!({"channel": "board:score", "data": "goal", "priority": "critical"}),
-    )
-    .await;
-    assert_eq!(status, 200, "{body}");
+    publish_goal(&server).await;
     let (status, answer) = poll(&server, &format!("{query}&since={position}")).await;
     assert_eq!(status, 200, "{answer}");
     let events = answer["events"].as_array().unwrap();

@@ -13,7 +13,7 @@ use tidings_protocol::reply::SubscribeOk;
 use tidings_protocol::{ErrorBody, ErrorCode, ServerMessage, position};
 
 use crate::api::ApiError;
-use crate::delivery::{ChannelDelivery, lane_of};
+use crate::delivery::ChannelDelivery;
 use crate::node::{Mailbox, Node};
 use crate::outbox::{Entry, Lane, Outbox};
 use crate::session::Session;
@@ -97,15 +97,16 @@ enum Opening {
 /// a channel whose missed publications include a higher priority comes
 /// first, whole (its own order kept); pushes keep their places.
 fn order_by_lane(decoded: &mut Vec<Opening>) {
+    // The highest lane among a channel's recovered publications.
     let lane = |item: &Opening| match item {
         Opening::Reply(_, ok, delivery) => ok
             .publications
             .iter()
             .flatten()
-            .map(|p| p.priority.map_or(delivery.lane, lane_of))
+            .map(|p| delivery.lane_for(p))
             .min()
             .unwrap_or(delivery.lane),
-        Opening::Push(_) => Lane::Control,
+        Opening::Push(_) => Lane::Control, // not sorted: pushes keep their places
     };
     let slots: Vec<usize> = (0..decoded.len())
         .filter(|&i| matches!(decoded[i], Opening::Reply(..)))
