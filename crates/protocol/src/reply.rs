@@ -19,6 +19,9 @@ pub struct ConnectOk {
     /// Replies to `connect.subscribe`, in order: each an ok body or an error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscribed: Option<Vec<SubscribeResult>>,
+    /// What the backend's connect hook gave the client (any JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// One entry of `connect.subscribed`.

@@ -1,4 +1,7 @@
-//! Connection tokens (JWT HS256) and API keys.
+//! Connection tokens (JWT) and API keys; [`jwks`] fetches an identity
+//! provider's keys.
+
+pub mod jwks;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -50,14 +53,51 @@ pub enum TokenError {
     /// Bad signature, malformed, wrong algorithm.
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// The token names a key id (`kid`) that no key has: the remote JWKS
+    /// may have rotated.
+    #[error("invalid token: no key has the id {0:?}")]
+    UnknownKey(String),
+}
+
+impl TokenError {
+    /// What a client is told.
+    pub fn into_message(self) -> String {
+        match self {
+            TokenError::Invalid(why) => why,
+            e => e.to_string(),
+        }
+    }
+}
+
+/// A verification key: the key, the algorithms it may verify (its family's
+/// only, so an HS token can never be checked against a public key), its `kid`.
+pub(crate) type VerifyKey = (DecodingKey, Vec<Algorithm>, Option<String>);
+
+/// The keys of a JSON Web Key Set.
+pub(crate) fn keys_of_set(set: &jsonwebtoken::jwk::JwkSet) -> Result<Vec<VerifyKey>, String> {
+    use Algorithm::*;
+    use jsonwebtoken::jwk::AlgorithmParameters;
+    set.keys
+        .iter()
+        .map(|jwk| {
+            let algs = match &jwk.algorithm {
+                AlgorithmParameters::RSA(_) => vec![RS256, RS384, RS512, PS256, PS384, PS512],
+                AlgorithmParameters::EllipticCurve(_) => vec![ES256, ES384],
+                AlgorithmParameters::OctetKeyPair(_) => vec![EdDSA],
+                AlgorithmParameters::OctetKey(_) => vec![HS256, HS384, HS512],
+            };
+            let key = DecodingKey::from_jwk(jwk).map_err(|e| format!("an unusable key: {e}"))?;
+            Ok((key, algs, jwk.common.key_id.clone()))
+        })
+        .collect()
 }
 
 /// Verifies and mints connection tokens with one HS256 secret.
 #[derive(Clone)]
 pub struct TokenVerifier {
-    /// Each key with the algorithms it may verify (its family's only, so an
-    /// HS token can never be checked against a public key: no confusion).
-    keys: Vec<(DecodingKey, Vec<Algorithm>, Option<String>)>,
+    keys: Vec<VerifyKey>,
+    /// The identity provider's keys, fetched (see [`jwks`]).
+    remote: Option<std::sync::Arc<jwks::RemoteJwks>>,
     validation: Validation,
 }
 
@@ -74,6 +114,8 @@ pub struct TokenKeys<'a> {
     pub issuer: Option<&'a str>,
     /// A JWKS file (the JSON of a JSON Web Key Set) of more public keys.
     pub jwks: Option<&'a std::path::Path>,
+    /// The keys fetched from `auth.token_jwks_url`.
+    pub remote: Option<std::sync::Arc<jwks::RemoteJwks>>,
 }
 
 impl TokenVerifier {
@@ -85,6 +127,7 @@ impl TokenVerifier {
         })
         .unwrap_or_else(|_| Self {
             keys: Vec::new(),
+            remote: None,
             validation: base_validation(None, None),
         })
     }
@@ -101,23 +144,13 @@ impl TokenVerifier {
             ));
         }
         if let Some(path) = keys.jwks {
-            use jsonwebtoken::jwk::{AlgorithmParameters, JwkSet};
             let text = std::fs::read(path)
                 .map_err(|e| format!("cannot read the JWKS file {}: {e}", path.display()))?;
-            let set: JwkSet = serde_json::from_slice(&text)
+            let set: jsonwebtoken::jwk::JwkSet = serde_json::from_slice(&text)
                 .map_err(|e| format!("the JWKS file {} is not a key set: {e}", path.display()))?;
-            for jwk in &set.keys {
-                let algs = match &jwk.algorithm {
-                    AlgorithmParameters::RSA(_) => vec![RS256, RS384, RS512, PS256, PS384, PS512],
-                    AlgorithmParameters::EllipticCurve(_) => vec![ES256, ES384],
-                    AlgorithmParameters::OctetKeyPair(_) => vec![EdDSA],
-                    AlgorithmParameters::OctetKey(_) => vec![HS256, HS384, HS512],
-                };
-                let key = DecodingKey::from_jwk(jwk).map_err(|e| {
-                    format!("a key in the JWKS file {} is unusable: {e}", path.display())
-                })?;
-                out.push((key, algs, jwk.common.key_id.clone()));
-            }
+            out.extend(
+                keys_of_set(&set).map_err(|e| format!("the JWKS file {}: {e}", path.display()))?,
+            );
         }
         for path in keys.public_keys {
             let pem = std::fs::read(path)
@@ -138,6 +171,7 @@ impl TokenVerifier {
         }
         Ok(Self {
             keys: out,
+            remote: keys.remote.clone(),
             validation: base_validation(keys.audience, keys.issuer),
         })
     }
@@ -167,24 +201,40 @@ impl TokenVerifier {
         let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
         let alg = header.alg;
         let mut last = TokenError::Invalid(format!("no key accepts {alg:?} tokens"));
-        // A token naming its key (`kid`) is checked against that key only.
-        let usable = self.keys.iter().filter(|(_, algs, kid)| {
-            algs.contains(&alg) && (header.kid.is_none() || kid.is_none() || *kid == header.kid)
-        });
-        for (key, _, _) in usable {
-            let mut validation = self.validation.clone();
-            validation.algorithms = vec![alg];
-            match jsonwebtoken::decode::<T>(token, key, &validation) {
-                Ok(d) => return Ok(d.claims),
-                Err(e) => {
-                    last = invalid(e);
-                    if last == TokenError::Expired {
-                        return Err(last);
+        let mut named = false;
+        let mut try_keys = |keys: &[VerifyKey]| {
+            // A token naming its key (`kid`) is checked against that key only.
+            let usable = keys.iter().filter(|(_, algs, kid)| {
+                named |= kid.is_some() && *kid == header.kid;
+                algs.contains(&alg) && (header.kid.is_none() || kid.is_none() || *kid == header.kid)
+            });
+            for (key, _, _) in usable {
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![alg];
+                match jsonwebtoken::decode::<T>(token, key, &validation) {
+                    Ok(d) => return Some(Ok(d.claims)),
+                    Err(e) => {
+                        last = invalid(e);
+                        if last == TokenError::Expired {
+                            return Some(Err(TokenError::Expired));
+                        }
                     }
                 }
             }
+            None
+        };
+        if let Some(done) = try_keys(&self.keys) {
+            return done;
         }
-        Err(last)
+        if let Some(remote) = &self.remote
+            && let Some(done) = remote.with_keys(|keys| try_keys(keys))
+        {
+            return done;
+        }
+        match header.kid {
+            Some(kid) if !named && self.remote.is_some() => Err(TokenError::UnknownKey(kid)),
+            _ => Err(last),
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -35,11 +35,13 @@ fn bad(code: ErrorCode, message: impl Into<String>) -> ApiError {
 /// `POST /v1/client/{op}`.
 pub async fn handle(
     State(node): State<Arc<Node>>,
+    ConnectInfo(ip): ConnectInfo<std::net::SocketAddr>,
     Path(op): Path<String>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match call(&node, &op, &headers, body).await {
+    let peer = crate::transport::http::peer(&node, "http", ip, &headers);
+    match call(&node, &op, &headers, peer, body).await {
         Ok(ok) => ([(header::CONTENT_TYPE, "application/json")], ok).into_response(),
         Err(e) => {
             node.metrics.command_error(e.0.code);
@@ -80,6 +82,7 @@ async fn call(
     node: &Arc<Node>,
     op: &str,
     headers: &HeaderMap,
+    peer: crate::hooks::Peer,
     body: Body,
 ) -> Result<String, ApiError> {
     if op == "heartbeat" {
@@ -116,6 +119,7 @@ async fn call(
     let outbox = Arc::new(Outbox::new(node.config.client.outbox_bytes));
     let (mut session, _control) = Session::new(node.clone(), outbox.clone());
     session.set_stateless();
+    session.set_peer(peer);
     session.handle_frame(frame.as_bytes()).await;
     session.end().await;
     let mut batch = Vec::new();

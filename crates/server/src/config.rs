@@ -12,6 +12,9 @@ use thiserror::Error;
 
 pub use crate::engine::store::Fsync;
 
+mod backend;
+pub use backend::{ProxyConfig, ProxyFail, WebhookConfig, WebhookEvent};
+
 /// Who may publish from a client connection in a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -168,6 +171,15 @@ pub struct NamespaceOptions {
     /// written together with others (0: at once; replies never wait).
     #[serde(with = "humantime_serde")]
     pub batch_delay: Duration,
+    /// The backend decides each subscribe (a URL; see `[proxy]`).
+    pub subscribe_proxy: Option<String>,
+    /// The backend validates, and may rewrite, each client publication.
+    pub publish_proxy: Option<String>,
+    /// The backend extends subscriptions the subscribe hook gave an `expire_at`.
+    pub sub_refresh_proxy: Option<String>,
+    /// What this namespace's hooks do when the backend fails: `closed`,
+    /// `open` or `rules` (the namespace's own rules decide).
+    pub proxy_fail: ProxyFail,
 }
 
 impl Default for NamespaceOptions {
@@ -197,6 +209,10 @@ impl Default for NamespaceOptions {
             push_time: false,
             max_rate: 0.0,
             batch_delay: Duration::ZERO,
+            subscribe_proxy: None,
+            publish_proxy: None,
+            sub_refresh_proxy: None,
+            proxy_fail: ProxyFail::Closed,
         }
     }
 }
@@ -239,6 +255,16 @@ pub struct AuthConfig {
     /// How often the JWKS file is re-read.
     #[serde(with = "humantime_serde")]
     pub token_jwks_refresh: Duration,
+    /// An https URL of the identity provider's JWKS: fetched at start,
+    /// again when its cache headers say, and on a token with an unknown `kid`.
+    pub token_jwks_url: Option<String>,
+    /// A PEM file of CA certificates trusted for `token_jwks_url` (besides
+    /// the public roots): a private or self-signed provider.
+    pub token_jwks_ca: Option<PathBuf>,
+    /// Fewest seconds between two fetches of `token_jwks_url` caused by
+    /// unknown `kid`s: a flood of made-up keys does not flood the provider.
+    #[serde(with = "humantime_serde")]
+    pub token_jwks_min_interval: Duration,
     /// When set, tokens must carry this `aud`.
     pub token_audience: Option<String>,
     /// When set, tokens must carry this `iss`.
@@ -253,6 +279,9 @@ impl Default for AuthConfig {
             token_public_keys: Vec::new(),
             token_jwks: None,
             token_jwks_refresh: Duration::from_secs(300),
+            token_jwks_url: None,
+            token_jwks_ca: None,
+            token_jwks_min_interval: Duration::from_secs(10),
             token_audience: None,
             token_issuer: None,
         }
@@ -595,6 +624,10 @@ pub struct Config {
     /// Dev mode's credentials, when they must not be generated (several
     /// local nodes sharing one secret).
     pub dev: DevConfig,
+    /// Proxy hooks: the backend decides connects and refreshes.
+    pub proxy: ProxyConfig,
+    /// Webhooks: the backend is told what happened.
+    pub webhooks: WebhookConfig,
 }
 
 /// `[dev]`: in dev mode, fixed credentials instead of generated ones.
@@ -628,6 +661,8 @@ impl Default for Config {
             node_name: None,
             engine: EngineConfig::default(),
             dev: DevConfig::default(),
+            proxy: ProxyConfig::default(),
+            webhooks: WebhookConfig::default(),
         }
     }
 }
@@ -737,6 +772,17 @@ impl Config {
             if ns.batch_delay > Duration::from_secs(1) {
                 bad.push(format!("`{key}.batch_delay`: at most 1s"));
             }
+            for (hook, url) in [
+                ("subscribe_proxy", &ns.subscribe_proxy),
+                ("publish_proxy", &ns.publish_proxy),
+                ("sub_refresh_proxy", &ns.sub_refresh_proxy),
+            ] {
+                if let Some(url) = url
+                    && !backend::is_hook_url(url)
+                {
+                    bad.push(format!("`{key}.{hook}`: {url:?} is not an http(s) URL"));
+                }
+            }
             if ns.history_size > 1_000_000 {
                 bad.push(format!("`{key}.history_size`: at most 1000000"));
             }
@@ -824,6 +870,15 @@ impl Config {
         {
             bad.push("`auth.token_secret`: at least 8 characters".into());
         }
+        bad.extend(self.proxy.problems());
+        bad.extend(self.webhooks.problems());
+        if let Some(url) = &self.auth.token_jwks_url
+            && !url.starts_with("https://")
+        {
+            bad.push(format!(
+                "`auth.token_jwks_url`: {url:?} is not an https URL (keys must come over TLS)"
+            ));
+        }
         if self.engine.r#type == EngineType::Redis {
             bad.extend(self.engine.redis.problems());
         }
@@ -908,6 +963,7 @@ impl Config {
         self.auth.token_secret.is_none()
             && self.auth.token_public_keys.is_empty()
             && self.auth.token_jwks.is_none()
+            && self.auth.token_jwks_url.is_none()
     }
 }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod delivery;
 pub mod demo;
 pub mod engine;
+pub mod hooks;
 pub mod hub;
 pub mod lease;
 pub mod listener;

@@ -48,6 +48,31 @@ pub struct Metrics {
     /// Times the engine lost a channel's continuity on this node (its
     /// subscribers were told to resubscribe, `unsub` 3003).
     pub channel_resets: Counter<u64, AtomicU64>,
+    /// Proxy hook calls, by hook and result (`allow`, `refuse`, `unavailable`).
+    pub proxy_calls: Family<HookLabel, Counter<u64, AtomicU64>>,
+    /// Webhook events by outcome (`queued`, `delivered`, `dropped_full`,
+    /// `dropped_attempts`).
+    pub webhook_events: Family<OutcomeLabel, Counter<u64, AtomicU64>>,
+    /// Webhook requests that failed (each is retried).
+    pub webhook_failures: Counter<u64, AtomicU64>,
+    /// Webhook events waiting on disk.
+    pub webhook_queue: Gauge<i64, AtomicI64>,
+}
+
+/// Labels of `tidings_proxy_calls_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabel {
+    /// `connect`, `refresh`, `subscribe`, `publish`, `sub_refresh`.
+    pub hook: &'static str,
+    /// `allow`, `refuse`, `unavailable`.
+    pub result: &'static str,
+}
+
+/// Label of `tidings_webhook_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// What became of the events.
+    pub outcome: &'static str,
 }
 
 /// Label of `tidings_limit_rejections_total`.
@@ -83,6 +108,10 @@ impl Metrics {
             command_errors: Family::default(),
             limit_rejections: Family::default(),
             channel_resets: Counter::default(),
+            proxy_calls: Family::default(),
+            webhook_events: Family::default(),
+            webhook_failures: Counter::default(),
+            webhook_queue: Gauge::default(),
         };
         registry.register(
             "connections",
@@ -146,6 +175,26 @@ impl Metrics {
             "Channels whose continuity the engine lost here (subscribers resubscribe)",
             m.channel_resets.clone(),
         );
+        registry.register(
+            "proxy_calls",
+            "Proxy hook calls by hook and result",
+            m.proxy_calls.clone(),
+        );
+        registry.register(
+            "webhook_events",
+            "Webhook events by outcome (queued, delivered, dropped_full, dropped_attempts)",
+            m.webhook_events.clone(),
+        );
+        registry.register(
+            "webhook_failures",
+            "Webhook requests that failed and are retried",
+            m.webhook_failures.clone(),
+        );
+        registry.register(
+            "webhook_queue",
+            "Webhook events queued on disk",
+            m.webhook_queue.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -161,6 +210,20 @@ impl Metrics {
                 limit: limit.to_string(),
             })
             .inc();
+    }
+
+    /// Counts one proxy hook call.
+    pub fn proxy_call(&self, hook: &'static str, result: &'static str) {
+        self.proxy_calls
+            .get_or_create(&HookLabel { hook, result })
+            .inc();
+    }
+
+    /// Counts `n` webhook events with `outcome`.
+    pub fn webhook(&self, outcome: &'static str, n: u64) {
+        self.webhook_events
+            .get_or_create(&OutcomeLabel { outcome })
+            .inc_by(n);
     }
 
     /// The Prometheus text exposition.

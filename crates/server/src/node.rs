@@ -8,7 +8,10 @@ use std::time::Instant;
 use parking_lot::{Mutex, RwLock};
 use tidings_protocol::{ChannelName, Disconnect, ErrorBody, ErrorCode};
 
-use crate::auth::{ApiKeys, TokenVerifier};
+use serde_json::json;
+
+use crate::auth::{ApiKeys, TokenError, TokenVerifier};
+use crate::config::WebhookEvent;
 use crate::config::{Config, NamespaceOptions};
 use crate::engine::{
     ChannelPolicy, Engine, EngineError, NodeInfo, PresenceEvent, PublicationSink, UserControl,
@@ -69,6 +72,12 @@ pub struct Node {
     namespaces: RwLock<Arc<Namespaces>>,
     /// Registered connections by user.
     users: Mutex<HashMap<String, usize>>,
+    /// Calls to the backend's proxy hooks.
+    pub proxy: crate::hooks::Proxy,
+    /// The webhook sender, when webhooks are on.
+    pub webhooks: Option<Arc<crate::hooks::Webhooks>>,
+    /// The identity provider's keys, when fetched from a URL.
+    pub jwks: Option<Arc<crate::auth::jwks::RemoteJwks>>,
     /// Token bucket of new connections: (tokens, last refill).
     new_conns: Mutex<(f64, std::time::Instant)>,
 }
@@ -163,6 +172,13 @@ impl PublicationSink for NodeSink {
         self.hub.has_subscribers(channel)
     }
 
+    fn node_id(&self) -> String {
+        self.node
+            .upgrade()
+            .map(|n| n.id.clone())
+            .unwrap_or_default()
+    }
+
     fn refused(&self, limit: &str) {
         if let Some(node) = self.node.upgrade() {
             node.metrics.limit_rejected(limit);
@@ -220,8 +236,9 @@ impl Node {
         address: std::net::SocketAddr,
         engine: Arc<dyn Engine>,
         metrics: Arc<Metrics>,
-        tokens: TokenVerifier,
-        api_keys: ApiKeys,
+        (tokens, api_keys): (TokenVerifier, ApiKeys),
+        webhooks: Option<Arc<crate::hooks::Webhooks>>,
+        jwks: Option<Arc<crate::auth::jwks::RemoteJwks>>,
     ) -> Self {
         let hub = Arc::new(Hub::new(metrics.clone()));
         let name = config.node_name(address);
@@ -229,6 +246,7 @@ impl Node {
         let burst = f64::from(config.client.new_connections_per_second);
         let namespaces = RwLock::new(Arc::new(Namespaces::of(&config)));
         let id = crate::engine::new_epoch();
+        let proxy = crate::hooks::Proxy::new(config.proxy.timeout, metrics.clone());
         Self {
             config,
             engine,
@@ -251,6 +269,9 @@ impl Node {
             namespaces,
             users: Mutex::default(),
             new_conns: Mutex::new((burst, Instant::now())),
+            proxy,
+            webhooks,
+            jwks,
         }
     }
 
@@ -292,14 +313,24 @@ impl Node {
         let subscribed = if first {
             self.engine.node_subscribe(channel).await
         } else {
-            Ok(())
+            Ok(false)
         };
         let _serial = undo.serial.take();
-        if let Err(e) = subscribed {
-            self.hub.unsubscribe(channel, conn);
-            return Err(SubscribeError::Engine(e));
+        match subscribed {
+            Err(e) => {
+                self.hub.unsubscribe(channel, conn);
+                Err(SubscribeError::Engine(e))
+            }
+            Ok(occupied) => {
+                if occupied {
+                    self.emit(
+                        WebhookEvent::ChannelOccupied,
+                        || json!({ "channel": channel }),
+                    );
+                }
+                Ok(sub)
+            }
         }
-        Ok(sub)
     }
 
     /// Removes a local subscriber; the channel's last unsubscribes the node.
@@ -310,11 +341,63 @@ impl Node {
 
     /// [`Node::unsubscribe`], the channel's lock held.
     async fn unsubscribe_locked(&self, channel: &str, conn: ConnId) {
-        if self.hub.unsubscribe(channel, conn) == Some(true)
-            && let Err(e) = self.engine.node_unsubscribe(channel).await
-        {
-            tracing::warn!(channel, error = %e, "node unsubscribe failed");
+        if self.hub.unsubscribe(channel, conn) == Some(true) {
+            match self.engine.node_unsubscribe(channel).await {
+                Ok(true) => self.emit(
+                    WebhookEvent::ChannelVacated,
+                    || json!({ "channel": channel }),
+                ),
+                Ok(false) => {}
+                Err(e) => tracing::warn!(channel, error = %e, "node unsubscribe failed"),
+            }
         }
+    }
+
+    /// Hands a webhook `event` to the sender, its fields built only when
+    /// the event is sent.
+    pub fn emit(&self, event: WebhookEvent, fields: impl FnOnce() -> serde_json::Value) {
+        if let Some(webhooks) = &self.webhooks
+            && webhooks.wants(event)
+        {
+            webhooks.emit(event, fields());
+        }
+    }
+
+    /// Verifies a connection token; a key id no key has fetches the
+    /// identity provider's keys again (rate-limited) and tries once more.
+    pub async fn verify_token(&self, token: &str) -> Result<crate::auth::Claims, TokenError> {
+        let first = self.tokens.read().verify(token);
+        self.retry_unknown_key(first, || self.tokens.read().verify(token))
+            .await
+    }
+
+    /// [`Node::verify_token`] for a channel token.
+    pub async fn verify_channel_token(
+        &self,
+        token: &str,
+    ) -> Result<crate::auth::ChannelClaims, TokenError> {
+        let first = self.tokens.read().verify_channel(token);
+        self.retry_unknown_key(first, || self.tokens.read().verify_channel(token))
+            .await
+    }
+
+    async fn retry_unknown_key<T>(
+        &self,
+        first: Result<T, TokenError>,
+        again: impl FnOnce() -> Result<T, TokenError>,
+    ) -> Result<T, TokenError> {
+        let retried = match (first, &self.jwks) {
+            (Err(TokenError::UnknownKey(_)), Some(jwks)) => {
+                jwks.refetch_unknown().await;
+                again()
+            }
+            (first, _) => first,
+        };
+        // Callers see an unknown key as the invalid token it is.
+        retried.map_err(|e| match e {
+            TokenError::UnknownKey(_) => TokenError::Invalid(e.to_string()),
+            e => e,
+        })
     }
 
     /// What this node tells the cluster about itself.

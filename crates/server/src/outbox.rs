@@ -581,6 +581,15 @@ impl Outbox {
         self.inner.lock().close.is_some()
     }
 
+    /// Why the connection was closed, once it was.
+    pub fn closed_with(&self) -> Option<Disconnect> {
+        self.inner
+            .lock()
+            .close
+            .as_ref()
+            .map(|c| c.disconnect.clone())
+    }
+
     /// Moves whatever is queued into `batch` (by lane) without waiting;
     /// returns the close when the connection is closing.
     pub fn try_batch(&self, batch: &mut Vec<Entry>) -> Option<Close> {

@@ -44,6 +44,12 @@ pub enum ServerError {
     /// The engine could not start (Redis unreachable).
     #[error("the engine could not start: {0}")]
     EngineStart(crate::engine::EngineError),
+    /// The webhook queue could not be opened.
+    #[error("cannot open the webhook queue: {0}")]
+    Webhooks(#[from] crate::hooks::queue::QueueError),
+    /// The JWKS URL's client could not be built (its CA file).
+    #[error(transparent)]
+    Jwks(#[from] crate::auth::jwks::JwksError),
 }
 
 /// How often idle channels are trimmed and forgotten (at most).
@@ -68,7 +74,8 @@ pub struct Server {
     engine: Arc<dyn Engine>,
     sweeper: JoinHandle<()>,
     announcer: JoinHandle<()>,
-    jwks_refresher: Option<JoinHandle<()>>,
+    /// Tasks of optional features: JWKS refreshers, the webhook sender.
+    background: Vec<JoinHandle<()>>,
     dev: Option<DevCredentials>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
@@ -111,7 +118,25 @@ impl Server {
                 config.listen
             )));
         }
-        let (tokens, api_keys) = secrets(&config, dev.as_ref()).map_err(ServerError::Unsafe)?;
+        let jwks = match &config.auth.token_jwks_url {
+            Some(url) => {
+                let remote = Arc::new(crate::auth::jwks::RemoteJwks::new(
+                    url,
+                    config.auth.token_jwks_ca.as_deref(),
+                    config.auth.token_jwks_min_interval,
+                    config.auth.token_jwks_refresh,
+                )?);
+                // The first keys before the first client: a provider that is
+                // down now is tried again later, it does not stop the server.
+                if let Err(e) = remote.fetch().await {
+                    tracing::warn!(%url, error = %e, "fetching the JWKS failed; trying again later");
+                }
+                Some(remote)
+            }
+            None => None,
+        };
+        let secrets_now =
+            secrets(&config, dev.as_ref(), jwks.as_ref()).map_err(ServerError::Unsafe)?;
 
         let listener = listen(config.listen).map_err(|source| ServerError::Bind {
             addr: config.listen,
@@ -124,13 +149,16 @@ impl Server {
 
         let engine = crate::engine::build(&config)?;
         let metrics = Arc::new(Metrics::new());
+        let webhooks =
+            crate::hooks::Webhooks::open(&config.webhooks, &config.data_dir, metrics.clone())?;
         let node = Arc::new(Node::new(
             config,
             addr,
             engine.clone(),
             metrics,
-            tokens,
-            api_keys,
+            secrets_now,
+            webhooks.clone(),
+            jwks.clone(),
         ));
         engine
             .start(Arc::new(NodeSink::new(&node)))
@@ -197,23 +225,30 @@ impl Server {
                 }
             })
         };
+        let mut background = Vec::new();
         // A JWKS file is re-read on its refresh interval (key rotation at the
         // identity provider); a file that fails to load keeps the old keys.
-        let jwks_refresher = node.config.auth.token_jwks.is_some().then(|| {
+        if node.config.auth.token_jwks.is_some() {
             let node = node.clone();
             let dev = dev.clone();
-            tokio::spawn(async move {
+            background.push(tokio::spawn(async move {
                 let mut tick = tokio::time::interval(node.config.auth.token_jwks_refresh);
                 tick.tick().await;
                 loop {
                     tick.tick().await;
-                    match secrets(&node.config, dev.as_ref()) {
+                    match secrets(&node.config, dev.as_ref(), node.jwks.as_ref()) {
                         Ok((tokens, _)) => *node.tokens.write() = tokens,
                         Err(e) => tracing::warn!(error = %e, "reloading the JWKS failed; keeping the old keys"),
                     }
                 }
-            })
-        });
+            }));
+        }
+        if let Some(jwks) = jwks {
+            background.push(tokio::spawn(jwks.run()));
+        }
+        if let Some(webhooks) = webhooks {
+            background.push(tokio::spawn(webhooks.run()));
+        }
         let (stop, stopped) = watch::channel(false);
         let send_buffer = node.config.client.send_buffer;
         let admission = Admission::new(&node.config.client, node.metrics.clone());
@@ -235,7 +270,7 @@ impl Server {
             engine,
             sweeper,
             announcer,
-            jwks_refresher,
+            background,
             addr,
             node,
             dev,
@@ -264,7 +299,7 @@ impl Server {
     /// connections and their subscriptions stay. Other settings (listen
     /// address, limits, storage) need a restart.
     pub fn reload(&self, config: &Config) -> Result<(), String> {
-        let (tokens, api_keys) = secrets(config, self.dev.as_ref())?;
+        let (tokens, api_keys) = secrets(config, self.dev.as_ref(), self.node.jwks.as_ref())?;
         *self.node.tokens.write() = tokens;
         *self.node.api_keys.write() = api_keys;
         if self.node.config.demo_enabled() {
@@ -284,8 +319,8 @@ impl Server {
         let _ = self.stop.send(true);
         self.sweeper.abort();
         self.announcer.abort();
-        if let Some(t) = &self.jwks_refresher {
-            t.abort();
+        for task in &self.background {
+            task.abort();
         }
         let spread = self.node.config.shutdown_spread.as_millis() as u64;
         self.node.disconnect_all(|| {
@@ -299,6 +334,10 @@ impl Server {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let _ = tokio::time::timeout_at(deadline, self.task).await;
+        // Events of the last connections wait on disk for the next start.
+        if let Some(webhooks) = &self.node.webhooks {
+            webhooks.flush().await;
+        }
         // Everything acknowledged is committed; fold the log and stop writing.
         self.engine.close().await;
     }
@@ -353,6 +392,7 @@ fn listen(addr: SocketAddr) -> std::io::Result<TcpListener> {
 fn secrets(
     config: &Config,
     dev: Option<&DevCredentials>,
+    remote: Option<&Arc<crate::auth::jwks::RemoteJwks>>,
 ) -> Result<(TokenVerifier, crate::auth::ApiKeys), String> {
     let mut api_keys: Vec<_> = dev
         .iter()
@@ -373,6 +413,7 @@ fn secrets(
         audience: config.auth.token_audience.as_deref(),
         issuer: config.auth.token_issuer.as_deref(),
         jwks: config.auth.token_jwks.as_deref(),
+        remote: remote.cloned(),
     })?;
     Ok((tokens, crate::auth::ApiKeys::new(api_keys)))
 }

@@ -793,12 +793,13 @@ impl Broker for MemoryEngine {
         }
     }
 
-    async fn node_subscribe(&self, _channel: &str) -> Result<(), EngineError> {
-        Ok(())
+    /// One node: its first subscriber occupies the channel.
+    async fn node_subscribe(&self, _channel: &str) -> Result<bool, EngineError> {
+        Ok(true)
     }
 
-    async fn node_unsubscribe(&self, _channel: &str) -> Result<(), EngineError> {
-        Ok(())
+    async fn node_unsubscribe(&self, _channel: &str) -> Result<bool, EngineError> {
+        Ok(true)
     }
 
     async fn control(&self, control: UserControl) -> Result<(), EngineError> {
@@ -918,13 +919,13 @@ impl Presence for MemoryEngine {
         channel: &str,
         info: &ClientInfo,
         policy: &ChannelPolicy,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
         let log = self.log(channel, policy)?;
         let mut log = log.lock();
         let until = Instant::now() + policy.presence.ttl;
         if let Some(entry) = log.presence.members.get_mut(&info.client) {
             entry.1 = until; // a renewal
-            return Ok(());
+            return Ok(false);
         }
         log.presence
             .members
@@ -933,7 +934,7 @@ impl Presence for MemoryEngine {
         *count += 1;
         let first_of_user = *count == 1;
         self.announce(channel, &log, info, first_of_user, policy, true);
-        Ok(())
+        Ok(first_of_user)
     }
 
     async fn leave(
@@ -941,16 +942,17 @@ impl Presence for MemoryEngine {
         channel: &str,
         client: &str,
         policy: &ChannelPolicy,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
         let Some(log) = self.existing(channel) else {
-            return Ok(());
+            return Ok(false);
         };
         let mut log = log.lock();
-        if let Some((info, _)) = log.presence.members.remove(client) {
-            let last_of_user = log.presence.release(&info.user);
-            self.announce(channel, &log, &info, last_of_user, policy, false);
-        }
-        Ok(())
+        let Some((info, _)) = log.presence.members.remove(client) else {
+            return Ok(false);
+        };
+        let last_of_user = log.presence.release(&info.user);
+        self.announce(channel, &log, &info, last_of_user, policy, false);
+        Ok(last_of_user)
     }
 
     async fn list(

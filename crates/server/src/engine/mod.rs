@@ -216,6 +216,10 @@ pub trait PublicationSink: Send + Sync {
     /// Whether `channel` has subscribers on this node (an engine keeps
     /// such a channel's state).
     fn has_subscribers(&self, channel: &str) -> bool;
+    /// This node's id, as it announces itself (see [`Cluster::announce`]).
+    fn node_id(&self) -> String {
+        String::new()
+    }
     /// This node's channels with subscribers, sorted by name: those
     /// starting with `prefix`, after `cursor`, at most `limit`, with their
     /// number of local subscribers (for the cluster-wide `channels`).
@@ -245,10 +249,13 @@ pub trait Broker: Send + Sync {
     /// This node has its first local subscriber of `channel`: from when this
     /// returns, every publication of the channel reaches this node's sink.
     /// The caller serialises it per channel with [`Broker::node_unsubscribe`].
-    async fn node_subscribe(&self, channel: &str) -> Result<(), EngineError>;
+    /// True when no other node had subscribers: the channel became occupied
+    /// in the cluster (each occupation is told to exactly one node).
+    async fn node_subscribe(&self, channel: &str) -> Result<bool, EngineError>;
 
-    /// This node has no more local subscribers of `channel`.
-    async fn node_unsubscribe(&self, channel: &str) -> Result<(), EngineError>;
+    /// This node has no more local subscribers of `channel`. True when no
+    /// other node has any: the channel became vacant in the cluster.
+    async fn node_unsubscribe(&self, channel: &str) -> Result<bool, EngineError>;
 
     /// Hands `control` to every node's sink, this one's included.
     async fn control(&self, control: UserControl) -> Result<(), EngineError>;
@@ -278,19 +285,21 @@ pub trait History: Send + Sync {
 pub trait Presence: Send + Sync {
     /// Adds a connection's entry, or renews its lease (`policy.presence.ttl`).
     /// A new entry is announced with a `join` push in the channel's order.
+    /// True when the entry is the user's first in the channel (in the cluster).
     async fn join(
         &self,
         channel: &str,
         info: &ClientInfo,
         policy: &ChannelPolicy,
-    ) -> Result<(), EngineError>;
-    /// Removes a connection's entry, announced with a `leave` push.
+    ) -> Result<bool, EngineError>;
+    /// Removes a connection's entry, announced with a `leave` push. True
+    /// when it was the user's last in the channel (in the cluster).
     async fn leave(
         &self,
         channel: &str,
         client: &str,
         policy: &ChannelPolicy,
-    ) -> Result<(), EngineError>;
+    ) -> Result<bool, EngineError>;
     /// One page of entries by client id, after `cursor`; and the next cursor.
     async fn list(
         &self,

@@ -6,10 +6,12 @@ use std::time::Instant;
 use tidings_protocol::reply::{HistoryOk, PresenceOk, PresenceStatsOk, PublishOk};
 use tidings_protocol::{ClientInfo, ErrorBody, ErrorCode, SinceArg};
 
+use super::hooks::Verdict;
 use super::shared::{history, presence_list, presence_stats, publish};
 use super::{Session, err};
 use crate::config::{ClientPublish, SubscribeRule};
 use crate::engine::PublishRequest;
+use crate::hooks::Allow;
 
 impl Session {
     /// `publish`: `request.info` is set to this connection's.
@@ -70,6 +72,24 @@ impl Session {
                 ));
             }
             window.1 += 1;
+        }
+        if let Some(url) = &ns.publish_proxy {
+            let verdict = self
+                .ask_backend(
+                    "publish",
+                    url,
+                    ns.proxy_fail,
+                    Some(channel),
+                    Some(&request.data),
+                )
+                .await?;
+            // What the backend rewrote is what subscribers get.
+            if let Verdict::Allow(Allow {
+                data: Some(data), ..
+            }) = verdict
+            {
+                request.data = data;
+            }
         }
         publish(&self.node, channel, ns, request).await
     }

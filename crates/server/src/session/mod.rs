@@ -3,10 +3,11 @@
 //! file: [`access`] (who may use what), [`subscribe`] (subscriptions and
 //! recovery), [`commands`] (the client's publish, history and presence,
 //! with their limits), [`shared`] (the typed handlers the server API calls
-//! too).
+//! too), [`hooks`] (asking the backend).
 
 mod access;
 mod commands;
+mod hooks;
 mod shared;
 mod subscribe;
 
@@ -21,6 +22,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use serde::Serialize;
+use serde_json::json;
 use serde_json::value::RawValue;
 use tidings_protocol::reply::{ConnectOk, Empty, RefreshOk, SubscribeResult};
 use tidings_protocol::{
@@ -29,7 +31,9 @@ use tidings_protocol::{
 };
 
 use crate::auth::{TOKEN_LEEWAY_S, TokenError, unix_now};
+use crate::config::WebhookEvent;
 use crate::engine::PublishRequest;
+use crate::hooks::Peer;
 use crate::hub::{ConnId, Subscriber};
 use crate::node::{ConnHandle, Control, Mailbox, Node};
 use crate::outbox::{Outbox, Pushed};
@@ -48,7 +52,13 @@ struct Identity {
     /// Unix seconds when the token expires.
     expires_at: Option<u64>,
     anonymous: bool,
+    /// The connect hook admitted it (the refresh hook extends it).
+    proxied: bool,
 }
+
+/// How long a connection or subscription whose refresh hook failed open
+/// goes on before the hook is asked again.
+const FAILED_OPEN_GRACE_S: u64 = 60;
 
 /// A connection's session.
 pub struct Session {
@@ -61,6 +71,10 @@ pub struct Session {
     subs: HashMap<String, Arc<Subscriber>>,
     /// When each subscription's channel token expires (Unix seconds).
     sub_expiry: HashMap<String, u64>,
+    /// Subscriptions the subscribe hook allowed (the sub_refresh hook extends them).
+    proxied_subs: std::collections::HashSet<String>,
+    /// Transport, address and headers, for the backend's hooks.
+    peer: Peer,
     /// A request over plain HTTP (no socket to subscribe on): in
     /// `client_publish = "subscribers"` namespaces, being allowed to
     /// subscribe is enough to publish.
@@ -105,6 +119,11 @@ impl Session {
             identity: None,
             subs: HashMap::new(),
             sub_expiry: HashMap::new(),
+            proxied_subs: Default::default(),
+            peer: Peer {
+                transport: "websocket",
+                ..Peer::default()
+            },
             stateless: false,
             transient: false,
             publish_window: HashMap::new(),
@@ -137,6 +156,11 @@ impl Session {
         } else {
             false
         }
+    }
+
+    /// Who is on the other side (for the backend's hooks).
+    pub fn set_peer(&mut self, peer: Peer) {
+        self.peer = peer;
     }
 
     /// Marks the session as serving one HTTP request (see `stateless`).
@@ -186,10 +210,45 @@ impl Session {
             .expires_at()
             .is_some_and(|at| at.saturating_add(TOKEN_LEEWAY_S) <= now)
         {
-            self.disconnect(DisconnectCode::TOKEN_EXPIRED);
+            self.refresh_by_backend(now).await;
             return;
         }
         self.expire_subscriptions(now).await;
+    }
+
+    /// An expired connection: the refresh hook may extend one the connect
+    /// hook admitted; any other ends (3005).
+    async fn refresh_by_backend(&mut self, now: u64) {
+        let url = match (&self.identity, &self.node.config.proxy.refresh) {
+            (Some(identity), Some(url)) if identity.proxied => url.clone(),
+            _ => return self.disconnect(DisconnectCode::TOKEN_EXPIRED),
+        };
+        let fail = self.node.config.proxy.fail;
+        let verdict = self.ask_backend("refresh", &url, fail, None, None).await;
+        let Some(identity) = self.identity.as_mut() else {
+            return;
+        };
+        match verdict {
+            Ok(hooks::Verdict::Allow(allow)) => {
+                identity.expires_at = allow.expire_at;
+                if let Some(info) = allow.info {
+                    identity.info = Some(info);
+                }
+            }
+            // No answer: go on for a while, then ask again.
+            Ok(hooks::Verdict::FailedOpen) => {
+                identity.expires_at = Some(now + FAILED_OPEN_GRACE_S - TOKEN_LEEWAY_S)
+            }
+            Ok(hooks::Verdict::Rules) => self.disconnect(DisconnectCode::TOKEN_EXPIRED),
+            Err(e) if e.temporary => self.close(Disconnect {
+                reason: e.message,
+                ..Disconnect::new(DisconnectCode::FORCE_RECONNECT, None)
+            }),
+            Err(e) => self.close(Disconnect {
+                reason: e.message,
+                ..Disconnect::new(DisconnectCode::TOKEN_EXPIRED, None)
+            }),
+        }
     }
 
     fn send(&self, bytes: Bytes) {
@@ -380,8 +439,8 @@ impl Session {
             }
             CommandKind::Refresh { token, channel } => {
                 let r = match channel {
-                    Some(channel) => self.refresh_channel(&token, &channel),
-                    None => self.refresh(&token),
+                    Some(channel) => self.refresh_channel(&token, &channel).await,
+                    None => self.refresh(&token).await,
                 };
                 self.reply(id, r)
             }
@@ -389,45 +448,98 @@ impl Session {
         }
     }
 
-    async fn connect(&mut self, id: u32, token: Option<String>, mut subscribe: Vec<SubscribeArg>) {
-        let identity = match token {
-            None => Identity {
-                user: String::new(),
-                info: None,
-                expires_at: None,
-                anonymous: true,
-            },
-            Some(token) => match self.node.tokens.read().verify(&token) {
+    /// Who the connection is: from its token, else from the connect hook
+    /// (when configured), else anonymous. Adds the channels the token or
+    /// the hook subscribe it to; returns the hook's data for the client. On
+    /// refusal the error is replied and the connection closed.
+    async fn authenticate(
+        &mut self,
+        id: u32,
+        token: Option<String>,
+        subscribe: &mut Vec<SubscribeArg>,
+    ) -> Option<(Identity, Option<Box<RawValue>>)> {
+        let mut add = |channels: Option<Vec<String>>| {
+            for channel in channels.unwrap_or_default() {
+                if !subscribe.iter().any(|s| s.channel == channel) {
+                    subscribe.push(SubscribeArg {
+                        channel,
+                        since: None,
+                        token: None,
+                        strict: false,
+                    });
+                }
+            }
+        };
+        let anonymous = Identity {
+            user: String::new(),
+            info: None,
+            expires_at: None,
+            anonymous: true,
+            proxied: false,
+        };
+        if let Some(token) = token {
+            return match self.node.verify_token(&token).await {
                 Ok(claims) => {
                     // The token's `channels` are subscribed server-side.
-                    for channel in claims.channels.unwrap_or_default() {
-                        if !subscribe.iter().any(|s| s.channel == channel) {
-                            subscribe.push(SubscribeArg {
-                                channel,
-                                since: None,
-                                token: None,
-                                strict: false,
-                            });
-                        }
-                    }
-                    Identity {
+                    add(claims.channels);
+                    let identity = Identity {
                         user: claims.sub,
                         info: claims.info,
                         expires_at: claims.exp,
                         anonymous: false,
-                    }
+                        proxied: false,
+                    };
+                    Some((identity, None))
                 }
                 Err(TokenError::Expired) => {
                     self.reply_error(id, &err(ErrorCode::TokenExpired, "token expired"));
                     self.disconnect(DisconnectCode::TOKEN_EXPIRED);
-                    return;
+                    None
                 }
-                Err(TokenError::Invalid(why)) => {
-                    self.reply_error(id, &err(ErrorCode::PermissionDenied, why));
+                Err(e) => {
+                    self.reply_error(id, &err(ErrorCode::PermissionDenied, e.into_message()));
                     self.disconnect(DisconnectCode::INVALID_TOKEN);
-                    return;
+                    None
                 }
-            },
+            };
+        }
+        let Some(url) = self.node.config.proxy.connect.clone() else {
+            return Some((anonymous, None));
+        };
+        let fail = self.node.config.proxy.fail;
+        match self.ask_backend("connect", &url, fail, None, None).await {
+            Ok(hooks::Verdict::Allow(allow)) => {
+                add(allow.channels);
+                let user = allow.user.unwrap_or_default();
+                let identity = Identity {
+                    anonymous: user.is_empty(),
+                    user,
+                    info: allow.info,
+                    expires_at: allow.expire_at,
+                    proxied: true,
+                };
+                Some((identity, allow.data))
+            }
+            Ok(hooks::Verdict::FailedOpen | hooks::Verdict::Rules) => Some((anonymous, None)),
+            Err(e) => {
+                self.reply_error(id, &e);
+                let code = if e.temporary {
+                    DisconnectCode::FORCE_RECONNECT
+                } else {
+                    DisconnectCode::FORBIDDEN
+                };
+                self.close(Disconnect {
+                    reason: e.message,
+                    ..Disconnect::new(code, None)
+                });
+                None
+            }
+        }
+    }
+
+    async fn connect(&mut self, id: u32, token: Option<String>, mut subscribe: Vec<SubscribeArg>) {
+        let Some((identity, data)) = self.authenticate(id, token, &mut subscribe).await else {
+            return;
         };
         let expires_in = identity.expires_at.map(|e| e.saturating_sub(unix_now()));
         if !self.node.claim_user(self.conn, &identity.user).await {
@@ -445,6 +557,12 @@ impl Session {
         let user = identity.user.clone();
         self.identity = Some(identity);
         self.touch().await;
+        if !self.transient {
+            self.node.emit(
+                WebhookEvent::ClientConnected,
+                || json!({"client": self.client, "user": user, "transport": self.peer.transport}),
+            );
+        }
 
         // Subscribe everything asked while buffering, queue the connect reply,
         // then let each channel go live: no push can precede the reply.
@@ -477,6 +595,7 @@ impl Session {
             ping_interval: self.node.config.client.ping_interval.as_secs().max(1),
             expires_in,
             subscribed: (!subscribe.is_empty()).then_some(results),
+            data,
         };
         self.send(encode_ok_reply(id, &ok));
         for (channel, sub, top) in live {
@@ -484,10 +603,10 @@ impl Session {
         }
     }
 
-    fn refresh(&mut self, token: &str) -> Result<RefreshOk, ErrorBody> {
-        let claims = self.node.tokens.read().verify(token).map_err(|e| match e {
+    async fn refresh(&mut self, token: &str) -> Result<RefreshOk, ErrorBody> {
+        let claims = self.node.verify_token(token).await.map_err(|e| match e {
             TokenError::Expired => err(ErrorCode::TokenExpired, "token expired"),
-            TokenError::Invalid(why) => err(ErrorCode::PermissionDenied, why),
+            e => err(ErrorCode::PermissionDenied, e.into_message()),
         })?;
         let Some(identity) = self.identity.as_mut() else {
             return Err(err(ErrorCode::BadRequest, "not connected"));
@@ -543,6 +662,22 @@ impl Session {
         }
         self.node.unregister(self.conn);
         self.touch().await;
+        if let Some(identity) = self.identity.as_ref().filter(|_| !self.transient) {
+            // A socket that went without a close has the abnormal-closure code.
+            let (code, reason) = self
+                .outbox
+                .closed_with()
+                .map_or((1006, String::new()), |d| (d.code, d.reason));
+            self.node.emit(WebhookEvent::ClientDisconnected, || {
+                json!({
+                    "client": self.client,
+                    "user": identity.user,
+                    "transport": self.peer.transport,
+                    "code": code,
+                    "reason": reason,
+                })
+            });
+        }
     }
 
     /// Records the user as seen now (at connect and at disconnect).
@@ -604,6 +739,7 @@ impl Drop for Session {
         };
         let node = self.node.clone();
         let (client, conn, transient) = (self.client.clone(), self.conn, self.transient);
+        let user = self.user().unwrap_or_default().to_string();
         rt.spawn(async move {
             for channel in channels {
                 node.unsubscribe(&channel, conn).await;
@@ -613,10 +749,7 @@ impl Drop for Session {
                 if let Ok((_, ns)) = node.resolve(&channel)
                     && ns.presence
                 {
-                    let _ = node
-                        .engine
-                        .leave(&channel, &client, &node.policy(&ns))
-                        .await;
+                    subscribe::leave_presence(&node, &channel, &client, &user, &ns).await;
                 }
             }
         });

@@ -1,6 +1,7 @@
 //! The typed handlers behind both client commands and the server API:
 //! publish, history, presence, last seen.
 
+use crate::config::WebhookEvent;
 use tidings_protocol::reply::{HistoryOk, LastSeenOk, PresenceOk, PresenceStatsOk, PublishOk};
 use tidings_protocol::{ErrorBody, ErrorCode, Publication, SinceArg};
 
@@ -62,6 +63,17 @@ pub async fn publish(
             ));
         }
     }
+    // Kept only when the `publication` webhook wants it.
+    let told = node
+        .webhooks
+        .as_ref()
+        .is_some_and(|w| w.wants(WebhookEvent::Publication));
+    let event = told.then(|| {
+        (
+            request.data.clone(),
+            request.info.as_ref().map(|i| i.user.clone()),
+        )
+    });
     let outcome = node
         .engine
         .publish(channel, request, &node.policy(ns))
@@ -69,6 +81,16 @@ pub async fn publish(
         .map_err(internal)?;
     if !outcome.duplicate {
         node.metrics.publications_in.inc();
+        if let Some((data, user)) = event {
+            node.emit(WebhookEvent::Publication, || {
+                serde_json::json!({
+                    "channel": channel,
+                    "offset": outcome.position.as_ref().map(|p| p.offset),
+                    "user": user,
+                    "data": data,
+                })
+            });
+        }
     }
     Ok(match outcome.position {
         Some(p) => PublishOk {

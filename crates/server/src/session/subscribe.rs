@@ -9,11 +9,16 @@ use tidings_protocol::{
     ClientInfo, DisconnectCode, ErrorBody, ErrorCode, Publication, Push, SubscribeArg, encode_push,
 };
 
-use super::{PRESENCE_IN_REPLY, Session, err, internal};
+use serde_json::json;
+
+use super::hooks::Verdict;
+use super::{FAILED_OPEN_GRACE_S, PRESENCE_IN_REPLY, Session, err, internal};
 use crate::auth::{TOKEN_LEEWAY_S, TokenError, unix_now};
+use crate::config::WebhookEvent;
 use crate::config::{ClientAccess, NamespaceOptions, SubscribeRule};
 use crate::engine::HistoryQuery;
 use crate::hub::Subscriber;
+use crate::node::Node;
 use crate::node::SubscribeError;
 
 /// Bytes of recovered publications one reply may still carry
@@ -43,6 +48,25 @@ impl ReplyBudget {
     }
 }
 
+/// Takes a connection out of a channel's presence; the user's last
+/// connection there makes a `member_removed` webhook.
+pub(super) async fn leave_presence(
+    node: &Node,
+    channel: &str,
+    client: &str,
+    user: &str,
+    ns: &NamespaceOptions,
+) {
+    match node.engine.leave(channel, client, &node.policy(ns)).await {
+        Ok(true) => node.emit(
+            WebhookEvent::MemberRemoved,
+            || json!({"channel": channel, "user": user, "client": client}),
+        ),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(channel, error = %e, "presence removal failed"),
+    }
+}
+
 impl Session {
     /// Registers a subscription (buffering) and builds its reply, with
     /// recovered publications within `budget`.
@@ -54,18 +78,6 @@ impl Session {
         let node = self.node.clone();
         let ns = &self.check_channel(&arg.channel)?;
         let identity = self.check_access(ns)?;
-        // A private channel: a channel token for this user and channel.
-        let token_expiry = if ns.subscribe_rule() == SubscribeRule::Token {
-            let token = arg.token.as_deref().ok_or_else(|| {
-                err(
-                    ErrorCode::PermissionDenied,
-                    "this channel needs a channel token",
-                )
-            })?;
-            self.check_channel_token(token, &arg.channel)?
-        } else {
-            None
-        };
         let presence_info = ClientInfo {
             client: self.client.clone(),
             user: identity.user.clone(),
@@ -83,6 +95,7 @@ impl Session {
                 ),
             ));
         }
+        let (expiry, proxied) = self.admit(arg, ns).await?;
         let sub = node
             .subscribe(
                 &arg.channel,
@@ -98,8 +111,11 @@ impl Session {
                 SubscribeError::Engine(e) => internal(e),
             })?;
         self.subs.insert(arg.channel.clone(), sub.clone());
-        if let Some(at) = token_expiry {
+        if let Some(at) = expiry {
             self.sub_expiry.insert(arg.channel.clone(), at);
+        }
+        if proxied {
+            self.proxied_subs.insert(arg.channel.clone());
         }
         match self.answer_subscribe(arg, ns, budget).await {
             Ok(mut ok) if ns.presence && !self.transient => {
@@ -107,7 +123,11 @@ impl Session {
                 let engine = &node.engine;
                 let policy = node.policy(ns);
                 let joined = async {
-                    engine.join(&arg.channel, &presence_info, &policy).await?;
+                    if engine.join(&arg.channel, &presence_info, &policy).await? {
+                        node.emit(WebhookEvent::MemberAdded, || {
+                            json!({"channel": arg.channel, "user": presence_info.user, "client": presence_info.client})
+                        });
+                    }
                     // Small rooms get who is here in the reply; large ones page.
                     let (clients, _) = engine.stats(&arg.channel).await?;
                     if !show || clients as usize > PRESENCE_IN_REPLY {
@@ -137,17 +157,53 @@ impl Session {
         }
     }
 
+    /// Whether this connection may subscribe `arg.channel`: the namespace's
+    /// subscribe hook decides when it has one, else (or when it fails with
+    /// `proxy_fail = "rules"`) its rules. Returns when the subscription
+    /// expires and whether the hook allowed it.
+    async fn admit(
+        &self,
+        arg: &SubscribeArg,
+        ns: &NamespaceOptions,
+    ) -> Result<(Option<u64>, bool), ErrorBody> {
+        if let Some(url) = &ns.subscribe_proxy {
+            let channel = Some(arg.channel.as_str());
+            match self
+                .ask_backend("subscribe", url, ns.proxy_fail, channel, None)
+                .await?
+            {
+                Verdict::Allow(allow) => return Ok((allow.expire_at, true)),
+                Verdict::FailedOpen => return Ok((None, false)),
+                Verdict::Rules => {}
+            }
+        }
+        if ns.subscribe_rule() != SubscribeRule::Token {
+            return Ok((None, false));
+        }
+        // A private channel: a channel token for this user and channel.
+        let token = arg.token.as_deref().ok_or_else(|| {
+            err(
+                ErrorCode::PermissionDenied,
+                "this channel needs a channel token",
+            )
+        })?;
+        Ok((self.check_channel_token(token, &arg.channel).await?, false))
+    }
+
     /// Checks a channel token for this connection's user and `channel`;
     /// returns its expiry (Unix seconds), if it has one.
-    fn check_channel_token(&self, token: &str, channel: &str) -> Result<Option<u64>, ErrorBody> {
+    async fn check_channel_token(
+        &self,
+        token: &str,
+        channel: &str,
+    ) -> Result<Option<u64>, ErrorBody> {
         let claims = self
             .node
-            .tokens
-            .read()
-            .verify_channel(token)
+            .verify_channel_token(token)
+            .await
             .map_err(|e| match e {
                 TokenError::Expired => err(ErrorCode::TokenExpired, "channel token expired"),
-                TokenError::Invalid(why) => err(ErrorCode::PermissionDenied, why),
+                e => err(ErrorCode::PermissionDenied, e.into_message()),
             })?;
         if claims.channel != channel || Some(claims.sub.as_str()) != self.user() {
             return Err(err(
@@ -159,7 +215,7 @@ impl Session {
     }
 
     /// `refresh` with a `channel`: a new channel token for that subscription.
-    pub(super) fn refresh_channel(
+    pub(super) async fn refresh_channel(
         &mut self,
         token: &str,
         channel: &str,
@@ -174,7 +230,7 @@ impl Session {
                 "this channel takes no channel token",
             ));
         }
-        let exp = self.check_channel_token(token, channel)?;
+        let exp = self.check_channel_token(token, channel).await?;
         match exp {
             Some(at) => self.sub_expiry.insert(channel.to_string(), at),
             None => self.sub_expiry.remove(channel),
@@ -194,14 +250,48 @@ impl Session {
             .map(|(channel, _)| channel.clone())
             .collect();
         for channel in expired {
+            let reason = match self.refresh_subscription(&channel, now).await {
+                Ok(()) => continue,
+                Err(reason) => reason,
+            };
             if self.drop_subscription(&channel).await {
                 self.send(encode_push(&Push::Unsub {
                     channel,
                     code: DisconnectCode::TOKEN_EXPIRED.0,
-                    reason: "channel token expired".into(),
+                    reason,
                 }));
             }
         }
+    }
+
+    /// An expired subscription: the sub_refresh hook may extend one the
+    /// subscribe hook allowed. Err with the reason it ends.
+    async fn refresh_subscription(&mut self, channel: &str, now: u64) -> Result<(), String> {
+        let expired = || "channel token expired".to_string();
+        let url = match self.node.resolve(channel) {
+            Ok((_, ns)) if self.proxied_subs.contains(channel) => {
+                ns.sub_refresh_proxy.clone().map(|url| (url, ns.proxy_fail))
+            }
+            _ => None,
+        };
+        let Some((url, fail)) = url else {
+            return Err(expired());
+        };
+        let verdict = self
+            .ask_backend("sub_refresh", &url, fail, Some(channel), None)
+            .await;
+        let until = match verdict {
+            Ok(Verdict::Allow(allow)) => allow.expire_at,
+            // No answer: go on for a while, then ask again.
+            Ok(Verdict::FailedOpen) => Some(now + FAILED_OPEN_GRACE_S - TOKEN_LEEWAY_S),
+            Ok(Verdict::Rules) => return Err(expired()),
+            Err(e) => return Err(e.message),
+        };
+        match until {
+            Some(at) => self.sub_expiry.insert(channel.to_string(), at),
+            None => self.sub_expiry.remove(channel),
+        };
+        Ok(())
     }
 
     pub(super) async fn answer_subscribe(
@@ -329,16 +419,13 @@ impl Session {
         self.node.unsubscribe(channel, self.conn).await;
         self.subs.remove(channel);
         self.sub_expiry.remove(channel);
+        self.proxied_subs.remove(channel);
         if let Ok((_, ns)) = self.node.resolve(channel)
             && ns.presence
             && !self.transient
-            && let Err(e) = self
-                .node
-                .engine
-                .leave(channel, &self.client, &self.node.policy(&ns))
-                .await
         {
-            tracing::warn!(channel, error = %e, "presence removal failed");
+            let user = self.user().unwrap_or_default();
+            leave_presence(&self.node, channel, &self.client, user, &ns).await;
         }
         true
     }

@@ -18,6 +18,22 @@ use crate::node::{Mailbox, Node};
 use crate::outbox::{Entry, Lane, Outbox};
 use crate::session::Session;
 
+/// The peer of an HTTP request for the backend's hooks: `transport`, the
+/// socket's address and the headers `proxy.headers` lets through.
+pub fn peer(
+    node: &Node,
+    transport: &'static str,
+    ip: std::net::SocketAddr,
+    headers: &HeaderMap,
+) -> crate::hooks::Peer {
+    crate::hooks::Peer::from_request(
+        transport,
+        Some(ip.ip()),
+        headers,
+        &node.config.proxy.headers,
+    )
+}
+
 /// Whether the request's browser origin (if any) may open a connection.
 pub fn origin_allowed(node: &Node, headers: &HeaderMap) -> bool {
     let get = |name| {
@@ -39,6 +55,8 @@ pub struct StreamRequest {
     pub since: Option<String>,
     /// `?timeout=` in seconds (long-poll).
     pub timeout: Option<String>,
+    /// Who asks (for the backend's hooks); set by the transport.
+    pub peer: crate::hooks::Peer,
 }
 
 fn bad(code: ErrorCode, message: impl Into<String>) -> ApiError {
@@ -209,6 +227,7 @@ impl OpenStream {
         };
         let outbox = Arc::new(Outbox::new(node.config.client.outbox_bytes));
         let (mut session, control) = Session::new(node.clone(), outbox.clone());
+        session.set_peer(req.peer.clone());
         if transient {
             session.set_transient();
         }

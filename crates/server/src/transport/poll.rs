@@ -47,7 +47,10 @@ async fn poll(
     query: Option<&str>,
     headers: &HeaderMap,
 ) -> Result<Bytes, ApiError> {
-    let req = StreamRequest::parse(query, headers)?;
+    let req = StreamRequest {
+        peer: super::http::peer(node, "http_poll", peer, headers),
+        ..StreamRequest::parse(query, headers)?
+    };
     let timeout = match req.timeout.as_deref() {
         None => DEFAULT_TIMEOUT_S,
         Some(t) => t

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::{RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::HeaderMap;
 use serde_json::json;
 use tidings_protocol::{Disconnect, DisconnectCode, ErrorBody, ErrorCode};
@@ -46,6 +46,7 @@ fn to_event(e: StreamEvent) -> Event {
 /// `GET /v1/sse`.
 pub async fn handle(
     State(node): State<Arc<Node>>,
+    ConnectInfo(ip): ConnectInfo<std::net::SocketAddr>,
     RawQuery(query): RawQuery,
     headers: HeaderMap,
 ) -> Response {
@@ -54,7 +55,10 @@ pub async fn handle(
         return ApiError(e).into_response();
     }
     let req = match StreamRequest::parse(query.as_deref(), &headers) {
-        Ok(r) => r,
+        Ok(r) => StreamRequest {
+            peer: super::http::peer(&node, "sse", ip, &headers),
+            ..r
+        },
         Err(e) => return e.into_response(),
     };
     let (open, opening, first) = match OpenStream::open(&node, &req, false).await {

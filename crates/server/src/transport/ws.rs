@@ -79,11 +79,21 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
         )
             .into_response();
     }
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let peer = crate::hooks::Peer::from_request(
+        "websocket",
+        ip,
+        req.headers(),
+        &node.config.proxy.headers,
+    );
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                run(node, TokioIo::new(upgraded)).await;
+                run(node, TokioIo::new(upgraded), peer).await;
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
@@ -113,7 +123,7 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 
 /// Runs one connection: a reader loop (commands, pings, expiry, control)
 /// and a writer task that drains the outbox.
-async fn run<S>(node: Arc<Node>, io: S)
+async fn run<S>(node: Arc<Node>, io: S, peer: crate::hooks::Peer)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -125,6 +135,7 @@ where
     let (sink, mut stream) = ws.split();
     let outbox = Arc::new(Outbox::new(node.config.client.outbox_bytes));
     let (mut session, control) = Session::new(node.clone(), outbox.clone());
+    session.set_peer(peer);
     node.metrics.connections.inc();
     let mut writer = tokio::spawn(write_loop(node.clone(), outbox.clone(), sink));
 

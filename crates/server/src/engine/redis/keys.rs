@@ -39,6 +39,11 @@ impl Keys {
         ["pz", "pl", "pi", "pu"].map(|w| self.of(channel, w))
     }
 
+    /// The nodes with subscribers of the channel (a set of node ids).
+    pub(super) fn occupancy(&self, channel: &str) -> String {
+        self.of(channel, "o")
+    }
+
     /// The pub/sub channel carrying the channel's publications and presence.
     pub(super) fn pubsub(&self, channel: &str) -> String {
         format!("{}:c:{channel}", self.prefix)

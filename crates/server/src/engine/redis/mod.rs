@@ -320,6 +320,29 @@ impl RedisEngine {
         Ok(done == 1)
     }
 
+    /// Records that this node has (`add`) or no longer has (`rem`)
+    /// subscribers of `channel`; true when that occupied or vacated the
+    /// channel in the cluster.
+    async fn occupancy(&self, channel: &str, op: &str) -> Result<bool, EngineError> {
+        let me = self.sink.get().map(|s| s.node_id()).unwrap_or_default();
+        let live: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(self.keys.nodes())
+            .arg(now_ms())
+            .arg("+inf")
+            .query_async(&mut self.main_conn()?)
+            .await
+            .map_err(redis_error)?;
+        let changed: u8 = scripts::OCCUPANCY
+            .key(self.keys.occupancy(channel))
+            .arg(op)
+            .arg(me)
+            .arg(live)
+            .invoke_async(&mut self.conn(channel)?)
+            .await
+            .map_err(redis_error)?;
+        Ok(changed == 1)
+    }
+
     /// Runs the LEAVE script for one client or for expired leases.
     async fn leave_script(
         &self,
@@ -387,20 +410,23 @@ impl Broker for RedisEngine {
         })
     }
 
-    async fn node_subscribe(&self, channel: &str) -> Result<(), EngineError> {
+    async fn node_subscribe(&self, channel: &str) -> Result<bool, EngineError> {
         match self.shard(channel).fanout.get() {
-            Some(f) => f.subscribe(channel).await,
-            None => Err(EngineError::Unavailable(
-                "the redis engine is not started".into(),
-            )),
+            Some(f) => f.subscribe(channel).await?,
+            None => {
+                return Err(EngineError::Unavailable(
+                    "the redis engine is not started".into(),
+                ));
+            }
         }
+        self.occupancy(channel, "add").await
     }
 
-    async fn node_unsubscribe(&self, channel: &str) -> Result<(), EngineError> {
+    async fn node_unsubscribe(&self, channel: &str) -> Result<bool, EngineError> {
         if let Some(f) = self.shard(channel).fanout.get() {
             f.unsubscribe(channel);
         }
-        Ok(())
+        self.occupancy(channel, "rem").await
     }
 
     async fn control(&self, control: UserControl) -> Result<(), EngineError> {
@@ -468,7 +494,7 @@ impl Presence for RedisEngine {
         channel: &str,
         info: &ClientInfo,
         policy: &ChannelPolicy,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
         let p = &policy.presence;
         let json = serde_json::to_string(info).map_err(|e| EngineError::Backend(e.to_string()))?;
         let mut invocation = scripts::JOIN.prepare_invoke();
@@ -486,11 +512,11 @@ impl Presence for RedisEngine {
             .arg(p.join_leave_max)
             .arg(if p.per_user { "1" } else { "0" })
             .arg(self.keys.pubsub(channel));
-        let _: u8 = invocation
+        let joined: u8 = invocation
             .invoke_async(&mut self.conn(channel)?)
             .await
             .map_err(redis_error)?;
-        Ok(())
+        Ok(joined == 2)
     }
 
     async fn leave(
@@ -498,10 +524,10 @@ impl Presence for RedisEngine {
         channel: &str,
         client: &str,
         policy: &ChannelPolicy,
-    ) -> Result<(), EngineError> {
+    ) -> Result<bool, EngineError> {
         self.leave_script(channel, "client", client, policy)
             .await
-            .map(|_| ())
+            .map(|gone| gone == 2)
     }
 
     async fn list(

@@ -85,7 +85,8 @@ return {top, epoch, entries}
 /// (zset of client ids, for paging), infos (hash client → ClientInfo JSON),
 /// users (hash user → entries); ARGV client, user, info JSON, expiry ms,
 /// keys' ttl ms, "1" for join/leave pushes, join_leave_max, "1" per user,
-/// the pub/sub channel. Returns 1 for a new entry, 0 for a renewal.
+/// the pub/sub channel. Returns 2 for the user's first entry, 1 for
+/// another new entry, 0 for a renewal.
 pub(super) static JOIN: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -103,7 +104,33 @@ if ARGV[6] == '1' and redis.call('ZCARD', KEYS[1]) <= tonumber(ARGV[7])
     and (ARGV[8] ~= '1' or n == 1) then
   redis.call('PUBLISH', ARGV[9], 'j' .. ARGV[3])
 end
+if n == 1 then return 2 end
 return 1
+"#,
+    )
+});
+
+/// Which nodes have subscribers of a channel: KEYS the channel's
+/// occupancy set; ARGV "add" or "rem", this node's id, then the ids of the
+/// live nodes (the others' entries are forgotten: they died). Returns 1
+/// when the channel became occupied ("add") or vacant ("rem") in the
+/// cluster, else 0.
+pub(super) static OCCUPANCY: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local live = {}
+for i = 3, #ARGV do live[ARGV[i]] = true end
+for _, node in ipairs(redis.call('SMEMBERS', KEYS[1])) do
+  if not live[node] and node ~= ARGV[2] then redis.call('SREM', KEYS[1], node) end
+end
+if ARGV[1] == 'add' then
+  local added = redis.call('SADD', KEYS[1], ARGV[2])
+  if added == 1 and redis.call('SCARD', KEYS[1]) == 1 then return 1 end
+  return 0
+end
+local removed = redis.call('SREM', KEYS[1], ARGV[2])
+if removed == 1 and redis.call('SCARD', KEYS[1]) == 0 then return 1 end
+return 0
 "#,
     )
 });
@@ -111,7 +138,8 @@ return 1
 /// Presence removal: KEYS as [`JOIN`]; ARGV "client" and a client id, or
 /// "expire" and now (ms: removes up to 1000 entries whose lease ended);
 /// "1" for join/leave pushes, join_leave_max, "1" per user, the pub/sub
-/// channel. Each removal is announced like a leave. Returns how many went.
+/// channel. Each removal is announced like a leave. Returns how many went
+/// (for one client: 2 when it was its user's last entry).
 pub(super) static LEAVE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -128,6 +156,7 @@ local function leave(client)
       and (ARGV[5] ~= '1' or n <= 0) then
     redis.call('PUBLISH', ARGV[6], 'l' .. info)
   end
+  if n <= 0 then return 2 end
   return 1
 end
 if ARGV[1] == 'client' then
@@ -135,7 +164,7 @@ if ARGV[1] == 'client' then
 end
 local gone = 0
 for _, client in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, 1000)) do
-  gone = gone + leave(client)
+  gone = gone + math.min(leave(client), 1)
 end
 return gone
 "#,
