@@ -142,6 +142,15 @@ impl Raw {
         }
     }
 
+    /// Wraps a WebSocket opened some other way (headers, TLS).
+    pub fn from_stream(ws: WebSocketStream<MaybeTlsStream<TcpStream>>) -> Raw {
+        Raw {
+            ws,
+            pending: Default::default(),
+            next_id: 0,
+        }
+    }
+
     /// Opens and connects (anonymous when `user` is None).
     pub async fn connect(server: &Server, user: Option<&str>) -> Raw {
         let mut raw = Raw::open(server).await;
