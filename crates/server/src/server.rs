@@ -212,7 +212,12 @@ impl Server {
                 }
             })
         };
-        // The cluster learns of this node (and forgets it when it stops announcing).
+        // The cluster learns of this node (and forgets it when it stops
+        // announcing); known before its first subscriber, so that no other
+        // node takes it for dead when telling who occupies a channel.
+        if let Err(e) = node.engine.announce(&node.info()).await {
+            tracing::debug!(error = %e, "announcing this node failed");
+        }
         let announcer = {
             let node = node.clone();
             tokio::spawn(async move {

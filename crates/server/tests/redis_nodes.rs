@@ -593,8 +593,57 @@ on_both!(
     presence_disconnect_and_info_span_the_nodes,
     subscribes_racing_unsubscribes_leave_the_node_subscribed_exactly_when_needed,
     channels_lists_every_nodes_subscribers,
-    connections_per_user_count_across_nodes
+    connections_per_user_count_across_nodes,
+    webhooks_tell_occupied_vacated_and_members_once_for_the_cluster
 );
+
+/// Three nodes, one receiver: a channel is occupied and vacated once, a
+/// user added and removed once, whichever nodes their connections are on.
+async fn webhooks_tell_occupied_vacated_and_members_once_for_the_cluster(backend: Backend) {
+    use common::receiver::{close_ws, receiver};
+    let (url, got) = receiver(0).await;
+    let servers = nodes_with(&backend, 3, |c| {
+        let hooked = common::receiver::hooked(&url);
+        c.webhooks = hooked.webhooks;
+    })
+    .await;
+    let mut clients = Vec::new();
+    for (node, user) in [(0, "alice"), (1, "alice"), (2, "bob")] {
+        let mut raw = Raw::connect(&servers[node], Some(user)).await;
+        let r = raw
+            .call(json!({"op": "subscribe", "channel": "chat:webhooks"}))
+            .await;
+        assert!(r["ok"].is_object(), "{r}");
+        clients.push(raw);
+    }
+    for raw in clients {
+        close_ws(raw).await;
+    }
+    let of = |kind: &str| {
+        got.unique()
+            .iter()
+            .filter(|e| e["event"] == kind && e["channel"] == "chat:webhooks")
+            .map(|e| e["user"].as_str().unwrap_or("").to_string())
+            .collect::<Vec<_>>()
+    };
+    got.wait_for("vacated and both users removed", |_| {
+        of("channel_vacated").len() == 1 && of("member_removed").len() == 2
+    })
+    .await;
+    // Anything told twice would have arrived by now.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(of("channel_occupied").len(), 1);
+    assert_eq!(of("channel_vacated").len(), 1);
+    let mut added = of("member_added");
+    added.sort();
+    assert_eq!(added, ["alice", "bob"]);
+    let mut removed = of("member_removed");
+    removed.sort();
+    assert_eq!(removed, ["alice", "bob"]);
+    for s in servers {
+        s.shutdown().await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_stopped_gracefully_sends_its_clients_to_the_others() {

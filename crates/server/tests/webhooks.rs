@@ -4,117 +4,16 @@
 
 mod common;
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use common::receiver::{WHSEC, close_ws, hooked, receiver};
 use common::*;
-use futures_util::SinkExt;
-use parking_lot::Mutex;
-use serde_json::{Value, json};
-use tidings_server::config::{Config, WebhookEvent};
+use serde_json::json;
+use tidings_server::config::WebhookEvent;
 use tidings_server::hooks::signature;
-
-const WHSEC: &str = "whsec-test-123";
-
-/// What the receiver got: events in arrival order (duplicates included),
-/// the raw requests, and how many it refused on purpose.
-#[derive(Default)]
-struct Received {
-    events: Mutex<Vec<Value>>,
-    requests: Mutex<Vec<(String, Bytes)>>,
-    bad_signatures: AtomicUsize,
-    fail_next: AtomicUsize,
-}
-
-impl Received {
-    /// Events by id, first arrival kept (what a deduplicating backend keeps).
-    fn unique(&self) -> Vec<Value> {
-        let mut seen = HashSet::new();
-        self.events
-            .lock()
-            .iter()
-            .filter(|e| seen.insert(e["id"].as_str().unwrap_or_default().to_string()))
-            .cloned()
-            .collect()
-    }
-
-    fn count(&self, event: &str) -> usize {
-        self.unique().iter().filter(|e| e["event"] == event).count()
-    }
-
-    async fn wait_for(&self, what: &str, done: impl Fn(&Self) -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !done(self) {
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-async fn receiver(fail_first: usize) -> (String, Arc<Received>) {
-    let got = Arc::new(Received::default());
-    got.fail_next.store(fail_first, Ordering::SeqCst);
-    let app = Router::new()
-        .route(
-            "/events",
-            post(
-                |State(got): State<Arc<Received>>, headers: HeaderMap, body: Bytes| async move {
-                    if got
-                        .fail_next
-                        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
-                        .is_ok()
-                    {
-                        return StatusCode::SERVICE_UNAVAILABLE;
-                    }
-                    let header = headers
-                        .get(signature::HEADER)
-                        .and_then(|v| v.to_str().ok())
-                        .unwrap_or_default()
-                        .to_string();
-                    let now = tidings_server::auth::unix_now();
-                    if signature::verify(WHSEC, &header, &body, now, 300).is_err() {
-                        got.bad_signatures.fetch_add(1, Ordering::SeqCst);
-                        return StatusCode::UNAUTHORIZED;
-                    }
-                    let parsed: Value = serde_json::from_slice(&body).unwrap();
-                    got.events
-                        .lock()
-                        .extend(parsed["events"].as_array().unwrap().iter().cloned());
-                    got.requests.lock().push((header, body));
-                    StatusCode::NO_CONTENT
-                },
-            ),
-        )
-        .with_state(got.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    (format!("http://{addr}/events"), got)
-}
-
-fn hooked(url: &str) -> Config {
-    let mut c = config();
-    c.webhooks.url = Some(url.to_string());
-    c.webhooks.secret = Some(WHSEC.into());
-    c.webhooks.batch_window = Duration::from_millis(20);
-    c.webhooks.backoff_min = Duration::from_millis(20);
-    c.webhooks.backoff_max = Duration::from_millis(200);
-    c.webhooks.max_attempts = 30;
-    c
-}
-
-async fn close(mut raw: Raw) {
-    let _ = raw.ws.close().await;
-    // Read until the server's close answer: the session is ending.
-    let _ = raw.drain_until_closed().await;
-}
 
 #[tokio::test]
 async fn each_event_reaches_the_backend_once_by_id_despite_failures() {
@@ -135,7 +34,7 @@ async fn each_event_reaches_the_backend_once_by_id_despite_failures() {
     )
     .await;
     assert_eq!(status, 200);
-    close(alice).await;
+    close_ws(alice).await;
 
     got.wait_for("six events", |g| g.count("client_disconnected") == 1)
         .await;
@@ -214,7 +113,7 @@ async fn occupied_and_vacated_pair_up_under_churn() {
                 if (t + r) % 3 == 0 {
                     tokio::time::sleep(Duration::from_millis(2)).await;
                 }
-                close(raw).await;
+                close_ws(raw).await;
             }
         }));
     }
@@ -257,7 +156,7 @@ async fn a_full_queue_drops_the_oldest_and_counts_them() {
     c.webhooks.max_queue = 5;
     let server = start_with(c).await;
     for _ in 0..12 {
-        close(Raw::connect(&server, None).await).await;
+        close_ws(Raw::connect(&server, None).await).await;
     }
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {

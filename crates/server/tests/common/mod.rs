@@ -1,6 +1,7 @@
 //! Test harness: a real server on 127.0.0.1:0 and a raw WebSocket client.
 #![allow(dead_code)]
 
+pub mod receiver;
 pub mod redis;
 
 use std::time::Duration;
