@@ -74,6 +74,8 @@ export interface ConnectedEvent {
     client?: string;
     /** The user id (WebSocket only). */
     user?: string;
+    /** What the backend's connect hook gave this connection (WebSocket only). */
+    data?: unknown;
 }
 /** Payload of the `disconnected` event. */
 export interface DisconnectedEvent {

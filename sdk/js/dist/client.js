@@ -366,6 +366,8 @@ export class TidingsClient extends Emitter {
             ev.client = r.client;
         if (r.user)
             ev.user = r.user;
+        if (r.data !== undefined)
+            ev.data = r.data;
         this.emit('connected', ev);
         // Channels subscribed while the connection was opening.
         const session = this.session;

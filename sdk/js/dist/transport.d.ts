@@ -24,6 +24,8 @@ export interface OpenResult {
     user?: string;
     /** Seconds until the token expires (WebSocket only). */
     expiresIn?: number;
+    /** What the backend's connect hook gave the client (WebSocket only). */
+    data?: unknown;
     /** One answer per requested channel: an `ok` subscribe reply or an error. */
     subscribed: Array<{
         channel: string;

@@ -205,6 +205,7 @@ export class WsSession {
                 client: str(ok.client),
                 user: str(ok.user),
                 expiresIn: uint(ok.expires_in),
+                data: ok.data,
                 subscribed: [],
             };
             if (Array.isArray(ok.subscribed)) {

@@ -99,6 +99,8 @@ export interface ConnectedEvent {
   client?: string;
   /** The user id (WebSocket only). */
   user?: string;
+  /** What the backend's connect hook gave this connection (WebSocket only). */
+  data?: unknown;
 }
 
 /** Payload of the `disconnected` event. */
@@ -496,6 +498,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     const ev: ConnectedEvent = { transport };
     if (r.client) ev.client = r.client;
     if (r.user) ev.user = r.user;
+    if (r.data !== undefined) ev.data = r.data;
     this.emit('connected', ev);
     // Channels subscribed while the connection was opening.
     const session = this.session;

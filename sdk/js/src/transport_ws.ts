@@ -217,6 +217,7 @@ export class WsSession implements Session {
         client: str(ok.client),
         user: str(ok.user),
         expiresIn: uint(ok.expires_in),
+        data: ok.data,
         subscribed: [] as Array<{ channel: string; ok?: Obj; error?: TidingsError }>,
       };
       if (Array.isArray(ok.subscribed)) {
