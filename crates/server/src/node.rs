@@ -246,7 +246,11 @@ impl Node {
         let burst = f64::from(config.client.new_connections_per_second);
         let namespaces = RwLock::new(Arc::new(Namespaces::of(&config)));
         let id = crate::engine::new_epoch();
-        let proxy = crate::hooks::Proxy::new(config.proxy.timeout, metrics.clone());
+        let proxy = crate::hooks::Proxy::new(
+            config.proxy.timeout,
+            config.proxy.max_in_flight,
+            metrics.clone(),
+        );
         Self {
             config,
             engine,

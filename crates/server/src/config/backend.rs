@@ -39,6 +39,8 @@ pub struct ProxyConfig {
     pub fail: ProxyFail,
     /// The client's request headers passed to the backend (lowercase names).
     pub headers: Vec<String>,
+    /// Hook calls in flight at once (more wait, within `timeout`).
+    pub max_in_flight: usize,
 }
 
 impl Default for ProxyConfig {
@@ -51,6 +53,7 @@ impl Default for ProxyConfig {
             headers: ["cookie", "authorization", "origin", "user-agent"]
                 .map(String::from)
                 .to_vec(),
+            max_in_flight: 256,
         }
     }
 }
@@ -165,6 +168,9 @@ impl ProxyConfig {
         }
         if self.timeout.is_zero() {
             bad.push("`proxy.timeout`: must be greater than 0".into());
+        }
+        if self.max_in_flight == 0 {
+            bad.push("`proxy.max_in_flight`: must be greater than 0".into());
         }
         if self.fail == ProxyFail::Rules {
             bad.push("`proxy.fail`: \"closed\" or \"open\" (\"rules\" is for namespaces)".into());

@@ -163,20 +163,31 @@ impl Refusal {
 #[derive(Clone)]
 pub struct Proxy {
     client: reqwest::Client,
+    timeout: Duration,
+    /// Calls in flight at once: a connect storm waits here instead of
+    /// opening thousands of connections to the backend.
+    in_flight: std::sync::Arc<tokio::sync::Semaphore>,
     metrics: std::sync::Arc<Metrics>,
 }
 
 impl Proxy {
-    /// A client whose calls each take at most `timeout`.
-    pub fn new(timeout: Duration, metrics: std::sync::Arc<Metrics>) -> Self {
+    /// A client whose calls each take at most `timeout`, waiting included,
+    /// with at most `max_in_flight` at once.
+    pub fn new(timeout: Duration, max_in_flight: usize, metrics: std::sync::Arc<Metrics>) -> Self {
         let client = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(max_in_flight)
             .tcp_nodelay(true)
             .build()
             .unwrap_or_default();
-        Self { client, metrics }
+        Self {
+            client,
+            timeout,
+            in_flight: std::sync::Arc::new(tokio::sync::Semaphore::new(max_in_flight.max(1))),
+            metrics,
+        }
     }
 
     /// POSTs `request` to `url` for `hook` and reads the backend's answer.
@@ -186,7 +197,13 @@ impl Proxy {
         url: &str,
         request: &HookRequest<'_>,
     ) -> Result<Allow, HookError> {
-        let result = self.ask(url, request).await;
+        let call = async {
+            let _permit = self.in_flight.acquire().await;
+            self.ask(url, request).await
+        };
+        let result = tokio::time::timeout(self.timeout, call)
+            .await
+            .unwrap_or_else(|_| Err(HookError::Unavailable("timed out".into())));
         let outcome = match &result {
             Ok(_) => "allow",
             Err(HookError::Refused(_)) => "refuse",

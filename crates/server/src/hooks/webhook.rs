@@ -174,9 +174,10 @@ impl Webhooks {
         loop {
             if !more {
                 self.wake.notified().await;
+                // Let one window's events come together in one request; a
+                // backlog is sent without waiting.
+                tokio::time::sleep(self.config.batch_window).await;
             }
-            // Let one window's events come together in one request.
-            tokio::time::sleep(self.config.batch_window).await;
             self.flush().await;
             let batch = self.peek().await;
             if batch.is_empty() {
