@@ -11,8 +11,7 @@ use tidings_protocol::{ChannelName, Disconnect, ErrorBody, ErrorCode};
 use serde_json::json;
 
 use crate::auth::{ApiKeys, TokenError, TokenVerifier};
-use crate::config::WebhookEvent;
-use crate::config::{Config, NamespaceOptions};
+use crate::config::{Config, NamespaceOptions, WebhookEvent};
 use crate::engine::{
     ChannelPolicy, Engine, EngineError, NodeInfo, PresenceEvent, PublicationSink, UserControl,
 };
