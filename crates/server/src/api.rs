@@ -42,7 +42,10 @@ impl IntoResponse for ApiError {
             Ok(ErrorCode::AlreadySubscribed | ErrorCode::NotSubscribed) => StatusCode::CONFLICT,
             // An engine that cannot reach its backend: retry.
             Ok(ErrorCode::Internal) if self.0.temporary => StatusCode::SERVICE_UNAVAILABLE,
-            Ok(ErrorCode::Internal) | Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Ok(ErrorCode::Internal) => StatusCode::INTERNAL_SERVER_ERROR,
+            // A refusal in the backend's own codes (a proxy hook's).
+            Err(_) if (1000..2000).contains(&self.0.code) => StatusCode::FORBIDDEN,
+            Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         (status, Json(serde_json::json!({ "error": self.0 }))).into_response()
     }

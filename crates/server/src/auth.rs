@@ -201,11 +201,9 @@ impl TokenVerifier {
         let header = jsonwebtoken::decode_header(token).map_err(invalid)?;
         let alg = header.alg;
         let mut last = TokenError::Invalid(format!("no key accepts {alg:?} tokens"));
-        let mut named = false;
         let mut try_keys = |keys: &[VerifyKey]| {
             // A token naming its key (`kid`) is checked against that key only.
             let usable = keys.iter().filter(|(_, algs, kid)| {
-                named |= kid.is_some() && *kid == header.kid;
                 algs.contains(&alg) && (header.kid.is_none() || kid.is_none() || *kid == header.kid)
             });
             for (key, _, _) in usable {
@@ -231,8 +229,15 @@ impl TokenVerifier {
         {
             return done;
         }
+        let Some(remote) = &self.remote else {
+            return Err(last);
+        };
+        // A key id no key has: the provider may have rotated.
+        let named = |keys: &[VerifyKey]| keys.iter().any(|(_, _, kid)| *kid == header.kid);
         match header.kid {
-            Some(kid) if !named && self.remote.is_some() => Err(TokenError::UnknownKey(kid)),
+            Some(kid) if !named(&self.keys) && !remote.with_keys(named) => {
+                Err(TokenError::UnknownKey(kid))
+            }
             _ => Err(last),
         }
     }

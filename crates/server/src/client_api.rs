@@ -40,7 +40,7 @@ pub async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let peer = crate::transport::http::peer(&node, "http", ip, &headers);
+    let peer = crate::transport::http::peer(&node, "http", Some(ip.ip()), &headers);
     match call(&node, &op, &headers, peer, body).await {
         Ok(ok) => ([(header::CONTENT_TYPE, "application/json")], ok).into_response(),
         Err(e) => {

@@ -872,6 +872,9 @@ impl Config {
         }
         bad.extend(self.proxy.problems());
         bad.extend(self.webhooks.problems());
+        if self.auth.token_jwks_min_interval < Duration::from_secs(1) {
+            bad.push("`auth.token_jwks_min_interval`: at least 1s".into());
+        }
         if let Some(url) = &self.auth.token_jwks_url
             && !url.starts_with("https://")
         {

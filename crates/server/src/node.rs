@@ -366,6 +366,11 @@ impl Node {
         }
     }
 
+    /// Whether webhooks report `event`.
+    pub fn wants(&self, event: WebhookEvent) -> bool {
+        self.webhooks.as_ref().is_some_and(|w| w.wants(event))
+    }
+
     /// Verifies a connection token; a key id no key has fetches the
     /// identity provider's keys again (rate-limited) and tries once more.
     pub async fn verify_token(&self, token: &str) -> Result<crate::auth::Claims, TokenError> {

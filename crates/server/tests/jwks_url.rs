@@ -142,7 +142,8 @@ async fn keys_come_from_the_url_rotate_by_kid_and_a_flood_does_not_flood_the_pro
     let mut c = config();
     c.auth.token_jwks_url = Some(idp.url.clone());
     c.auth.token_jwks_ca = Some(ca_file.clone());
-    c.auth.token_jwks_min_interval = Duration::from_secs(1);
+    // Long enough that the 40 forged tokens below all fall in one interval.
+    c.auth.token_jwks_min_interval = Duration::from_secs(3);
     let server = start_with(c.clone()).await;
     assert_eq!(idp.fetches.load(Ordering::SeqCst), 1, "fetched at start");
 
@@ -151,7 +152,7 @@ async fn keys_come_from_the_url_rotate_by_kid_and_a_flood_does_not_flood_the_pro
 
     // The provider rotates in k2; a token naming it makes the server look again.
     idp.keys.lock().push(k2.jwk.clone());
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(3100)).await;
     let r = connects(&server, &token(&k2, "k2", "bob")).await;
     assert_eq!(r["ok"]["user"], "bob", "{r}");
     assert_eq!(idp.fetches.load(Ordering::SeqCst), 2);

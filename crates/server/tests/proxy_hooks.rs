@@ -88,10 +88,25 @@ async fn backend() -> (String, Arc<Seen>) {
             "/subscribe",
             post(|State(seen): State<Arc<Seen>>, Json(body): Json<Value>| async move {
                 record(&seen, "subscribe", &body).await;
-                Json(if body["channel"] == "auction:secret" {
+                let channel = body["channel"].as_str().unwrap_or("");
+                Json(if channel == "auction:secret" {
                     json!({"error": {"code": 103, "message": "not for you"}})
+                } else if channel.starts_with("auction:timed") {
+                    json!({"result": {"expire_at": now_s() + 1}})
                 } else {
                     json!({"result": {}})
+                })
+            }),
+        )
+        .route(
+            "/sub_refresh",
+            post(|State(seen): State<Arc<Seen>>, Json(body): Json<Value>| async move {
+                record(&seen, "sub_refresh", &body).await;
+                Json(match body["channel"].as_str().unwrap_or("") {
+                    "auction:timed-ok" => json!({"result": {"expire_at": now_s() + 3600}}),
+                    // An end already past: the subscription ends, nobody asks again.
+                    "auction:timed-past" => json!({"result": {"expire_at": now_s() - 10}}),
+                    _ => json!({"error": {"code": 1410, "message": "lot closed"}}),
                 })
             }),
         )
@@ -137,6 +152,7 @@ fn auction(backend: &str, fail: ProxyFail) -> NamespaceOptions {
         client_publish: ClientPublish::Subscribers,
         subscribe_proxy: Some(format!("{backend}/subscribe")),
         publish_proxy: Some(format!("{backend}/publish")),
+        sub_refresh_proxy: Some(format!("{backend}/sub_refresh")),
         proxy_fail: fail,
         ..Default::default()
     }
@@ -350,7 +366,7 @@ async fn a_failing_backend_fails_closed_open_or_by_the_rules() {
     assert_eq!(error_code(&r), 100, "{r}");
     assert_eq!(r["error"]["temporary"], true);
     assert!(
-        started.elapsed() < Duration::from_millis(2500),
+        started.elapsed() < Duration::from_millis(1500),
         "waited {:?} for a backend that takes 3 s",
         started.elapsed()
     );
@@ -412,5 +428,59 @@ async fn a_connect_hook_that_is_down_fails_closed_or_open() {
     let server = start_with(c).await;
     let (_client, reply) = connect_as(&server, "alice").await;
     assert_eq!(reply["ok"]["user"], "", "let in, as anonymous: {reply}");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_sub_refresh_hook_extends_or_ends_a_subscription() {
+    let (backend, seen) = backend().await;
+    let server = start_with(hooked_config(&backend)).await;
+    let (mut alice, _) = connect_as(&server, "alice").await;
+    for channel in [
+        "auction:timed-ok",
+        "auction:timed-end",
+        "auction:timed-past",
+    ] {
+        let r = alice
+            .call(json!({"op": "subscribe", "channel": channel}))
+            .await;
+        assert!(r["ok"].is_object(), "{r}");
+    }
+    // The subscribe hook gave each an end one second away; at it (plus the
+    // leeway), the sub_refresh hook decides.
+    let mut ended = std::collections::BTreeMap::new();
+    while ended.len() < 2 {
+        let m = alice.next_non_ping().await.expect("an unsub push");
+        if m["push"] == "unsub" {
+            ended.insert(m["channel"].as_str().unwrap().to_string(), m.clone());
+        }
+    }
+    assert_eq!(ended["auction:timed-end"]["code"], 3005);
+    assert_eq!(ended["auction:timed-end"]["reason"], "lot closed");
+    assert_eq!(ended["auction:timed-past"]["code"], 3005);
+    assert!(!ended.contains_key("auction:timed-ok"));
+    // The extended one still delivers.
+    let (status, _) = api(
+        &server,
+        "publish",
+        json!({"channel": "auction:timed-ok", "data": {"bid": 1}}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let m = alice.next_non_ping().await.unwrap();
+    assert_eq!(m["push"], "pub", "{m}");
+    assert_eq!(m["channel"], "auction:timed-ok");
+    let asked = |channel: &str| {
+        seen.calls_to("sub_refresh")
+            .iter()
+            .filter(|c| c["channel"] == channel)
+            .count()
+    };
+    assert_eq!(
+        asked("auction:timed-past"),
+        1,
+        "an end in the past is not asked again"
+    );
+    assert_eq!(asked("auction:timed-ok"), 1);
     server.shutdown().await;
 }

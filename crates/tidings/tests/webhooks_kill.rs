@@ -75,7 +75,7 @@ async fn events_queued_at_kill_9_are_delivered_after_restart() {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:0\"\n[auth]\ntoken_secret = \"kill-test-secret\"\napi_keys = [\"kill-test-key\"]\n[channels]\nanonymous = true\n[webhooks]\nurl = \"http://127.0.0.1:{port}/events\"\nsecret = \"{WHSEC}\"\nbatch_window = \"10ms\"\nbackoff_min = \"50ms\"\nbackoff_max = \"200ms\"\nmax_attempts = 1000\nevents = [\"client_connected\"]\n"
+            "listen = \"127.0.0.1:0\"\n[auth]\ntoken_secret = \"kill-test-secret\"\napi_keys = [\"kill-test-key\"]\n[channels]\nanonymous = true\n[webhooks]\nurl = \"http://127.0.0.1:{port}/events\"\nsecret = \"{WHSEC}\"\nbatch_window = \"10ms\"\nbackoff_min = \"20s\"\nbackoff_max = \"60s\"\nmax_attempts = 1000\nevents = [\"client_connected\"]\n"
         ),
     )
     .unwrap();
@@ -102,7 +102,7 @@ async fn events_queued_at_kill_9_are_delivered_after_restart() {
         ids.insert(reply["ok"]["client"].as_str().unwrap().to_string());
         clients.push(ws);
     }
-    // On disk, then killed.
+    // On disk — while the sender waits out a long backoff — then killed.
     let deadline = Instant::now() + Duration::from_secs(20);
     while queued(&addr).await < CLIENTS as f64 {
         assert!(Instant::now() < deadline, "events never reached the queue");

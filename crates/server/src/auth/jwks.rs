@@ -40,11 +40,11 @@ pub struct RemoteJwks {
     url: String,
     client: reqwest::Client,
     keys: RwLock<Vec<VerifyKey>>,
-    /// When the last fetch was started (serialises fetches too).
+    /// When the last fetch was started; held across each fetch, so that
+    /// fetches never overlap and an older answer never replaces a newer one.
     last: tokio::sync::Mutex<Option<Instant>>,
     min_interval: Duration,
     default_ttl: Duration,
-    fetches: std::sync::atomic::AtomicU64,
     /// How long until the next scheduled fetch (set by each fetch).
     next: parking_lot::Mutex<Duration>,
 }
@@ -66,7 +66,8 @@ impl RemoteJwks {
         default_ttl: Duration,
     ) -> Result<Self, JwksError> {
         let mut builder = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
+            // A connect with an unknown key id may wait for this fetch.
+            .timeout(Duration::from_secs(5))
             .https_only(true);
         if let Some(path) = ca {
             let ca_err = |why: String| JwksError::Ca {
@@ -90,7 +91,6 @@ impl RemoteJwks {
             last: tokio::sync::Mutex::new(None),
             min_interval,
             default_ttl,
-            fetches: Default::default(),
             next: parking_lot::Mutex::new(min_interval),
         })
     }
@@ -100,20 +100,15 @@ impl RemoteJwks {
         f(&self.keys.read())
     }
 
-    /// How many fetches were made (for logs and tests).
-    pub fn fetches(&self) -> u64 {
-        self.fetches.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// Fetches the set now; returns how long it may be kept.
     pub async fn fetch(&self) -> Result<Duration, JwksError> {
-        *self.last.lock().await = Some(Instant::now());
+        let mut last = self.last.lock().await;
+        *last = Some(Instant::now());
         self.fetch_now().await
     }
 
+    /// Fetches; the caller holds `last`.
     async fn fetch_now(&self) -> Result<Duration, JwksError> {
-        self.fetches
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let fetched = self.get().await;
         // A failure is tried again after `min_interval`; the old keys stay.
         *self.next.lock() = *fetched.as_ref().unwrap_or(&self.min_interval);

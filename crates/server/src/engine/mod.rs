@@ -406,7 +406,15 @@ pub fn build(config: &crate::Config) -> Result<Arc<dyn Engine>, BuildError> {
             Arc::new(memory::MemoryEngine::new().with_limits(config.engine.memory.clone()))
         }
         EngineType::Redis => {
-            Arc::new(redis::RedisEngine::new(&config.engine.redis).map_err(BuildError::Redis)?)
+            use crate::config::WebhookEvent::{ChannelOccupied, ChannelVacated};
+            let told = [ChannelOccupied, ChannelVacated]
+                .iter()
+                .any(|e| config.webhooks.enabled() && config.webhooks.events.contains(e));
+            Arc::new(
+                redis::RedisEngine::new(&config.engine.redis)
+                    .map_err(BuildError::Redis)?
+                    .with_occupancy(told),
+            )
         }
     })
 }

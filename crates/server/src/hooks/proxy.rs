@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
 use serde_json::value::RawValue;
 use tidings_protocol::{ErrorBody, ErrorCode};
 
@@ -117,45 +118,43 @@ impl HookError {
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct Answer {
     #[serde(default)]
     result: Option<Allow>,
     #[serde(default)]
-    error: Option<Refusal>,
+    error: Option<Value>,
 }
 
-#[derive(Deserialize)]
-struct Refusal {
-    code: u16,
-    message: String,
-    #[serde(default)]
-    temporary: bool,
-}
-
-impl Refusal {
-    /// The backend's code when it is one of this protocol's error codes or
-    /// in the range kept for applications (1000–1999), else 103.
-    fn into_body(self) -> ErrorBody {
-        let ours = ErrorCode::ALL.iter().any(|c| c.code() == self.code);
-        let code = if ours || (1000..2000).contains(&self.code) {
-            self.code
-        } else {
-            ErrorCode::PermissionDenied.code()
-        };
-        let mut message = self.message;
-        if message.len() > MAX_MESSAGE {
-            let mut end = MAX_MESSAGE;
-            while !message.is_char_boundary(end) {
-                end -= 1;
-            }
-            message.truncate(end);
+/// The backend's `error`, read leniently: anything it says there refuses
+/// (a refusal must never pass for a failure, which may fail open).
+fn refusal(error: &Value) -> ErrorBody {
+    let code = error["code"]
+        .as_u64()
+        .and_then(|c| u16::try_from(c).ok())
+        .unwrap_or(0);
+    let ours = ErrorCode::ALL.iter().any(|c| c.code() == code);
+    // One of this protocol's codes or the range kept for applications
+    // (1000–1999), else 103.
+    let code = if ours || (1000..2000).contains(&code) {
+        code
+    } else {
+        ErrorCode::PermissionDenied.code()
+    };
+    let mut message = error["message"]
+        .as_str()
+        .unwrap_or("refused by the backend")
+        .to_string();
+    if message.len() > MAX_MESSAGE {
+        let mut end = MAX_MESSAGE;
+        while !message.is_char_boundary(end) {
+            end -= 1;
         }
-        ErrorBody {
-            code,
-            message,
-            temporary: self.temporary,
-        }
+        message.truncate(end);
+    }
+    ErrorBody {
+        code,
+        message,
+        temporary: error["temporary"].as_bool().unwrap_or(false),
     }
 }
 
@@ -174,8 +173,9 @@ impl Proxy {
     /// A client whose calls each take at most `timeout`, waiting included,
     /// with at most `max_in_flight` at once.
     pub fn new(timeout: Duration, max_in_flight: usize, metrics: std::sync::Arc<Metrics>) -> Self {
+        // The call's whole time, the wait for a slot included, is bounded in
+        // `call`; the client bounds connecting only.
         let client = reqwest::Client::builder()
-            .timeout(timeout)
             .connect_timeout(timeout)
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(max_in_flight)
@@ -227,17 +227,25 @@ impl Proxy {
             .map_err(unavailable)?;
         let status = response.status();
         let body = response.bytes().await.map_err(unavailable)?;
-        if !status.is_success() {
-            return Err(HookError::Unavailable(format!("answered {status}")));
-        }
-        let answer: Answer = serde_json::from_slice(&body)
-            .map_err(|e| HookError::Unavailable(format!("answered garbage: {e}")))?;
-        match (answer.result, answer.error) {
-            (_, Some(refusal)) => Err(HookError::Refused(refusal.into_body())),
-            (Some(allow), None) => Ok(allow),
-            (None, None) => Err(HookError::Unavailable(
+        let answer: Option<Answer> = serde_json::from_slice(&body).ok();
+        match answer {
+            Some(Answer {
+                error: Some(error), ..
+            }) => Err(HookError::Refused(refusal(&error))),
+            // A 4xx is the backend saying no, even without our body.
+            _ if status.is_client_error() => Err(HookError::Refused(ErrorBody::new(
+                ErrorCode::PermissionDenied,
+                format!("refused by the backend ({status})"),
+            ))),
+            _ if !status.is_success() => Err(HookError::Unavailable(format!("answered {status}"))),
+            Some(Answer {
+                result: Some(allow),
+                ..
+            }) => Ok(allow),
+            Some(_) => Err(HookError::Unavailable(
                 "answered neither `result` nor `error`".into(),
             )),
+            None => Err(HookError::Unavailable("answered garbage".into())),
         }
     }
 }
@@ -245,28 +253,22 @@ impl Proxy {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
-    fn refusal_codes_are_ours_or_the_apps() {
-        let body = |code| {
-            Refusal {
-                code,
-                message: "no".into(),
-                temporary: false,
-            }
-            .into_body()
-            .code
-        };
-        assert_eq!(body(103), 103);
-        assert_eq!(body(1001), 1001);
-        assert_eq!(body(3000), 103);
-        assert_eq!(body(0), 103);
-        let long = Refusal {
-            code: 1000,
-            message: "é".repeat(300),
-            temporary: false,
-        }
-        .into_body();
+    fn any_error_refuses_with_our_codes_or_the_apps() {
+        let code = |e: Value| refusal(&e).code;
+        assert_eq!(code(json!({"code": 103, "message": "no"})), 103);
+        assert_eq!(code(json!({"code": 1001, "message": "no"})), 1001);
+        assert_eq!(code(json!({"code": 3000})), 103);
+        assert_eq!(code(json!({"code": 70000})), 103);
+        assert_eq!(code(json!({})), 103);
+        assert_eq!(
+            refusal(&json!({"code": 1001})).message,
+            "refused by the backend"
+        );
+        let long = refusal(&json!({"code": 1000, "message": "é".repeat(300)}));
         assert!(long.message.len() <= MAX_MESSAGE);
+        assert!(refusal(&json!({"code": 1000, "temporary": true})).temporary);
     }
 }

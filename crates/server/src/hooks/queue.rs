@@ -70,13 +70,14 @@ impl Queue {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    /// Removes events `first..=last` (delivered, or given up on).
-    pub fn remove(&self, first: i64, last: i64) -> Result<(), QueueError> {
-        self.db.lock().execute(
+    /// Removes events `first..=last` (delivered, or given up on); returns
+    /// how many were still there (the bound may have dropped some).
+    pub fn remove(&self, first: i64, last: i64) -> Result<u64, QueueError> {
+        let n = self.db.lock().execute(
             "DELETE FROM events WHERE seq BETWEEN ?1 AND ?2",
             params![first, last],
         )?;
-        Ok(())
+        Ok(n as u64)
     }
 
     /// How many events wait.
@@ -86,11 +87,6 @@ impl Queue {
             .lock()
             .query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))?;
         Ok(n as u64)
-    }
-
-    /// Whether no event waits.
-    pub fn is_empty(&self) -> Result<bool, QueueError> {
-        Ok(self.len()? == 0)
     }
 }
 
@@ -109,7 +105,7 @@ mod tests {
         let got = q.peek(10).unwrap();
         let bodies: Vec<&str> = got.iter().map(|(_, b)| b.as_str()).collect();
         assert_eq!(bodies, [ev(2), ev(3), ev(4)]);
-        q.remove(got[0].0, got[1].0).unwrap();
+        assert_eq!(q.remove(got[0].0, got[1].0).unwrap(), 2);
         drop(q);
         let q = Queue::open(&path, 3).unwrap();
         assert_eq!(q.peek(10).unwrap().len(), 1);

@@ -39,8 +39,8 @@ pub fn sign(secret: &str, t: u64, body: &[u8]) -> String {
 }
 
 /// Checks `header` against `body`: signed with `secret` and at most
-/// `tolerance_s` seconds from `now` (Unix seconds). Several `v1` entries
-/// (during a secret rotation) pass when any matches.
+/// `tolerance_s` seconds from `now` (Unix seconds). With several `v1`
+/// entries, any that matches passes.
 pub fn verify(
     secret: &str,
     header: &str,

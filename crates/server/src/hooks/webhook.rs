@@ -1,12 +1,13 @@
 //! Webhooks: what happened, told to the backend. An event is taken without
-//! waiting (the caller is a connection or a publish), written to the queue
-//! on disk within one batch window, and POSTed in batches
-//! `{"events": [...]}` signed with `X-Tidings-Signature`. A failed request
-//! is retried with exponential backoff and full jitter, up to
-//! `max_attempts`; only a 2xx removes events from the queue, so the backend
-//! sees each event at least once and deduplicates by `id`.
+//! waiting (the caller is a connection or a publish); a flusher writes it
+//! to the queue on disk within one batch window, whatever the sender is
+//! doing; the sender POSTs the queue in batches `{"events": [...]}` signed
+//! with `X-Tidings-Signature`. A failed request is retried with
+//! exponential backoff and full jitter, up to `max_attempts`; only a 2xx
+//! removes events from the queue, so the backend sees each event at least
+//! once and deduplicates by `id`.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -32,8 +33,11 @@ pub struct Webhooks {
     secret: String,
     wanted: HashSet<WebhookEvent>,
     /// Events taken but not yet on disk (at most one batch window's).
-    pending: Mutex<Vec<String>>,
-    wake: Notify,
+    pending: Mutex<VecDeque<String>>,
+    /// Wakes the flusher: events were taken.
+    taken: Notify,
+    /// Wakes the sender: events reached the disk.
+    stored: Notify,
     queue: Arc<Queue>,
     /// Events on disk, kept here so the gauge needs no query.
     queued: AtomicI64,
@@ -61,8 +65,9 @@ impl Webhooks {
             url: url.clone(),
             secret: secret.clone(),
             wanted: config.events.iter().copied().collect(),
-            pending: Mutex::new(Vec::new()),
-            wake: Notify::new(),
+            pending: Mutex::new(VecDeque::new()),
+            taken: Notify::new(),
+            stored: Notify::new(),
             queue: Arc::new(queue),
             queued: AtomicI64::new(queued),
             metrics,
@@ -75,11 +80,9 @@ impl Webhooks {
     }
 
     /// Takes `event` with its `fields` (a JSON object): adds a unique `id`,
-    /// the name and the `time` (ms). Never waits.
+    /// the name and the `time` (ms). Never waits. The caller checks
+    /// [`Webhooks::wants`] first.
     pub fn emit(&self, event: WebhookEvent, fields: Value) {
-        if !self.wants(event) {
-            return;
-        }
         let mut body = Map::new();
         body.insert(
             "id".into(),
@@ -94,18 +97,18 @@ impl Webhooks {
         {
             let mut pending = self.pending.lock();
             if pending.len() >= self.config.max_queue {
-                pending.remove(0);
+                pending.pop_front();
                 self.metrics.webhook("dropped_full", 1);
             }
-            pending.push(text);
+            pending.push_back(text);
         }
         self.metrics.webhook("queued", 1);
-        self.wake.notify_one();
+        self.taken.notify_one();
     }
 
-    /// Writes the taken events to disk (at shutdown, or each window).
+    /// Writes the taken events to disk (each window, and at shutdown).
     pub async fn flush(&self) {
-        let events = std::mem::take(&mut *self.pending.lock());
+        let events: Vec<String> = std::mem::take(&mut *self.pending.lock()).into();
         if events.is_empty() {
             return;
         }
@@ -115,6 +118,7 @@ impl Webhooks {
             Ok(Ok(dropped)) => {
                 self.metrics.webhook("dropped_full", dropped);
                 self.add_queued(n - dropped as i64);
+                self.stored.notify_one();
             }
             Ok(Err(e)) => {
                 tracing::error!(error = %e, "webhook events lost: the queue cannot be written")
@@ -146,7 +150,8 @@ impl Webhooks {
         };
         let (queue, first, last) = (self.queue.clone(), first.0, last.0);
         match tokio::task::spawn_blocking(move || queue.remove(first, last)).await {
-            Ok(Ok(())) => self.add_queued(-(batch.len() as i64)),
+            // Counted by what was still there: the bound may have dropped some.
+            Ok(Ok(removed)) => self.add_queued(-(removed as i64)),
             Ok(Err(e)) => tracing::error!(error = %e, "cannot remove sent webhook events"),
             Err(_) => {}
         }
@@ -163,8 +168,28 @@ impl Webhooks {
         bound.mul_f64(rand::rng().random::<f64>())
     }
 
-    /// Sends until the node stops: one request in flight, in queue order.
+    /// Writes taken events to disk one batch window after they come, so
+    /// that they survive a crash even while the sender waits out a backoff.
+    async fn flush_loop(self: Arc<Self>) {
+        loop {
+            self.taken.notified().await;
+            tokio::time::sleep(self.config.batch_window).await;
+            self.flush().await;
+        }
+    }
+
+    /// Flushes and sends until the node stops: one request in flight, in
+    /// queue order.
     pub async fn run(self: Arc<Self>) {
+        let flusher = tokio::spawn(self.clone().flush_loop());
+        // Ends the flusher with the sender (the node aborts the sender).
+        struct Abort(tokio::task::JoinHandle<()>);
+        impl Drop for Abort {
+            fn drop(&mut self) {
+                self.0.abort();
+            }
+        }
+        let _flusher = Abort(flusher);
         let client = reqwest::Client::builder()
             .timeout(self.config.timeout)
             .build()
@@ -173,12 +198,8 @@ impl Webhooks {
         let mut more = true; // the queue may hold events (from before a restart)
         loop {
             if !more {
-                self.wake.notified().await;
-                // Let one window's events come together in one request; a
-                // backlog is sent without waiting.
-                tokio::time::sleep(self.config.batch_window).await;
+                self.stored.notified().await;
             }
-            self.flush().await;
             let batch = self.peek().await;
             if batch.is_empty() {
                 more = false;

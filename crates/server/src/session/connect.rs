@@ -9,10 +9,10 @@ use tidings_protocol::{
     Disconnect, DisconnectCode, ErrorBody, ErrorCode, SubscribeArg, encode_ok_reply,
 };
 
-use super::hooks::Verdict;
+use super::hooks::{self, Verdict};
 use super::subscribe::ReplyBudget;
-use super::{FAILED_OPEN_GRACE_S, Identity, Session, err};
-use crate::auth::{TOKEN_LEEWAY_S, TokenError, unix_now};
+use super::{Identity, Session, err};
+use crate::auth::{TokenError, unix_now};
 use crate::config::WebhookEvent;
 
 impl Session {
@@ -208,26 +208,24 @@ impl Session {
         let Some(identity) = self.identity.as_mut() else {
             return;
         };
-        match verdict {
-            Ok(Verdict::Allow(allow)) => {
-                identity.expires_at = allow.expire_at;
-                if let Some(info) = allow.info {
+        match hooks::renewal(verdict, now) {
+            Ok((until, info)) => {
+                identity.expires_at = until;
+                if let Some(info) = info {
                     identity.info = Some(info);
                 }
             }
-            // No answer: go on for a while, then ask again.
-            Ok(Verdict::FailedOpen) => {
-                identity.expires_at = Some(now + FAILED_OPEN_GRACE_S - TOKEN_LEEWAY_S)
+            Err(e) => {
+                let code = if e.temporary {
+                    DisconnectCode::FORCE_RECONNECT
+                } else {
+                    DisconnectCode::TOKEN_EXPIRED
+                };
+                self.close(Disconnect {
+                    reason: e.message,
+                    ..Disconnect::new(code, None)
+                });
             }
-            Ok(Verdict::Rules) => self.disconnect(DisconnectCode::TOKEN_EXPIRED),
-            Err(e) if e.temporary => self.close(Disconnect {
-                reason: e.message,
-                ..Disconnect::new(DisconnectCode::FORCE_RECONNECT, None)
-            }),
-            Err(e) => self.close(Disconnect {
-                reason: e.message,
-                ..Disconnect::new(DisconnectCode::TOKEN_EXPIRED, None)
-            }),
         }
     }
 }

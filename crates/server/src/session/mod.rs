@@ -58,10 +58,6 @@ struct Identity {
     proxied: bool,
 }
 
-/// How long a connection or subscription whose refresh hook failed open
-/// goes on before the hook is asked again.
-const FAILED_OPEN_GRACE_S: u64 = 60;
-
 /// A connection's session.
 pub struct Session {
     node: Arc<Node>,

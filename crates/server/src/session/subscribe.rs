@@ -12,7 +12,7 @@ use tidings_protocol::{
 use serde_json::json;
 
 use super::hooks::Verdict;
-use super::{FAILED_OPEN_GRACE_S, PRESENCE_IN_REPLY, Session, err, internal};
+use super::{PRESENCE_IN_REPLY, Session, err, internal};
 use crate::auth::{TOKEN_LEEWAY_S, TokenError, unix_now};
 use crate::config::WebhookEvent;
 use crate::config::{ClientAccess, NamespaceOptions, SubscribeRule};
@@ -280,13 +280,7 @@ impl Session {
         let verdict = self
             .ask_backend("sub_refresh", &url, fail, Some(channel), None)
             .await;
-        let until = match verdict {
-            Ok(Verdict::Allow(allow)) => allow.expire_at,
-            // No answer: go on for a while, then ask again.
-            Ok(Verdict::FailedOpen) => Some(now + FAILED_OPEN_GRACE_S - TOKEN_LEEWAY_S),
-            Ok(Verdict::Rules) => return Err(expired()),
-            Err(e) => return Err(e.message),
-        };
+        let (until, _) = super::hooks::renewal(verdict, now).map_err(|e| e.message)?;
         match until {
             Some(at) => self.sub_expiry.insert(channel.to_string(), at),
             None => self.sub_expiry.remove(channel),

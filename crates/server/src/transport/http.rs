@@ -23,15 +23,10 @@ use crate::session::Session;
 pub fn peer(
     node: &Node,
     transport: &'static str,
-    ip: std::net::SocketAddr,
+    ip: Option<std::net::IpAddr>,
     headers: &HeaderMap,
 ) -> crate::hooks::Peer {
-    crate::hooks::Peer::from_request(
-        transport,
-        Some(ip.ip()),
-        headers,
-        &node.config.proxy.headers,
-    )
+    crate::hooks::Peer::from_request(transport, ip, headers, &node.config.proxy.headers)
 }
 
 /// Whether the request's browser origin (if any) may open a connection.

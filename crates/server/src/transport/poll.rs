@@ -48,7 +48,7 @@ async fn poll(
     headers: &HeaderMap,
 ) -> Result<Bytes, ApiError> {
     let req = StreamRequest {
-        peer: super::http::peer(node, "http_poll", peer, headers),
+        peer: super::http::peer(node, "http_poll", Some(peer.ip()), headers),
         ..StreamRequest::parse(query, headers)?
     };
     let timeout = match req.timeout.as_deref() {

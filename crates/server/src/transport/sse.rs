@@ -56,7 +56,7 @@ pub async fn handle(
     }
     let req = match StreamRequest::parse(query.as_deref(), &headers) {
         Ok(r) => StreamRequest {
-            peer: super::http::peer(&node, "sse", ip, &headers),
+            peer: super::http::peer(&node, "sse", Some(ip.ip()), &headers),
             ..r
         },
         Err(e) => return e.into_response(),

@@ -83,12 +83,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
         .extensions()
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
-    let peer = crate::hooks::Peer::from_request(
-        "websocket",
-        ip,
-        req.headers(),
-        &node.config.proxy.headers,
-    );
+    let peer = super::http::peer(&node, "websocket", ip, req.headers());
     let on_upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         match on_upgrade.await {

@@ -77,6 +77,9 @@ pub struct RedisEngine {
     sink: OnceLock<Arc<dyn PublicationSink>>,
     keys: Keys,
     shards: Vec<Shard>,
+    /// Whether to record which nodes have subscribers of each channel (for
+    /// the occupied/vacated webhooks; two round trips per first subscriber).
+    occupancy: bool,
 }
 
 /// An error of the Redis client as the engine reports it: unreachable,
@@ -217,6 +220,7 @@ impl RedisEngine {
             certs,
             sink: OnceLock::new(),
             shards,
+            occupancy: false,
         })
     }
 
@@ -320,10 +324,30 @@ impl RedisEngine {
         Ok(done == 1)
     }
 
+    /// Tells [`Broker::node_subscribe`] and [`Broker::node_unsubscribe`]
+    /// to report when a channel becomes occupied or vacant in the cluster.
+    pub fn with_occupancy(mut self, on: bool) -> Self {
+        self.occupancy = on;
+        self
+    }
+
     /// Records that this node has (`add`) or no longer has (`rem`)
     /// subscribers of `channel`; true when that occupied or vacated the
-    /// channel in the cluster.
-    async fn occupancy(&self, channel: &str, op: &str) -> Result<bool, EngineError> {
+    /// channel in the cluster. A failure is logged, not the subscriber's
+    /// problem: only a webhook is missed.
+    async fn occupancy(&self, channel: &str, op: &str) -> bool {
+        if !self.occupancy {
+            return false;
+        }
+        self.occupancy_script(channel, op)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::warn!(channel, error = %e, "recording the channel's occupancy failed");
+                false
+            })
+    }
+
+    async fn occupancy_script(&self, channel: &str, op: &str) -> Result<bool, EngineError> {
         let me = self.sink.get().map(|s| s.node_id()).unwrap_or_default();
         let live: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(self.keys.nodes())
@@ -419,14 +443,14 @@ impl Broker for RedisEngine {
                 ));
             }
         }
-        self.occupancy(channel, "add").await
+        Ok(self.occupancy(channel, "add").await)
     }
 
     async fn node_unsubscribe(&self, channel: &str) -> Result<bool, EngineError> {
         if let Some(f) = self.shard(channel).fanout.get() {
             f.unsubscribe(channel);
         }
-        self.occupancy(channel, "rem").await
+        Ok(self.occupancy(channel, "rem").await)
     }
 
     async fn control(&self, control: UserControl) -> Result<(), EngineError> {
