@@ -81,7 +81,7 @@ impl Queue {
     }
 
     /// How many events wait.
-    pub fn len(&self) -> Result<u64, QueueError> {
+    pub fn count(&self) -> Result<u64, QueueError> {
         let n: i64 = self
             .db
             .lock()
@@ -110,6 +110,6 @@ mod tests {
         let q = Queue::open(&path, 3).unwrap();
         assert_eq!(q.peek(10).unwrap().len(), 1);
         assert_eq!(q.peek(10).unwrap()[0].1, ev(4));
-        assert_eq!(q.len().unwrap(), 1);
+        assert_eq!(q.count().unwrap(), 1);
     }
 }

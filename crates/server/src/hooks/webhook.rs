@@ -58,7 +58,7 @@ impl Webhooks {
             tracing::warn!(dir = %data_dir.display(), error = %e, "cannot create the data directory");
         }
         let queue = Queue::open(&data_dir.join(QUEUE_FILE), config.max_queue)?;
-        let queued = queue.len()? as i64;
+        let queued = queue.count()? as i64;
         metrics.webhook_queue.set(queued);
         Ok(Some(Arc::new(Self {
             config: config.clone(),
