@@ -13,7 +13,9 @@ use thiserror::Error;
 pub use crate::engine::store::Fsync;
 
 mod backend;
+mod pusher;
 pub use backend::{ProxyConfig, ProxyFail, WebhookConfig, WebhookEvent};
+pub use pusher::{PusherApp, PusherConfig};
 
 /// Who may publish from a client connection in a namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -628,6 +630,8 @@ pub struct Config {
     pub proxy: ProxyConfig,
     /// Webhooks: the backend is told what happened.
     pub webhooks: WebhookConfig,
+    /// Pusher apps served beside the Tidings protocol.
+    pub pusher: PusherConfig,
 }
 
 /// `[dev]`: in dev mode, fixed credentials instead of generated ones.
@@ -663,6 +667,7 @@ impl Default for Config {
             dev: DevConfig::default(),
             proxy: ProxyConfig::default(),
             webhooks: WebhookConfig::default(),
+            pusher: PusherConfig::default(),
         }
     }
 }
@@ -872,6 +877,7 @@ impl Config {
         }
         bad.extend(self.proxy.problems());
         bad.extend(self.webhooks.problems());
+        bad.extend(self.pusher.problems());
         if self.auth.token_jwks_min_interval < Duration::from_secs(1) {
             bad.push("`auth.token_jwks_min_interval`: at least 1s".into());
         }
@@ -959,6 +965,25 @@ impl Config {
                 max_message_size: 1024,
                 ..NamespaceOptions::default()
             });
+    }
+
+    /// Declares each Pusher app's namespace that the file does not: the
+    /// channels of Pusher's model (anyone may subscribe to public channels;
+    /// presence per user; only the API and client events publish).
+    pub fn add_pusher_namespaces(&mut self) {
+        for app in &self.pusher.apps {
+            self.namespaces
+                .entry(app.namespace.clone())
+                .or_insert_with(|| NamespaceOptions {
+                    anonymous: true,
+                    client_publish: ClientPublish::None,
+                    presence: true,
+                    join_leave: true,
+                    presence_per_user: true,
+                    max_message_size: 10 * 1024,
+                    ..NamespaceOptions::default()
+                });
+        }
     }
 
     /// Dev mode: no token secret configured.

@@ -19,6 +19,7 @@ pub mod mailbox;
 pub mod metrics;
 pub mod node;
 pub mod outbox;
+pub mod pusher;
 pub mod server;
 pub mod session;
 mod throttle;

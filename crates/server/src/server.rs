@@ -96,6 +96,7 @@ fn random_secret() -> String {
 impl Server {
     /// Binds and starts serving `config`.
     pub async fn start(mut config: Config) -> Result<Server, ServerError> {
+        config.add_pusher_namespaces();
         if config.demo_enabled() {
             config.add_demo_namespaces();
             if !config.dev_mode() {
@@ -180,6 +181,10 @@ impl Server {
                 post(api::handle).layer(axum::extract::DefaultBodyLimit::disable()),
             )
             .merge(browser);
+        if !node.config.pusher.apps.is_empty() {
+            // Pusher's HTTP API, signed per app (its own body limit applies).
+            app = app.route("/apps/{*rest}", any(crate::pusher::api::handle));
+        }
         app = if node.config.demo_enabled() {
             app.merge(demo::router())
         } else {
@@ -307,13 +312,12 @@ impl Server {
         let (tokens, api_keys) = secrets(config, self.dev.as_ref(), self.node.jwks.as_ref())?;
         *self.node.tokens.write() = tokens;
         *self.node.api_keys.write() = api_keys;
+        let mut config = config.clone();
+        config.add_pusher_namespaces();
         if self.node.config.demo_enabled() {
-            let mut config = config.clone();
             config.add_demo_namespaces();
-            self.node.set_namespaces(&config);
-        } else {
-            self.node.set_namespaces(config);
         }
+        self.node.set_namespaces(&config);
         Ok(())
     }
 

@@ -1,0 +1,70 @@
+//! `[[pusher.apps]]`: Pusher apps served beside the Tidings protocol.
+
+use serde::{Deserialize, Serialize};
+
+/// `[pusher]`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PusherConfig {
+    /// The apps; none: no Pusher endpoints.
+    pub apps: Vec<PusherApp>,
+}
+
+/// One Pusher app: its credentials and the namespace its channels live in.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PusherApp {
+    /// The app id (`/apps/{id}/...`).
+    pub id: String,
+    /// The public key clients connect with.
+    pub key: String,
+    /// The secret that signs API requests and channel authorisations.
+    pub secret: String,
+    /// Whether clients may send `client-*` events (private and presence channels).
+    #[serde(default)]
+    pub client_events: bool,
+    /// The Tidings namespace of the app's channels: Pusher channel `X` is
+    /// Tidings channel `NAMESPACE:X`.
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+}
+
+fn default_namespace() -> String {
+    "pusher".into()
+}
+
+impl PusherConfig {
+    /// The app with `id`.
+    pub fn app(&self, id: &str) -> Option<&PusherApp> {
+        self.apps.iter().find(|a| a.id == id)
+    }
+
+    /// What is wrong with this section.
+    pub(super) fn problems(&self) -> Vec<String> {
+        let mut bad = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for app in &self.apps {
+            if app.id.is_empty() || app.key.is_empty() {
+                bad.push("`pusher.apps`: each app needs an `id` and a `key`".into());
+            }
+            if app.secret.len() < 8 {
+                bad.push(format!(
+                    "`pusher.apps` {:?}: `secret` needs at least 8 characters",
+                    app.id
+                ));
+            }
+            for (what, value) in [
+                ("id", &app.id),
+                ("key", &app.key),
+                ("namespace", &app.namespace),
+            ] {
+                if !seen.insert((what, value.clone())) {
+                    bad.push(format!(
+                        "`pusher.apps`: two apps have the {what} {value:?} (each app is its own namespace)"
+                    ));
+                }
+            }
+        }
+        bad
+    }
+}

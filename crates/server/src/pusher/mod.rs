@@ -1,0 +1,29 @@
+//! The Pusher protocol beside Tidings' own, on the same channels: a Pusher
+//! app's channel `X` is the Tidings channel `NAMESPACE:X` (namespace
+//! `pusher` unless the app names another). [`api`] serves the HTTP API of
+//! the Pusher server SDKs, signed as [`sign`] checks.
+
+pub mod api;
+pub mod sign;
+
+use crate::config::PusherApp;
+
+/// Longest Pusher channel name (Pusher's limit).
+const MAX_CHANNEL: usize = 164;
+
+/// The Tidings channel of the app's Pusher channel `channel`, or why the
+/// name cannot be one.
+pub fn tidings_channel(app: &PusherApp, channel: &str) -> Result<String, String> {
+    if channel.is_empty() || channel.len() > MAX_CHANNEL {
+        return Err(format!("a channel name is 1 to {MAX_CHANNEL} characters"));
+    }
+    if let Some(c) = channel
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '=' | '@' | ',' | '.')))
+    {
+        return Err(format!(
+            "channel name {channel:?} has {c:?}: this server takes A-Z a-z 0-9 _ - = @ , ."
+        ));
+    }
+    Ok(format!("{}:{channel}", app.namespace))
+}
