@@ -6,7 +6,7 @@
 pub mod api;
 pub mod sign;
 
-use crate::config::PusherApp;
+use crate::config::{Config, PusherApp};
 
 /// Longest Pusher channel name (Pusher's limit).
 const MAX_CHANNEL: usize = 164;
@@ -26,4 +26,15 @@ pub fn tidings_channel(app: &PusherApp, channel: &str) -> Result<String, String>
         ));
     }
     Ok(format!("{}:{channel}", app.namespace))
+}
+
+/// Whether `channel` (a Tidings name) is a private or presence channel of
+/// a Pusher app: subscribing needs the app's signature (Pusher clients) or
+/// a channel token (Tidings clients).
+pub fn is_private(config: &Config, channel: &str) -> bool {
+    let Some((ns, rest)) = channel.split_once(':') else {
+        return false;
+    };
+    (rest.starts_with("private-") || rest.starts_with("presence-"))
+        && config.pusher.apps.iter().any(|a| a.namespace == ns)
 }

@@ -55,7 +55,9 @@ impl Session {
                 "in this namespace only the server API reads this",
             ));
         }
-        if ns.subscribe_rule() == SubscribeRule::Token && !self.subs.contains_key(channel) {
+        let private = ns.subscribe_rule() == SubscribeRule::Token
+            || crate::pusher::is_private(&self.node.config, channel);
+        if private && !self.subs.contains_key(channel) {
             return Err(err(
                 ErrorCode::PermissionDenied,
                 "subscribe with a channel token first",

@@ -115,26 +115,11 @@ impl Session {
             return;
         };
         let expires_in = identity.expires_at.map(|e| e.saturating_sub(unix_now()));
-        if !self.node.claim_user(self.conn, &identity.user).await {
-            self.node.metrics.limit_rejected("user");
-            self.reply_error(
-                id,
-                &err(
-                    ErrorCode::LimitExceeded,
-                    "this user has the most connections allowed",
-                ),
-            );
+        let user = identity.user.clone();
+        if let Err(e) = self.establish(identity).await {
+            self.reply_error(id, &e);
             self.disconnect(DisconnectCode::CONNECTION_LIMIT);
             return;
-        }
-        let user = identity.user.clone();
-        self.identity = Some(identity);
-        self.touch().await;
-        if !self.transient {
-            self.node.emit(
-                WebhookEvent::ClientConnected,
-                || json!({"client": self.client, "user": user, "transport": self.peer.transport}),
-            );
         }
 
         // Subscribe everything asked while buffering, queue the connect reply,
@@ -194,6 +179,28 @@ impl Session {
         Ok(RefreshOk {
             expires_in: claims.exp.map(|e| e.saturating_sub(unix_now())),
         })
+    }
+
+    /// Makes `identity` the connection's: counted against the user's limit,
+    /// seen now, told to the webhooks.
+    pub(super) async fn establish(&mut self, identity: Identity) -> Result<(), ErrorBody> {
+        if !self.node.claim_user(self.conn, &identity.user).await {
+            self.node.metrics.limit_rejected("user");
+            return Err(err(
+                ErrorCode::LimitExceeded,
+                "this user has the most connections allowed",
+            ));
+        }
+        let user = identity.user.clone();
+        self.identity = Some(identity);
+        self.touch().await;
+        if !self.transient {
+            self.node.emit(
+                WebhookEvent::ClientConnected,
+                || json!({"client": self.client, "user": user, "transport": self.peer.transport}),
+            );
+        }
+        Ok(())
     }
 
     /// An expired connection: the refresh hook may extend one the connect

@@ -4,7 +4,8 @@
 //! what), [`subscribe`] (subscriptions and
 //! recovery), [`commands`] (the client's publish, history and presence,
 //! with their limits), [`shared`] (the typed handlers the server API calls
-//! too), [`hooks`] (asking the backend).
+//! too), [`hooks`] (asking the backend), [`typed`] (the same commands,
+//! typed, for transports of another protocol).
 
 mod access;
 mod commands;
@@ -12,6 +13,7 @@ mod connect;
 mod hooks;
 mod shared;
 mod subscribe;
+mod typed;
 
 use subscribe::ReplyBudget;
 
@@ -73,6 +75,9 @@ pub struct Session {
     proxied_subs: std::collections::HashSet<String>,
     /// Transport, address and headers, for the backend's hooks.
     peer: Peer,
+    /// Channels the transport authorised by its own protocol (a Pusher
+    /// app's signature on a private or presence channel).
+    authorized: std::collections::HashSet<String>,
     /// A request over plain HTTP (no socket to subscribe on): in
     /// `client_publish = "subscribers"` namespaces, being allowed to
     /// subscribe is enough to publish.
@@ -118,6 +123,7 @@ impl Session {
             subs: HashMap::new(),
             sub_expiry: HashMap::new(),
             proxied_subs: Default::default(),
+            authorized: Default::default(),
             peer: Peer {
                 transport: "websocket",
                 ..Peer::default()

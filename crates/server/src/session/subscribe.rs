@@ -177,7 +177,13 @@ impl Session {
                 Verdict::Rules => {}
             }
         }
-        if ns.subscribe_rule() != SubscribeRule::Token {
+        // A Pusher app's private and presence channels: authorised by the
+        // Pusher transport (the app's signature), else as private channels.
+        let pusher_private = crate::pusher::is_private(&self.node.config, &arg.channel);
+        if pusher_private && self.authorized.contains(&arg.channel) {
+            return Ok((None, false));
+        }
+        if ns.subscribe_rule() != SubscribeRule::Token && !pusher_private {
             return Ok((None, false));
         }
         // A private channel: a channel token for this user and channel.

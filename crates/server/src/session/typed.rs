@@ -1,0 +1,108 @@
+//! Typed commands for transports that speak another protocol (Pusher):
+//! the transport authenticates and authorises by its own rules, then calls
+//! these — the same checks, limits and engine paths as Tidings' commands,
+//! with no JSON built and parsed back.
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tidings_protocol::reply::SubscribeOk;
+use tidings_protocol::{ErrorBody, ErrorCode, SubscribeArg};
+
+use super::subscribe::ReplyBudget;
+use super::{Identity, Session, err};
+
+impl Session {
+    /// Opens the connection as `user` ("" for anonymous), whom the
+    /// transport has authenticated.
+    pub async fn open_as(
+        &mut self,
+        user: String,
+        info: Option<Box<RawValue>>,
+    ) -> Result<(), ErrorBody> {
+        let identity = Identity {
+            anonymous: user.is_empty(),
+            user,
+            info,
+            expires_at: None,
+            proxied: false,
+        };
+        self.establish(identity).await
+    }
+
+    /// An anonymous connection becomes `user` (a Pusher presence
+    /// subscription names its member); the same user again changes only
+    /// the info. Another user is refused: one connection is one user.
+    pub async fn become_user(
+        &mut self,
+        user: &str,
+        info: Option<Box<RawValue>>,
+    ) -> Result<(), ErrorBody> {
+        let current = self.user().unwrap_or_default();
+        if current == user {
+            if let Some(identity) = self.identity.as_mut() {
+                identity.info = info;
+            }
+            return Ok(());
+        }
+        if !current.is_empty() {
+            return Err(err(
+                ErrorCode::PermissionDenied,
+                "this connection is already another user",
+            ));
+        }
+        if !self.node.claim_user(self.conn, user).await {
+            return Err(err(
+                ErrorCode::LimitExceeded,
+                "this user has the most connections allowed",
+            ));
+        }
+        if let Some(identity) = self.identity.as_mut() {
+            identity.user = user.to_string();
+            identity.info = info;
+            identity.anonymous = false;
+        }
+        Ok(())
+    }
+
+    /// Subscribes `channel` (no recovery); `reply` makes the transport's
+    /// answer from the subscribe reply, queued before the channel's first
+    /// push.
+    pub async fn subscribe_then(
+        &mut self,
+        channel: &str,
+        reply: impl FnOnce(&SubscribeOk) -> Bytes,
+    ) -> Result<(), ErrorBody> {
+        let arg = SubscribeArg {
+            channel: channel.to_string(),
+            since: None,
+            token: None,
+            strict: false,
+        };
+        let mut budget = ReplyBudget::single(self.node.config.client.recovery_max_bytes);
+        let (sub, ok) = self.subscribe(&arg, &mut budget).await?;
+        let answer = reply(&ok);
+        self.go_live(channel, &sub, Some(answer), ok.offset).await;
+        Ok(())
+    }
+
+    /// The transport has authorised this connection for `channel` (a
+    /// private or presence channel of a Pusher app) by its own protocol.
+    pub fn authorize(&mut self, channel: &str) {
+        self.authorized.insert(channel.to_string());
+    }
+
+    /// Leaves `channel`.
+    pub async fn unsubscribe_from(&mut self, channel: &str) -> Result<(), ErrorBody> {
+        self.unsubscribe(channel).await
+    }
+
+    /// Whether the connection is subscribed to `channel`.
+    pub fn is_subscribed(&self, channel: &str) -> bool {
+        self.subs.contains_key(channel)
+    }
+
+    /// Queues a message of the transport's own protocol.
+    pub fn send_raw(&self, bytes: Bytes) {
+        self.send(bytes);
+    }
+}
