@@ -98,6 +98,7 @@ impl ChannelDelivery {
             mode: self.mode,
             interval: self.interval,
             hold: self.hold,
+            translated: Default::default(),
         };
         Entry::publication(bytes, self.lane_for(p), Arc::new(meta))
     }

@@ -108,6 +108,19 @@ pub struct PubMeta {
     pub interval: Option<Duration>,
     /// How long it may wait to be written with others (`batch_delay`).
     pub hold: Duration,
+    /// The publication as another protocol writes it (None: it writes
+    /// nothing for it), made by the first connection of that protocol that
+    /// needs it and shared by the others: encoded once, like `bytes`.
+    pub translated: std::sync::OnceLock<Option<Translated>>,
+}
+
+/// A publication encoded for another protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Translated {
+    /// The client that made it (its own connection does not get it back).
+    pub from: Option<Box<str>>,
+    /// The message.
+    pub bytes: Bytes,
 }
 
 /// One queued message.
@@ -936,6 +949,7 @@ mod tests {
             key: Some(key.into()),
             interval: (interval > 0).then(|| Duration::from_millis(interval)),
             hold: Duration::from_millis(hold),
+            translated: Default::default(),
             ..Default::default()
         };
         Entry::publication(

@@ -32,10 +32,49 @@ const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
 /// `GET /v1/ws`: validates the upgrade and hands the socket to a connection task.
 pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
+    // Only our JSON subprotocol exists; a client that offers others only is refused.
+    let offered = req
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok());
+    let protocol = match offered {
+        None => None,
+        Some(list) if list.split(',').any(|p| p.trim() == SUBPROTOCOL_JSON) => {
+            Some(SUBPROTOCOL_JSON)
+        }
+        Some(_) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                format!("unsupported subprotocol; this server speaks {SUBPROTOCOL_JSON}"),
+            )
+                .into_response();
+        }
+    };
+    let ip = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip());
+    let peer = super::http::peer(&node, "websocket", ip, req.headers());
+    let task_node = node.clone();
+    accept(&node, &mut req, protocol, move |io| run(task_node, io, peer))
+}
+
+/// Validates a WebSocket upgrade (origin, version, the new-connection
+/// rate), answers it with `protocol`, and runs `connection` on the socket.
+pub(super) fn accept<F, Fut>(
+    node: &Node,
+    req: &mut Request,
+    protocol: Option<&'static str>,
+    connection: F,
+) -> Response
+where
+    F: FnOnce(TokioIo<hyper::upgrade::Upgraded>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let headers = req.headers();
     let is_upgrade = header_has(headers, header::CONNECTION, "upgrade")
         && header_has(headers, header::UPGRADE, "websocket");
-    if !super::http::origin_allowed(&node, headers) {
+    if !super::http::origin_allowed(node, headers) {
         return (StatusCode::FORBIDDEN, "this origin may not connect").into_response();
     }
     let Some(key) = headers.get(header::SEC_WEBSOCKET_KEY).cloned() else {
@@ -53,23 +92,6 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
         )
             .into_response();
     }
-    // Only our JSON subprotocol exists; a client that offers others only is refused.
-    let offered = headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok());
-    let protocol = match offered {
-        None => None,
-        Some(list) if list.split(',').any(|p| p.trim() == SUBPROTOCOL_JSON) => {
-            Some(SUBPROTOCOL_JSON)
-        }
-        Some(_) => {
-            return (
-                StatusCode::BAD_REQUEST,
-                format!("unsupported subprotocol; this server speaks {SUBPROTOCOL_JSON}"),
-            )
-                .into_response();
-        }
-    };
     if !node.take_connect_token() {
         node.metrics.limit_rejected("rate");
         return (
@@ -79,17 +101,10 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
         )
             .into_response();
     }
-    let ip = req
-        .extensions()
-        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-        .map(|c| c.0.ip());
-    let peer = super::http::peer(&node, "websocket", ip, req.headers());
-    let on_upgrade = hyper::upgrade::on(&mut req);
+    let on_upgrade = hyper::upgrade::on(req);
     tokio::spawn(async move {
         match on_upgrade.await {
-            Ok(upgraded) => {
-                run(node, TokioIo::new(upgraded), peer).await;
-            }
+            Ok(upgraded) => connection(TokioIo::new(upgraded)).await,
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
     });
