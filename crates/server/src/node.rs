@@ -693,12 +693,16 @@ impl Node {
         } else {
             namespaces.named.get(name.namespace)
         };
-        let ns = ns.cloned().ok_or_else(|| {
+        let mut ns = ns.cloned().ok_or_else(|| {
             ErrorBody::new(
                 ErrorCode::UnknownChannel,
                 format!("unknown namespace `{}`", name.namespace),
             )
         })?;
+        // A Pusher app's channels have presence only when named `presence-`.
+        if ns.presence && crate::pusher::without_presence(&self.config, channel) {
+            ns.presence = false;
+        }
         Ok((name, ns))
     }
 

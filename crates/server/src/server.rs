@@ -183,7 +183,9 @@ impl Server {
             .merge(browser);
         if !node.config.pusher.apps.is_empty() {
             // Pusher's HTTP API, signed per app (its own body limit applies).
-            app = app.route("/apps/{*rest}", any(crate::pusher::api::handle));
+            app = app
+                .route("/apps/{*rest}", any(crate::pusher::api::handle))
+                .route("/app/{key}", any(transport::pusher::upgrade));
         }
         app = if node.config.demo_enabled() {
             app.merge(demo::router())

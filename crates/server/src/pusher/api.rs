@@ -186,10 +186,8 @@ struct Event {
     channels: Option<Vec<String>>,
     #[serde(default)]
     channel: Option<String>,
-    /// The triggering client's socket, excluded from the delivery. No
-    /// Pusher socket connects here yet, so nothing is excluded.
+    /// The triggering client's socket, excluded from the delivery.
     #[serde(default)]
-    #[allow(dead_code)]
     socket_id: Option<String>,
     #[serde(default)]
     info: Option<String>,
@@ -221,10 +219,17 @@ async fn trigger(
         let (_, ns) = node.resolve(&full).map_err(refused)?;
         resolved.push((channel, full, ns));
     }
+    // The publication names the excluded socket as its maker: Pusher
+    // connections do not deliver a publication to the socket that made it.
+    let info = event.socket_id.map(|socket| tidings_protocol::ClientInfo {
+        client: socket,
+        user: String::new(),
+        info: None,
+    });
     for (_, full, ns) in &resolved {
         let request = PublishRequest {
             data: data.clone(),
-            info: None,
+            info: info.clone(),
             tags: None,
             idempotency_key: None,
             key: None,

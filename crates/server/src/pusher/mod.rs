@@ -1,9 +1,12 @@
 //! The Pusher protocol beside Tidings' own, on the same channels: a Pusher
 //! app's channel `X` is the Tidings channel `NAMESPACE:X` (namespace
 //! `pusher` unless the app names another). [`api`] serves the HTTP API of
-//! the Pusher server SDKs, signed as [`sign`] checks.
+//! the Pusher server SDKs, signed as [`sign`] checks; [`frame`] is the
+//! WebSocket protocol's messages (the connection is
+//! `crate::transport::pusher`).
 
 pub mod api;
+pub mod frame;
 pub mod sign;
 
 use crate::config::{Config, PusherApp};
@@ -37,4 +40,13 @@ pub fn is_private(config: &Config, channel: &str) -> bool {
     };
     (rest.starts_with("private-") || rest.starts_with("presence-"))
         && config.pusher.apps.iter().any(|a| a.namespace == ns)
+}
+
+/// Whether `channel` belongs to a Pusher app but is not a presence
+/// channel: Pusher tracks members in `presence-` channels only.
+pub fn without_presence(config: &Config, channel: &str) -> bool {
+    let Some((ns, rest)) = channel.split_once(':') else {
+        return false;
+    };
+    !rest.starts_with("presence-") && config.pusher.apps.iter().any(|a| a.namespace == ns)
 }

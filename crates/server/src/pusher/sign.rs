@@ -50,6 +50,31 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// Whether `auth` (`"KEY:SIGNATURE"`, from the app's auth endpoint) lets
+/// `socket_id` subscribe to the private or presence `channel`: the
+/// signature is the hex HMAC-SHA256 of `"SOCKET_ID:CHANNEL"` (and
+/// `":CHANNEL_DATA"` for presence) with the app's secret.
+pub fn channel_auth_ok(
+    app: &PusherApp,
+    socket_id: &str,
+    channel: &str,
+    channel_data: Option<&str>,
+    auth: &str,
+) -> bool {
+    let Some((key, signature)) = auth.split_once(':') else {
+        return false;
+    };
+    let message = match channel_data {
+        Some(data) => format!("{socket_id}:{channel}:{data}"),
+        None => format!("{socket_id}:{channel}"),
+    };
+    constant_time_eq(key.as_bytes(), app.key.as_bytes())
+        && constant_time_eq(
+            hmac_hex(&app.secret, &message).as_bytes(),
+            signature.as_bytes(),
+        )
+}
+
 /// Checks a request to the HTTP API of `app`: `query` is the raw query
 /// string, `now` Unix seconds.
 pub fn check(

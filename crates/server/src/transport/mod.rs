@@ -3,5 +3,6 @@
 
 pub mod http;
 pub mod poll;
+pub mod pusher;
 pub mod sse;
 pub mod ws;

@@ -56,7 +56,9 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
         .map(|c| c.0.ip());
     let peer = super::http::peer(&node, "websocket", ip, req.headers());
     let task_node = node.clone();
-    accept(&node, &mut req, protocol, move |io| run(task_node, io, peer))
+    accept(&node, &mut req, protocol, move |io| {
+        run(task_node, io, peer)
+    })
 }
 
 /// Validates a WebSocket upgrade (origin, version, the new-connection
