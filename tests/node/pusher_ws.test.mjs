@@ -4,31 +4,54 @@
 // Tidings' own API, client events between clients, socket exclusion, and
 // the errors Pusher clients expect.
 import assert from 'node:assert/strict';
+import { createServer } from 'node:http';
 import { after, before, test } from 'node:test';
 import Pusher from 'pusher';
 import PusherClient from 'pusher-js';
-import { API_KEY, apiPublish, startTidings } from './harness.mjs';
+import { API_KEY, apiPublish, startTidings, until } from './harness.mjs';
 
 const APP = { appId: 'app-id', key: 'app-key', secret: 'app-secret-123' };
-const CONFIG = `listen = "127.0.0.1:0"
+const config = (hooks) => `listen = "127.0.0.1:0"
 [auth]
 token_secret = "pusher-ws-test-secret"
 api_keys = ["${API_KEY}"]
+[webhooks]
+batch_window = "20ms"
 [[pusher.apps]]
 id = "${APP.appId}"
 key = "${APP.key}"
 secret = "${APP.secret}"
 client_events = true
+webhook_url = "${hooks}"
+webhook_events = ["channel_occupied", "channel_vacated", "member_added", "member_removed", "client_event"]
 `;
 
 let server;
 let backend;
+let receiver;
+// Webhooks as the app's backend gets them, checked by the official SDK.
+const webhooks = [];
+let badWebhooks = 0;
 before(async () => {
-  server = await startTidings(CONFIG);
+  receiver = createServer((req, res) => {
+    const chunks = [];
+    req.on('data', (c) => chunks.push(c));
+    req.on('end', () => {
+      const hook = backend.webhook({ headers: req.headers, rawBody: Buffer.concat(chunks).toString() });
+      if (hook.isValid()) webhooks.push(...hook.getEvents());
+      else badWebhooks += 1;
+      res.writeHead(200).end();
+    });
+  });
+  await new Promise((r) => receiver.listen(0, '127.0.0.1', r));
+  server = await startTidings(config(`http://127.0.0.1:${receiver.address().port}/pusher`));
   const [host, port] = server.addr.split(':');
   backend = new Pusher({ ...APP, host, port, useTLS: false });
 });
-after(() => server?.stop());
+after(async () => {
+  await server?.stop();
+  receiver?.close();
+});
 
 /** A pusher-js client; `user` signs presence subscriptions as that member. */
 function client(t, user = null) {
@@ -170,4 +193,18 @@ test('an unknown app key is refused with 4001', { timeout: 30_000 }, async (t) =
   t.after(() => c.disconnect());
   const error = await once(c.connection, 'error');
   assert.equal(error.data?.code ?? error.error?.data?.code, 4001, JSON.stringify(error));
+});
+
+test('webhooks in Pusher\'s format, signed with the app\'s secret', { timeout: 30_000 }, async () => {
+  // From the tests above: presence-room was occupied, ann and bob came,
+  // bob left; a client event went through private-chat.
+  const has = (pred) => webhooks.some(pred);
+  await until(() => has((e) => e.name === 'member_removed' && e.channel === 'presence-room' && e.user_id === 'bob'), 10_000, 'member_removed');
+  await until(() => has((e) => e.name === 'client_event' && e.channel === 'private-chat' && e.event === 'client-typing'), 10_000, 'client_event');
+  assert.ok(has((e) => e.name === 'channel_occupied' && e.channel === 'presence-room'));
+  assert.ok(has((e) => e.name === 'member_added' && e.channel === 'presence-room' && e.user_id === 'ann'));
+  const typing = webhooks.find((e) => e.name === 'client_event' && e.event === 'client-typing');
+  assert.deepEqual(JSON.parse(typing.data), { who: 'a' });
+  assert.match(typing.socket_id, /^\d+\.\d+$/);
+  assert.equal(badWebhooks, 0, 'every webhook verifies with the SDK');
 });

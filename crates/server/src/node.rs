@@ -73,8 +73,8 @@ pub struct Node {
     users: Mutex<HashMap<String, usize>>,
     /// Calls to the backend's proxy hooks.
     pub proxy: crate::hooks::Proxy,
-    /// The webhook sender, when webhooks are on.
-    pub webhooks: Option<Arc<crate::hooks::Webhooks>>,
+    /// The webhook senders: Tidings' and each Pusher app's.
+    pub webhooks: crate::hooks::Senders,
     /// The identity provider's keys, when fetched from a URL.
     pub jwks: Option<Arc<crate::auth::jwks::RemoteJwks>>,
     /// Token bucket of new connections: (tokens, last refill).
@@ -236,7 +236,7 @@ impl Node {
         engine: Arc<dyn Engine>,
         metrics: Arc<Metrics>,
         (tokens, api_keys): (TokenVerifier, ApiKeys),
-        webhooks: Option<Arc<crate::hooks::Webhooks>>,
+        webhooks: crate::hooks::Senders,
         jwks: Option<Arc<crate::auth::jwks::RemoteJwks>>,
     ) -> Self {
         let hub = Arc::new(Hub::new(metrics.clone()));
@@ -359,16 +359,12 @@ impl Node {
     /// Hands a webhook `event` to the sender, its fields built only when
     /// the event is sent.
     pub fn emit(&self, event: WebhookEvent, fields: impl FnOnce() -> serde_json::Value) {
-        if let Some(webhooks) = &self.webhooks
-            && webhooks.wants(event)
-        {
-            webhooks.emit(event, fields());
-        }
+        self.webhooks.emit(event, fields);
     }
 
     /// Whether webhooks report `event`.
     pub fn wants(&self, event: WebhookEvent) -> bool {
-        self.webhooks.as_ref().is_some_and(|w| w.wants(event))
+        self.webhooks.wants(event)
     }
 
     /// Verifies a connection token; a key id no key has fetches the

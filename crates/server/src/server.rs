@@ -150,15 +150,14 @@ impl Server {
 
         let engine = crate::engine::build(&config)?;
         let metrics = Arc::new(Metrics::new());
-        let webhooks =
-            crate::hooks::Webhooks::open(&config.webhooks, &config.data_dir, metrics.clone())?;
+        let webhooks = crate::hooks::Senders::open(&config, &metrics)?;
         let node = Arc::new(Node::new(
             config,
             addr,
             engine.clone(),
             metrics,
             secrets_now,
-            webhooks.clone(),
+            webhooks,
             jwks.clone(),
         ));
         engine
@@ -258,8 +257,8 @@ impl Server {
         if let Some(jwks) = jwks {
             background.push(tokio::spawn(jwks.run()));
         }
-        if let Some(webhooks) = webhooks {
-            background.push(tokio::spawn(webhooks.run()));
+        for webhooks in node.webhooks.all() {
+            background.push(tokio::spawn(webhooks.clone().run()));
         }
         let (stop, stopped) = watch::channel(false);
         let send_buffer = node.config.client.send_buffer;
@@ -346,7 +345,7 @@ impl Server {
         }
         let _ = tokio::time::timeout_at(deadline, self.task).await;
         // Events of the last connections wait on disk for the next start.
-        if let Some(webhooks) = &self.node.webhooks {
+        for webhooks in self.node.webhooks.all() {
             webhooks.flush().await;
         }
         // Everything acknowledged is committed; fold the log and stop writing.

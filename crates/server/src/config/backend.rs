@@ -76,6 +76,8 @@ pub enum WebhookEvent {
     ClientDisconnected,
     /// A publication was made (off unless listed: it is one event per publication).
     Publication,
+    /// A Pusher client sent a `client-*` event (Pusher apps' webhooks).
+    ClientEvent,
 }
 
 impl WebhookEvent {
@@ -89,6 +91,7 @@ impl WebhookEvent {
             WebhookEvent::ClientConnected => "client_connected",
             WebhookEvent::ClientDisconnected => "client_disconnected",
             WebhookEvent::Publication => "publication",
+            WebhookEvent::ClientEvent => "client_event",
         }
     }
 }

@@ -27,10 +27,23 @@ pub struct PusherApp {
     /// Tidings channel `NAMESPACE:X`.
     #[serde(default = "default_namespace")]
     pub namespace: String,
+    /// Where the app's webhooks go, in Pusher's format (signed with the
+    /// app's secret); none: no webhooks. Timing and retries are `[webhooks]`'s.
+    #[serde(default)]
+    pub webhook_url: Option<String>,
+    /// Which: `channel_occupied`, `channel_vacated`, `member_added`,
+    /// `member_removed`, `client_event`.
+    #[serde(default = "default_webhook_events")]
+    pub webhook_events: Vec<super::WebhookEvent>,
 }
 
 fn default_namespace() -> String {
     "pusher".into()
+}
+
+fn default_webhook_events() -> Vec<super::WebhookEvent> {
+    use super::WebhookEvent::*;
+    vec![ChannelOccupied, ChannelVacated, MemberAdded, MemberRemoved]
 }
 
 impl PusherConfig {

@@ -26,9 +26,23 @@ use crate::metrics::Metrics;
 /// The file of the queue under `data_dir`.
 pub const QUEUE_FILE: &str = "webhooks.sqlite3";
 
-/// The webhook sender of one node.
+/// How the events are shaped and signed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Dialect {
+    /// `{"events": [{"id", "event", "time", ...}]}`, `X-Tidings-Signature`.
+    Tidings,
+    /// Pusher's: `{"time_ms", "events": [{"name", "channel", ...}]}`,
+    /// `X-Pusher-Key` and `X-Pusher-Signature` (hex HMAC-SHA256 of the body).
+    Pusher {
+        /// The app's key.
+        key: String,
+    },
+}
+
+/// The webhook sender of one node (for Tidings' webhooks, or one Pusher app's).
 pub struct Webhooks {
     config: WebhookConfig,
+    dialect: Dialect,
     url: String,
     secret: String,
     wanted: HashSet<WebhookEvent>,
@@ -45,10 +59,12 @@ pub struct Webhooks {
 }
 
 impl Webhooks {
-    /// Opens the queue under `data_dir`; None when webhooks are off.
+    /// Opens the queue `file` under `data_dir`; None when webhooks are off.
     pub fn open(
         config: &WebhookConfig,
+        dialect: Dialect,
         data_dir: &Path,
+        file: &str,
         metrics: Arc<Metrics>,
     ) -> Result<Option<Arc<Self>>, QueueError> {
         let (Some(url), Some(secret)) = (&config.url, &config.secret) else {
@@ -57,11 +73,12 @@ impl Webhooks {
         if let Err(e) = std::fs::create_dir_all(data_dir) {
             tracing::warn!(dir = %data_dir.display(), error = %e, "cannot create the data directory");
         }
-        let queue = Queue::open(&data_dir.join(QUEUE_FILE), config.max_queue)?;
+        let queue = Queue::open(&data_dir.join(file), config.max_queue)?;
         let queued = queue.count()? as i64;
         metrics.webhook_queue.set(queued);
         Ok(Some(Arc::new(Self {
             config: config.clone(),
+            dialect,
             url: url.clone(),
             secret: secret.clone(),
             wanted: config.events.iter().copied().collect(),
@@ -84,12 +101,19 @@ impl Webhooks {
     /// [`Webhooks::wants`] first.
     pub fn emit(&self, event: WebhookEvent, fields: Value) {
         let mut body = Map::new();
-        body.insert(
-            "id".into(),
-            Value::String(format!("{:032x}", rand::rng().random::<u128>())),
-        );
-        body.insert("event".into(), Value::String(event.name().into()));
-        body.insert("time".into(), Value::from(crate::engine::now_ms()));
+        match self.dialect {
+            Dialect::Tidings => {
+                body.insert(
+                    "id".into(),
+                    Value::String(format!("{:032x}", rand::rng().random::<u128>())),
+                );
+                body.insert("event".into(), Value::String(event.name().into()));
+                body.insert("time".into(), Value::from(crate::engine::now_ms()));
+            }
+            Dialect::Pusher { .. } => {
+                body.insert("name".into(), Value::String(event.name().into()));
+            }
+        }
         if let Value::Object(fields) = fields {
             body.extend(fields);
         }
@@ -205,22 +229,35 @@ impl Webhooks {
                 more = false;
                 continue;
             }
-            let body = format!(
-                "{{\"events\":[{}]}}",
-                batch
-                    .iter()
-                    .map(|(_, e)| e.as_str())
-                    .collect::<Vec<_>>()
-                    .join(",")
-            );
-            let signed = signature::sign(&self.secret, crate::auth::unix_now(), body.as_bytes());
-            let sent = client
+            let events = batch
+                .iter()
+                .map(|(_, e)| e.as_str())
+                .collect::<Vec<_>>()
+                .join(",");
+            let request = client
                 .post(&self.url)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .header(signature::HEADER, signed)
-                .body(body)
-                .send()
-                .await;
+                .header(http::header::CONTENT_TYPE, "application/json");
+            let sent = match &self.dialect {
+                Dialect::Tidings => {
+                    let body = format!("{{\"events\":[{events}]}}");
+                    let signed =
+                        signature::sign(&self.secret, crate::auth::unix_now(), body.as_bytes());
+                    request.header(signature::HEADER, signed).body(body)
+                }
+                Dialect::Pusher { key } => {
+                    let body = format!(
+                        "{{\"time_ms\":{},\"events\":[{events}]}}",
+                        crate::engine::now_ms()
+                    );
+                    let signed = crate::pusher::sign::hmac_hex(&self.secret, &body);
+                    request
+                        .header("x-pusher-key", key)
+                        .header("x-pusher-signature", signed)
+                        .body(body)
+                }
+            }
+            .send()
+            .await;
             let failure = match sent {
                 Ok(r) if r.status().is_success() => None,
                 Ok(r) => Some(format!("answered {}", r.status())),

@@ -137,6 +137,8 @@ mod tests {
             secret: "7ad3773142a6692b25b8".into(),
             client_events: false,
             namespace: "pusher".into(),
+            webhook_url: None,
+            webhook_events: Vec::new(),
         }
     }
 

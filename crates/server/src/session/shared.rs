@@ -64,11 +64,7 @@ pub async fn publish(
         }
     }
     // Kept only when the `publication` webhook wants it.
-    let told = node
-        .webhooks
-        .as_ref()
-        .is_some_and(|w| w.wants(WebhookEvent::Publication));
-    let event = told.then(|| {
+    let event = node.wants(WebhookEvent::Publication).then(|| {
         (
             request.data.clone(),
             request.info.as_ref().map(|i| i.user.clone()),

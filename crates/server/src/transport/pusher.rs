@@ -16,7 +16,7 @@ use tidings_protocol::{ClientInfo, Disconnect, DisconnectCode};
 use tokio::time::{Instant, sleep_until};
 use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder};
 
-use crate::config::PusherApp;
+use crate::config::{PusherApp, WebhookEvent};
 use crate::engine::PublishRequest;
 use crate::node::Node;
 use crate::outbox::{Entry, Outbox};
@@ -298,6 +298,13 @@ impl Conn {
         }
         let user = session.user().unwrap_or_default().to_string();
         let mut body = json!({ "event": msg.event, "data": data });
+        let told = json!({
+            "channel": full,
+            "event": msg.event,
+            "data": data,
+            "socket_id": self.socket,
+            "user": (!user.is_empty()).then_some(&user),
+        });
         if channel.starts_with("presence-") {
             body["user_id"] = json!(user);
         }
@@ -320,8 +327,9 @@ impl Conn {
             key: None,
             priority: None,
         };
-        if let Err(e) = crate::session::publish(&self.node, &full, &ns, request).await {
-            refuse(&e.message);
+        match crate::session::publish(&self.node, &full, &ns, request).await {
+            Ok(_) => self.node.emit(WebhookEvent::ClientEvent, || told),
+            Err(e) => refuse(&e.message),
         }
     }
 }
