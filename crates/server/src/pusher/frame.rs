@@ -126,18 +126,23 @@ pub fn translate_pub(push: &[u8]) -> Option<Translated> {
     })
 }
 
-/// Any other Tidings push: `join`/`leave` as member added/removed;
-/// nothing for the rest (`unsub`, `gap`, Tidings' `ping`).
-pub fn translate_push(push: &[u8]) -> Option<Bytes> {
+/// Any other Tidings push: `join`/`leave` as member added/removed, except
+/// the connection's own (`me`, its Tidings client id: Pusher does not tell
+/// a member of itself); nothing for the rest (`unsub`, `gap`, `ping`).
+pub fn translate_push(push: &[u8], me: &str) -> Option<Bytes> {
     #[derive(Deserialize)]
     struct Presence {
         push: String,
         channel: String,
+        client: String,
         user: String,
         #[serde(default)]
         info: Option<Value>,
     }
     let p: Presence = serde_json::from_slice(push).ok()?;
+    if p.client == me {
+        return None;
+    }
     let channel = pusher_channel(&p.channel);
     match p.push.as_str() {
         "join" => Some(encode(
@@ -185,7 +190,14 @@ mod tests {
 
     #[test]
     fn presence_pushes_become_member_events() {
-        let join = translate_push(br#"{"push":"join","channel":"pusher:presence-r","client":"c","user":"7","info":{"name":"Ann"}}"#).unwrap();
+        let join = translate_push(br#"{"push":"join","channel":"pusher:presence-r","client":"c","user":"7","info":{"name":"Ann"}}"#, "me").unwrap();
+        assert!(
+            translate_push(
+                br#"{"push":"join","channel":"pusher:presence-r","client":"me","user":"7"}"#,
+                "me"
+            )
+            .is_none()
+        );
         let v: Value = serde_json::from_slice(&join).unwrap();
         assert_eq!(v["event"], "pusher_internal:member_added");
         assert_eq!(v["channel"], "presence-r");

@@ -101,11 +101,13 @@ where
     session.set_peer(peer);
     node.metrics.connections.inc();
     let socket = socket_id(&node, session.client_id());
+    let me = session.client_id().to_string();
     let mut writer = tokio::spawn(write_loop(
         node.clone(),
         outbox.clone(),
         sink,
         socket.clone(),
+        me,
     ));
     if let Err(e) = session.open_as(String::new(), None).await {
         session.send_raw(frame::error(Some(4004), &e.message));
@@ -353,6 +355,7 @@ async fn write_loop<S>(
     outbox: Arc<Outbox>,
     mut sink: futures_util::stream::SplitSink<Ws<S>, Message>,
     socket: String,
+    me: String,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
@@ -369,7 +372,7 @@ async fn write_loop<S>(
                     .filter(|t| t.from.as_deref() != Some(socket.as_str()))
                     .map(|t| t.bytes.clone()),
                 None if frame::is_pusher(&entry.bytes) => Some(entry.bytes),
-                None => frame::translate_push(&entry.bytes),
+                None => frame::translate_push(&entry.bytes, &me),
             };
             let Some(bytes) = bytes else { continue };
             written += bytes.len() as u64;
