@@ -204,8 +204,11 @@ mod tests {
         let data: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
         assert_eq!(data, json!({"user_id": "7", "user_info": {"name": "Ann"}}));
         assert!(
-            translate_push(br#"{"push":"unsub","channel":"pusher:x","code":3003,"reason":""}"#)
-                .is_none()
+            translate_push(
+                br#"{"push":"unsub","channel":"pusher:x","code":3003,"reason":""}"#,
+                "me"
+            )
+            .is_none()
         );
     }
 }
