@@ -8,6 +8,7 @@ import { createServer } from 'node:http';
 import { after, before, test } from 'node:test';
 import Pusher from 'pusher';
 import PusherClient from 'pusher-js';
+import nacl from 'tweetnacl';
 import { API_KEY, apiPublish, startTidings, until } from './harness.mjs';
 
 const APP = { appId: 'app-id', key: 'app-key', secret: 'app-secret-123' };
@@ -46,7 +47,9 @@ before(async () => {
   await new Promise((r) => receiver.listen(0, '127.0.0.1', r));
   server = await startTidings(config(`http://127.0.0.1:${receiver.address().port}/pusher`));
   const [host, port] = server.addr.split(':');
-  backend = new Pusher({ ...APP, host, port, useTLS: false });
+  // The master key lets the SDK hand out per-channel secrets for
+  // private-encrypted channels (the server never sees plaintext).
+  backend = new Pusher({ ...APP, host, port, useTLS: false, encryptionMasterKeyBase64: Buffer.alloc(32, 7).toString('base64') });
 });
 after(async () => {
   await server?.stop();
@@ -57,6 +60,7 @@ after(async () => {
 function client(t, user = null) {
   const [host, port] = server.addr.split(':');
   const c = new PusherClient(APP.key, {
+    nacl, // for private-encrypted channels
     cluster: 'mt1',
     wsHost: host,
     wsPort: Number(port),
@@ -119,6 +123,15 @@ test('private channels need the app\'s signature', { timeout: 30_000 }, async (t
   t.after(() => forger.disconnect());
   const error = once(forger.subscribe('private-orders'), 'pusher:subscription_error');
   assert.equal((await error).status, 401);
+});
+
+test('private-encrypted channels carry what only the clients can read', { timeout: 30_000 }, async (t) => {
+  const c = client(t);
+  const { channel } = await subscribed(c, 'private-encrypted-vault');
+  const got = once(channel, 'secret');
+  // The SDK encrypts with the channel's key; Tidings passes the ciphertext on.
+  await backend.trigger('private-encrypted-vault', 'secret', { pin: 1234 });
+  assert.deepEqual(await got, { pin: 1234 });
 });
 
 test('presence channels list members and tell who comes and goes', { timeout: 30_000 }, async (t) => {
