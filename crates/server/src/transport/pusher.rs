@@ -41,7 +41,8 @@ pub async fn upgrade(
         .apps
         .iter()
         .find(|a| a.key == key)
-        .cloned();
+        .cloned()
+        .map(Arc::new);
     let protocol = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "protocol")
         .and_then(|(_, v)| v.parse::<u32>().ok())
@@ -91,7 +92,7 @@ fn socket_id(node: &Node, client: &str) -> String {
     format!("{node_part}.{conn}")
 }
 
-async fn run<S>(node: Arc<Node>, ws: Ws<S>, app: PusherApp, peer: crate::hooks::Peer)
+async fn run<S>(node: Arc<Node>, ws: Ws<S>, app: Arc<PusherApp>, peer: crate::hooks::Peer)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -109,7 +110,9 @@ where
         socket.clone(),
         me,
     ));
-    if let Err(e) = session.open_as(String::new(), None).await {
+    // Boxed: opening is a large future that only lives at the start, so
+    // idle connections do not carry its space.
+    if let Err(e) = Box::pin(session.open_as(String::new(), None)).await {
         session.send_raw(frame::error(Some(4004), &e.message));
         session.close(Disconnect::new(DisconnectCode::CONNECTION_LIMIT, None));
     } else {
@@ -185,7 +188,7 @@ where
 /// One Pusher connection's handling of client messages.
 struct Conn {
     node: Arc<Node>,
-    app: PusherApp,
+    app: Arc<PusherApp>,
     socket: String,
 }
 
