@@ -19,6 +19,8 @@ command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v node >/dev/null 2>&1 || need+=(nodejs)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/bin/chromium ] || need+=(chromium)
 if [ ${#need[@]} -gt 0 ]; then
@@ -49,7 +51,14 @@ echo "== browser SDK: build, typecheck, committed dist/ is fresh"
   fi
 )
 
-echo "== node tests (eventsource package, the SDK, the demo in Chromium)"
+echo "== python test packages (the pusher server SDK, from the Python registry)"
+(
+  cd tests/python
+  [ -x .venv/bin/python ] || python3 -m venv .venv
+  .venv/bin/pip install --quiet --disable-pip-version-check -r requirements.txt
+)
+
+echo "== node tests (eventsource package, the SDK, the demo in Chromium, Pusher clients)"
 cargo build -p tidings --bins --locked
 (
   cd tests/node

@@ -184,6 +184,7 @@ impl Server {
             // Pusher's HTTP API, signed per app (its own body limit applies).
             app = app
                 .route("/apps/{*rest}", any(crate::pusher::api::handle))
+                .route("/users/{*rest}", any(crate::pusher::api::handle))
                 .route("/app/{key}", any(transport::pusher::upgrade));
         }
         app = if node.config.demo_enabled() {

@@ -1,4 +1,4 @@
-//! Pusher's HTTP API under `/apps/{app_id}/`, as the Pusher server SDKs
+//! Pusher's HTTP API under `/apps/{app_id}/` (and `/users/` for one SDK), as the Pusher server SDKs
 //! call it: trigger events (one or a batch), query channels and their
 //! users, terminate a user's connections. Each request is signed
 //! ([`super::sign`]); answers and errors are Pusher's (JSON bodies, plain
@@ -82,7 +82,18 @@ async fn call(node: &Arc<Node>, req: Request) -> Result<Value, Fail> {
         .split('/')
         .map(|s| percent_decode(s).ok_or_else(|| bad(format!("bad percent-encoding in {path}"))))
         .collect::<Result<_, _>>()?;
-    let Some(app) = segments.get(1).and_then(|id| node.config.pusher.app(id)) else {
+    // `/apps/{id}/...`; and `/users/{id}/terminate_connections` as the
+    // Python SDK (3.3) sends it, without the app: its `auth_key` names it.
+    let (app, rest_from) = if segments.first().map(String::as_str) == Some("users") {
+        let key = form_urlencoded::parse(query.as_bytes())
+            .find(|(k, _)| k == "auth_key")
+            .map(|(_, v)| v.into_owned());
+        let app = key.and_then(|k| node.config.pusher.apps.iter().find(|a| a.key == k));
+        (app, 0)
+    } else {
+        (segments.get(1).and_then(|id| node.config.pusher.app(id)), 2)
+    };
+    let Some(app) = app else {
         return Err(Fail(StatusCode::NOT_FOUND, "unknown app".into()));
     };
     let body = read(node, body).await?;
@@ -98,7 +109,11 @@ async fn call(node: &Arc<Node>, req: Request) -> Result<Value, Fail> {
     let params: BTreeMap<String, String> = form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
-    let rest: Vec<&str> = segments.iter().skip(2).map(String::as_str).collect();
+    let rest: Vec<&str> = segments
+        .iter()
+        .skip(rest_from)
+        .map(String::as_str)
+        .collect();
     match (&parts.method, rest.as_slice()) {
         (&Method::POST, ["events"]) => {
             let event: Event = parse(&body)?;
