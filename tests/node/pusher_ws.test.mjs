@@ -67,6 +67,10 @@ function client(t, user = null) {
     forceTLS: false,
     enabledTransports: ['ws'],
     disableStats: true,
+    userAuthentication: {
+      // The app's user endpoint, in process: the server SDK signs `user`.
+      customHandler: ({ socketId }, callback) => callback(null, backend.authenticateUser(socketId, { id: user ?? 'nobody' })),
+    },
     channelAuthorization: {
       // The app's auth endpoint, in process: the official server SDK signs.
       customHandler: ({ socketId, channelName }, callback) => {
@@ -198,6 +202,24 @@ test('an API event with socket_id skips that socket', { timeout: 30_000 }, async
   assert.deepEqual(await bGot, { n: 1 });
   await new Promise((r) => setTimeout(r, 200));
   assert.equal(aGot, 0);
+});
+
+test('signed-in users get events sent to them, on any of their connections', { timeout: 30_000 }, async (t) => {
+  const phone = client(t, 'zoe');
+  const laptop = client(t, 'zoe');
+  const other = client(t, 'yan');
+  for (const c of [phone, laptop, other]) c.signin();
+  await Promise.all([phone, laptop, other].map(async (c) => {
+    await c.user.signinDonePromise;
+    await once(c.user.serverToUserChannel, 'pusher:subscription_succeeded');
+  }));
+  let yanGot = 0;
+  other.user.bind('notice', () => { yanGot += 1; });
+  const both = Promise.all([phone, laptop].map((c) => new Promise((resolve) => c.user.bind('notice', resolve))));
+  await backend.sendToUser('zoe', 'notice', { text: 'hi zoe' });
+  assert.deepEqual(await both, [{ text: 'hi zoe' }, { text: 'hi zoe' }]);
+  await new Promise((r) => setTimeout(r, 200));
+  assert.equal(yanGot, 0);
 });
 
 test('an unknown app key is refused with 4001', { timeout: 30_000 }, async (t) => {

@@ -133,6 +133,20 @@ async fn bad_input_gets_pushers_answers_and_bystanders_notice_nothing() {
     assert_eq!(r["event"], "pusher:subscription_error", "{r}");
     assert_eq!(data_of(&r)["status"], 400);
 
+    // Another user's events channel (this socket has not signed in as zoe).
+    let r = subscribe(&mut ws, json!({"channel": "#server-to-user-zoe"})).await;
+    assert_eq!(r["event"], "pusher:subscription_error", "{r}");
+    assert_eq!(data_of(&r)["status"], 403);
+    // A signin with a forged signature.
+    send(
+        &mut ws,
+        json!({"event": "pusher:signin", "data": {"user_data": "{\"id\":\"zoe\"}", "auth": format!("{KEY}:{}", "0".repeat(64))}}),
+    )
+    .await;
+    let e = next(&mut ws).await;
+    assert_eq!(e["event"], "pusher:error", "{e}");
+    assert_eq!(e["data"]["code"], 4009);
+
     // A bad channel name.
     let r = subscribe(&mut ws, json!({"channel": "semi;colon"})).await;
     assert_eq!(r["event"], "pusher:subscription_error");

@@ -329,9 +329,10 @@ async fn list_channels(
         .map_err(|e| refused(session::internal(e)))?;
     let mut channels = Map::new();
     for (full, _) in page {
-        let Some(name) = full.strip_prefix(&prefix) else {
+        if !full.starts_with(&prefix) {
             continue;
-        };
+        }
+        let name = &super::pusher_channel(&full);
         let attributes = if info.is_empty() {
             Map::new()
         } else {

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tidings_protocol::reply::SubscribeOk;
 
+use super::pusher_channel;
 use crate::outbox::Translated;
 
 /// A message from a Pusher client.
@@ -87,11 +88,6 @@ pub fn subscribed(channel: &str, ok: &SubscribeOk, presence: bool) -> Bytes {
     )
 }
 
-/// The Pusher channel of a Tidings channel (`NAMESPACE:X` → `X`).
-fn pusher_channel(channel: &str) -> &str {
-    channel.split_once(':').map_or(channel, |(_, rest)| rest)
-}
-
 /// A Tidings `pub` push as a Pusher event. Data shaped `{"event",
 /// "data"}` (what the Pusher API and client events publish) is that event;
 /// any other data is the event `publication` with the data as JSON text.
@@ -108,7 +104,7 @@ pub fn translate_pub(push: &[u8]) -> Option<Translated> {
         client: String,
     }
     let p: Pub = serde_json::from_slice(push).ok()?;
-    let channel = pusher_channel(&p.channel);
+    let channel = &pusher_channel(&p.channel);
     let bytes = match &p.data {
         Value::Object(o) if o.get("event").is_some_and(Value::is_string) => {
             let event = o.get("event").and_then(Value::as_str).unwrap_or_default();
@@ -143,7 +139,7 @@ pub fn translate_push(push: &[u8], me: &str) -> Option<Bytes> {
     if p.client == me {
         return None;
     }
-    let channel = pusher_channel(&p.channel);
+    let channel = &pusher_channel(&p.channel);
     match p.push.as_str() {
         "join" => Some(encode(
             "pusher_internal:member_added",

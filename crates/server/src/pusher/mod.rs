@@ -14,13 +14,21 @@ use crate::config::{Config, PusherApp};
 /// Longest Pusher channel name (Pusher's limit).
 const MAX_CHANNEL: usize = 164;
 
+/// The prefix of the channel a signed-in user's connections get events on.
+const TO_USER: &str = "#server-to-user-";
+
 /// The Tidings channel of the app's Pusher channel `channel`, or why the
-/// name cannot be one.
+/// name cannot be one. `#server-to-user-ID` is `NAMESPACE:server-to-user-ID#ID`:
+/// a channel only user `ID` may subscribe to.
 pub fn tidings_channel(app: &PusherApp, channel: &str) -> Result<String, String> {
     if channel.is_empty() || channel.len() > MAX_CHANNEL {
         return Err(format!("a channel name is 1 to {MAX_CHANNEL} characters"));
     }
-    if let Some(c) = channel
+    let (name, user) = match channel.strip_prefix(TO_USER) {
+        Some(id) if !id.is_empty() => (&channel[1..], Some(id)),
+        _ => (channel, None),
+    };
+    if let Some(c) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '=' | '@' | ',' | '.')))
     {
@@ -28,7 +36,19 @@ pub fn tidings_channel(app: &PusherApp, channel: &str) -> Result<String, String>
             "channel name {channel:?} has {c:?}: this server takes A-Z a-z 0-9 _ - = @ , ."
         ));
     }
-    Ok(format!("{}:{channel}", app.namespace))
+    Ok(match user {
+        Some(id) => format!("{}:{name}#{id}", app.namespace),
+        None => format!("{}:{channel}", app.namespace),
+    })
+}
+
+/// The Pusher name of a Tidings channel of an app (`NAMESPACE:X` → `X`).
+pub fn pusher_channel(channel: &str) -> String {
+    let rest = channel.split_once(':').map_or(channel, |(_, rest)| rest);
+    match rest.split_once('#') {
+        Some((name, _)) if name.starts_with(&TO_USER[1..]) => format!("#{name}"),
+        _ => rest.to_string(),
+    }
 }
 
 /// Whether `channel` (a Tidings name) is a private or presence channel of

@@ -75,6 +75,17 @@ pub fn channel_auth_ok(
         )
 }
 
+/// Whether `auth` signs in `socket_id` as `user_data` (`pusher:signin`):
+/// the hex HMAC-SHA256 of `"SOCKET_ID::user::USER_DATA"`.
+pub fn user_auth_ok(app: &PusherApp, socket_id: &str, user_data: &str, auth: &str) -> bool {
+    let Some((key, signature)) = auth.split_once(':') else {
+        return false;
+    };
+    let expected = hmac_hex(&app.secret, &format!("{socket_id}::user::{user_data}"));
+    constant_time_eq(key.as_bytes(), app.key.as_bytes())
+        && constant_time_eq(expected.as_bytes(), signature.as_bytes())
+}
+
 /// Checks a request to the HTTP API of `app`: `query` is the raw query
 /// string, `now` Unix seconds.
 pub fn check(

@@ -204,6 +204,7 @@ impl Conn {
             "pusher:ping" => session.send_raw(frame::encode("pusher:pong", None, &json!({}))),
             "pusher:pong" => {}
             "pusher:subscribe" => self.subscribe(session, &msg.data).await,
+            "pusher:signin" => self.signin(session, &msg.data).await,
             "pusher:unsubscribe" => {
                 if let Some(channel) = msg.data["channel"].as_str()
                     && let Ok(full) = tidings_channel(&self.app, channel)
@@ -274,6 +275,33 @@ impl Conn {
                 session.send_raw(refuse(if e.temporary { 503 } else { 403 }, &e.message));
             }
         }
+    }
+
+    /// `pusher:signin`: the app's signature makes the connection the user
+    /// of `user_data`, who may then subscribe to `#server-to-user-ID`.
+    async fn signin(&mut self, session: &mut Session, data: &Value) {
+        let auth = data["auth"].as_str().unwrap_or_default();
+        let user_data = data["user_data"].as_str().unwrap_or_default();
+        if !sign::user_auth_ok(&self.app, &self.socket, user_data, auth) {
+            return session.send_raw(frame::error(Some(4009), "signin: invalid signature"));
+        }
+        let user: Option<(String, Value)> = serde_json::from_str::<Value>(user_data)
+            .ok()
+            .and_then(|v| Some((v["id"].as_str().filter(|id| !id.is_empty())?.to_string(), v)));
+        let Some((id, user_data_value)) = user else {
+            return session.send_raw(frame::error(Some(4009), "signin: user_data needs an id"));
+        };
+        let info = user_data_value
+            .get("user_info")
+            .and_then(|i| serde_json::value::to_raw_value(i).ok());
+        if let Err(e) = session.become_user(&id, info).await {
+            return session.send_raw(frame::error(Some(4009), &e.message));
+        }
+        session.send_raw(frame::encode(
+            "pusher:signin_success",
+            None,
+            &json!({ "user_data": user_data }),
+        ));
     }
 
     /// `client-*`: from a subscribed connection, in a private or presence
