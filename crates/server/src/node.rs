@@ -77,6 +77,8 @@ pub struct Node {
     pub webhooks: crate::hooks::Senders,
     /// The identity provider's keys, when fetched from a URL.
     pub jwks: Option<Arc<crate::auth::jwks::RemoteJwks>>,
+    /// Pusher apps and their connection counts.
+    pub pusher: crate::pusher::Apps,
     /// Token bucket of new connections: (tokens, last refill).
     new_conns: Mutex<(f64, std::time::Instant)>,
 }
@@ -245,6 +247,7 @@ impl Node {
         let burst = f64::from(config.client.new_connections_per_second);
         let namespaces = RwLock::new(Arc::new(Namespaces::of(&config)));
         let id = crate::engine::new_epoch();
+        let pusher = crate::pusher::Apps::of(&config);
         let proxy = crate::hooks::Proxy::new(
             config.proxy.timeout,
             config.proxy.max_in_flight,
@@ -275,6 +278,7 @@ impl Node {
             proxy,
             webhooks,
             jwks,
+            pusher,
         }
     }
 

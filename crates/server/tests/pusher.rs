@@ -26,6 +26,7 @@ fn pusher_config() -> Config {
         key: KEY.into(),
         secret: SECRET.into(),
         client_events: true,
+        max_connections: 0,
         namespace: "pusher".into(),
         webhook_url: None,
         webhook_events: Vec::new(),
@@ -218,5 +219,40 @@ async fn bad_input_gets_pushers_answers_and_bystanders_notice_nothing() {
     let got = next(&mut bystander).await;
     assert_eq!(got["event"], "e", "{got}");
     assert_eq!(got["channel"], "news");
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_app_over_its_connection_quota_refuses_with_4004() {
+    let mut c = pusher_config();
+    c.pusher.apps[0].max_connections = 2;
+    let server = start_with(c).await;
+    let (_a, _) = open(&server).await;
+    let (b, _) = open(&server).await;
+    let url = format!("ws://{}/app/{KEY}?protocol=7", server.local_addr());
+    let (mut third, _) = ClientBuilder::from_uri(url.parse().unwrap())
+        .connect()
+        .await
+        .unwrap();
+    let e = next(&mut third).await;
+    assert_eq!(e["event"], "pusher:error", "{e}");
+    assert_eq!(e["data"]["code"], 4004);
+    // A place freed is a place taken.
+    drop(b);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (mut ws, _) = ClientBuilder::from_uri(url.parse().unwrap())
+            .connect()
+            .await
+            .unwrap();
+        if next(&mut ws).await["event"] == "pusher:connection_established" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the place was never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     server.shutdown().await;
 }

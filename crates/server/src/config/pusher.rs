@@ -23,6 +23,10 @@ pub struct PusherApp {
     /// Whether clients may send `client-*` events (private and presence channels).
     #[serde(default)]
     pub client_events: bool,
+    /// Pusher connections this node holds for the app at once (0: no limit
+    /// but the node's); one more is refused with `4004`.
+    #[serde(default)]
+    pub max_connections: usize,
     /// The Tidings namespace of the app's channels: Pusher channel `X` is
     /// Tidings channel `NAMESPACE:X`.
     #[serde(default = "default_namespace")]

@@ -9,7 +9,71 @@ pub mod api;
 pub mod frame;
 pub mod sign;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use crate::config::{Config, PusherApp};
+
+/// The configured apps, each with its count of open Pusher connections.
+pub struct Apps(Vec<Arc<App>>);
+
+/// One app at run time.
+pub struct App {
+    /// Its configuration.
+    pub config: PusherApp,
+    connections: AtomicUsize,
+}
+
+/// One open connection of an app, counted until dropped.
+pub struct Held(Arc<App>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl std::ops::Deref for Held {
+    type Target = PusherApp;
+
+    fn deref(&self) -> &PusherApp {
+        &self.0.config
+    }
+}
+
+impl Apps {
+    /// The apps of `config`.
+    pub fn of(config: &Config) -> Self {
+        Self(
+            config
+                .pusher
+                .apps
+                .iter()
+                .map(|a| {
+                    Arc::new(App {
+                        config: a.clone(),
+                        connections: AtomicUsize::new(0),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    /// The app with `key`.
+    pub fn by_key(&self, key: &str) -> Option<&Arc<App>> {
+        self.0.iter().find(|a| a.config.key == key)
+    }
+}
+
+impl App {
+    /// Counts a new connection; None past `max_connections`.
+    pub fn hold(self: &Arc<Self>) -> Option<Held> {
+        let max = self.config.max_connections;
+        let n = self.connections.fetch_add(1, Ordering::Relaxed);
+        let held = Held(self.clone());
+        (max == 0 || n < max).then_some(held)
+    }
+}
 
 /// Longest Pusher channel name (Pusher's limit).
 const MAX_CHANNEL: usize = 164;

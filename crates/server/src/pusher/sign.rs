@@ -147,6 +147,7 @@ mod tests {
             key: "278d425bdf160c739803".into(),
             secret: "7ad3773142a6692b25b8".into(),
             client_events: false,
+            max_connections: 0,
             namespace: "pusher".into(),
             webhook_url: None,
             webhook_events: Vec::new(),

@@ -16,11 +16,11 @@ use tidings_protocol::{ClientInfo, Disconnect, DisconnectCode};
 use tokio::time::{Instant, sleep_until};
 use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder};
 
-use crate::config::{PusherApp, WebhookEvent};
+use crate::config::WebhookEvent;
 use crate::engine::PublishRequest;
 use crate::node::Node;
 use crate::outbox::{Entry, Outbox};
-use crate::pusher::{frame, sign, tidings_channel};
+use crate::pusher::{Held, frame, sign, tidings_channel};
 use crate::session::Session;
 
 /// Seconds of silence after which pusher-js pings (sent at connect).
@@ -35,14 +35,7 @@ pub async fn upgrade(
     RawQuery(query): RawQuery,
     mut req: Request,
 ) -> Response {
-    let app = node
-        .config
-        .pusher
-        .apps
-        .iter()
-        .find(|a| a.key == key)
-        .cloned()
-        .map(Arc::new);
+    let app = node.pusher.by_key(&key).cloned();
     let protocol = form_urlencoded::parse(query.unwrap_or_default().as_bytes())
         .find(|(k, _)| k == "protocol")
         .and_then(|(_, v)| v.parse::<u32>().ok())
@@ -58,15 +51,17 @@ pub async fn upgrade(
             .limits(Limits::default().max_payload_len(Some(task_node.config.client.max_frame_size)))
             .serve(io);
         // Pusher's way to refuse: an error, then a close in 4000-4099 (do not retry).
-        let refusal = match (&app, protocol) {
-            (None, _) => Some((4001, format!("App key {key} does not exist"))),
-            (_, p) if !(5..=7).contains(&p) => {
+        let held = app.as_ref().and_then(|a| a.hold());
+        let refusal = match (&app, protocol, &held) {
+            (None, _, _) => Some((4001, format!("App key {key} does not exist"))),
+            (_, p, _) if !(5..=7).contains(&p) => {
                 Some((4007, format!("Unsupported protocol version {p}")))
             }
+            (Some(_), _, None) => Some((4004, "Over connection quota".to_string())),
             _ => None,
         };
-        match (app, refusal) {
-            (Some(app), None) => run(task_node, ws, app, peer).await,
+        match (held, refusal) {
+            (Some(held), None) => run(task_node, ws, held, peer).await,
             (_, Some((code, message))) => {
                 let (mut sink, _) = ws.split();
                 let _ = sink
@@ -92,7 +87,7 @@ fn socket_id(node: &Node, client: &str) -> String {
     format!("{node_part}.{conn}")
 }
 
-async fn run<S>(node: Arc<Node>, ws: Ws<S>, app: Arc<PusherApp>, peer: crate::hooks::Peer)
+async fn run<S>(node: Arc<Node>, ws: Ws<S>, app: Held, peer: crate::hooks::Peer)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -188,7 +183,8 @@ where
 /// One Pusher connection's handling of client messages.
 struct Conn {
     node: Arc<Node>,
-    app: Arc<PusherApp>,
+    /// The app, its connection counted while this lives.
+    app: Held,
     socket: String,
 }
 
