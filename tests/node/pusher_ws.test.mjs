@@ -9,7 +9,7 @@ import { after, before, test } from 'node:test';
 import Pusher from 'pusher';
 import PusherClient from 'pusher-js';
 import nacl from 'tweetnacl';
-import { API_KEY, apiPublish, startTidings, until } from './harness.mjs';
+import { API_KEY, apiPublish, startProxy, startTidings, until } from './harness.mjs';
 
 const APP = { appId: 'app-id', key: 'app-key', secret: 'app-secret-123' };
 const config = (hooks) => `listen = "127.0.0.1:0"
@@ -56,9 +56,10 @@ after(async () => {
   receiver?.close();
 });
 
-/** A pusher-js client; `user` signs presence subscriptions as that member. */
-function client(t, user = null) {
-  const [host, port] = server.addr.split(':');
+/** A pusher-js client (through `via`, default the server itself); `user`
+ * signs presence subscriptions and sign-ins as that user. */
+function client(t, user = null, via = server.addr) {
+  const [host, port] = via.split(':');
   const c = new PusherClient(APP.key, {
     nacl, // for private-encrypted channels
     cluster: 'mt1',
@@ -220,6 +221,23 @@ test('signed-in users get events sent to them, on any of their connections', { t
   assert.deepEqual(await both, [{ text: 'hi zoe' }, { text: 'hi zoe' }]);
   await new Promise((r) => setTimeout(r, 200));
   assert.equal(yanGot, 0);
+});
+
+test('after a TCP cut pusher-js reconnects, resubscribes and gets what comes next', { timeout: 60_000 }, async (t) => {
+  const proxy = await startProxy(server.addr);
+  t.after(() => proxy.close());
+  const c = client(t, null, proxy.addr);
+  const { channel } = await subscribed(c, 'after-cut');
+  const back = new Promise((resolve) => {
+    c.connection.bind('state_change', ({ current }) => { if (current === 'connected') resolve(); });
+  });
+  const resubscribed = once(channel, 'pusher:subscription_succeeded', 30_000);
+  assert.ok(proxy.cut() > 0);
+  await back;
+  await resubscribed;
+  const got = once(channel, 'next');
+  await backend.trigger('after-cut', 'next', { n: 1 });
+  assert.deepEqual(await got, { n: 1 });
 });
 
 test('an unknown app key is refused with 4001', { timeout: 30_000 }, async (t) => {
