@@ -878,6 +878,16 @@ impl Config {
         bad.extend(self.proxy.problems());
         bad.extend(self.webhooks.problems());
         bad.extend(self.pusher.problems());
+        for app in &self.pusher.apps {
+            if let Some(ns) = self.namespaces.get(&app.namespace)
+                && ns.client_publish != ClientPublish::None
+            {
+                bad.push(format!(
+                    "`namespaces.{}.client_publish`: \"none\" in a Pusher app's namespace (Pusher clients publish client events; Tidings clients would bypass them)",
+                    app.namespace
+                ));
+            }
+        }
         if self.auth.token_jwks_min_interval < Duration::from_secs(1) {
             bad.push("`auth.token_jwks_min_interval`: at least 1s".into());
         }
@@ -1039,6 +1049,29 @@ fn merge_env(mut fig: Figment, var: impl Fn(&str) -> Option<String>) -> Figment 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_pusher_namespace_lets_no_tidings_client_publish() {
+        let mut c = Config::default();
+        c.pusher.apps.push(PusherApp {
+            id: "1".into(),
+            key: "k".into(),
+            secret: "secret-123".into(),
+            client_events: false,
+            max_connections: 0,
+            namespace: "pusher".into(),
+            webhook_url: None,
+            webhook_events: Vec::new(),
+        });
+        c.add_pusher_namespaces();
+        assert!(c.validate().is_ok());
+        c.namespaces.get_mut("pusher").unwrap().client_publish = ClientPublish::Subscribers;
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("client_publish"), "{e}");
+        c.namespaces.get_mut("pusher").unwrap().client_publish = ClientPublish::None;
+        c.pusher.apps[0].namespace = "a:b".into();
+        assert!(c.validate().unwrap_err().to_string().contains("namespace"));
+    }
 
     fn write(dir: &tempfile::TempDir, text: &str) -> PathBuf {
         let p = dir.path().join("tidings.toml");

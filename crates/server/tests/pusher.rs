@@ -138,6 +138,21 @@ async fn bad_input_gets_pushers_answers_and_bystanders_notice_nothing() {
     let r = subscribe(&mut ws, json!({"channel": "#server-to-user-zoe"})).await;
     assert_eq!(r["event"], "pusher:subscription_error", "{r}");
     assert_eq!(data_of(&r)["status"], 403);
+    // A presence member id is no sign-in: zoe's events channel stays closed.
+    let channel_data = r#"{"user_id":"zoe"}"#;
+    let auth = format!(
+        "{KEY}:{}",
+        hmac_hex(SECRET, &format!("{socket}:presence-z:{channel_data}"))
+    );
+    let r = subscribe(
+        &mut ws,
+        json!({"channel": "presence-z", "auth": auth, "channel_data": channel_data}),
+    )
+    .await;
+    assert_eq!(r["event"], "pusher_internal:subscription_succeeded", "{r}");
+    let r = subscribe(&mut ws, json!({"channel": "#server-to-user-zoe"})).await;
+    assert_eq!(r["event"], "pusher:subscription_error", "{r}");
+    assert_eq!(data_of(&r)["status"], 403);
     // A signin with a forged signature.
     send(
         &mut ws,
@@ -254,5 +269,26 @@ async fn an_app_over_its_connection_quota_refuses_with_4004() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_socket_over_the_command_rate_is_told_with_4301() {
+    let mut c = pusher_config();
+    c.client.max_commands_per_second = 5;
+    let server = start_with(c).await;
+    let (mut ws, _) = open(&server).await;
+    for _ in 0..20 {
+        send(&mut ws, json!({"event": "pusher:ping", "data": {}})).await;
+    }
+    let mut limited = false;
+    for _ in 0..20 {
+        let m = next(&mut ws).await;
+        if m["event"] == "pusher:error" && m["data"]["code"] == 4301 {
+            limited = true;
+            break;
+        }
+    }
+    assert!(limited, "20 messages at once against 5 per second");
     server.shutdown().await;
 }

@@ -70,6 +70,38 @@ impl PusherConfig {
                     app.id
                 ));
             }
+            if app.namespace.is_empty()
+                || !app
+                    .namespace
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                bad.push(format!(
+                    "`pusher.apps` {:?}: `namespace` is letters, digits, `_` and `-`",
+                    app.id
+                ));
+            }
+            if let Some(url) = &app.webhook_url
+                && !super::backend::is_hook_url(url)
+            {
+                bad.push(format!(
+                    "`pusher.apps` {:?}: `webhook_url` {url:?} is not an http(s) URL",
+                    app.id
+                ));
+            }
+            use super::WebhookEvent::*;
+            let pusher_event = |e: &super::WebhookEvent| {
+                matches!(
+                    e,
+                    ChannelOccupied | ChannelVacated | MemberAdded | MemberRemoved | ClientEvent
+                )
+            };
+            if !app.webhook_events.iter().all(pusher_event) {
+                bad.push(format!(
+                    "`pusher.apps` {:?}: `webhook_events` are Pusher's: channel_occupied, channel_vacated, member_added, member_removed, client_event",
+                    app.id
+                ));
+            }
             for (what, value) in [
                 ("id", &app.id),
                 ("key", &app.key),

@@ -74,11 +74,11 @@ impl Senders {
         let fields = fields();
         let app = fields["channel"]
             .as_str()
-            .and_then(|c| c.split_once(':'))
-            .and_then(|(ns, rest)| Some((self.pusher.get(ns)?, rest)))
+            .and_then(|c| Some((self.pusher.get(c.split_once(':')?.0)?, c)))
             .filter(|(w, _)| w.wants(event));
         if let Some((w, channel)) = app {
-            w.emit(event, pusher_fields(channel, &fields));
+            let name = crate::pusher::pusher_channel(channel);
+            w.emit(event, pusher_fields(&name, &fields));
         }
         if let Some(w) = tidings {
             w.emit(event, fields);

@@ -117,7 +117,8 @@ async fn call(node: &Arc<Node>, req: Request) -> Result<Value, Fail> {
     match (&parts.method, rest.as_slice()) {
         (&Method::POST, ["events"]) => {
             let event: Event = parse(&body)?;
-            trigger(node, app, event).await.map(Value::Object)
+            let event = check(node, app, event)?;
+            trigger(node, event).await.map(Value::Object)
         }
         (&Method::POST, ["batch_events"]) => {
             #[derive(Deserialize)]
@@ -128,10 +129,15 @@ async fn call(node: &Arc<Node>, req: Request) -> Result<Value, Fail> {
             if batch.batch.len() > MAX_BATCH {
                 return Err(bad(format!("at most {MAX_BATCH} events in a batch")));
             }
-            let mut answers = Vec::with_capacity(batch.batch.len());
-            for event in batch.batch {
+            let checked = batch
+                .batch
+                .into_iter()
+                .map(|event| check(node, app, event))
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut answers = Vec::with_capacity(checked.len());
+            for event in checked {
                 let info = event.info.is_some();
-                let mut answer = trigger(node, app, event).await?;
+                let mut answer = trigger(node, event).await?;
                 // A batch answers each event's channel info flat.
                 let flat = match answer.remove("channels") {
                     Some(Value::Object(channels)) if info => {
@@ -208,13 +214,16 @@ struct Event {
     info: Option<String>,
 }
 
-/// Publishes `event` into each of its channels: Tidings subscribers of
-/// `NAMESPACE:channel` get `{"event": name, "data": "<the data string>"}`.
-async fn trigger(
-    node: &Arc<Node>,
-    app: &PusherApp,
-    event: Event,
-) -> Result<Map<String, Value>, Fail> {
+/// An event checked whole before anything of it (or of its batch) is
+/// published: a refusal never leaves a part published for a retry to repeat.
+struct Checked {
+    channels: Vec<(String, String, crate::config::NamespaceOptions)>,
+    data: Box<serde_json::value::RawValue>,
+    socket_id: Option<String>,
+    info: Option<String>,
+}
+
+fn check(node: &Arc<Node>, app: &PusherApp, event: Event) -> Result<Checked, Fail> {
     let channels: Vec<String> = match (event.channels, event.channel) {
         (Some(c), None) => c,
         (None, Some(c)) => vec![c],
@@ -226,14 +235,42 @@ async fn trigger(
     if event.name.is_empty() || event.name.len() > MAX_NAME {
         return Err(bad(format!("an event name is 1 to {MAX_NAME} characters")));
     }
+    if let Some(info) = &event.info {
+        for attribute in info.split(',').map(str::trim).filter(|a| !a.is_empty()) {
+            match attribute {
+                "subscription_count" => {}
+                "user_count" if channels.iter().all(|c| c.starts_with("presence-")) => {}
+                "user_count" => return Err(bad("user_count is only for presence channels")),
+                other => return Err(bad(format!("unknown info attribute {other:?}"))),
+            }
+        }
+    }
     let data = serde_json::value::to_raw_value(&json!({"event": event.name, "data": event.data}))
         .map_err(|e| bad(e.to_string()))?;
     let mut resolved = Vec::with_capacity(channels.len());
-    for channel in &channels {
-        let full = tidings_channel(app, channel).map_err(bad)?;
+    for channel in channels {
+        let full = tidings_channel(app, &channel).map_err(bad)?;
         let (_, ns) = node.resolve(&full).map_err(refused)?;
+        if data.get().len() > ns.max_message_size {
+            return Err(Fail(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("data is larger than {} bytes", ns.max_message_size),
+            ));
+        }
         resolved.push((channel, full, ns));
     }
+    Ok(Checked {
+        channels: resolved,
+        data,
+        socket_id: event.socket_id,
+        info: event.info,
+    })
+}
+
+/// Publishes a checked event into each of its channels: Tidings
+/// subscribers of `NAMESPACE:channel` get `{"event": name, "data": "<the
+/// data string>"}`.
+async fn trigger(node: &Arc<Node>, event: Checked) -> Result<Map<String, Value>, Fail> {
     // The publication names the excluded socket as its maker: Pusher
     // connections do not deliver a publication to the socket that made it.
     let info = event.socket_id.map(|socket| tidings_protocol::ClientInfo {
@@ -241,9 +278,9 @@ async fn trigger(
         user: String::new(),
         info: None,
     });
-    for (_, full, ns) in &resolved {
+    for (_, full, ns) in &event.channels {
         let request = PublishRequest {
-            data: data.clone(),
+            data: event.data.clone(),
             info: info.clone(),
             tags: None,
             idempotency_key: None,
@@ -258,10 +295,10 @@ async fn trigger(
         return Ok(Map::new());
     };
     let mut out = Map::new();
-    for (channel, full, ns) in &resolved {
+    for (channel, full, ns) in &event.channels {
         out.insert(
-            (*channel).clone(),
-            Value::Object(counts(node, app, channel, full, ns, &info).await?),
+            channel.clone(),
+            Value::Object(counts(node, channel, full, ns, &info).await?),
         );
     }
     Ok(Map::from_iter([("channels".into(), Value::Object(out))]))
@@ -270,7 +307,6 @@ async fn trigger(
 /// `subscription_count` and `user_count` of a channel, as `info` asks.
 async fn counts(
     node: &Arc<Node>,
-    _app: &PusherApp,
     channel: &str,
     full: &str,
     ns: &crate::config::NamespaceOptions,
@@ -337,7 +373,7 @@ async fn list_channels(
             Map::new()
         } else {
             let (_, ns) = node.resolve(&full).map_err(refused)?;
-            counts(node, app, name, &full, &ns, info).await?
+            counts(node, name, &full, &ns, info).await?
         };
         channels.insert(name.to_string(), Value::Object(attributes));
     }
@@ -359,7 +395,7 @@ async fn channel_info(
         json!(subscribers(node, &full).await? > 0),
     );
     if let Some(info) = params.get("info") {
-        out.extend(counts(node, app, channel, &full, &ns, info).await?);
+        out.extend(counts(node, channel, &full, &ns, info).await?);
     }
     Ok(Value::Object(out))
 }

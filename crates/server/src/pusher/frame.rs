@@ -106,7 +106,13 @@ pub fn translate_pub(push: &[u8]) -> Option<Translated> {
     let p: Pub = serde_json::from_slice(push).ok()?;
     let channel = &pusher_channel(&p.channel);
     let bytes = match &p.data {
-        Value::Object(o) if o.get("event").is_some_and(Value::is_string) => {
+        // Pusher's own events (`pusher:*`, `pusher_internal:*`) come from the
+        // server alone, never from a publication.
+        Value::Object(o)
+            if o.get("event")
+                .and_then(Value::as_str)
+                .is_some_and(|e| !e.starts_with("pusher")) =>
+        {
             let event = o.get("event").and_then(Value::as_str).unwrap_or_default();
             let data = match o.get("data").cloned().unwrap_or(Value::Null) {
                 Value::String(s) => s,
@@ -182,6 +188,10 @@ mod tests {
             json!({"event": "publication", "channel": "news", "data": "[1,2]"})
         );
         assert!(translate_pub(b"not json").is_none());
+        // A publication cannot pass for the server's own events.
+        let forged = translate_pub(br#"{"push":"pub","channel":"pusher:p","data":{"event":"pusher_internal:member_added","data":"{}"}}"#).unwrap();
+        let v: Value = serde_json::from_slice(&forged.bytes).unwrap();
+        assert_eq!(v["event"], "publication");
     }
 
     #[test]

@@ -22,7 +22,9 @@ impl Session {
     ) -> Result<PublishOk, ErrorBody> {
         let ns = &self.check_channel(channel)?;
         let identity = self.check_access(ns)?;
-        if ns.subscribe_rule() == SubscribeRule::Token && !self.subs.contains_key(channel) {
+        let private = ns.subscribe_rule() == SubscribeRule::Token
+            || crate::pusher::is_private(&self.node.config, channel);
+        if private && !self.subs.contains_key(channel) {
             return Err(err(
                 ErrorCode::PermissionDenied,
                 "subscribe with a channel token before publishing",

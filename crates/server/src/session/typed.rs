@@ -101,6 +101,12 @@ impl Session {
         self.subs.contains_key(channel)
     }
 
+    /// Takes one command of the connection's rate
+    /// (`client.max_commands_per_second`); false when over it.
+    pub fn allow_command(&mut self) -> bool {
+        self.take_command_token()
+    }
+
     /// Queues a message of the transport's own protocol.
     pub fn send_raw(&self, bytes: Bytes) {
         self.send(bytes);

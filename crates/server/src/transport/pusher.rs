@@ -68,7 +68,9 @@ pub async fn upgrade(
                     .send(Message::text(frame::error(Some(code), &message)))
                     .await;
                 let close = CloseCode::try_from(code).unwrap_or(CloseCode::POLICY_VIOLATION);
-                let _ = sink.send(Message::close(Some(close), &message)).await;
+                let _ = sink
+                    .send(Message::close(Some(close), super::close_reason(&message)))
+                    .await;
             }
             (None, None) => {}
         }
@@ -108,7 +110,7 @@ where
     // Boxed: opening is a large future that only lives at the start, so
     // idle connections do not carry its space.
     if let Err(e) = Box::pin(session.open_as(String::new(), None)).await {
-        session.send_raw(frame::error(Some(4004), &e.message));
+        session.send_raw(frame::error(Some(4009), &e.message));
         session.close(Disconnect::new(DisconnectCode::CONNECTION_LIMIT, None));
     } else {
         session.send_raw(frame::encode(
@@ -121,6 +123,7 @@ where
         node: node.clone(),
         app,
         socket,
+        signed_in: None,
     };
     let ping_interval = node.config.client.ping_interval;
     let mut next_ping = Instant::now() + ping_interval;
@@ -186,10 +189,17 @@ struct Conn {
     /// The app, its connection counted while this lives.
     app: Held,
     socket: String,
+    /// The user `pusher:signin` made this socket: only theirs is
+    /// `#server-to-user-ID` (a presence member id does not sign in).
+    signed_in: Option<String>,
 }
 
 impl Conn {
     async fn handle(&mut self, session: &mut Session, text: &[u8]) {
+        if !session.allow_command() {
+            // Pusher's code for a client over its rate.
+            return session.send_raw(frame::error(Some(4301), "too many messages; slow down"));
+        }
         let msg: frame::Incoming = match serde_json::from_slice(text) {
             Ok(m) => m,
             Err(e) => {
@@ -228,6 +238,11 @@ impl Conn {
             Ok(full) => full,
             Err(e) => return session.send_raw(refuse(400, &e)),
         };
+        if let Some(id) = channel.strip_prefix("#server-to-user-")
+            && self.signed_in.as_deref() != Some(id)
+        {
+            return session.send_raw(refuse(403, "sign in as this user first"));
+        }
         let presence = channel.starts_with("presence-");
         if presence || channel.starts_with("private-") {
             let auth = data["auth"].as_str().unwrap_or_default();
@@ -293,6 +308,7 @@ impl Conn {
         if let Err(e) = session.become_user(&id, info).await {
             return session.send_raw(frame::error(Some(4009), &e.message));
         }
+        self.signed_in = Some(id);
         session.send_raw(frame::encode(
             "pusher:signin_success",
             None,
@@ -327,12 +343,14 @@ impl Conn {
         }
         let user = session.user().unwrap_or_default().to_string();
         let mut body = json!({ "event": msg.event, "data": data });
+        // Pusher names the sender's user in presence channels only.
+        let in_presence = channel.starts_with("presence-");
         let told = json!({
             "channel": full,
             "event": msg.event,
             "data": data,
             "socket_id": self.socket,
-            "user": (!user.is_empty()).then_some(&user),
+            "user": (in_presence && !user.is_empty()).then_some(&user),
         });
         if channel.starts_with("presence-") {
             body["user_id"] = json!(user);
@@ -420,7 +438,12 @@ async fn write_loop<S>(
                     .await;
             }
             let close_code = CloseCode::try_from(code).unwrap_or(CloseCode::POLICY_VIOLATION);
-            let _ = sink.feed(Message::close(Some(close_code), &d.reason)).await;
+            let _ = sink
+                .feed(Message::close(
+                    Some(close_code),
+                    super::close_reason(&d.reason),
+                ))
+                .await;
             let _ = sink.flush().await;
             let _ = sink.close().await;
             return;

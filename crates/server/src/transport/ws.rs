@@ -302,7 +302,9 @@ async fn write_loop<S>(
                     .await;
             }
             let code = CloseCode::try_from(d.code).unwrap_or(CloseCode::POLICY_VIOLATION);
-            let _ = sink.feed(Message::close(Some(code), &d.reason)).await;
+            let _ = sink
+                .feed(Message::close(Some(code), super::close_reason(&d.reason)))
+                .await;
             let _ = sink.flush().await;
             let _ = sink.close().await;
             return;
