@@ -88,7 +88,7 @@ async fn call(node: &Arc<Node>, req: Request) -> Result<Value, Fail> {
         let key = form_urlencoded::parse(query.as_bytes())
             .find(|(k, _)| k == "auth_key")
             .map(|(_, v)| v.into_owned());
-        let app = key.and_then(|k| node.config.pusher.apps.iter().find(|a| a.key == k));
+        let app = key.and_then(|k| node.pusher.by_key(&k).map(|a| &a.config));
         (app, 0)
     } else {
         (segments.get(1).and_then(|id| node.config.pusher.app(id)), 2)

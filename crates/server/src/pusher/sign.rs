@@ -61,29 +61,29 @@ pub fn channel_auth_ok(
     channel_data: Option<&str>,
     auth: &str,
 ) -> bool {
-    let Some((key, signature)) = auth.split_once(':') else {
-        return false;
-    };
     let message = match channel_data {
         Some(data) => format!("{socket_id}:{channel}:{data}"),
         None => format!("{socket_id}:{channel}"),
     };
-    constant_time_eq(key.as_bytes(), app.key.as_bytes())
-        && constant_time_eq(
-            hmac_hex(&app.secret, &message).as_bytes(),
-            signature.as_bytes(),
-        )
+    signs(app, &message, auth)
 }
 
 /// Whether `auth` signs in `socket_id` as `user_data` (`pusher:signin`):
 /// the hex HMAC-SHA256 of `"SOCKET_ID::user::USER_DATA"`.
 pub fn user_auth_ok(app: &PusherApp, socket_id: &str, user_data: &str, auth: &str) -> bool {
+    signs(app, &format!("{socket_id}::user::{user_data}"), auth)
+}
+
+/// Whether `auth` is `"KEY:SIGNATURE"` of `message` by the app.
+fn signs(app: &PusherApp, message: &str, auth: &str) -> bool {
     let Some((key, signature)) = auth.split_once(':') else {
         return false;
     };
-    let expected = hmac_hex(&app.secret, &format!("{socket_id}::user::{user_data}"));
     constant_time_eq(key.as_bytes(), app.key.as_bytes())
-        && constant_time_eq(expected.as_bytes(), signature.as_bytes())
+        && constant_time_eq(
+            hmac_hex(&app.secret, message).as_bytes(),
+            signature.as_bytes(),
+        )
 }
 
 /// Checks a request to the HTTP API of `app`: `query` is the raw query
