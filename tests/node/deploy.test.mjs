@@ -53,3 +53,20 @@ test('the image builds and serves, where a container engine runs', { timeout: 1_
   }
   assert.deepEqual(health, { status: 'ok' });
 });
+
+test('the Grafana dashboard asks only for metrics the server has', { timeout: 30_000 }, async (t) => {
+  const { startTidings } = await import('./harness.mjs');
+  const server = await startTidings(null);
+  t.after(() => server.stop());
+  const text = await (await fetch(`http://${server.addr}/metrics`)).text();
+  const families = new Set([...text.matchAll(/^# TYPE (\S+) (\S+)/gm)].map((m) => m[1]));
+  const dashboard = JSON.parse(readFileSync(path.join(root, 'deploy/grafana/tidings.json'), 'utf8'));
+  const exprs = dashboard.panels.flatMap((p) => p.targets.map((x) => x.expr));
+  assert.ok(exprs.length >= 10);
+  const used = new Set(exprs.flatMap((e) => [...e.matchAll(/tidings_[a-z_]+/g)].map((m) => m[0])));
+  for (const name of used) {
+    // A counter `x_total` is the family `x`; a histogram's series are `x_bucket|_count|_sum`.
+    const family = name.replace(/_(total|bucket|count|sum)$/, '');
+    assert.ok(families.has(family), `${name}: no such metric in /metrics`);
+  }
+});

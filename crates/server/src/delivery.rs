@@ -99,6 +99,7 @@ impl ChannelDelivery {
             interval: self.interval,
             hold: self.hold,
             translated: Default::default(),
+            published_ms: p.time,
         };
         Entry::publication(bytes, self.lane_for(p), Arc::new(meta))
     }

@@ -7,6 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 /// Label of `tidings_command_errors_total`.
@@ -57,6 +58,23 @@ pub struct Metrics {
     pub webhook_failures: Counter<u64, AtomicU64>,
     /// Webhook events waiting on disk.
     pub webhook_queue: Gauge<i64, AtomicI64>,
+    /// Seconds from a publication's acceptance to its write to a
+    /// subscriber's connection, by transport.
+    pub delivery_latency: Family<TransportLabel, Histogram>,
+}
+
+/// Label of `tidings_delivery_latency_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// `websocket`, `sse`, `http_poll`, `pusher`.
+    pub transport: &'static str,
+}
+
+/// 100 µs to ~26 s, doubling.
+fn latency_buckets() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 19,
+    ))
 }
 
 /// Labels of `tidings_proxy_calls_total`.
@@ -112,6 +130,7 @@ impl Metrics {
             webhook_events: Family::default(),
             webhook_failures: Counter::default(),
             webhook_queue: Gauge::default(),
+            delivery_latency: Family::new_with_constructor(latency_buckets),
         };
         registry.register(
             "connections",
@@ -191,10 +210,39 @@ impl Metrics {
             m.webhook_failures.clone(),
         );
         registry.register(
+            "delivery_latency_seconds",
+            "Seconds from a publication's acceptance to its write to a subscriber, by transport",
+            m.delivery_latency.clone(),
+        );
+        registry.register(
             "webhook_queue",
             "Webhook events queued on disk",
             m.webhook_queue.clone(),
         );
+        // Every known label set from the start: a dashboard shows zeros, not
+        // "no data", and /metrics lists each family before its first event.
+        for code in tidings_protocol::ErrorCode::ALL {
+            let _ = m
+                .command_errors
+                .get_or_create(&CodeLabel { code: code.code() });
+        }
+        for limit in ["ip", "node", "user", "rate", "commands", "channels"] {
+            let limit = limit.to_string();
+            let _ = m.limit_rejections.get_or_create(&LimitLabel { limit });
+        }
+        for hook in ["connect", "refresh", "subscribe", "publish", "sub_refresh"] {
+            for result in ["allow", "refuse", "unavailable"] {
+                let _ = m.proxy_calls.get_or_create(&HookLabel { hook, result });
+            }
+        }
+        for outcome in ["queued", "delivered", "dropped_full", "dropped_attempts"] {
+            let _ = m.webhook_events.get_or_create(&OutcomeLabel { outcome });
+        }
+        for transport in ["websocket", "sse", "http_poll", "pusher"] {
+            let _ = m
+                .delivery_latency
+                .get_or_create(&TransportLabel { transport });
+        }
         Metrics { registry, ..m }
     }
 
@@ -217,6 +265,24 @@ impl Metrics {
         self.proxy_calls
             .get_or_create(&HookLabel { hook, result })
             .inc();
+    }
+
+    /// Records the delivery latency of the publications among `entries`
+    /// written now over `transport`.
+    pub fn delivered<'a>(
+        &self,
+        transport: &'static str,
+        entries: impl Iterator<Item = &'a crate::outbox::Entry>,
+    ) {
+        let now = crate::engine::now_ms();
+        let histogram = self
+            .delivery_latency
+            .get_or_create(&TransportLabel { transport });
+        for meta in entries.filter_map(|e| e.publication.as_ref()) {
+            if meta.published_ms > 0 {
+                histogram.observe(now.saturating_sub(meta.published_ms) as f64 / 1000.0);
+            }
+        }
     }
 
     /// Counts `n` webhook events with `outcome`.

@@ -108,6 +108,9 @@ pub struct PubMeta {
     pub interval: Option<Duration>,
     /// How long it may wait to be written with others (`batch_delay`).
     pub hold: Duration,
+    /// When it was published (Unix ms; 0: unknown), for the delivery
+    /// latency histogram.
+    pub published_ms: u64,
     /// The publication as another protocol writes it (None: it writes
     /// nothing for it), made by the first connection of that protocol that
     /// needs it and shared by the others: encoded once, like `bytes`.

@@ -787,3 +787,24 @@ async fn a_poll_answers_the_channel_with_a_critical_publication_first() {
         "then the statistics, in order"
     );
 }
+
+#[tokio::test]
+async fn delivery_latency_is_measured_per_transport() {
+    let server = start().await;
+    let mut ws = Raw::connect(&server, None).await;
+    let r = ws.call(json!({"op": "subscribe", "channel": "lat"})).await;
+    assert!(r["ok"].is_object(), "{r}");
+    let mut sse = Sse::open(&server, "channel=lat", None).await;
+    publish(&server, "lat", json!({"n": 1})).await;
+    assert_eq!(ws.next_non_ping().await.unwrap()["push"], "pub");
+    assert_eq!(sse.next().await.unwrap().event, "pub");
+    for transport in ["websocket", "sse"] {
+        let count = metric(
+            &server,
+            &format!("tidings_delivery_latency_seconds_count{{transport=\"{transport}\"}}"),
+        )
+        .await;
+        assert_eq!(count, Some(1.0), "{transport}");
+    }
+    server.shutdown().await;
+}

@@ -407,6 +407,7 @@ async fn write_loop<S>(
     let mut batch: Vec<Entry> = Vec::new();
     loop {
         let close = outbox.next_batch(&mut batch).await;
+        node.metrics.delivered("pusher", batch.iter());
         let mut written = 0u64;
         for entry in batch.drain(..) {
             let bytes: Option<Bytes> = match &entry.publication {

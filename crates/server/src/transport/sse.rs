@@ -154,6 +154,7 @@ fn live_events(
                     }
                 }
                 close = live.open.outbox.next_batch(&mut batch) => {
+                    live.node.metrics.delivered("sse", batch.iter());
                     let mut events: Vec<Event> = batch
                         .into_iter()
                         .filter_map(|m| live.open.on_push(m))

@@ -263,6 +263,7 @@ async fn write_loop<S>(
     let mut batch: Vec<Entry> = Vec::new();
     loop {
         let close = outbox.next_batch(&mut batch).await;
+        node.metrics.delivered("websocket", batch.iter());
         let mut written = 0u64;
         let mut frames = batch.drain(..).map(|e| e.bytes).peekable();
         let mut failed = false;
