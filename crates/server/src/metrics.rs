@@ -61,6 +61,18 @@ pub struct Metrics {
     /// Seconds from a publication's acceptance to its write to a
     /// subscriber's connection, by transport.
     pub delivery_latency: Family<TransportLabel, Histogram>,
+    /// Connections ended, by close code (1000 the client's close, 1006
+    /// gone without one, 3xxx Tidings' disconnect codes).
+    pub closes: Family<CodeLabel, Counter<u64, AtomicU64>>,
+    /// Publications accepted, by namespace ("" for the default one).
+    pub namespace_publications: Family<NamespaceLabel, Counter<u64, AtomicU64>>,
+}
+
+/// Label of `tidings_namespace_publications_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct NamespaceLabel {
+    /// The namespace.
+    pub namespace: String,
 }
 
 /// Label of `tidings_delivery_latency_seconds`.
@@ -131,6 +143,8 @@ impl Metrics {
             webhook_failures: Counter::default(),
             webhook_queue: Gauge::default(),
             delivery_latency: Family::new_with_constructor(latency_buckets),
+            closes: Family::default(),
+            namespace_publications: Family::default(),
         };
         registry.register(
             "connections",
@@ -210,6 +224,16 @@ impl Metrics {
             m.webhook_failures.clone(),
         );
         registry.register(
+            "closes",
+            "Connections ended, by close code",
+            m.closes.clone(),
+        );
+        registry.register(
+            "namespace_publications",
+            "Publications accepted, by namespace",
+            m.namespace_publications.clone(),
+        );
+        registry.register(
             "delivery_latency_seconds",
             "Seconds from a publication's acceptance to its write to a subscriber, by transport",
             m.delivery_latency.clone(),
@@ -242,6 +266,9 @@ impl Metrics {
             let _ = m
                 .delivery_latency
                 .get_or_create(&TransportLabel { transport });
+        }
+        for code in [1000, 1006, 3001, 3002, 3004, 3005, 3006] {
+            let _ = m.closes.get_or_create(&CodeLabel { code });
         }
         Metrics { registry, ..m }
     }
@@ -283,6 +310,30 @@ impl Metrics {
                 histogram.observe(now.saturating_sub(meta.published_ms) as f64 / 1000.0);
             }
         }
+    }
+
+    /// Counts a connection ended with `code`.
+    pub fn closed(&self, code: u16) {
+        self.closes.get_or_create(&CodeLabel { code }).inc();
+    }
+
+    /// Lists `namespaces` in `tidings_namespace_publications_total` at zero.
+    pub fn know_namespaces<'a>(&self, namespaces: impl Iterator<Item = &'a str>) {
+        for namespace in namespaces {
+            let namespace = namespace.to_string();
+            let _ = self
+                .namespace_publications
+                .get_or_create(&NamespaceLabel { namespace });
+        }
+    }
+
+    /// Counts a publication accepted in `namespace`.
+    pub fn published(&self, namespace: &str) {
+        self.namespace_publications
+            .get_or_create(&NamespaceLabel {
+                namespace: namespace.to_string(),
+            })
+            .inc();
     }
 
     /// Counts `n` webhook events with `outcome`.

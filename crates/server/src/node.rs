@@ -248,6 +248,9 @@ impl Node {
         let namespaces = RwLock::new(Arc::new(Namespaces::of(&config)));
         let id = crate::engine::new_epoch();
         let pusher = crate::pusher::Apps::of(&config);
+        metrics.know_namespaces(
+            std::iter::once("").chain(config.namespaces.keys().map(String::as_str)),
+        );
         let proxy = crate::hooks::Proxy::new(
             config.proxy.timeout,
             config.proxy.max_in_flight,

@@ -806,5 +806,19 @@ async fn delivery_latency_is_measured_per_transport() {
         .await;
         assert_eq!(count, Some(1.0), "{transport}");
     }
+    let by_namespace = "tidings_namespace_publications_total{namespace=\"\"}";
+    assert_eq!(metric(&server, by_namespace).await, Some(1.0));
+    // The client closes: counted under 1000.
+    let closes = "tidings_closes_total{code=\"1000\"}";
+    assert_eq!(metric(&server, closes).await, Some(0.0));
+    let _ = futures_util::SinkExt::close(&mut ws.ws).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&server, closes).await != Some(1.0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the close was not counted"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     server.shutdown().await;
 }

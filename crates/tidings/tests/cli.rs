@@ -561,3 +561,22 @@ fn webhook_verify_accepts_signed_bodies_and_rejects_tampered_ones() {
     assert_eq!(old.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&old.stderr).contains("away from now"));
 }
+
+#[test]
+fn log_lines_can_be_json() {
+    let mut served = serve(&["--listen", "127.0.0.1:0", "--log-format", "json"], &[]);
+    let pid = served.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let line = served.stderr.find("shutting down");
+    let v: serde_json::Value = serde_json::from_str(line.trim()).expect("a JSON log line");
+    assert_eq!(v["level"], "INFO", "{line}");
+    assert_eq!(v["fields"]["message"], "shutting down", "{line}");
+    assert!(v["timestamp"].is_string(), "{line}");
+    let _ = served.child.wait();
+}

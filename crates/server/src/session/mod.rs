@@ -456,12 +456,16 @@ impl Session {
         }
         self.node.unregister(self.conn);
         self.touch().await;
-        if let Some(identity) = self.identity.as_ref().filter(|_| !self.transient) {
-            // A socket that went without a close has the abnormal-closure code.
-            let (code, reason) = self
-                .outbox
-                .closed_with()
-                .map_or((1006, String::new()), |d| (d.code, d.reason));
+        if self.transient {
+            return;
+        }
+        // A socket that went without a close has the abnormal-closure code.
+        let (code, reason) = self
+            .outbox
+            .closed_with()
+            .map_or((1006, String::new()), |d| (d.code, d.reason));
+        self.node.metrics.closed(code);
+        if let Some(identity) = self.identity.as_ref() {
             self.node.emit(WebhookEvent::ClientDisconnected, || {
                 json!({
                     "client": self.client,

@@ -77,6 +77,8 @@ pub async fn publish(
         .map_err(internal)?;
     if !outcome.duplicate {
         node.metrics.publications_in.inc();
+        node.metrics
+            .published(channel.split_once(':').map_or("", |(ns, _)| ns));
         if let Some((data, user)) = event {
             node.emit(WebhookEvent::Publication, || {
                 serde_json::json!({
