@@ -75,6 +75,23 @@ pub struct NamespaceLabel {
     pub namespace: String,
 }
 
+/// One transport's delivery latency histogram (a shared handle).
+#[derive(Clone)]
+pub struct Latency(Histogram);
+
+impl Latency {
+    /// Records the publications among `entries`, written now.
+    pub fn observe<'a>(&self, entries: impl Iterator<Item = &'a crate::outbox::Entry>) {
+        let now = crate::engine::now_ms();
+        for meta in entries.filter_map(|e| e.publication.as_ref()) {
+            if meta.published_ms > 0 {
+                self.0
+                    .observe(now.saturating_sub(meta.published_ms) as f64 / 1000.0);
+            }
+        }
+    }
+}
+
 /// Label of `tidings_delivery_latency_seconds`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TransportLabel {
@@ -294,22 +311,13 @@ impl Metrics {
             .inc();
     }
 
-    /// Records the delivery latency of the publications among `entries`
-    /// written now over `transport`.
-    pub fn delivered<'a>(
-        &self,
-        transport: &'static str,
-        entries: impl Iterator<Item = &'a crate::outbox::Entry>,
-    ) {
-        let now = crate::engine::now_ms();
-        let histogram = self
-            .delivery_latency
-            .get_or_create(&TransportLabel { transport });
-        for meta in entries.filter_map(|e| e.publication.as_ref()) {
-            if meta.published_ms > 0 {
-                histogram.observe(now.saturating_sub(meta.published_ms) as f64 / 1000.0);
-            }
-        }
+    /// The delivery latency histogram of `transport`, for a writer to keep.
+    pub fn latency(&self, transport: &'static str) -> Latency {
+        Latency(
+            self.delivery_latency
+                .get_or_create(&TransportLabel { transport })
+                .clone(),
+        )
     }
 
     /// Counts a connection ended with `code`.

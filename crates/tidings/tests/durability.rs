@@ -3,14 +3,17 @@
 //! skipped or repeated and the epoch stays the same. Also: a damaged store
 //! stops start-up with a message naming the file and the way out.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::{BIN, start};
+
 use serde_json::{Value, json};
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidings");
 const KEY: &str = "durability-key";
 const PUBLISHERS: u64 = 8;
 const ROUNDS: usize = 5;
@@ -25,37 +28,6 @@ fn config_file(dir: &std::path::Path, fsync: &str) -> std::path::PathBuf {
     )
     .unwrap();
     path
-}
-
-/// Starts the binary; returns it and its address.
-fn start(config: &std::path::Path, data: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
-        .env_remove("TIDINGS_LISTEN")
-        .env_remove("TIDINGS_API_KEYS")
-        .env_remove("TIDINGS_TOKEN_SECRET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(addr.trim().to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server starts listening");
-    (child, addr)
 }
 
 async fn api(

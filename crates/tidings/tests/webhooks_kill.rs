@@ -1,9 +1,9 @@
 //! kill -9 with webhook events queued: they are delivered after the
 //! restart, each once by id.
 
+mod common;
+
 use std::collections::HashSet;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -11,43 +11,13 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
+use common::start;
 use futures_util::SinkExt;
 use serde_json::{Value, json};
 use tidings_server::hooks::signature;
 
-const BIN: &str = env!("CARGO_BIN_EXE_tidings");
 const WHSEC: &str = "whsec-kill-test";
 const CLIENTS: usize = 10;
-
-fn start(config: &std::path::Path, data: &std::path::Path) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args([
-            "--config",
-            config.to_str().unwrap(),
-            "--data-dir",
-            data.to_str().unwrap(),
-        ])
-        .env_remove("TIDINGS_LISTEN")
-        .env_remove("TIDINGS_API_KEYS")
-        .env_remove("TIDINGS_TOKEN_SECRET")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("binary starts");
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening on http://").nth(1) {
-                let _ = tx.send(addr.trim().to_string());
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("server starts listening");
-    (child, addr)
-}
 
 async fn queued(addr: &str) -> f64 {
     let text = reqwest::get(format!("http://{addr}/metrics"))

@@ -1,6 +1,7 @@
 //! Transports: turn bytes from the network into commands, and outbox
 //! batches into bytes on the network.
 
+mod heartbeat;
 pub mod http;
 pub mod poll;
 pub mod pusher;

@@ -16,6 +16,7 @@ use tidings_protocol::{ClientInfo, Disconnect, DisconnectCode};
 use tokio::time::{Instant, sleep_until};
 use tokio_websockets::{CloseCode, Limits, Message, ServerBuilder};
 
+use super::heartbeat::{Heartbeat, finish_writer};
 use crate::config::WebhookEvent;
 use crate::engine::PublishRequest;
 use crate::node::Node;
@@ -125,21 +126,14 @@ where
         socket,
         signed_in: None,
     };
-    let ping_interval = node.config.client.ping_interval;
-    let mut next_ping = Instant::now() + ping_interval;
-    let mut pong_deadline: Option<Instant> = None;
-    let renew_every = node.config.presence_ttl / 3;
-    let mut next_renew = Instant::now() + renew_every;
+    let mut beat = Heartbeat::new(&node);
     while !outbox.is_closed() {
-        let wake = [pong_deadline, Some(next_renew)]
-            .into_iter()
-            .flatten()
-            .fold(next_ping, Instant::min);
+        let wake = beat.wake(None);
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(Ok(msg)) if msg.is_text() => {
-                    pong_deadline = None;
-                    next_ping = Instant::now() + ping_interval;
+                    beat.heard();
+                    beat.delay_ping();
                     Box::pin(conn.handle(&mut session, msg.as_payload())).await;
                 }
                 Some(Ok(msg)) if msg.is_close() => {
@@ -151,18 +145,15 @@ where
             },
             _ = sleep_until(wake) => {
                 let now = Instant::now();
-                if pong_deadline.is_some_and(|d| d <= now) {
+                if beat.pong_missed(now) {
                     session.disconnect(DisconnectCode::NO_PONG);
-                    pong_deadline = None;
                 }
-                if next_ping <= now && !outbox.is_closed() {
+                if !outbox.is_closed() && beat.ping_due(now) {
                     session.send_raw(frame::encode("pusher:ping", None, &json!({})));
-                    next_ping = now + ping_interval;
-                    pong_deadline.get_or_insert(now + node.config.client.pong_timeout);
                 }
-                if next_renew <= now && !outbox.is_closed() {
+                if !outbox.is_closed() && beat.renew_due(now) {
                     Box::pin(session.renew_presence()).await;
-                    next_renew = Instant::now() + renew_every;
+                    beat.renewed();
                 }
             }
             c = control.recv() => Box::pin(session.handle_control(c)).await,
@@ -171,15 +162,7 @@ where
         }
     }
     Box::pin(session.end()).await;
-    if !writer.is_finished() {
-        outbox.close(Disconnect::new(DisconnectCode::FORCE_RECONNECT, None), true);
-        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut writer)
-            .await
-            .is_err()
-        {
-            writer.abort();
-        }
-    }
+    finish_writer(&outbox, &mut writer).await;
     node.metrics.connections.dec();
 }
 
@@ -405,9 +388,10 @@ async fn write_loop<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut batch: Vec<Entry> = Vec::new();
+    let latency = node.metrics.latency("pusher");
     loop {
         let close = outbox.next_batch(&mut batch).await;
-        node.metrics.delivered("pusher", batch.iter());
+        latency.observe(batch.iter());
         let mut written = 0u64;
         for entry in batch.drain(..) {
             let bytes: Option<Bytes> = match &entry.publication {

@@ -114,6 +114,7 @@ fn live_events(
         node: Arc<Node>,
         next_renew: tokio::time::Instant,
         lease: Option<Lease>,
+        latency: crate::metrics::Latency,
     }
     impl Drop for Live {
         fn drop(&mut self) {
@@ -123,6 +124,7 @@ fn live_events(
     let next_renew = tokio::time::Instant::now() + node.config.presence_ttl / 3;
     let live = Live {
         open,
+        latency: node.metrics.latency("sse"),
         node,
         next_renew,
         lease,
@@ -154,7 +156,7 @@ fn live_events(
                     }
                 }
                 close = live.open.outbox.next_batch(&mut batch) => {
-                    live.node.metrics.delivered("sse", batch.iter());
+                    live.latency.observe(batch.iter());
                     let mut events: Vec<Event> = batch
                         .into_iter()
                         .filter_map(|m| live.open.on_push(m))

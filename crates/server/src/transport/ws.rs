@@ -2,7 +2,6 @@
 //! payloads, small buffers) over a hyper upgrade.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -16,6 +15,7 @@ use tidings_protocol::{Disconnect, DisconnectCode, Push, SUBPROTOCOL_JSON, encod
 use tokio::time::{Instant, sleep_until};
 use tokio_websockets::{CloseCode, Config, Limits, Message, ServerBuilder};
 
+use super::heartbeat::{Heartbeat, finish_writer};
 use crate::node::Node;
 use crate::outbox::{Entry, Outbox};
 use crate::session::Session;
@@ -24,9 +24,6 @@ use crate::session::Session;
 const MAX_BATCH_FRAME: usize = 64 * 1024;
 /// Frames are built in chunks of this size (tokio-websockets' default is 4 KiB).
 const WRITE_FRAME_SIZE: usize = 64 * 1024;
-
-/// How long a closing connection's writer may take to deliver what is queued.
-const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -151,24 +148,17 @@ where
     node.metrics.connections.inc();
     let mut writer = tokio::spawn(write_loop(node.clone(), outbox.clone(), sink));
 
-    let ping_interval = node.config.client.ping_interval;
-    let mut next_ping = Instant::now() + ping_interval;
-    let mut pong_deadline: Option<Instant> = None;
-    let renew_every = node.config.presence_ttl / 3;
-    let mut next_renew = Instant::now() + renew_every;
+    let mut beat = Heartbeat::new(&node);
 
     // Once the outbox is closing, stop reading: the writer sends the rest.
     while !outbox.is_closed() {
         let expiry = session.next_expiry();
-        let wake = [pong_deadline, expiry, Some(next_renew)]
-            .into_iter()
-            .flatten()
-            .fold(next_ping, Instant::min);
+        let wake = beat.wake(expiry);
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(Ok(msg)) => {
                     if msg.is_text() || msg.is_binary() {
-                        pong_deadline = None;
+                        beat.heard();
                         // Boxed: the command futures are large and only live while one runs,
                         // so idle connections do not carry their space.
                         Box::pin(session.handle_frame(msg.as_payload())).await;
@@ -185,32 +175,25 @@ where
                 }
                 None => break,
             },
-            // One timer for all deadlines: each pending `Sleep` is part of
-            // every idle connection's task.
             _ = sleep_until(wake) => {
                 let now = Instant::now();
-                if pong_deadline.is_some_and(|d| d <= now) {
+                if beat.pong_missed(now) {
                     session.disconnect(DisconnectCode::NO_PONG);
-                    pong_deadline = None;
                 }
                 if expiry.is_some_and(|e| e <= now) {
                     Box::pin(session.expire()).await;
                 }
                 // A connection that was just closed gets no ping and no renewal.
-                if next_ping <= now && !outbox.is_closed() {
+                if !outbox.is_closed() && beat.ping_due(now) {
                     // A client must send `connect` within one ping interval.
                     if !session.is_connected() {
                         outbox.close(Disconnect { reason: "no connect command in time".into(), ..Disconnect::new(DisconnectCode::BAD_REQUEST, None) }, true);
                     }
                     outbox.push(encode_push(&Push::Ping));
-                    next_ping = now + ping_interval;
-                    if pong_deadline.is_none() {
-                        pong_deadline = Some(now + node.config.client.pong_timeout);
-                    }
                 }
-                if next_renew <= now && !outbox.is_closed() {
+                if !outbox.is_closed() && beat.renew_due(now) {
                     Box::pin(session.renew_presence()).await;
-                    next_renew = Instant::now() + renew_every;
+                    beat.renewed();
                 }
             }
             c = control.recv() => Box::pin(session.handle_control(c)).await,
@@ -219,17 +202,7 @@ where
         }
     }
     Box::pin(session.end()).await;
-    // Let the writer send what is queued (a disconnect, replies) before the
-    // socket goes, but not forever: a peer that stopped reading is dropped.
-    if !writer.is_finished() {
-        outbox.close(Disconnect::new(DisconnectCode::FORCE_RECONNECT, None), true);
-        if tokio::time::timeout(CLOSE_GRACE, &mut writer)
-            .await
-            .is_err()
-        {
-            writer.abort();
-        }
-    }
+    finish_writer(&outbox, &mut writer).await;
     node.metrics.connections.dec();
 }
 
@@ -261,9 +234,10 @@ async fn write_loop<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut batch: Vec<Entry> = Vec::new();
+    let latency = node.metrics.latency("websocket");
     loop {
         let close = outbox.next_batch(&mut batch).await;
-        node.metrics.delivered("websocket", batch.iter());
+        latency.observe(batch.iter());
         let mut written = 0u64;
         let mut frames = batch.drain(..).map(|e| e.bytes).peekable();
         let mut failed = false;
