@@ -8,6 +8,7 @@ use thiserror::Error;
 
 /// A position in a channel's stream, as a client gives it in `since`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct SinceArg {
     /// The last offset the client has seen.
     pub offset: u64,
@@ -139,6 +140,7 @@ impl CommandKind {
 /// How urgently a publication reaches subscribers that have a backlog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum Priority {
     /// Overtakes everything but replies (a goal, an auction's end).
     Critical,

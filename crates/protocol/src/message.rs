@@ -20,6 +20,7 @@ pub struct StreamPosition {
 
 /// Who published, when a client did.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ClientInfo {
     /// Connection id.
     pub client: String,
@@ -27,16 +28,19 @@ pub struct ClientInfo {
     pub user: String,
     /// Connection info from the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<serde_json::Value>))]
     pub info: Option<Box<RawValue>>,
 }
 
 /// One publication as history stores it and replies carry it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Publication {
     /// Offset in the channel (absent in ephemeral channels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub offset: Option<u64>,
     /// Opaque JSON payload.
+    #[cfg_attr(feature = "openapi", schema(value_type = serde_json::Value))]
     pub data: Box<RawValue>,
     /// The publishing client, if a client published.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -75,6 +79,7 @@ impl Publication {
 
 /// The body of an error reply.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// Numeric code (see [`ErrorCode`]).
     pub code: u16,

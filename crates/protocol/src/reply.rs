@@ -59,6 +59,7 @@ pub struct SubscribeOk {
 
 /// `publish` → ok.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PublishOk {
     /// Offset given to the publication (absent in ephemeral channels).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -70,6 +71,7 @@ pub struct PublishOk {
 
 /// `history` → ok.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct HistoryOk {
     /// The publications asked for.
     pub publications: Vec<Publication>,
@@ -89,6 +91,7 @@ pub struct RefreshOk {
 
 /// `presence` → ok.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PresenceOk {
     /// Connections in the channel by client id (one page).
     pub clients: std::collections::BTreeMap<String, ClientInfo>,
@@ -99,6 +102,7 @@ pub struct PresenceOk {
 
 /// `last_seen` → ok.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct LastSeenOk {
     /// Per user: milliseconds since the Unix epoch of their last connect or
     /// disconnect, or null when never seen.
@@ -107,6 +111,7 @@ pub struct LastSeenOk {
 
 /// `presence_stats` → ok.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PresenceStatsOk {
     /// Number of connections.
     pub clients: u64,
@@ -116,4 +121,5 @@ pub struct PresenceStatsOk {
 
 /// An ok reply with no fields: `{}`.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Empty {}

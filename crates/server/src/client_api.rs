@@ -1,137 +1,224 @@
 //! Client actions over plain HTTP, `POST /v1/client/<op>`: for SSE and
-//! long-poll clients. Authorised by the connection token, with the same
-//! permission checks, codes and idempotency keys as the WebSocket commands.
+//! long-poll clients. Each is the typed command a WebSocket client sends,
+//! run by a one-request session: the same token checks, permissions,
+//! codes and idempotency keys.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::Body;
-use axum::extract::{ConnectInfo, Path, State};
-use axum::http::{HeaderMap, header};
+use axum::Router;
+use axum::extract::{ConnectInfo, FromRequest, Path, Request};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
-use tidings_protocol::{ErrorBody, ErrorCode, ServerMessage};
+use axum::routing::post;
+use serde::de::DeserializeOwned;
+use tidings_protocol::reply::{Empty, HistoryOk, LastSeenOk, PresenceOk, PresenceStatsOk, PublishOk};
+use tidings_protocol::{Command, CommandKind, ErrorBody, ErrorCode, ServerMessage};
 
-use crate::api::ApiError;
+use crate::api::{
+    ApiError, ChannelBody, HistoryBody, LastSeenBody, PresenceBody, PublishBody, bad, parse,
+    read_body,
+};
 use crate::engine::UserControl;
+use crate::hooks::Peer;
 use crate::lease::Beat;
 use crate::node::Node;
 use crate::outbox::Outbox;
-use crate::session::Session;
-use crate::session::internal;
+use crate::session::{Session, internal};
 
-/// The commands open to HTTP clients.
-const OPS: [&str; 5] = [
-    "publish",
-    "history",
-    "presence",
-    "presence_stats",
-    "last_seen",
-];
-
-fn bad(code: ErrorCode, message: impl Into<String>) -> ApiError {
-    ApiError(ErrorBody::new(code, message))
+/// The client action routes, `/v1/client/*`.
+pub fn router() -> Router<Arc<Node>> {
+    Router::new()
+        .route("/v1/client/publish", post(publish))
+        .route("/v1/client/history", post(history))
+        .route("/v1/client/presence", post(presence))
+        .route("/v1/client/presence_stats", post(presence_stats))
+        .route("/v1/client/last_seen", post(last_seen))
+        .route("/v1/client/heartbeat", post(heartbeat))
+        .route("/v1/client/{op}", post(unknown))
 }
 
-/// `POST /v1/client/{op}`.
-pub async fn handle(
-    State(node): State<Arc<Node>>,
-    ConnectInfo(ip): ConnectInfo<std::net::SocketAddr>,
-    Path(op): Path<String>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let peer = crate::transport::http::peer(&node, "http", Some(ip.ip()), &headers);
-    match call(&node, &op, &headers, peer, body).await {
-        Ok(ok) => ([(header::CONTENT_TYPE, "application/json")], ok).into_response(),
-        Err(e) => {
-            node.metrics.command_error(e.0.code);
-            e.into_response()
+/// A client action's request: who asks (token, address) and its body.
+pub struct Action<T> {
+    node: Arc<Node>,
+    token: Option<String>,
+    peer: Peer,
+    idempotency_key: Option<String>,
+    body: T,
+}
+
+impl<T: DeserializeOwned> FromRequest<Arc<Node>> for Action<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, node: &Arc<Node>) -> Result<Self, ApiError> {
+        let headers = req.headers();
+        let ip = req
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|c| c.0.ip());
+        let peer = crate::transport::http::peer(node, "http", ip, headers);
+        let header = |name| headers.get(name).and_then(|v| v.to_str().ok());
+        let token = header(header::AUTHORIZATION)
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(String::from);
+        let idempotency_key = header(header::HeaderName::from_static("idempotency-key"))
+            .map(String::from);
+        let body = parse(&read_body(node, req.into_body()).await?)?;
+        Ok(Action {
+            node: node.clone(),
+            token,
+            peer,
+            idempotency_key,
+            body,
+        })
+    }
+}
+
+impl<T> Action<T> {
+    /// Runs `kind` as the token's connection would; the answer is the
+    /// command's `ok` body as the WebSocket reply carries it.
+    async fn run(self, kind: CommandKind) -> Result<Response, ApiError> {
+        let outbox = Arc::new(Outbox::new(self.node.config.client.outbox_bytes));
+        let (mut session, _control) = Session::new(self.node.clone(), outbox.clone());
+        session.set_stateless();
+        session.set_peer(self.peer);
+        let connect = CommandKind::Connect {
+            token: self.token,
+            name: None,
+            version: None,
+            subscribe: Vec::new(),
+        };
+        session.handle(Command { id: 0, kind: connect }).await;
+        // A refused connect closed the outbox; its error is the answer.
+        if !outbox.is_closed() {
+            session.handle(Command { id: 1, kind }).await;
         }
+        session.end().await;
+        let mut batch = Vec::new();
+        outbox.try_batch(&mut batch);
+        for message in batch {
+            if let Ok(ServerMessage::Reply(reply)) = ServerMessage::decode(&message.bytes) {
+                match reply.result {
+                    Err(e) => return Err(ApiError(e)),
+                    Ok(ok) if reply.id == 1 => {
+                        let json = [(header::CONTENT_TYPE, "application/json")];
+                        return Ok((json, ok.get().to_string()).into_response());
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+        Err(ApiError(ErrorBody::new(ErrorCode::Internal, "no answer")))
     }
 }
 
-/// `heartbeat` `{"lease"}`: an SSE stream's reader is alive (see
-/// [`crate::lease`]); the lease id is the credential.
-async fn heartbeat(node: &Arc<Node>, body: Body) -> Result<String, ApiError> {
-    #[derive(serde::Deserialize)]
-    struct Heartbeat {
-        lease: String,
-    }
-    let body = crate::api::read_body(node, body).await?;
-    let beat: Heartbeat = serde_json::from_slice(&body)
-        .map_err(|e| bad(ErrorCode::BadRequest, format!("malformed body: {e}")))?;
-    match node.leases.beat(&beat.lease) {
-        Beat::Renewed => Ok("{}".into()),
+/// Publishes as the token's user, under the namespace's client rules.
+#[utoipa::path(post, path = "/v1/client/publish", tag = "client actions", operation_id = "client_publish",
+    request_body = PublishBody,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Used when the body has no `idempotency_key`.")),
+    responses((status = 200, description = "Published (or a retry of a publication).", body = PublishOk)),
+    security((), ("token" = [])))]
+pub async fn publish(action: Action<PublishBody>) -> Result<Response, ApiError> {
+    let key = action.idempotency_key.clone();
+    let b = &action.body;
+    let kind = CommandKind::Publish {
+        channel: b.channel.clone(),
+        data: b.data.clone(),
+        idempotency_key: b.idempotency_key.clone().or(key),
+        tags: b.tags.clone(),
+        key: b.key.clone(),
+        priority: b.priority,
+    };
+    action.run(kind).await
+}
+
+/// Reads a channel's history, where the namespace lets clients.
+#[utoipa::path(post, path = "/v1/client/history", tag = "client actions", operation_id = "client_history",
+    request_body = HistoryBody,
+    responses((status = 200, description = "The publications asked for and the channel's position.", body = HistoryOk)),
+    security((), ("token" = [])))]
+pub async fn history(action: Action<HistoryBody>) -> Result<Response, ApiError> {
+    let b = &action.body;
+    let kind = CommandKind::History {
+        channel: b.channel.clone(),
+        since: b.since.clone(),
+        limit: b.limit,
+        reverse: b.reverse,
+    };
+    action.run(kind).await
+}
+
+/// One page of a channel's presence, where the namespace lets clients.
+#[utoipa::path(post, path = "/v1/client/presence", tag = "client actions", operation_id = "client_presence",
+    request_body = PresenceBody,
+    responses((status = 200, description = "One page of connections by client id.", body = PresenceOk)),
+    security((), ("token" = [])))]
+pub async fn presence(action: Action<PresenceBody>) -> Result<Response, ApiError> {
+    let b = &action.body;
+    let kind = CommandKind::Presence {
+        channel: b.channel.clone(),
+        limit: b.limit,
+        cursor: b.cursor.clone(),
+    };
+    action.run(kind).await
+}
+
+/// How many connections and users are in a channel.
+#[utoipa::path(post, path = "/v1/client/presence_stats", tag = "client actions", operation_id = "client_presence_stats",
+    request_body = ChannelBody,
+    responses((status = 200, description = "Counts.", body = PresenceStatsOk)),
+    security((), ("token" = [])))]
+pub async fn presence_stats(action: Action<ChannelBody>) -> Result<Response, ApiError> {
+    let channel = action.body.channel.clone();
+    action.run(CommandKind::PresenceStats { channel }).await
+}
+
+/// When users were last seen (signed-in connections only).
+#[utoipa::path(post, path = "/v1/client/last_seen", tag = "client actions", operation_id = "client_last_seen",
+    request_body = LastSeenBody,
+    responses((status = 200, description = "Per user: ms since the Unix epoch, or null.", body = LastSeenOk)),
+    security((), ("token" = [])))]
+pub async fn last_seen(action: Action<LastSeenBody>) -> Result<Response, ApiError> {
+    let users = action.body.users.clone();
+    action.run(CommandKind::LastSeen { users }).await
+}
+
+/// An SSE stream's lease (see [`crate::lease`]).
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+pub struct HeartbeatBody {
+    /// The `lease` the stream's `connected` event gave.
+    lease: String,
+}
+
+/// An SSE stream's reader is alive; the lease id is the credential.
+#[utoipa::path(post, path = "/v1/client/heartbeat", tag = "client actions", operation_id = "client_heartbeat",
+    request_body = HeartbeatBody,
+    responses((status = 200, description = "The stream's lease was renewed.", body = Empty)))]
+pub async fn heartbeat(action: Action<HeartbeatBody>) -> Result<axum::Json<Empty>, ApiError> {
+    let Action { node, body, .. } = action;
+    let lease = body.lease;
+    match node.leases.beat(&lease) {
+        Beat::Renewed => Ok(axum::Json(Empty {})),
         Beat::Elsewhere => {
             // Another node holds the stream (no sticky sessions): pass it on.
-            let control = UserControl::Heartbeat { lease: beat.lease };
+            let control = UserControl::Heartbeat { lease };
             node.engine
                 .control(control)
                 .await
                 .map_err(|e| ApiError(internal(e)))?;
-            Ok("{}".into())
+            Ok(axum::Json(Empty {}))
         }
-        Beat::Unknown => Err(bad(
+        Beat::Unknown => Err(ApiError(ErrorBody::new(
             ErrorCode::NotSubscribed,
             "no open stream has this lease (it ended)",
-        )),
+        ))),
     }
 }
 
-async fn call(
-    node: &Arc<Node>,
-    op: &str,
-    headers: &HeaderMap,
-    peer: crate::hooks::Peer,
-    body: Body,
-) -> Result<String, ApiError> {
-    if op == "heartbeat" {
-        return heartbeat(node, body).await;
-    }
-    if !OPS.contains(&op) {
-        return Err(bad(
-            ErrorCode::BadRequest,
-            format!(
-                "unknown client action `{}`; one of {OPS:?} or \"heartbeat\"",
-                op.escape_default()
-            ),
-        ));
-    }
-    let body = crate::api::read_body(node, body).await?;
-    let mut command: serde_json::Map<String, Value> = serde_json::from_slice(&body)
-        .map_err(|e| bad(ErrorCode::BadRequest, format!("malformed body: {e}")))?;
-    command.insert("id".into(), json!(1));
-    command.insert("op".into(), json!(op));
-    if let Some(key) = headers.get("idempotency-key").and_then(|v| v.to_str().ok()) {
-        command
-            .entry("idempotency_key")
-            .or_insert_with(|| json!(key));
-    }
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
-    let frame = format!(
-        "{}\n{}",
-        json!({"id": 0, "op": "connect", "token": token}),
-        Value::Object(command)
-    );
-    let outbox = Arc::new(Outbox::new(node.config.client.outbox_bytes));
-    let (mut session, _control) = Session::new(node.clone(), outbox.clone());
-    session.set_stateless();
-    session.set_peer(peer);
-    session.handle_frame(frame.as_bytes()).await;
-    session.end().await;
-    let mut batch = Vec::new();
-    outbox.try_batch(&mut batch);
-    for message in batch {
-        if let Ok(ServerMessage::Reply(reply)) = ServerMessage::decode(&message.bytes) {
-            match reply.result {
-                Err(e) => return Err(ApiError(e)),
-                Ok(ok) if reply.id == 1 => return Ok(ok.get().to_string()),
-                Ok(_) => {}
-            }
-        }
-    }
-    Err(bad(ErrorCode::Internal, "no answer"))
+/// An action clients do not have.
+async fn unknown(Path(op): Path<String>) -> ApiError {
+    bad(format!(
+        "unknown client action `{}`; one of publish, history, presence, presence_stats, last_seen or heartbeat",
+        op.escape_default()
+    ))
 }

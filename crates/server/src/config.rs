@@ -12,8 +12,10 @@ use thiserror::Error;
 
 pub use crate::engine::store::Fsync;
 
+mod admin;
 mod backend;
 mod pusher;
+pub use admin::AdminConfig;
 pub use backend::{ProxyConfig, ProxyFail, WebhookConfig, WebhookEvent};
 pub use pusher::{PusherApp, PusherConfig};
 
@@ -632,6 +634,8 @@ pub struct Config {
     pub webhooks: WebhookConfig,
     /// Pusher apps served beside the Tidings protocol.
     pub pusher: PusherConfig,
+    /// The admin UI at `/admin` (off without a secret).
+    pub admin: AdminConfig,
 }
 
 /// `[dev]`: in dev mode, fixed credentials instead of generated ones.
@@ -668,6 +672,7 @@ impl Default for Config {
             proxy: ProxyConfig::default(),
             webhooks: WebhookConfig::default(),
             pusher: PusherConfig::default(),
+            admin: AdminConfig::default(),
         }
     }
 }
@@ -878,6 +883,7 @@ impl Config {
         bad.extend(self.proxy.problems());
         bad.extend(self.webhooks.problems());
         bad.extend(self.pusher.problems());
+        bad.extend(self.admin.problems());
         for app in &self.pusher.apps {
             if let Some(ns) = self.namespaces.get(&app.namespace)
                 && ns.client_publish != ClientPublish::None
@@ -1020,6 +1026,7 @@ fn merge_env(mut fig: Figment, var: impl Fn(&str) -> Option<String>) -> Figment 
         ("TIDINGS_NODE_NAME", "node_name"),
         ("TIDINGS_DEV_TOKEN_SECRET", "dev.token_secret"),
         ("TIDINGS_DEV_API_KEY", "dev.api_key"),
+        ("TIDINGS_ADMIN_SECRET", "admin.secret"),
     ] {
         if let Some(v) = var(env).filter(|v| !v.is_empty()) {
             fig = fig.merge((key, v));

@@ -8,10 +8,10 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
-use axum::routing::{any, get, post};
-use rand::Rng;
+use axum::routing::{any, get};
 use thiserror::Error;
 use tidings_protocol::{Disconnect, DisconnectCode};
+use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -81,18 +81,6 @@ pub struct Server {
     task: JoinHandle<()>,
 }
 
-fn random_secret() -> String {
-    let mut rng = rand::rng();
-    (0..32)
-        .map(|_| {
-            char::from(
-                b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
-                    [rng.random_range(0..62)],
-            )
-        })
-        .collect()
-}
-
 impl Server {
     /// Binds and starts serving `config`.
     pub async fn start(mut config: Config) -> Result<Server, ServerError> {
@@ -110,8 +98,8 @@ impl Server {
                 .dev
                 .token_secret
                 .clone()
-                .unwrap_or_else(random_secret),
-            api_key: config.dev.api_key.clone().unwrap_or_else(random_secret),
+                .unwrap_or_else(crate::auth::random_secret),
+            api_key: config.dev.api_key.clone().unwrap_or_else(crate::auth::random_secret),
         });
         if dev.is_some() && !config.listen.ip().is_loopback() {
             return Err(ServerError::Unsafe(format!(
@@ -169,16 +157,14 @@ impl Server {
         let browser = Router::new()
             .route("/v1/sse", get(transport::sse::handle))
             .route("/v1/poll", get(transport::poll::handle))
-            .route("/v1/client/{op}", post(client_api::handle))
+            .merge(client_api::router())
             .layer(cors(&node.config.cors_origins));
         let mut app = Router::new()
             .route("/health", get(health))
             .route("/metrics", get(metrics_text))
             .route("/v1/ws", any(transport::ws::upgrade))
-            .route(
-                "/v1/api/{method}",
-                post(api::handle).layer(axum::extract::DefaultBodyLimit::disable()),
-            )
+            .route("/v1/openapi.json", get(api::openapi::handle))
+            .merge(api::router(&node))
             .merge(browser);
         if !node.config.pusher.apps.is_empty() {
             // Pusher's HTTP API, signed per app (its own body limit applies).
@@ -192,6 +178,9 @@ impl Server {
         } else {
             app.route("/", get(index))
         };
+        if let Some(admin) = crate::admin::router(&node) {
+            app = app.merge(admin);
+        }
         if let Some(dev) = &dev {
             app = app.merge(demo::dev_router(dev.token_secret.clone()));
         }

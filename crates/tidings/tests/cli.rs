@@ -580,3 +580,49 @@ fn log_lines_can_be_json() {
     assert!(v["timestamp"].is_string(), "{line}");
     let _ = served.child.wait();
 }
+
+/// A user's mistake is one readable message with its cause: no backtrace,
+/// no panic, whatever `RUST_BACKTRACE` says.
+#[test]
+fn user_mistakes_are_one_message_without_a_backtrace() {
+    let dir = tempfile::tempdir().unwrap();
+    let assert_readable = |out: std::process::Output, cause: &str| {
+        assert!(!out.status.success());
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.starts_with("Error: "), "{err}");
+        assert!(err.contains(cause), "{err}");
+        for noise in ["backtrace", "Backtrace", "panicked", "Caused by", "at /"] {
+            assert!(!err.contains(noise), "{noise} in: {err}");
+        }
+    };
+    // A bad configuration file.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "[client]\nping_interval = \"0s\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--config", bad.to_str().unwrap(), "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_BACKTRACE", "full")
+        .env_remove("TIDINGS_CONFIG")
+        .output()
+        .unwrap();
+    assert_readable(out, "client.ping_interval");
+    // A port another process holds.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["--listen", &addr, "--data-dir"])
+        .arg(dir.path())
+        .env("RUST_BACKTRACE", "1")
+        .env_remove("TIDINGS_CONFIG")
+        .output()
+        .unwrap();
+    assert_readable(out, &addr);
+    // A missing configuration file.
+    let out = Command::new(BIN)
+        .args(["--config", "/nonexistent/tidings.toml"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_readable(out, "/nonexistent/tidings.toml");
+}

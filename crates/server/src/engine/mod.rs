@@ -181,7 +181,7 @@ pub enum UserControl {
 }
 
 /// What a node tells the others about itself (the API's `info`).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct NodeInfo {
     /// The node's name (`node_name`).
     pub name: String,

@@ -21,7 +21,7 @@ impl Session {
             .as_ref()
             .ok_or_else(|| err(ErrorCode::BadRequest, "not connected"))?;
         let anonymous_ok = ns.subscribe_rule() == SubscribeRule::Anonymous;
-        if identity.anonymous && !anonymous_ok && !self.node.config.dev_mode() {
+        if identity.anonymous && !anonymous_ok && !self.node.config.dev_mode() && !self.observer {
             return Err(err(
                 ErrorCode::PermissionDenied,
                 "anonymous connections may not use this namespace",
@@ -34,7 +34,7 @@ impl Session {
     pub(super) fn check_channel(&self, channel: &str) -> Result<NamespaceOptions, ErrorBody> {
         let (name, ns) = self.node.resolve(channel)?;
         let identity = self.check_access(&ns)?;
-        if !name.user_allowed(&identity.user) {
+        if !name.user_allowed(&identity.user) && !self.observer {
             return Err(limited());
         }
         Ok(ns)

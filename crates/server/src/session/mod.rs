@@ -84,6 +84,9 @@ pub struct Session {
     stateless: bool,
     /// A short-lived session (one long-poll): it takes no part in presence.
     transient: bool,
+    /// An operator watching a channel (the admin UI's tail): it may
+    /// subscribe to any channel and, being transient, is seen by no one.
+    observer: bool,
     /// Publications per channel in the current one-second window (for
     /// namespaces with `client_publish_rate`).
     publish_window: HashMap<String, (Instant, u32)>,
@@ -130,6 +133,7 @@ impl Session {
             },
             stateless: false,
             transient: false,
+            observer: false,
             publish_window: HashMap::new(),
             commands: (f64::from(rate), Instant::now()),
             refused: 0,
@@ -176,6 +180,12 @@ impl Session {
     /// Marks the session as short-lived (a long-poll): no presence.
     pub fn set_transient(&mut self) {
         self.transient = true;
+    }
+
+    /// Marks the session as an operator's observer (see `observer`).
+    pub fn set_observer(&mut self) {
+        self.transient = true;
+        self.observer = true;
     }
 
     /// The authenticated user, once connected ("" when anonymous).
@@ -320,7 +330,8 @@ impl Session {
         }
     }
 
-    async fn handle(&mut self, command: Command) {
+    /// Handles one decoded command (HTTP client actions call it directly).
+    pub(crate) async fn handle(&mut self, command: Command) {
         let id = command.id;
         if self.identity.is_none() {
             let CommandKind::Connect {

@@ -166,6 +166,9 @@ impl Session {
         arg: &SubscribeArg,
         ns: &NamespaceOptions,
     ) -> Result<(Option<u64>, bool), ErrorBody> {
+        if self.observer {
+            return Ok((None, false));
+        }
         if let Some(url) = &ns.subscribe_proxy {
             let channel = Some(arg.channel.as_str());
             match self
