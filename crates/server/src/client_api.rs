@@ -12,7 +12,9 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde::de::DeserializeOwned;
-use tidings_protocol::reply::{Empty, HistoryOk, LastSeenOk, PresenceOk, PresenceStatsOk, PublishOk};
+use tidings_protocol::reply::{
+    Empty, HistoryOk, LastSeenOk, PresenceOk, PresenceStatsOk, PublishOk,
+};
 use tidings_protocol::{Command, CommandKind, ErrorBody, ErrorCode, ServerMessage};
 
 use crate::api::{
@@ -61,8 +63,8 @@ impl<T: DeserializeOwned> FromRequest<Arc<Node>> for Action<T> {
         let token = header(header::AUTHORIZATION)
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(String::from);
-        let idempotency_key = header(header::HeaderName::from_static("idempotency-key"))
-            .map(String::from);
+        let idempotency_key =
+            header(header::HeaderName::from_static("idempotency-key")).map(String::from);
         let body = parse(&read_body(node, req.into_body()).await?)?;
         Ok(Action {
             node: node.clone(),
@@ -88,7 +90,12 @@ impl<T> Action<T> {
             version: None,
             subscribe: Vec::new(),
         };
-        session.handle(Command { id: 0, kind: connect }).await;
+        session
+            .handle(Command {
+                id: 0,
+                kind: connect,
+            })
+            .await;
         // A refused connect closed the outbox; its error is the answer.
         if !outbox.is_closed() {
             session.handle(Command { id: 1, kind }).await;

@@ -7,6 +7,7 @@
 use std::collections::HashMap;
 use std::hash::BuildHasher;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
@@ -46,7 +47,7 @@ pub struct Subscriber {
 }
 
 /// Ids of [`Subscriber`]s.
-static NEXT_SUBSCRIBER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+static NEXT_SUBSCRIBER: AtomicU64 = AtomicU64::new(1);
 
 /// Live publications seen while subscribing skipped an offset.
 #[derive(Debug, PartialEq, Eq)]
@@ -194,6 +195,21 @@ struct Channel {
     /// How its publications are delivered (its namespace's policy, as of
     /// the latest subscribe).
     delivery: ChannelDelivery,
+    /// Publications delivered here since the channel got its first local
+    /// subscriber (the admin UI's rates).
+    publications: AtomicU64,
+}
+
+/// A channel as the admin UI lists it: name, local subscribers, and
+/// publications delivered here while it had them.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ChannelActivity {
+    /// Channel name.
+    pub channel: String,
+    /// Subscribers on this node.
+    pub subscribers: usize,
+    /// Publications delivered on this node (a counter: rates come from two reads).
+    pub publications: u64,
 }
 
 /// The hub.
@@ -237,13 +253,14 @@ impl Hub {
             name: Arc::from(channel),
             subscribers: HashMap::new(),
             delivery,
+            publications: AtomicU64::new(0),
         });
         if entry.subscribers.contains_key(&conn) {
             return Err(AlreadySubscribed);
         }
         entry.delivery = delivery;
         let sub = Arc::new(Subscriber {
-            id: NEXT_SUBSCRIBER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            id: NEXT_SUBSCRIBER.fetch_add(1, Ordering::Relaxed),
             outbox,
             control,
             state: Mutex::new(SubState::Buffering(Vec::new())),
@@ -293,6 +310,29 @@ impl Hub {
             })
             .collect();
         all.sort_unstable();
+        all.truncate(limit);
+        all
+    }
+
+    /// The local channels starting with `prefix`, with their activity; at
+    /// most `limit`, the most subscribed first.
+    pub fn activity(&self, prefix: &str, limit: usize) -> Vec<ChannelActivity> {
+        let mut all: Vec<ChannelActivity> = self
+            .shards
+            .iter()
+            .flat_map(|s| {
+                s.read()
+                    .iter()
+                    .filter(|(name, _)| name.starts_with(prefix))
+                    .map(|(name, ch)| ChannelActivity {
+                        channel: name.clone(),
+                        subscribers: ch.subscribers.len(),
+                        publications: ch.publications.load(Ordering::Relaxed),
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        all.sort_unstable_by(|a, b| (b.subscribers, &a.channel).cmp(&(a.subscribers, &b.channel)));
         all.truncate(limit);
         all
     }
@@ -350,6 +390,7 @@ impl Hub {
     pub fn deliver(&self, channel: &str, epoch: Option<&str>, publication: &Arc<Publication>) {
         // Encoded once, and only when someone here listens.
         self.fan_out(channel, |ch| {
+            ch.publications.fetch_add(1, Ordering::Relaxed);
             ch.delivery.entry(&ch.name, epoch, publication)
         });
     }

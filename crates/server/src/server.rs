@@ -9,9 +9,9 @@ use axum::extract::State;
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::routing::{any, get};
+use rand::Rng;
 use thiserror::Error;
 use tidings_protocol::{Disconnect, DisconnectCode};
-use rand::Rng;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -99,7 +99,11 @@ impl Server {
                 .token_secret
                 .clone()
                 .unwrap_or_else(crate::auth::random_secret),
-            api_key: config.dev.api_key.clone().unwrap_or_else(crate::auth::random_secret),
+            api_key: config
+                .dev
+                .api_key
+                .clone()
+                .unwrap_or_else(crate::auth::random_secret),
         });
         if dev.is_some() && !config.listen.ip().is_loopback() {
             return Err(ServerError::Unsafe(format!(

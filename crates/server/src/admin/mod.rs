@@ -153,6 +153,7 @@ pub fn router(node: &Arc<Node>) -> Option<Router<Arc<Node>>> {
         .route("/admin/session", get(session))
         .route("/admin/api/{method}", post(call))
         .route("/admin/tail", get(tail::tail))
+        .route("/admin/activity", get(activity))
         .layer(Extension(admin));
     Some(router)
 }
@@ -271,8 +272,33 @@ async fn call(
     parts.uri = uri;
     parts.headers.remove(header::AUTHORIZATION);
     parts.extensions.insert(AdminGrant);
-    match admin.api.clone().oneshot(Request::from_parts(parts, body)).await {
+    match admin
+        .api
+        .clone()
+        .oneshot(Request::from_parts(parts, body))
+        .await
+    {
         Ok(res) => res,
         Err(never) => match never {},
     }
+}
+
+#[derive(Deserialize)]
+struct ActivityQuery {
+    #[serde(default)]
+    prefix: String,
+}
+
+/// Most channels `/admin/activity` lists.
+const MAX_ACTIVITY: usize = 1000;
+
+/// `GET /admin/activity?prefix=`: this node's channels with their
+/// publication counters, for rates.
+async fn activity(
+    _: Viewer,
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    axum::extract::Query(q): axum::extract::Query<ActivityQuery>,
+) -> Response {
+    let channels = node.hub.activity(&q.prefix, MAX_ACTIVITY);
+    Json(json!({ "node": node.info().name, "channels": channels })).into_response()
 }

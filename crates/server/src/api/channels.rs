@@ -90,10 +90,7 @@ pub async fn channels(
     request_body(content = Empty, description = "Empty, or `{}`."),
     responses((status = 200, description = "Every live node.", body = InfoOk)),
     security(("api_key" = [])))]
-pub async fn info(
-    State(node): State<Arc<Node>>,
-    _: Call<Empty>,
-) -> Result<Json<InfoOk>, ApiError> {
+pub async fn info(State(node): State<Arc<Node>>, _: Call<Empty>) -> Result<Json<InfoOk>, ApiError> {
     // Every node that announced itself lately; this one as it is now.
     let mut nodes = node.engine.nodes().await.map_err(session::internal)?;
     nodes.retain(|n| n.id != node.id);

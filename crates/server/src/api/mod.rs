@@ -19,8 +19,8 @@ use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
-use serde::de::DeserializeOwned;
 use serde::Serialize;
+use serde::de::DeserializeOwned;
 use tidings_protocol::{ErrorBody, ErrorCode};
 
 use crate::auth::ApiScope;

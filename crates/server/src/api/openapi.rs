@@ -51,12 +51,21 @@ struct ApiDoc;
 const ERRORS: [(&str, &str); 8] = [
     ("400", "Malformed body or arguments (code 101)."),
     ("401", "No valid API key, or an expired token (code 108)."),
-    ("403", "Not allowed: API key scope, permissions, or a backend's refusal (103, 1000–1999)."),
+    (
+        "403",
+        "Not allowed: API key scope, permissions, or a backend's refusal (103, 1000–1999).",
+    ),
     ("404", "No namespace has this channel (102)."),
-    ("409", "A position that cannot be recovered (109), or a lease that ended (106)."),
+    (
+        "409",
+        "A position that cannot be recovered (109), or a lease that ended (106).",
+    ),
     ("413", "Body or data over the namespace's limit (104)."),
     ("429", "Rate limited (105)."),
-    ("503", "The engine cannot reach its backend; retry (100, temporary)."),
+    (
+        "503",
+        "The engine cannot reach its backend; retry (100, temporary).",
+    ),
 ];
 
 /// Adds [`ERRORS`] to every operation, all with [`ErrorResponse`] bodies.

@@ -95,7 +95,9 @@ pub async fn publish(
         key: b.key,
         priority: b.priority,
     };
-    Ok(Json(session::publish(&node, &b.channel, &ns, request).await?))
+    Ok(Json(
+        session::publish(&node, &b.channel, &ns, request).await?,
+    ))
 }
 
 /// Publishes the same data into several channels; each may fail alone.
