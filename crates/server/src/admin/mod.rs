@@ -80,23 +80,26 @@ fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         })
 }
 
-fn refused(status: StatusCode, message: &str) -> Response {
-    let body = ErrorBody::new(ErrorCode::PermissionDenied, message);
-    (status, Json(json!({ "error": body }))).into_response()
+/// An admin request refused: 401 (not logged in) or 403 (no CSRF token).
+pub struct Refused(StatusCode, &'static str);
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        let body = ErrorBody::new(ErrorCode::PermissionDenied, self.1);
+        (self.0, Json(json!({ "error": body }))).into_response()
+    }
 }
+
+const NOT_LOGGED_IN: Refused = Refused(StatusCode::UNAUTHORIZED, "log in first");
 
 /// A request from a logged-in operator (the cookie alone: reads).
 pub struct Viewer;
 
 impl FromRequestParts<Arc<Node>> for Viewer {
-    type Rejection = Response;
+    type Rejection = Refused;
 
-    async fn from_request_parts(parts: &mut Parts, _: &Arc<Node>) -> Result<Self, Response> {
-        let admin = admin_of(parts)?;
-        match admin.csrf_of(&parts.headers) {
-            Some(_) => Ok(Viewer),
-            None => Err(refused(StatusCode::UNAUTHORIZED, "log in first")),
-        }
+    async fn from_request_parts(parts: &mut Parts, _: &Arc<Node>) -> Result<Self, Refused> {
+        logged_in(parts).map(|_| Viewer)
     }
 }
 
@@ -106,16 +109,13 @@ impl FromRequestParts<Arc<Node>> for Viewer {
 pub struct Operator;
 
 impl FromRequestParts<Arc<Node>> for Operator {
-    type Rejection = Response;
+    type Rejection = Refused;
 
-    async fn from_request_parts(parts: &mut Parts, _: &Arc<Node>) -> Result<Self, Response> {
-        let admin = admin_of(parts)?;
-        let Some(csrf) = admin.csrf_of(&parts.headers) else {
-            return Err(refused(StatusCode::UNAUTHORIZED, "log in first"));
-        };
+    async fn from_request_parts(parts: &mut Parts, _: &Arc<Node>) -> Result<Self, Refused> {
+        let csrf = logged_in(parts)?;
         let sent = parts.headers.get(CSRF_HEADER).map(HeaderValue::as_bytes);
         if !sent.is_some_and(|sent| constant_time_eq(sent, csrf.as_bytes())) {
-            return Err(refused(
+            return Err(Refused(
                 StatusCode::FORBIDDEN,
                 "missing or wrong X-CSRF-Token",
             ));
@@ -124,12 +124,13 @@ impl FromRequestParts<Arc<Node>> for Operator {
     }
 }
 
-fn admin_of(parts: &Parts) -> Result<Arc<Admin>, Response> {
+/// The login's CSRF token, or the refusal: not logged in.
+fn logged_in(parts: &Parts) -> Result<String, Refused> {
     parts
         .extensions
         .get::<Arc<Admin>>()
-        .cloned()
-        .ok_or_else(|| refused(StatusCode::NOT_FOUND, "the admin UI is off"))
+        .and_then(|admin| admin.csrf_of(&parts.headers))
+        .ok_or(NOT_LOGGED_IN)
 }
 
 /// The routes of the admin UI, when `[admin] secret` is set.
@@ -203,7 +204,7 @@ async fn login(
     };
     if !constant_time_eq(secret.as_bytes(), admin.secret.as_bytes()) {
         tokio::time::sleep(WRONG_SECRET_DELAY).await;
-        return refused(StatusCode::UNAUTHORIZED, "wrong secret");
+        return Refused(StatusCode::UNAUTHORIZED, "wrong secret").into_response();
     }
     let (id, csrf) = (random_secret(), random_secret());
     {
@@ -253,7 +254,7 @@ async fn logout(
 async fn session(Extension(admin): Extension<Arc<Admin>>, headers: HeaderMap) -> Response {
     match admin.csrf_of(&headers) {
         Some(csrf) => Json(json!({ "csrf": csrf })).into_response(),
-        None => refused(StatusCode::UNAUTHORIZED, "log in first"),
+        None => NOT_LOGGED_IN.into_response(),
     }
 }
 
