@@ -10,7 +10,9 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 use tidings_protocol::reply::SubscribeOk;
-use tidings_protocol::{ErrorBody, ErrorCode, ServerMessage, position};
+use tidings_protocol::{
+    Command, CommandKind, ErrorBody, ErrorCode, ServerMessage, SinceArg, SubscribeArg, position,
+};
 
 use crate::api::ApiError;
 use crate::delivery::ChannelDelivery;
@@ -229,14 +231,31 @@ impl OpenStream {
         // Each command is handled and its reply taken before the next, so no
         // reply waits behind another in the outbox (a recovery may be large).
         let mut batch = Vec::new();
-        let connect = json!({"id": 0, "op": "connect", "token": req.token}).to_string();
-        session.handle_frame(connect.as_bytes()).await;
+        // Typed commands, not the client's: they take nothing from the
+        // connection's command rate.
+        let connect = CommandKind::Connect {
+            token: req.token.clone(),
+            name: None,
+            version: None,
+            subscribe: Vec::new(),
+        };
+        session
+            .handle(Command {
+                id: 0,
+                kind: connect,
+            })
+            .await;
         let mut close = outbox.try_batch(&mut batch);
         for (i, channel) in req.channels.iter().enumerate() {
             if close.is_some() {
                 break;
             }
-            let mut cmd = json!({"id": i + 1, "op": "subscribe", "channel": channel});
+            let mut arg = SubscribeArg {
+                channel: channel.clone(),
+                since: None,
+                token: None,
+                strict: false,
+            };
             if let Some(entry) = since.get(&position::hash(channel)) {
                 // The vector holds a hash of the epoch: name the current epoch
                 // when it matches, anything else when it does not.
@@ -254,9 +273,14 @@ impl OpenStream {
                 } else {
                     "-".to_string()
                 };
-                cmd["since"] = json!({"offset": entry.offset, "epoch": epoch});
+                arg.since = Some(SinceArg {
+                    offset: entry.offset,
+                    epoch,
+                });
             }
-            session.handle_frame(cmd.to_string().as_bytes()).await;
+            let id = u32::try_from(i + 1).unwrap_or(u32::MAX);
+            let kind = CommandKind::Subscribe(arg);
+            session.handle(Command { id, kind }).await;
             close = outbox.try_batch(&mut batch);
         }
         let mut stream = OpenStream {
