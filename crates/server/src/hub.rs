@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
+use prometheus_client::metrics::counter::Counter;
 use tidings_protocol::{Publication, Push, encode_push};
 
 use crate::delivery::ChannelDelivery;
@@ -198,6 +199,8 @@ struct Channel {
     /// Publications delivered here since the channel got its first local
     /// subscriber (the admin UI's rates).
     publications: AtomicU64,
+    /// Its namespace's `tidings_namespace_deliveries_total`.
+    deliveries: Counter<u64, AtomicU64>,
 }
 
 /// A channel as the admin UI lists it: name, local subscribers, and
@@ -254,6 +257,9 @@ impl Hub {
             subscribers: HashMap::new(),
             delivery,
             publications: AtomicU64::new(0),
+            deliveries: self
+                .metrics
+                .deliveries(channel.split_once(':').map_or("", |(ns, _)| ns)),
         });
         if entry.subscribers.contains_key(&conn) {
             return Err(AlreadySubscribed);
@@ -381,6 +387,9 @@ impl Hub {
             }
         }
         self.metrics.messages_out.inc_by(queued);
+        if entry.publication.is_some() {
+            ch.deliveries.inc_by(queued);
+        }
     }
 }
 

@@ -66,6 +66,20 @@ pub struct Metrics {
     pub closes: Family<CodeLabel, Counter<u64, AtomicU64>>,
     /// Publications accepted, by namespace ("" for the default one).
     pub namespace_publications: Family<NamespaceLabel, Counter<u64, AtomicU64>>,
+    /// Publications queued to subscribers on this node, by namespace.
+    pub namespace_deliveries: Family<NamespaceLabel, Counter<u64, AtomicU64>>,
+    /// Seconds an engine operation took (a Redis round trip, a disk read).
+    pub engine_seconds: Family<OpLabel, Histogram>,
+    /// Messages a connection's outbox held when its writer took them, by
+    /// transport (one observation per write).
+    pub outbox_depth: Family<TransportLabel, Histogram>,
+}
+
+/// Label of `tidings_engine_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OpLabel {
+    /// The engine operation (`publish`, `read`, `join`, ...).
+    pub op: &'static str,
 }
 
 /// Label of `tidings_namespace_publications_total`.
@@ -75,17 +89,26 @@ pub struct NamespaceLabel {
     pub namespace: String,
 }
 
-/// One transport's delivery latency histogram (a shared handle).
+/// One transport's write histograms, delivery latency and outbox depth
+/// (shared handles, kept by a writer).
 #[derive(Clone)]
-pub struct Latency(Histogram);
+pub struct Latency {
+    latency: Histogram,
+    depth: Histogram,
+}
 
 impl Latency {
-    /// Records the publications among `entries`, written now.
-    pub fn observe<'a>(&self, entries: impl Iterator<Item = &'a crate::outbox::Entry>) {
+    /// Records one write of `entries`: its size as the outbox's depth, and
+    /// the latency of each publication among them.
+    pub fn observe(&self, entries: &[crate::outbox::Entry]) {
+        if entries.is_empty() {
+            return; // a long-poll that timed out wrote nothing
+        }
+        self.depth.observe(entries.len() as f64);
         let now = crate::engine::now_ms();
-        for meta in entries.filter_map(|e| e.publication.as_ref()) {
+        for meta in entries.iter().filter_map(|e| e.publication.as_ref()) {
             if meta.published_ms > 0 {
-                self.0
+                self.latency
                     .observe(now.saturating_sub(meta.published_ms) as f64 / 1000.0);
             }
         }
@@ -103,6 +126,13 @@ pub struct TransportLabel {
 fn latency_buckets() -> Histogram {
     Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
         0.0001, 2.0, 19,
+    ))
+}
+
+/// 1 to 4096 messages, doubling.
+fn depth_buckets() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        1.0, 2.0, 13,
     ))
 }
 
@@ -162,6 +192,9 @@ impl Metrics {
             delivery_latency: Family::new_with_constructor(latency_buckets),
             closes: Family::default(),
             namespace_publications: Family::default(),
+            namespace_deliveries: Family::default(),
+            engine_seconds: Family::new_with_constructor(latency_buckets),
+            outbox_depth: Family::new_with_constructor(depth_buckets),
         };
         registry.register(
             "connections",
@@ -251,6 +284,21 @@ impl Metrics {
             m.namespace_publications.clone(),
         );
         registry.register(
+            "namespace_deliveries",
+            "Publications queued to subscribers on this node, by namespace",
+            m.namespace_deliveries.clone(),
+        );
+        registry.register(
+            "engine_seconds",
+            "Seconds an engine operation took (Redis round trip, disk), by operation",
+            m.engine_seconds.clone(),
+        );
+        registry.register(
+            "outbox_depth",
+            "Messages a connection's outbox held when its writer took them, by transport",
+            m.outbox_depth.clone(),
+        );
+        registry.register(
             "delivery_latency_seconds",
             "Seconds from a publication's acceptance to its write to a subscriber, by transport",
             m.delivery_latency.clone(),
@@ -280,9 +328,9 @@ impl Metrics {
             let _ = m.webhook_events.get_or_create(&OutcomeLabel { outcome });
         }
         for transport in ["websocket", "sse", "http_poll", "pusher"] {
-            let _ = m
-                .delivery_latency
-                .get_or_create(&TransportLabel { transport });
+            let label = TransportLabel { transport };
+            let _ = m.delivery_latency.get_or_create(&label);
+            let _ = m.outbox_depth.get_or_create(&label);
         }
         for code in [1000, 1006, 3001, 3002, 3004, 3005, 3006] {
             let _ = m.closes.get_or_create(&CodeLabel { code });
@@ -311,13 +359,26 @@ impl Metrics {
             .inc();
     }
 
-    /// The delivery latency histogram of `transport`, for a writer to keep.
+    /// The write histograms of `transport`, for a writer to keep.
     pub fn latency(&self, transport: &'static str) -> Latency {
-        Latency(
-            self.delivery_latency
-                .get_or_create(&TransportLabel { transport })
-                .clone(),
-        )
+        let label = TransportLabel { transport };
+        Latency {
+            latency: self.delivery_latency.get_or_create(&label).clone(),
+            depth: self.outbox_depth.get_or_create(&label).clone(),
+        }
+    }
+
+    /// The histogram of engine operation `op`, for the engine's timer to keep.
+    pub fn engine_histogram(&self, op: &'static str) -> Histogram {
+        self.engine_seconds.get_or_create(&OpLabel { op }).clone()
+    }
+
+    /// The delivery counter of `namespace`, for a channel to keep.
+    pub fn deliveries(&self, namespace: &str) -> Counter<u64, AtomicU64> {
+        let namespace = namespace.to_string();
+        self.namespace_deliveries
+            .get_or_create(&NamespaceLabel { namespace })
+            .clone()
     }
 
     /// Counts a connection ended with `code`.
@@ -328,10 +389,11 @@ impl Metrics {
     /// Lists `namespaces` in `tidings_namespace_publications_total` at zero.
     pub fn know_namespaces<'a>(&self, namespaces: impl Iterator<Item = &'a str>) {
         for namespace in namespaces {
-            let namespace = namespace.to_string();
-            let _ = self
-                .namespace_publications
-                .get_or_create(&NamespaceLabel { namespace });
+            let label = NamespaceLabel {
+                namespace: namespace.to_string(),
+            };
+            let _ = self.namespace_publications.get_or_create(&label);
+            let _ = self.namespace_deliveries.get_or_create(&label);
         }
     }
 

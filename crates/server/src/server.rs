@@ -140,8 +140,11 @@ impl Server {
             source,
         })?;
 
-        let engine = crate::engine::build(&config)?;
         let metrics = Arc::new(Metrics::new());
+        let engine: Arc<dyn Engine> = Arc::new(crate::engine::timed::Timed::new(
+            crate::engine::build(&config)?,
+            &metrics,
+        ));
         let webhooks = crate::hooks::Senders::open(&config, &metrics)?;
         let node = Arc::new(Node::new(
             config,

@@ -808,6 +808,19 @@ async fn delivery_latency_is_measured_per_transport() {
     }
     let by_namespace = "tidings_namespace_publications_total{namespace=\"\"}";
     assert_eq!(metric(&server, by_namespace).await, Some(1.0));
+    // Two subscribers here: two deliveries of the one publication.
+    let delivered = "tidings_namespace_deliveries_total{namespace=\"\"}";
+    assert_eq!(metric(&server, delivered).await, Some(2.0));
+    // Each write of the two writers is one observation of its outbox's depth.
+    for transport in ["websocket", "sse"] {
+        let depth = format!("tidings_outbox_depth_count{{transport=\"{transport}\"}}");
+        assert!(metric(&server, &depth).await >= Some(1.0), "{transport}");
+    }
+    // The engine's publish was timed once; every operation is listed.
+    let publish = "tidings_engine_seconds_count{op=\"publish\"}";
+    assert_eq!(metric(&server, publish).await, Some(1.0));
+    let read = "tidings_engine_seconds_count{op=\"read\"}";
+    assert!(metric(&server, read).await.is_some());
     // The client closes: counted under 1000.
     let closes = "tidings_closes_total{code=\"1000\"}";
     assert_eq!(metric(&server, closes).await, Some(0.0));

@@ -9,6 +9,7 @@
 pub mod memory;
 pub mod redis;
 pub mod store;
+pub mod timed;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

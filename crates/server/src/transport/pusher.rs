@@ -391,7 +391,7 @@ async fn write_loop<S>(
     let latency = node.metrics.latency("pusher");
     loop {
         let close = outbox.next_batch(&mut batch).await;
-        latency.observe(batch.iter());
+        latency.observe(&batch);
         let mut written = 0u64;
         for entry in batch.drain(..) {
             let bytes: Option<Bytes> = match &entry.publication {

@@ -156,7 +156,7 @@ fn live_events(
                     }
                 }
                 close = live.open.outbox.next_batch(&mut batch) => {
-                    live.latency.observe(batch.iter());
+                    live.latency.observe(&batch);
                     let mut events: Vec<Event> = batch
                         .into_iter()
                         .filter_map(|m| live.open.on_push(m))

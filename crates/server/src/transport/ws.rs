@@ -237,7 +237,7 @@ async fn write_loop<S>(
     let latency = node.metrics.latency("websocket");
     loop {
         let close = outbox.next_batch(&mut batch).await;
-        latency.observe(batch.iter());
+        latency.observe(&batch);
         let mut written = 0u64;
         let mut frames = batch.drain(..).map(|e| e.bytes).peekable();
         let mut failed = false;
