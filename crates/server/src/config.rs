@@ -894,6 +894,9 @@ impl Config {
                 ));
             }
         }
+        if self.auth.token_jwks_refresh.is_zero() {
+            bad.push("`auth.token_jwks_refresh`: must be greater than 0".into());
+        }
         if self.auth.token_jwks_min_interval < Duration::from_secs(1) {
             bad.push("`auth.token_jwks_min_interval`: at least 1s".into());
         }
@@ -1157,5 +1160,23 @@ client_publish = "any"
             .to_string();
         assert!(e.contains("channels.max_message_size"), "{e}");
         assert!(e.contains("client.ping_interval"), "{e}");
+
+        let p = write(
+            &dir,
+            "[admin]\nsecret = \"short\"\nsession_ttl = \"0s\"\n[auth]\ntoken_jwks_refresh = \"0s\"\n",
+        );
+        let e = Config::load(Some(&p), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        for key in [
+            "admin.secret",
+            "admin.session_ttl",
+            "auth.token_jwks_refresh",
+        ] {
+            assert!(e.contains(key), "{key} in {e}");
+        }
+        let p = write(&dir, "[admin]\nsecret = \"sixteen-chars-ok\"\n");
+        let c = Config::load(Some(&p), &Overrides::default()).unwrap();
+        assert_eq!(c.admin.secret.as_deref(), Some("sixteen-chars-ok"));
     }
 }
