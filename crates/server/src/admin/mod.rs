@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{FromRequestParts, Path, Request};
+use axum::extract::{FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -193,11 +193,16 @@ struct LoginBody {
 
 /// `POST /admin/login {"secret"}`: a session cookie and its CSRF token.
 async fn login(
+    State(node): State<Arc<Node>>,
     Extension(admin): Extension<Arc<Admin>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    // Bounded in size and in time, like every other body.
+    let body = match crate::api::read_body(&node, body).await {
+        Ok(body) => body,
+        Err(e) => return e.into_response(),
+    };
     let Ok(LoginBody { secret }) = serde_json::from_slice(&body) else {
         let e = ErrorBody::new(ErrorCode::BadRequest, "expected {\"secret\": \"...\"}");
         return ApiError(e).into_response();
@@ -297,8 +302,8 @@ const MAX_ACTIVITY: usize = 1000;
 /// publication counters, for rates.
 async fn activity(
     _: Viewer,
-    axum::extract::State(node): axum::extract::State<Arc<Node>>,
-    axum::extract::Query(q): axum::extract::Query<ActivityQuery>,
+    State(node): State<Arc<Node>>,
+    Query(q): Query<ActivityQuery>,
 ) -> Response {
     let channels = node.hub.activity(&q.prefix, MAX_ACTIVITY);
     Json(json!({ "node": node.info().name, "channels": channels })).into_response()
