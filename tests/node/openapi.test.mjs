@@ -53,7 +53,7 @@ test('the description covers every API method and client action, each with its e
     assert.ok(op, `${p} is a POST`);
     assert.ok(!ids.has(op.operationId), `operationId ${op.operationId} is unique`);
     ids.add(op.operationId);
-    for (const status of ['200', '400', '401', '403', '404', '413', '429', '503']) {
+    for (const status of ['200', '400', '401', '403', '404', '409', '413', '429', '500', '503']) {
       assert.ok(op.responses[status], `${p} documents ${status}`);
     }
     assert.equal(op.responses['400'].content['application/json'].schema.$ref, '#/components/schemas/ErrorResponse');

@@ -15,7 +15,7 @@ const channelsView = { prefix: '', cursor: null, back: [], next: null, sort: 'su
 let lastActivity = { at: 0, counts: new Map() };
 let rates = new Map();
 
-async function api(method, body = {}) {
+async function api(method, body = {}, retried = false) {
   const res = await fetch(`/admin/api/${method}`, {
     method: 'POST',
     headers: { 'content-type': 'application/json', 'x-csrf-token': csrf },
@@ -23,8 +23,19 @@ async function api(method, body = {}) {
   });
   const answer = await res.json().catch(() => ({}));
   if (res.status === 401) showLogin();
+  // A login from another tab replaced the cookie: take its CSRF token.
+  if (res.status === 403 && !retried && (await refreshSession())) return api(method, body, true);
   if (!res.ok) throw new Error(answer.error?.message ?? `HTTP ${res.status}`);
   return answer;
+}
+
+async function refreshSession() {
+  const res = await fetch('/admin/session');
+  if (!res.ok) return false;
+  const fresh = (await res.json()).csrf;
+  const changed = fresh !== csrf;
+  csrf = fresh;
+  return changed;
 }
 
 function row(cells, onclick) {

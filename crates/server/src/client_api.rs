@@ -29,7 +29,7 @@ use crate::outbox::Outbox;
 use crate::session::{Session, internal};
 
 /// The client action routes, `/v1/client/*`.
-pub fn router() -> Router<Arc<Node>> {
+pub fn router(node: &Arc<Node>) -> Router<Arc<Node>> {
     Router::new()
         .route("/v1/client/publish", post(publish))
         .route("/v1/client/history", post(history))
@@ -38,6 +38,10 @@ pub fn router() -> Router<Arc<Node>> {
         .route("/v1/client/last_seen", post(last_seen))
         .route("/v1/client/heartbeat", post(heartbeat))
         .route("/v1/client/{op}", post(unknown))
+        .layer(axum::middleware::from_fn_with_state(
+            node.clone(),
+            crate::api::count_errors,
+        ))
 }
 
 /// A client action's request: who asks (token, address) and its body.
@@ -106,7 +110,8 @@ impl<T> Action<T> {
         for message in batch {
             if let Ok(ServerMessage::Reply(reply)) = ServerMessage::decode(&message.bytes) {
                 match reply.result {
-                    Err(e) => return Err(ApiError(e)),
+                    // The session counted it already.
+                    Err(e) => return Ok(ApiError(e).uncounted()),
                     Ok(ok) if reply.id == 1 => {
                         let json = [(header::CONTENT_TYPE, "application/json")];
                         return Ok((json, ok.get().to_string()).into_response());

@@ -68,11 +68,32 @@ pub struct Metrics {
     pub namespace_publications: Family<NamespaceLabel, Counter<u64, AtomicU64>>,
     /// Publications queued to subscribers on this node, by namespace.
     pub namespace_deliveries: Family<NamespaceLabel, Counter<u64, AtomicU64>>,
+    /// Records consumers took from their sources, by consumer and outcome
+    /// (`published`, `dead`, `retried`, `errors`).
+    pub consumer_records: Family<ConsumerLabel, Counter<u64, AtomicU64>>,
+    /// Records waiting at a consumer's source (read last, every few seconds).
+    pub consumer_lag: Family<ConsumerNameLabel, Gauge<i64, AtomicI64>>,
     /// Seconds an engine operation took (a Redis round trip, a disk read).
     pub engine_seconds: Family<OpLabel, Histogram>,
     /// Messages a connection's outbox held when its writer took them, by
     /// transport (one observation per write).
     pub outbox_depth: Family<TransportLabel, Histogram>,
+}
+
+/// Labels of `tidings_consumer_records_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerLabel {
+    /// The consumer's name.
+    pub consumer: String,
+    /// What became of the records.
+    pub outcome: &'static str,
+}
+
+/// Label of `tidings_consumer_lag`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConsumerNameLabel {
+    /// The consumer's name.
+    pub consumer: String,
 }
 
 /// Label of `tidings_engine_seconds`.
@@ -92,12 +113,12 @@ pub struct NamespaceLabel {
 /// One transport's write histograms, delivery latency and outbox depth
 /// (shared handles, kept by a writer).
 #[derive(Clone)]
-pub struct Latency {
+pub struct Writes {
     latency: Histogram,
     depth: Histogram,
 }
 
-impl Latency {
+impl Writes {
     /// Records one write of `entries`: its size as the outbox's depth, and
     /// the latency of each publication among them.
     pub fn observe(&self, entries: &[crate::outbox::Entry]) {
@@ -193,6 +214,8 @@ impl Metrics {
             closes: Family::default(),
             namespace_publications: Family::default(),
             namespace_deliveries: Family::default(),
+            consumer_records: Family::default(),
+            consumer_lag: Family::default(),
             engine_seconds: Family::new_with_constructor(latency_buckets),
             outbox_depth: Family::new_with_constructor(depth_buckets),
         };
@@ -289,6 +312,16 @@ impl Metrics {
             m.namespace_deliveries.clone(),
         );
         registry.register(
+            "consumer_records",
+            "Records consumers took from their sources, by consumer and outcome",
+            m.consumer_records.clone(),
+        );
+        registry.register(
+            "consumer_lag",
+            "Records waiting at a consumer's source",
+            m.consumer_lag.clone(),
+        );
+        registry.register(
             "engine_seconds",
             "Seconds an engine operation took (Redis round trip, disk), by operation",
             m.engine_seconds.clone(),
@@ -360,9 +393,9 @@ impl Metrics {
     }
 
     /// The write histograms of `transport`, for a writer to keep.
-    pub fn latency(&self, transport: &'static str) -> Latency {
+    pub fn writes(&self, transport: &'static str) -> Writes {
         let label = TransportLabel { transport };
-        Latency {
+        Writes {
             latency: self.delivery_latency.get_or_create(&label).clone(),
             depth: self.outbox_depth.get_or_create(&label).clone(),
         }
@@ -395,6 +428,38 @@ impl Metrics {
             let _ = self.namespace_publications.get_or_create(&label);
             let _ = self.namespace_deliveries.get_or_create(&label);
         }
+    }
+
+    /// Lists `consumers` in the consumer families at zero.
+    pub fn know_consumers<'a>(&self, consumers: impl Iterator<Item = &'a str>) {
+        for consumer in consumers {
+            for outcome in ["published", "dead", "retried", "errors"] {
+                let _ = self.consumer_records.get_or_create(&ConsumerLabel {
+                    consumer: consumer.to_string(),
+                    outcome,
+                });
+            }
+            self.consumer_lag(consumer, 0);
+        }
+    }
+
+    /// Counts one record of `consumer` with `outcome`.
+    pub fn consumed(&self, consumer: &str, outcome: &'static str) {
+        self.consumer_records
+            .get_or_create(&ConsumerLabel {
+                consumer: consumer.to_string(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Sets how many records wait at `consumer`'s source.
+    pub fn consumer_lag(&self, consumer: &str, records: i64) {
+        self.consumer_lag
+            .get_or_create(&ConsumerNameLabel {
+                consumer: consumer.to_string(),
+            })
+            .set(records);
     }
 
     /// Counts a publication accepted in `namespace`.

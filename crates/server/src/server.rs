@@ -164,7 +164,7 @@ impl Server {
         let browser = Router::new()
             .route("/v1/sse", get(transport::sse::handle))
             .route("/v1/poll", get(transport::poll::handle))
-            .merge(client_api::router())
+            .merge(client_api::router(&node))
             .layer(cors(&node.config.cors_origins));
         let mut app = Router::new()
             .route("/health", get(health))
@@ -257,6 +257,7 @@ impl Server {
         for webhooks in node.webhooks.all() {
             background.push(tokio::spawn(webhooks.clone().run()));
         }
+        background.extend(crate::ingest::start(&node));
         let (stop, stopped) = watch::channel(false);
         let send_buffer = node.config.client.send_buffer;
         let admission = Admission::new(&node.config.client, node.metrics.clone());

@@ -21,6 +21,7 @@ use parking_lot::Mutex;
 use rust_embed::RustEmbed;
 use serde::Deserialize;
 use serde_json::json;
+use sha2::Digest;
 use tidings_protocol::{ErrorBody, ErrorCode};
 use tower::ServiceExt;
 
@@ -53,6 +54,8 @@ pub struct Admin {
     secret: String,
     ttl: Duration,
     logins: Mutex<HashMap<String, Login>>,
+    /// Held while a wrong secret is answered.
+    guesses: tokio::sync::Mutex<()>,
     api: Router,
 }
 
@@ -140,6 +143,7 @@ pub fn router(node: &Arc<Node>) -> Option<Router<Arc<Node>>> {
         secret,
         ttl: node.config.admin.session_ttl,
         logins: Mutex::new(HashMap::new()),
+        guesses: tokio::sync::Mutex::new(()),
         api: crate::api::router(node).with_state(node.clone()),
     });
     let router = Router::new()
@@ -207,7 +211,13 @@ async fn login(
         let e = ErrorBody::new(ErrorCode::BadRequest, "expected {\"secret\": \"...\"}");
         return ApiError(e).into_response();
     };
-    if !constant_time_eq(secret.as_bytes(), admin.secret.as_bytes()) {
+    // Digests of equal length: the comparison tells nothing of the length.
+    let digest = |s: &str| sha2::Sha256::digest(s.as_bytes());
+    if !constant_time_eq(&digest(&secret), &digest(&admin.secret)) {
+        // One wrong guess at a time for the whole node, each held for the
+        // delay: parallel guessing is no faster than serial.
+        let _turn = admin.guesses.lock().await;
+        tracing::warn!("admin login refused: wrong secret");
         tokio::time::sleep(WRONG_SECRET_DELAY).await;
         return Refused(StatusCode::UNAUTHORIZED, "wrong secret").into_response();
     }
@@ -271,7 +281,11 @@ async fn call(
     req: Request,
 ) -> Response {
     let (mut parts, body) = req.into_parts();
-    let Ok(uri) = format!("/v1/api/{method}").parse() else {
+    let named = !method.is_empty() && method.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    let Some(uri) = named
+        .then(|| format!("/v1/api/{method}").parse().ok())
+        .flatten()
+    else {
         let e = ErrorBody::new(ErrorCode::BadRequest, "bad method name");
         return ApiError(e).into_response();
     };

@@ -13,6 +13,7 @@ use serde::Deserialize;
 
 use super::Viewer;
 use crate::api::ApiError;
+use crate::mailbox::Mailbox;
 use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::session::Session;
@@ -30,7 +31,7 @@ pub async fn tail(
     Query(q): Query<TailQuery>,
 ) -> Response {
     let outbox = Arc::new(Outbox::new(node.config.client.outbox_bytes));
-    let (mut session, _control) = Session::new(node.clone(), outbox.clone());
+    let (mut session, control) = Session::new(node.clone(), outbox.clone());
     session.set_observer();
     if let Err(e) = session.open_as(String::new(), None).await {
         return ApiError(e).into_response();
@@ -50,26 +51,43 @@ pub async fn tail(
     if let Err(e) = subscribed {
         return ApiError(e).into_response();
     }
-    Sse::new(events(session, outbox))
+    Sse::new(events(session, outbox, control, q.channel))
         .keep_alive(KeepAlive::default())
         .into_response()
 }
 
-/// The outbox's messages until it closes; the session lives as long as
-/// the stream (dropping it unsubscribes).
-fn events(session: Session, outbox: Arc<Outbox>) -> impl Stream<Item = Result<Event, Infallible>> {
-    let state = (session, outbox, Vec::new(), false);
-    let batches = stream::unfold(state, |(session, outbox, mut batch, done)| async move {
+/// The outbox's messages until it closes, or until the subscription ends
+/// (the engine lost the channel's continuity, the API unsubscribed it):
+/// then the stream ends, and the browser's EventSource opens a new tail.
+/// The session lives as long as the stream (dropping it unsubscribes).
+fn events(
+    session: Session,
+    outbox: Arc<Outbox>,
+    control: Arc<Mailbox>,
+    channel: String,
+) -> impl Stream<Item = Result<Event, Infallible>> {
+    let state = (session, outbox, control, channel, Vec::new(), false);
+    let batches = stream::unfold(state, |state| async move {
+        let (mut session, outbox, control, channel, mut batch, done) = state;
         if done {
             return None;
         }
         batch.clear();
-        let closed = outbox.next_batch(&mut batch).await.is_some();
+        let closed = loop {
+            tokio::select! {
+                close = outbox.next_batch(&mut batch) => break close.is_some(),
+                c = control.recv() => session.handle_control(c).await,
+            }
+        };
+        let done = closed || !session.is_subscribed(&channel);
         let events: Vec<_> = batch
             .iter()
             .map(|e| Ok(Event::default().data(String::from_utf8_lossy(&e.bytes))))
             .collect();
-        Some((stream::iter(events), (session, outbox, batch, closed)))
+        Some((
+            stream::iter(events),
+            (session, outbox, control, channel, batch, done),
+        ))
     });
     futures_util::StreamExt::flatten(batches)
 }

@@ -17,7 +17,6 @@ use crate::session;
 #[serde(deny_unknown_fields)]
 pub struct HistoryBody {
     /// Channel name.
-    #[schema(pattern = r"^[A-Za-z0-9_.:@#,=-]{1,255}$")]
     pub channel: String,
     /// Only publications after this position (its epoch must match).
     pub since: Option<SinceArg>,

@@ -75,6 +75,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// The answer, left out of `tidings_command_errors_total` (counted
+    /// elsewhere, or not a command error).
+    pub(crate) fn uncounted(self) -> Response {
+        let mut res = self.into_response();
+        res.extensions_mut().remove::<AnsweredCode>();
+        res
+    }
+}
+
 /// A 400 with `message`.
 pub(crate) fn bad(message: impl Into<String>) -> ApiError {
     ApiError(ErrorBody::new(ErrorCode::BadRequest, message))
@@ -141,8 +151,9 @@ impl<T: DeserializeOwned> FromRequest<Arc<Node>> for Call<T> {
         let granted = req.extensions().get::<AdminGrant>().map(|_| ApiScope::All);
         let checked = granted.or_else(|| node.api_keys.read().check_header(auth).map(|(_, s)| s));
         let Some(scope) = checked else {
+            // Refused keys are not command errors (scanners would swell them).
             let e = ErrorBody::new(ErrorCode::PermissionDenied, "a valid API key is required");
-            let mut res = ApiError(e).into_response();
+            let mut res = ApiError(e).uncounted();
             *res.status_mut() = StatusCode::UNAUTHORIZED;
             return Err(res);
         };
@@ -151,7 +162,7 @@ impl<T: DeserializeOwned> FromRequest<Arc<Node>> for Call<T> {
                 ErrorCode::PermissionDenied,
                 format!("this API key may not call `{}`", method.escape_default()),
             );
-            return Err(ApiError(e).into_response());
+            return Err(ApiError(e).uncounted());
         }
         let idempotency_key = req
             .headers()
@@ -188,8 +199,13 @@ pub fn router(node: &Arc<Node>) -> Router<Arc<Node>> {
         .layer(axum::extract::DefaultBodyLimit::disable())
 }
 
-/// Counts every error answer by its protocol code.
-async fn count_errors(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+/// Counts every error answer by its protocol code (`/v1/api` and
+/// `/v1/client`).
+pub(crate) async fn count_errors(
+    State(node): State<Arc<Node>>,
+    req: Request,
+    next: Next,
+) -> Response {
     let res = next.run(req).await;
     if let Some(AnsweredCode(code)) = res.extensions().get::<AnsweredCode>() {
         node.metrics.command_error(*code);

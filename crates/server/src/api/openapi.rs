@@ -6,7 +6,7 @@ use std::sync::OnceLock;
 use axum::http::header;
 use axum::response::IntoResponse;
 use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
-use utoipa::openapi::{ContentBuilder, OpenApi as Document, RefOr, ResponseBuilder};
+use utoipa::openapi::{ContentBuilder, OpenApi as Document, RefOr, ResponseBuilder, Schema};
 use utoipa::{Modify, OpenApi};
 
 use super::ErrorResponse;
@@ -39,7 +39,7 @@ use super::ErrorResponse;
         crate::client_api::heartbeat,
     ),
     components(schemas(ErrorResponse)),
-    modifiers(&Errors, &Security),
+    modifiers(&Errors, &Security, &ChannelNames),
     tags(
         (name = "server API", description = "For backends: `Authorization: Bearer <API key>`."),
         (name = "client actions", description = "For SSE and long-poll clients: `Authorization: Bearer <connection token>`, or none for anonymous access where the namespace allows it."),
@@ -48,9 +48,9 @@ use super::ErrorResponse;
 struct ApiDoc;
 
 /// The error answers every operation may give, by HTTP status.
-const ERRORS: [(&str, &str); 8] = [
+const ERRORS: [(&str, &str); 9] = [
     ("400", "Malformed body or arguments (code 101)."),
-    ("401", "No valid API key, or an expired token (code 108)."),
+    ("401", "No valid API key (103), or an expired token (106)."),
     (
         "403",
         "Not allowed: API key scope, permissions, or a backend's refusal (103, 1000–1999).",
@@ -58,10 +58,11 @@ const ERRORS: [(&str, &str); 8] = [
     ("404", "No namespace has this channel (102)."),
     (
         "409",
-        "A position that cannot be recovered (109), or a lease that ended (106).",
+        "Already subscribed (107), not subscribed or a lease that ended (108), or a position that cannot be recovered (109).",
     ),
-    ("413", "Body or data over the namespace's limit (104)."),
+    ("413", "Body or data over a limit (104)."),
     ("429", "Rate limited (105)."),
+    ("500", "An internal error (100): a bug, never expected."),
     (
         "503",
         "The engine cannot reach its backend; retry (100, temporary).",
@@ -90,6 +91,28 @@ impl Modify for Errors {
                 op.responses
                     .responses
                     .insert(status.to_string(), RefOr::T(response));
+            }
+        }
+    }
+}
+
+/// A channel name (see `tidings_protocol::channel`).
+const CHANNEL_PATTERN: &str = r"^[A-Za-z0-9_.:@#,=-]{1,255}$";
+
+/// Gives every `channel` property of a request body the channel-name pattern.
+struct ChannelNames;
+
+impl Modify for ChannelNames {
+    fn modify(&self, openapi: &mut Document) {
+        let Some(components) = openapi.components.as_mut() else {
+            return;
+        };
+        for schema in components.schemas.values_mut() {
+            let RefOr::T(Schema::Object(object)) = schema else {
+                continue;
+            };
+            if let Some(RefOr::T(Schema::Object(channel))) = object.properties.get_mut("channel") {
+                channel.pattern = Some(CHANNEL_PATTERN.into());
             }
         }
     }

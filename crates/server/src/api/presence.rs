@@ -16,7 +16,6 @@ use crate::session;
 #[serde(deny_unknown_fields)]
 pub struct PresenceBody {
     /// Channel name.
-    #[schema(pattern = r"^[A-Za-z0-9_.:@#,=-]{1,255}$")]
     pub channel: String,
     /// At most this many connections.
     pub limit: Option<u32>,
@@ -29,7 +28,6 @@ pub struct PresenceBody {
 #[serde(deny_unknown_fields)]
 pub struct ChannelBody {
     /// Channel name.
-    #[schema(pattern = r"^[A-Za-z0-9_.:@#,=-]{1,255}$")]
     pub channel: String,
 }
 

@@ -34,7 +34,6 @@ pub struct UnsubscribeBody {
     /// User id.
     user: String,
     /// Channel name.
-    #[schema(pattern = r"^[A-Za-z0-9_.:@#,=-]{1,255}$")]
     channel: String,
 }
 

@@ -36,8 +36,8 @@ impl AdminConfig {
                 "`admin.secret`: needs at least {MIN_SECRET} characters"
             ));
         }
-        if self.session_ttl.is_zero() {
-            bad.push("`admin.session_ttl`: must be greater than 0".into());
+        if self.session_ttl < Duration::from_secs(1) {
+            bad.push("`admin.session_ttl`: at least 1s".into());
         }
         bad
     }

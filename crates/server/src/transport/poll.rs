@@ -95,7 +95,7 @@ async fn poll(
         let mut batch = Vec::new();
         let wait = open.outbox.next_batch(&mut batch);
         let _ = tokio::time::timeout(Duration::from_secs(timeout), wait).await;
-        node.metrics.latency("http_poll").observe(&batch);
+        node.metrics.writes("http_poll").observe(&batch);
         events.extend(batch.into_iter().filter_map(|m| open.on_push(m)));
     }
     let position = open.vector();

@@ -388,7 +388,7 @@ async fn write_loop<S>(
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut batch: Vec<Entry> = Vec::new();
-    let latency = node.metrics.latency("pusher");
+    let latency = node.metrics.writes("pusher");
     loop {
         let close = outbox.next_batch(&mut batch).await;
         latency.observe(&batch);

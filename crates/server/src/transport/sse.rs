@@ -114,7 +114,7 @@ fn live_events(
         node: Arc<Node>,
         next_renew: tokio::time::Instant,
         lease: Option<Lease>,
-        latency: crate::metrics::Latency,
+        latency: crate::metrics::Writes,
     }
     impl Drop for Live {
         fn drop(&mut self) {
@@ -124,7 +124,7 @@ fn live_events(
     let next_renew = tokio::time::Instant::now() + node.config.presence_ttl / 3;
     let live = Live {
         open,
-        latency: node.metrics.latency("sse"),
+        latency: node.metrics.writes("sse"),
         node,
         next_renew,
         lease,
