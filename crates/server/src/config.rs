@@ -14,9 +14,11 @@ pub use crate::engine::store::Fsync;
 
 mod admin;
 mod backend;
+mod consumers;
 mod pusher;
 pub use admin::AdminConfig;
 pub use backend::{ProxyConfig, ProxyFail, WebhookConfig, WebhookEvent};
+pub use consumers::{ConsumerConfig, ConsumerType, FieldMap, StartAt};
 pub use pusher::{PusherApp, PusherConfig};
 
 /// Who may publish from a client connection in a namespace.
@@ -636,6 +638,8 @@ pub struct Config {
     pub pusher: PusherConfig,
     /// The admin UI at `/admin` (off without a secret).
     pub admin: AdminConfig,
+    /// Consumers that publish what other systems write (`[[consumers]]`).
+    pub consumers: Vec<ConsumerConfig>,
 }
 
 /// `[dev]`: in dev mode, fixed credentials instead of generated ones.
@@ -673,6 +677,7 @@ impl Default for Config {
             webhooks: WebhookConfig::default(),
             pusher: PusherConfig::default(),
             admin: AdminConfig::default(),
+            consumers: Vec::new(),
         }
     }
 }
@@ -884,6 +889,7 @@ impl Config {
         bad.extend(self.webhooks.problems());
         bad.extend(self.pusher.problems());
         bad.extend(self.admin.problems());
+        bad.extend(consumers::problems(&self.consumers));
         for app in &self.pusher.apps {
             if let Some(ns) = self.namespaces.get(&app.namespace)
                 && ns.client_publish != ClientPublish::None

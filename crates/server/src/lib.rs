@@ -14,6 +14,7 @@ pub mod demo;
 pub mod engine;
 pub mod hooks;
 pub mod hub;
+pub mod ingest;
 pub mod lease;
 pub mod listener;
 pub mod mailbox;

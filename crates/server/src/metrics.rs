@@ -73,6 +73,8 @@ pub struct Metrics {
     pub consumer_records: Family<ConsumerLabel, Counter<u64, AtomicU64>>,
     /// Records waiting at a consumer's source (read last, every few seconds).
     pub consumer_lag: Family<ConsumerNameLabel, Gauge<i64, AtomicI64>>,
+    /// 1 while a consumer is connected to its source and reading.
+    pub consumer_up: Family<ConsumerNameLabel, Gauge<i64, AtomicI64>>,
     /// Seconds an engine operation took (a Redis round trip, a disk read).
     pub engine_seconds: Family<OpLabel, Histogram>,
     /// Messages a connection's outbox held when its writer took them, by
@@ -216,6 +218,7 @@ impl Metrics {
             namespace_deliveries: Family::default(),
             consumer_records: Family::default(),
             consumer_lag: Family::default(),
+            consumer_up: Family::default(),
             engine_seconds: Family::new_with_constructor(latency_buckets),
             outbox_depth: Family::new_with_constructor(depth_buckets),
         };
@@ -320,6 +323,11 @@ impl Metrics {
             "consumer_lag",
             "Records waiting at a consumer's source",
             m.consumer_lag.clone(),
+        );
+        registry.register(
+            "consumer_up",
+            "1 while a consumer is connected to its source and reading",
+            m.consumer_up.clone(),
         );
         registry.register(
             "engine_seconds",
@@ -440,7 +448,17 @@ impl Metrics {
                 });
             }
             self.consumer_lag(consumer, 0);
+            self.consumer_up(consumer, false);
         }
+    }
+
+    /// Marks `consumer` connected to its source and reading, or not.
+    pub fn consumer_up(&self, consumer: &str, up: bool) {
+        self.consumer_up
+            .get_or_create(&ConsumerNameLabel {
+                consumer: consumer.to_string(),
+            })
+            .set(i64::from(up));
     }
 
     /// Counts one record of `consumer` with `outcome`.

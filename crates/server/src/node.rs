@@ -251,6 +251,7 @@ impl Node {
         metrics.know_namespaces(
             std::iter::once("").chain(config.namespaces.keys().map(String::as_str)),
         );
+        metrics.know_consumers(config.consumers.iter().map(|c| c.name.as_str()));
         let proxy = crate::hooks::Proxy::new(
             config.proxy.timeout,
             config.proxy.max_in_flight,

@@ -38,3 +38,5 @@ pub fn start(config: &std::path::Path, data: &std::path::Path) -> (Child, String
         .expect("server starts listening");
     (child, addr)
 }
+
+pub mod sources;
