@@ -12,7 +12,8 @@ fi
 # System packages the tests use: curl (CLI tests), Node.js with npm (tests with
 # clients we did not write), Chromium (browser tests), redis-server and
 # redis-cli (the Redis engine's tests start their own servers), openssl (a
-# CA and certificate for the TLS test).
+# CA and certificate for the TLS test), PostgreSQL, nats-server, mosquitto
+# and its clients (the ingest tests start their own brokers).
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
@@ -23,6 +24,14 @@ command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 command -v npm >/dev/null 2>&1 || need+=(npm)
 [ -x /usr/bin/chromium ] || need+=(chromium)
+# Brokers the ingest tests consume from (crates/tidings/tests/ingest.rs).
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v nats-server >/dev/null 2>&1 || [ -x /usr/sbin/nats-server ] || need+=(nats-server)
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || need+=(mosquitto-clients)
+command -v setpriv >/dev/null 2>&1 || need+=(util-linux)
+# nats-server and mosquitto live in /usr/sbin.
+export PATH="$PATH:/usr/sbin"
 if [ ${#need[@]} -gt 0 ]; then
   echo "== installing: ${need[*]}"
   apt-get update -qq
