@@ -108,7 +108,12 @@ pub async fn run(ingest: &Ingest, backoff: &mut Backoff) -> Result<(), SourceErr
                 fields.push(("id".into(), entry.id.clone()));
                 let _: String = con.xadd(&dead, "*", &fields).await?;
             }
-            let _: i64 = con.xack(&c.stream, &c.group, &[&entry.id]).await?;
+        }
+        // One acknowledgement for the batch, once all of it is published:
+        // a crash before it redelivers entries whose keys publish nothing.
+        if !entries.is_empty() {
+            let ids: Vec<&str> = entries.iter().map(|e| e.id.as_str()).collect();
+            let _: i64 = con.xack(&c.stream, &c.group, &ids).await?;
         }
         backoff.reset();
         if last_lag.elapsed() >= Duration::from_secs(5) {
