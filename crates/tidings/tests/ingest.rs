@@ -410,3 +410,88 @@ fn mqtt_exactly_once_across_kill_9() {
         std::thread::sleep(Duration::from_millis(300));
     });
 }
+
+#[test]
+fn nats_and_mqtt_dead_letter_a_bad_record_and_go_on() {
+    let nats = Nats::start();
+    let broker = Mosquitto::start();
+    let rt = rt();
+    // The dead-letter subject is in the stream too, outside the consumer's filter.
+    let js = rt.block_on(async {
+        let client = async_nats::connect(nats.url()).await.unwrap();
+        let js = async_nats::jetstream::new(client);
+        js.create_stream(async_nats::jetstream::stream::Config {
+            name: "ORDERS".into(),
+            subjects: vec!["orders.>".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        js
+    });
+    let consumers = format!(
+        "[[consumers]]\nname = \"orders\"\ntype = \"nats_jetstream\"\nurl = \"{}\"\nstream = \"ORDERS\"\nsubject = \"orders.in.>\"\ndead_letter = \"orders.dead\"\nchannel_template = \"orders:{{3}}\"\n\
+         [[consumers]]\nname = \"sensors\"\ntype = \"mqtt\"\nurl = \"{}\"\ntopics = [\"sensors/+/temp\"]\ngroup = \"tidings-dead-test\"\nchannel_template = \"iot:sensor.{{1}}\"\n",
+        nats.url(),
+        broker.url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let (mut child, addr) = start(&config(dir.path(), &consumers), &dir.path().join("data"));
+    wait_up(&addr);
+    // MQTT: a watcher of the dead-letter topic, and a device.
+    let mut options = rumqttc::MqttOptions::new("dead-watcher", "127.0.0.1", broker.port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (watcher, mut watching) = rumqttc::Client::new(options, 100);
+    watcher
+        .subscribe("tidings/dead/sensors", rumqttc::QoS::AtLeastOnce)
+        .unwrap();
+    let (letters_tx, letters) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for event in watching.iter() {
+            if let Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p))) = event {
+                let _ = letters_tx.send(String::from_utf8_lossy(&p.payload).into_owned());
+            }
+        }
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (device, mut connection) = rumqttc::Client::new(
+        rumqttc::MqttOptions::new("device-7", "127.0.0.1", broker.port),
+        100,
+    );
+    std::thread::spawn(move || for _ in connection.iter() {});
+    for payload in ["not json", "{\"n\":2}"] {
+        device
+            .publish("sensors/7/temp", rumqttc::QoS::AtLeastOnce, false, payload)
+            .unwrap();
+    }
+    rt.block_on(async {
+        for payload in ["not json", "{\"n\":2}"] {
+            js.publish("orders.in.list", payload.into())
+                .await
+                .unwrap()
+                .await
+                .unwrap();
+        }
+    });
+    assert_eq!(wait_published(&addr, "iot:sensor.7", 1), vec![2]);
+    assert_eq!(wait_published(&addr, "orders:list", 1), vec![2]);
+    let letter: Value = serde_json::from_str(
+        &letters
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a dead letter on MQTT"),
+    )
+    .unwrap();
+    assert_eq!(letter["topic"], "sensors/7/temp");
+    assert_eq!(letter["payload"], "not json");
+    assert!(letter["reason"].as_str().unwrap().contains("is not JSON"));
+    let dead = rt.block_on(async {
+        let stream = js.get_stream("ORDERS").await.unwrap();
+        stream
+            .get_last_raw_message_by_subject("orders.dead")
+            .await
+            .unwrap()
+    });
+    assert_eq!(&dead.payload[..], b"not json");
+    let _ = child.kill();
+    let _ = child.wait();
+}
