@@ -96,7 +96,7 @@ fn wait_published(addr: &str, channel: &str, count: usize) -> Vec<u64> {
     }
 }
 
-/// Waits until the consumer is connected and reading (an MQTT broker keeps
+/// Waits until every consumer is connected and reading (an MQTT broker keeps
 /// nothing for a session that has not subscribed yet).
 fn wait_up(addr: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -107,10 +107,12 @@ fn wait_up(addr: &str) {
                 .unwrap();
             res.text().await.unwrap()
         });
-        if metrics
+        let up: Vec<bool> = metrics
             .lines()
-            .any(|l| l.starts_with("tidings_consumer_up{") && l.ends_with(" 1"))
-        {
+            .filter(|l| l.starts_with("tidings_consumer_up{"))
+            .map(|l| l.ends_with(" 1"))
+            .collect();
+        if !up.is_empty() && up.iter().all(|u| *u) {
             return;
         }
         assert!(Instant::now() < deadline, "the consumer did not connect");
