@@ -889,7 +889,10 @@ impl Config {
         bad.extend(self.webhooks.problems());
         bad.extend(self.pusher.problems());
         bad.extend(self.admin.problems());
-        bad.extend(consumers::problems(&self.consumers));
+        bad.extend(consumers::problems(
+            &self.consumers,
+            self.node_name.as_deref(),
+        ));
         for app in &self.pusher.apps {
             if let Some(ns) = self.namespaces.get(&app.namespace)
                 && ns.client_publish != ClientPublish::None

@@ -154,8 +154,8 @@ impl ConsumerConfig {
     }
 }
 
-/// What is wrong with the consumers.
-pub(super) fn problems(consumers: &[ConsumerConfig]) -> Vec<String> {
+/// What is wrong with the consumers (`node_name`: the node's configured name).
+pub(super) fn problems(consumers: &[ConsumerConfig], node_name: Option<&str>) -> Vec<String> {
     let mut bad = Vec::new();
     for (i, c) in consumers.iter().enumerate() {
         let at = format!("`consumers[{i}]`");
@@ -208,14 +208,42 @@ pub(super) fn problems(consumers: &[ConsumerConfig]) -> Vec<String> {
         if c.group.is_empty() {
             bad.push(format!("{at}.group: not empty"));
         }
+        if c.dead_letter() == c.stream || c.topics.contains(&c.dead_letter()) {
+            bad.push(format!("{at}.dead_letter: not the source itself"));
+        }
+        if c.kind == ConsumerType::RedisStream && node_name.is_none() {
+            // The consumer's name in the group: it must survive a restart,
+            // for the node to read its own pending entries first.
+            bad.push(format!(
+                "{at}: a redis_stream consumer needs `node_name` (stable across restarts)"
+            ));
+        }
+        let same_client = consumers[..i].iter().any(|o| {
+            o.kind == ConsumerType::Mqtt && c.kind == ConsumerType::Mqtt && o.group == c.group
+        });
+        if same_client {
+            bad.push(format!(
+                "{at}.group: another MQTT consumer has client id {:?}",
+                c.group
+            ));
+        }
+        if c.channel_template.is_some()
+            && !matches!(c.kind, ConsumerType::Mqtt | ConsumerType::NatsJetstream)
+        {
+            bad.push(format!(
+                "{at}.channel_template: only for mqtt and nats_jetstream"
+            ));
+        }
     }
     bad
 }
 
-/// A plain SQL identifier (so it can be put in statements as is).
+/// A plain lowercase SQL identifier (put in statements as is; `LISTEN`
+/// folds case, `pg_notify` does not).
 fn is_identifier(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && !s.starts_with(|c: char| c.is_ascii_digit())
 }

@@ -53,11 +53,19 @@ pub struct Ingest {
 }
 
 impl Ingest {
-    /// The field `name`: the record's own, else a member of `data` when it
-    /// is a JSON object (a device's payload carrying its id).
-    fn field(&self, record: &Record, name: &str) -> Option<String> {
+    /// The record's idempotency key field; where the message is its
+    /// payload (MQTT, NATS), else that member of the payload when it is a
+    /// JSON object (a device's reading carrying its id).
+    fn key_field(&self, record: &Record) -> Option<String> {
+        let name = &self.config.fields.idempotency_key;
         if let Some(v) = record.fields.get(name) {
             return Some(v.clone());
+        }
+        if !matches!(
+            self.config.kind,
+            ConsumerType::Mqtt | ConsumerType::NatsJetstream
+        ) {
+            return None;
         }
         let data = record.fields.get(&self.config.fields.data)?;
         match serde_json::from_str::<serde_json::Value>(data)
@@ -100,7 +108,7 @@ impl Ingest {
             .ok_or_else(|| format!("no `{}` field", f.data))?;
         let data = RawValue::from_string(data.clone())
             .map_err(|e| format!("`{}` is not JSON: {e}", f.data))?;
-        let priority = match self.field(record, &f.priority) {
+        let priority = match record.fields.get(&f.priority) {
             None => None,
             Some(p) => Some(
                 serde_json::from_value::<Priority>(serde_json::Value::String(p.clone()))
@@ -109,7 +117,7 @@ impl Ingest {
         };
         // The record's own key, else one from its id at the source: a
         // redelivery (after a crash, a claim, a restart) publishes nothing.
-        let idempotency_key = self.field(record, &f.idempotency_key).or_else(|| {
+        let idempotency_key = self.key_field(record).or_else(|| {
             record
                 .id
                 .as_ref()

@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, SubscribeReasonCode};
 
 use super::{Backoff, Ingest, Offered, Record, SourceError};
 
@@ -77,7 +77,18 @@ pub async fn run(ingest: &Ingest, backoff: &mut Backoff) -> Result<(), SourceErr
                         }
                         Ok(())
                     }
-                    Event::Incoming(Packet::SubAck(_)) => tx.send(None),
+                    Event::Incoming(Packet::SubAck(ack)) => {
+                        let refused = ack
+                            .return_codes
+                            .iter()
+                            .any(|r| matches!(r, SubscribeReasonCode::Failure));
+                        if refused {
+                            return Err(SourceError::Mqtt(
+                                "the broker refused a topic filter".into(),
+                            ));
+                        }
+                        tx.send(None)
+                    }
                     Event::Incoming(Packet::Publish(publish)) => tx.send(Some(publish)),
                     _ => Ok(()),
                 };
@@ -97,6 +108,11 @@ pub async fn run(ingest: &Ingest, backoff: &mut Backoff) -> Result<(), SourceErr
             backoff.reset();
             continue;
         };
+        if publish.topic == dead {
+            // Our own dead letter (a filter takes it in): never again.
+            client.ack(&publish).await.map_err(mqtt)?;
+            continue;
+        }
         let payload = String::from_utf8_lossy(&publish.payload).into_owned();
         let mut record = Record::default();
         record.fields.insert("data".into(), payload.clone());

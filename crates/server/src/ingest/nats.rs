@@ -3,8 +3,8 @@
 //! it is acknowledged after it is published or dead-lettered (published
 //! to the dead-letter subject with a `Tidings-Reason` header). Messages are
 //! processed and acknowledged in order, so one node at a time consumes a
-//! durable consumer; after a restart it resumes from the first message it
-//! had not acknowledged.
+//! durable consumer; after a restart it waits `ack_wait` for the messages
+//! it had not acknowledged to come again, first.
 
 use std::time::Duration;
 
@@ -54,27 +54,19 @@ pub async fn run(ingest: &Ingest, backoff: &mut Backoff) -> Result<(), SourceErr
         StartAt::Earliest => DeliverPolicy::All,
         StartAt::Latest => DeliverPolicy::New,
     };
-    let mut consumer: PullConsumer = match stream.get_consumer::<pull::Config>(&c.group).await {
-        Ok(mut existing) => {
-            let info = existing.info().await.map_err(nats)?.clone();
-            if info.num_ack_pending == 0 {
-                existing
-            } else {
-                // Messages were delivered and not acknowledged (Tidings
-                // stopped mid-batch). JetStream would send them again
-                // only after `ack_wait`, behind newer ones: start over
-                // from the first unacknowledged instead, in order (those
-                // already published carry the same idempotency keys).
-                stream.delete_consumer(&c.group).await.map_err(nats)?;
-                let from = info.ack_floor.stream_sequence + 1;
-                let policy = DeliverPolicy::ByStartSequence {
-                    start_sequence: from,
-                };
-                stream.create_consumer(config(policy)).await.map_err(nats)?
-            }
-        }
-        Err(_) => stream.create_consumer(config(start)).await.map_err(nats)?,
-    };
+    let mut consumer: PullConsumer = stream
+        .get_or_create_consumer(&c.group, config(start))
+        .await
+        .map_err(nats)?;
+    let pending = consumer.info().await.map_err(nats)?.num_ack_pending;
+    if pending > 0 {
+        // Messages were delivered and not acknowledged (Tidings stopped
+        // mid-batch). JetStream redelivers them once `ack_wait` has passed,
+        // before any new message: wait for that, so that order holds
+        // (those already published carry the same idempotency keys).
+        tracing::info!(consumer = %c.name, pending, "waiting for unacknowledged messages to come again");
+        tokio::time::sleep(c.claim_after).await;
+    }
     let dead = c.dead_letter();
     tracing::info!(consumer = %c.name, stream = %c.stream, durable = %c.group, "consuming a NATS JetStream stream");
     ingest.up();
@@ -88,6 +80,11 @@ pub async fn run(ingest: &Ingest, backoff: &mut Backoff) -> Result<(), SourceErr
             .map_err(nats)?;
         while let Some(message) = batch.next().await {
             let message = message.map_err(nats)?;
+            if message.subject.as_str() == dead {
+                // Our own dead letter (the filter takes it in): never again.
+                message.ack().await.map_err(nats)?;
+                continue;
+            }
             let record = record(&message);
             if let Offered::Dead(reason) = ingest.offer(&record).await {
                 let mut headers = message.headers.clone().unwrap_or_default();
