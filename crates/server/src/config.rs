@@ -1184,6 +1184,28 @@ client_publish = "any"
         ] {
             assert!(e.contains(key), "{key} in {e}");
         }
+        let p = write(
+            &dir,
+            "[[consumers]]\nname = \"a b\"\ntype = \"redis_stream\"\nurl = \"http://x\"\nstream = \"s\"\ndead_letter = \"s\"\nchannel_template = \"x:{1}\"\n\
+             [[consumers]]\nname = \"m1\"\ntype = \"mqtt\"\nurl = \"mqtt://h\"\ntopics = [\"t/+\"]\n\
+             [[consumers]]\nname = \"m2\"\ntype = \"mqtt\"\nurl = \"mqtt://h\"\ntopics = [\"u/+\"]\n\
+             [[consumers]]\nname = \"pg\"\ntype = \"postgres_outbox\"\nurl = \"postgres://h/db\"\nstream = \"Outbox\"\nbatch_size = 0\n",
+        );
+        let e = Config::load(Some(&p), &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        for wrong in [
+            "consumers[0]`.name",
+            "consumers[0]`.url",
+            "consumers[0]`.dead_letter",
+            "needs `node_name`",
+            "consumers[0]`.channel_template",
+            "consumers[2]`.group",
+            "consumers[3]`.stream, dead_letter",
+            "consumers[3]`.batch_size",
+        ] {
+            assert!(e.contains(wrong), "{wrong} in {e}");
+        }
         let p = write(&dir, "[admin]\nsecret = \"sixteen-chars-ok\"\n");
         let c = Config::load(Some(&p), &Overrides::default()).unwrap();
         assert_eq!(c.admin.secret.as_deref(), Some("sixteen-chars-ok"));

@@ -46,28 +46,26 @@ pub enum Offered {
     Dead(String),
 }
 
-/// A consumer's way into the channels: the mapping and the publish.
-pub struct Ingest {
-    node: Arc<Node>,
-    config: ConsumerConfig,
-}
+/// How a consumer's records become publications (its configuration's
+/// fields and template).
+struct Mapping<'a>(&'a ConsumerConfig);
 
-impl Ingest {
+impl Mapping<'_> {
     /// The record's idempotency key field; where the message is its
     /// payload (MQTT, NATS), else that member of the payload when it is a
     /// JSON object (a device's reading carrying its id).
     fn key_field(&self, record: &Record) -> Option<String> {
-        let name = &self.config.fields.idempotency_key;
+        let name = &self.0.fields.idempotency_key;
         if let Some(v) = record.fields.get(name) {
             return Some(v.clone());
         }
         if !matches!(
-            self.config.kind,
+            self.0.kind,
             ConsumerType::Mqtt | ConsumerType::NatsJetstream
         ) {
             return None;
         }
-        let data = record.fields.get(&self.config.fields.data)?;
+        let data = record.fields.get(&self.0.fields.data)?;
         match serde_json::from_str::<serde_json::Value>(data)
             .ok()?
             .get(name)?
@@ -80,8 +78,8 @@ impl Ingest {
 
     /// The channel: from the template and the captures, or the field.
     fn channel(&self, record: &Record) -> Result<String, String> {
-        let Some(template) = &self.config.channel_template else {
-            let name = &self.config.fields.channel;
+        let Some(template) = &self.0.channel_template else {
+            let name = &self.0.fields.channel;
             return record
                 .fields
                 .get(name)
@@ -100,7 +98,7 @@ impl Ingest {
 
     /// The publication a record maps to, or why it has none.
     fn map(&self, record: &Record) -> Result<(String, PublishRequest), String> {
-        let f = &self.config.fields;
+        let f = &self.0.fields;
         let channel = self.channel(record)?;
         let data = record
             .fields
@@ -117,12 +115,9 @@ impl Ingest {
         };
         // The record's own key, else one from its id at the source: a
         // redelivery (after a crash, a claim, a restart) publishes nothing.
-        let idempotency_key = self.key_field(record).or_else(|| {
-            record
-                .id
-                .as_ref()
-                .map(|id| format!("{}:{id}", self.config.name))
-        });
+        let idempotency_key = self
+            .key_field(record)
+            .or_else(|| record.id.as_ref().map(|id| format!("{}:{id}", self.0.name)));
         let request = PublishRequest {
             data,
             info: None,
@@ -133,7 +128,15 @@ impl Ingest {
         };
         Ok((channel, request))
     }
+}
 
+/// A consumer's way into the channels: the mapping and the publish.
+pub struct Ingest {
+    node: Arc<Node>,
+    config: ConsumerConfig,
+}
+
+impl Ingest {
     /// Publishes `record`; while the engine is unavailable, tries again
     /// with backoff, so no record overtakes another of its source.
     pub async fn offer(&self, record: &Record) -> Offered {
@@ -151,7 +154,7 @@ impl Ingest {
 
     /// Publishes `record` once; `Err` is temporary.
     async fn try_offer(&self, record: &Record) -> Result<Offered, ErrorBody> {
-        let (channel, request) = match self.map(record) {
+        let (channel, request) = match Mapping(&self.config).map(record) {
             Ok(mapped) => mapped,
             Err(reason) => return Ok(self.dead(reason)),
         };
@@ -263,4 +266,103 @@ pub fn start(node: &Arc<Node>) -> Vec<JoinHandle<()>> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn consumer(toml: &str) -> ConsumerConfig {
+        use figment::providers::Format;
+        #[derive(serde::Deserialize)]
+        struct One {
+            consumers: Vec<ConsumerConfig>,
+        }
+        let one: One = figment::Figment::from(figment::providers::Toml::string(toml))
+            .extract()
+            .unwrap();
+        one.consumers.into_iter().next().unwrap()
+    }
+
+    fn record(id: Option<&str>, fields: &[(&str, &str)], captures: &[&str]) -> Record {
+        Record {
+            id: id.map(String::from),
+            fields: fields
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            captures: captures.iter().map(|c| c.to_string()).collect(),
+        }
+    }
+
+    const REDIS: &str = "[[consumers]]\nname = \"orders\"\ntype = \"redis_stream\"\nurl = \"redis://h\"\nstream = \"s\"\n";
+    const MQTT: &str = "[[consumers]]\nname = \"sensors\"\ntype = \"mqtt\"\nurl = \"mqtt://h\"\ntopics = [\"sensors/+/temp\"]\nchannel_template = \"iot:sensor.{1}\"\n[consumers.fields]\nidempotency_key = \"id\"\n";
+
+    #[test]
+    fn keys_come_from_the_record_or_its_id() {
+        let config = consumer(REDIS);
+        let i = Mapping(&config);
+        let data = r#"{"idempotency_key":"from-data","priority":"low"}"#;
+        let (channel, req) = i
+            .map(&record(
+                Some("7-0"),
+                &[("channel", "orders:1"), ("data", data)],
+                &[],
+            ))
+            .unwrap();
+        assert_eq!(channel, "orders:1");
+        // A stream entry's data is business data: not where its key is.
+        assert_eq!(req.idempotency_key.as_deref(), Some("orders:7-0"));
+        assert_eq!(req.priority, None);
+        let (_, req) = i
+            .map(&record(
+                Some("7-0"),
+                &[
+                    ("channel", "orders:1"),
+                    ("data", "1"),
+                    ("idempotency_key", "k"),
+                    ("priority", "high"),
+                ],
+                &[],
+            ))
+            .unwrap();
+        assert_eq!(req.idempotency_key.as_deref(), Some("k"));
+        assert_eq!(req.priority, Some(Priority::High));
+    }
+
+    #[test]
+    fn a_device_payload_names_its_key_and_the_topic_its_channel() {
+        let config = consumer(MQTT);
+        let i = Mapping(&config);
+        let (channel, req) = i
+            .map(&record(
+                None,
+                &[("data", r#"{"id":"r-9","c":21.5}"#)],
+                &["42"],
+            ))
+            .unwrap();
+        assert_eq!(channel, "iot:sensor.42");
+        assert_eq!(req.idempotency_key.as_deref(), Some("r-9"));
+        // Without an id anywhere: no key (at least once).
+        let (_, req) = i.map(&record(None, &[("data", "21.5")], &["42"])).unwrap();
+        assert_eq!(req.idempotency_key, None);
+    }
+
+    #[test]
+    fn bad_records_say_why() {
+        let config = consumer(REDIS);
+        let i = Mapping(&config);
+        let why = |fields: &[(&str, &str)]| i.map(&record(Some("1-0"), fields, &[])).unwrap_err();
+        assert!(why(&[("data", "1")]).contains("no `channel` field"));
+        assert!(why(&[("channel", "c")]).contains("no `data` field"));
+        assert!(why(&[("channel", "c"), ("data", "{nope")]).contains("is not JSON"));
+        assert!(
+            why(&[("channel", "c"), ("data", "1"), ("priority", "urgent")])
+                .contains("unknown priority")
+        );
+        let config = consumer(MQTT);
+        let m = Mapping(&config);
+        let e = m.map(&record(None, &[("data", "1")], &[])).unwrap_err();
+        assert!(e.contains("does not fill"), "{e}");
+    }
 }
