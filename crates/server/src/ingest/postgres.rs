@@ -122,7 +122,8 @@ pub async fn run(ingest: &Ingest, backoff: &mut Backoff) -> Result<(), SourceErr
                 .await?;
             let mut done: Vec<i64> = Vec::with_capacity(rows.len());
             for row in &rows {
-                let id: i64 = row.get(0);
+                // A table of other column types is an error, never a panic.
+                let id: i64 = row.try_get(0)?;
                 let mut record = Record {
                     id: Some(id.to_string()),
                     ..Record::default()
@@ -131,7 +132,7 @@ pub async fn run(ingest: &Ingest, backoff: &mut Backoff) -> Result<(), SourceErr
                     .into_iter()
                     .enumerate()
                 {
-                    if let Some(v) = row.get::<_, Option<String>>(i + 1) {
+                    if let Some(v) = row.try_get::<_, Option<String>>(i + 1)? {
                         record.fields.insert(name.to_string(), v);
                     }
                 }
