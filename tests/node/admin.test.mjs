@@ -9,7 +9,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { after, before, test } from 'node:test';
 import WebSocket from 'ws';
-import { API_KEY, apiPublish, mintToken, startTidings, until } from './harness.mjs';
+import { API_KEY, apiPublish, launchChromium, mintToken, startTidings, until } from './harness.mjs';
 
 const ARTIFACTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'artifacts');
 const SECRET = 'admin-test-secret-0123456789';
@@ -34,12 +34,7 @@ history_size = 50
 history_ttl = "1h"
 `);
   base = `http://${server.addr}`;
-  const { chromium } = await import('playwright-core');
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--disable-quic'],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

@@ -342,3 +342,13 @@ export async function startSilentServer() {
     }),
   };
 }
+
+/** Headless Chromium (Debian's; `CHROMIUM` overrides the path) for browser tests. */
+export async function launchChromium() {
+  const { chromium } = await import('playwright-core');
+  return chromium.launch({
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
+      '--disable-component-update', '--disable-sync', '--disable-quic'],
+  });
+}

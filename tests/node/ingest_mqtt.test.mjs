@@ -10,7 +10,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { after, before, test } from 'node:test';
-import { startTidings } from './harness.mjs';
+import { launchChromium, startTidings } from './harness.mjs';
 
 const WAIT = 20_000;
 let broker;
@@ -67,12 +67,7 @@ channel_template = "iot:sensor.{1}"
 [consumers.fields]
 idempotency_key = "id"
 `);
-  const { chromium } = await import('playwright-core');
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run', '--disable-background-networking',
-      '--disable-component-update', '--disable-sync', '--disable-quic'],
-  });
+  browser = await launchChromium();
 });
 
 after(async () => {

@@ -5,7 +5,7 @@
 import assert from 'node:assert/strict';
 import { after, before, test } from 'node:test';
 import { EventSource } from 'eventsource';
-import { publishAtRate, startProxy, startServer, until } from './harness.mjs';
+import { launchChromium, publishAtRate, startProxy, startServer, until } from './harness.mjs';
 
 const COUNT = 3000;
 const RATE = 1000;
@@ -44,18 +44,8 @@ test('eventsource package: cut TCP mid-stream, reconnect resumes exactly once in
 });
 
 test('Chromium EventSource: cut TCP mid-stream, reconnect resumes exactly once in order', async (t) => {
-  let chromium;
-  try {
-    ({ chromium } = await import('playwright-core'));
-  } catch {
-    assert.fail('playwright-core is not installed: run npm install in tests/node');
-  }
   const proxy = await startProxy(server.addr);
-  const browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync'],
-  });
+  const browser = await launchChromium();
   t.after(() => browser.close());
   const page = await browser.newPage();
   await page.goto(`http://${proxy.addr}/health`);

@@ -88,18 +88,7 @@ impl<T> Action<T> {
         let (mut session, _control) = Session::new(self.node.clone(), outbox.clone());
         session.set_stateless();
         session.set_peer(self.peer);
-        let connect = CommandKind::Connect {
-            token: self.token,
-            name: None,
-            version: None,
-            subscribe: Vec::new(),
-        };
-        session
-            .handle(Command {
-                id: 0,
-                kind: connect,
-            })
-            .await;
+        session.connect_with(self.token).await;
         // A refused connect closed the outbox; its error is the answer.
         if !outbox.is_closed() {
             session.handle(Command { id: 1, kind }).await;

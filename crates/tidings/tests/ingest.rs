@@ -357,22 +357,25 @@ fn postgres_outbox_dead_letters_a_bad_record_and_goes_on() {
     let _ = child.wait();
 }
 
+/// A JetStream context with the stream `ORDERS` on `orders.>`.
+async fn orders_stream(nats: &Nats) -> async_nats::jetstream::Context {
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "ORDERS".into(),
+        subjects: vec!["orders.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js
+}
+
 #[test]
 fn nats_jetstream_exactly_once_across_kill_9() {
     let nats = Nats::start();
     let rt = rt();
-    let js = rt.block_on(async {
-        let client = async_nats::connect(nats.url()).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "ORDERS".into(),
-            subjects: vec!["orders.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        js
-    });
+    let js = rt.block_on(orders_stream(&nats));
     let consumers = format!(
         "[[consumers]]\nname = \"orders\"\ntype = \"nats_jetstream\"\nurl = \"{}\"\nstream = \"ORDERS\"\nsubject = \"orders.in.>\"\ndead_letter = \"orders.dead\"\nbatch_size = 10\nclaim_after = \"2s\"\nchannel_template = \"orders:{{3}}\"\n",
         nats.url()
@@ -419,18 +422,7 @@ fn nats_and_mqtt_dead_letter_a_bad_record_and_go_on() {
     let broker = Mosquitto::start();
     let rt = rt();
     // The dead-letter subject is in the stream too, outside the consumer's filter.
-    let js = rt.block_on(async {
-        let client = async_nats::connect(nats.url()).await.unwrap();
-        let js = async_nats::jetstream::new(client);
-        js.create_stream(async_nats::jetstream::stream::Config {
-            name: "ORDERS".into(),
-            subjects: vec!["orders.>".into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
-        js
-    });
+    let js = rt.block_on(orders_stream(&nats));
     let consumers = format!(
         "[[consumers]]\nname = \"orders\"\ntype = \"nats_jetstream\"\nurl = \"{}\"\nstream = \"ORDERS\"\nsubject = \"orders.in.>\"\ndead_letter = \"orders.dead\"\nchannel_template = \"orders:{{3}}\"\n\
          [[consumers]]\nname = \"sensors\"\ntype = \"mqtt\"\nurl = \"{}\"\ntopics = [\"sensors/+/temp\"]\ngroup = \"tidings-dead-test\"\nchannel_template = \"iot:sensor.{{1}}\"\n",

@@ -25,7 +25,7 @@ use sha2::Digest;
 use tidings_protocol::{ErrorBody, ErrorCode};
 use tower::ServiceExt;
 
-use crate::api::{AdminGrant, ApiError};
+use crate::api::{AdminGrant, ApiError, ErrorResponse};
 use crate::auth::{constant_time_eq, random_secret};
 use crate::node::Node;
 
@@ -88,8 +88,8 @@ pub struct Refused(StatusCode, &'static str);
 
 impl IntoResponse for Refused {
     fn into_response(self) -> Response {
-        let body = ErrorBody::new(ErrorCode::PermissionDenied, self.1);
-        (self.0, Json(json!({ "error": body }))).into_response()
+        let error = ErrorBody::new(ErrorCode::PermissionDenied, self.1);
+        (self.0, Json(ErrorResponse { error })).into_response()
     }
 }
 

@@ -6,12 +6,26 @@
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tidings_protocol::reply::SubscribeOk;
-use tidings_protocol::{ErrorBody, ErrorCode, SubscribeArg};
+use tidings_protocol::{Command, CommandKind, ErrorBody, ErrorCode, SubscribeArg};
 
 use super::subscribe::ReplyBudget;
 use super::{Identity, Session, err};
 
 impl Session {
+    /// Opens the connection the way a client's `connect` (id 0) would: its
+    /// token, else the connect hook, else anonymous; the answer is queued.
+    /// Sent by the server for the client (an HTTP action, an SSE stream),
+    /// it takes nothing from the connection's command rate.
+    pub async fn connect_with(&mut self, token: Option<String>) {
+        let kind = CommandKind::Connect {
+            token,
+            name: None,
+            version: None,
+            subscribe: Vec::new(),
+        };
+        self.handle(Command { id: 0, kind }).await;
+    }
+
     /// Opens the connection as `user` ("" for anonymous), whom the
     /// transport has authenticated.
     pub async fn open_as(

@@ -233,18 +233,7 @@ impl OpenStream {
         let mut batch = Vec::new();
         // Typed commands, not the client's: they take nothing from the
         // connection's command rate.
-        let connect = CommandKind::Connect {
-            token: req.token.clone(),
-            name: None,
-            version: None,
-            subscribe: Vec::new(),
-        };
-        session
-            .handle(Command {
-                id: 0,
-                kind: connect,
-            })
-            .await;
+        session.connect_with(req.token.clone()).await;
         let mut close = outbox.try_batch(&mut batch);
         for (i, channel) in req.channels.iter().enumerate() {
             if close.is_some() {
