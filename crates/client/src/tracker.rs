@@ -159,6 +159,7 @@ mod tests {
             key: None,
             priority: None,
             time: 0,
+            snapshot: false,
         }
     }
 
@@ -175,7 +176,7 @@ mod tests {
             epoch: Some(epoch.into()),
             recovered,
             publications: (!pubs.is_empty()).then(|| pubs.iter().map(|o| publ(*o)).collect()),
-            presence: None,
+            ..Default::default()
         }
     }
 

@@ -17,7 +17,7 @@ pub struct SinceArg {
 }
 
 /// One subscription request (the `subscribe` command, or an entry of `connect.subscribe`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct SubscribeArg {
     /// Channel name.
     pub channel: String,
@@ -30,6 +30,21 @@ pub struct SubscribeArg {
     /// Fail with 109 instead of answering `recovered: false`.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub strict: bool,
+    /// Start from the channel's latest snapshot (when it has one) and the
+    /// publications after it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
+    /// Receive publications as deltas against the previous one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<DeltaFormat>,
+}
+
+/// A delta format a subscription may ask for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeltaFormat {
+    /// Fossil's delta format (as Centrifugo's `delta: "fossil"`).
+    Fossil,
 }
 
 /// A decoded command with the id the reply must echo.
@@ -76,6 +91,8 @@ pub enum CommandKind {
         key: Option<String>,
         /// Its lane on the way to subscribers; the namespace's default when absent.
         priority: Option<Priority>,
+        /// The channel's whole state: kept beyond history trimming.
+        snapshot: bool,
     },
     /// Read a channel's history.
     History {
@@ -185,6 +202,9 @@ struct RawCommand {
     users: Option<Vec<String>>,
     #[serde(default)]
     strict: bool,
+    #[serde(default)]
+    snapshot: bool,
+    delta: Option<DeltaFormat>,
 }
 
 /// Only the id, to echo it when the full decode fails.
@@ -227,6 +247,8 @@ impl Command {
                 since: raw.since,
                 token: raw.token,
                 strict: raw.strict,
+                snapshot: raw.snapshot,
+                delta: raw.delta,
             }),
             "unsubscribe" => CommandKind::Unsubscribe {
                 channel: channel(raw.channel)?,
@@ -238,6 +260,7 @@ impl Command {
                 tags: raw.tags,
                 key: raw.key,
                 priority: raw.priority,
+                snapshot: raw.snapshot,
             },
             "history" => CommandKind::History {
                 channel: channel(raw.channel)?,

@@ -16,13 +16,14 @@ pub mod reply;
 pub use channel::{ChannelName, ChannelNameError};
 pub use codes::{DisconnectCode, ErrorCode};
 pub use command::{
-    Command, CommandKind, DecodeError, Priority, SinceArg, SubscribeArg, decode_commands,
+    Command, CommandKind, DecodeError, DeltaFormat, Priority, SinceArg, SubscribeArg,
+    decode_commands,
 };
 pub use depth::nests_deeper_than;
 pub use message::{
     ClientInfo, Disconnect, ErrorBody, PubStyle, Publication, Push, Reply, ServerMessage,
     StreamPosition, decode_server_messages, encode_error_reply, encode_ok_reply, encode_pub,
-    encode_push,
+    encode_pub_as, encode_push,
 };
 
 /// The WebSocket subprotocol name of this codec.

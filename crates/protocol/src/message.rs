@@ -59,6 +59,11 @@ pub struct Publication {
     /// Server time of the publish, milliseconds since the Unix epoch.
     #[serde(default)]
     pub time: u64,
+    /// The channel's whole state (a snapshot): kept beyond history
+    /// trimming, and given to subscribers that cannot recover instead of
+    /// `recovered: false`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snapshot: bool,
 }
 
 impl Publication {
@@ -150,6 +155,9 @@ pub enum Push {
         /// The channel's pushes may skip values (`delivery = "latest"`,
         /// `slow_consumer = "conflate"`): an offset jump is not a loss.
         latest: bool,
+        /// `data` is a Fossil delta against the channel's previous
+        /// publication's payload (subscriptions with `delta: "fossil"`).
+        delta: bool,
     },
     /// A client joined a channel.
     Join {
@@ -241,6 +249,10 @@ enum PushOut<'a> {
         time: Option<u64>,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         latest: bool,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        snapshot: bool,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        delta: bool,
     },
     Join {
         channel: &'a str,
@@ -281,16 +293,32 @@ pub struct PubStyle {
 /// Encodes a `pub` push without building a [`Push`]: the bytes shared by
 /// all subscribers.
 pub fn encode_pub(channel: &str, epoch: Option<&str>, p: &Publication, style: PubStyle) -> Bytes {
+    encode_pub_as(channel, epoch, p, style, &p.data, false)
+}
+
+/// Encodes a `pub` push of `p` carrying `data` instead of its own (a
+/// subscription with deltas gets the payload as a string, or the delta
+/// itself with `"delta": true`).
+pub fn encode_pub_as(
+    channel: &str,
+    epoch: Option<&str>,
+    p: &Publication,
+    style: PubStyle,
+    data: &RawValue,
+    delta: bool,
+) -> Bytes {
     to_bytes(&PushOut::Pub {
         channel,
         offset: p.offset,
         epoch,
-        data: &p.data,
+        data,
         info: p.info.as_ref(),
         tags: p.tags.as_ref(),
         key: p.key.as_deref(),
         time: style.time.then_some(p.time),
         latest: style.latest,
+        snapshot: p.snapshot,
+        delta,
     })
 }
 
@@ -302,12 +330,14 @@ pub fn encode_push(push: &Push) -> Bytes {
             epoch,
             publication,
             latest,
+            delta,
         } => {
             let style = PubStyle {
                 time: publication.time > 0,
                 latest: *latest,
             };
-            return encode_pub(channel, epoch.as_deref(), publication, style);
+            let data = &publication.data;
+            return encode_pub_as(channel, epoch.as_deref(), publication, style, data, *delta);
         }
         Push::Join { channel, info } => PushOut::Join { channel, info },
         Push::Leave { channel, info } => PushOut::Leave { channel, info },
@@ -366,6 +396,10 @@ struct RawServerMessage {
     time: Option<u64>,
     #[serde(default)]
     latest: bool,
+    #[serde(default)]
+    snapshot: bool,
+    #[serde(default)]
+    delta: bool,
     client: Option<String>,
     user: Option<String>,
     code: Option<u16>,
@@ -414,8 +448,10 @@ impl ServerMessage {
                         key: raw.key.clone(),
                         priority: None,
                         time: raw.time.unwrap_or(0),
+                        snapshot: raw.snapshot,
                     },
                     latest: raw.latest,
+                    delta: raw.delta,
                 },
                 "join" => Push::Join {
                     channel: channel()?,
@@ -493,8 +529,10 @@ mod tests {
                 key: None,
                 priority: None,
                 time: 0,
+                snapshot: false,
             },
             latest: false,
+            delta: false,
         };
         let bytes = encode_push(&push);
         assert_eq!(

@@ -55,6 +55,11 @@ pub struct SubscribeOk {
     /// Who is in the channel, when the namespace has presence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presence: Option<std::collections::BTreeMap<String, ClientInfo>>,
+    /// Publications of this subscription come as Fossil deltas where they
+    /// can (`delta: "fossil"` was asked and the channel allows it): every
+    /// `data` is then a string, the payload's JSON text or a delta.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub delta: bool,
 }
 
 /// `publish` → ok.

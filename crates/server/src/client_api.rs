@@ -129,6 +129,7 @@ pub async fn publish(action: Action<PublishBody>) -> Result<Response, ApiError> 
         tags: b.tags.clone(),
         key: b.key.clone(),
         priority: b.priority,
+        snapshot: b.snapshot,
     };
     action.run(kind).await
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tidings_protocol::{Priority, PubStyle, Publication, encode_pub};
 
 use crate::config::{Delivery, NamespaceOptions, SlowConsumer};
+use crate::delta::DeltaForms;
 use crate::outbox::{Entry, Lane, Mode, PubMeta};
 
 /// How one channel's publications are delivered (from its namespace).
@@ -83,13 +84,35 @@ impl ChannelDelivery {
         p.priority.map_or(self.lane, lane_of)
     }
 
-    /// The entry every local subscriber of `channel` gets for `p`.
-    pub fn entry(&self, channel: &Arc<str>, epoch: Option<&str>, p: &Publication) -> Entry {
-        let style = PubStyle {
+    /// Whether subscriptions may get deltas (`delta: "fossil"`): only
+    /// where every publication reaches a subscriber or the connection
+    /// ends, so a delta's base is always the one before.
+    pub fn allows_delta(&self) -> bool {
+        self.mode == Mode::Stream && self.interval.is_none()
+    }
+
+    /// How its `pub` pushes are written.
+    pub fn style(&self) -> PubStyle {
+        PubStyle {
             time: self.push_time,
             latest: self.skips_values(),
-        };
-        let bytes = encode_pub(channel, epoch, p, style);
+        }
+    }
+
+    /// The entry every local subscriber of `channel` gets for `p`.
+    pub fn entry(&self, channel: &Arc<str>, epoch: Option<&str>, p: &Publication) -> Entry {
+        self.entry_with(channel, epoch, p, None)
+    }
+
+    /// [`ChannelDelivery::entry`], with the forms delta subscribers get.
+    pub fn entry_with(
+        &self,
+        channel: &Arc<str>,
+        epoch: Option<&str>,
+        p: &Publication,
+        delta: Option<DeltaForms>,
+    ) -> Entry {
+        let bytes = encode_pub(channel, epoch, p, self.style());
         let meta = PubMeta {
             channel: channel.clone(),
             offset: p.offset,
@@ -100,6 +123,7 @@ impl ChannelDelivery {
             hold: self.hold,
             translated: Default::default(),
             published_ms: p.time,
+            delta,
         };
         Entry::publication(bytes, self.lane_for(p), Arc::new(meta))
     }

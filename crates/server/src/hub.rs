@@ -15,6 +15,7 @@ use prometheus_client::metrics::counter::Counter;
 use tidings_protocol::{Publication, Push, encode_push};
 
 use crate::delivery::ChannelDelivery;
+use crate::delta::DeltaForms;
 use crate::engine::PresenceEvent;
 use crate::mailbox::{Control, Mailbox};
 use crate::metrics::Metrics;
@@ -29,7 +30,11 @@ enum SubState {
     /// Pushes go straight to the outbox, but for publications at or below
     /// `floor` (the subscribe reply's top): a node fed by a remote broker
     /// may hand over, after the reply, publications the reply already held.
-    Live { floor: Option<u64> },
+    /// `last`: the newest offset queued (what a delta may build on).
+    Live {
+        floor: Option<u64>,
+        last: Option<u64>,
+    },
     /// Subscribing: live pushes wait here until the subscribe reply is queued.
     Buffering(Vec<Entry>),
     /// Continuity was lost: nothing more is pushed; the connection's task
@@ -45,6 +50,8 @@ pub struct Subscriber {
     outbox: Arc<Outbox>,
     control: Arc<Mailbox>,
     state: Mutex<SubState>,
+    /// Publications come as deltas where they can (`delta: "fossil"`).
+    delta: bool,
 }
 
 /// Ids of [`Subscriber`]s.
@@ -58,10 +65,10 @@ impl Subscriber {
     fn offer(&self, entry: &Entry) -> Pushed {
         let mut state = self.state.lock();
         match &mut *state {
-            SubState::Live { floor } => match (offset_of(entry), *floor) {
+            SubState::Live { floor, last } => match (offset_of(entry), *floor) {
                 // In the reply already: not queued (nor counted as sent).
                 (Some(o), Some(f)) if o <= f => Pushed::Closed,
-                _ => self.outbox.push_entry(entry.clone()),
+                (offset, _) => self.outbox.push_entry(self.form(entry, last, offset)),
             },
             SubState::Buffering(buf) => {
                 buf.push(entry.clone());
@@ -85,6 +92,17 @@ impl Subscriber {
         });
     }
 
+    /// The entry as this subscriber gets it: delta subscribers get the
+    /// publication's delta or full form (and `last` moves on).
+    fn form(&self, entry: &Entry, last: &mut Option<u64>, offset: Option<u64>) -> Entry {
+        if !self.delta || offset.is_none() {
+            return entry.clone();
+        }
+        let formed = crate::delta::form_for(entry, *last);
+        *last = offset;
+        formed
+    }
+
     /// This subscription's id (see [`Control::Lost`]).
     pub fn id(&self) -> u64 {
         self.id
@@ -96,7 +114,11 @@ impl Subscriber {
     /// so no live publication can overtake. Fails on an offset gap after `top`.
     pub fn go_live(&self, reply: Option<Bytes>, top: Option<u64>) -> Result<(), Gap> {
         let mut state = self.state.lock();
-        let buf = match std::mem::replace(&mut *state, SubState::Live { floor: top }) {
+        let live = SubState::Live {
+            floor: top,
+            last: top,
+        };
+        let buf = match std::mem::replace(&mut *state, live) {
             SubState::Buffering(buf) => buf,
             live @ SubState::Live { .. } => {
                 *state = live;
@@ -116,8 +138,10 @@ impl Subscriber {
         }
         // Only publications have offsets; `join`/`leave` pass through in place.
         let mut expect = top.map(|t| t + 1);
+        let mut last = top;
         for entry in buf {
-            if let (Some(o), Some(e)) = (offset_of(&entry), expect) {
+            let offset = offset_of(&entry);
+            if let (Some(o), Some(e)) = (offset, expect) {
                 if o < e {
                     continue; // in the reply, or before the client's position
                 }
@@ -126,7 +150,10 @@ impl Subscriber {
                 }
                 expect = Some(o + 1);
             }
-            self.outbox.push_entry(entry);
+            self.outbox.push_entry(self.form(&entry, &mut last, offset));
+        }
+        if let SubState::Live { last: l, .. } = &mut *state {
+            *l = last;
         }
         Ok(())
     }
@@ -148,7 +175,7 @@ mod tests {
         let mailbox = Arc::new(Mailbox::default());
         let delivery = ChannelDelivery::default();
         let (sub, _) = hub
-            .subscribe("c", 1, outbox.clone(), mailbox.clone(), delivery)
+            .subscribe("c", 1, outbox.clone(), mailbox.clone(), delivery, false)
             .unwrap();
         let msg = |s: &'static str| Bytes::from_static(s.as_bytes());
         let publ = |offset: u64, s: &'static str| {
@@ -178,7 +205,7 @@ mod tests {
         );
 
         let (gappy, _) = hub
-            .subscribe("d", 1, outbox.clone(), mailbox, delivery)
+            .subscribe("d", 1, outbox.clone(), mailbox, delivery, false)
             .unwrap();
         gappy.offer(&publ(8, "pub8"));
         assert_eq!(
@@ -201,6 +228,10 @@ struct Channel {
     publications: AtomicU64,
     /// Its namespace's `tidings_namespace_deliveries_total`.
     deliveries: Counter<u64, AtomicU64>,
+    /// Subscribers that get deltas; while there are any, `last` is kept.
+    delta_subscribers: usize,
+    /// The newest publication delivered (a delta's base).
+    last: Mutex<Option<Arc<Publication>>>,
 }
 
 /// A channel as the admin UI lists it: name, local subscribers, and
@@ -249,6 +280,7 @@ impl Hub {
         outbox: Arc<Outbox>,
         control: Arc<Mailbox>,
         delivery: ChannelDelivery,
+        delta: bool,
     ) -> Result<(Arc<Subscriber>, bool), AlreadySubscribed> {
         let mut shard = self.shard(channel).write();
         let first = !shard.contains_key(channel);
@@ -260,6 +292,8 @@ impl Hub {
             deliveries: self
                 .metrics
                 .deliveries(channel.split_once(':').map_or("", |(ns, _)| ns)),
+            delta_subscribers: 0,
+            last: Mutex::new(None),
         });
         if entry.subscribers.contains_key(&conn) {
             return Err(AlreadySubscribed);
@@ -270,7 +304,9 @@ impl Hub {
             outbox,
             control,
             state: Mutex::new(SubState::Buffering(Vec::new())),
+            delta: delta && delivery.allows_delta(),
         });
+        entry.delta_subscribers += usize::from(sub.delta);
         entry.subscribers.insert(conn, sub.clone());
         if first {
             self.metrics.channels.inc();
@@ -284,7 +320,8 @@ impl Hub {
     pub fn unsubscribe(&self, channel: &str, conn: ConnId) -> Option<bool> {
         let mut shard = self.shard(channel).write();
         let entry = shard.get_mut(channel)?;
-        entry.subscribers.remove(&conn)?;
+        let sub = entry.subscribers.remove(&conn)?;
+        entry.delta_subscribers -= usize::from(sub.delta);
         self.metrics.subscriptions.dec();
         let last = entry.subscribers.is_empty();
         if last {
@@ -400,7 +437,13 @@ impl Hub {
         // Encoded once, and only when someone here listens.
         self.fan_out(channel, |ch| {
             ch.publications.fetch_add(1, Ordering::Relaxed);
-            ch.delivery.entry(&ch.name, epoch, publication)
+            let delta = (ch.delta_subscribers > 0).then(|| {
+                let previous = ch.last.lock().replace(publication.clone());
+                let style = ch.delivery.style();
+                let p = publication.clone();
+                DeltaForms::new(ch.name.clone(), epoch, style, p, previous)
+            });
+            ch.delivery.entry_with(&ch.name, epoch, publication, delta)
         });
     }
 

@@ -10,6 +10,7 @@ pub mod auth;
 pub mod client_api;
 pub mod config;
 pub mod delivery;
+pub mod delta;
 pub mod demo;
 pub mod engine;
 pub mod hooks;

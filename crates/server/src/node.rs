@@ -303,6 +303,7 @@ impl Node {
         conn: ConnId,
         outbox: Arc<Outbox>,
         control: Arc<Mailbox>,
+        delta: bool,
     ) -> Result<Arc<Subscriber>, SubscribeError> {
         let serial = self.channel_lock(channel).clone().lock_owned().await;
         let delivery = self
@@ -311,7 +312,7 @@ impl Node {
             .unwrap_or_default();
         let (sub, first) = self
             .hub
-            .subscribe(channel, conn, outbox, control, delivery)
+            .subscribe(channel, conn, outbox, control, delivery, delta)
             .map_err(|_| SubscribeError::AlreadySubscribed)?;
         // Dropped while the engine subscribes (the request went away): the
         // subscriber goes again, as an unsubscribe would take it.

@@ -115,6 +115,8 @@ pub struct PubMeta {
     /// nothing for it), made by the first connection of that protocol that
     /// needs it and shared by the others: encoded once, like `bytes`.
     pub translated: std::sync::OnceLock<Option<Translated>>,
+    /// Its forms for delta subscriptions, when its channel has some here.
+    pub delta: Option<crate::delta::DeltaForms>,
 }
 
 /// A publication encoded for another protocol.

@@ -181,6 +181,7 @@ fn req(n: u64, key: Option<&str>) -> PublishRequest {
         idempotency_key: key.map(String::from),
         key: None,
         priority: None,
+        snapshot: false,
     }
 }
 

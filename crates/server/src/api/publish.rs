@@ -33,6 +33,10 @@ pub struct PublishBody {
     pub key: Option<String>,
     /// Its lane on the way to subscribers; the namespace's default when absent.
     pub priority: Option<Priority>,
+    /// The channel's whole state: kept as its snapshot beyond history
+    /// trimming, for subscribers that cannot recover.
+    #[serde(default)]
+    pub snapshot: bool,
 }
 
 /// The same publication into several channels.
@@ -93,6 +97,7 @@ pub async fn publish(
         idempotency_key: b.idempotency_key.or(call.idempotency_key),
         key: b.key,
         priority: b.priority,
+        snapshot: b.snapshot,
     };
     Ok(Json(
         session::publish(&node, &b.channel, &ns, request).await?,
@@ -122,6 +127,7 @@ pub async fn broadcast(
                     idempotency_key: key.clone(),
                     key: b.key.clone(),
                     priority: b.priority,
+                    snapshot: false,
                 };
                 session::publish(&node, channel, &ns, request).await
             }

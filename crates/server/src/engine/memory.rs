@@ -103,6 +103,8 @@ struct ChannelLog {
     touched: Instant,
     /// Who is subscribed, with their leases.
     presence: Members,
+    /// The latest snapshot in this epoch (kept beyond trimming).
+    snapshot: Option<Arc<Publication>>,
 }
 
 /// A channel's presence: entries by client id with their lease, and how
@@ -151,6 +153,7 @@ impl ChannelLog {
             key_deadlines: false,
             touched: Instant::now(),
             presence: Members::default(),
+            snapshot: None,
         }
     }
 
@@ -229,6 +232,7 @@ impl ChannelLog {
             key_deadlines: true,
             touched: now,
             presence: Members::default(),
+            snapshot: ch.snapshot.map(Arc::new),
         };
         for (at, key, offset) in keys {
             let position = Some(StreamPosition {
@@ -254,6 +258,7 @@ impl ChannelLog {
     /// delivered. A new epoch from the current top, no history, no keys.
     fn start_new_epoch(&mut self) {
         self.epoch = new_epoch();
+        self.snapshot = None;
         while self.pop_front().is_some() {}
         while self.pop_key() {}
         let top = self.top;
@@ -556,6 +561,7 @@ impl MemoryEngine {
                     || subscribed
                     || !l.presence.members.is_empty()
                     || !l.retained.is_empty()
+                    || l.snapshot.is_some()
                     || !l.keys.is_empty()
                     || *l.visible.borrow() != l.top
                     || now.duration_since(touched) < idle;
@@ -691,8 +697,12 @@ impl Broker for MemoryEngine {
                     key: request.key,
                     priority: request.priority,
                     time: now_ms(),
+                    snapshot: request.snapshot,
                 });
                 if history {
+                    if publication.snapshot {
+                        log.snapshot = Some(publication.clone());
+                    }
                     log.push(now, publication.clone());
                     log.trim(policy, now);
                 }
@@ -910,6 +920,21 @@ impl History for MemoryEngine {
         log.touched = Instant::now();
         Ok(log.position())
     }
+
+    async fn snapshot(
+        &self,
+        channel: &str,
+        policy: &ChannelPolicy,
+    ) -> Result<Option<Arc<Publication>>, EngineError> {
+        let log = self.log(channel, policy)?;
+        let log = log.lock();
+        let visible = *log.visible.borrow();
+        // A durable snapshot counts once it is committed, as reads do.
+        Ok(log
+            .snapshot
+            .clone()
+            .filter(|s| s.offset.unwrap_or(0) <= visible))
+    }
 }
 
 #[async_trait]
@@ -1036,6 +1061,7 @@ mod tests {
             idempotency_key: key.map(String::from),
             key: None,
             priority: None,
+            snapshot: false,
         }
     }
 

@@ -81,6 +81,8 @@ pub struct PublishRequest {
     pub key: Option<String>,
     /// Its priority on the way to subscribers.
     pub priority: Option<tidings_protocol::Priority>,
+    /// The channel's whole state: kept as its snapshot beyond trimming.
+    pub snapshot: bool,
 }
 
 /// The result of a publish.
@@ -279,6 +281,14 @@ pub trait History: Send + Sync {
         channel: &str,
         policy: &ChannelPolicy,
     ) -> Result<StreamPosition, EngineError>;
+
+    /// The channel's latest snapshot in its current epoch (a publication
+    /// made with `snapshot`), kept however history is trimmed.
+    async fn snapshot(
+        &self,
+        channel: &str,
+        policy: &ChannelPolicy,
+    ) -> Result<Option<Arc<Publication>>, EngineError>;
 }
 
 /// Who is in a channel, and when users were last seen.

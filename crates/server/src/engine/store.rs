@@ -127,6 +127,8 @@ pub struct LoadedChannel {
     pub publications: Vec<Publication>,
     /// Live idempotency keys: key, offset, expiry (ms).
     pub keys: Vec<(String, u64, u64)>,
+    /// Its latest snapshot in this epoch.
+    pub snapshot: Option<Publication>,
 }
 
 enum Job {
@@ -224,7 +226,8 @@ impl Store {
              CREATE INDEX IF NOT EXISTS pubs_expiry ON pubs (expire_at);
              CREATE TABLE IF NOT EXISTS keys (channel TEXT NOT NULL, key TEXT NOT NULL, offset INTEGER NOT NULL, expire_at INTEGER NOT NULL, PRIMARY KEY (channel, key)) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS keys_expiry ON keys (expire_at);
-             CREATE TABLE IF NOT EXISTS last_seen (user TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;"
+             CREATE TABLE IF NOT EXISTS last_seen (user TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS snapshots (channel TEXT PRIMARY KEY, epoch TEXT NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;"
         ))
         .map_err(&err)?;
         let format: Option<i64> = conn
@@ -353,25 +356,31 @@ fn load_channels(conn: &Connection) -> rusqlite::Result<Vec<LoadedChannel>> {
                 top: r.get::<_, i64>(2)? as u64,
                 publications: Vec::new(),
                 keys: Vec::new(),
+                snapshot: None,
             })
         })?
         .collect::<Result<_, _>>()?;
+    let mut snapshot =
+        conn.prepare("SELECT body FROM snapshots WHERE channel = ?1 AND epoch = ?2")?;
     let mut pubs = conn
         .prepare("SELECT body FROM pubs WHERE channel = ?1 AND expire_at > ?2 ORDER BY offset")?;
     let mut keys = conn
         .prepare("SELECT key, offset, expire_at FROM keys WHERE channel = ?1 AND expire_at > ?2")?;
+    let decode = |body: Vec<u8>| -> rusqlite::Result<Publication> {
+        serde_json::from_slice(&body).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Blob, Box::new(e))
+        })
+    };
     for ch in &mut channels {
         for body in pubs.query_map(params![ch.channel, now], |r| r.get::<_, Vec<u8>>(0))? {
-            let body = body?;
-            let p: Publication = serde_json::from_slice(&body).map_err(|e| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    0,
-                    rusqlite::types::Type::Blob,
-                    Box::new(e),
-                )
-            })?;
-            ch.publications.push(p);
+            ch.publications.push(decode(body?)?);
         }
+        ch.snapshot = snapshot
+            .query_map(params![ch.channel, ch.epoch], |r| r.get::<_, Vec<u8>>(0))?
+            .next()
+            .transpose()?
+            .map(decode)
+            .transpose()?;
         for k in keys.query_map(params![ch.channel, now], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -400,12 +409,18 @@ fn write_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
             "INSERT OR REPLACE INTO keys (channel, key, offset, expire_at) VALUES (?1, ?2, ?3, ?4)",
         )?;
         let mut clear = tx.prepare_cached("DELETE FROM pubs WHERE channel = ?1")?;
+        let mut snapshot = tx.prepare_cached(
+            "INSERT OR REPLACE INTO snapshots (channel, epoch, body) VALUES (?1, ?2, ?3)",
+        )?;
         for job in jobs {
             match job {
                 Job::Append(r) => {
                     let offset = r.publication.offset.unwrap_or(0) as i64;
                     let body = serde_json::to_vec(&*r.publication).unwrap_or_default();
                     insert.execute(params![r.channel, offset, r.expire_at_ms as i64, body])?;
+                    if r.publication.snapshot {
+                        snapshot.execute(params![r.channel, r.epoch, body])?;
+                    }
                     position.execute(params![r.channel, r.epoch, offset])?;
                     if r.trim_through > 0 {
                         trim.execute(params![r.channel, r.trim_through as i64])?;
@@ -432,6 +447,7 @@ fn write_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
                     // The new epoch starts at `top` with no history and no keys.
                     clear.execute(params![channel])?;
                     tx.execute("DELETE FROM keys WHERE channel = ?1", params![channel])?;
+                    tx.execute("DELETE FROM snapshots WHERE channel = ?1", params![channel])?;
                     tx.execute(
                         "INSERT INTO channels (channel, epoch, top) VALUES (?1, ?2, ?3)
                          ON CONFLICT (channel) DO UPDATE SET epoch = excluded.epoch, top = excluded.top",
@@ -557,6 +573,7 @@ mod tests {
                 key: None,
                 priority: None,
                 time: now_ms(),
+                snapshot: false,
             }),
             expire_at_ms,
             trim_through: offset.saturating_sub(size),

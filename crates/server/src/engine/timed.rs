@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use prometheus_client::metrics::histogram::Histogram;
-use tidings_protocol::{ClientInfo, StreamPosition};
+use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 
 use super::{
     Broker, ChannelPolicy, Cluster, Engine, EngineError, History, HistoryPage, HistoryQuery,
@@ -107,6 +107,15 @@ impl History for Timed {
         policy: &ChannelPolicy,
     ) -> Result<StreamPosition, EngineError> {
         self.time("position", self.inner.position(channel, policy))
+            .await
+    }
+
+    async fn snapshot(
+        &self,
+        channel: &str,
+        policy: &ChannelPolicy,
+    ) -> Result<Option<Arc<Publication>>, EngineError> {
+        self.time("snapshot", self.inner.snapshot(channel, policy))
             .await
     }
 }

@@ -125,6 +125,7 @@ impl Mapping<'_> {
             idempotency_key,
             key: record.fields.get(&f.key).cloned(),
             priority,
+            snapshot: false,
         };
         Ok((channel, request))
     }

@@ -286,6 +286,7 @@ async fn trigger(node: &Arc<Node>, event: Checked) -> Result<Map<String, Value>,
             idempotency_key: None,
             key: None,
             priority: None,
+            snapshot: false,
         };
         session::publish(node, full, ns, request)
             .await

@@ -31,9 +31,7 @@ impl Session {
                 if !subscribe.iter().any(|s| s.channel == channel) {
                     subscribe.push(SubscribeArg {
                         channel,
-                        since: None,
-                        token: None,
-                        strict: false,
+                        ..Default::default()
                     });
                 }
             }

@@ -373,6 +373,7 @@ impl Session {
                 tags,
                 key,
                 priority,
+                snapshot,
             } => {
                 let request = PublishRequest {
                     data,
@@ -381,6 +382,7 @@ impl Session {
                     idempotency_key,
                     key,
                     priority,
+                    snapshot,
                 };
                 let r = self.publish(&channel, request).await;
                 self.reply(id, r)

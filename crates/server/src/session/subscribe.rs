@@ -16,6 +16,7 @@ use super::{PRESENCE_IN_REPLY, Session, err, internal};
 use crate::auth::{TOKEN_LEEWAY_S, TokenError, unix_now};
 use crate::config::WebhookEvent;
 use crate::config::{ClientAccess, NamespaceOptions, SubscribeRule};
+use crate::delivery::ChannelDelivery;
 use crate::engine::HistoryQuery;
 use crate::hub::Subscriber;
 use crate::node::Node;
@@ -102,6 +103,7 @@ impl Session {
                 self.conn,
                 self.outbox.clone(),
                 self.control.clone(),
+                arg.delta.is_some(),
             )
             .await
             .map_err(|e| match e {
@@ -303,6 +305,26 @@ impl Session {
         ns: &NamespaceOptions,
         budget: &mut ReplyBudget,
     ) -> Result<SubscribeOk, ErrorBody> {
+        let delta = arg.delta.is_some() && ChannelDelivery::of(ns).allows_delta();
+        let mut ok = self.recover(arg, ns, budget).await?;
+        if delta {
+            // Every payload as text: the exact bytes the next delta builds on.
+            for p in ok.publications.iter_mut().flatten() {
+                p.data = crate::delta::as_text(&p.data);
+            }
+            ok.delta = true;
+        }
+        Ok(ok)
+    }
+
+    /// The subscribe reply's position and recovery: the publications after
+    /// `since`, else (or when asked) the latest snapshot and those after it.
+    async fn recover(
+        &self,
+        arg: &SubscribeArg,
+        ns: &NamespaceOptions,
+        budget: &mut ReplyBudget,
+    ) -> Result<SubscribeOk, ErrorBody> {
         let engine = &self.node.engine;
         if !ns.has_history() {
             return Ok(SubscribeOk::default());
@@ -318,6 +340,11 @@ impl Session {
             ));
         }
         let Some(since) = arg.since.as_ref().filter(|_| !barred) else {
+            if arg.snapshot && !barred {
+                if let Some(ok) = self.from_snapshot(arg, &policy, budget).await? {
+                    return Ok(ok);
+                }
+            }
             let top = engine
                 .position(&arg.channel, &policy)
                 .await
@@ -377,6 +404,12 @@ impl Session {
                 "the position cannot be recovered",
             ));
         }
+        if !complete && let Some(ok) = self.from_snapshot(arg, &policy, budget).await? {
+            return Ok(SubscribeOk {
+                recovered: Some(false),
+                ..ok
+            });
+        }
         Ok(SubscribeOk {
             offset: Some(top.offset),
             epoch: Some(top.epoch),
@@ -387,8 +420,65 @@ impl Session {
                     .map(|p| Publication::clone(p))
                     .collect()
             }),
-            presence: None,
+            ..Default::default()
         })
+    }
+
+    /// The channel's latest snapshot and every publication after it, when
+    /// history still holds them all within the reply's limits; else None.
+    async fn from_snapshot(
+        &self,
+        arg: &SubscribeArg,
+        policy: &crate::engine::ChannelPolicy,
+        budget: &mut ReplyBudget,
+    ) -> Result<Option<SubscribeOk>, ErrorBody> {
+        let engine = &self.node.engine;
+        let snapshot = engine
+            .snapshot(&arg.channel, policy)
+            .await
+            .map_err(internal)?;
+        let Some((snapshot, at)) = snapshot.and_then(|s| s.offset.map(|o| (s, o))) else {
+            return Ok(None);
+        };
+        let max = self.node.config.client.recovery_max;
+        let query = HistoryQuery {
+            after: Some(at),
+            limit: Some(max + 1),
+            reverse: false,
+        };
+        let page = engine
+            .read(&arg.channel, query, policy)
+            .await
+            .map_err(internal)?;
+        let top = page.position;
+        let after = top.offset.saturating_sub(at);
+        let complete = at <= top.offset
+            && after as usize <= max
+            && page.publications.len() as u64 == after
+            && page
+                .publications
+                .first()
+                .is_none_or(|p| p.offset == Some(at + 1));
+        let size: usize = snapshot.approx_size()
+            + page
+                .publications
+                .iter()
+                .map(|p| p.approx_size())
+                .sum::<usize>();
+        if !complete || size > budget.left {
+            return Ok(None);
+        }
+        budget.left -= size;
+        let publications = std::iter::once(&snapshot)
+            .chain(&page.publications)
+            .map(|p| Publication::clone(p))
+            .collect();
+        Ok(Some(SubscribeOk {
+            offset: Some(top.offset),
+            epoch: Some(top.epoch),
+            publications: Some(publications),
+            ..Default::default()
+        }))
     }
 
     pub(super) async fn go_live(

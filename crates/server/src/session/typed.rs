@@ -88,9 +88,7 @@ impl Session {
     ) -> Result<(), ErrorBody> {
         let arg = SubscribeArg {
             channel: channel.to_string(),
-            since: None,
-            token: None,
-            strict: false,
+            ..Default::default()
         };
         let mut budget = ReplyBudget::single(self.node.config.client.recovery_max_bytes);
         let (sub, ok) = self.subscribe(&arg, &mut budget).await?;

@@ -11,7 +11,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tidings_protocol::reply::SubscribeOk;
 use tidings_protocol::{
-    Command, CommandKind, ErrorBody, ErrorCode, ServerMessage, SinceArg, SubscribeArg, position,
+    Command, CommandKind, DeltaFormat, ErrorBody, ErrorCode, ServerMessage, SinceArg, SubscribeArg,
+    position,
 };
 
 use crate::api::ApiError;
@@ -52,6 +53,10 @@ pub struct StreamRequest {
     pub since: Option<String>,
     /// `?timeout=` in seconds (long-poll).
     pub timeout: Option<String>,
+    /// `?delta=fossil`: publications as deltas where they can.
+    pub delta: Option<DeltaFormat>,
+    /// `?snapshot=true`: start each channel from its latest snapshot.
+    pub snapshot: bool,
     /// Who asks (for the backend's hooks); set by the transport.
     pub peer: crate::hooks::Peer,
 }
@@ -72,6 +77,11 @@ impl StreamRequest {
                 "token" => req.token = Some(v.into_owned()),
                 "since" => req.since = Some(v.into_owned()),
                 "timeout" => req.timeout = Some(v.into_owned()),
+                "delta" if v == "fossil" => req.delta = Some(DeltaFormat::Fossil),
+                "delta" => {
+                    return Err(bad(ErrorCode::BadRequest, "`delta` may only be `fossil`"));
+                }
+                "snapshot" => req.snapshot = matches!(&*v, "true" | "1"),
                 _ => {}
             }
         }
@@ -147,19 +157,17 @@ impl ChannelPos {
                 offset: 0,
             };
         };
-        let (epoch, offset) = match ok.recovered {
-            // At its own position: the recovered publications follow.
-            Some(true) => {
-                let first = ok
-                    .publications
-                    .as_ref()
-                    .and_then(|p| p.first())
-                    .and_then(|p| p.offset);
-                (epoch, first.map_or(top, |o| o - 1))
-            }
+        let first = ok
+            .publications
+            .as_ref()
+            .and_then(|p| p.first())
+            .and_then(|p| p.offset);
+        let (epoch, offset) = match (first, ok.recovered) {
+            // Recovered publications, or a snapshot and those after it, follow.
+            (Some(first), _) => (epoch, first.saturating_sub(1)),
             // Until the reset event is delivered, a reconnect must reset again.
-            Some(false) => (NOT_YET_RESET.to_string(), top),
-            None => (epoch, top),
+            (None, Some(false)) => (NOT_YET_RESET.to_string(), top),
+            (None, _) => (epoch, top),
         };
         Self {
             name: channel.to_string(),
@@ -241,9 +249,9 @@ impl OpenStream {
             }
             let mut arg = SubscribeArg {
                 channel: channel.clone(),
-                since: None,
-                token: None,
-                strict: false,
+                delta: req.delta,
+                snapshot: req.snapshot,
+                ..Default::default()
             };
             if let Some(entry) = since.get(&position::hash(channel)) {
                 // The vector holds a hash of the epoch: name the current epoch
@@ -347,12 +355,24 @@ impl OpenStream {
         let (Some(offset), Some(epoch)) = (ok.offset, ok.epoch) else {
             return;
         };
+        let snapshot = ok
+            .publications
+            .as_ref()
+            .and_then(|p| p.first())
+            .is_some_and(|p| p.snapshot);
         match ok.recovered {
             Some(true) => {
                 // Pushed as live ones are; where values may be skipped, the
                 // newest per key only.
                 let name: Arc<str> = channel.into();
                 for p in delivery.catch_up(ok.publications.unwrap_or_default()) {
+                    events.extend(self.on_push(delivery.entry(&name, Some(&epoch), &p)));
+                }
+            }
+            // The latest snapshot and every publication after it.
+            _ if snapshot => {
+                let name: Arc<str> = channel.into();
+                for p in ok.publications.unwrap_or_default() {
                     events.extend(self.on_push(delivery.entry(&name, Some(&epoch), &p)));
                 }
             }

@@ -356,6 +356,7 @@ impl Conn {
             idempotency_key: None,
             key: None,
             priority: None,
+            snapshot: false,
         };
         match crate::session::publish(&self.node, &full, &ns, request).await {
             Ok(_) => self.node.emit(WebhookEvent::ClientEvent, || told),

@@ -402,6 +402,7 @@ impl Broker for RedisEngine {
         request: PublishRequest,
         policy: &ChannelPolicy,
     ) -> Result<PublishOutcome, EngineError> {
+        let snapshot = request.snapshot;
         let payload = serde_json::to_string(&Publication {
             offset: None,
             data: request.data,
@@ -410,6 +411,7 @@ impl Broker for RedisEngine {
             key: request.key,
             priority: request.priority,
             time: now_ms(),
+            snapshot: request.snapshot,
         })
         .map_err(|e| EngineError::Backend(e.to_string()))?;
         let key = request.idempotency_key.as_deref();
@@ -425,6 +427,7 @@ impl Broker for RedisEngine {
             .arg(new_epoch())
             .arg(if key.is_some() { "1" } else { "0" })
             .arg(self.keys.pubsub(channel))
+            .arg(if snapshot { "1" } else { "0" })
             .invoke_async(&mut self.conn(channel)?)
             .await
             .map_err(redis_error)?;
@@ -508,6 +511,26 @@ impl History for RedisEngine {
             ..Default::default()
         };
         Ok(self.read(channel, query, policy).await?.position)
+    }
+
+    async fn snapshot(
+        &self,
+        channel: &str,
+        _policy: &ChannelPolicy,
+    ) -> Result<Option<Arc<Publication>>, EngineError> {
+        let stored: Option<String> = redis::cmd("HGET")
+            .arg(self.keys.meta(channel))
+            .arg("s")
+            .query_async(&mut self.conn(channel)?)
+            .await
+            .map_err(redis_error)?;
+        let Some((offset, payload)) = stored.as_deref().and_then(|s| s.split_once(':')) else {
+            return Ok(None);
+        };
+        let mut p: Publication = serde_json::from_str(payload)
+            .map_err(|e| EngineError::Backend(format!("a stored snapshot is damaged: {e}")))?;
+        p.offset = offset.parse().ok();
+        Ok(Some(Arc::new(p)))
     }
 }
 

@@ -10,7 +10,9 @@ use redis::Script;
 
 /// Publish: KEYS stream, meta, idempotency key; ARGV payload, history_size,
 /// history_ttl ms, meta ttl ms, idempotency window ms, a new epoch (used
-/// when the channel has none), "1" when a key is given, the pub/sub channel.
+/// when the channel has none), "1" when a key is given, the pub/sub channel,
+/// "1" when it is a snapshot (kept in the meta hash as `s`, "offset:payload",
+/// so it lives and dies with the epoch, beyond the stream's trimming).
 /// Returns {offset, epoch, duplicate}. A channel without metadata (new, or
 /// lost by Redis) starts a new epoch with an empty stream, so no offset is
 /// ever reused within an epoch.
@@ -32,9 +34,13 @@ if size > 0 then
   if not epoch then
     epoch = ARGV[6]
     redis.call('DEL', stream)
+    redis.call('HDEL', meta, 's')
     redis.call('HSET', meta, 'e', epoch, 't', 0)
   end
   top = redis.call('HINCRBY', meta, 't', 1)
+  if ARGV[9] == '1' then
+    redis.call('HSET', meta, 's', top .. ':' .. payload)
+  end
   redis.call('PEXPIRE', meta, ARGV[4])
   redis.call('XADD', stream, 'MAXLEN', size, top .. '-0', 'd', payload)
   redis.call('PEXPIRE', stream, ARGV[3])
@@ -62,6 +68,7 @@ local epoch = redis.call('HGET', meta, 'e')
 if (not epoch) or epoch == ARGV[6] then
   epoch = ARGV[1]
   redis.call('DEL', stream)
+  redis.call('HDEL', meta, 's')
   redis.call('HSET', meta, 'e', epoch)
   redis.call('HSETNX', meta, 't', 0)
   redis.call('PEXPIRE', meta, ARGV[2])
