@@ -340,10 +340,11 @@ impl Session {
             ));
         }
         let Some(since) = arg.since.as_ref().filter(|_| !barred) else {
-            if arg.snapshot && !barred {
-                if let Some(ok) = self.from_snapshot(arg, &policy, budget).await? {
-                    return Ok(ok);
-                }
+            if arg.snapshot
+                && !barred
+                && let Some(ok) = self.snapshot_reply(arg, &policy, budget).await?
+            {
+                return Ok(ok);
             }
             let top = engine
                 .position(&arg.channel, &policy)
@@ -404,7 +405,7 @@ impl Session {
                 "the position cannot be recovered",
             ));
         }
-        if !complete && let Some(ok) = self.from_snapshot(arg, &policy, budget).await? {
+        if !complete && let Some(ok) = self.snapshot_reply(arg, &policy, budget).await? {
             return Ok(SubscribeOk {
                 recovered: Some(false),
                 ..ok
@@ -426,7 +427,7 @@ impl Session {
 
     /// The channel's latest snapshot and every publication after it, when
     /// history still holds them all within the reply's limits; else None.
-    async fn from_snapshot(
+    async fn snapshot_reply(
         &self,
         arg: &SubscribeArg,
         policy: &crate::engine::ChannelPolicy,
