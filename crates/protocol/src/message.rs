@@ -155,9 +155,10 @@ pub enum Push {
         /// The channel's pushes may skip values (`delivery = "latest"`,
         /// `slow_consumer = "conflate"`): an offset jump is not a loss.
         latest: bool,
-        /// `data` is a Fossil delta against the channel's previous
-        /// publication's payload (subscriptions with `delta: "fossil"`).
-        delta: bool,
+        /// In subscriptions with `delta: "fossil"`, `data` is a string:
+        /// `Some(true)` a Fossil delta against the previous payload's text,
+        /// `Some(false)` the payload's text. None elsewhere.
+        delta: Option<bool>,
     },
     /// A client joined a channel.
     Join {
@@ -251,8 +252,8 @@ enum PushOut<'a> {
         latest: bool,
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         snapshot: bool,
-        #[serde(skip_serializing_if = "std::ops::Not::not")]
-        delta: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        delta: Option<bool>,
     },
     Join {
         channel: &'a str,
@@ -293,19 +294,19 @@ pub struct PubStyle {
 /// Encodes a `pub` push without building a [`Push`]: the bytes shared by
 /// all subscribers.
 pub fn encode_pub(channel: &str, epoch: Option<&str>, p: &Publication, style: PubStyle) -> Bytes {
-    encode_pub_as(channel, epoch, p, style, &p.data, false)
+    encode_pub_as(channel, epoch, p, style, &p.data, None)
 }
 
-/// Encodes a `pub` push of `p` carrying `data` instead of its own (a
-/// subscription with deltas gets the payload as a string, or the delta
-/// itself with `"delta": true`).
+/// Encodes a `pub` push of `p` carrying `data` instead of its own: in a
+/// subscription with deltas, the payload's text (`"delta": false`) or a
+/// delta against the previous one (`"delta": true`).
 pub fn encode_pub_as(
     channel: &str,
     epoch: Option<&str>,
     p: &Publication,
     style: PubStyle,
     data: &RawValue,
-    delta: bool,
+    delta: Option<bool>,
 ) -> Bytes {
     to_bytes(&PushOut::Pub {
         channel,
@@ -398,8 +399,7 @@ struct RawServerMessage {
     latest: bool,
     #[serde(default)]
     snapshot: bool,
-    #[serde(default)]
-    delta: bool,
+    delta: Option<bool>,
     client: Option<String>,
     user: Option<String>,
     code: Option<u16>,
@@ -532,7 +532,7 @@ mod tests {
                 snapshot: false,
             },
             latest: false,
-            delta: false,
+            delta: None,
         };
         let bytes = encode_push(&push);
         assert_eq!(

@@ -44,6 +44,21 @@ pub fn fossil(base: &str, target: &str) -> Option<Box<RawValue>> {
     serde_json::value::to_raw_value(text).ok()
 }
 
+/// `entry` of a publication already in full form (its `data` the payload's
+/// text, as in a subscribe reply), marked as such for the client.
+pub fn marked_full(
+    entry: Entry,
+    channel: &str,
+    epoch: Option<&str>,
+    p: &Publication,
+    style: PubStyle,
+) -> Entry {
+    Entry {
+        bytes: encode_pub_as(channel, epoch, p, style, &p.data, Some(false)),
+        ..entry
+    }
+}
+
 /// A publication's two forms for delta subscriptions.
 #[derive(Debug)]
 pub struct DeltaForms {
@@ -99,7 +114,7 @@ impl DeltaForms {
                     p,
                     self.style,
                     &data,
-                    false,
+                    Some(false),
                 )
             })
             .clone()
@@ -120,7 +135,7 @@ impl DeltaForms {
                     p,
                     self.style,
                     &data,
-                    true,
+                    Some(true),
                 ))
             })
             .clone()

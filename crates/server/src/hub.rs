@@ -112,11 +112,18 @@ impl Subscriber {
     /// than `top` (older ones are in the reply or before the client's
     /// position), and switches to live delivery — all under the state lock,
     /// so no live publication can overtake. Fails on an offset gap after `top`.
-    pub fn go_live(&self, reply: Option<Bytes>, top: Option<u64>) -> Result<(), Gap> {
+    /// `base`: the newest publication the reply holds, which the first
+    /// delta may build on.
+    pub fn go_live(
+        &self,
+        reply: Option<Bytes>,
+        top: Option<u64>,
+        base: Option<u64>,
+    ) -> Result<(), Gap> {
         let mut state = self.state.lock();
         let live = SubState::Live {
             floor: top,
-            last: top,
+            last: base,
         };
         let buf = match std::mem::replace(&mut *state, live) {
             SubState::Buffering(buf) => buf,
@@ -138,7 +145,7 @@ impl Subscriber {
         }
         // Only publications have offsets; `join`/`leave` pass through in place.
         let mut expect = top.map(|t| t + 1);
-        let mut last = top;
+        let mut last = base;
         for entry in buf {
             let offset = offset_of(&entry);
             if let (Some(o), Some(e)) = (offset, expect) {
@@ -195,7 +202,7 @@ mod tests {
         sub.offer(&presence("leave"));
         sub.offer(&publ(6, "pub6"));
         // The reply was built at top 5: offset 5 is in it, 6 is not.
-        sub.go_live(Some(msg("reply")), Some(5)).unwrap();
+        sub.go_live(Some(msg("reply")), Some(5), None).unwrap();
         let mut batch = Vec::new();
         outbox.try_batch(&mut batch);
         let texts: Vec<Bytes> = batch.into_iter().map(|e| e.bytes).collect();
@@ -209,7 +216,7 @@ mod tests {
             .unwrap();
         gappy.offer(&publ(8, "pub8"));
         assert_eq!(
-            gappy.go_live(None, Some(6)),
+            gappy.go_live(None, Some(6), None),
             Err(Gap),
             "offset 7 is missing"
         );

@@ -217,9 +217,14 @@ proptest! {
             let recovered: Vec<String> = r["ok"]["publications"].as_array().unwrap().iter()
                 .map(|p| p["data"].as_str().unwrap().to_string()).collect();
             assert_eq!(&recovered[..], &texts[cut..]);
+            // A fresh subscriber (nothing in its reply) gets its first in full.
+            let mut fresh = Raw::connect(&server, None).await;
+            fresh.call(json!({"op": "subscribe", "channel": "d", "delta": "fossil"})).await;
             let more = texts[0].clone();
             let (_, _) = api(&server, "publish", json!({"channel": "d", "data": serde_json::from_str::<Value>(&more).unwrap()})).await;
             let (got, _) = read_payloads(&mut late, 1, recovered.last().cloned()).await;
+            assert_eq!(got, vec![more.clone()]);
+            let (got, _) = read_payloads(&mut fresh, 1, None).await;
             assert_eq!(got, vec![more]);
             server.shutdown().await;
         });

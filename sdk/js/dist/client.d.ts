@@ -58,6 +58,18 @@ export interface SubscribeOptions {
      * run), or `'start'` for the whole retained history first.
      */
     since?: Position | 'start';
+    /**
+     * Start from the channel's latest snapshot and the publications after it
+     * (a `snapshot` event, then `publication`s). The server falls back to the
+     * snapshot by itself whenever a position cannot be recovered.
+     */
+    snapshot?: boolean;
+    /**
+     * `'fossil'`: receive payloads as Fossil deltas against the previous one
+     * where the server can (fewer bytes for state that changes a little at a
+     * time); applied here, the app sees whole payloads.
+     */
+    delta?: 'fossil';
 }
 /** Payload of the client's `state` event. */
 export interface StateEvent {

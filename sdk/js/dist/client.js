@@ -139,7 +139,10 @@ export class TidingsClient extends Emitter {
         if (since !== undefined && since !== 'start' && !validPosition(since)) {
             throw new TidingsError(ErrorCode.BadRequest, 'subscribe: since must be {offset, epoch} with a non-negative integer offset and a string epoch', false);
         }
-        const sub = new Subscription(this, channel, since);
+        if (opts.delta !== undefined && opts.delta !== 'fossil') {
+            throw new TidingsError(ErrorCode.BadRequest, "subscribe: delta may only be 'fossil'", false);
+        }
+        const sub = new Subscription(this, channel, since, { snapshot: opts.snapshot === true, delta: opts.delta });
         this.subs.set(channel, sub);
         if (this._state === 'connected' && this.session)
             this.subscribeNow(sub, this.session);

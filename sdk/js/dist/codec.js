@@ -77,6 +77,8 @@ export function decodePublication(v, channel) {
     const key = str(v.key);
     if (key !== undefined)
         p.key = key;
+    if (v.snapshot === true)
+        p.snapshot = true;
     return p;
 }
 /** Decodes a presence entry (a `join`/`leave` push or a `presence` value). */

@@ -42,6 +42,13 @@ export interface ResetEvent {
 export interface SubscriptionEvents {
     /** A publication, once, in offset order. */
     publication: Publication;
+    /**
+     * The channel's whole state (a publication made with `snapshot`): replace
+     * what the app holds; `publication`s after it apply to it. Comes in
+     * offset order like publications, also instead of a `reset` when the
+     * position was lost but the channel has a snapshot.
+     */
+    snapshot: Publication;
     /** The subscription is (again) in place. */
     subscribed: SubscribedEvent;
     /** The app must reload its state for this channel. */
@@ -117,6 +124,7 @@ export interface SubscriptionHost {
 /** A subscription to one channel; get one with `client.subscribe()`. */
 export declare class Subscription extends Emitter<SubscriptionEvents> {
     private readonly host;
+    private readonly opts;
     /** The channel name. */
     readonly channel: string;
     private _state;
@@ -130,8 +138,13 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
     noLookup: boolean;
     /** The position was looked up for a fresh subscription (SSE/poll): not a recovery. */
     freshLookup: boolean;
+    /** The last payload's JSON text, which the next delta applies to. */
+    private deltaBase;
     /** @internal Use `client.subscribe()`. */
-    constructor(host: SubscriptionHost, channel: string, since: Position | 'start' | undefined);
+    constructor(host: SubscriptionHost, channel: string, since: Position | 'start' | undefined, opts?: {
+        snapshot?: boolean;
+        delta?: 'fossil';
+    });
     /** The current state. */
     get state(): SubscriptionState;
     /** The position of the last publication delivered (null before any is known). */
@@ -167,6 +180,13 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
     handleError(err: TidingsError): void;
     /** @internal A push for this channel. */
     handlePush(push: Obj): void;
+    /**
+     * Turns a delta subscription's `data` (the payload's text, or a delta
+     * against the previous one) into the payload. A delta without its base
+     * (a gap) or that does not apply subscribes again from the position:
+     * the server then sends the missed publications, or the snapshot, in full.
+     */
+    private fromText;
     /** `latest`: the channel's pushes may skip values (an offset jump is no loss). */
     private handlePub;
     private setState;

@@ -272,5 +272,9 @@ function subscribeArgs(req) {
     const a = { channel: req.channel };
     if (req.since)
         a.since = { offset: req.since.offset, epoch: req.since.epoch };
+    if (req.snapshot)
+        a.snapshot = true;
+    if (req.delta)
+        a.delta = req.delta;
     return a;
 }

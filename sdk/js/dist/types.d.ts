@@ -36,6 +36,8 @@ export interface Publication<T = unknown> {
     time?: number;
     /** What it is the latest value of within its channel (`key` on publish). */
     key?: string;
+    /** The channel's whole state (published with `snapshot`); delivered as a `snapshot` event. */
+    snapshot?: boolean;
 }
 /** A presence entry: one subscribed connection. */
 export interface PresenceEntry {

@@ -81,6 +81,18 @@ export interface SubscribeOptions {
    * run), or `'start'` for the whole retained history first.
    */
   since?: Position | 'start';
+  /**
+   * Start from the channel's latest snapshot and the publications after it
+   * (a `snapshot` event, then `publication`s). The server falls back to the
+   * snapshot by itself whenever a position cannot be recovered.
+   */
+  snapshot?: boolean;
+  /**
+   * `'fossil'`: receive payloads as Fossil deltas against the previous one
+   * where the server can (fewer bytes for state that changes a little at a
+   * time); applied here, the app sees whole payloads.
+   */
+  delta?: 'fossil';
 }
 
 /** Payload of the client's `state` event. */
@@ -284,7 +296,10 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
       throw new TidingsError(ErrorCode.BadRequest,
         'subscribe: since must be {offset, epoch} with a non-negative integer offset and a string epoch', false);
     }
-    const sub = new Subscription(this, channel, since);
+    if (opts.delta !== undefined && opts.delta !== 'fossil') {
+      throw new TidingsError(ErrorCode.BadRequest, "subscribe: delta may only be 'fossil'", false);
+    }
+    const sub = new Subscription(this, channel, since, { snapshot: opts.snapshot === true, delta: opts.delta });
     this.subs.set(channel, sub);
     if (this._state === 'connected' && this.session) this.subscribeNow(sub, this.session);
     return sub;

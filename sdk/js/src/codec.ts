@@ -78,6 +78,7 @@ export function decodePublication(v: unknown, channel?: string): Publication | n
   if (time !== undefined) p.time = time;
   const key = str(v.key);
   if (key !== undefined) p.key = key;
+  if (v.snapshot === true) p.snapshot = true;
   return p;
 }
 

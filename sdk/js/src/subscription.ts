@@ -4,7 +4,8 @@
  * resumes exactly there: each publication reaches the app once, in offset
  * order, or the app gets a `reset` telling it to reload.
  */
-import { decodePresenceEntry, decodePresenceMap, decodePublication, decodePublications, str, uint, type Obj } from './codec.js';
+import { decodePresenceEntry, decodePresenceMap, decodePublication, decodePublications, parseJson, str, uint, type Obj } from './codec.js';
+import { applyDelta } from './delta.js';
 import { Emitter } from './emitter.js';
 import { ErrorCode, TidingsError } from './errors.js';
 import type { SubscribeRequest } from './transport.js';
@@ -46,6 +47,13 @@ export interface ResetEvent {
 export interface SubscriptionEvents {
   /** A publication, once, in offset order. */
   publication: Publication;
+  /**
+   * The channel's whole state (a publication made with `snapshot`): replace
+   * what the app holds; `publication`s after it apply to it. Comes in
+   * offset order like publications, also instead of a `reset` when the
+   * position was lost but the channel has a snapshot.
+   */
+  snapshot: Publication;
   /** The subscription is (again) in place. */
   subscribed: SubscribedEvent;
   /** The app must reload its state for this channel. */
@@ -136,9 +144,16 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   noLookup = false;
   /** The position was looked up for a fresh subscription (SSE/poll): not a recovery. */
   freshLookup = false;
+  /** The last payload's JSON text, which the next delta applies to. */
+  private deltaBase: string | null = null;
 
   /** @internal Use `client.subscribe()`. */
-  constructor(private readonly host: SubscriptionHost, channel: string, since: Position | 'start' | undefined) {
+  constructor(
+    private readonly host: SubscriptionHost,
+    channel: string,
+    since: Position | 'start' | undefined,
+    private readonly opts: { snapshot?: boolean; delta?: 'fossil' } = {},
+  ) {
     super();
     this.channel = channel;
     this.startPending = since === 'start';
@@ -184,7 +199,10 @@ export class Subscription extends Emitter<SubscriptionEvents> {
 
   /** @internal What to send to (re)subscribe. */
   request(): SubscribeRequest {
-    return { channel: this.channel, since: this.pos ? { ...this.pos } : null };
+    const r: SubscribeRequest = { channel: this.channel, since: this.pos ? { ...this.pos } : null };
+    if (this.opts.snapshot) r.snapshot = true;
+    if (this.opts.delta) r.delta = this.opts.delta;
+    return r;
   }
 
   /** @internal Sets the position found by a lookup before subscribing. */
@@ -212,10 +230,26 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     if (offset !== undefined) ev.offset = offset;
     if (epoch !== undefined) ev.epoch = epoch;
     if (presence) ev.presence = presence;
+    // A new subscription: the first delta builds on what this reply holds.
+    this.deltaBase = null;
+    const pubs = decodePublications(ok.publications, this.channel);
+    // A reply's publications are of the reply's epoch.
+    if (epoch !== undefined) for (const p of pubs) p.epoch ??= epoch;
+    if (ok.delta === true) {
+      for (const p of pubs) if (!this.fromText(p, p.data, false)) return;
+    }
+    if (pubs[0]?.snapshot && ok.recovered !== true && epoch !== undefined && pubs[0].offset !== undefined) {
+      // The position is lost (or none was given) but the channel has a
+      // snapshot: it and everything after it follow, instead of a reset.
+      this.pos = { offset: pubs[0].offset - 1, epoch };
+      this.emit('subscribed', ev);
+      for (const p of pubs) this.handlePub(p);
+      return;
+    }
     if (ok.recovered === true && hadPos) {
       ev.recovered = true;
       this.emit('subscribed', ev);
-      for (const p of decodePublications(ok.publications, this.channel)) this.handlePub(p);
+      for (const p of pubs) this.handlePub(p);
       // Nothing missed: the top is where we are (WebSocket); over SSE/poll
       // the reply stands for `since`, and the stream brings the rest.
       if (offset !== undefined && epoch !== undefined && this.pos && this.pos.epoch === epoch
@@ -263,7 +297,10 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     switch (push.push) {
       case 'pub': {
         const p = decodePublication(push);
-        if (p) this.handlePub(p, push.latest === true);
+        if (!p) return;
+        // In a delta subscription `data` is text: the payload's, or a delta.
+        if (typeof push.delta === 'boolean' && !this.fromText(p, push.data, push.delta)) return;
+        this.handlePub(p, push.latest === true);
         return;
       }
       case 'gap': {
@@ -303,11 +340,33 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     }
   }
 
+  /**
+   * Turns a delta subscription's `data` (the payload's text, or a delta
+   * against the previous one) into the payload. A delta without its base
+   * (a gap) or that does not apply subscribes again from the position:
+   * the server then sends the missed publications, or the snapshot, in full.
+   */
+  private fromText(p: Publication, data: unknown, isDelta: boolean): boolean {
+    if (typeof data !== 'string') return true; // the server sent the value itself
+    const text = isDelta ? (this.deltaBase === null ? null : applyDelta(this.deltaBase, data)) : data;
+    const value = text === null ? undefined : parseJson(text);
+    if (text === null || value === undefined) {
+      this.deltaBase = null;
+      this.setState('subscribing');
+      this.host.resubscribe(this, false);
+      return false;
+    }
+    this.deltaBase = text;
+    p.data = value;
+    return true;
+  }
+
   /** `latest`: the channel's pushes may skip values (an offset jump is no loss). */
   private handlePub(p: Publication, latest = false): void {
+    const event = p.snapshot ? 'snapshot' : 'publication';
     if (p.offset === undefined || p.epoch === undefined) {
       // Ephemeral: no position, at most once.
-      this.emit('publication', p);
+      this.emit(event, p);
       return;
     }
     if (this.pos && this.pos.epoch !== p.epoch) {
@@ -318,7 +377,8 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     }
     if (this.pos) {
       if (p.offset <= this.pos.offset) return; // already delivered
-      if (p.offset > this.pos.offset + 1 && !latest) {
+      // A snapshot stands alone: what came before it no longer matters.
+      if (p.offset > this.pos.offset + 1 && !latest && !p.snapshot) {
         // A gap should not happen; do not deliver out of order, recover it.
         this.setState('subscribing');
         this.host.resubscribe(this, false);
@@ -326,7 +386,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
       }
     }
     this.pos = { offset: p.offset, epoch: p.epoch };
-    this.emit('publication', p);
+    this.emit(event, p);
   }
 
   private setState(s: SubscriptionState): void {

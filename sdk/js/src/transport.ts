@@ -16,6 +16,10 @@ export interface SubscribeRequest {
   channel: string;
   /** Resume after this position; null for live publications only. */
   since: Position | null;
+  /** Start from the channel's latest snapshot when there is no position (or it is lost). */
+  snapshot?: boolean;
+  /** Receive payloads as Fossil deltas where the server can. */
+  delta?: 'fossil';
 }
 
 /** What a session reports when it opens. */

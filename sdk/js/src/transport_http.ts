@@ -83,6 +83,10 @@ export abstract class HttpSession implements Session {
   protected streamUrl(path: string, subs: SubscribeRequest[], extra = ''): string {
     const q = subs.map((s) => `channel=${encodeURIComponent(s.channel)}`);
     q.push(`since=${encodePositionVector(subs.map((s) => [s.channel, s.since]))}`);
+    // One stream, one setting: pushes say which form they carry, so a
+    // channel that did not ask for deltas still reads them right.
+    if (subs.some((s) => s.delta === 'fossil')) q.push('delta=fossil');
+    if (subs.some((s) => s.snapshot)) q.push('snapshot=true');
     return httpUrl(this.opts.url, `${path}?${q.join('&')}${extra}`);
   }
 

@@ -279,5 +279,7 @@ function ignoreError(): void {
 function subscribeArgs(req: SubscribeRequest): Obj {
   const a: Obj = { channel: req.channel };
   if (req.since) a.since = { offset: req.since.offset, epoch: req.since.epoch };
+  if (req.snapshot) a.snapshot = true;
+  if (req.delta) a.delta = req.delta;
   return a;
 }

@@ -128,7 +128,12 @@ impl Session {
         for arg in &subscribe {
             match self.subscribe(arg, &mut budget).await {
                 Ok((sub, ok)) => {
-                    live.push((arg.channel.clone(), sub, ok.offset));
+                    live.push((
+                        arg.channel.clone(),
+                        sub,
+                        ok.offset,
+                        super::subscribe::base_of(&ok),
+                    ));
                     results.push(SubscribeResult {
                         channel: arg.channel.clone(),
                         ok: Some(ok),
@@ -154,8 +159,8 @@ impl Session {
             data,
         };
         self.send(encode_ok_reply(id, &ok));
-        for (channel, sub, top) in live {
-            self.go_live(&channel, &sub, None, top).await;
+        for (channel, sub, top, base) in live {
+            self.go_live(&channel, &sub, None, top, base).await;
         }
     }
 

@@ -356,7 +356,8 @@ impl Session {
                 match self.subscribe(&arg, &mut budget).await {
                     Ok((sub, ok)) => {
                         let reply = encode_ok_reply(id, &ok);
-                        self.go_live(&arg.channel, &sub, Some(reply), ok.offset)
+                        let base = subscribe::base_of(&ok);
+                        self.go_live(&arg.channel, &sub, Some(reply), ok.offset, base)
                             .await
                     }
                     Err(e) => self.reply_error(id, &e),

@@ -49,6 +49,12 @@ impl ReplyBudget {
     }
 }
 
+/// The newest publication a subscribe reply holds: what a delta
+/// subscription's first live delta may build on.
+pub(super) fn base_of(ok: &SubscribeOk) -> Option<u64> {
+    ok.publications.as_ref()?.last()?.offset
+}
+
 /// Takes a connection out of a channel's presence; the user's last
 /// connection there makes a `member_removed` webhook.
 pub(super) async fn leave_presence(
@@ -488,8 +494,9 @@ impl Session {
         sub: &Subscriber,
         reply: Option<Bytes>,
         top: Option<u64>,
+        base: Option<u64>,
     ) {
-        if sub.go_live(reply, top).is_err() {
+        if sub.go_live(reply, top, base).is_err() {
             // Live publications skipped an offset: the client must recover.
             tracing::warn!(
                 channel,

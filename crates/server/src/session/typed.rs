@@ -93,7 +93,9 @@ impl Session {
         let mut budget = ReplyBudget::single(self.node.config.client.recovery_max_bytes);
         let (sub, ok) = self.subscribe(&arg, &mut budget).await?;
         let answer = reply(&ok);
-        self.go_live(channel, &sub, Some(answer), ok.offset).await;
+        let base = super::subscribe::base_of(&ok);
+        self.go_live(channel, &sub, Some(answer), ok.offset, base)
+            .await;
         Ok(())
     }
 

@@ -11,8 +11,8 @@ use serde::Deserialize;
 use serde_json::json;
 use tidings_protocol::reply::SubscribeOk;
 use tidings_protocol::{
-    Command, CommandKind, DeltaFormat, ErrorBody, ErrorCode, ServerMessage, SinceArg, SubscribeArg,
-    position,
+    Command, CommandKind, DeltaFormat, ErrorBody, ErrorCode, Publication, ServerMessage, SinceArg,
+    SubscribeArg, position,
 };
 
 use crate::api::ApiError;
@@ -142,6 +142,22 @@ fn order_by_lane(decoded: &mut Vec<Opening>) {
     for (slot, reply) in slots.into_iter().zip(replies) {
         decoded.insert(slot, reply);
     }
+}
+
+/// A publication of a subscribe reply, pushed as live ones are (marked as
+/// full text in a delta subscription).
+fn reply_entry(
+    delivery: &ChannelDelivery,
+    channel: &Arc<str>,
+    epoch: &str,
+    p: &Publication,
+    delta: bool,
+) -> Entry {
+    let entry = delivery.entry(channel, Some(epoch), p);
+    if !delta {
+        return entry;
+    }
+    crate::delta::marked_full(entry, channel, Some(epoch), p, delivery.style())
 }
 
 /// An epoch no channel has: a vector holding it resets that channel again.
@@ -366,14 +382,16 @@ impl OpenStream {
                 // newest per key only.
                 let name: Arc<str> = channel.into();
                 for p in delivery.catch_up(ok.publications.unwrap_or_default()) {
-                    events.extend(self.on_push(delivery.entry(&name, Some(&epoch), &p)));
+                    events
+                        .extend(self.on_push(reply_entry(&delivery, &name, &epoch, &p, ok.delta)));
                 }
             }
             // The latest snapshot and every publication after it.
             _ if snapshot => {
                 let name: Arc<str> = channel.into();
                 for p in ok.publications.unwrap_or_default() {
-                    events.extend(self.on_push(delivery.entry(&name, Some(&epoch), &p)));
+                    events
+                        .extend(self.on_push(reply_entry(&delivery, &name, &epoch, &p, ok.delta)));
                 }
             }
             Some(false) => {

@@ -1,0 +1,225 @@
+// Fewer bytes on the wire, through the TypeScript SDK against a real
+// binary: Fossil deltas applied by the SDK's own decoder (against the
+// server's encoder) over WebSocket, SSE and long-poll reproduce every
+// payload; snapshots replace a lost position; a gap in deltas makes the
+// SDK subscribe again (with `snapshot`) and nothing is lost or repeated.
+import assert from 'node:assert/strict';
+import { after, before, describe, test } from 'node:test';
+import WebSocket from 'ws';
+import { applyDelta } from '../../sdk/js/dist/delta.js';
+import { apiPublishBody, startTidings, until } from './harness.mjs';
+import { client, collect, connected, next } from './sdk_helpers.mjs';
+
+const CONFIG = `listen = "127.0.0.1:0"
+cors_origins = ["*"]
+shutdown_spread = "1s"
+[auth]
+api_keys = ["node-test-api-key"]
+[channels]
+history_size = 1000
+history_ttl = "1h"
+anonymous = true
+[namespaces.small]
+history_size = 3
+history_ttl = "1h"
+anonymous = true
+`;
+
+let server;
+before(async () => {
+  server = await startTidings(CONFIG);
+});
+after(async () => {
+  await server?.stop();
+});
+
+let seq = 0;
+const fresh = (ns = '') => `${ns ? `${ns}:` : ''}d${process.pid}x${++seq}`;
+
+/** A small seeded PRNG, so a failing sequence can be replayed from its seed. */
+function rng(seed) {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** A random JSON value (non-ASCII strings included). */
+function value(r, depth = 0) {
+  const k = Math.floor(r() * (depth > 2 ? 4 : 6));
+  const text = () => Array.from({ length: Math.floor(r() * 8) }, () => 'aé€😀"\\x\n'[Math.floor(r() * 8)]).join('');
+  switch (k) {
+    case 0: return null;
+    case 1: return Math.floor(r() * 2000) - 1000;
+    case 2: return r() < 0.5;
+    case 3: return text();
+    case 4: return Array.from({ length: Math.floor(r() * 5) }, () => value(r, depth + 1));
+    default: return Object.fromEntries(Array.from({ length: Math.floor(r() * 5) }, (_, i) => [`k${i}${text()}`, value(r, depth + 1)]));
+  }
+}
+
+/** Payloads like an order book that changes 1 % at a time, mixed with unrelated values. */
+function payloads(seed, n) {
+  const r = rng(seed);
+  const book = { bids: Array.from({ length: 40 }, (_, i) => [100 - i, i * 3]), asks: Array.from({ length: 40 }, (_, i) => [101 + i, i * 2]) };
+  const out = [];
+  for (let i = 0; i < n; i++) {
+    if (r() < 0.8) {
+      const side = r() < 0.5 ? book.bids : book.asks;
+      side[Math.floor(r() * side.length)][1] = Math.floor(r() * 100);
+      out.push(structuredClone(book));
+    } else {
+      out.push(value(r));
+    }
+  }
+  return out;
+}
+
+/** fetch that counts `"delta":true` pushes in SSE and poll bodies. */
+function countingFetch(seen) {
+  return async (url, init) => {
+    const res = await fetch(url, init);
+    if (!/\/v1\/(sse|poll)/.test(String(url)) || !res.body) return res;
+    const [mine, theirs] = res.body.tee();
+    (async () => {
+      const reader = mine.getReader();
+      const dec = new TextDecoder();
+      let buf = '';
+      for (;;) {
+        const { value: chunk, done } = await reader.read().catch(() => ({ done: true }));
+        if (done) break;
+        buf += dec.decode(chunk, { stream: true });
+        const parts = buf.split('\n');
+        buf = parts.pop();
+        for (const line of parts) if (line.includes('"delta":true')) seen.deltas += 1;
+      }
+    })();
+    return new Response(theirs, { status: res.status, statusText: res.statusText, headers: res.headers });
+  };
+}
+
+/** The `ws` WebSocket, counting delta pushes and optionally dropping the `dropNth` one. */
+function countingWebSocket(seen, dropNth = 0) {
+  return class Counting extends WebSocket {
+    send(data) {
+      const m = JSON.parse(data);
+      if (m.op === 'subscribe') seen.subscribes.push(m);
+      if (m.op === 'connect') seen.subscribes.push(...(m.subscribe ?? []));
+      super.send(data);
+    }
+
+    set onmessage(fn) {
+      super.onmessage = fn && ((ev) => {
+        if (typeof ev.data !== 'string') return fn(ev);
+        const lines = ev.data.split('\n').filter((line) => {
+          if (!line.includes('"delta":true')) return true;
+          seen.deltas += 1;
+          return seen.deltas !== dropNth; // a frame lost in between: a gap
+        });
+        if (lines.length) fn({ data: lines.join('\n') });
+      });
+    }
+
+    get onmessage() {
+      return super.onmessage;
+    }
+  };
+}
+
+describe('Fossil deltas through the SDK', () => {
+  for (const transport of ['websocket', 'sse', 'poll']) {
+    test(`applying the server's deltas reproduces every payload (${transport})`, { timeout: 60_000 }, async (t) => {
+      for (const seed of [1, 2, 3]) {
+        const ch = fresh();
+        const sent = payloads(seed * 7919, 30);
+        const seen = { deltas: 0, subscribes: [] };
+        const c = client(t, server.addr, {
+          transports: [transport], WebSocket: countingWebSocket(seen), fetch: countingFetch(seen),
+        });
+        const sub = c.subscribe(ch, { delta: 'fossil' });
+        const got = collect(sub);
+        const subscribed = next(sub, 'subscribed');
+        c.connect();
+        await subscribed;
+        for (const data of sent) await apiPublishBody(server.addr, { channel: ch, data });
+        await until(() => got.pubs.length >= sent.length, 20_000, `${sent.length} publications (seed ${seed})`);
+        assert.deepEqual(got.pubs, sent, `seed ${seed}`);
+        assert.deepEqual(got.offsets, sent.map((_, i) => i + 1));
+        // A long-poll holds its subscriptions only while a poll is open: each
+        // poll starts in full, deltas come only within one answer.
+        if (transport !== 'poll') assert.ok(seen.deltas > 0, `no delta reached the ${transport} client (seed ${seed})`);
+        assert.equal(got.resets.length, 0);
+        c.disconnect();
+      }
+    });
+  }
+
+  test("the SDK's decoder refuses what does not apply, never throws", () => {
+    assert.equal(applyDelta('abc', 'garbage'), null);
+    assert.equal(applyDelta('abc', '3\n3@0,'), null); // no checksum
+    assert.equal(applyDelta('abc', '9\n9@0,0;'), null); // copies past the source
+    assert.equal(applyDelta('', ''), null);
+  });
+
+  test('a lost delta is a gap: the SDK subscribes again, with snapshot, and nothing is lost or repeated', { timeout: 30_000 }, async (t) => {
+    const ch = fresh();
+    const seen = { deltas: 0, subscribes: [] };
+    const c = client(t, server.addr, { transports: ['websocket'], WebSocket: countingWebSocket(seen, 3) });
+    const sub = c.subscribe(ch, { delta: 'fossil', snapshot: true });
+    const got = collect(sub);
+    const subscribed = next(sub, 'subscribed');
+    c.connect();
+    await subscribed;
+    const sent = payloads(42, 12).map((p, i) => ({ i, p }));
+    for (const data of sent) await apiPublishBody(server.addr, { channel: ch, data });
+    await until(() => got.pubs.length >= sent.length, 20_000, 'every publication');
+    assert.deepEqual(got.pubs, sent);
+    assert.deepEqual(got.offsets, sent.map((_, i) => i + 1));
+    assert.ok(seen.subscribes.length >= 2, 'subscribed again after the gap');
+    const again = seen.subscribes.at(-1);
+    assert.equal(again.snapshot, true);
+    assert.equal(again.delta, 'fossil');
+    assert.ok(again.since, 'from its position');
+  });
+});
+
+describe('Snapshots through the SDK', () => {
+  for (const transport of ['websocket', 'sse']) {
+    test(`a position lost beyond history gets the snapshot and what follows, once, in order (${transport})`, { timeout: 30_000 }, async (t) => {
+      const ch = fresh('small');
+      const c = client(t, server.addr, { transports: [transport] });
+      const sub = c.subscribe(ch, { delta: 'fossil' });
+      const got = collect(sub);
+      const snapshots = [];
+      sub.on('snapshot', (p) => snapshots.push([p.offset, p.data]));
+      const subscribed = next(sub, 'subscribed');
+      c.connect();
+      await subscribed;
+      await apiPublishBody(server.addr, { channel: ch, data: { votes: { a: 0, b: 0 } }, snapshot: true });
+      await apiPublishBody(server.addr, { channel: ch, data: { vote: 'a' } });
+      await until(() => got.pubs.length === 1, 10_000, 'the first vote');
+      // Offline while history (3) loses what it missed.
+      c.disconnect();
+      await apiPublishBody(server.addr, { channel: ch, data: { vote: 'b' } });
+      await apiPublishBody(server.addr, { channel: ch, data: { vote: 'b' } });
+      await apiPublishBody(server.addr, { channel: ch, data: { votes: { a: 1, b: 2 } }, snapshot: true });
+      await apiPublishBody(server.addr, { channel: ch, data: { vote: 'a' } });
+      await apiPublishBody(server.addr, { channel: ch, data: { vote: 'a' } });
+      await apiPublishBody(server.addr, { channel: ch, data: { vote: 'b' } });
+      c.connect();
+      await connected(c, transport);
+      await until(() => got.pubs.length === 4, 10_000, 'the votes after the new snapshot');
+      assert.deepEqual(snapshots, [[1, { votes: { a: 0, b: 0 } }], [5, { votes: { a: 1, b: 2 } }]]);
+      assert.deepEqual(got.offsets, [2, 6, 7, 8]);
+      assert.deepEqual(got.pubs.slice(1), [{ vote: 'a' }, { vote: 'a' }, { vote: 'b' }]);
+      assert.equal(got.resets.length, 0, 'a snapshot, not a reset');
+      // And live ones continue.
+      await apiPublishBody(server.addr, { channel: ch, data: { vote: 'a' } });
+      await until(() => got.offsets.at(-1) === 9, 10_000, 'a live vote');
+    });
+  }
+});
