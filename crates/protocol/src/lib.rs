@@ -10,6 +10,7 @@ pub mod codes;
 pub mod command;
 pub mod depth;
 pub mod message;
+pub mod msgpack;
 pub mod position;
 pub mod reply;
 
@@ -28,3 +29,6 @@ pub use message::{
 
 /// The WebSocket subprotocol name of this codec.
 pub const SUBPROTOCOL_JSON: &str = "tidings.v1.json";
+
+/// The WebSocket subprotocol carrying the same messages in MessagePack.
+pub const SUBPROTOCOL_MSGPACK: &str = "tidings.v1.msgpack";

@@ -124,6 +124,7 @@ impl ChannelDelivery {
             translated: Default::default(),
             published_ms: p.time,
             delta,
+            msgpack: Default::default(),
         };
         Entry::publication(bytes, self.lane_for(p), Arc::new(meta))
     }

@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tidings_protocol::{PubStyle, Publication, encode_pub_as};
 
-use crate::outbox::Entry;
+use crate::outbox::{Entry, Form};
 
 /// `data` as a JSON string holding its text: what a delta subscription
 /// gets instead of the value, so that it has the exact bytes deltas apply to.
@@ -53,8 +53,10 @@ pub fn marked_full(
     p: &Publication,
     style: PubStyle,
 ) -> Entry {
+    // Its meta was made for this entry alone: `Main` caches stay its own.
     Entry {
         bytes: encode_pub_as(channel, epoch, p, style, &p.data, Some(false)),
+        form: Form::Main,
         ..entry
     }
 }
@@ -70,6 +72,8 @@ pub struct DeltaForms {
     base: Option<Arc<Publication>>,
     full: OnceLock<Bytes>,
     delta: OnceLock<Option<Bytes>>,
+    full_msgpack: OnceLock<Option<Bytes>>,
+    delta_msgpack: OnceLock<Option<Bytes>>,
 }
 
 impl PartialEq for DeltaForms {
@@ -99,6 +103,17 @@ impl DeltaForms {
             publication,
             full: OnceLock::new(),
             delta: OnceLock::new(),
+            full_msgpack: OnceLock::new(),
+            delta_msgpack: OnceLock::new(),
+        }
+    }
+
+    /// Where the MessagePack encoding of the delta (or full) form is kept.
+    pub fn msgpack(&self, delta: bool) -> &OnceLock<Option<Bytes>> {
+        if delta {
+            &self.delta_msgpack
+        } else {
+            &self.full_msgpack
         }
     }
 
@@ -150,12 +165,13 @@ pub fn form_for(entry: &Entry, last: Option<u64>) -> Entry {
         return entry.clone();
     };
     let follows = matches!((last, forms.publication.offset), (Some(l), Some(o)) if l + 1 == o);
-    let bytes = follows
-        .then(|| forms.delta())
-        .flatten()
-        .unwrap_or_else(|| forms.full());
+    let (bytes, form) = match follows.then(|| forms.delta()).flatten() {
+        Some(delta) => (delta, Form::Delta),
+        None => (forms.full(), Form::Full),
+    };
     Entry {
         bytes,
+        form,
         ..entry.clone()
     }
 }

@@ -117,6 +117,28 @@ pub struct PubMeta {
     pub translated: std::sync::OnceLock<Option<Translated>>,
     /// Its forms for delta subscriptions, when its channel has some here.
     pub delta: Option<crate::delta::DeltaForms>,
+    /// `bytes` in MessagePack, made by the first such connection that
+    /// needs it (None: it could not be transcoded).
+    pub msgpack: std::sync::OnceLock<Option<Bytes>>,
+}
+
+/// Which encoding of a publication an entry carries.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Form {
+    /// What every subscriber gets (or not a publication).
+    #[default]
+    Main,
+    /// A delta subscription's full form (the payload's text).
+    Full,
+    /// A delta subscription's delta.
+    Delta,
+}
+
+/// `json` transcoded to MessagePack; None (logged) when it cannot be.
+pub fn to_msgpack(json: &[u8]) -> Option<Bytes> {
+    tidings_protocol::msgpack::from_json(json)
+        .inspect_err(|e| tracing::warn!(error = %e, "a message could not be sent as MessagePack"))
+        .ok()
 }
 
 /// A publication encoded for another protocol.
@@ -140,6 +162,8 @@ pub struct Entry {
     pub channel: Option<Arc<str>>,
     /// For publications: what they are.
     pub publication: Option<Arc<PubMeta>>,
+    /// Which of the publication's encodings `bytes` is.
+    pub form: Form,
 }
 
 impl Entry {
@@ -150,6 +174,7 @@ impl Entry {
             lane: Lane::Control,
             channel: None,
             publication: None,
+            form: Form::Main,
         }
     }
 
@@ -160,6 +185,7 @@ impl Entry {
             lane,
             channel: Some(meta.channel.clone()),
             publication: Some(meta),
+            form: Form::Main,
         }
     }
 
@@ -170,7 +196,21 @@ impl Entry {
             lane,
             channel: Some(channel),
             publication: None,
+            form: Form::Main,
         }
+    }
+
+    /// The message in MessagePack: a publication's made once and shared.
+    pub fn msgpack(&self) -> Option<Bytes> {
+        let Some(meta) = self.publication.as_deref() else {
+            return to_msgpack(&self.bytes);
+        };
+        let cache = match (self.form, &meta.delta) {
+            (Form::Full, Some(forms)) => forms.msgpack(false),
+            (Form::Delta, Some(forms)) => forms.msgpack(true),
+            _ => &meta.msgpack,
+        };
+        cache.get_or_init(|| to_msgpack(&self.bytes)).clone()
     }
 
     /// How long it may wait to be written with others (0: at once).

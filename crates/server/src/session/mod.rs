@@ -275,7 +275,21 @@ impl Session {
 
     /// Handles one frame of `\n`-separated commands.
     pub async fn handle_frame(&mut self, frame: &[u8]) {
-        for command in decode_commands(frame) {
+        self.handle_commands(decode_commands(frame)).await
+    }
+
+    /// Handles one binary frame of `tidings.v1.msgpack` commands.
+    pub async fn handle_msgpack_frame(&mut self, frame: &[u8]) {
+        let commands = tidings_protocol::msgpack::decode_commands(frame);
+        self.handle_commands(commands.into_iter()).await
+    }
+
+    /// Handles decoded commands in order, within the command rate.
+    async fn handle_commands(
+        &mut self,
+        commands: impl Iterator<Item = Result<Command, tidings_protocol::DecodeError>>,
+    ) {
+        for command in commands {
             if self.outbox.is_closed() {
                 return;
             }

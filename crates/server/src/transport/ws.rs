@@ -8,10 +8,12 @@ use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
-use tidings_protocol::{Disconnect, DisconnectCode, Push, SUBPROTOCOL_JSON, encode_push};
+use tidings_protocol::{
+    Disconnect, DisconnectCode, Push, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, encode_push,
+};
 use tokio::time::{Instant, sleep_until};
 use tokio_websockets::{CloseCode, Config, Limits, Message, ServerBuilder};
 
@@ -27,22 +29,43 @@ const WRITE_FRAME_SIZE: usize = 64 * 1024;
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
+/// How a connection's messages are written on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wire {
+    /// `tidings.v1.json` (or no subprotocol): JSON text frames.
+    Json,
+    /// `tidings.v1.msgpack`: MessagePack binary frames.
+    MsgPack,
+}
+
 /// `GET /v1/ws`: validates the upgrade and hands the socket to a connection task.
 pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Response {
-    // Only our JSON subprotocol exists; a client that offers others only is refused.
+    // The client's first subprotocol that we speak; offering only others is refused.
     let offered = req
         .headers()
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok());
-    let protocol = match offered {
-        None => None,
-        Some(list) if list.split(',').any(|p| p.trim() == SUBPROTOCOL_JSON) => {
-            Some(SUBPROTOCOL_JSON)
-        }
-        Some(_) => {
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .find(|p| *p == SUBPROTOCOL_JSON || *p == SUBPROTOCOL_MSGPACK)
+        .map(|p| {
+            if p == SUBPROTOCOL_JSON {
+                (SUBPROTOCOL_JSON, Wire::Json)
+            } else {
+                (SUBPROTOCOL_MSGPACK, Wire::MsgPack)
+            }
+        });
+    let any_offered = req.headers().contains_key(header::SEC_WEBSOCKET_PROTOCOL);
+    let (protocol, wire) = match offered {
+        Some((p, wire)) => (Some(p), wire),
+        None if !any_offered => (None, Wire::Json),
+        None => {
             return (
                 StatusCode::BAD_REQUEST,
-                format!("unsupported subprotocol; this server speaks {SUBPROTOCOL_JSON}"),
+                format!(
+                    "unsupported subprotocol; this server speaks {SUBPROTOCOL_JSON} and {SUBPROTOCOL_MSGPACK}"
+                ),
             )
                 .into_response();
         }
@@ -54,7 +77,7 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
     let peer = super::http::peer(&node, "websocket", ip, req.headers());
     let task_node = node.clone();
     accept(&node, &mut req, protocol, move |io| {
-        run(task_node, io, peer)
+        run(task_node, io, peer, wire)
     })
 }
 
@@ -132,7 +155,7 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 
 /// Runs one connection: a reader loop (commands, pings, expiry, control)
 /// and a writer task that drains the outbox.
-async fn run<S>(node: Arc<Node>, io: S, peer: crate::hooks::Peer)
+async fn run<S>(node: Arc<Node>, io: S, peer: crate::hooks::Peer, wire: Wire)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -146,7 +169,7 @@ where
     let (mut session, control) = Session::new(node.clone(), outbox.clone());
     session.set_peer(peer);
     node.metrics.connections.inc();
-    let mut writer = tokio::spawn(write_loop(node.clone(), outbox.clone(), sink));
+    let mut writer = tokio::spawn(write_loop(node.clone(), outbox.clone(), sink, wire));
 
     let mut beat = Heartbeat::new(&node);
 
@@ -157,7 +180,10 @@ where
         tokio::select! {
             msg = stream.next() => match msg {
                 Some(Ok(msg)) => {
-                    if msg.is_text() || msg.is_binary() {
+                    if msg.is_binary() && wire == Wire::MsgPack {
+                        beat.heard();
+                        Box::pin(session.handle_msgpack_frame(msg.as_payload())).await;
+                    } else if msg.is_text() || msg.is_binary() {
                         beat.heard();
                         // Boxed: the command futures are large and only live while one runs,
                         // so idle connections do not carry their space.
@@ -225,21 +251,31 @@ fn read_failure(e: &tokio_websockets::Error) -> Disconnect {
 }
 
 /// Drains the outbox into frames: each batch becomes as few frames as it
-/// can (messages joined by `\n`), flushed together.
+/// can (JSON messages joined by `\n`; MessagePack values back to back),
+/// flushed together.
 async fn write_loop<S>(
     node: Arc<Node>,
     outbox: Arc<Outbox>,
     mut sink: futures_util::stream::SplitSink<tokio_websockets::WebSocketStream<S>, Message>,
+    wire: Wire,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut batch: Vec<Entry> = Vec::new();
     let latency = node.metrics.writes("websocket");
+    let (separator, frame_of): (&[u8], fn(Bytes) -> Message) = match wire {
+        Wire::Json => (b"\n", Message::text),
+        Wire::MsgPack => (b"", Message::binary),
+    };
+    let encode = |e: Entry| match wire {
+        Wire::Json => Some(e.bytes),
+        Wire::MsgPack => e.msgpack(),
+    };
     loop {
         let close = outbox.next_batch(&mut batch).await;
         latency.observe(&batch);
         let mut written = 0u64;
-        let mut frames = batch.drain(..).map(|e| e.bytes).peekable();
+        let mut frames = batch.drain(..).filter_map(encode).peekable();
         let mut failed = false;
         while let Some(first) = frames.next() {
             let frame = if frames.peek().is_none() || first.len() >= MAX_BATCH_FRAME {
@@ -248,13 +284,13 @@ async fn write_loop<S>(
                 let mut buf = BytesMut::with_capacity(MAX_BATCH_FRAME.min(first.len() * 8));
                 buf.extend_from_slice(&first);
                 while let Some(next) = frames.next_if(|n| buf.len() + n.len() < MAX_BATCH_FRAME) {
-                    buf.extend_from_slice(b"\n");
+                    buf.extend_from_slice(separator);
                     buf.extend_from_slice(&next);
                 }
                 buf.freeze()
             };
             written += frame.len() as u64;
-            if sink.feed(Message::text(frame)).await.is_err() {
+            if sink.feed(frame_of(frame)).await.is_err() {
                 failed = true;
                 break;
             }
@@ -271,10 +307,11 @@ async fn write_loop<S>(
             }
             let d = close.disconnect;
             // Codes below 3000 answer the client's own close: no push.
-            if d.code >= 3000 {
-                let _ = sink
-                    .feed(Message::text(encode_push(&Push::Disconnect(d.clone()))))
-                    .await;
+            if d.code >= 3000
+                && let Some(push) =
+                    encode(Entry::control(encode_push(&Push::Disconnect(d.clone()))))
+            {
+                let _ = sink.feed(frame_of(push)).await;
             }
             let code = CloseCode::try_from(d.code).unwrap_or(CloseCode::POLICY_VIOLATION);
             let _ = sink

@@ -126,6 +126,8 @@ pub struct Raw {
     pub ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
     pending: std::collections::VecDeque<Value>,
     next_id: u32,
+    /// Speaks `tidings.v1.msgpack`: sends and reads MessagePack frames.
+    pub msgpack: bool,
 }
 
 impl Raw {
@@ -140,6 +142,7 @@ impl Raw {
             ws,
             pending: Default::default(),
             next_id: 0,
+            msgpack: false,
         }
     }
 
@@ -149,7 +152,43 @@ impl Raw {
             ws,
             pending: Default::default(),
             next_id: 0,
+            msgpack: false,
         }
+    }
+
+    /// Opens a `tidings.v1.msgpack` connection.
+    pub async fn open_msgpack(server: &Server) -> Raw {
+        let uri = ws_url(server).parse().unwrap();
+        let (ws, res) = ClientBuilder::from_uri(uri)
+            .add_header(
+                http::header::SEC_WEBSOCKET_PROTOCOL,
+                http::HeaderValue::from_static("tidings.v1.msgpack"),
+            )
+            .unwrap()
+            .limits(tokio_websockets::Limits::unlimited())
+            .connect()
+            .await
+            .expect("websocket connects");
+        assert_eq!(
+            res.headers()[http::header::SEC_WEBSOCKET_PROTOCOL],
+            "tidings.v1.msgpack"
+        );
+        Raw {
+            msgpack: true,
+            ..Raw::from_stream(ws)
+        }
+    }
+
+    /// Opens a `tidings.v1.msgpack` connection and connects.
+    pub async fn connect_msgpack(server: &Server, user: Option<&str>) -> Raw {
+        let mut raw = Raw::open_msgpack(server).await;
+        let mut cmd = json!({"op": "connect"});
+        if let Some(u) = user {
+            cmd["token"] = json!(token(u));
+        }
+        let reply = raw.call(cmd).await;
+        assert!(reply.get("ok").is_some(), "connect failed: {reply}");
+        raw
     }
 
     /// Opens and connects (anonymous when `user` is None).
@@ -165,10 +204,14 @@ impl Raw {
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
-        self.ws
-            .send(Message::text(text.into()))
-            .await
-            .expect("send");
+        let text = text.into();
+        let msg = if self.msgpack {
+            let mp = tidings_protocol::msgpack::from_json(text.as_bytes()).expect("JSON");
+            Message::binary(mp)
+        } else {
+            Message::text(text)
+        };
+        self.ws.send(msg).await.expect("send");
     }
 
     /// Sends a command, giving it the next id; returns the id.
@@ -227,6 +270,17 @@ impl Raw {
                     for line in text.split('\n').filter(|l| !l.is_empty()) {
                         let v: Value = serde_json::from_str(line).expect("server sends JSON");
                         self.pending.push_back(v);
+                    }
+                    if let Some(m) = self.pending.pop_front() {
+                        return Ok(Some(m));
+                    }
+                }
+                Some(Ok(m)) if m.is_binary() && self.msgpack => {
+                    let msgs = tidings_protocol::msgpack::to_json_messages(m.as_payload())
+                        .expect("server sends MessagePack");
+                    for json in msgs {
+                        self.pending
+                            .push_back(serde_json::from_slice(&json).unwrap());
                     }
                     if let Some(m) = self.pending.pop_front() {
                         return Ok(Some(m));
@@ -414,6 +468,7 @@ impl Raw {
             ws,
             pending: Default::default(),
             next_id: 0,
+            msgpack: false,
         }
     }
 }
