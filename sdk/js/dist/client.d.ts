@@ -24,6 +24,12 @@ export interface ClientOptions {
     transports?: TransportName[];
     /** WebSocket implementation. Default: the global one (in Node 20, pass the `ws` package's). */
     WebSocket?: WebSocketCtor;
+    /**
+     * The WebSocket encoding: `json` (default) or `msgpack` (the
+     * `tidings.v1.msgpack` subprotocol: binary frames, fewer bytes). SSE and
+     * long-poll are JSON either way.
+     */
+    encoding?: 'json' | 'msgpack';
     /** fetch implementation. Default: the global one. */
     fetch?: FetchFn;
     /** Smallest reconnect backoff window, ms (default 500). */
@@ -181,6 +187,7 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
     private readonly subRetries;
     private readonly minReconnectDelay;
     private readonly maxReconnectDelay;
+    private readonly encoding;
     private readonly random;
     private readonly onOnline;
     private readonly onOffline;

@@ -67,6 +67,7 @@ export class TidingsClient extends Emitter {
         const loc = globalThis.location;
         this.url = opts.url ?? (loc ? loc.origin : 'http://127.0.0.1:8000');
         this.transports = opts.transports?.length ? [...opts.transports] : ['websocket', 'sse', 'poll'];
+        this.encoding = opts.encoding === 'msgpack' ? 'msgpack' : 'json';
         this.WebSocketImpl = opts.WebSocket ?? globalThis.WebSocket;
         if (!this.WebSocketImpl)
             this.transports = this.transports.filter((t) => t !== 'websocket');
@@ -325,6 +326,7 @@ export class TidingsClient extends Emitter {
                 connectTimeout: this.connectTimeout,
                 commandTimeout: this.commandTimeout,
                 version: VERSION,
+                encoding: this.encoding,
             }, h);
         }
         const opts = {

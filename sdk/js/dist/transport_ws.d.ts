@@ -1,4 +1,4 @@
-/** The WebSocket transport: `GET /v1/ws`, subprotocol `tidings.v1.json`. */
+/** The WebSocket transport: `GET /v1/ws`, subprotocol `tidings.v1.json` or `tidings.v1.msgpack`. */
 import { type Obj } from './codec.js';
 import type { Session, SessionHandlers, SubscribeRequest, WebSocketCtor } from './transport.js';
 /** Options of a WebSocket session. */
@@ -13,6 +13,8 @@ export interface WsSessionOptions {
     commandTimeout: number;
     /** The SDK's version, sent in `connect`. */
     version: string;
+    /** `msgpack`: speak `tidings.v1.msgpack` (binary frames). Default `json`. */
+    encoding?: 'json' | 'msgpack';
 }
 /** Turns `http(s)://host` into `ws(s)://host/v1/ws`. */
 export declare function wsUrl(base: string): string;
@@ -40,6 +42,7 @@ export declare class WsSession implements Session {
     refresh(token: string): Promise<void>;
     close(): void;
     private id;
+    private get msgpack();
     private sendRaw;
     /** (Re)starts the silence watchdog: a server that says nothing is gone. */
     private arm;

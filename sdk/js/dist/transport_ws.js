@@ -1,5 +1,6 @@
-/** The WebSocket transport: `GET /v1/ws`, subprotocol `tidings.v1.json`. */
+/** The WebSocket transport: `GET /v1/ws`, subprotocol `tidings.v1.json` or `tidings.v1.msgpack`. */
 import { decodeFrame, isObj, str, uint } from './codec.js';
+import { decodeMulti, encode } from './msgpack.js';
 import { ErrorCode, TidingsError, isTerminalCloseCode } from './errors.js';
 /** Turns `http(s)://host` into `ws(s)://host/v1/ws`. */
 export function wsUrl(base) {
@@ -33,7 +34,8 @@ export class WsSession {
     start(token, subs) {
         let ws;
         try {
-            ws = new this.opts.WebSocket(wsUrl(this.opts.url), 'tidings.v1.json');
+            ws = new this.opts.WebSocket(wsUrl(this.opts.url), this.msgpack ? 'tidings.v1.msgpack' : 'tidings.v1.json');
+            ws.binaryType = 'arraybuffer';
         }
         catch (e) {
             // A bad URL or a blocked scheme: this transport cannot open here.
@@ -52,10 +54,11 @@ export class WsSession {
         };
         ws.onmessage = (ev) => {
             if (typeof ev.data === 'string')
-                this.onFrame(ev.data);
+                this.onFrame(decodeFrame(ev.data));
+            else if (ev.data instanceof ArrayBuffer && this.msgpack)
+                this.onFrame(decodeMulti(new Uint8Array(ev.data)).filter(isObj));
             else if (ev.data instanceof ArrayBuffer)
-                this.onFrame(new TextDecoder().decode(ev.data));
-            // Blobs are not expected: the server sends text frames only.
+                this.onFrame(decodeFrame(new TextDecoder().decode(ev.data)));
         };
         ws.onerror = () => {
             // The close event that always follows carries what we need.
@@ -120,9 +123,12 @@ export class WsSession {
         this.nextId = this.nextId >= 0xffffffff ? 1 : this.nextId + 1;
         return this.nextId;
     }
+    get msgpack() {
+        return this.opts.encoding === 'msgpack';
+    }
     sendRaw(msg) {
         try {
-            this.ws?.send(JSON.stringify(msg));
+            this.ws?.send(this.msgpack ? encode(msg) : JSON.stringify(msg));
         }
         catch {
             // The socket is closing; its close event ends the session.
@@ -148,12 +154,12 @@ export class WsSession {
             });
         }, ms);
     }
-    onFrame(text) {
+    onFrame(messages) {
         if (this.done)
             return;
         if (this.opened)
             this.arm(this.silenceMs);
-        for (const msg of decodeFrame(text)) {
+        for (const msg of messages) {
             if (this.done)
                 return;
             if (typeof msg.push === 'string')

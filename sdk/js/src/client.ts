@@ -46,6 +46,12 @@ export interface ClientOptions {
   transports?: TransportName[];
   /** WebSocket implementation. Default: the global one (in Node 20, pass the `ws` package's). */
   WebSocket?: WebSocketCtor;
+  /**
+   * The WebSocket encoding: `json` (default) or `msgpack` (the
+   * `tidings.v1.msgpack` subprotocol: binary frames, fewer bytes). SSE and
+   * long-poll are JSON either way.
+   */
+  encoding?: 'json' | 'msgpack';
   /** fetch implementation. Default: the global one. */
   fetch?: FetchFn;
   /** Smallest reconnect backoff window, ms (default 500). */
@@ -207,6 +213,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   private readonly subRetries = new Map<string, { backoff: Backoff; timer: ReturnType<typeof setTimeout> | null }>();
   private readonly minReconnectDelay: number;
   private readonly maxReconnectDelay: number;
+  private readonly encoding: 'json' | 'msgpack';
   private readonly random: (() => number) | undefined;
   private readonly onOnline = () => this.wake();
   private readonly onOffline = () => this.goneOffline();
@@ -222,6 +229,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     const loc = (globalThis as { location?: Location }).location;
     this.url = opts.url ?? (loc ? loc.origin : 'http://127.0.0.1:8000');
     this.transports = opts.transports?.length ? [...opts.transports] : ['websocket', 'sse', 'poll'];
+    this.encoding = opts.encoding === 'msgpack' ? 'msgpack' : 'json';
     this.WebSocketImpl = opts.WebSocket ?? (globalThis as { WebSocket?: WebSocketCtor }).WebSocket;
     if (!this.WebSocketImpl) this.transports = this.transports.filter((t) => t !== 'websocket');
     if (this.transports.length === 0) this.transports = ['sse', 'poll'];
@@ -470,6 +478,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
         connectTimeout: this.connectTimeout,
         commandTimeout: this.commandTimeout,
         version: VERSION,
+        encoding: this.encoding,
       }, h);
     }
     const opts = {

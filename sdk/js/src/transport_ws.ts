@@ -1,5 +1,6 @@
-/** The WebSocket transport: `GET /v1/ws`, subprotocol `tidings.v1.json`. */
+/** The WebSocket transport: `GET /v1/ws`, subprotocol `tidings.v1.json` or `tidings.v1.msgpack`. */
 import { decodeFrame, isObj, str, uint, type Obj } from './codec.js';
+import { decodeMulti, encode } from './msgpack.js';
 import { ErrorCode, TidingsError, isTerminalCloseCode } from './errors.js';
 import type { CloseInfo, Session, SessionHandlers, SubscribeRequest, WebSocketCtor } from './transport.js';
 
@@ -15,6 +16,8 @@ export interface WsSessionOptions {
   commandTimeout: number;
   /** The SDK's version, sent in `connect`. */
   version: string;
+  /** `msgpack`: speak `tidings.v1.msgpack` (binary frames). Default `json`. */
+  encoding?: 'json' | 'msgpack';
 }
 
 interface Pending {
@@ -54,7 +57,8 @@ export class WsSession implements Session {
   start(token: string | null, subs: SubscribeRequest[]): void {
     let ws: WebSocket;
     try {
-      ws = new this.opts.WebSocket(wsUrl(this.opts.url), 'tidings.v1.json');
+      ws = new this.opts.WebSocket(wsUrl(this.opts.url), this.msgpack ? 'tidings.v1.msgpack' : 'tidings.v1.json');
+      ws.binaryType = 'arraybuffer';
     } catch (e) {
       // A bad URL or a blocked scheme: this transport cannot open here.
       queueMicrotask(() => this.finish({ opened: false, code: 0, reason: String(e), reconnect: true }));
@@ -69,9 +73,9 @@ export class WsSession implements Session {
       this.sendRaw(connect);
     };
     ws.onmessage = (ev: MessageEvent) => {
-      if (typeof ev.data === 'string') this.onFrame(ev.data);
-      else if (ev.data instanceof ArrayBuffer) this.onFrame(new TextDecoder().decode(ev.data));
-      // Blobs are not expected: the server sends text frames only.
+      if (typeof ev.data === 'string') this.onFrame(decodeFrame(ev.data));
+      else if (ev.data instanceof ArrayBuffer && this.msgpack) this.onFrame(decodeMulti(new Uint8Array(ev.data)).filter(isObj));
+      else if (ev.data instanceof ArrayBuffer) this.onFrame(decodeFrame(new TextDecoder().decode(ev.data)));
     };
     ws.onerror = () => {
       // The close event that always follows carries what we need.
@@ -138,9 +142,13 @@ export class WsSession implements Session {
     return this.nextId;
   }
 
+  private get msgpack(): boolean {
+    return this.opts.encoding === 'msgpack';
+  }
+
   private sendRaw(msg: Obj): void {
     try {
-      this.ws?.send(JSON.stringify(msg));
+      this.ws?.send(this.msgpack ? encode(msg) : JSON.stringify(msg));
     } catch {
       // The socket is closing; its close event ends the session.
     }
@@ -165,10 +173,10 @@ export class WsSession implements Session {
     }, ms);
   }
 
-  private onFrame(text: string): void {
+  private onFrame(messages: Obj[]): void {
     if (this.done) return;
     if (this.opened) this.arm(this.silenceMs);
-    for (const msg of decodeFrame(text)) {
+    for (const msg of messages) {
       if (this.done) return;
       if (typeof msg.push === 'string') this.onPush(msg);
       else if (typeof msg.id === 'number') this.onReply(msg);

@@ -1,5 +1,5 @@
 // Fewer bytes on the wire, through the TypeScript SDK against a real
-// binary: Fossil deltas applied by the SDK's own decoder (against the
+// binary: MessagePack gives the same publications as JSON; Fossil deltas applied by the SDK's own decoder (against the
 // server's encoder) over WebSocket, SSE and long-poll reproduce every
 // payload; snapshots replace a lost position; a gap in deltas makes the
 // SDK subscribe again (with `snapshot`) and nothing is lost or repeated.
@@ -7,6 +7,7 @@ import assert from 'node:assert/strict';
 import { after, before, describe, test } from 'node:test';
 import WebSocket from 'ws';
 import { applyDelta } from '../../sdk/js/dist/delta.js';
+import { decodeMulti, encode } from '../../sdk/js/dist/msgpack.js';
 import { apiPublishBody, startTidings, until } from './harness.mjs';
 import { client, collect, connected, next } from './sdk_helpers.mjs';
 
@@ -51,7 +52,8 @@ function rng(seed) {
 /** A random JSON value (non-ASCII strings included). */
 function value(r, depth = 0) {
   const k = Math.floor(r() * (depth > 2 ? 4 : 6));
-  const text = () => Array.from({ length: Math.floor(r() * 8) }, () => 'aé€😀"\\x\n'[Math.floor(r() * 8)]).join('');
+  const chars = Array.from('aé€😀"\\x\n');
+  const text = () => Array.from({ length: Math.floor(r() * 8) }, () => chars[Math.floor(r() * chars.length)]).join('');
   switch (k) {
     case 0: return null;
     case 1: return Math.floor(r() * 2000) - 1000;
@@ -222,4 +224,58 @@ describe('Snapshots through the SDK', () => {
       await until(() => got.offsets.at(-1) === 9, 10_000, 'a live vote');
     });
   }
+});
+
+describe('MessagePack through the SDK', () => {
+  test('the codec round-trips JSON values and never throws on garbage', () => {
+    const r = rng(7);
+    for (let i = 0; i < 300; i++) {
+      const v = value(r);
+      assert.deepEqual(decodeMulti(encode(v)), [JSON.parse(JSON.stringify(v))]);
+    }
+    const two = new Uint8Array([...encode({ a: 1 }), ...encode([2, 'x'])]);
+    assert.deepEqual(decodeMulti(two), [{ a: 1 }, [2, 'x']]);
+    for (let i = 0; i < 300; i++) {
+      const junk = Uint8Array.from({ length: Math.floor(r() * 40) }, () => Math.floor(r() * 256));
+      decodeMulti(junk);
+    }
+    assert.deepEqual(decodeMulti(new Uint8Array([0x92, 0x01])), [], 'truncated: nothing');
+  });
+
+  test('JSON and MessagePack clients see the same (channel, offset, data); deltas apply over both', { timeout: 30_000 }, async (t) => {
+    const ch = fresh();
+    const frames = { binary: 0, text: 0 };
+    class Watching extends WebSocket {
+      set onmessage(fn) {
+        super.onmessage = fn && ((ev) => {
+          frames[typeof ev.data === 'string' ? 'text' : 'binary'] += 1;
+          fn(ev);
+        });
+      }
+
+      get onmessage() {
+        return super.onmessage;
+      }
+    }
+    const j = client(t, server.addr, { transports: ['websocket'] });
+    const m = client(t, server.addr, { transports: ['websocket'], encoding: 'msgpack', WebSocket: Watching });
+    const subJ = j.subscribe(ch);
+    const subM = m.subscribe(ch, { delta: 'fossil' });
+    const seen = { j: [], m: [] };
+    subJ.on('publication', (p) => seen.j.push([p.channel, p.offset, p.data]));
+    subM.on('publication', (p) => seen.m.push([p.channel, p.offset, p.data]));
+    const ready = Promise.all([next(subJ, 'subscribed'), next(subM, 'subscribed')]);
+    j.connect();
+    m.connect();
+    await ready;
+    const sent = payloads(99, 20);
+    for (const [i, data] of sent.entries()) {
+      if (i % 2) await m.publish(ch, data);
+      else await apiPublishBody(server.addr, { channel: ch, data });
+    }
+    await until(() => seen.j.length === sent.length && seen.m.length === sent.length, 10_000, 'every publication on both');
+    assert.deepEqual(seen.m, seen.j);
+    assert.deepEqual(seen.j.map(([, , d]) => d), sent);
+    assert.ok(frames.binary > 0 && frames.text === 0, `binary frames only: ${JSON.stringify(frames)}`);
+  });
 });
