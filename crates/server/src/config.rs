@@ -133,6 +133,9 @@ pub struct NamespaceOptions {
     /// Deepest nesting of arrays and objects accepted in `data` (0: no
     /// limit); deeper JSON breaks common client parsers.
     pub max_data_depth: usize,
+    /// Pushes at least this large are compressed for connections that
+    /// negotiated permessage-deflate (0: never).
+    pub compress_min_size: usize,
     /// Whether the channel tracks presence (who is subscribed).
     pub presence: bool,
     /// Whether history is kept on disk (survives restarts) or in memory only.
@@ -197,6 +200,7 @@ impl Default for NamespaceOptions {
             anonymous: false,
             max_message_size: 64 * 1024,
             max_data_depth: 64,
+            compress_min_size: 1024,
             presence: false,
             durable: true,
             subscribe: None,
@@ -313,6 +317,13 @@ pub struct ClientConfig {
     pub send_buffer: usize,
     /// Largest WebSocket frame accepted from a client.
     pub max_frame_size: usize,
+    /// Accept permessage-deflate (RFC 7692) from clients that offer it;
+    /// frames over the smallest namespace `compress_min_size` are compressed.
+    pub deflate: bool,
+    /// Keep deflate state between messages (a better ratio, but hundreds
+    /// of KiB per connection); off: no context takeover both ways, and
+    /// deflate state is shared between connections between messages.
+    pub deflate_context_takeover: bool,
     /// Subscriptions per connection.
     pub max_subscriptions: usize,
     /// Publications a recovery may return; beyond it, `recovered: false`.
@@ -368,6 +379,8 @@ impl Default for ClientConfig {
             outbox_bytes: 1024 * 1024,
             send_buffer: 0,
             max_frame_size: 1024 * 1024,
+            deflate: true,
+            deflate_context_takeover: false,
             max_subscriptions: 1024,
             recovery_max: 1000,
             recovery_max_bytes: 1024 * 1024,
@@ -703,6 +716,21 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// The size from which a connection that negotiated permessage-deflate
+    /// gets compressed frames: the smallest `compress_min_size` of any
+    /// namespace (frames batch several channels' pushes). None: deflate is
+    /// off, or no namespace compresses.
+    pub fn deflate_threshold(&self) -> Option<usize> {
+        if !self.client.deflate {
+            return None;
+        }
+        std::iter::once(&self.channels)
+            .chain(self.namespaces.values())
+            .map(|ns| ns.compress_min_size)
+            .filter(|n| *n > 0)
+            .min()
+    }
+
     /// Loads defaults < `file` < environment (`TIDINGS_*`) < `overrides`, then validates.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
         let mut fig = Figment::from(Serialized::defaults(Config::default()));

@@ -5,6 +5,7 @@ mod heartbeat;
 pub mod http;
 pub mod poll;
 pub mod pusher;
+pub mod socket;
 pub mod sse;
 pub mod ws;
 

@@ -47,7 +47,7 @@ pub async fn upgrade(
         .map(|c| c.0.ip());
     let peer = super::http::peer(&node, "pusher", ip, req.headers());
     let task_node = node.clone();
-    super::ws::accept(&node, &mut req, None, move |io| async move {
+    super::ws::accept(&node, &mut req, None, None, move |io| async move {
         let ws = ServerBuilder::new()
             .limits(Limits::default().max_payload_len(Some(task_node.config.client.max_frame_size)))
             .serve(io);

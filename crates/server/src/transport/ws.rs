@@ -15,17 +15,15 @@ use tidings_protocol::{
     Disconnect, DisconnectCode, Push, SUBPROTOCOL_JSON, SUBPROTOCOL_MSGPACK, encode_push,
 };
 use tokio::time::{Instant, sleep_until};
-use tokio_websockets::{CloseCode, Config, Limits, Message, ServerBuilder};
 
 use super::heartbeat::{Heartbeat, finish_writer};
+use super::socket::{self, Incoming, Outgoing};
 use crate::node::Node;
 use crate::outbox::{Entry, Outbox};
 use crate::session::Session;
 
 /// Largest frame the writer builds from a batch; more is sent as several frames.
 const MAX_BATCH_FRAME: usize = 64 * 1024;
-/// Frames are built in chunks of this size (tokio-websockets' default is 4 KiB).
-const WRITE_FRAME_SIZE: usize = 64 * 1024;
 
 const WS_GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
 
@@ -75,18 +73,40 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
         .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
         .map(|c| c.0.ip());
     let peer = super::http::peer(&node, "websocket", ip, req.headers());
+    let deflate = socket::negotiate(
+        req.headers()
+            .get_all(header::SEC_WEBSOCKET_EXTENSIONS)
+            .iter()
+            .filter_map(|v| v.to_str().ok()),
+        node.config.deflate_threshold(),
+        node.config.client.deflate_context_takeover,
+    );
+    let agreed = deflate.as_ref().map(|d| d.agreed.clone());
     let task_node = node.clone();
-    accept(&node, &mut req, protocol, move |io| {
-        run(task_node, io, peer, wire)
+    accept(&node, &mut req, protocol, agreed, move |io| async move {
+        let max = task_node.config.client.max_frame_size;
+        let halves = match &deflate {
+            None => socket::plain(io, max),
+            Some(terms) => match socket::deflate(io, max, terms) {
+                Ok(halves) => halves,
+                Err(e) => {
+                    tracing::warn!(error = %e, "permessage-deflate could not start");
+                    return;
+                }
+            },
+        };
+        run(task_node, halves, peer, wire).await
     })
 }
 
 /// Validates a WebSocket upgrade (origin, version, the new-connection
-/// rate), answers it with `protocol`, and runs `connection` on the socket.
+/// rate), answers it with `protocol` and the `extensions` agreed, and runs
+/// `connection` on the socket.
 pub(super) fn accept<F, Fut>(
     node: &Node,
     req: &mut Request,
     protocol: Option<&'static str>,
+    extensions: Option<String>,
     connection: F,
 ) -> Response
 where
@@ -142,6 +162,9 @@ where
     if let Some(p) = protocol {
         res = res.header(header::SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(p));
     }
+    if let Some(e) = extensions {
+        res = res.header(header::SEC_WEBSOCKET_EXTENSIONS, e);
+    }
     res.body(Body::empty())
         .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
 }
@@ -155,16 +178,8 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 
 /// Runs one connection: a reader loop (commands, pings, expiry, control)
 /// and a writer task that drains the outbox.
-async fn run<S>(node: Arc<Node>, io: S, peer: crate::hooks::Peer, wire: Wire)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let limits = Limits::default().max_payload_len(Some(node.config.client.max_frame_size));
-    let ws = ServerBuilder::new()
-        .limits(limits)
-        .config(Config::default().frame_size(WRITE_FRAME_SIZE))
-        .serve(io);
-    let (sink, mut stream) = ws.split();
+async fn run(node: Arc<Node>, halves: socket::Halves, peer: crate::hooks::Peer, wire: Wire) {
+    let (mut stream, sink) = halves;
     let outbox = Arc::new(Outbox::new(node.config.client.outbox_bytes));
     let (mut session, control) = Session::new(node.clone(), outbox.clone());
     session.set_peer(peer);
@@ -179,24 +194,25 @@ where
         let wake = beat.wake(expiry);
         tokio::select! {
             msg = stream.next() => match msg {
-                Some(Ok(msg)) => {
-                    if msg.is_binary() && wire == Wire::MsgPack {
-                        beat.heard();
-                        Box::pin(session.handle_msgpack_frame(msg.as_payload())).await;
-                    } else if msg.is_text() || msg.is_binary() {
-                        beat.heard();
-                        // Boxed: the command futures are large and only live while one runs,
-                        // so idle connections do not carry their space.
-                        Box::pin(session.handle_frame(msg.as_payload())).await;
-                    } else if msg.is_close() {
-                        // The client ends it: answer its close, no disconnect push.
-                        outbox.close(Disconnect { code: 1000, reason: String::new(), reconnect: false, delay_ms: None }, false);
-                        break;
+                Some(Ok(Incoming::Data { payload, binary })) => {
+                    beat.heard();
+                    // Boxed: the command futures are large and only live while one runs,
+                    // so idle connections do not carry their space.
+                    if binary && wire == Wire::MsgPack {
+                        Box::pin(session.handle_msgpack_frame(&payload)).await;
+                    } else {
+                        Box::pin(session.handle_frame(&payload)).await;
                     }
                 }
-                Some(Err(e)) => {
-                    tracing::debug!(client = session.client_id(), error = %e, "websocket read failed");
-                    outbox.close(read_failure(&e), true);
+                Some(Ok(Incoming::Close)) => {
+                    // The client ends it: answer its close, no disconnect push.
+                    outbox.close(Disconnect { code: 1000, reason: String::new(), reconnect: false, delay_ms: None }, false);
+                    break;
+                }
+                Some(Ok(Incoming::Skip)) => {}
+                Some(Err(disconnect)) => {
+                    tracing::debug!(client = session.client_id(), reason = %disconnect.reason, "websocket read failed");
+                    outbox.close(disconnect, true);
                     break;
                 }
                 None => break,
@@ -232,41 +248,22 @@ where
     node.metrics.connections.dec();
 }
 
-/// How a connection whose frames cannot be read is closed. A message over
-/// `max_frame_size` gets close 1009 without a push, whether it came as one
-/// frame or as fragments (tokio-websockets closes the first case itself).
-fn read_failure(e: &tokio_websockets::Error) -> Disconnect {
-    match e {
-        tokio_websockets::Error::PayloadTooLong { max_len, .. } => Disconnect {
-            code: CloseCode::MESSAGE_TOO_BIG.into(),
-            reason: format!("message larger than {max_len} bytes"),
-            reconnect: false,
-            delay_ms: None,
-        },
-        e => Disconnect {
-            reason: format!("bad frame: {e}"),
-            ..Disconnect::new(DisconnectCode::BAD_REQUEST, None)
-        },
-    }
-}
-
 /// Drains the outbox into frames: each batch becomes as few frames as it
 /// can (JSON messages joined by `\n`; MessagePack values back to back),
 /// flushed together.
-async fn write_loop<S>(
+async fn write_loop(
     node: Arc<Node>,
     outbox: Arc<Outbox>,
-    mut sink: futures_util::stream::SplitSink<tokio_websockets::WebSocketStream<S>, Message>,
+    mut sink: std::pin::Pin<Box<dyn futures_util::Sink<Outgoing, Error = ()> + Send>>,
     wire: Wire,
-) where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
+) {
     let mut batch: Vec<Entry> = Vec::new();
     let latency = node.metrics.writes("websocket");
-    let (separator, frame_of): (&[u8], fn(Bytes) -> Message) = match wire {
-        Wire::Json => (b"\n", Message::text),
-        Wire::MsgPack => (b"", Message::binary),
+    let (separator, binary): (&[u8], bool) = match wire {
+        Wire::Json => (b"\n", false),
+        Wire::MsgPack => (b"", true),
     };
+    let frame_of = |payload: Bytes| Outgoing::Data { payload, binary };
     let encode = |e: Entry| match wire {
         Wire::Json => Some(e.bytes),
         Wire::MsgPack => e.msgpack(),
@@ -313,10 +310,8 @@ async fn write_loop<S>(
             {
                 let _ = sink.feed(frame_of(push)).await;
             }
-            let code = CloseCode::try_from(d.code).unwrap_or(CloseCode::POLICY_VIOLATION);
-            let _ = sink
-                .feed(Message::close(Some(code), super::close_reason(&d.reason)))
-                .await;
+            let reason = super::close_reason(&d.reason).to_string();
+            let _ = sink.feed(Outgoing::Close(d.code, reason)).await;
             let _ = sink.flush().await;
             let _ = sink.close().await;
             return;
