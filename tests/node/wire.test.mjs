@@ -279,3 +279,50 @@ describe('MessagePack through the SDK', () => {
     assert.ok(frames.binary > 0 && frames.text === 0, `binary frames only: ${JSON.stringify(frames)}`);
   });
 });
+
+describe('permessage-deflate in Chromium', () => {
+  test("Chromium's own WebSocket negotiates permessage-deflate and the demo chat works over it", { timeout: 90_000 }, async (t) => {
+    const { launchChromium } = await import('./harness.mjs');
+    // Dev mode with the demo; a namespace with a small threshold makes
+    // every frame over 64 bytes compressed.
+    const demo = await startTidings(`listen = "127.0.0.1:0"
+demo = true
+[namespaces.tiny]
+compress_min_size = 64
+`);
+    t.after(() => demo.stop());
+    const browser = await launchChromium();
+    t.after(() => browser.close());
+    const people = [];
+    for (const name of [`Ada${process.pid}`, `Bo${process.pid}`]) {
+      const context = await browser.newContext();
+      const page = await context.newPage();
+      const errors = [];
+      page.on('pageerror', (e) => errors.push(e.message));
+      t.after(() => assert.deepEqual(errors, []));
+      const cdp = await context.newCDPSession(page);
+      await cdp.send('Network.enable');
+      const agreed = [];
+      cdp.on('Network.webSocketHandshakeResponseReceived', (e) => {
+        const h = Object.fromEntries(Object.entries(e.response.headers).map(([k, v]) => [k.toLowerCase(), v]));
+        agreed.push(h['sec-websocket-extensions'] ?? '');
+      });
+      await page.goto(`http://${demo.addr}/`);
+      await page.getByTestId('join-name').fill(name);
+      await page.getByTestId('join-button').click();
+      await page.locator('[data-testid=conn-state][data-state=connected]').waitFor({ timeout: 15_000 });
+      people.push({ page, agreed });
+    }
+    for (const p of people) {
+      assert.ok(p.agreed.length > 0 && p.agreed.every((e) => e.startsWith('permessage-deflate')), JSON.stringify(p.agreed));
+    }
+    const [ada, bo] = people;
+    const text = `a long enough message to be compressed on its way to everyone ${'·'.repeat(40)}`;
+    await ada.page.getByTestId('composer-input').fill(text);
+    await ada.page.getByTestId('composer-send').click();
+    await bo.page.getByTestId('message-text').filter({ hasText: text }).waitFor({ timeout: 15_000 });
+    await bo.page.getByTestId('composer-input').fill('got it');
+    await bo.page.getByTestId('composer-send').click();
+    await ada.page.getByTestId('message-text').filter({ hasText: 'got it' }).waitFor({ timeout: 15_000 });
+  });
+});
