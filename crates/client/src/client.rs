@@ -186,6 +186,8 @@ impl Client {
             channel: channel.to_string(),
             serial,
             since: opts.since,
+            snapshot: opts.snapshot,
+            delta: opts.delta,
             events: events_tx,
             reply: reply_tx,
         })?;

@@ -32,6 +32,8 @@ pub struct ClientConfig {
     /// How long a request may wait for its reply, and how long the first
     /// connect may take (default 10 s).
     pub request_timeout: Duration,
+    /// `tidings.v1.msgpack` (MessagePack binary frames) instead of JSON.
+    pub msgpack: bool,
 }
 
 impl ClientConfig {
@@ -45,7 +47,14 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(20),
             reconnect: true,
             request_timeout: Duration::from_secs(10),
+            msgpack: false,
         }
+    }
+
+    /// Speaks `tidings.v1.msgpack`: the same messages as MessagePack.
+    pub fn msgpack(mut self) -> Self {
+        self.msgpack = true;
+        self
     }
 
     /// Sets the connection token.

@@ -15,6 +15,14 @@ pub struct SubscribeOptions {
     /// publications after it come first, or [`SubEvent::NotRecovered`] when the
     /// server cannot recover them.
     pub since: Option<SinceArg>,
+    /// Start from the channel's latest snapshot (a [`SubEvent::Snapshot`],
+    /// then the publications after it). The server also falls back to the
+    /// snapshot by itself when `since` cannot be recovered.
+    pub snapshot: bool,
+    /// Receive payloads as Fossil deltas where the server can (fewer bytes
+    /// for state that changes a little at a time); applied here, events
+    /// carry whole payloads.
+    pub delta: bool,
 }
 
 /// What happens in a subscribed channel, in order.
@@ -36,6 +44,11 @@ pub enum SubEvent {
     /// A publication. Offsets only grow and never repeat: recovered
     /// publications come first, then live ones; duplicates are dropped.
     Publication(Publication),
+    /// The channel's whole state (a publication made with `snapshot`):
+    /// replace what the app holds; publications after it apply to it. It
+    /// also comes instead of [`SubEvent::NotRecovered`] when the position
+    /// was lost but the channel has a snapshot.
+    Snapshot(Publication),
     /// Publications were lost (the server could not recover them, an offset gap,
     /// or the epoch changed): the app must reload this channel's state. The
     /// publications that follow have offsets above `offset` in `epoch`.

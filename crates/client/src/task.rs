@@ -16,8 +16,8 @@ use tracing::{debug, info, warn};
 
 use tidings_protocol::reply::{ConnectOk, SubscribeOk};
 use tidings_protocol::{
-    Disconnect, ErrorBody, Push, Reply, SUBPROTOCOL_JSON, ServerMessage, SinceArg,
-    decode_server_messages,
+    DeltaFormat, Disconnect, ErrorBody, Publication, Push, Reply, SUBPROTOCOL_JSON,
+    SUBPROTOCOL_MSGPACK, ServerMessage, SinceArg, decode_server_messages,
 };
 
 use crate::backoff::{Backoff, jitter};
@@ -54,6 +54,8 @@ pub(crate) enum ToTask {
         channel: String,
         serial: u64,
         since: Option<SinceArg>,
+        snapshot: bool,
+        delta: bool,
         events: mpsc::UnboundedSender<SubEvent>,
         reply: DoneTx,
     },
@@ -116,9 +118,55 @@ struct SubEntry {
     /// The first `subscribe` call, until its answer.
     waiter: Option<DoneTx>,
     retries: u32,
+    /// Asks for the snapshot (`snapshot`).
+    snapshot: bool,
+    /// Asks for deltas (`delta: "fossil"`).
+    delta: bool,
+    /// The last payload's text, which the next delta applies to.
+    delta_base: Option<String>,
 }
 
 impl SubEntry {
+    /// A delta subscription's `pub` push with its payload restored (its
+    /// text, or the delta applied to the previous payload's); Err when a
+    /// delta does not apply (a gap).
+    fn decode(&mut self, push: Push) -> Result<Push, ()> {
+        match push {
+            Push::Pub {
+                channel,
+                epoch,
+                mut publication,
+                latest,
+                delta: Some(is_delta),
+            } => {
+                self.apply_text(&mut publication, is_delta)?;
+                Ok(Push::Pub {
+                    channel,
+                    epoch,
+                    publication,
+                    latest,
+                    delta: None,
+                })
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Turns `p.data` (a JSON string: the payload's text, or a delta)
+    /// into the payload, keeping its text as the next delta's base.
+    fn apply_text(&mut self, p: &mut Publication, is_delta: bool) -> Result<(), ()> {
+        let data: String = serde_json::from_str(p.data.get()).map_err(|_| ())?;
+        let text = if is_delta {
+            let base = self.delta_base.as_deref().ok_or(())?;
+            apply_delta(base, &data).ok_or(())?
+        } else {
+            data
+        };
+        p.data = RawValue::from_string(text.clone()).map_err(|_| ())?;
+        self.delta_base = Some(text);
+        Ok(())
+    }
+
     fn deliver(&self, events: Vec<SubEvent>) {
         for e in events {
             if self.events.send(e).is_err() {
@@ -257,6 +305,8 @@ pub(crate) struct Task {
     name: Option<String>,
     reconnect: bool,
     request_timeout: Duration,
+    /// Speaks `tidings.v1.msgpack`.
+    msgpack: bool,
     backoff: Backoff,
     rx: mpsc::UnboundedReceiver<ToTask>,
     shared: Arc<Shared>,
@@ -283,6 +333,7 @@ impl Task {
             name: config.name.clone(),
             reconnect: config.reconnect,
             request_timeout: config.request_timeout,
+            msgpack: config.msgpack,
             backoff: Backoff::new(config.backoff_min, config.backoff_max),
             rx,
             shared,
@@ -378,10 +429,14 @@ impl Task {
         } else {
             Instant::now() + self.request_timeout
         };
-        let builder = match ClientBuilder::from_uri(self.uri.clone()).add_header(
-            SEC_WEBSOCKET_PROTOCOL,
-            HeaderValue::from_static(SUBPROTOCOL_JSON),
-        ) {
+        let protocol = if self.msgpack {
+            SUBPROTOCOL_MSGPACK
+        } else {
+            SUBPROTOCOL_JSON
+        };
+        let builder = match ClientBuilder::from_uri(self.uri.clone())
+            .add_header(SEC_WEBSOCKET_PROTOCOL, HeaderValue::from_static(protocol))
+        {
             Ok(b) => b,
             Err(e) => return End::Lost(Lost::failed(e.into())),
         };
@@ -469,6 +524,15 @@ impl Task {
                         s.last_rx = Instant::now();
                         if let Some(text) = msg.as_text() {
                             self.on_frame(text, &mut s);
+                        } else if msg.is_binary() && self.msgpack {
+                            match tidings_protocol::msgpack::to_json_messages(msg.as_payload()) {
+                                Ok(messages) => {
+                                    for json in messages {
+                                        self.on_frame(&String::from_utf8_lossy(&json), &mut s);
+                                    }
+                                }
+                                Err(e) => warn!(error = %e, "a frame that is not MessagePack ignored"),
+                            }
                         } else if let Some((code, reason)) = msg.as_close() {
                             s.lose(Lost::closed(code.into(), reason));
                         }
@@ -514,8 +578,20 @@ impl Task {
 
     async fn send_lines(&self, ws: &mut Ws, lines: Vec<String>) -> Result<(), ClientError> {
         let send = async {
-            for frame in frames(lines, MAX_FRAME) {
-                ws.feed(Message::text(frame)).await?;
+            if self.msgpack {
+                // One binary frame of MessagePack values back to back.
+                let mut frame = Vec::new();
+                for line in &lines {
+                    match tidings_protocol::msgpack::from_json(line.as_bytes()) {
+                        Ok(mp) => frame.extend_from_slice(&mp),
+                        Err(e) => warn!(error = %e, "a command could not be encoded"),
+                    }
+                }
+                ws.feed(Message::binary(frame)).await?;
+            } else {
+                for frame in frames(lines, MAX_FRAME) {
+                    ws.feed(Message::text(frame)).await?;
+                }
             }
             ws.flush().await
         };
@@ -547,6 +623,8 @@ impl Task {
                 channel,
                 serial,
                 since,
+                snapshot,
+                delta,
                 events,
                 reply,
             } => {
@@ -567,6 +645,9 @@ impl Task {
                         state: SubState::Idle,
                         waiter: Some(reply),
                         retries: 0,
+                        snapshot,
+                        delta,
+                        delta_base: None,
                     },
                 );
                 if let Some(out) = out {
@@ -655,6 +736,8 @@ impl Task {
             &Op::Subscribe {
                 channel: channel.to_string(),
                 since: since.clone(),
+                snapshot: entry.snapshot,
+                delta: entry.delta.then_some(DeltaFormat::Fossil),
             },
         ));
         entry.state = SubState::Subscribing {
@@ -802,15 +885,34 @@ impl Task {
                 .map_err(|e| ClientError::Protocol(format!("bad subscribe reply: {e}")))
         });
         match parsed {
-            Ok(ok) => {
+            Ok(mut ok) => {
                 entry.retries = 0;
+                // A new subscription: deltas build on what this reply holds.
+                entry.delta_base = None;
+                if ok.delta {
+                    for p in ok.publications.iter_mut().flatten() {
+                        if entry.apply_text(p, false).is_err() {
+                            warn!(%channel, "a subscribe reply's payload is not text");
+                        }
+                    }
+                }
                 let mut events = entry.tracker.on_subscribed(since.as_ref(), ok);
+                let mut broken = false;
                 for push in held {
-                    events.extend(apply_push(&mut entry.tracker, push));
+                    match entry.decode(push) {
+                        Ok(push) => events.extend(apply_push(&mut entry.tracker, push)),
+                        Err(()) => {
+                            broken = true;
+                            break;
+                        }
+                    }
                 }
                 entry.deliver(events);
                 if let Some(waiter) = entry.waiter.take() {
                     let _ = waiter.send(Ok(()));
+                }
+                if broken {
+                    self.on_gap(channel.clone(), s);
                 }
             }
             Err(err) => {
@@ -879,10 +981,14 @@ impl Task {
         };
         match &mut entry.state {
             SubState::Subscribing { held, .. } => held.push(push),
-            SubState::Active => {
-                let events = apply_push(&mut entry.tracker, push);
-                entry.deliver(events);
-            }
+            SubState::Active => match entry.decode(push) {
+                Ok(push) => {
+                    let events = apply_push(&mut entry.tracker, push);
+                    entry.deliver(events);
+                }
+                // A delta without its base: subscribe again from the position.
+                Err(()) => self.on_gap(channel, s),
+            },
             // Recovery on the next subscribe covers these.
             SubState::Idle | SubState::RetryAt(_) => {}
         }
@@ -1047,6 +1153,13 @@ fn apply_push(tracker: &mut Tracker, push: Push) -> Vec<SubEvent> {
         Push::Leave { info, .. } => vec![SubEvent::Leave(info)],
         _ => Vec::new(),
     }
+}
+
+/// Applies a Fossil delta; None when it does not apply (the crate
+/// panics on some malformed deltas, so that is caught too).
+fn apply_delta(base: &str, delta: &str) -> Option<String> {
+    let applied = std::panic::catch_unwind(|| fossil_delta::apply(base, delta.as_bytes()));
+    String::from_utf8(applied.ok()?.ok()?).ok()
 }
 
 fn far_future() -> Instant {

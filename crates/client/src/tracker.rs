@@ -6,6 +6,15 @@ use tidings_protocol::{Publication, SinceArg};
 
 use crate::subscription::SubEvent;
 
+/// A publication as its event: a snapshot or a publication.
+fn event(p: Publication) -> SubEvent {
+    if p.snapshot {
+        SubEvent::Snapshot(p)
+    } else {
+        SubEvent::Publication(p)
+    }
+}
+
 /// The last position delivered to the app in one channel.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Tracker {
@@ -44,6 +53,20 @@ impl Tracker {
             events.extend(publications.into_iter().map(SubEvent::Publication));
             return events;
         };
+        let snapshot = publications.first().is_some_and(|p| p.snapshot);
+        if snapshot && ok.recovered != Some(true) {
+            // The position is lost (or none was given) but the channel has
+            // a snapshot: it and everything after it follow, instead of a loss.
+            let first = publications.first().and_then(|p| p.offset).unwrap_or(1);
+            self.pos = Some(SinceArg {
+                offset: first - 1,
+                epoch: epoch.clone(),
+            });
+            for p in publications {
+                events.extend(self.on_publication(Some(&epoch), p, false));
+            }
+            return events;
+        }
         match asked {
             None => {
                 // Fresh subscribe: the app starts from the top now.
@@ -98,8 +121,25 @@ impl Tracker {
         skips: bool,
     ) -> Vec<SubEvent> {
         let Some(offset) = p.offset else {
-            return vec![SubEvent::Publication(p)];
+            return vec![event(p)];
         };
+        if p.snapshot {
+            // A snapshot stands alone: what came before it no longer matters.
+            let epoch = epoch
+                .map(String::from)
+                .or_else(|| self.pos.as_ref().map(|p| p.epoch.clone()));
+            let seen = self
+                .pos
+                .as_ref()
+                .is_some_and(|pos| Some(&pos.epoch) == epoch.as_ref() && offset <= pos.offset);
+            if seen {
+                return Vec::new();
+            }
+            if let Some(epoch) = epoch {
+                self.pos = Some(SinceArg { offset, epoch });
+            }
+            return vec![SubEvent::Snapshot(p)];
+        }
         let Some(pos) = self.pos.as_mut() else {
             // Nothing known yet: start from here when the epoch is known.
             if let Some(epoch) = epoch {

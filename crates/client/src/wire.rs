@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 use serde_json::value::RawValue;
-use tidings_protocol::{Priority, SinceArg, SubscribeArg};
+use tidings_protocol::{DeltaFormat, Priority, SinceArg, SubscribeArg};
 
 /// A command's body; the `op` tag and the fields as PROTOCOL.md names them.
 #[derive(Debug, Clone, Serialize)]
@@ -24,6 +24,10 @@ pub(crate) enum Op {
         channel: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<SinceArg>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        snapshot: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        delta: Option<DeltaFormat>,
     },
     Unsubscribe {
         channel: String,
@@ -138,6 +142,8 @@ mod tests {
             &Op::Subscribe {
                 channel: "chat:a".into(),
                 since: Some(since.clone()),
+                snapshot: false,
+                delta: None,
             },
         );
         assert_eq!(

@@ -183,7 +183,13 @@ async fn told_to_reload_when_history_lost_it() {
         epoch: epoch.clone(),
     };
     let mut sub = client
-        .subscribe("small:x", SubscribeOptions { since: Some(since) })
+        .subscribe(
+            "small:x",
+            SubscribeOptions {
+                since: Some(since),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     let mut told = None;
@@ -215,7 +221,13 @@ async fn told_to_reload_when_history_lost_it() {
     let since = tidings_client::SinceArg { offset: 5, epoch };
     let other = Client::connect(config(&server, "erin")).await.unwrap();
     let mut sub = other
-        .subscribe("small:x", SubscribeOptions { since: Some(since) })
+        .subscribe(
+            "small:x",
+            SubscribeOptions {
+                since: Some(since),
+                ..Default::default()
+            },
+        )
         .await
         .unwrap();
     assert!(matches!(
@@ -350,4 +362,88 @@ async fn typing_indicator_throttles_and_stops_by_itself() {
         }
     }
     assert_eq!(seen, [r#"{"typing":true}"#, r#"{"typing":false}"#]);
+}
+
+#[tokio::test]
+async fn snapshot_deltas_and_msgpack() {
+    let server = start().await;
+    let client = Client::connect(config(&server, "dana").msgpack())
+        .await
+        .unwrap();
+    let publish = |data: serde_json::Value, snapshot: bool| {
+        let server = &server;
+        async move {
+            api(
+                server,
+                "publish",
+                json!({"channel": "small:s", "data": data, "snapshot": snapshot}),
+            )
+            .await
+        }
+    };
+    let book = |n: u64| json!({"bids": (0..60).map(|i| [100 + i, if i == n { 0 } else { i }]).collect::<Vec<_>>()});
+    let epoch = publish(book(99), false).await["epoch"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    publish(book(98), false).await;
+    publish(book(3), true).await;
+    for n in 4..7 {
+        publish(book(n), false).await;
+    }
+    // Offset 1 is lost (history keeps 3): the snapshot at 3 and 4..6 come instead.
+    let since = tidings_client::SinceArg { offset: 1, epoch };
+    let mut sub = client
+        .subscribe(
+            "small:s",
+            SubscribeOptions {
+                since: Some(since),
+                delta: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut sub).await, SubEvent::Subscribed { .. }));
+    match next(&mut sub).await {
+        SubEvent::Snapshot(p) => {
+            assert_eq!(p.offset, Some(3));
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(p.data.get()).unwrap(),
+                book(3)
+            );
+        }
+        other => panic!("a snapshot, not {other:?}"),
+    }
+    for n in 4..7 {
+        match next(&mut sub).await {
+            SubEvent::Publication(p) => assert_eq!(
+                serde_json::from_str::<serde_json::Value>(p.data.get()).unwrap(),
+                book(n)
+            ),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Live ones come as deltas (similar books) and are applied.
+    for n in 7..15 {
+        publish(book(n), false).await;
+    }
+    for n in 7..15 {
+        match next(&mut sub).await {
+            SubEvent::Publication(p) => {
+                assert_eq!(p.offset, Some(n));
+                assert_eq!(
+                    serde_json::from_str::<serde_json::Value>(p.data.get()).unwrap(),
+                    book(n)
+                );
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // Publishing over MessagePack works as over JSON.
+    let ack = client
+        .publish("small:s", &json!({"hi": "é"}), PublishOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(ack.offset, Some(15));
 }

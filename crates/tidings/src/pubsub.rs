@@ -37,6 +37,7 @@ pub async fn run_sub(
                 channel,
                 SubscribeOptions {
                     since: since.clone(),
+                    ..Default::default()
                 },
             )
             .await
@@ -78,7 +79,7 @@ pub async fn run_sub(
                             }
                         );
                     }
-                    SubEvent::Publication(p) => {
+                    SubEvent::Publication(p) | SubEvent::Snapshot(p) => {
                         let line = publication_line(&channel, epochs.get(&channel), &p);
                         if let Err(e) = writeln!(stdout, "{line}").and_then(|()| stdout.flush()) {
                             if e.kind() == io::ErrorKind::BrokenPipe {
