@@ -72,11 +72,14 @@ pub async fn open(
     let mut tracker = Tracker::new(&spec.channels);
     match s.transport {
         Transport::Ws => {
-            let mut conn =
-                Ws::connect(tcp, &addr.to_string(), &target::ws_path(s.target, &s.auth)).await?;
+            let msgpack = s.encoding == crate::scenario::Encoding::Msgpack;
+            let protocol = msgpack.then_some(tidings_protocol::SUBPROTOCOL_MSGPACK);
+            let path = target::ws_path(s.target, &s.auth);
+            let mut conn = Ws::connect(tcp, &addr.to_string(), &path, protocol).await?;
             let positions = target::subscribe(
                 &mut conn,
                 s.target,
+                msgpack,
                 &s.auth,
                 &spec.channels,
                 &spec.since,

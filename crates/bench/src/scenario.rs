@@ -24,6 +24,9 @@ pub struct Scenario {
     pub also: Vec<SocketAddr>,
     /// How clients receive (SSE and long-poll: Tidings only).
     pub transport: Transport,
+    /// The WebSocket encoding (Tidings only): `json` or `msgpack`
+    /// (`tidings.v1.msgpack`).
+    pub encoding: Encoding,
     /// Clients to open.
     pub connections: usize,
     /// Connection attempts in flight while opening; 0 opens all at once.
@@ -52,6 +55,7 @@ impl Default for Scenario {
             addr: SocketAddr::from(([127, 0, 0, 1], 8000)),
             also: Vec::new(),
             transport: Transport::Ws,
+            encoding: Encoding::Json,
             connections: 1000,
             connect_concurrency: 256,
             subscribe: Subscribe::default(),
@@ -74,6 +78,16 @@ pub enum Target {
     Pusher,
     /// Socket.IO 4 (Engine.IO v4 over WebSocket) with bench/peers/socketio/server.mjs.
     Socketio,
+}
+
+/// The WebSocket encoding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Encoding {
+    /// `tidings.v1.json`.
+    Json,
+    /// `tidings.v1.msgpack`: subscribes in MessagePack and reads binary frames.
+    Msgpack,
 }
 
 /// How clients receive.
@@ -286,6 +300,11 @@ impl Scenario {
         }
         if self.target != Target::Tidings && self.transport != Transport::Ws {
             return bad("SSE and long-poll are Tidings transports; peers are measured over ws");
+        }
+        if self.encoding == Encoding::Msgpack
+            && (self.target != Target::Tidings || self.transport != Transport::Ws)
+        {
+            return bad("encoding = \"msgpack\" needs target = \"tidings\" over ws");
         }
         if let Some(p) = &self.publish {
             if p.via == Via::Client

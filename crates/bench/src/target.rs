@@ -72,9 +72,11 @@ async fn until(
 
 /// Connects and subscribes `channels` (with `since` positions for Tidings).
 /// Returns each channel's position after subscribing (Tidings only).
+#[allow(clippy::too_many_arguments)]
 pub async fn subscribe(
     ws: &mut Ws,
     target: Target,
+    msgpack: bool,
     auth: &Auth,
     channels: &[u32],
     since: &[Option<Position>],
@@ -95,12 +97,28 @@ pub async fn subscribe(
                 cmds.push('\n');
                 cmds.push_str(&sub.to_string());
             }
-            ws.send(cmds.as_bytes()).await?;
+            if msgpack {
+                let mut frame = Vec::new();
+                for line in cmds.lines() {
+                    let mp = tidings_protocol::msgpack::from_json(line.as_bytes())
+                        .map_err(|e| BenchError::Protocol(e.to_string()))?;
+                    frame.extend_from_slice(&mp);
+                }
+                ws.send_binary(&frame).await?;
+            } else {
+                ws.send(cmds.as_bytes()).await?;
+            }
             let mut positions = vec![None; channels.len()];
             let mut replies = 0;
             let mut error = None;
             until(ws, target, tracker, stats, |msg| {
-                for line in msg.split(|&b| b == b'\n') {
+                let lines: Vec<Vec<u8>> = if msgpack {
+                    tidings_protocol::msgpack::to_json_messages(msg).unwrap_or_default()
+                } else {
+                    msg.split(|&b| b == b'\n').map(<[u8]>::to_vec).collect()
+                };
+                for line in lines {
+                    let line = line.as_slice();
                     let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) else {
                         continue;
                     };
@@ -172,7 +190,11 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 /// The answer to an application-level heartbeat in `msg`, if it is one.
 pub fn heartbeat(target: Target, msg: &[u8]) -> Option<&'static [u8]> {
     match target {
-        Target::Tidings => contains(msg, b"{\"push\":\"ping\"").then_some(b"{\"op\":\"pong\"}"),
+        // In MessagePack too (a map `push: ping`); the pong goes as JSON
+        // text, which the server reads on either subprotocol.
+        Target::Tidings => (contains(msg, b"{\"push\":\"ping\"")
+            || contains(msg, b"\xa4push\xa4ping"))
+        .then_some(b"{\"op\":\"pong\"}"),
         Target::Pusher => {
             contains(msg, b"\"pusher:ping\"").then_some(b"{\"event\":\"pusher:pong\",\"data\":{}}")
         }

@@ -92,11 +92,19 @@ pub struct Ws {
 }
 
 impl Ws {
-    /// Upgrades `stream` with a GET of `path`.
-    pub async fn connect(mut stream: TcpStream, host: &str, path: &str) -> Result<Ws, BenchError> {
+    /// Upgrades `stream` with a GET of `path`, asking for `protocol` if given.
+    pub async fn connect(
+        mut stream: TcpStream,
+        host: &str,
+        path: &str,
+        protocol: Option<&str>,
+    ) -> Result<Ws, BenchError> {
+        let protocol = protocol
+            .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+            .unwrap_or_default();
         let req = format!(
             "GET {path} HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n{protocol}\r\n"
         );
         stream
             .write_all(req.as_bytes())
@@ -117,6 +125,12 @@ impl Ws {
     /// Sends one masked text frame.
     pub async fn send(&mut self, text: &[u8]) -> Result<(), BenchError> {
         let frame = self.frame(TEXT, text);
+        self.stream.write_all(&frame).await.map_err(BenchError::Io)
+    }
+
+    /// Sends one masked binary frame.
+    pub async fn send_binary(&mut self, payload: &[u8]) -> Result<(), BenchError> {
+        let frame = self.frame(BINARY, payload);
         self.stream.write_all(&frame).await.map_err(BenchError::Io)
     }
 
