@@ -71,8 +71,10 @@ async function join(name) {
   // Every channel starts from the beginning of its retained history so that
   // the page can fold the class's state; after that, recovery on reconnect.
   const lobby = client.subscribe(LOBBY, { since: 'start' });
-  const qa = client.subscribe(QA, { since: 'start' });
-  const poll = client.subscribe(POLL, { since: 'start' });
+  // Snapshot channels: the server's latest snapshot and what followed it
+  // (the whole channel while it has none), whatever history still holds.
+  const qa = client.subscribe(QA, { snapshot: true });
+  const poll = client.subscribe(POLL, { snapshot: true });
   for (const sub of [lobby, qa, poll]) {
     sub.on('error', (err) => showError(`${sub.channel}: ${err.message} (${err.code})`));
   }

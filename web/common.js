@@ -105,6 +105,22 @@ export const qaFold = (me) => ({
   initial: () => ({ questions: new Map(), voters: new Map() }),
   apply: (s, data, pub) => {
     if (!data || typeof data !== 'object') return s;
+    if (data.type === 'snapshot') {
+      // The server's fold of everything before it: merged, so nothing seen
+      // since is lost and nothing is counted twice.
+      const questions = new Map(s.questions);
+      for (const q of Array.isArray(data.questions) ? data.questions : []) {
+        if (typeof q.key === 'number' && !questions.has(q.key)) {
+          questions.set(q.key, { key: q.key, text: String(q.text), name: String(q.name), user: String(q.user), pending: false });
+        }
+      }
+      const voters = new Map(s.voters);
+      for (const [k, users] of Object.entries(data.voters ?? {})) {
+        const key = Number(k);
+        voters.set(key, new Set([...(voters.get(key) ?? []), ...(Array.isArray(users) ? users : [])]));
+      }
+      return { questions, voters };
+    }
     const user = pub ? pub.info?.user ?? '' : me?.user ?? '';
     if (data.type === 'ask' && typeof data.text === 'string') {
       const key = pub?.offset ?? `local:${data.cid}`;
@@ -136,6 +152,16 @@ const order = (k) => (typeof k === 'number' ? k : Number.MAX_SAFE_INTEGER);
 export const pollFold = (me) => ({
   initial: () => ({ votes: new Map() }),
   apply: (s, data, pub) => {
+    if (data?.type === 'snapshot') {
+      // Each user's latest vote as the server folded it: the later one wins.
+      const votes = new Map(s.votes);
+      for (const [user, v] of Object.entries(data.votes ?? {})) {
+        if (!POLL_OPTIONS.some((o) => o.id === v?.option) || typeof v.at !== 'number') continue;
+        const prev = votes.get(user);
+        if (!prev || prev.at < v.at) votes.set(user, { option: v.option, at: v.at });
+      }
+      return { votes };
+    }
     if (!data || data.type !== 'vote' || !POLL_OPTIONS.some((o) => o.id === data.option)) return s;
     const user = pub ? pub.info?.user ?? '' : me?.user ?? '';
     const at = pub ? pub.offset ?? 0 : Number.MAX_SAFE_INTEGER;

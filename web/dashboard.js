@@ -19,8 +19,8 @@ $('poll-question').textContent = POLL_QUESTION;
  * the retained history, starting again if another reset comes during the
  * load, and applies publications that came during the load after it.
  */
-function folded(channel, fold, render) {
-  const sub = client.subscribe(channel, { since: 'start' });
+function folded(channel, fold, render, opts = { since: 'start' }) {
+  const sub = client.subscribe(channel, opts);
   const state = new Optimistic(client, sub, fold);
   state.on('change', render);
   render(state.state);
@@ -41,7 +41,7 @@ folded(QA, qaFold(null), (s) => {
   $('questions').innerHTML = list.slice(0, 8)
     .map((q) => `<li data-testid="dash-question"><span class="vote voted readonly">▲<span>${q.votes}</span></span><div><div class="q-text">${esc(q.text)}</div><div class="muted">${esc(q.name)}</div></div></li>`)
     .join('') || '<li class="empty muted">No questions yet.</li>';
-});
+}, { snapshot: true });
 
 folded(POLL, pollFold(null), (s) => {
   const { counts, total } = pollResults(s);
@@ -50,7 +50,7 @@ folded(POLL, pollFold(null), (s) => {
     const pct = total ? Math.round((counts[o.id] / total) * 100) : 0;
     return `<div class="option"><span class="bar" style="width:${pct}%"></span><span class="o-label">${esc(o.label)}</span><span class="o-count" data-testid="dash-result-${o.id}">${counts[o.id]} · ${pct}%</span></div>`;
   }).join('');
-});
+}, { snapshot: true });
 
 trackPresence(lobby, (users) => {
   $('stat-people').textContent = String(users.size);

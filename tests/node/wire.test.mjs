@@ -326,3 +326,71 @@ compress_min_size = 64
     await ada.page.getByTestId('message-text').filter({ hasText: 'got it' }).waitFor({ timeout: 15_000 });
   });
 });
+
+describe('the demo poll on snapshots', () => {
+  test('a page that opens after history moved on shows every vote, from the snapshot (SSE dashboard)', { timeout: 90_000 }, async (t) => {
+    const { launchChromium } = await import('./harness.mjs');
+    // The demo's namespace with a history of 5: twelve votes do not fit.
+    const demo = await startTidings(`listen = "127.0.0.1:0"
+demo = true
+[namespaces.demo]
+history_size = 5
+history_ttl = "1h"
+presence = true
+join_leave = true
+presence_per_user = true
+max_message_size = 4096
+`);
+    t.after(() => demo.stop());
+    const options = ['slow', 'right', 'fast'];
+    for (let i = 0; i < 12; i++) {
+      const res = await fetch(`http://${demo.addr}/v1/dev/token`, {
+        method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: `voter${i}` }),
+      });
+      const { token } = await res.json();
+      const c = client(t, demo.addr, { token, transports: ['websocket'] });
+      const sub = c.subscribe('demo:poll');
+      const subscribed = next(sub, 'subscribed');
+      c.connect();
+      await subscribed;
+      await c.publish('demo:poll', { type: 'vote', option: options[i % 3] });
+      c.disconnect();
+    }
+    // The server folds them into a snapshot (it looks every second).
+    const { token } = await (await fetch(`http://${demo.addr}/v1/dev/token`, {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ name: 'observer' }),
+    })).json();
+    const history = async () => {
+      const res = await fetch(`http://${demo.addr}/v1/client/history`, {
+        method: 'POST',
+        headers: { 'content-type': 'application/json', authorization: `Bearer ${token}` },
+        body: JSON.stringify({ channel: 'demo:poll' }),
+      });
+      const body = await res.json();
+      assert.ok(res.ok, JSON.stringify(body));
+      return body.publications ?? [];
+    };
+    const end = Date.now() + 10_000;
+    while (!(await history()).some((p) => p.snapshot)) {
+      assert.ok(Date.now() < end, 'a snapshot of the poll within 10 s');
+      await new Promise((r) => setTimeout(r, 200));
+    }
+    const kept = await history();
+    assert.ok(kept.length <= 5 && kept.filter((p) => !p.snapshot).length < 12, 'history no longer holds every vote');
+    const browser = await launchChromium();
+    t.after(() => browser.close());
+    const page = await browser.newPage();
+    const errors = [];
+    page.on('pageerror', (e) => errors.push(e.message));
+    await page.goto(`http://${demo.addr}/dashboard.html`);
+    for (const o of options) {
+      try {
+        await page.locator(`[data-testid=dash-result-${o}]`).filter({ hasText: /^4 · 33%$/ }).waitFor({ timeout: 15_000 });
+      } catch (e) {
+        const got = await page.locator('[data-testid^=dash-result-]').allTextContents();
+        throw new Error(`${e.message}; the dashboard shows ${JSON.stringify(got)}; history ${JSON.stringify(await history())}`);
+      }
+    }
+    assert.deepEqual(errors, []);
+  });
+});

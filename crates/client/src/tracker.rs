@@ -53,10 +53,10 @@ impl Tracker {
             events.extend(publications.into_iter().map(SubEvent::Publication));
             return events;
         };
-        let snapshot = publications.first().is_some_and(|p| p.snapshot);
-        if snapshot && ok.recovered != Some(true) {
+        if !publications.is_empty() && ok.recovered != Some(true) {
             // The position is lost (or none was given) but the channel has
-            // a snapshot: it and everything after it follow, instead of a loss.
+            // a snapshot (or, asked with `snapshot`, holds everything from
+            // its start): it and everything after it follow, not a loss.
             let first = publications.first().and_then(|p| p.offset).unwrap_or(1);
             self.pos = Some(SinceArg {
                 offset: first - 1,

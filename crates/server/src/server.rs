@@ -258,6 +258,9 @@ impl Server {
             background.push(tokio::spawn(webhooks.clone().run()));
         }
         background.extend(crate::ingest::start(&node));
+        if node.config.demo_enabled() {
+            background.push(tokio::spawn(demo::snapshots::run(node.clone())));
+        }
         let (stop, stopped) = watch::channel(false);
         let send_buffer = node.config.client.send_buffer;
         let admission = Admission::new(&node.config.client, node.metrics.clone());

@@ -899,6 +899,9 @@ export class TidingsClient extends Emitter {
 function needsLookup(sub, http) {
     if (sub.position)
         return false;
+    // Without a position the server starts it from its snapshot: nothing to look up.
+    if (sub.wantsSnapshot && !sub.startPending)
+        return false;
     return sub.startPending || (http && !sub.noLookup);
 }
 /** A position an app may pass as `since`: offsets are what pushLeb128 can encode. */

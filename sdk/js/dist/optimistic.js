@@ -32,7 +32,10 @@ export class Optimistic extends Emitter {
         this.idField = opts.idField ?? 'cid';
         this.confirmedState = opts.initial();
         this.visible = this.confirmedState;
-        this.offs.push(sub.on('publication', (p) => this.onPublication(p)), sub.on('reset', () => this.onReset()), client.on('published', ({ entry, result }) => this.onAck(entry.key, result)), client.on('publishFailed', ({ entry, error }) => this.onFail(entry.key, error)), client.on('outboxRestored', (entries) => this.adopt(entries)));
+        this.offs.push(sub.on('publication', (p) => this.onPublication(p)), 
+        // A snapshot is folded like a publication: `apply` gets its data (the
+        // app's fold knows its shape) and merges or replaces.
+        sub.on('snapshot', (p) => this.onPublication(p)), sub.on('reset', () => this.onReset()), client.on('published', ({ entry, result }) => this.onAck(entry.key, result)), client.on('publishFailed', ({ entry, error }) => this.onFail(entry.key, error)), client.on('outboxRestored', (entries) => this.adopt(entries)));
         this.adopt(client.pendingPublishes(sub.channel));
     }
     /** The visible state: confirmed publications plus pending ones. */

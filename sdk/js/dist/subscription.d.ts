@@ -162,6 +162,8 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
     }>;
     /** Ends the subscription; no event follows. */
     unsubscribe(): void;
+    /** @internal Whether it asked to start from the channel's snapshot. */
+    get wantsSnapshot(): boolean;
     /** @internal What to send to (re)subscribe. */
     request(): SubscribeRequest;
     /** @internal Sets the position found by a lookup before subscribing. */

@@ -57,6 +57,10 @@ export class Subscription extends Emitter {
         this.setState('unsubscribed');
         this.host.removeSubscription(this);
     }
+    /** @internal Whether it asked to start from the channel's snapshot. */
+    get wantsSnapshot() {
+        return this.opts.snapshot === true;
+    }
     /** @internal What to send to (re)subscribe. */
     request() {
         const r = { channel: this.channel, since: this.pos ? { ...this.pos } : null };
@@ -106,9 +110,10 @@ export class Subscription extends Emitter {
                 if (!this.fromText(p, p.data, false))
                     return;
         }
-        if (pubs[0]?.snapshot && ok.recovered !== true && epoch !== undefined && pubs[0].offset !== undefined) {
+        if (pubs.length > 0 && ok.recovered !== true && epoch !== undefined && pubs[0].offset !== undefined) {
             // The position is lost (or none was given) but the channel has a
-            // snapshot: it and everything after it follow, instead of a reset.
+            // snapshot (or, asked with `snapshot`, holds everything from its
+            // start): it and everything after it follow, instead of a reset.
             this.pos = { offset: pubs[0].offset - 1, epoch };
             this.emit('subscribed', ev);
             for (const p of pubs)

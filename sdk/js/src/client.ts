@@ -1018,6 +1018,8 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
 /** Whether `sub` needs its position looked up before subscribing. */
 function needsLookup(sub: Subscription, http: boolean): boolean {
   if (sub.position) return false;
+  // Without a position the server starts it from its snapshot: nothing to look up.
+  if (sub.wantsSnapshot && !sub.startPending) return false;
   return sub.startPending || (http && !sub.noLookup);
 }
 

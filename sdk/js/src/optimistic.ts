@@ -87,6 +87,9 @@ export class Optimistic<S, D = unknown> extends Emitter<OptimisticEvents<S, D>> 
     this.visible = this.confirmedState;
     this.offs.push(
       sub.on('publication', (p) => this.onPublication(p as Publication<D>)),
+      // A snapshot is folded like a publication: `apply` gets its data (the
+      // app's fold knows its shape) and merges or replaces.
+      sub.on('snapshot', (p) => this.onPublication(p as Publication<D>)),
       sub.on('reset', () => this.onReset()),
       client.on('published', ({ entry, result }) => this.onAck(entry.key, result)),
       client.on('publishFailed', ({ entry, error }) => this.onFail(entry.key, error)),

@@ -348,7 +348,7 @@ impl Session {
         let Some(since) = arg.since.as_ref().filter(|_| !barred) else {
             if arg.snapshot
                 && !barred
-                && let Some(ok) = self.snapshot_reply(arg, &policy, budget).await?
+                && let Some(ok) = self.snapshot_reply(arg, &policy, budget, true).await?
             {
                 return Ok(ok);
             }
@@ -411,7 +411,7 @@ impl Session {
                 "the position cannot be recovered",
             ));
         }
-        if !complete && let Some(ok) = self.snapshot_reply(arg, &policy, budget).await? {
+        if !complete && let Some(ok) = self.snapshot_reply(arg, &policy, budget, false).await? {
             return Ok(SubscribeOk {
                 recovered: Some(false),
                 ..ok
@@ -433,19 +433,24 @@ impl Session {
 
     /// The channel's latest snapshot and every publication after it, when
     /// history still holds them all within the reply's limits; else None.
+    /// `from_start`: a channel without a snapshot starts at its first
+    /// publication instead (the whole state while history holds it all).
     async fn snapshot_reply(
         &self,
         arg: &SubscribeArg,
         policy: &crate::engine::ChannelPolicy,
         budget: &mut ReplyBudget,
+        from_start: bool,
     ) -> Result<Option<SubscribeOk>, ErrorBody> {
         let engine = &self.node.engine;
         let snapshot = engine
             .snapshot(&arg.channel, policy)
             .await
             .map_err(internal)?;
-        let Some((snapshot, at)) = snapshot.and_then(|s| s.offset.map(|o| (s, o))) else {
-            return Ok(None);
+        let (snapshot, at) = match snapshot.and_then(|s| s.offset.map(|o| (s, o))) {
+            Some((s, at)) => (Some(s), at),
+            None if from_start => (None, 0),
+            None => return Ok(None),
         };
         let max = self.node.config.client.recovery_max;
         let query = HistoryQuery {
@@ -466,7 +471,7 @@ impl Session {
                 .publications
                 .first()
                 .is_none_or(|p| p.offset == Some(at + 1));
-        let size: usize = snapshot.approx_size()
+        let size: usize = snapshot.as_ref().map_or(0, |s| s.approx_size())
             + page
                 .publications
                 .iter()
@@ -476,7 +481,8 @@ impl Session {
             return Ok(None);
         }
         budget.left -= size;
-        let publications = std::iter::once(&snapshot)
+        let publications = snapshot
+            .iter()
             .chain(&page.publications)
             .map(|p| Publication::clone(p))
             .collect();

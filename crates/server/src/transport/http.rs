@@ -371,11 +371,9 @@ impl OpenStream {
         let (Some(offset), Some(epoch)) = (ok.offset, ok.epoch) else {
             return;
         };
-        let snapshot = ok
-            .publications
-            .as_ref()
-            .and_then(|p| p.first())
-            .is_some_and(|p| p.snapshot);
+        // Publications without `recovered: true`: the snapshot (or the
+        // channel from its start) and what follows.
+        let snapshot = ok.publications.as_ref().is_some_and(|p| !p.is_empty());
         match ok.recovered {
             Some(true) => {
                 // Pushed as live ones are; where values may be skipped, the

@@ -14,6 +14,8 @@ use tidings_protocol::ErrorCode;
 
 use crate::node::Node;
 
+pub mod snapshots;
+
 /// The demo's pages (`web/`). Debug builds read them from disk, so edits show
 /// without a rebuild; release builds carry them.
 #[derive(RustEmbed)]
