@@ -106,8 +106,10 @@ export const qaFold = (me) => ({
   apply: (s, data, pub) => {
     if (!data || typeof data !== 'object') return s;
     if (data.type === 'snapshot') {
-      // The server's fold of everything before it: merged, so nothing seen
-      // since is lost and nothing is counted twice.
+      // The server's fold of everything before it (only the server's: one a
+      // client published has `info`): merged, so nothing seen since is lost
+      // and nothing is counted twice.
+      if (!pub?.snapshot || pub.info) return s;
       const questions = new Map(s.questions);
       for (const q of Array.isArray(data.questions) ? data.questions : []) {
         if (typeof q.key === 'number' && !questions.has(q.key)) {
@@ -153,7 +155,9 @@ export const pollFold = (me) => ({
   initial: () => ({ votes: new Map() }),
   apply: (s, data, pub) => {
     if (data?.type === 'snapshot') {
-      // Each user's latest vote as the server folded it: the later one wins.
+      // Each user's latest vote as the server folded it (a client's
+      // snapshot, with `info`, is not trusted): the later one wins.
+      if (!pub?.snapshot || pub.info) return s;
       const votes = new Map(s.votes);
       for (const [user, v] of Object.entries(data.votes ?? {})) {
         if (!POLL_OPTIONS.some((o) => o.id === v?.option) || typeof v.at !== 'number') continue;

@@ -131,6 +131,17 @@ impl SubEntry {
     /// text, or the delta applied to the previous payload's); Err when a
     /// delta does not apply (a gap).
     fn decode(&mut self, push: Push) -> Result<Push, ()> {
+        // Already delivered (queued before a resubscribe's reply): left for
+        // the tracker to drop, before it can touch the delta base.
+        if let Push::Pub {
+            publication, epoch, ..
+        } = &push
+            && let (Some(offset), Some(pos)) = (publication.offset, self.tracker.since())
+            && epoch.as_deref().is_none_or(|e| e == pos.epoch)
+            && offset <= pos.offset
+        {
+            return Ok(push);
+        }
         match push {
             Push::Pub {
                 channel,
@@ -1155,9 +1166,29 @@ fn apply_push(tracker: &mut Tracker, push: Push) -> Vec<SubEvent> {
     }
 }
 
+/// The largest output a delta may declare: no payload is larger.
+const MAX_DELTA_OUTPUT: usize = 64 * 1024 * 1024;
+
 /// Applies a Fossil delta; None when it does not apply (the crate
-/// panics on some malformed deltas, so that is caught too).
+/// panics on some malformed deltas, so that is caught too; it allocates
+/// what the delta declares, so that is bounded first).
 fn apply_delta(base: &str, delta: &str) -> Option<String> {
+    // The header: the output size in Fossil's base-64 digits, then `\n`.
+    let (size, _) = delta.split_once('\n')?;
+    let declared = size.bytes().try_fold(0usize, |n, b| {
+        let digit = match b {
+            b'0'..=b'9' => b - b'0',
+            b'A'..=b'Z' => b - b'A' + 10,
+            b'_' => 36,
+            b'a'..=b'z' => b - b'a' + 37,
+            b'~' => 63,
+            _ => return None,
+        };
+        n.checked_mul(64)?.checked_add(usize::from(digit))
+    })?;
+    if size.is_empty() || declared > MAX_DELTA_OUTPUT {
+        return None;
+    }
     let applied = std::panic::catch_unwind(|| fossil_delta::apply(base, delta.as_bytes()));
     String::from_utf8(applied.ok()?.ok()?).ok()
 }

@@ -53,7 +53,10 @@ impl Tracker {
             events.extend(publications.into_iter().map(SubEvent::Publication));
             return events;
         };
-        if !publications.is_empty() && ok.recovered != Some(true) {
+        let restart = publications
+            .first()
+            .is_some_and(|p| p.snapshot || asked.is_none());
+        if restart && ok.recovered != Some(true) {
             // The position is lost (or none was given) but the channel has
             // a snapshot (or, asked with `snapshot`, holds everything from
             // its start): it and everything after it follow, not a loss.

@@ -31,7 +31,7 @@ pub fn from_json(json: &[u8]) -> Result<Bytes, TranscodeError> {
 /// returns it and how many bytes it took.
 pub fn to_json(input: &[u8]) -> Result<(Vec<u8>, usize), TranscodeError> {
     let mut cursor = std::io::Cursor::new(input);
-    let mut out = Vec::with_capacity(input.len() + input.len() / 4);
+    let mut out = Vec::with_capacity(input.len().min(4096));
     let mut de = rmp_serde::Deserializer::new(&mut cursor);
     de.set_max_depth(MAX_DEPTH);
     let mut ser = serde_json::Serializer::new(&mut out);
@@ -40,28 +40,25 @@ pub fn to_json(input: &[u8]) -> Result<(Vec<u8>, usize), TranscodeError> {
     Ok((out, used.max(1)))
 }
 
-/// Splits a binary frame into its MessagePack commands and decodes each.
-/// A value that is not a command is answered like malformed JSON (101);
-/// bytes that are not MessagePack end the frame with one such error.
-pub fn decode_commands(frame: &[u8]) -> Vec<Result<Command, DecodeError>> {
-    let mut out = Vec::new();
-    let mut rest = frame;
-    while !rest.is_empty() {
-        match to_json(rest) {
+/// Splits a binary frame into its MessagePack commands and decodes each,
+/// one at a time as they are taken. A value that is not a command is
+/// answered like malformed JSON (101); bytes that are not MessagePack end
+/// the frame with one such error.
+pub fn decode_commands(frame: &[u8]) -> impl Iterator<Item = Result<Command, DecodeError>> + '_ {
+    let mut rest = Some(frame);
+    std::iter::from_fn(move || {
+        let input = rest.take().filter(|r| !r.is_empty())?;
+        Some(match to_json(input) {
             Ok((json, used)) => {
-                out.push(Command::decode(&json));
-                rest = rest.get(used..).unwrap_or_default();
+                rest = input.get(used..);
+                Command::decode(&json)
             }
-            Err(e) => {
-                out.push(Err(DecodeError {
-                    id: None,
-                    message: format!("malformed MessagePack: {e}"),
-                }));
-                break;
-            }
-        }
-    }
-    out
+            Err(e) => Err(DecodeError {
+                id: None,
+                message: format!("malformed MessagePack: {e}"),
+            }),
+        })
+    })
 }
 
 /// Splits a binary frame of server messages into JSON messages.
@@ -87,7 +84,7 @@ mod tests {
             br#"{"id":3,"op":"publish","channel":"a","data":{"x":[1,-2,3.5,"\u00e9",null,true]}}"#;
         let mp = from_json(json).unwrap();
         assert!(mp.len() < json.len());
-        let cmds = decode_commands(&[mp.as_ref(), mp.as_ref()].concat());
+        let cmds: Vec<_> = decode_commands(&[mp.as_ref(), mp.as_ref()].concat()).collect();
         assert_eq!(cmds.len(), 2);
         match &cmds[0] {
             Ok(Command {
@@ -101,23 +98,22 @@ mod tests {
     #[test]
     fn bad_input_is_an_error_not_a_panic() {
         // A map with a non-string key cannot be JSON.
-        let cmds = decode_commands(&[0x81, 0x01, 0x02]);
-        assert!(cmds[0].is_err());
+        let mut cmds = decode_commands(&[0x81, 0x01, 0x02]);
+        assert!(cmds.next().unwrap().is_err());
         // Truncated.
-        assert!(
-            decode_commands(&[0x82, 0xa2, b'i'])
-                .iter()
-                .all(|c| c.is_err())
-        );
+        assert!(decode_commands(&[0x82, 0xa2, b'i']).all(|c| c.is_err()));
         // Too deep.
         let deep: Vec<u8> = std::iter::repeat_n(0x91u8, 200).chain([0xc0]).collect();
-        assert!(decode_commands(&deep)[0].is_err());
+        assert!(decode_commands(&deep).next().unwrap().is_err());
+        // A frame of a million nils is decoded one by one, not all at once.
+        let nils = vec![0xc0u8; 1 << 20];
+        assert!(decode_commands(&nils).take(3).all(|c| c.is_err()));
     }
 
     proptest! {
         #[test]
         fn never_panics_on_any_frame(frame in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = decode_commands(&frame);
+            let _ = decode_commands(&frame).count();
             let _ = to_json_messages(&frame);
         }
     }

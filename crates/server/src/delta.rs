@@ -14,7 +14,7 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tidings_protocol::{PubStyle, Publication, encode_pub_as};
 
-use crate::outbox::{Entry, Form};
+use crate::outbox::{Entry, Form, Mode};
 
 /// `data` as a JSON string holding its text: what a delta subscription
 /// gets instead of the value, so that it has the exact bytes deltas apply to.
@@ -61,6 +61,11 @@ pub fn marked_full(
     }
 }
 
+/// Whether offset `b` comes right after `a`.
+fn follows(a: Option<u64>, b: Option<u64>) -> bool {
+    matches!((a, b), (Some(a), Some(b)) if a + 1 == b)
+}
+
 /// A publication's two forms for delta subscriptions.
 #[derive(Debug)]
 pub struct DeltaForms {
@@ -94,12 +99,11 @@ impl DeltaForms {
         publication: Arc<Publication>,
         previous: Option<Arc<Publication>>,
     ) -> Self {
-        let follows = |prev: &Arc<Publication>| matches!((prev.offset, publication.offset), (Some(a), Some(b)) if a + 1 == b);
         Self {
             channel,
             epoch: epoch.map(Arc::from),
             style,
-            base: previous.filter(follows),
+            base: previous.filter(|prev| follows(prev.offset, publication.offset)),
             publication,
             full: OnceLock::new(),
             delta: OnceLock::new(),
@@ -161,11 +165,18 @@ impl DeltaForms {
 /// `entry`: a delta when it has the previous publication, else the full
 /// form. Entries without forms (not publications) pass unchanged.
 pub fn form_for(entry: &Entry, last: Option<u64>) -> Entry {
-    let Some(forms) = entry.publication.as_ref().and_then(|m| m.delta.as_ref()) else {
+    let Some(meta) = entry.publication.as_deref() else {
         return entry.clone();
     };
-    let follows = matches!((last, forms.publication.offset), (Some(l), Some(o)) if l + 1 == o);
-    let (bytes, form) = match follows.then(|| forms.delta()).flatten() {
+    // A namespace reloaded to one that may drop or conflate: plain pushes
+    // (the client reads them as they are), never a delta on a missing base.
+    let (Some(forms), Mode::Stream, None) = (&meta.delta, meta.mode, meta.interval) else {
+        return entry.clone();
+    };
+    let (bytes, form) = match follows(last, forms.publication.offset)
+        .then(|| forms.delta())
+        .flatten()
+    {
         Some(delta) => (delta, Form::Delta),
         None => (forms.full(), Form::Full),
     };

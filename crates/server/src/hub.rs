@@ -237,8 +237,8 @@ struct Channel {
     deliveries: Counter<u64, AtomicU64>,
     /// Subscribers that get deltas; while there are any, `last` is kept.
     delta_subscribers: usize,
-    /// The newest publication delivered (a delta's base).
-    last: Mutex<Option<Arc<Publication>>>,
+    /// The newest publication delivered, with its epoch (a delta's base).
+    last: Mutex<Option<Delivered>>,
 }
 
 /// A channel as the admin UI lists it: name, local subscribers, and
@@ -252,6 +252,9 @@ pub struct ChannelActivity {
     /// Publications delivered on this node (a counter: rates come from two reads).
     pub publications: u64,
 }
+
+/// A publication delivered in a channel, with the channel's epoch.
+type Delivered = (Option<Arc<str>>, Arc<Publication>);
 
 /// The hub.
 pub struct Hub {
@@ -329,6 +332,10 @@ impl Hub {
         let entry = shard.get_mut(channel)?;
         let sub = entry.subscribers.remove(&conn)?;
         entry.delta_subscribers -= usize::from(sub.delta);
+        if entry.delta_subscribers == 0 {
+            // Not kept up to date without them: never a stale base later.
+            *entry.last.lock() = None;
+        }
         self.metrics.subscriptions.dec();
         let last = entry.subscribers.is_empty();
         if last {
@@ -445,7 +452,14 @@ impl Hub {
         self.fan_out(channel, |ch| {
             ch.publications.fetch_add(1, Ordering::Relaxed);
             let delta = (ch.delta_subscribers > 0).then(|| {
-                let previous = ch.last.lock().replace(publication.clone());
+                let this = (epoch.map(Arc::from), publication.clone());
+                // A base of another epoch is no base.
+                let previous = ch
+                    .last
+                    .lock()
+                    .replace(this)
+                    .filter(|(e, _)| e.as_deref() == epoch)
+                    .map(|(_, p)| p);
                 let style = ch.delivery.style();
                 let p = publication.clone();
                 DeltaForms::new(ch.name.clone(), epoch, style, p, previous)

@@ -148,3 +148,39 @@ async fn bad_msgpack_frames_get_101_and_the_connection_goes_on() {
     assert!(refused.is_err());
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_message_without_a_msgpack_form_comes_as_json_text_not_dropped() {
+    use futures_util::StreamExt;
+    let server = start().await;
+    let mut m = Raw::connect_msgpack(&server, None).await;
+    m.call(json!({"op": "subscribe", "channel": "odd"})).await;
+    // An unpaired surrogate escape: valid JSON text, no MessagePack string.
+    let res = reqwest::Client::new()
+        .post(api_url(&server, "publish"))
+        .bearer_auth(API_KEY)
+        .header("content-type", "application/json")
+        .body(r#"{"channel": "odd", "data": {"a": "\ud800"}}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    api(&server, "publish", json!({"channel": "odd", "data": 2})).await;
+    let frame = tokio::time::timeout(std::time::Duration::from_secs(10), m.ws.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    let text = frame.as_text().expect("a JSON text frame");
+    assert!(
+        text.contains(r#""offset":1"#) && text.contains(r#"\ud800"#),
+        "{text}"
+    );
+    // The next one is MessagePack again.
+    let next = m.next_non_ping().await.unwrap();
+    assert_eq!(
+        (next["offset"].clone(), next["data"].clone()),
+        (json!(2), json!(2))
+    );
+    server.shutdown().await;
+}

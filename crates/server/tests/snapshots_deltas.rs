@@ -322,3 +322,26 @@ async fn the_snapshot_outlives_history_and_a_restart() {
     assert_eq!(r["ok"]["publications"][0]["snapshot"], true);
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn no_snapshot_where_clients_may_not_read_history() {
+    let ns = NamespaceOptions {
+        history: tidings_server::config::ClientAccess::None,
+        ..open_ns(10)
+    };
+    let server = start_with(with_namespace("h", ns)).await;
+    api(
+        &server,
+        "publish",
+        json!({"channel": "h:x", "data": 1, "snapshot": true}),
+    )
+    .await;
+    api(&server, "publish", json!({"channel": "h:x", "data": 2})).await;
+    let mut raw = Raw::connect(&server, None).await;
+    let r = raw
+        .call(json!({"op": "subscribe", "channel": "h:x", "snapshot": true}))
+        .await;
+    assert!(r["ok"].get("publications").is_none(), "{r}");
+    assert_eq!(r["ok"]["offset"], 2);
+    server.shutdown().await;
+}

@@ -21,6 +21,8 @@ function checksum(b) {
         last = (last << 8) | (i + k < b.length ? b[i + k] : 0);
     return (sum + (last >>> 0)) >>> 0;
 }
+/** The largest output a delta may declare: no payload is larger. */
+const MAX_OUTPUT = 64 * 1024 * 1024;
 /** Applies a Fossil delta to `source`; null when the delta is malformed or does not match. */
 export function applyDeltaBytes(source, delta) {
     let pos = 0;
@@ -39,7 +41,7 @@ export function applyDeltaBytes(source, delta) {
         return n > 0 ? v : -1;
     };
     const size = int();
-    if (size < 0 || delta[pos] !== 0x0a)
+    if (size < 0 || size > MAX_OUTPUT || delta[pos] !== 0x0a)
         return null;
     pos++;
     const out = new Uint8Array(size);

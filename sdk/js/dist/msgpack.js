@@ -182,8 +182,9 @@ class Reader {
         for (let i = 0; i < n; i++) {
             const k = this.value(depth + 1);
             const v = this.value(depth + 1);
+            // As JSON.parse: `__proto__` is an own key, never the prototype.
             if (typeof k === 'string')
-                o[k] = v;
+                Object.defineProperty(o, k, { value: v, enumerable: true, writable: true, configurable: true });
         }
         return o;
     }

@@ -110,7 +110,8 @@ export class Subscription extends Emitter {
                 if (!this.fromText(p, p.data, false))
                     return;
         }
-        if (pubs.length > 0 && ok.recovered !== true && epoch !== undefined && pubs[0].offset !== undefined) {
+        const restart = pubs.length > 0 && (pubs[0].snapshot === true || !hadPos);
+        if (restart && ok.recovered !== true && epoch !== undefined && pubs[0].offset !== undefined) {
             // The position is lost (or none was given) but the channel has a
             // snapshot (or, asked with `snapshot`, holds everything from its
             // start): it and everything after it follow, instead of a reset.
@@ -173,6 +174,10 @@ export class Subscription extends Emitter {
             case 'pub': {
                 const p = decodePublication(push);
                 if (!p)
+                    return;
+                // Already delivered (e.g. queued before a resubscribe's reply): dropped
+                // before it can touch the delta base.
+                if (p.offset !== undefined && this.pos && p.epoch === this.pos.epoch && p.offset <= this.pos.offset)
                     return;
                 // In a delta subscription `data` is text: the payload's, or a delta.
                 if (typeof push.delta === 'boolean' && !this.fromText(p, push.data, push.delta))

@@ -23,6 +23,9 @@ function checksum(b: Uint8Array): number {
   return (sum + (last >>> 0)) >>> 0;
 }
 
+/** The largest output a delta may declare: no payload is larger. */
+const MAX_OUTPUT = 64 * 1024 * 1024;
+
 /** Applies a Fossil delta to `source`; null when the delta is malformed or does not match. */
 export function applyDeltaBytes(source: Uint8Array, delta: Uint8Array): Uint8Array | null {
   let pos = 0;
@@ -40,7 +43,7 @@ export function applyDeltaBytes(source: Uint8Array, delta: Uint8Array): Uint8Arr
     return n > 0 ? v : -1;
   };
   const size = int();
-  if (size < 0 || delta[pos] !== 0x0a) return null;
+  if (size < 0 || size > MAX_OUTPUT || delta[pos] !== 0x0a) return null;
   pos++;
   const out = new Uint8Array(size);
   let len = 0;

@@ -176,7 +176,8 @@ class Reader {
     for (let i = 0; i < n; i++) {
       const k = this.value(depth + 1);
       const v = this.value(depth + 1);
-      if (typeof k === 'string') o[k] = v;
+      // As JSON.parse: `__proto__` is an own key, never the prototype.
+      if (typeof k === 'string') Object.defineProperty(o, k, { value: v, enumerable: true, writable: true, configurable: true });
     }
     return o;
   }

@@ -47,7 +47,7 @@ impl Fold {
             return;
         };
         self.through = offset;
-        if p.snapshot {
+        if p.snapshot && p.info.is_none() {
             // Ours: what it folds is folded here already. One that others
             // overtook lacks what came between: make the next one at once.
             let through = serde_json::from_str::<Value>(p.data.get())
@@ -71,7 +71,8 @@ impl Fold {
     fn restart(&mut self, channel: &str, ok: SubscribeOk) {
         *self = Fold::default();
         for p in ok.publications.unwrap_or_default() {
-            if p.snapshot {
+            // Only the server's own snapshots (a client's has `info`).
+            if p.snapshot && p.info.is_none() {
                 self.state = serde_json::from_str(p.data.get()).unwrap_or_default();
                 self.through = p.offset.unwrap_or(0);
             } else {

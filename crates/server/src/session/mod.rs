@@ -280,8 +280,8 @@ impl Session {
 
     /// Handles one binary frame of `tidings.v1.msgpack` commands.
     pub async fn handle_msgpack_frame(&mut self, frame: &[u8]) {
-        let commands = tidings_protocol::msgpack::decode_commands(frame);
-        self.handle_commands(commands.into_iter()).await
+        self.handle_commands(tidings_protocol::msgpack::decode_commands(frame))
+            .await
     }
 
     /// Handles decoded commands in order, within the command rate.

@@ -49,6 +49,26 @@ impl ReplyBudget {
     }
 }
 
+/// Whether `arg`'s subscription gets deltas: asked, and in a namespace
+/// with offsets where every publication reaches every subscriber.
+fn wants_delta(arg: &SubscribeArg, ns: &NamespaceOptions) -> bool {
+    arg.delta.is_some() && ns.has_history() && ChannelDelivery::of(ns).allows_delta()
+}
+
+/// Whether `page` holds every publication after `after` up to its top,
+/// at most `max` of them.
+fn contiguous(page: &crate::engine::HistoryPage, after: u64, max: usize) -> bool {
+    let top = page.position.offset;
+    let missed = top.saturating_sub(after);
+    after <= top
+        && missed as usize <= max
+        && page.publications.len() as u64 == missed
+        && page
+            .publications
+            .first()
+            .is_none_or(|p| p.offset == Some(after + 1))
+}
+
 /// The newest publication a subscribe reply holds: what a delta
 /// subscription's first live delta may build on.
 pub(super) fn base_of(ok: &SubscribeOk) -> Option<u64> {
@@ -109,7 +129,7 @@ impl Session {
                 self.conn,
                 self.outbox.clone(),
                 self.control.clone(),
-                arg.delta.is_some(),
+                wants_delta(arg, ns),
             )
             .await
             .map_err(|e| match e {
@@ -311,7 +331,7 @@ impl Session {
         ns: &NamespaceOptions,
         budget: &mut ReplyBudget,
     ) -> Result<SubscribeOk, ErrorBody> {
-        let delta = arg.delta.is_some() && ChannelDelivery::of(ns).allows_delta();
+        let delta = wants_delta(arg, ns);
         let mut ok = self.recover(arg, ns, budget).await?;
         if delta {
             // Every payload as text: the exact bytes the next delta builds on.
@@ -338,7 +358,8 @@ impl Session {
         let policy = self.node.policy(ns);
         // Recovery reads history: where clients may not read it, they may
         // not recover either.
-        let barred = arg.since.is_some() && ns.recovery_rule() == ClientAccess::None;
+        let barred =
+            (arg.since.is_some() || arg.snapshot) && ns.recovery_rule() == ClientAccess::None;
         if barred && arg.strict {
             return Err(err(
                 ErrorCode::Unrecoverable,
@@ -376,17 +397,10 @@ impl Session {
             )
             .await
             .map_err(internal)?;
-        let top = page.position;
-        let missed = top.offset.saturating_sub(since.offset);
         // Recovered only when every publication after `since` is here, in one epoch.
-        let mut complete = top.epoch == since.epoch
-            && since.offset <= top.offset
-            && missed as usize <= max
-            && page.publications.len() as u64 == missed
-            && page
-                .publications
-                .first()
-                .is_none_or(|p| p.offset == Some(since.offset + 1));
+        let mut complete =
+            page.position.epoch == since.epoch && contiguous(&page, since.offset, max);
+        let top = page.position;
         let size: usize = page.publications.iter().map(|p| p.approx_size()).sum();
         let max_bytes = self.node.config.client.recovery_max_bytes;
         if complete && size > budget.left {
@@ -462,15 +476,8 @@ impl Session {
             .read(&arg.channel, query, policy)
             .await
             .map_err(internal)?;
+        let complete = contiguous(&page, at, max);
         let top = page.position;
-        let after = top.offset.saturating_sub(at);
-        let complete = at <= top.offset
-            && after as usize <= max
-            && page.publications.len() as u64 == after
-            && page
-                .publications
-                .first()
-                .is_none_or(|p| p.offset == Some(at + 1));
         let size: usize = snapshot.as_ref().map_or(0, |s| s.approx_size())
             + page
                 .publications

@@ -182,7 +182,8 @@ where
     let mut options = yawc::Options::default()
         .with_low_latency_compression()
         .with_compression_threshold(terms.threshold)
-        .with_limits(max_frame, max_frame)
+        // yawc refuses a payload of exactly its limit; tokio-websockets accepts it.
+        .with_limits(max_frame + 1, max_frame + 1)
         .with_utf8()
         .with_read_buffer_capacity(1024)
         .with_write_buffer_capacity(1024);
@@ -202,11 +203,13 @@ where
     let (sink, stream) = Yawc(ws).split();
     let stream = stream.map(move |frame| {
         use yawc::frame::OpCode;
+        // yawc may have queued its own close frame already (1011 for a
+        // payload that does not inflate): ours carries the same codes, and
+        // bad data for that case, whichever goes first.
         let frame = frame.map_err(|e| {
             use yawc::WebSocketError as E;
             let code = match &e {
                 E::FrameTooLarge => return too_big(max_frame),
-                // A payload that does not inflate is bad data, like bad UTF-8.
                 E::InvalidUTF8 | E::IoError(_) => 1007,
                 _ => u16::from(CloseCode::PROTOCOL_ERROR),
             };

@@ -259,35 +259,43 @@ async fn write_loop(
 ) {
     let mut batch: Vec<Entry> = Vec::new();
     let latency = node.metrics.writes("websocket");
-    let (separator, binary): (&[u8], bool) = match wire {
-        Wire::Json => (b"\n", false),
-        Wire::MsgPack => (b"", true),
-    };
-    let frame_of = |payload: Bytes| Outgoing::Data { payload, binary };
+    // (payload, binary): MessagePack where it can be; a message that cannot
+    // (a JSON string with an unpaired surrogate escape) goes as JSON text,
+    // which both SDKs read on either subprotocol: nothing is dropped.
     let encode = |e: Entry| match wire {
-        Wire::Json => Some(e.bytes),
-        Wire::MsgPack => e.msgpack(),
+        Wire::MsgPack => match e.msgpack() {
+            Some(mp) => (mp, true),
+            None => (e.bytes, false),
+        },
+        Wire::Json => (e.bytes, false),
     };
+    let frame_of = |(payload, binary): (Bytes, bool)| Outgoing::Data { payload, binary };
     loop {
         let close = outbox.next_batch(&mut batch).await;
         latency.observe(&batch);
         let mut written = 0u64;
-        let mut frames = batch.drain(..).filter_map(encode).peekable();
+        let mut frames = batch.drain(..).map(encode).peekable();
         let mut failed = false;
-        while let Some(first) = frames.next() {
-            let frame = if frames.peek().is_none() || first.len() >= MAX_BATCH_FRAME {
+        while let Some((first, binary)) = frames.next() {
+            // JSON messages are joined by `\n`; MessagePack values back to back.
+            let separator: &[u8] = if binary { b"" } else { b"\n" };
+            let frame = if first.len() >= MAX_BATCH_FRAME
+                || frames.peek().is_none_or(|(_, b)| *b != binary)
+            {
                 first
             } else {
                 let mut buf = BytesMut::with_capacity(MAX_BATCH_FRAME.min(first.len() * 8));
                 buf.extend_from_slice(&first);
-                while let Some(next) = frames.next_if(|n| buf.len() + n.len() < MAX_BATCH_FRAME) {
+                while let Some((next, _)) =
+                    frames.next_if(|(n, b)| *b == binary && buf.len() + n.len() < MAX_BATCH_FRAME)
+                {
                     buf.extend_from_slice(separator);
                     buf.extend_from_slice(&next);
                 }
                 buf.freeze()
             };
             written += frame.len() as u64;
-            if sink.feed(frame_of(frame)).await.is_err() {
+            if sink.feed(frame_of((frame, binary))).await.is_err() {
                 failed = true;
                 break;
             }
@@ -304,10 +312,8 @@ async fn write_loop(
             }
             let d = close.disconnect;
             // Codes below 3000 answer the client's own close: no push.
-            if d.code >= 3000
-                && let Some(push) =
-                    encode(Entry::control(encode_push(&Push::Disconnect(d.clone()))))
-            {
+            if d.code >= 3000 {
+                let push = encode(Entry::control(encode_push(&Push::Disconnect(d.clone()))));
                 let _ = sink.feed(frame_of(push)).await;
             }
             let reason = super::close_reason(&d.reason).to_string();
