@@ -65,14 +65,18 @@ async function metric(name) {
 }
 
 /**
- * Publishes COUNT publications of 8 KB into `channel` from another process,
+ * Publishes COUNT publications of ~8 KB into `channel` from another process,
  * while this one's event loop is blocked (spawnSync): the client reads
  * nothing meanwhile, as a frozen tab would not. Keys cycle over five.
  */
 function stalledBacklog(channel) {
+  // Random (incompressible) blobs: the client's WebSocket negotiates
+  // permessage-deflate, and a repeated letter would compress to almost
+  // nothing and never fill the socket.
   const script = `
-    const blob = 'b'.repeat(8000);
+    const { randomBytes } = await import('node:crypto');
     for (let i = 0; i < ${COUNT}; i++) {
+      const blob = randomBytes(6000).toString('base64');
       const res = await fetch('http://${server.addr}/v1/api/publish', {
         method: 'POST',
         headers: { authorization: 'Bearer ${API_KEY}', 'content-type': 'application/json' },

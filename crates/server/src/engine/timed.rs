@@ -19,7 +19,7 @@ use super::{
 use crate::metrics::Metrics;
 
 /// The operations timed, in the order of [`Timed::seconds`].
-const OPS: [&str; 17] = [
+const OPS: [&str; 18] = [
     "publish",
     "node_subscribe",
     "node_unsubscribe",
@@ -37,6 +37,7 @@ const OPS: [&str; 17] = [
     "claim_user",
     "release_user",
     "channels",
+    "snapshot",
 ];
 
 /// Wraps an engine; holds one histogram per operation.

@@ -181,26 +181,24 @@ impl Raw {
 
     /// Opens a `tidings.v1.msgpack` connection and connects.
     pub async fn connect_msgpack(server: &Server, user: Option<&str>) -> Raw {
-        let mut raw = Raw::open_msgpack(server).await;
-        let mut cmd = json!({"op": "connect"});
-        if let Some(u) = user {
-            cmd["token"] = json!(token(u));
-        }
-        let reply = raw.call(cmd).await;
-        assert!(reply.get("ok").is_some(), "connect failed: {reply}");
-        raw
+        Raw::open_msgpack(server).await.connected(user).await
     }
 
     /// Opens and connects (anonymous when `user` is None).
     pub async fn connect(server: &Server, user: Option<&str>) -> Raw {
-        let mut raw = Raw::open(server).await;
+        Raw::open(server).await.connected(user).await
+    }
+
+    /// Sends `connect` (anonymous when `user` is None) and checks the answer.
+    async fn connected(mut self, user: Option<&str>) -> Raw {
+        let raw = &mut self;
         let mut cmd = json!({"op": "connect"});
         if let Some(u) = user {
             cmd["token"] = json!(token(u));
         }
         let reply = raw.call(cmd).await;
         assert!(reply.get("ok").is_some(), "connect failed: {reply}");
-        raw
+        self
     }
 
     pub async fn send_text(&mut self, text: impl Into<String>) {
