@@ -24,14 +24,6 @@ pub fn as_text(data: &RawValue) -> Box<RawValue> {
         .unwrap_or_else(|_| RawValue::from_string("\"\"".into()).unwrap_or_default())
 }
 
-/// `p` as a delta subscription gets it in full (its payload as text).
-pub fn full(p: &Publication) -> Publication {
-    Publication {
-        data: as_text(&p.data),
-        ..p.clone()
-    }
-}
-
 /// A Fossil delta turning `base` into `target`, as a JSON string; None
 /// when it would not be smaller than `target` or is not valid UTF-8 (a
 /// JSON string must be).

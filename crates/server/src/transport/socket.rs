@@ -42,12 +42,6 @@ pub enum Outgoing {
 /// Reads fail with the disconnect that answers them.
 pub type Read = Result<Incoming, Disconnect>;
 
-/// A connection's reading and writing halves.
-pub type Halves = (
-    std::pin::Pin<Box<dyn Stream<Item = Read> + Send>>,
-    std::pin::Pin<Box<dyn Sink<Outgoing, Error = ()> + Send>>,
-);
-
 /// A message over `max` bytes: close 1009, without a push.
 fn too_big(max: usize) -> Disconnect {
     Disconnect {
@@ -69,7 +63,13 @@ fn bad_frame(code: u16, e: &dyn std::fmt::Display) -> Disconnect {
 }
 
 /// A connection on tokio-websockets.
-pub fn plain<S>(io: S, max_frame: usize) -> Halves
+pub fn plain<S>(
+    io: S,
+    max_frame: usize,
+) -> (
+    impl Stream<Item = Read> + Send + Unpin,
+    impl Sink<Outgoing, Error = ()> + Send + Unpin,
+)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -109,7 +109,7 @@ where
             }
         })
     });
-    (Box::pin(stream), Box::pin(sink))
+    (stream, sink)
 }
 
 /// The permessage-deflate terms agreed with a client.
@@ -175,7 +175,17 @@ fn pool() -> yawc::DeflatePool {
 }
 
 /// A connection on yawc, with the agreed permessage-deflate.
-pub fn deflate<S>(io: S, max_frame: usize, terms: &Deflate) -> Result<Halves, String>
+pub fn deflate<S>(
+    io: S,
+    max_frame: usize,
+    terms: &Deflate,
+) -> Result<
+    (
+        impl Stream<Item = Read> + Send + Unpin + use<S>,
+        impl Sink<Outgoing, Error = ()> + Send + Unpin + use<S>,
+    ),
+    String,
+>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -236,7 +246,7 @@ where
             }
         })
     });
-    Ok((Box::pin(stream), Box::pin(sink)))
+    Ok((stream, sink))
 }
 
 /// yawc's socket with its read errors kept (its own `Stream` ends

@@ -9,6 +9,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
 use bytes::{Bytes, BytesMut};
+use futures_util::future::Either;
 use futures_util::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use tidings_protocol::{
@@ -83,19 +84,22 @@ pub async fn upgrade(State(node): State<Arc<Node>>, mut req: Request) -> Respons
     );
     let agreed = deflate.as_ref().map(|d| d.agreed.clone());
     let task_node = node.clone();
-    accept(&node, &mut req, protocol, agreed, move |io| async move {
+    accept(&node, &mut req, protocol, agreed, move |io| {
         let max = task_node.config.client.max_frame_size;
-        let halves = match &deflate {
-            None => socket::plain(io, max),
-            Some(terms) => match socket::deflate(io, max, terms) {
-                Ok(halves) => halves,
-                Err(e) => {
-                    tracing::warn!(error = %e, "permessage-deflate could not start");
-                    return;
+        // Each library's halves as they are (no boxes, no deflate terms
+        // held): this future lives as long as the connection.
+        match deflate {
+            None => Either::Left(async move {
+                let (stream, sink) = socket::plain(io, max);
+                run(task_node, stream, sink, peer, wire).await
+            }),
+            Some(terms) => Either::Right(Box::pin(async move {
+                match socket::deflate(io, max, &terms) {
+                    Ok((stream, sink)) => run(task_node, stream, sink, peer, wire).await,
+                    Err(e) => tracing::warn!(error = %e, "permessage-deflate could not start"),
                 }
-            },
-        };
-        run(task_node, halves, peer, wire).await
+            })),
+        }
     })
 }
 
@@ -178,8 +182,16 @@ fn header_has(headers: &HeaderMap, name: header::HeaderName, token: &str) -> boo
 
 /// Runs one connection: a reader loop (commands, pings, expiry, control)
 /// and a writer task that drains the outbox.
-async fn run(node: Arc<Node>, halves: socket::Halves, peer: crate::hooks::Peer, wire: Wire) {
-    let (mut stream, sink) = halves;
+async fn run<St, Si>(
+    node: Arc<Node>,
+    mut stream: St,
+    sink: Si,
+    peer: crate::hooks::Peer,
+    wire: Wire,
+) where
+    St: futures_util::Stream<Item = socket::Read> + Unpin + Send,
+    Si: futures_util::Sink<Outgoing, Error = ()> + Unpin + Send + 'static,
+{
     let outbox = Arc::new(Outbox::new(node.config.client.outbox_bytes));
     let (mut session, control) = Session::new(node.clone(), outbox.clone());
     session.set_peer(peer);
@@ -251,12 +263,10 @@ async fn run(node: Arc<Node>, halves: socket::Halves, peer: crate::hooks::Peer, 
 /// Drains the outbox into frames: each batch becomes as few frames as it
 /// can (JSON messages joined by `\n`; MessagePack values back to back),
 /// flushed together.
-async fn write_loop(
-    node: Arc<Node>,
-    outbox: Arc<Outbox>,
-    mut sink: std::pin::Pin<Box<dyn futures_util::Sink<Outgoing, Error = ()> + Send>>,
-    wire: Wire,
-) {
+async fn write_loop<Si>(node: Arc<Node>, outbox: Arc<Outbox>, mut sink: Si, wire: Wire)
+where
+    Si: futures_util::Sink<Outgoing, Error = ()> + Unpin,
+{
     let mut batch: Vec<Entry> = Vec::new();
     let latency = node.metrics.writes("websocket");
     // (payload, binary): MessagePack where it can be; a message that cannot
