@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tidings_protocol::{Priority, PubStyle, Publication, encode_pub};
+use tidings_protocol::{Priority, PubStyle, Publication, encode_pub, encode_pub_as};
 
 use crate::config::{Delivery, NamespaceOptions, SlowConsumer};
 use crate::delta::DeltaForms;
@@ -113,6 +113,25 @@ impl ChannelDelivery {
         delta: Option<DeltaForms>,
     ) -> Entry {
         let bytes = encode_pub(channel, epoch, p, self.style());
+        self.publication(bytes, channel, epoch, p, delta)
+    }
+
+    /// The entry of `p` whose `data` is already the payload's text (a
+    /// delta subscription's reply publication), marked `"delta": false`.
+    pub fn text_entry(&self, channel: &Arc<str>, epoch: Option<&str>, p: &Publication) -> Entry {
+        let bytes = encode_pub_as(channel, epoch, p, self.style(), &p.data, Some(false));
+        self.publication(bytes, channel, epoch, p, None)
+    }
+
+    /// The publication entry of `bytes`, encoding `p`.
+    fn publication(
+        &self,
+        bytes: bytes::Bytes,
+        channel: &Arc<str>,
+        epoch: Option<&str>,
+        p: &Publication,
+        delta: Option<DeltaForms>,
+    ) -> Entry {
         let meta = PubMeta {
             channel: channel.clone(),
             offset: p.offset,

@@ -36,23 +36,6 @@ pub fn fossil(base: &str, target: &str) -> Option<Box<RawValue>> {
     serde_json::value::to_raw_value(text).ok()
 }
 
-/// `entry` of a publication already in full form (its `data` the payload's
-/// text, as in a subscribe reply), marked as such for the client.
-pub fn marked_full(
-    entry: Entry,
-    channel: &str,
-    epoch: Option<&str>,
-    p: &Publication,
-    style: PubStyle,
-) -> Entry {
-    // Its meta was made for this entry alone: `Main` caches stay its own.
-    Entry {
-        bytes: encode_pub_as(channel, epoch, p, style, &p.data, Some(false)),
-        form: Form::Main,
-        ..entry
-    }
-}
-
 /// Whether offset `b` comes right after `a`.
 fn follows(a: Option<u64>, b: Option<u64>) -> bool {
     matches!((a, b), (Some(a), Some(b)) if a + 1 == b)

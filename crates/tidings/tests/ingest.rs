@@ -258,6 +258,18 @@ fn pg_insert(pg: &Postgres, range: std::ops::Range<u64>) {
     ));
 }
 
+/// Waits until Tidings has created the outbox table (`create = true`).
+fn wait_for_outbox_table(pg: &Postgres) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while pg.psql("SELECT to_regclass('outbox') IS NOT NULL") != "t" {
+        assert!(
+            Instant::now() < deadline,
+            "the outbox table was not created"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn postgres_outbox_exactly_once_across_kill_9() {
     let pg = Postgres::start();
@@ -268,14 +280,7 @@ fn postgres_outbox_exactly_once_across_kill_9() {
         &config(dir.path(), &postgres_consumer(&pg, "orders")),
         &dir.path().join("data"),
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pg.psql("SELECT to_regclass('outbox') IS NOT NULL") != "t" {
-        assert!(
-            Instant::now() < deadline,
-            "the outbox table was not created"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_outbox_table(&pg);
     kill_9(&mut child);
     exactly_once(
         &postgres_consumer(&pg, "orders"),
@@ -308,14 +313,7 @@ fn postgres_outbox_two_nodes_publish_each_row_once() {
         .iter()
         .map(|d| start(&config(d.path(), &consumers), &d.path().join("data")))
         .collect();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while pg.psql("SELECT to_regclass('outbox') IS NOT NULL") != "t" {
-        assert!(
-            Instant::now() < deadline,
-            "the outbox table was not created"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    wait_for_outbox_table(&pg);
     // Rows spread over the partitions; each partition in order.
     pg.psql(
         "INSERT INTO outbox (partition, channel, data) SELECT n % 4, 'orders:p' || (n % 4), json_build_object('n', n) FROM generate_series(0, 399) AS n",

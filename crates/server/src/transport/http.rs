@@ -153,11 +153,11 @@ fn reply_entry(
     p: &Publication,
     delta: bool,
 ) -> Entry {
-    let entry = delivery.entry(channel, Some(epoch), p);
-    if !delta {
-        return entry;
+    if delta {
+        delivery.text_entry(channel, Some(epoch), p)
+    } else {
+        delivery.entry(channel, Some(epoch), p)
     }
-    crate::delta::marked_full(entry, channel, Some(epoch), p, delivery.style())
 }
 
 /// An epoch no channel has: a vector holding it resets that channel again.
