@@ -38,6 +38,9 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
+# Incremental caches double the size of target/ for a one-off build.
+export CARGO_INCREMENTAL=0
+
 echo "== format"
 cargo fmt --all -- --check
 echo "== clippy"
