@@ -10,7 +10,9 @@ use serde::de::DeserializeOwned;
 use serde_json::value::RawValue;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use tidings_protocol::SinceArg;
+use tidings_protocol::chat::{InboxOk, KeysOk, MembersOk};
+use tidings_protocol::reply::Empty;
+use tidings_protocol::{Cursors, InboxChange, SinceArg};
 use tidings_protocol::reply::{HistoryOk, PresenceOk, PresenceStatsOk, PublishOk, RefreshOk};
 
 use crate::config::{ClientConfig, parse_url};
@@ -79,7 +81,12 @@ pub enum ClientEvent {
 pub(crate) struct Shared {
     pub(crate) client_id: Mutex<Option<String>>,
     pub(crate) events: broadcast::Sender<ClientEvent>,
+    pub(crate) inbox: broadcast::Sender<InboxChange>,
 }
+
+/// How long a subscription with `receipts` gathers delivered offsets
+/// before it tells the server the newest one.
+pub const CURSOR_COALESCE: Duration = Duration::from_millis(500);
 
 impl Shared {
     pub(crate) fn set_client_id(&self, id: Option<String>) {
@@ -125,9 +132,11 @@ impl Client {
         let uri = parse_url(&config.url).map_err(ClientError::InvalidArgument)?;
         let (tx, rx) = mpsc::unbounded_channel();
         let (events, _) = broadcast::channel(EVENTS_CAPACITY);
+        let (inbox, _) = broadcast::channel(EVENTS_CAPACITY);
         let shared = Arc::new(Shared {
             client_id: Mutex::new(None),
             events,
+            inbox,
         });
         let (ready_tx, ready_rx) = oneshot::channel();
         let request_timeout = config.request_timeout;
@@ -188,6 +197,7 @@ impl Client {
             since: opts.since,
             snapshot: opts.snapshot,
             delta: opts.delta,
+            receipts: opts.receipts,
             events: events_tx,
             reply: reply_tx,
         })?;
@@ -313,6 +323,91 @@ impl Client {
     /// Connection events from now on (connected, disconnected, reconnecting).
     pub fn events(&self) -> broadcast::Receiver<ClientEvent> {
         self.inner.shared.events.subscribe()
+    }
+
+    /// The user's conversations as they change (`inbox` pushes), from now on.
+    pub fn inbox_changes(&self) -> broadcast::Receiver<InboxChange> {
+        self.inner.shared.inbox.subscribe()
+    }
+
+    /// Raises the user's cursors in members channel `channel` (they never
+    /// go back); the cursors the server stores. `mark_read` is
+    /// `cursor(channel, None, Some(offset))`.
+    pub async fn cursor(
+        &self,
+        channel: &str,
+        delivered: Option<u64>,
+        read: Option<u64>,
+    ) -> Result<Cursors, ClientError> {
+        let op = Op::Cursor {
+            channel: channel.to_string(),
+            delivered,
+            read,
+        };
+        self.call(op, true).await
+    }
+
+    /// The user has read everything in `channel` up to `offset`.
+    pub async fn mark_read(&self, channel: &str, offset: u64) -> Result<Cursors, ClientError> {
+        self.cursor(channel, None, Some(offset)).await
+    }
+
+    /// A page of the user's conversations, the most recently active first.
+    pub async fn inbox(
+        &self,
+        limit: Option<u32>,
+        cursor: Option<String>,
+    ) -> Result<InboxOk, ClientError> {
+        self.call(Op::Inbox { limit, cursor }, true).await
+    }
+
+    /// A page of members channel `channel`'s members.
+    pub async fn members(
+        &self,
+        channel: &str,
+        limit: Option<u32>,
+        cursor: Option<String>,
+    ) -> Result<MembersOk, ClientError> {
+        let op = Op::Members {
+            channel: channel.to_string(),
+            limit,
+            cursor,
+        };
+        self.call(op, true).await
+    }
+
+    /// Registers this device's public key (an uncompressed P-256 point in
+    /// unpadded base64url) in the key directory, under the user's name.
+    pub async fn register_key(&self, device: &str, key: &str) -> Result<(), ClientError> {
+        let op = Op::Keys {
+            device: Some(device.to_string()),
+            key: Some(key.to_string()),
+            users: None,
+            channel: None,
+        };
+        self.call::<Empty>(op, true).await.map(drop)
+    }
+
+    /// The device keys of `users`.
+    pub async fn keys(&self, users: &[String]) -> Result<KeysOk, ClientError> {
+        let op = Op::Keys {
+            device: None,
+            key: None,
+            users: Some(users.to_vec()),
+            channel: None,
+        };
+        self.call(op, true).await
+    }
+
+    /// The device keys of members channel `channel`'s members.
+    pub async fn channel_keys(&self, channel: &str) -> Result<KeysOk, ClientError> {
+        let op = Op::Keys {
+            device: None,
+            key: None,
+            users: None,
+            channel: Some(channel.to_string()),
+        };
+        self.call(op, true).await
     }
 
     /// Closes the connection for good and waits until it is closed. Pending

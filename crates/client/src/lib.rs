@@ -37,7 +37,9 @@ mod tracker;
 mod typing;
 mod wire;
 
-pub use client::{Client, ClientEvent, HistoryOptions, PublishOptions};
+pub use client::{CURSOR_COALESCE, Client, ClientEvent, HistoryOptions, PublishOptions};
+pub use tidings_protocol::chat::{DeviceKey, InboxOk, KeysOk, MembersOk};
+pub use tidings_protocol::{Conversation, Cursors, InboxChange, Receipt};
 pub use config::ClientConfig;
 pub use error::ClientError;
 pub use subscription::{SubEvent, SubscribeOptions, Subscription};

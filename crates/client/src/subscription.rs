@@ -23,6 +23,10 @@ pub struct SubscribeOptions {
     /// for state that changes a little at a time); applied here, events
     /// carry whole payloads.
     pub delta: bool,
+    /// In a members channel: tell the server, by itself, that publications
+    /// arrived (its `delivered` cursor), at most one `cursor` command per
+    /// [`crate::CURSOR_COALESCE`], carrying the newest offset.
+    pub receipts: bool,
 }
 
 /// What happens in a subscribed channel, in order.
@@ -58,6 +62,9 @@ pub enum SubEvent {
         /// The epoch it continues in.
         epoch: String,
     },
+    /// A member's cursors moved, or a large group's summary (members
+    /// channels): what the sender's messages show as delivered and read.
+    Receipt(tidings_protocol::Receipt),
     /// A client joined the channel (namespaces with join/leave events).
     Join(ClientInfo),
     /// A client left the channel.

@@ -56,6 +56,7 @@ pub(crate) enum ToTask {
         since: Option<SinceArg>,
         snapshot: bool,
         delta: bool,
+        receipts: bool,
         events: mpsc::UnboundedSender<SubEvent>,
         reply: DoneTx,
     },
@@ -124,6 +125,12 @@ struct SubEntry {
     delta: bool,
     /// The last payload's text, which the next delta applies to.
     delta_base: Option<String>,
+    /// Sends `delivered` cursors by itself (`receipts`).
+    receipts: bool,
+    /// The newest offset delivered and not yet told, since when.
+    untold: Option<(u64, Instant)>,
+    /// The newest offset told.
+    told: u64,
 }
 
 impl SubEntry {
@@ -178,8 +185,16 @@ impl SubEntry {
         Ok(())
     }
 
-    fn deliver(&self, events: Vec<SubEvent>) {
+    fn deliver(&mut self, events: Vec<SubEvent>) {
         for e in events {
+            if self.receipts
+                && let SubEvent::Publication(p) | SubEvent::Snapshot(p) = &e
+                && let Some(offset) = p.offset.filter(|&o| o > self.told)
+            {
+                let since = self.untold.map_or_else(Instant::now, |(_, at)| at);
+                let newest = self.untold.map_or(offset, |(o, _)| o.max(offset));
+                self.untold = Some((newest, since));
+            }
             if self.events.send(e).is_err() {
                 break;
             }
@@ -524,10 +539,10 @@ impl Task {
                 };
             }
             let deadline = s.deadline();
-            let retry_at = if s.connected {
-                self.next_retry_at()
+            let (retry_at, cursor_at) = if s.connected {
+                (self.next_retry_at(), self.next_cursor_at())
             } else {
-                None
+                (None, None)
             };
             tokio::select! {
                 msg = ws.next() => match msg {
@@ -583,6 +598,9 @@ impl Task {
                 _ = sleep_until(retry_at.unwrap_or_else(far_future)), if retry_at.is_some() => {
                     self.retry_subscribes(&mut s.out);
                 }
+                _ = sleep_until(cursor_at.unwrap_or_else(far_future)), if cursor_at.is_some() => {
+                    self.tell_cursors(&mut s.out);
+                }
             }
         }
     }
@@ -636,6 +654,7 @@ impl Task {
                 since,
                 snapshot,
                 delta,
+                receipts,
                 events,
                 reply,
             } => {
@@ -659,6 +678,9 @@ impl Task {
                         snapshot,
                         delta,
                         delta_base: None,
+                        receipts,
+                        untold: None,
+                        told: 0,
                     },
                 );
                 if let Some(out) = out {
@@ -763,6 +785,38 @@ impl Task {
                 serial: entry.serial,
             },
         );
+    }
+
+    /// When the oldest untold `delivered` cursor is due.
+    fn next_cursor_at(&self) -> Option<Instant> {
+        self.subs
+            .values()
+            .filter_map(|e| e.untold.map(|(_, at)| at + crate::CURSOR_COALESCE))
+            .min()
+    }
+
+    /// Tells the server the newest offsets delivered (replies unread).
+    fn tell_cursors(&mut self, out: &mut Vec<String>) {
+        let now = Instant::now();
+        let mut due = Vec::new();
+        for (channel, e) in &mut self.subs {
+            if let Some((offset, at)) = e.untold
+                && at + crate::CURSOR_COALESCE <= now
+            {
+                e.untold = None;
+                e.told = offset;
+                due.push((channel.clone(), offset));
+            }
+        }
+        for (channel, offset) in due {
+            let id = self.next_id();
+            let op = Op::Cursor {
+                channel,
+                delivered: Some(offset),
+                read: None,
+            };
+            out.push(encode(Some(id), &op));
+        }
     }
 
     fn next_retry_at(&self) -> Option<Instant> {
@@ -982,6 +1036,11 @@ impl Task {
                 self.on_gap(channel.clone(), s);
                 return;
             }
+            Push::Inbox(change) => {
+                let _ = self.shared.inbox.send(change.clone());
+                return;
+            }
+            Push::Receipt(r) => r.channel.clone(),
             Push::Pub { channel, .. }
             | Push::Join { channel, .. }
             | Push::Leave { channel, .. } => channel.clone(),
@@ -1162,6 +1221,7 @@ fn apply_push(tracker: &mut Tracker, push: Push) -> Vec<SubEvent> {
         } => tracker.on_publication(epoch.as_deref(), publication, latest),
         Push::Join { info, .. } => vec![SubEvent::Join(info)],
         Push::Leave { info, .. } => vec![SubEvent::Leave(info)],
+        Push::Receipt(r) => vec![SubEvent::Receipt(r)],
         _ => Vec::new(),
     }
 }

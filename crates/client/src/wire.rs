@@ -62,6 +62,36 @@ pub(crate) enum Op {
     Refresh {
         token: String,
     },
+    Cursor {
+        channel: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        delivered: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        read: Option<u64>,
+    },
+    Inbox {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+    },
+    Members {
+        channel: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        limit: Option<u32>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+    },
+    Keys {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        device: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        key: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        users: Option<Vec<String>>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        channel: Option<String>,
+    },
 }
 
 #[derive(Serialize)]

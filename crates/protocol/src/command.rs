@@ -132,6 +132,33 @@ pub enum CommandKind {
         /// The subscription whose channel token this renews.
         channel: Option<String>,
     },
+    /// Move the user's cursors in a members channel.
+    Cursor {
+        /// Channel name.
+        channel: String,
+        /// Raise `delivered` to this offset.
+        delivered: Option<u64>,
+        /// Raise `read` to this offset.
+        read: Option<u64>,
+    },
+    /// A page of the user's conversations.
+    Inbox {
+        /// At most this many.
+        limit: Option<u32>,
+        /// `next_cursor` of the previous page.
+        cursor: Option<String>,
+    },
+    /// A page of a members channel's members.
+    Members {
+        /// Channel name.
+        channel: String,
+        /// At most this many.
+        limit: Option<u32>,
+        /// `next_cursor` of the previous page.
+        cursor: Option<String>,
+    },
+    /// The device-key directory.
+    Keys(crate::chat::KeysArg),
     /// Answer to a server `ping`.
     Pong,
 }
@@ -149,6 +176,10 @@ impl CommandKind {
             CommandKind::LastSeen { .. } => "last_seen",
             CommandKind::PresenceStats { .. } => "presence_stats",
             CommandKind::Refresh { .. } => "refresh",
+            CommandKind::Cursor { .. } => "cursor",
+            CommandKind::Inbox { .. } => "inbox",
+            CommandKind::Members { .. } => "members",
+            CommandKind::Keys(_) => "keys",
             CommandKind::Pong => "pong",
         }
     }
@@ -205,6 +236,10 @@ struct RawCommand {
     #[serde(default)]
     snapshot: bool,
     delta: Option<DeltaFormat>,
+    delivered: Option<u64>,
+    read: Option<u64>,
+    device: Option<String>,
+    user: Option<String>,
 }
 
 /// Only the id, to echo it when the full decode fails.
@@ -283,6 +318,33 @@ impl Command {
                 token: raw.token.ok_or_else(|| missing(id, op, "token"))?,
                 channel: raw.channel,
             },
+            "cursor" => CommandKind::Cursor {
+                channel: channel(raw.channel)?,
+                delivered: raw.delivered,
+                read: raw.read,
+            },
+            "inbox" => CommandKind::Inbox {
+                limit: raw.limit,
+                cursor: raw.cursor,
+            },
+            "members" => CommandKind::Members {
+                channel: channel(raw.channel)?,
+                limit: raw.limit,
+                cursor: raw.cursor,
+            },
+            "keys" => CommandKind::Keys(
+                crate::chat::KeysArg::from_fields(
+                    raw.device,
+                    raw.key,
+                    raw.user,
+                    raw.users,
+                    raw.channel,
+                )
+                .map_err(|message| DecodeError {
+                    id,
+                    message: message.into(),
+                })?,
+            ),
             "pong" => CommandKind::Pong,
             other => {
                 return Err(DecodeError {

@@ -6,6 +6,7 @@
 #![warn(missing_docs)]
 
 pub mod channel;
+pub mod chat;
 pub mod codes;
 pub mod command;
 pub mod depth;
@@ -15,6 +16,7 @@ pub mod position;
 pub mod reply;
 
 pub use channel::{ChannelName, ChannelNameError};
+pub use chat::{Conversation, Cursors, InboxChange, KeysArg, Receipt};
 pub use codes::{DisconnectCode, ErrorCode};
 pub use command::{
     Command, CommandKind, DecodeError, DeltaFormat, Priority, SinceArg, SubscribeArg,

@@ -193,6 +193,10 @@ pub enum Push {
         /// The channel's epoch.
         epoch: Option<String>,
     },
+    /// A member's cursors moved, or a large group's summary.
+    Receipt(crate::chat::Receipt),
+    /// One of the user's conversations changed.
+    Inbox(crate::chat::InboxChange),
     /// The server is about to close the connection.
     Disconnect(Disconnect),
     /// Heartbeat; answer with `{"op":"pong"}`.
@@ -277,6 +281,8 @@ enum PushOut<'a> {
         #[serde(skip_serializing_if = "Option::is_none")]
         epoch: Option<&'a str>,
     },
+    Receipt(&'a crate::chat::Receipt),
+    Inbox(&'a crate::chat::InboxChange),
     Disconnect(&'a Disconnect),
     Ping {},
 }
@@ -360,6 +366,8 @@ pub fn encode_push(push: &Push) -> Bytes {
             offset: *offset,
             epoch: epoch.as_deref(),
         },
+        Push::Receipt(r) => PushOut::Receipt(r),
+        Push::Inbox(i) => PushOut::Inbox(i),
         Push::Disconnect(d) => PushOut::Disconnect(d),
         Push::Ping => PushOut::Ping {},
     };
@@ -477,6 +485,13 @@ impl ServerMessage {
                     offset: raw.offset,
                     epoch: raw.epoch.clone(),
                 },
+                // Their own types read them (the `push` field is ignored).
+                "receipt" => Push::Receipt(
+                    serde_json::from_slice(bytes).map_err(|e| bad(format!("bad receipt: {e}")))?,
+                ),
+                "inbox" => Push::Inbox(
+                    serde_json::from_slice(bytes).map_err(|e| bad(format!("bad inbox: {e}")))?,
+                ),
                 "ping" => Push::Ping,
                 other => return Err(bad(format!("unknown push `{}`", other.escape_default()))),
             };
@@ -510,6 +525,53 @@ mod tests {
 
     fn raw(s: &str) -> Box<RawValue> {
         RawValue::from_string(s.to_string()).unwrap()
+    }
+
+    #[test]
+    fn chat_pushes_round_trip() {
+        use crate::chat::{Conversation, InboxChange, Receipt};
+        let receipt = Push::Receipt(Receipt {
+            channel: "dm:a".into(),
+            user: Some("bob".into()),
+            delivered: 4,
+            read: 3,
+            members: None,
+            counts: None,
+        });
+        let bytes = encode_push(&receipt);
+        assert_eq!(
+            std::str::from_utf8(&bytes).unwrap(),
+            r#"{"push":"receipt","channel":"dm:a","user":"bob","delivered":4,"read":3}"#
+        );
+        let conversation = Conversation {
+            channel: "dm:a".into(),
+            unread: 2,
+            read: 3,
+            delivered: 4,
+            top: 5,
+            last: None,
+            active_at: 9,
+        };
+        for change in [
+            InboxChange::Changed(conversation),
+            InboxChange::Removed {
+                channel: "dm:a".into(),
+                removed: true,
+            },
+        ] {
+            let bytes = encode_push(&Push::Inbox(change.clone()));
+            match ServerMessage::decode(&bytes).unwrap() {
+                ServerMessage::Push(Push::Inbox(back)) => assert_eq!(
+                    serde_json::to_string(&back).unwrap(),
+                    serde_json::to_string(&change).unwrap()
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
+        match ServerMessage::decode(&bytes).unwrap() {
+            ServerMessage::Push(Push::Receipt(r)) => assert_eq!(r.user.as_deref(), Some("bob")),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

@@ -18,9 +18,11 @@ use tidings_protocol::reply::{
 use tidings_protocol::{Command, CommandKind, ErrorBody, ErrorCode, ServerMessage};
 
 use crate::api::{
-    ApiError, ChannelBody, HistoryBody, LastSeenBody, PresenceBody, PublishBody, bad, parse,
-    read_body,
+    ApiError, ChannelBody, HistoryBody, LastSeenBody, MembersListBody, PresenceBody, PublishBody,
+    bad, parse, read_body,
 };
+use tidings_protocol::chat::{InboxOk, KeysArg, KeysOk, MembersOk};
+use tidings_protocol::Cursors;
 use crate::engine::UserControl;
 use crate::hooks::Peer;
 use crate::lease::Beat;
@@ -37,6 +39,10 @@ pub fn router(node: &Arc<Node>) -> Router<Arc<Node>> {
         .route("/v1/client/presence_stats", post(presence_stats))
         .route("/v1/client/last_seen", post(last_seen))
         .route("/v1/client/heartbeat", post(heartbeat))
+        .route("/v1/client/cursor", post(cursor))
+        .route("/v1/client/inbox", post(inbox))
+        .route("/v1/client/members", post(members))
+        .route("/v1/client/keys", post(keys))
         .route("/v1/client/{op}", post(unknown))
         .layer(axum::middleware::from_fn_with_state(
             node.clone(),
@@ -217,10 +223,110 @@ pub async fn heartbeat(action: Action<HeartbeatBody>) -> Result<axum::Json<Empty
     }
 }
 
+/// Cursors to raise.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CursorBody {
+    /// Channel name (in a namespace with `members = true`).
+    channel: String,
+    /// Raise `delivered` to this offset.
+    delivered: Option<u64>,
+    /// Raise `read` to this offset (it raises `delivered` too).
+    read: Option<u64>,
+}
+
+/// Moves the user's cursors in a members channel.
+#[utoipa::path(post, path = "/v1/client/cursor", tag = "client actions", operation_id = "client_cursor",
+    request_body = CursorBody,
+    responses((status = 200, description = "The cursors stored.", body = Cursors)),
+    security(("token" = [])))]
+pub async fn cursor(action: Action<CursorBody>) -> Result<Response, ApiError> {
+    let b = &action.body;
+    let kind = CommandKind::Cursor {
+        channel: b.channel.clone(),
+        delivered: b.delivered,
+        read: b.read,
+    };
+    action.run(kind).await
+}
+
+/// A page of the inbox.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InboxBody {
+    /// At most this many conversations (default 100, at most 1000).
+    limit: Option<u32>,
+    /// The previous page's `next_cursor`.
+    cursor: Option<String>,
+}
+
+/// The user's conversations, the most recently active first.
+#[utoipa::path(post, path = "/v1/client/inbox", tag = "client actions", operation_id = "client_inbox",
+    request_body = InboxBody,
+    responses((status = 200, description = "One page of conversations.", body = InboxOk)),
+    security(("token" = [])))]
+pub async fn inbox(action: Action<InboxBody>) -> Result<Response, ApiError> {
+    let b = &action.body;
+    let kind = CommandKind::Inbox {
+        limit: b.limit,
+        cursor: b.cursor.clone(),
+    };
+    action.run(kind).await
+}
+
+/// A members channel's members, for its members.
+#[utoipa::path(post, path = "/v1/client/members", tag = "client actions", operation_id = "client_members",
+    request_body = MembersListBody,
+    responses((status = 200, description = "One page of members.", body = MembersOk)),
+    security(("token" = [])))]
+pub async fn members(action: Action<MembersListBody>) -> Result<Response, ApiError> {
+    let b = &action.body;
+    let kind = CommandKind::Members {
+        channel: b.channel.clone(),
+        limit: b.limit,
+        cursor: b.cursor.clone(),
+    };
+    action.run(kind).await
+}
+
+/// A `keys` request: `device` and `key`, or `users`, or `channel`.
+#[derive(serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KeysBody {
+    /// Register this device's key (with `key`).
+    device: Option<String>,
+    /// The device's ECDH P-256 public key, uncompressed, base64url.
+    key: Option<String>,
+    /// Refused unless the token's own user.
+    user: Option<String>,
+    /// Look up these users' keys.
+    users: Option<Vec<String>>,
+    /// Look up the keys of this channel's members.
+    channel: Option<String>,
+}
+
+/// The device-key directory: register a key, or look keys up.
+#[utoipa::path(post, path = "/v1/client/keys", tag = "client actions", operation_id = "client_keys",
+    request_body = KeysBody,
+    responses((status = 200, description = "The keys looked up (`{}` for a registration).", body = KeysOk)),
+    security(("token" = [])))]
+pub async fn keys(action: Action<KeysBody>) -> Result<Response, ApiError> {
+    let b = &action.body;
+    let arg = KeysArg::from_fields(
+        b.device.clone(),
+        b.key.clone(),
+        b.user.clone(),
+        b.users.clone(),
+        b.channel.clone(),
+    )
+    .map_err(bad)?;
+    action.run(CommandKind::Keys(arg)).await
+}
+
 /// An action clients do not have.
 async fn unknown(Path(op): Path<String>) -> ApiError {
     bad(format!(
-        "unknown client action `{}`; one of publish, history, presence, presence_stats, last_seen or heartbeat",
+        "unknown client action `{}`; one of publish, history, presence, presence_stats, last_seen, heartbeat, cursor, inbox, members or keys",
         op.escape_default()
     ))
 }

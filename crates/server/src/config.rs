@@ -138,6 +138,16 @@ pub struct NamespaceOptions {
     pub compress_min_size: usize,
     /// Whether the channel tracks presence (who is subscribed).
     pub presence: bool,
+    /// Channels have members (added by the server API): only they may
+    /// use them; each keeps their delivered and read cursors.
+    pub members: bool,
+    /// Members channels up to this many members push each member's
+    /// receipts (and inbox changes on each publication); larger ones a
+    /// summary at most once a second.
+    pub receipts_max_members: usize,
+    /// Whether `offline_publication` webhooks carry the publication
+    /// (false: its channel, offset and sender only).
+    pub offline_payload: bool,
     /// Whether history is kept on disk (survives restarts) or in memory only.
     pub durable: bool,
     /// Who may subscribe; when absent, `anonymous` decides (anonymous or authenticated).
@@ -202,6 +212,9 @@ impl Default for NamespaceOptions {
             max_data_depth: 64,
             compress_min_size: 1024,
             presence: false,
+            members: false,
+            receipts_max_members: 100,
+            offline_payload: true,
             durable: true,
             subscribe: None,
             history: ClientAccess::Subscribers,
@@ -802,6 +815,11 @@ impl Config {
                     ns.history_max_bytes, ns.max_message_size
                 ));
             }
+            if ns.members && !ns.has_history() {
+                bad.push(format!(
+                    "`{key}.members`: members channels need history (history_size > 0): unread counts are offsets"
+                ));
+            }
             if ns.has_history() && ns.history_ttl.is_zero() {
                 bad.push(format!(
                     "`{key}.history_ttl`: must be greater than 0 when history_size > 0"
@@ -998,7 +1016,8 @@ impl Config {
     }
 
     /// Adds the demo's namespaces, unless declared: `demo` (chat, Q&A and polls,
-    /// with presence and a day of history to fold state from) and
+    /// with presence and a day of history to fold state from), `dm` (the
+    /// chat page's conversations: members, a week of history) and
     /// `demo_typing` (ephemeral typing signals).
     pub fn add_demo_namespaces(&mut self) {
         self.namespaces
@@ -1010,6 +1029,15 @@ impl Config {
                 join_leave: true,
                 presence_per_user: true,
                 max_message_size: 4096,
+                ..NamespaceOptions::default()
+            });
+        self.namespaces
+            .entry("dm".into())
+            .or_insert_with(|| NamespaceOptions {
+                members: true,
+                history_size: 1000,
+                history_ttl: Duration::from_secs(7 * 24 * 3600),
+                max_message_size: 16 * 1024,
                 ..NamespaceOptions::default()
             });
         self.namespaces

@@ -475,6 +475,7 @@ impl Hub {
             let bytes = encode_push(&match event {
                 PresenceEvent::Join(info) => Push::Join { channel, info },
                 PresenceEvent::Leave(info) => Push::Leave { channel, info },
+                PresenceEvent::Receipt(receipt) => Push::Receipt(receipt),
             });
             Entry::of_channel(bytes, Lane::Low, ch.name.clone())
         });

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod api;
 pub mod auth;
+pub mod chat;
 pub mod client_api;
 pub mod config;
 pub mod delivery;

@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
-use tidings_protocol::{ChannelName, Disconnect, ErrorBody, ErrorCode};
+use bytes::Bytes;
+use tidings_protocol::{ChannelName, Disconnect, ErrorBody, ErrorCode, Push, encode_push};
 
 use serde_json::json;
 
@@ -17,7 +18,7 @@ use crate::engine::{
 };
 use crate::hub::{ConnId, Hub, Subscriber};
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
+use crate::outbox::{Outbox, Pushed};
 
 pub use crate::mailbox::{Control, Mailbox};
 
@@ -81,6 +82,8 @@ pub struct Node {
     pub pusher: crate::pusher::Apps,
     /// Token bucket of new connections: (tokens, last refill).
     new_conns: Mutex<(f64, std::time::Instant)>,
+    /// Large groups whose receipts summary is due.
+    pub summaries: crate::chat::receipts::Summaries,
 }
 
 /// Stripes of [`Node::subscribe`]'s per-channel serialisation.
@@ -205,6 +208,9 @@ impl PublicationSink for NodeSink {
                     code: *code,
                 });
             }
+            UserControl::Inbox { user, change } => {
+                node.push_user(user, &encode_push(&Push::Inbox(change.clone())));
+            }
             UserControl::Heartbeat { lease } => {
                 node.leases.beat(lease);
             }
@@ -283,6 +289,7 @@ impl Node {
             webhooks,
             jwks,
             pusher,
+            summaries: Default::default(),
         }
     }
 
@@ -593,6 +600,15 @@ impl Node {
             .count()
     }
 
+    /// Queues `push` to every connection of `user`.
+    pub fn push_user(&self, user: &str, push: &Bytes) {
+        for h in self.conns.lock().values().filter(|h| h.user == user) {
+            if matches!(h.outbox.push(push.clone()), Pushed::Queued) {
+                self.metrics.messages_out.inc();
+            }
+        }
+    }
+
     /// Sends `control` to every connection of `user`.
     pub fn control_user(&self, user: &str, make: impl Fn() -> Control) -> usize {
         let conns = self.conns.lock();
@@ -708,6 +724,8 @@ impl Node {
         if ns.presence && crate::pusher::without_presence(&self.config, channel) {
             ns.presence = false;
         }
+        // Offline notifications need to know who is subscribed.
+        ns.presence |= ns.members;
         Ok((name, ns))
     }
 

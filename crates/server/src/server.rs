@@ -258,6 +258,7 @@ impl Server {
             background.push(tokio::spawn(webhooks.clone().run()));
         }
         background.extend(crate::ingest::start(&node));
+        background.push(tokio::spawn(crate::chat::receipts::run(node.clone())));
         if node.config.demo_enabled() {
             background.push(tokio::spawn(demo::snapshots::run(node.clone())));
         }

@@ -95,7 +95,7 @@ pub async fn run_sub(
                         );
                         epochs.insert(channel, epoch);
                     }
-                    SubEvent::Join(_) | SubEvent::Leave(_) => {}
+                    SubEvent::Join(_) | SubEvent::Leave(_) | SubEvent::Receipt(_) => {}
                     SubEvent::Unsubscribed { code, reason } => {
                         eprintln!("tidings: {channel}: unsubscribed by the server ({code}: {reason})");
                     }

@@ -4,6 +4,7 @@
 
 mod channels;
 mod history;
+mod members;
 pub mod openapi;
 mod presence;
 mod publish;
@@ -27,6 +28,7 @@ use crate::auth::ApiScope;
 use crate::node::Node;
 
 pub use history::HistoryBody;
+pub use members::MembersListBody;
 pub use presence::{ChannelBody, LastSeenBody, PresenceBody};
 pub use publish::PublishBody;
 
@@ -193,6 +195,9 @@ pub fn router(node: &Arc<Node>) -> Router<Arc<Node>> {
         .route("/v1/api/info", post(channels::info))
         .route("/v1/api/disconnect", post(users::disconnect))
         .route("/v1/api/unsubscribe", post(users::unsubscribe))
+        .route("/v1/api/members/add", post(members::add))
+        .route("/v1/api/members/remove", post(members::remove))
+        .route("/v1/api/members/list", post(members::list))
         .route("/v1/api/{method}", post(unknown))
         .layer(middleware::from_fn_with_state(node.clone(), count_errors))
         // `read_body` bounds bodies by the namespaces' limits instead.

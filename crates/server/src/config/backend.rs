@@ -78,6 +78,9 @@ pub enum WebhookEvent {
     Publication,
     /// A Pusher client sent a `client-*` event (Pusher apps' webhooks).
     ClientEvent,
+    /// A publication landed in a members channel while a member was not
+    /// subscribed to it (one event per member and publication).
+    OfflinePublication,
 }
 
 impl WebhookEvent {
@@ -92,6 +95,7 @@ impl WebhookEvent {
             WebhookEvent::ClientDisconnected => "client_disconnected",
             WebhookEvent::Publication => "publication",
             WebhookEvent::ClientEvent => "client_event",
+            WebhookEvent::OfflinePublication => "offline_publication",
         }
     }
 }

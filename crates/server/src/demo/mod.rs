@@ -42,13 +42,60 @@ pub fn router() -> Router<Arc<Node>> {
 }
 
 /// Routes of dev mode: `POST /v1/dev/token` mints a connection token for a
-/// name, signed with the generated secret. Never mounted with a configured
-/// secret.
+/// name, signed with the generated secret; `POST /v1/dev/dm` opens the
+/// demo chat's conversation of the caller with others. Never mounted with a
+/// configured secret.
 pub fn dev_router(secret: String) -> Router<Arc<Node>> {
-    Router::new().route(
-        "/v1/dev/token",
-        post(move |body: axum::body::Bytes| dev_token(body, secret.clone())),
-    )
+    Router::new()
+        .route(
+            "/v1/dev/token",
+            post(move |body: axum::body::Bytes| dev_token(body, secret.clone())),
+        )
+        .route("/v1/dev/dm", post(dev_dm))
+}
+
+#[derive(Deserialize)]
+struct DevDmRequest {
+    /// The other members' user ids.
+    with: Vec<String>,
+}
+
+/// Makes the token's user and `with` members of their conversation in the
+/// demo's `dm` namespace (the same people, the same channel); answers
+/// `{"channel"}`. What a backend would do with the server API.
+async fn dev_dm(
+    axum::extract::State(node): axum::extract::State<Arc<Node>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Response {
+    let token = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(Ok(claims)) = (match token {
+        Some(t) => Some(node.verify_token(t).await),
+        None => None,
+    }) else {
+        return (StatusCode::UNAUTHORIZED, "a dev token is needed\n").into_response();
+    };
+    let Ok(req) = serde_json::from_slice::<DevDmRequest>(&body) else {
+        return bad_request("body must be {\"with\": [\"user\", ...]}");
+    };
+    let mut users: Vec<String> = req.with.iter().map(|u| u.trim().to_lowercase()).collect();
+    users.push(claims.sub);
+    users.sort();
+    users.dedup();
+    if users.len() < 2 || users.iter().any(String::is_empty) {
+        return bad_request("name at least one other user");
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(users.join("\n").as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let channel = format!("dm:{hex}");
+    match crate::chat::add_members(&node, &channel, &users).await {
+        Ok(()) => axum::Json(serde_json::json!({ "channel": channel })).into_response(),
+        Err(e) => (StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({ "error": e }))).into_response(),
+    }
 }
 
 fn asset<E: RustEmbed>(path: &str) -> Response {

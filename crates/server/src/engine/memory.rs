@@ -12,12 +12,15 @@ use async_trait::async_trait;
 use parking_lot::Mutex;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 
-use super::store::{Loaded, LoadedChannel, Record, Store};
+use super::members::ChatState;
+use super::store::{ChatWrite, Loaded, LoadedChannel, Record, Store};
 use super::{
-    Broker, ChannelPolicy, Cluster, EngineError, History, HistoryPage, HistoryQuery, Lifecycle,
-    NodeInfo, PolicyOf, Presence, PresenceEvent, PublicationSink, PublishOutcome, PublishRequest,
-    UserControl, new_epoch, now_ms,
+    Broker, ChannelPolicy, Chat, Cluster, EngineError, History, HistoryPage, HistoryQuery,
+    Lifecycle, Membership, NodeInfo, PolicyOf, Presence, PresenceEvent, PublicationSink,
+    PublishOutcome, PublishRequest, UserControl, new_epoch, now_ms,
 };
+use tidings_protocol::Cursors;
+use tidings_protocol::chat::DeviceKey;
 use crate::config::MemoryConfig;
 
 const SHARDS: usize = 64;
@@ -337,6 +340,8 @@ pub struct MemoryEngine {
     trimming: Mutex<()>,
     /// When each user was last seen (ms since the Unix epoch).
     last_seen: Mutex<HashMap<String, u64>>,
+    /// Members, cursors and device keys.
+    chat: Mutex<ChatState>,
     hasher: std::collections::hash_map::RandomState,
     sink: OnceLock<Arc<dyn PublicationSink>>,
     store: Option<Arc<Store>>,
@@ -366,6 +371,7 @@ impl MemoryEngine {
             made_room: Mutex::new(None),
             trimming: Mutex::new(()),
             last_seen: Mutex::new(HashMap::new()),
+            chat: Mutex::default(),
             hasher: Default::default(),
             sink: OnceLock::new(),
             store: None,
@@ -378,6 +384,15 @@ impl MemoryEngine {
     pub fn with_store(store: Store, loaded: Loaded) -> Self {
         let mut engine = Self::new();
         *engine.last_seen.lock() = loaded.last_seen;
+        {
+            let mut chat = engine.chat.lock();
+            for (channel, user, since_ms, cursors) in loaded.members {
+                chat.add(&channel, &user, since_ms, cursors);
+            }
+            for (user, device, key) in loaded.device_keys {
+                chat.put_key(&user, &device, &key, usize::MAX);
+            }
+        }
         for ch in loaded.channels {
             let shard = engine.shard(&ch.channel);
             let name = ch.channel.clone();
@@ -557,8 +572,11 @@ impl MemoryEngine {
                 // A channel with subscribers keeps its epoch and offsets:
                 // starting over under them would hand them offset 1 again.
                 let subscribed = self.sink.get().is_some_and(|s| s.has_subscribers(name));
+                // A members channel keeps its offsets: its unread counts are
+                // differences of them.
                 let keep = in_use
                     || subscribed
+                    || self.chat.lock().has_members(name)
                     || !l.presence.members.is_empty()
                     || !l.retained.is_empty()
                     || l.snapshot.is_some()
@@ -817,6 +835,144 @@ impl Broker for MemoryEngine {
             sink.control(&control);
         }
         Ok(())
+    }
+
+    async fn receipt(
+        &self,
+        channel: &str,
+        receipt: tidings_protocol::Receipt,
+    ) -> Result<(), EngineError> {
+        if let Some(sink) = self.sink.get() {
+            sink.deliver_presence(channel, PresenceEvent::Receipt(receipt));
+        }
+        Ok(())
+    }
+}
+
+impl MemoryEngine {
+    /// Writes a chat change through to the store, when there is one.
+    fn persist(&self, write: ChatWrite) {
+        if let Some(store) = &self.store {
+            store.chat(write);
+        }
+    }
+}
+
+#[async_trait]
+impl Chat for MemoryEngine {
+    async fn add_members(
+        &self,
+        channel: &str,
+        users: &[String],
+        at_ms: u64,
+    ) -> Result<Vec<String>, EngineError> {
+        let mut chat = self.chat.lock();
+        let added: Vec<String> = users
+            .iter()
+            .filter(|u| chat.add(channel, u, at_ms, Cursors::default()))
+            .cloned()
+            .collect();
+        for user in &added {
+            self.persist(ChatWrite::Member {
+                channel: channel.to_string(),
+                user: user.clone(),
+                since_ms: at_ms,
+            });
+        }
+        Ok(added)
+    }
+
+    async fn remove_members(
+        &self,
+        channel: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, EngineError> {
+        let mut chat = self.chat.lock();
+        let removed: Vec<String> = users
+            .iter()
+            .filter(|u| chat.remove(channel, u))
+            .cloned()
+            .collect();
+        for user in &removed {
+            self.persist(ChatWrite::Unmember {
+                channel: channel.to_string(),
+                user: user.clone(),
+            });
+        }
+        Ok(removed)
+    }
+
+    async fn members(
+        &self,
+        channel: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, EngineError> {
+        Ok(self.chat.lock().page(channel, cursor, limit))
+    }
+
+    async fn membership(
+        &self,
+        channel: &str,
+        user: &str,
+    ) -> Result<Option<Membership>, EngineError> {
+        Ok(self.chat.lock().membership(channel, user))
+    }
+
+    async fn member_cursors(&self, channel: &str) -> Result<Vec<(String, Cursors)>, EngineError> {
+        Ok(self.chat.lock().cursors(channel))
+    }
+
+    async fn member_count(&self, channel: &str) -> Result<usize, EngineError> {
+        Ok(self.chat.lock().count(channel))
+    }
+
+    async fn advance(
+        &self,
+        channel: &str,
+        user: &str,
+        to: Cursors,
+    ) -> Result<Option<(Cursors, Cursors)>, EngineError> {
+        let Some((before, after)) = self.chat.lock().advance(channel, user, to) else {
+            return Ok(None);
+        };
+        if after != before {
+            self.persist(ChatWrite::Cursors {
+                channel: channel.to_string(),
+                user: user.to_string(),
+                cursors: after,
+            });
+        }
+        Ok(Some((before, after)))
+    }
+
+    async fn conversations(&self, user: &str) -> Result<Vec<Membership>, EngineError> {
+        Ok(self.chat.lock().conversations(user))
+    }
+
+    async fn put_key(
+        &self,
+        user: &str,
+        device: &str,
+        key: &str,
+        max: usize,
+    ) -> Result<bool, EngineError> {
+        let stored = self.chat.lock().put_key(user, device, key, max);
+        if stored {
+            self.persist(ChatWrite::Key {
+                user: user.to_string(),
+                device: device.to_string(),
+                key: key.to_string(),
+            });
+        }
+        Ok(stored)
+    }
+
+    async fn keys(
+        &self,
+        users: &[String],
+    ) -> Result<BTreeMap<String, Vec<DeviceKey>>, EngineError> {
+        Ok(self.chat.lock().keys(users))
     }
 }
 

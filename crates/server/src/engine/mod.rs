@@ -6,6 +6,7 @@
 //! plus the on-disk [`store`]) and [`redis::RedisEngine`] (several nodes).
 //! The server holds an engine only as `Arc<dyn Engine>`, built by [`build`].
 
+pub mod members;
 pub mod memory;
 pub mod redis;
 pub mod store;
@@ -18,7 +19,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::value::RawValue;
 use thiserror::Error;
-use tidings_protocol::{ClientInfo, Publication, StreamPosition};
+use tidings_protocol::chat::DeviceKey;
+use tidings_protocol::{ClientInfo, Cursors, Publication, StreamPosition};
 
 /// What the engine needs to know of a channel's namespace.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,11 +152,14 @@ pub enum PresenceEvent {
     Join(ClientInfo),
     /// A connection (or, per user, a user's last connection) left.
     Leave(ClientInfo),
+    /// A member's cursors moved (or a large group's summary): pushed in the
+    /// channel like presence.
+    Receipt(tidings_protocol::Receipt),
 }
 
 /// An instruction for connections wherever they are: one user's (the
 /// server API reaching a user connected anywhere), or one SSE stream's.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum UserControl {
     /// Close the user's connections (or only `client`) with `code`.
@@ -174,6 +179,14 @@ pub enum UserControl {
         channel: String,
         /// The `unsub` code.
         code: u16,
+    },
+    /// Push one of the user's conversations, as it changed, to each of
+    /// their connections.
+    Inbox {
+        /// The user.
+        user: String,
+        /// What changed.
+        change: tidings_protocol::InboxChange,
     },
     /// Renew the presence lease of an SSE stream, on the node that holds it
     /// (a heartbeat that reached another node).
@@ -262,6 +275,14 @@ pub trait Broker: Send + Sync {
 
     /// Hands `control` to every node's sink, this one's included.
     async fn control(&self, control: UserControl) -> Result<(), EngineError>;
+
+    /// Hands a receipt of `channel` to every node's sink (no order with
+    /// the channel's publications is promised).
+    async fn receipt(
+        &self,
+        channel: &str,
+        receipt: tidings_protocol::Receipt,
+    ) -> Result<(), EngineError>;
 }
 
 /// Hop 2's read path.
@@ -329,6 +350,79 @@ pub trait Presence: Send + Sync {
     ) -> Result<BTreeMap<String, Option<u64>>, EngineError>;
 }
 
+/// A user's membership of a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Membership {
+    /// The channel.
+    pub channel: String,
+    /// When the user became a member (ms since the Unix epoch).
+    pub since_ms: u64,
+    /// The user's cursors there.
+    pub cursors: Cursors,
+}
+
+/// The chat layer's state: who belongs to a channel, how far each member
+/// has received and read, and the device-key directory. Durable where the
+/// engine is (the on-disk store, Redis).
+#[async_trait]
+pub trait Chat: Send + Sync {
+    /// Makes `users` members of `channel` since `at_ms`; members already
+    /// stay as they were. Returns the users newly added.
+    async fn add_members(
+        &self,
+        channel: &str,
+        users: &[String],
+        at_ms: u64,
+    ) -> Result<Vec<String>, EngineError>;
+    /// Removes `users` from `channel` (and their cursors). Returns those
+    /// that were members.
+    async fn remove_members(
+        &self,
+        channel: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, EngineError>;
+    /// Members sorted by user id, after `cursor`, at most `limit`.
+    async fn members(
+        &self,
+        channel: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, EngineError>;
+    /// `user`'s membership of `channel`, if any.
+    async fn membership(
+        &self,
+        channel: &str,
+        user: &str,
+    ) -> Result<Option<Membership>, EngineError>;
+    /// Every member's cursors (receipt summaries, offline notifications).
+    async fn member_cursors(&self, channel: &str) -> Result<Vec<(String, Cursors)>, EngineError>;
+    /// How many members `channel` has, in O(1).
+    async fn member_count(&self, channel: &str) -> Result<usize, EngineError>;
+    /// Raises a member's cursors to at least `to` (see
+    /// [`Cursors::advanced`]): the cursors before and after. None when
+    /// `user` is not a member.
+    async fn advance(
+        &self,
+        channel: &str,
+        user: &str,
+        to: Cursors,
+    ) -> Result<Option<(Cursors, Cursors)>, EngineError>;
+    /// Every channel `user` is a member of.
+    async fn conversations(&self, user: &str) -> Result<Vec<Membership>, EngineError>;
+    /// Registers (or replaces) a device's public key. False, nothing
+    /// stored, when the device is new and `user` has `max` already.
+    async fn put_key(
+        &self,
+        user: &str,
+        device: &str,
+        key: &str,
+        max: usize,
+    ) -> Result<bool, EngineError>;
+    /// The devices' keys of each of `users` that has any.
+    async fn keys(&self, users: &[String])
+    -> Result<BTreeMap<String, Vec<DeviceKey>>, EngineError>;
+}
+
 /// The nodes of the cluster, as the engine knows them.
 #[async_trait]
 pub trait Cluster: Send + Sync {
@@ -385,9 +479,9 @@ pub trait Lifecycle: Send + Sync {
 }
 
 /// A complete engine.
-pub trait Engine: Broker + History + Presence + Cluster + Lifecycle {}
+pub trait Engine: Broker + History + Presence + Chat + Cluster + Lifecycle {}
 
-impl<T: Broker + History + Presence + Cluster + Lifecycle> Engine for T {}
+impl<T: Broker + History + Presence + Chat + Cluster + Lifecycle> Engine for T {}
 
 /// Why an engine could not be built.
 #[derive(Debug, Error)]

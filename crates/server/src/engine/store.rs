@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
-use tidings_protocol::Publication;
+use tidings_protocol::{Cursors, Publication};
 
 use super::{EngineError, now_ms};
 
@@ -113,6 +113,49 @@ pub struct Loaded {
     pub channels: Vec<LoadedChannel>,
     /// When each user was last seen (ms since the Unix epoch).
     pub last_seen: std::collections::HashMap<String, u64>,
+    /// Members (channel, user, since ms, cursors).
+    pub members: Vec<(String, String, u64, Cursors)>,
+    /// Device keys (user, device, key).
+    pub device_keys: Vec<(String, String, String)>,
+}
+
+/// A change of the chat layer's state (see [`super::Chat`]).
+#[derive(Debug)]
+pub enum ChatWrite {
+    /// A user became a member.
+    Member {
+        /// The channel.
+        channel: String,
+        /// The user.
+        user: String,
+        /// Since when (ms).
+        since_ms: u64,
+    },
+    /// A user stopped being a member.
+    Unmember {
+        /// The channel.
+        channel: String,
+        /// The user.
+        user: String,
+    },
+    /// A member's cursors moved.
+    Cursors {
+        /// The channel.
+        channel: String,
+        /// The user.
+        user: String,
+        /// The cursors now.
+        cursors: Cursors,
+    },
+    /// A device's key was registered.
+    Key {
+        /// The user.
+        user: String,
+        /// The device.
+        device: String,
+        /// Its key.
+        key: String,
+    },
 }
 
 /// A channel as it was on disk.
@@ -149,6 +192,7 @@ enum Job {
         user: String,
         at_ms: u64,
     },
+    Chat(ChatWrite),
 }
 
 /// The store: a handle to its writer thread.
@@ -227,7 +271,9 @@ impl Store {
              CREATE TABLE IF NOT EXISTS keys (channel TEXT NOT NULL, key TEXT NOT NULL, offset INTEGER NOT NULL, expire_at INTEGER NOT NULL, PRIMARY KEY (channel, key)) WITHOUT ROWID;
              CREATE INDEX IF NOT EXISTS keys_expiry ON keys (expire_at);
              CREATE TABLE IF NOT EXISTS last_seen (user TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS snapshots (channel TEXT PRIMARY KEY, epoch TEXT NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;"
+             CREATE TABLE IF NOT EXISTS snapshots (channel TEXT PRIMARY KEY, epoch TEXT NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS members (channel TEXT NOT NULL, user TEXT NOT NULL, since INTEGER NOT NULL, delivered INTEGER NOT NULL, read INTEGER NOT NULL, PRIMARY KEY (channel, user)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS device_keys (user TEXT NOT NULL, device TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (user, device)) WITHOUT ROWID;"
         ))
         .map_err(&err)?;
         let format: Option<i64> = conn
@@ -317,6 +363,14 @@ impl Store {
         }
     }
 
+    /// Records a change of the chat layer's state (committed with the
+    /// next batch, like last seen).
+    pub fn chat(&self, write: ChatWrite) {
+        if let Some(tx) = &*self.tx.lock() {
+            let _ = tx.send(Job::Chat(write));
+        }
+    }
+
     /// Writes what is queued, syncs, and stops the writer.
     pub fn close(&self) {
         self.tx.lock().take();
@@ -339,9 +393,29 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
         })?
         .collect::<Result<_, _>>()?;
+    let members = conn
+        .prepare("SELECT channel, user, since, delivered, read FROM members")?
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)? as u64,
+                Cursors {
+                    delivered: r.get::<_, i64>(3)? as u64,
+                    read: r.get::<_, i64>(4)? as u64,
+                },
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    let device_keys = conn
+        .prepare("SELECT user, device, key FROM device_keys")?
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<Result<_, _>>()?;
     Ok(Loaded {
         channels: load_channels(conn)?,
         last_seen,
+        members,
+        device_keys,
     })
 }
 
@@ -439,6 +513,7 @@ fn write_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
                         params![user, *at_ms as i64],
                     )?;
                 }
+                Job::Chat(write) => write_chat(&tx, write)?,
                 Job::Reset {
                     channel,
                     epoch,
@@ -458,6 +533,43 @@ fn write_batch(conn: &mut Connection, jobs: &[Job]) -> rusqlite::Result<()> {
         }
     }
     tx.commit()
+}
+
+fn write_chat(tx: &rusqlite::Transaction, write: &ChatWrite) -> rusqlite::Result<()> {
+    match write {
+        ChatWrite::Member {
+            channel,
+            user,
+            since_ms,
+        } => tx
+            .prepare_cached(
+                "INSERT OR IGNORE INTO members (channel, user, since, delivered, read) VALUES (?1, ?2, ?3, 0, 0)",
+            )?
+            .execute(params![channel, user, *since_ms as i64]),
+        ChatWrite::Unmember { channel, user } => tx
+            .prepare_cached("DELETE FROM members WHERE channel = ?1 AND user = ?2")?
+            .execute(params![channel, user]),
+        ChatWrite::Cursors {
+            channel,
+            user,
+            cursors,
+        } => tx
+            .prepare_cached(
+                "UPDATE members SET delivered = max(delivered, ?3), read = max(read, ?4) WHERE channel = ?1 AND user = ?2",
+            )?
+            .execute(params![
+                channel,
+                user,
+                cursors.delivered as i64,
+                cursors.read as i64
+            ]),
+        ChatWrite::Key { user, device, key } => tx
+            .prepare_cached(
+                "INSERT OR REPLACE INTO device_keys (user, device, key) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![user, device, key]),
+    }
+    .map(drop)
 }
 
 fn sweep(conn: &Connection) -> rusqlite::Result<()> {

@@ -12,14 +12,17 @@ use prometheus_client::metrics::histogram::Histogram;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 
 use super::{
-    Broker, ChannelPolicy, Cluster, Engine, EngineError, History, HistoryPage, HistoryQuery,
+    Broker, ChannelPolicy, Chat, Cluster, Engine, EngineError, History, HistoryPage, HistoryQuery,
     Lifecycle, NodeInfo, PolicyOf, Presence, PublicationSink, PublishOutcome, PublishRequest,
     UserControl,
 };
+use super::Membership;
+use tidings_protocol::Cursors;
+use tidings_protocol::chat::DeviceKey;
 use crate::metrics::Metrics;
 
 /// The operations timed, in the order of [`Timed::seconds`].
-const OPS: [&str; 18] = [
+const OPS: [&str; 22] = [
     "publish",
     "node_subscribe",
     "node_unsubscribe",
@@ -38,6 +41,10 @@ const OPS: [&str; 18] = [
     "release_user",
     "channels",
     "snapshot",
+    "receipt",
+    "members",
+    "cursors",
+    "keys",
 ];
 
 /// Wraps an engine; holds one histogram per operation.
@@ -87,6 +94,99 @@ impl Broker for Timed {
 
     async fn control(&self, control: UserControl) -> Result<(), EngineError> {
         self.time("control", self.inner.control(control)).await
+    }
+
+    async fn receipt(
+        &self,
+        channel: &str,
+        receipt: tidings_protocol::Receipt,
+    ) -> Result<(), EngineError> {
+        self.time("receipt", self.inner.receipt(channel, receipt))
+            .await
+    }
+}
+
+/// Members' reads and writes are timed as `members`, cursors' as
+/// `cursors`, the key directory's as `keys`.
+#[async_trait]
+impl Chat for Timed {
+    async fn add_members(
+        &self,
+        channel: &str,
+        users: &[String],
+        at_ms: u64,
+    ) -> Result<Vec<String>, EngineError> {
+        self.time("members", self.inner.add_members(channel, users, at_ms))
+            .await
+    }
+
+    async fn remove_members(
+        &self,
+        channel: &str,
+        users: &[String],
+    ) -> Result<Vec<String>, EngineError> {
+        self.time("members", self.inner.remove_members(channel, users))
+            .await
+    }
+
+    async fn members(
+        &self,
+        channel: &str,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<String>, EngineError> {
+        self.time("members", self.inner.members(channel, cursor, limit))
+            .await
+    }
+
+    async fn membership(
+        &self,
+        channel: &str,
+        user: &str,
+    ) -> Result<Option<Membership>, EngineError> {
+        self.time("members", self.inner.membership(channel, user))
+            .await
+    }
+
+    async fn member_cursors(&self, channel: &str) -> Result<Vec<(String, Cursors)>, EngineError> {
+        self.time("cursors", self.inner.member_cursors(channel))
+            .await
+    }
+
+    async fn member_count(&self, channel: &str) -> Result<usize, EngineError> {
+        self.time("members", self.inner.member_count(channel)).await
+    }
+
+    async fn advance(
+        &self,
+        channel: &str,
+        user: &str,
+        to: Cursors,
+    ) -> Result<Option<(Cursors, Cursors)>, EngineError> {
+        self.time("cursors", self.inner.advance(channel, user, to))
+            .await
+    }
+
+    async fn conversations(&self, user: &str) -> Result<Vec<Membership>, EngineError> {
+        self.time("members", self.inner.conversations(user)).await
+    }
+
+    async fn put_key(
+        &self,
+        user: &str,
+        device: &str,
+        key: &str,
+        max: usize,
+    ) -> Result<bool, EngineError> {
+        self.time("keys", self.inner.put_key(user, device, key, max))
+            .await
+    }
+
+    async fn keys(
+        &self,
+        users: &[String],
+    ) -> Result<BTreeMap<String, Vec<DeviceKey>>, EngineError> {
+        self.time("keys", self.inner.keys(users)).await
     }
 }
 

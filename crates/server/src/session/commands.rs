@@ -21,6 +21,7 @@ impl Session {
         mut request: PublishRequest,
     ) -> Result<PublishOk, ErrorBody> {
         let ns = &self.check_channel(channel)?;
+        self.check_member(channel, ns).await?;
         let identity = self.check_access(ns)?;
         let private = ns.subscribe_rule() == SubscribeRule::Token
             || crate::pusher::is_private(&self.node.config, channel);
@@ -104,6 +105,7 @@ impl Session {
         reverse: bool,
     ) -> Result<HistoryOk, ErrorBody> {
         let ns = &self.check_read(channel, |ns| ns.history)?;
+        self.check_member(channel, ns).await?;
         history(&self.node, channel, ns, since, limit, reverse).await
     }
 
@@ -114,11 +116,13 @@ impl Session {
         cursor: Option<String>,
     ) -> Result<PresenceOk, ErrorBody> {
         let ns = &self.check_read(channel, |ns| ns.presence_access)?;
+        self.check_member(channel, ns).await?;
         presence_list(&self.node, channel, ns, limit, cursor).await
     }
 
     pub(super) async fn presence_stats(&self, channel: &str) -> Result<PresenceStatsOk, ErrorBody> {
         let ns = &self.check_read(channel, |ns| ns.presence_access)?;
+        self.check_member(channel, ns).await?;
         presence_stats(&self.node, channel, ns).await
     }
 }

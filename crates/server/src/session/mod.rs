@@ -8,6 +8,7 @@
 //! typed, for transports of another protocol).
 
 mod access;
+mod chat;
 mod commands;
 mod connect;
 mod hooks;
@@ -439,6 +440,30 @@ impl Session {
                     Some(channel) => self.refresh_channel(&token, &channel).await,
                     None => self.refresh(&token).await,
                 };
+                self.reply(id, r)
+            }
+            CommandKind::Cursor {
+                channel,
+                delivered,
+                read,
+            } => {
+                let r = self.cursor(&channel, delivered, read).await;
+                self.reply(id, r)
+            }
+            CommandKind::Inbox { limit, cursor } => {
+                let r = self.inbox(limit, cursor.as_deref()).await;
+                self.reply(id, r)
+            }
+            CommandKind::Members {
+                channel,
+                limit,
+                cursor,
+            } => {
+                let r = self.members(&channel, limit, cursor.as_deref()).await;
+                self.reply(id, r)
+            }
+            CommandKind::Keys(arg) => {
+                let r = self.keys(arg).await;
                 self.reply(id, r)
             }
             CommandKind::Pong => {}

@@ -9,6 +9,7 @@ use super::{PRESENCE_PAGE, PRESENCE_PAGE_MAX, err};
 use crate::config::NamespaceOptions;
 use crate::engine::{EngineError, HistoryQuery, PublishRequest};
 use crate::node::Node;
+use std::sync::Arc;
 
 /// An engine failure as the client sees it: code 100, `temporary` when a
 /// retry (with the same idempotency key) may succeed; a node bound, 104.
@@ -31,7 +32,7 @@ pub(crate) fn internal(e: EngineError) -> ErrorBody {
 /// Publishes through the engine after the namespace's checks; shared by
 /// client commands and the server API.
 pub async fn publish(
-    node: &Node,
+    node: &Arc<Node>,
     channel: &str,
     ns: &NamespaceOptions,
     request: PublishRequest,
@@ -63,6 +64,7 @@ pub async fn publish(
             ));
         }
     }
+    let publisher = request.info.as_ref().map(|i| i.user.clone());
     // Kept only when the `publication` webhook wants it.
     let event = node.wants(WebhookEvent::Publication).then(|| {
         (
@@ -76,6 +78,11 @@ pub async fn publish(
         .await
         .map_err(internal)?;
     if !outcome.duplicate {
+        if ns.members
+            && let Some(position) = &outcome.position
+        {
+            crate::chat::published(node, channel, ns, position.clone(), publisher);
+        }
         node.metrics.publications_in.inc();
         node.metrics
             .published(channel.split_once(':').map_or("", |(ns, _)| ns));

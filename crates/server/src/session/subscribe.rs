@@ -113,6 +113,7 @@ impl Session {
         if self.subs.contains_key(&arg.channel) {
             return Err(err(ErrorCode::AlreadySubscribed, "already subscribed"));
         }
+        self.check_member(&arg.channel, ns).await?;
         if self.subs.len() >= node.config.client.max_subscriptions {
             return Err(err(
                 ErrorCode::LimitExceeded,

@@ -551,6 +551,13 @@ impl Task {
                 };
                 self.setup.sink.deliver_presence(channel, event);
             }
+            Some((b'r', rest)) => match serde_json::from_slice(rest) {
+                Ok(receipt) => self
+                    .setup
+                    .sink
+                    .deliver_presence(channel, PresenceEvent::Receipt(receipt)),
+                Err(e) => tracing::warn!(channel, error = %e, "bad receipt message"),
+            },
             _ => tracing::warn!(channel, "unknown message"),
         }
     }

@@ -85,6 +85,26 @@ impl Keys {
         self.global(&format!("user:{user}"))
     }
 
+    /// The channel's members: a hash user → `since:delivered:read`.
+    pub(super) fn members(&self, channel: &str) -> String {
+        self.of(channel, "mb")
+    }
+
+    /// One user's key of `what` (their own hash tag).
+    fn of_user(&self, user: &str, what: &str) -> String {
+        format!("{}:{{u:{user}}}:{what}", self.prefix)
+    }
+
+    /// The channels a user is a member of (a set).
+    pub(super) fn conversations(&self, user: &str) -> String {
+        self.of_user(user, "cv")
+    }
+
+    /// A user's device keys: a hash device → key.
+    pub(super) fn device_keys(&self, user: &str) -> String {
+        self.of_user(user, "dk")
+    }
+
     /// When users were last seen: a hash user → ms.
     pub(super) fn last_seen(&self) -> String {
         self.global("seen")

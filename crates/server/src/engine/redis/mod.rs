@@ -12,6 +12,7 @@
 //! shares the slot of `{channel}`), and pub/sub goes over one connection to
 //! any of its nodes (classic pub/sub reaches every node of a Cluster).
 
+mod chat;
 mod conn;
 mod fanout;
 mod keys;
@@ -458,6 +459,23 @@ impl Broker for RedisEngine {
 
     async fn control(&self, control: UserControl) -> Result<(), EngineError> {
         self.broadcast(&ControlMessage::User(control)).await
+    }
+
+    async fn receipt(
+        &self,
+        channel: &str,
+        receipt: tidings_protocol::Receipt,
+    ) -> Result<(), EngineError> {
+        let mut message = b"r".to_vec();
+        serde_json::to_writer(&mut message, &receipt)
+            .map_err(|e| EngineError::Backend(e.to_string()))?;
+        redis::cmd("PUBLISH")
+            .arg(self.keys.pubsub(channel))
+            .arg(message)
+            .query_async(&mut self.conn(channel)?)
+            .await
+            .map(|_: u64| ())
+            .map_err(redis_error)
     }
 }
 
