@@ -75,6 +75,12 @@ impl PublicationSink for Recorder {
         self.push(match event {
             PresenceEvent::Join(i) => format!("{channel} join {}", i.client),
             PresenceEvent::Leave(i) => format!("{channel} leave {}", i.client),
+            PresenceEvent::Receipt(r) => format!(
+                "{channel} receipt {} {} {}",
+                r.user.unwrap_or_default(),
+                r.delivered,
+                r.read
+            ),
         });
     }
     fn lost(&self, channel: &str) {
@@ -482,7 +488,92 @@ async fn sharded_servers_each_hold_some_channels() {
     }
 }
 
+/// Members, cursors that only move forward, conversations, the key
+/// directory's bound, and receipts handed to the subscribed node.
+async fn members_cursors_and_keys(kind: Kind) {
+    use tidings_protocol::Cursors;
+    let s = subject(kind).await;
+    let e = &s.engine;
+    let users = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let added = e
+        .add_members("dm:1", &users(&["carol", "alice", "bob"]), 7)
+        .await
+        .unwrap();
+    assert_eq!(added.len(), 3);
+    assert!(e.add_members("dm:1", &users(&["alice"]), 9).await.unwrap().is_empty());
+    e.add_members("dm:2", &users(&["alice"]), 8).await.unwrap();
+    assert_eq!(e.member_count("dm:1").await.unwrap(), 3);
+    assert_eq!(e.members("dm:1", None, 2).await.unwrap(), users(&["alice", "bob"]));
+    assert_eq!(e.members("dm:1", Some("bob"), 2).await.unwrap(), users(&["carol"]));
+    let m = e.membership("dm:1", "alice").await.unwrap().unwrap();
+    assert_eq!((m.since_ms, m.cursors), (7, Cursors::default()));
+    assert!(e.membership("dm:1", "dave").await.unwrap().is_none());
+
+    let c = |delivered, read| Cursors { delivered, read };
+    assert_eq!(
+        e.advance("dm:1", "alice", c(5, 2)).await.unwrap(),
+        Some((c(0, 0), c(5, 2)))
+    );
+    // Lower values change nothing; read raises delivered.
+    assert_eq!(
+        e.advance("dm:1", "alice", c(3, 1)).await.unwrap(),
+        Some((c(5, 2), c(5, 2)))
+    );
+    assert_eq!(
+        e.advance("dm:1", "alice", c(0, 9)).await.unwrap(),
+        Some((c(5, 2), c(9, 9)))
+    );
+    assert_eq!(e.advance("dm:1", "dave", c(1, 1)).await.unwrap(), None);
+    let mut all = e.member_cursors("dm:1").await.unwrap();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(all[0], ("alice".to_string(), c(9, 9)));
+    assert_eq!(all[1], ("bob".to_string(), c(0, 0)));
+    let mut mine: Vec<String> = e
+        .conversations("alice")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|m| m.channel)
+        .collect();
+    mine.sort();
+    assert_eq!(mine, users(&["dm:1", "dm:2"]));
+
+    assert_eq!(
+        e.remove_members("dm:1", &users(&["bob", "dave"])).await.unwrap(),
+        users(&["bob"])
+    );
+    assert!(e.membership("dm:1", "bob").await.unwrap().is_none());
+    assert!(e.conversations("bob").await.unwrap().is_empty());
+    assert_eq!(e.member_count("dm:1").await.unwrap(), 2);
+
+    assert!(e.put_key("alice", "d1", "k1", 2).await.unwrap());
+    assert!(e.put_key("alice", "d2", "k2", 2).await.unwrap());
+    assert!(!e.put_key("alice", "d3", "k3", 2).await.unwrap());
+    assert!(e.put_key("alice", "d1", "k1b", 2).await.unwrap());
+    let keys = e.keys(&users(&["alice", "nobody"])).await.unwrap();
+    assert_eq!(keys.len(), 1);
+    let alice: Vec<(&str, &str)> = keys["alice"]
+        .iter()
+        .map(|k| (k.device.as_str(), k.key.as_str()))
+        .collect();
+    assert_eq!(alice, [("d1", "k1b"), ("d2", "k2")]);
+
+    s.subscribe("dm:1").await;
+    let receipt = tidings_protocol::Receipt {
+        channel: "dm:1".into(),
+        user: Some("alice".into()),
+        delivered: 9,
+        read: 9,
+        members: None,
+        counts: None,
+    };
+    e.receipt("dm:1", receipt).await.unwrap();
+    let got = s.sink.wait_for_in("dm:1 receipt", 1).await;
+    assert_eq!(got, ["dm:1 receipt alice 9 9"]);
+}
+
 conformance!(
+    members_cursors_and_keys,
     offsets_epochs_and_keys,
     racing_retries_publish_once,
     trims_by_size_and_ttl,

@@ -38,7 +38,10 @@ impl Session {
                     "clients may not publish in this namespace",
                 ));
             }
-            ClientPublish::Subscribers if !self.stateless && !self.subs.contains_key(channel) => {
+            // In a members namespace, membership (checked above) is enough.
+            ClientPublish::Subscribers
+                if !self.stateless && !ns.members && !self.subs.contains_key(channel) =>
+            {
                 return Err(err(
                     ErrorCode::PermissionDenied,
                     "subscribe to the channel before publishing",

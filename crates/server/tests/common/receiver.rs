@@ -57,6 +57,11 @@ impl Received {
 }
 
 pub async fn receiver(fail_first: usize) -> (String, Arc<Received>) {
+    receiver_at("127.0.0.1:0", fail_first).await
+}
+
+/// [`receiver`] listening on `addr` (a backend coming back on its address).
+pub async fn receiver_at(addr: &str, fail_first: usize) -> (String, Arc<Received>) {
     let got = Arc::new(Received::default());
     got.fail_next.store(fail_first, Ordering::SeqCst);
     let app = Router::new()
@@ -91,7 +96,7 @@ pub async fn receiver(fail_first: usize) -> (String, Arc<Received>) {
             ),
         )
         .with_state(got.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
     (format!("http://{addr}/events"), got)
