@@ -447,3 +447,85 @@ async fn snapshot_deltas_and_msgpack() {
         .unwrap();
     assert_eq!(ack.offset, Some(15));
 }
+
+/// Chat: a subscription with `receipts` tells the server its delivered
+/// cursor by itself (coalesced: fewer commands than publications), the
+/// sender sees it as a receipt, and a read on one client clears the
+/// unread count the user's other client is told of.
+#[tokio::test]
+async fn receipts_by_themselves_and_an_inbox_that_follows_reads() {
+    let mut c = test_config();
+    c.namespaces.insert(
+        "dm".into(),
+        NamespaceOptions {
+            members: true,
+            history_size: 100,
+            ..Default::default()
+        },
+    );
+    let server = Server::start(c).await.unwrap();
+    api(
+        &server,
+        "members/add",
+        json!({"channel": "dm:ab", "users": ["alice", "bob"]}),
+    )
+    .await;
+    let alice = Client::connect(config(&server, "alice")).await.unwrap();
+    let phone = Client::connect(config(&server, "bob")).await.unwrap();
+    let laptop = Client::connect(config(&server, "bob")).await.unwrap();
+    let mut laptop_inbox = laptop.inbox_changes();
+    let mut sent = alice
+        .subscribe("dm:ab", SubscribeOptions::default())
+        .await
+        .unwrap();
+    let receipts = SubscribeOptions {
+        receipts: true,
+        ..Default::default()
+    };
+    let mut got = phone.subscribe("dm:ab", receipts).await.unwrap();
+    assert!(matches!(next(&mut got).await, SubEvent::Subscribed { .. }));
+    for n in 1..=5 {
+        alice
+            .publish("dm:ab", &json!({"n": n}), PublishOptions::default())
+            .await
+            .unwrap();
+    }
+    // Bob's phone gets all five and says so, once or twice, not five times.
+    let mut offsets = Vec::new();
+    while offsets.len() < 5 {
+        if let SubEvent::Publication(p) = next(&mut got).await {
+            offsets.push(p.offset.unwrap());
+        }
+    }
+    let mut told = 0;
+    let bob_delivered = loop {
+        if let SubEvent::Receipt(r) = next(&mut sent).await
+            && r.user.as_deref() == Some("bob")
+        {
+            told += 1;
+            if r.delivered == 5 {
+                break r;
+            }
+        }
+    };
+    assert_eq!(bob_delivered.read, 0);
+    assert!(told < 5, "coalesced: {told} cursor moves for 5 publications");
+    // Bob reads on the phone: the laptop's inbox says nothing is unread.
+    phone.mark_read("dm:ab", 5).await.unwrap();
+    let change = loop {
+        let change = tokio::time::timeout(Duration::from_secs(10), laptop_inbox.recv())
+            .await
+            .expect("an inbox change")
+            .unwrap();
+        if let tidings_client::InboxChange::Changed(c) = &change
+            && c.read == 5
+        {
+            break c.clone();
+        }
+    };
+    assert_eq!((change.unread, change.top), (0, 5));
+    let inbox = laptop.inbox(None, None).await.unwrap();
+    assert_eq!(inbox.conversations[0].unread, 0);
+    let keys = alice.channel_keys("dm:ab").await.unwrap();
+    assert!(keys.keys.is_empty());
+}

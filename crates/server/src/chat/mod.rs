@@ -123,12 +123,9 @@ pub async fn advance(
     if after != before {
         receipts::moved(node, channel, ns, user, after).await?;
     }
-    if after.read != before.read {
-        let membership = Membership {
-            channel: channel.to_string(),
-            since_ms: 0,
-            cursors: after,
-        };
+    if after.read != before.read
+        && let Some(membership) = node.engine.membership(channel, user).await?
+    {
         let conversation = conversation(node, ns, &membership).await?;
         tell_user(node, user, InboxChange::Changed(conversation)).await;
     }
