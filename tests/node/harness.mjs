@@ -154,9 +154,11 @@ export async function until(pred, ms, what) {
 
 /**
  * Starts the binary with `config` (TOML text; null: no config at all, i.e.
- * dev mode) on 127.0.0.1:0; resolves with { addr, dir, stop, kill, child }.
+ * dev mode) on 127.0.0.1:0; resolves with { addr, dir, stop, kill, child,
+ * stderr }. `stderr()` is everything the server wrote to stderr so far;
+ * `opts.rustLog` sets its RUST_LOG (default `warn`).
  */
-export async function startTidings(config) {
+export async function startTidings(config, opts = {}) {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'tidings-node-'));
   const args = ['--data-dir', path.join(dir, 'data')];
   if (config === null) {
@@ -168,12 +170,12 @@ export async function startTidings(config) {
   }
   const child = spawn(BIN, args, {
     stdio: ['ignore', 'ignore', 'pipe'],
-    env: { ...process.env, RUST_LOG: 'warn' },
+    env: { ...process.env, RUST_LOG: opts.rustLog ?? 'warn' },
   });
   const exited = new Promise((resolve) => child.on('exit', resolve));
+  let buf = '';
   const addr = await new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error('server did not start')), 30_000);
-    let buf = '';
     child.stderr.on('data', (chunk) => {
       buf += chunk;
       // Wait for the whole address: a chunk may end in the middle of the port.
@@ -190,6 +192,8 @@ export async function startTidings(config) {
     dir,
     child,
     exited,
+    /** Everything the server wrote to stderr so far. */
+    stderr: () => buf,
     /** Graceful stop (SIGTERM: clients get disconnect 3001). */
     stop: () => {
       if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');

@@ -12,8 +12,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use tidings_protocol::chat::{InboxOk, KeysOk, MembersOk};
 use tidings_protocol::reply::Empty;
-use tidings_protocol::{Cursors, InboxChange, SinceArg};
 use tidings_protocol::reply::{HistoryOk, PresenceOk, PresenceStatsOk, PublishOk, RefreshOk};
+use tidings_protocol::{Cursors, InboxChange, SinceArg};
 
 use crate::config::{ClientConfig, parse_url};
 use crate::error::ClientError;

@@ -31,6 +31,7 @@ mod backoff;
 mod client;
 mod config;
 mod error;
+mod receipts;
 mod subscription;
 mod task;
 mod tracker;
@@ -38,13 +39,14 @@ mod typing;
 mod wire;
 
 pub use client::{CURSOR_COALESCE, Client, ClientEvent, HistoryOptions, PublishOptions};
-pub use tidings_protocol::chat::{DeviceKey, InboxOk, KeysOk, MembersOk};
-pub use tidings_protocol::{Conversation, Cursors, InboxChange, Receipt};
 pub use config::ClientConfig;
 pub use error::ClientError;
+pub use receipts::{DeliveryState, Receipts};
 pub use subscription::{SubEvent, SubscribeOptions, Subscription};
+pub use tidings_protocol::chat::{DeviceKey, InboxOk, KeysOk, MembersOk};
 pub use tidings_protocol::reply::{HistoryOk, PresenceOk, PresenceStatsOk, PublishOk, RefreshOk};
 pub use tidings_protocol::{ClientInfo, Publication, SinceArg};
+pub use tidings_protocol::{Conversation, Cursors, InboxChange, Receipt};
 pub use typing::Typing;
 
 /// The wire protocol crate, for its other types.

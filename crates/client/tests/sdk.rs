@@ -509,7 +509,10 @@ async fn receipts_by_themselves_and_an_inbox_that_follows_reads() {
         }
     };
     assert_eq!(bob_delivered.read, 0);
-    assert!(told < 5, "coalesced: {told} cursor moves for 5 publications");
+    assert!(
+        told < 5,
+        "coalesced: {told} cursor moves for 5 publications"
+    );
     // Bob reads on the phone: the laptop's inbox says nothing is unread.
     phone.mark_read("dm:ab", 5).await.unwrap();
     let change = loop {

@@ -75,7 +75,7 @@ pub struct Conversation {
 }
 
 /// An `inbox` push: one of the user's conversations changed or is gone.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum InboxChange {
     /// The user stopped being a member.
@@ -86,7 +86,44 @@ pub enum InboxChange {
         removed: bool,
     },
     /// The conversation as it is now.
-    Changed(Conversation),
+    Changed(Box<Conversation>),
+}
+
+/// Every field of an `inbox` push: an untagged enum cannot read `last`
+/// (raw JSON data does not survive serde's buffering), so this does.
+#[derive(Deserialize)]
+struct InboxWire {
+    channel: String,
+    #[serde(default)]
+    removed: bool,
+    unread: Option<u64>,
+    read: Option<u64>,
+    delivered: Option<u64>,
+    top: Option<u64>,
+    last: Option<Publication>,
+    active_at: Option<u64>,
+}
+
+impl<'de> Deserialize<'de> for InboxChange {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = InboxWire::deserialize(d)?;
+        if w.removed {
+            return Ok(InboxChange::Removed {
+                channel: w.channel,
+                removed: true,
+            });
+        }
+        let need = |v: Option<u64>, name| v.ok_or_else(|| serde::de::Error::missing_field(name));
+        Ok(InboxChange::Changed(Box::new(Conversation {
+            channel: w.channel,
+            unread: need(w.unread, "unread")?,
+            read: need(w.read, "read")?,
+            delivered: need(w.delivered, "delivered")?,
+            top: need(w.top, "top")?,
+            last: w.last,
+            active_at: need(w.active_at, "active_at")?,
+        })))
+    }
 }
 
 /// `inbox` → ok.

@@ -543,17 +543,19 @@ mod tests {
             std::str::from_utf8(&bytes).unwrap(),
             r#"{"push":"receipt","channel":"dm:a","user":"bob","delivered":4,"read":3}"#
         );
+        let last: Publication =
+            serde_json::from_str(r#"{"offset":5,"data":{"text":"hi"},"time":9}"#).unwrap();
         let conversation = Conversation {
             channel: "dm:a".into(),
             unread: 2,
             read: 3,
             delivered: 4,
             top: 5,
-            last: None,
+            last: Some(last),
             active_at: 9,
         };
         for change in [
-            InboxChange::Changed(conversation),
+            InboxChange::Changed(Box::new(conversation)),
             InboxChange::Removed {
                 channel: "dm:a".into(),
                 removed: true,

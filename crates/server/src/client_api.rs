@@ -21,14 +21,14 @@ use crate::api::{
     ApiError, ChannelBody, HistoryBody, LastSeenBody, MembersListBody, PresenceBody, PublishBody,
     bad, parse, read_body,
 };
-use tidings_protocol::chat::{InboxOk, KeysArg, KeysOk, MembersOk};
-use tidings_protocol::Cursors;
 use crate::engine::UserControl;
 use crate::hooks::Peer;
 use crate::lease::Beat;
 use crate::node::Node;
 use crate::outbox::Outbox;
 use crate::session::{Session, internal};
+use tidings_protocol::Cursors;
+use tidings_protocol::chat::{InboxOk, KeysArg, KeysOk, MembersOk};
 
 /// The client action routes, `/v1/client/*`.
 pub fn router(node: &Arc<Node>) -> Router<Arc<Node>> {

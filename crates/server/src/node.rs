@@ -5,9 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use parking_lot::{Mutex, RwLock};
 use bytes::Bytes;
-use tidings_protocol::{ChannelName, Disconnect, ErrorBody, ErrorCode, Push, encode_push};
+use parking_lot::{Mutex, RwLock};
+use tidings_protocol::{ChannelName, Disconnect, ErrorBody, ErrorCode};
 
 use serde_json::json;
 
@@ -208,8 +208,8 @@ impl PublicationSink for NodeSink {
                     code: *code,
                 });
             }
-            UserControl::Inbox { user, change } => {
-                node.push_user(user, &encode_push(&Push::Inbox(change.clone())));
+            UserControl::Inbox { user, push } => {
+                node.push_user(user, &Bytes::copy_from_slice(push.as_bytes()));
             }
             UserControl::Heartbeat { lease } => {
                 node.leases.beat(lease);

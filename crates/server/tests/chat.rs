@@ -89,7 +89,9 @@ async fn only_members_use_a_members_channel() {
     add(&server, "dm:ab", &["alice", "bob"]).await;
     let mut alice = Raw::connect(&server, Some("alice")).await;
     let mut eve = Raw::connect(&server, Some("eve")).await;
-    let ok = alice.call(json!({"op": "subscribe", "channel": "dm:ab"})).await;
+    let ok = alice
+        .call(json!({"op": "subscribe", "channel": "dm:ab"}))
+        .await;
     assert!(ok["ok"].is_object(), "{ok}");
     for cmd in [
         json!({"op": "subscribe", "channel": "dm:ab"}),
@@ -103,7 +105,9 @@ async fn only_members_use_a_members_channel() {
         let r = eve.call(cmd.clone()).await;
         assert_eq!(error_code(&r), 103, "{cmd} → {r}");
     }
-    let r = alice.call(json!({"op": "members", "channel": "dm:ab"})).await;
+    let r = alice
+        .call(json!({"op": "members", "channel": "dm:ab"}))
+        .await;
     assert_eq!(r["ok"]["users"], json!(["alice", "bob"]));
 
     // Removed: the subscription ends for good, the inbox drops the channel.
@@ -122,8 +126,15 @@ async fn only_members_use_a_members_channel() {
             seen.push(m);
         }
     }
-    assert!(seen.contains(&json!({"push": "inbox", "channel": "dm:ab", "removed": true})), "{seen:?}");
-    assert!(seen.iter().any(|m| m["push"] == "unsub" && m["code"] == 3502), "{seen:?}");
+    assert!(
+        seen.contains(&json!({"push": "inbox", "channel": "dm:ab", "removed": true})),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|m| m["push"] == "unsub" && m["code"] == 3502),
+        "{seen:?}"
+    );
     let r = alice
         .call(json!({"op": "publish", "channel": "dm:ab", "data": 1}))
         .await;
@@ -150,7 +161,11 @@ async fn receipts_reach_the_sender_and_a_read_clears_the_badge_on_another_device
     // Bob's devices, subscribed to nothing, see the conversation change.
     for device in [&mut phone, &mut laptop] {
         let change = push_of(device, "inbox").await;
-        assert_eq!((change["unread"].clone(), change["top"].clone()), (json!(1), json!(1)), "{change}");
+        assert_eq!(
+            (change["unread"].clone(), change["top"].clone()),
+            (json!(1), json!(1)),
+            "{change}"
+        );
         assert_eq!(change["last"]["data"]["text"], "hi");
     }
     // Her own publication moved her cursors: her receipt first.
@@ -174,7 +189,11 @@ async fn receipts_reach_the_sender_and_a_read_clears_the_badge_on_another_device
     assert_eq!(receipt["read"], 1);
     // The laptop's badge clears: a push, and the inbox says so.
     let change = push_of(&mut laptop, "inbox").await;
-    assert_eq!((change["unread"].clone(), change["read"].clone()), (json!(0), json!(1)), "{change}");
+    assert_eq!(
+        (change["unread"].clone(), change["read"].clone()),
+        (json!(0), json!(1)),
+        "{change}"
+    );
     let inbox = laptop.call(json!({"op": "inbox"})).await;
     assert_eq!(inbox["ok"]["conversations"][0]["unread"], 0, "{inbox}");
     server.shutdown().await;
@@ -187,7 +206,8 @@ async fn large_groups_get_a_summary_instead_of_each_receipt() {
     let server = start_with(c).await;
     add(&server, "g:class", &["a", "b", "c", "d"]).await;
     let mut a = Raw::connect(&server, Some("a")).await;
-    a.call(json!({"op": "subscribe", "channel": "g:class"})).await;
+    a.call(json!({"op": "subscribe", "channel": "g:class"}))
+        .await;
     for n in 0..3 {
         a.call(json!({"op": "publish", "channel": "g:class", "data": n}))
             .await;
@@ -202,14 +222,20 @@ async fn large_groups_get_a_summary_instead_of_each_receipt() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let summary = loop {
         let r = push_of(&mut a, "receipt").await;
-        assert!(r.get("user").is_none(), "no per-user receipt in a large group: {r}");
+        assert!(
+            r.get("user").is_none(),
+            "no per-user receipt in a large group: {r}"
+        );
         if r["counts"] == json!([[1, 3, 2], [2, 3, 2], [3, 2, 2]]) {
             break r;
         }
         assert!(Instant::now() < deadline, "last summary {r}");
     };
     assert_eq!(summary["members"], 4);
-    assert_eq!((summary["delivered"].clone(), summary["read"].clone()), (json!(0), json!(0)));
+    assert_eq!(
+        (summary["delivered"].clone(), summary["read"].clone()),
+        (json!(0), json!(0))
+    );
     server.shutdown().await;
 }
 
@@ -403,7 +429,8 @@ async fn offline_members_get_one_webhook_per_publication() {
     let server = start_with(c).await;
     add(&server, "dm:abc", &["alice", "bob", "carol"]).await;
     let mut bob = Raw::connect(&server, Some("bob")).await;
-    bob.call(json!({"op": "subscribe", "channel": "dm:abc"})).await;
+    bob.call(json!({"op": "subscribe", "channel": "dm:abc"}))
+        .await;
     let mut alice = Raw::connect(&server, Some("alice")).await;
     alice
         .call(json!({"op": "subscribe", "channel": "dm:abc"}))
@@ -422,17 +449,32 @@ async fn offline_members_get_one_webhook_per_publication() {
     got.wait_for("three for carol", |g| g.count("offline_publication") >= 3)
         .await;
     // Nothing more comes: a publication after it is the last event.
-    api(&server, "publish", json!({"channel": "dm:abc", "data": "last"})).await;
+    api(
+        &server,
+        "publish",
+        json!({"channel": "dm:abc", "data": "last"}),
+    )
+    .await;
     got.wait_for("the API's", |g| g.count("offline_publication") >= 4)
         .await;
     let events = got.unique();
     let told: Vec<(String, u64)> = events
         .iter()
-        .map(|e| (e["user"].as_str().unwrap().to_string(), e["offset"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["user"].as_str().unwrap().to_string(),
+                e["offset"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         told,
-        [("carol".into(), 1), ("carol".into(), 2), ("carol".into(), 3), ("carol".into(), 4)],
+        [
+            ("carol".into(), 1),
+            ("carol".into(), 2),
+            ("carol".into(), 3),
+            ("carol".into(), 4)
+        ],
         "{events:#?}"
     );
     assert_eq!(events[0]["publication"]["data"], json!({"n": 1}));
@@ -467,7 +509,12 @@ async fn offline_notifications_wait_for_a_backend_that_is_down() {
     let mut told: Vec<(String, u64)> = got
         .unique()
         .iter()
-        .map(|e| (e["user"].as_str().unwrap().to_string(), e["offset"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["user"].as_str().unwrap().to_string(),
+                e["offset"].as_u64().unwrap(),
+            )
+        })
         .collect();
     told.sort();
     let want: Vec<(String, u64)> = ["alice", "bob"]
@@ -493,12 +540,21 @@ async fn bad_chat_input_is_refused_with_a_code_and_harms_nothing() {
     };
     for (cmd, code) in [
         (json!({"op": "cursor", "channel": "dm:ab", "read": 2}), 101),
-        (json!({"op": "cursor", "channel": "dm:ab", "delivered": 99}), 101),
+        (
+            json!({"op": "cursor", "channel": "dm:ab", "delivered": 99}),
+            101,
+        ),
         (json!({"op": "cursor", "channel": "dm:ab"}), 101),
-        (json!({"op": "cursor", "channel": "chat:room", "read": 0}), 101),
+        (
+            json!({"op": "cursor", "channel": "chat:room", "read": 0}),
+            101,
+        ),
         (json!({"op": "cursor", "channel": "dm:xy", "read": 0}), 103),
         (json!({"op": "inbox", "cursor": "nonsense"}), 101),
-        (json!({"op": "keys", "device": "d1", "key": key(4), "user": "bob"}), 103),
+        (
+            json!({"op": "keys", "device": "d1", "key": key(4), "user": "bob"}),
+            103,
+        ),
         (json!({"op": "keys", "device": "d1", "key": key(2)}), 101),
         (json!({"op": "keys", "device": "a/b", "key": key(4)}), 101),
         (json!({"op": "keys", "users": []}), 101),
@@ -526,20 +582,32 @@ async fn bad_chat_input_is_refused_with_a_code_and_harms_nothing() {
         assert_eq!(error_code(&r), 103, "{cmd} → {r}");
     }
     for (method, body) in [
-        ("members/add", json!({"channel": "chat:room", "users": ["a"]})),
+        (
+            "members/add",
+            json!({"channel": "chat:room", "users": ["a"]}),
+        ),
         ("members/add", json!({"channel": "dm:ab", "users": []})),
         ("members/add", json!({"channel": "dm:ab", "users": [""]})),
-        ("members/list", json!({"channel": "dm:ab", "limit": 1, "extra": 1})),
+        (
+            "members/list",
+            json!({"channel": "dm:ab", "limit": 1, "extra": 1}),
+        ),
     ] {
         let (status, r) = api(&server, method, body.clone()).await;
-        assert_eq!((status, error_code(&json!({"error": r["error"]}))), (400, 101), "{method} {body} → {r}");
+        assert_eq!(
+            (status, error_code(&json!({"error": r["error"]}))),
+            (400, 101),
+            "{method} {body} → {r}"
+        );
     }
     // Nothing was harmed: the connection works, the cursors are what they were.
     let r = alice
         .call(json!({"op": "cursor", "channel": "dm:ab", "delivered": 1}))
         .await;
     assert_eq!(r["ok"], json!({"delivered": 1, "read": 0}));
-    let keys = alice.call(json!({"op": "keys", "users": ["alice", "bob"]})).await;
+    let keys = alice
+        .call(json!({"op": "keys", "users": ["alice", "bob"]}))
+        .await;
     assert_eq!(keys["ok"]["keys"]["alice"].as_array().unwrap().len(), 16);
     assert!(keys["ok"]["keys"].get("bob").is_none());
     server.shutdown().await;

@@ -500,11 +500,22 @@ async fn members_cursors_and_keys(kind: Kind) {
         .await
         .unwrap();
     assert_eq!(added.len(), 3);
-    assert!(e.add_members("dm:1", &users(&["alice"]), 9).await.unwrap().is_empty());
+    assert!(
+        e.add_members("dm:1", &users(&["alice"]), 9)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     e.add_members("dm:2", &users(&["alice"]), 8).await.unwrap();
     assert_eq!(e.member_count("dm:1").await.unwrap(), 3);
-    assert_eq!(e.members("dm:1", None, 2).await.unwrap(), users(&["alice", "bob"]));
-    assert_eq!(e.members("dm:1", Some("bob"), 2).await.unwrap(), users(&["carol"]));
+    assert_eq!(
+        e.members("dm:1", None, 2).await.unwrap(),
+        users(&["alice", "bob"])
+    );
+    assert_eq!(
+        e.members("dm:1", Some("bob"), 2).await.unwrap(),
+        users(&["carol"])
+    );
     let m = e.membership("dm:1", "alice").await.unwrap().unwrap();
     assert_eq!((m.since_ms, m.cursors), (7, Cursors::default()));
     assert!(e.membership("dm:1", "dave").await.unwrap().is_none());
@@ -539,7 +550,9 @@ async fn members_cursors_and_keys(kind: Kind) {
     assert_eq!(mine, users(&["dm:1", "dm:2"]));
 
     assert_eq!(
-        e.remove_members("dm:1", &users(&["bob", "dave"])).await.unwrap(),
+        e.remove_members("dm:1", &users(&["bob", "dave"]))
+            .await
+            .unwrap(),
         users(&["bob"])
     );
     assert!(e.membership("dm:1", "bob").await.unwrap().is_none());

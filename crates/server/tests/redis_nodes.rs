@@ -574,6 +574,64 @@ async fn offsets_handed_out_again_after_a_rollback_start_a_new_epoch() {
     assert_ne!(ok["epoch"], epoch.as_str());
 }
 
+/// Chat across nodes: a member on node 0 publishes, the other member's
+/// devices on nodes 1 and 2 see their inbox change (with the publication);
+/// a read on node 1 reaches the sender as a receipt and clears the badge
+/// on node 2; members and cursors live in Redis.
+async fn chat_receipts_and_inbox_span_the_nodes(redis: Backend) {
+    let servers = nodes_with(&redis, 3, |c| {
+        c.namespaces.insert(
+            "dm".into(),
+            tidings_server::config::NamespaceOptions {
+                members: true,
+                history_size: 100,
+                ..Default::default()
+            },
+        );
+    })
+    .await;
+    let (status, _) = api(
+        &servers[2],
+        "members/add",
+        json!({"channel": "dm:ab", "users": ["alice", "bob"]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let (mut alice, _) = subscribe(&servers[0], Some("alice"), "dm:ab", None).await;
+    let mut phone = Raw::connect(&servers[1], Some("bob")).await;
+    let mut laptop = Raw::connect(&servers[2], Some("bob")).await;
+    let sent = alice
+        .call(json!({"op": "publish", "channel": "dm:ab", "data": {"text": "hi"}}))
+        .await;
+    assert_eq!(sent["ok"]["offset"], 1, "{sent}");
+    async fn push_of(raw: &mut Raw, kind: &str, check: impl Fn(&Value) -> bool) -> Value {
+        loop {
+            let m = raw.next_non_ping().await.expect("open");
+            if m["push"] == kind && check(&m) {
+                return m;
+            }
+        }
+    }
+    for device in [&mut phone, &mut laptop] {
+        let change = push_of(device, "inbox", |_| true).await;
+        assert_eq!(change["unread"], 1, "{change}");
+        assert_eq!(change["last"]["data"]["text"], "hi", "{change}");
+    }
+    let r = phone
+        .call(json!({"op": "cursor", "channel": "dm:ab", "read": 1}))
+        .await;
+    assert_eq!(r["ok"], json!({"delivered": 1, "read": 1}));
+    let receipt = push_of(&mut alice, "receipt", |m| m["user"] == "bob").await;
+    assert_eq!(
+        (receipt["delivered"].clone(), receipt["read"].clone()),
+        (json!(1), json!(1))
+    );
+    let change = push_of(&mut laptop, "inbox", |m| m["read"] == 1).await;
+    assert_eq!(change["unread"], 0, "{change}");
+    let inbox = laptop.call(json!({"op": "inbox"})).await;
+    assert_eq!(inbox["ok"]["conversations"][0]["unread"], 0, "{inbox}");
+}
+
 macro_rules! on_both {
     ($($name:ident),*) => {
         mod standalone {
@@ -594,7 +652,8 @@ on_both!(
     subscribes_racing_unsubscribes_leave_the_node_subscribed_exactly_when_needed,
     channels_lists_every_nodes_subscribers,
     connections_per_user_count_across_nodes,
-    webhooks_tell_occupied_vacated_and_members_once_for_the_cluster
+    webhooks_tell_occupied_vacated_and_members_once_for_the_cluster,
+    chat_receipts_and_inbox_span_the_nodes
 );
 
 /// Three nodes, one receiver: a channel is occupied and vacated once, a

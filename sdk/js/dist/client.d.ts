@@ -1,3 +1,5 @@
+import { type Cursors, type DeviceKey, type InboxEvent, type InboxPage, type MembersPage, type PageOptions } from './chat.js';
+import { E2ee, type E2eeOptions } from './e2ee.js';
 import { Emitter } from './emitter.js';
 import { TidingsError } from './errors.js';
 import { type OutboxEntry, type OutboxStore } from './outbox.js';
@@ -56,6 +58,14 @@ export interface ClientOptions {
     stableAfter?: number;
     /** Uniform random numbers in [0, 1) for backoff jitter; for tests. */
     random?: () => number;
+    /**
+     * End-to-end encryption for chat channels: `true` or options (device id,
+     * key store). Envelopes in every subscription are then opened, and
+     * publishes with `encrypt` are sealed. See {@link E2ee}.
+     */
+    e2ee?: E2eeOptions | boolean;
+    /** Cursor updates (`markRead`, `markDelivered`, receipts) are sent at most once per this many ms per channel (default 500). */
+    cursorInterval?: number;
 }
 /** Options of {@link TidingsClient.subscribe}. */
 export interface SubscribeOptions {
@@ -76,6 +86,18 @@ export interface SubscribeOptions {
      * time); applied here, the app sees whole payloads.
      */
     delta?: 'fossil';
+    /**
+     * Members channels: advance this user's `delivered` cursor by itself as
+     * publications arrive (coalesced), and read the members for
+     * `deliveryState`.
+     */
+    receipts?: boolean;
+    /**
+     * Seal `sub.publish` data end to end by default (see {@link E2ee}); the
+     * client's default E2EE is made if it has none. Envelopes are opened
+     * whenever the client has E2EE.
+     */
+    encrypt?: boolean;
 }
 /** Payload of the client's `state` event. */
 export interface StateEvent {
@@ -133,6 +155,8 @@ export interface ClientEvents {
     };
     /** Entries stored by a previous run were loaded and will be sent. */
     outboxRestored: OutboxEntry[];
+    /** One of the user's conversations changed, or the user stopped being a member (`removed`). */
+    inbox: InboxEvent;
 }
 /** The Tidings client. */
 export declare class TidingsClient extends Emitter<ClientEvents> implements SubscriptionHost {
@@ -191,12 +215,26 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
     private readonly random;
     private readonly onOnline;
     private readonly onOffline;
+    private readonly cursorSync;
+    /** The app called `disconnect()`: cursor updates wait for the next `connect()`. */
+    private closedByApp;
+    private readonly e2eeOptions;
+    private e2eeInstance;
+    /** Seals per channel, in publish order. */
+    private readonly sealChains;
     /** The client id of the current WebSocket connection, if any. */
     clientId: string | null;
     /** The user id the server gave (WebSocket), if any. */
     user: string | null;
     /** Creates a client; nothing happens on the network until {@link connect}. */
     constructor(opts?: ClientOptions);
+    /**
+     * End-to-end encryption of this client's device: made from the `e2ee`
+     * option (or by the first subscription with `encrypt`); null otherwise.
+     */
+    get e2ee(): E2ee | null;
+    /** @internal The E2EE instance; `create` makes the default one when there is none. */
+    e2eeFor(create: boolean): E2ee | null;
     /** The connection state. */
     get state(): ConnectionState;
     /** The transport in use (or being tried), null when disconnected. */
@@ -223,6 +261,12 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
      * twice (within the server's `idempotency_window`).
      */
     publish(channel: string, data: unknown, opts?: PublishOptions): Promise<PublishResult>;
+    /**
+     * Seals `data` for the channel's members, then publishes the envelope.
+     * Seals of one channel run one after the other, so publishes keep their
+     * order; a seal that fails (the key directory cannot be read) rejects.
+     */
+    private publishSealed;
     /** The publishes waiting for an acknowledgement, in sending order. */
     pendingPublishes(channel?: string): OutboxEntry[];
     /** Reads a channel's history (over the WebSocket when open, else HTTP). */
@@ -236,6 +280,46 @@ export declare class TidingsClient extends Emitter<ClientEvents> implements Subs
     }>;
     /** When users were last seen (ms since the Unix epoch, null: never). */
     lastSeen(users: string[]): Promise<Record<string, number | null>>;
+    /**
+     * Moves this user's cursors in a members channel (at once, not
+     * coalesced; see {@link markRead} for that) and resolves with the stored
+     * cursors. A lower value than stored changes nothing. Errors: 101 (beyond
+     * the top, neither given, not a members namespace), 103 (not a member).
+     */
+    cursor(channel: string, c: {
+        delivered?: number;
+        read?: number;
+    }): Promise<Cursors>;
+    /**
+     * Marks `channel` read up to `offset`, coalesced: at most one `cursor`
+     * command per channel per `cursorInterval` (500 ms), carrying the highest
+     * offset asked; never a value lower than sent. Resolves with the stored
+     * cursors once sent (rejects when the server refuses); ignoring the
+     * promise is safe.
+     */
+    markRead(channel: string, offset: number): Promise<Cursors>;
+    /** Marks `channel` delivered up to `offset` (this device has it), coalesced like {@link markRead}. */
+    markDelivered(channel: string, offset: number): Promise<Cursors>;
+    /** @internal */
+    flushCursors(channel: string): void;
+    /** @internal */
+    cursorsKnown(channel: string, c: Cursors): void;
+    /** One page of this user's conversations, newest activity first (see {@link Inbox} for a kept list). */
+    inbox(opts?: PageOptions): Promise<InboxPage>;
+    /** One page of a members channel's members, sorted by user id (members only). */
+    members(channel: string, opts?: PageOptions): Promise<MembersPage>;
+    /**
+     * Registers this user's device public key (`keys` with `device` and
+     * `key`: an ECDH P-256 uncompressed point, base64url). {@link E2ee} does
+     * this by itself. Errors: 101 malformed, 103 anonymous, 104 more than 16
+     * devices.
+     */
+    registerDeviceKey(device: string, key: string): Promise<void>;
+    /** Looks device keys up: of `users`, or of the members of `channel`. */
+    deviceKeys(q: {
+        users?: string[];
+        channel?: string;
+    }): Promise<Record<string, DeviceKey[]>>;
     /** @internal */
     resubscribe(sub: Subscription, serverEnded: boolean): void;
     /** @internal */

@@ -6,6 +6,8 @@
  */
 import { isObj, parseJson, str, uint } from './codec.js';
 import { Backoff } from './backoff.js';
+import { CursorSync, decodeCursors, decodeInboxEvent, decodeInboxPage, decodeKeys, decodeMembersPage, } from './chat.js';
+import { E2ee } from './e2ee.js';
 import { Emitter } from './emitter.js';
 import { ErrorCode, TidingsError } from './errors.js';
 import { httpAction } from './http.js';
@@ -60,6 +62,11 @@ export class TidingsClient extends Emitter {
         this.subRetries = new Map();
         this.onOnline = () => this.wake();
         this.onOffline = () => this.goneOffline();
+        /** The app called `disconnect()`: cursor updates wait for the next `connect()`. */
+        this.closedByApp = false;
+        this.e2eeInstance = null;
+        /** Seals per channel, in publish order. */
+        this.sealChains = new Map();
         /** The client id of the current WebSocket connection, if any. */
         this.clientId = null;
         /** The user id the server gave (WebSocket), if any. */
@@ -88,6 +95,36 @@ export class TidingsClient extends Emitter {
         this.tokenStale = !this.token && !!this.getToken;
         this.store = opts.outbox === false ? null : opts.outbox ?? defaultOutboxStore(opts.outboxName ?? 'default');
         this.outboxLoaded = this.loadOutbox();
+        this.cursorSync = new CursorSync({
+            // Once the app disconnected, the last updates go over HTTP: the socket is closing.
+            send: (args) => this.wanted ? this.action('cursor', args)
+                : httpAction(this.fetchFn, this.url, this.token, 'cursor', args, this.commandTimeout),
+            active: () => !this.closedByApp,
+            random: opts.random,
+        }, opts.cursorInterval ?? 500);
+        this.e2eeOptions = opts.e2ee === true ? {} : opts.e2ee ? opts.e2ee : null;
+        if (this.e2eeOptions)
+            this.e2eeFor(true);
+    }
+    /**
+     * End-to-end encryption of this client's device: made from the `e2ee`
+     * option (or by the first subscription with `encrypt`); null otherwise.
+     */
+    get e2ee() {
+        return this.e2eeInstance;
+    }
+    /** @internal The E2EE instance; `create` makes the default one when there is none. */
+    e2eeFor(create) {
+        if (!this.e2eeInstance && create) {
+            this.e2eeInstance = new E2ee({
+                currentUser: async () => this.user ?? jwtSub((await this.currentToken()) ?? '') ?? null,
+                registerDeviceKey: (device, key) => this.registerDeviceKey(device, key),
+                deviceKeys: (q) => this.deviceKeys(q),
+            }, this.e2eeOptions ?? {});
+            if (this._state === 'connected')
+                this.e2eeInstance.ready().catch(() => undefined);
+        }
+        return this.e2eeInstance;
     }
     /** The connection state. */
     get state() {
@@ -106,6 +143,7 @@ export class TidingsClient extends Emitter {
         if (this.wanted)
             return;
         this.wanted = true;
+        this.closedByApp = false;
         const g = globalThis;
         g.addEventListener?.('online', this.onOnline);
         g.addEventListener?.('offline', this.onOffline);
@@ -116,6 +154,10 @@ export class TidingsClient extends Emitter {
     /** Closes the connection and stops reconnecting. Queued publishes stay queued. */
     disconnect() {
         this.wanted = false;
+        // Best effort: the waiting cursor updates leave over HTTP, then wait.
+        this.cursorSync.flushAll();
+        this.closedByApp = true;
+        this.cursorSync.pause();
         const g = globalThis;
         g.removeEventListener?.('online', this.onOnline);
         g.removeEventListener?.('offline', this.onOffline);
@@ -143,7 +185,12 @@ export class TidingsClient extends Emitter {
         if (opts.delta !== undefined && opts.delta !== 'fossil') {
             throw new TidingsError(ErrorCode.BadRequest, "subscribe: delta may only be 'fossil'", false);
         }
-        const sub = new Subscription(this, channel, since, { snapshot: opts.snapshot === true, delta: opts.delta });
+        const sub = new Subscription(this, channel, since, {
+            snapshot: opts.snapshot === true,
+            delta: opts.delta,
+            receipts: opts.receipts === true,
+            encrypt: opts.encrypt === true,
+        });
         this.subs.set(channel, sub);
         if (this._state === 'connected' && this.session)
             this.subscribeNow(sub, this.session);
@@ -162,6 +209,8 @@ export class TidingsClient extends Emitter {
      * twice (within the server's `idempotency_window`).
      */
     publish(channel, data, opts = {}) {
+        if (opts.encrypt)
+            return this.publishSealed(channel, data, opts);
         const entry = {
             key: opts.idempotencyKey ?? newKey(),
             channel,
@@ -205,6 +254,25 @@ export class TidingsClient extends Emitter {
         this.store.put(entry).catch((e) => console.warn('tidings: could not store an outbox entry', e));
         this.flush();
         return p;
+    }
+    /**
+     * Seals `data` for the channel's members, then publishes the envelope.
+     * Seals of one channel run one after the other, so publishes keep their
+     * order; a seal that fails (the key directory cannot be read) rejects.
+     */
+    publishSealed(channel, data, opts) {
+        const e2ee = this.e2eeFor(true);
+        const prev = this.sealChains.get(channel) ?? Promise.resolve();
+        const sealed = prev.then(() => e2ee.seal(channel, data));
+        // Registered first, so it runs before the next seal may start.
+        const result = sealed.then((env) => this.publish(channel, env, { ...opts, encrypt: false }));
+        const tail = sealed.then(() => undefined, () => undefined);
+        this.sealChains.set(channel, tail);
+        void tail.then(() => {
+            if (this.sealChains.get(channel) === tail)
+                this.sealChains.delete(channel);
+        });
+        return result;
     }
     /** The publishes waiting for an acknowledgement, in sending order. */
     pendingPublishes(channel) {
@@ -256,6 +324,88 @@ export class TidingsClient extends Emitter {
             for (const [u, t] of Object.entries(ok.users))
                 out[u] = uint(t) ?? null;
         return out;
+    }
+    // ---- chat (members namespaces) --------------------------------------
+    /**
+     * Moves this user's cursors in a members channel (at once, not
+     * coalesced; see {@link markRead} for that) and resolves with the stored
+     * cursors. A lower value than stored changes nothing. Errors: 101 (beyond
+     * the top, neither given, not a members namespace), 103 (not a member).
+     */
+    async cursor(channel, c) {
+        const args = { channel };
+        if (c.delivered !== undefined)
+            args.delivered = c.delivered;
+        if (c.read !== undefined)
+            args.read = c.read;
+        const cur = decodeCursors(await this.action('cursor', args));
+        this.cursorSync.known(channel, cur);
+        return cur;
+    }
+    /**
+     * Marks `channel` read up to `offset`, coalesced: at most one `cursor`
+     * command per channel per `cursorInterval` (500 ms), carrying the highest
+     * offset asked; never a value lower than sent. Resolves with the stored
+     * cursors once sent (rejects when the server refuses); ignoring the
+     * promise is safe.
+     */
+    markRead(channel, offset) {
+        const p = this.cursorSync.want(channel, { read: offset });
+        p.catch(() => undefined);
+        return p;
+    }
+    /** Marks `channel` delivered up to `offset` (this device has it), coalesced like {@link markRead}. */
+    markDelivered(channel, offset) {
+        const p = this.cursorSync.want(channel, { delivered: offset });
+        p.catch(() => undefined);
+        return p;
+    }
+    /** @internal */
+    flushCursors(channel) {
+        this.cursorSync.flush(channel);
+    }
+    /** @internal */
+    cursorsKnown(channel, c) {
+        this.cursorSync.known(channel, c);
+    }
+    /** One page of this user's conversations, newest activity first (see {@link Inbox} for a kept list). */
+    async inbox(opts = {}) {
+        const args = {};
+        if (opts.limit !== undefined)
+            args.limit = opts.limit;
+        if (opts.cursor !== undefined)
+            args.cursor = opts.cursor;
+        const page = decodeInboxPage(await this.action('inbox', args));
+        for (const c of page.conversations)
+            this.cursorSync.known(c.channel, { delivered: c.delivered, read: c.read });
+        return page;
+    }
+    /** One page of a members channel's members, sorted by user id (members only). */
+    async members(channel, opts = {}) {
+        const args = { channel };
+        if (opts.limit !== undefined)
+            args.limit = opts.limit;
+        if (opts.cursor !== undefined)
+            args.cursor = opts.cursor;
+        return decodeMembersPage(await this.action('members', args));
+    }
+    /**
+     * Registers this user's device public key (`keys` with `device` and
+     * `key`: an ECDH P-256 uncompressed point, base64url). {@link E2ee} does
+     * this by itself. Errors: 101 malformed, 103 anonymous, 104 more than 16
+     * devices.
+     */
+    async registerDeviceKey(device, key) {
+        await this.action('keys', { device, key });
+    }
+    /** Looks device keys up: of `users`, or of the members of `channel`. */
+    async deviceKeys(q) {
+        const args = {};
+        if (q.users)
+            args.users = q.users;
+        if (q.channel !== undefined)
+            args.channel = q.channel;
+        return decodeKeys(await this.action('keys', args));
     }
     /** @internal */
     resubscribe(sub, serverEnded) {
@@ -388,6 +538,9 @@ export class TidingsClient extends Emitter {
         if (exp !== null)
             this.scheduleRefresh(exp);
         this.flush();
+        // Cursor updates that failed while disconnected; this device's key.
+        this.cursorSync.flushAll();
+        this.e2eeInstance?.ready().catch(() => undefined);
     }
     subscribedReply(channel, ok, err) {
         const sub = this.subs.get(channel);
@@ -448,6 +601,15 @@ export class TidingsClient extends Emitter {
         this.subRetries.delete(channel);
     }
     onPush(push) {
+        if (push.push === 'inbox') {
+            const e = decodeInboxEvent(push);
+            if (!e)
+                return;
+            if (!e.removed)
+                this.cursorSync.known(e.channel, { delivered: e.delivered, read: e.read });
+            this.emit('inbox', e);
+            return;
+        }
         const channel = str(push.channel);
         if (channel === undefined)
             return;

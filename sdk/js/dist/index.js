@@ -10,4 +10,6 @@ export { MemoryOutboxStore, IndexedDbOutboxStore, defaultOutboxStore } from './o
 export { Optimistic } from './optimistic.js';
 export { Typing, TypingWatcher } from './typing.js';
 export { encodePositionVector, fnv1a32 } from './position.js';
+export { Inbox, CursorSync, computeDeliveryState } from './chat.js';
+export { E2ee, MemoryKeyStore, LocalStorageKeyStore, IndexedDbKeyStore, defaultKeyStore, isEnvelope, envelopeRecipients, } from './e2ee.js';
 export { Emitter } from './emitter.js';

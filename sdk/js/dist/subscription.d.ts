@@ -4,7 +4,9 @@
  * resumes exactly there: each publication reaches the app once, in offset
  * order, or the app gets a `reset` telling it to reload.
  */
+import { type Cursors, type DeliveryState, type MembersPage, type PageOptions, type ReceiptEvent } from './chat.js';
 import { type Obj } from './codec.js';
+import { type E2ee } from './e2ee.js';
 import { Emitter } from './emitter.js';
 import { TidingsError } from './errors.js';
 import type { SubscribeRequest } from './transport.js';
@@ -61,6 +63,18 @@ export interface SubscriptionEvents {
     error: TidingsError;
     /** The state changed. */
     state: SubscriptionState;
+    /** A `receipt` push: a member's cursors moved (or, in large channels, a summary). */
+    receipt: ReceiptEvent;
+    /** What {@link Subscription.deliveryState} answers may have changed (receipts, members, new publications): re-render ticks. */
+    delivery: {
+        channel: string;
+    };
+    /**
+     * An E2EE publication could not be opened (not sealed for this device, no
+     * key for its sender, tampered with). It is delivered as a `publication`
+     * too, with `data: null`, `encrypted: true` and `undecryptable` saying why.
+     */
+    undecryptable: Publication;
 }
 /** How urgently a publication reaches subscribers with a backlog. */
 export type Priority = 'critical' | 'high' | 'normal' | 'low';
@@ -84,6 +98,12 @@ export interface PublishOptions {
      * store it (for signals such as typing that are worthless later).
      */
     queue?: boolean;
+    /**
+     * Seal the data end-to-end for the channel's members' devices before
+     * publishing (see `E2ee`). Default: the subscription's `encrypt` option
+     * (through `sub.publish`), else false.
+     */
+    encrypt?: boolean;
 }
 /** Options of history reads. */
 export interface HistoryOptions {
@@ -120,6 +140,31 @@ export interface SubscriptionHost {
     resubscribe(sub: Subscription, serverEnded: boolean): void;
     /** Forget the subscription. */
     removeSubscription(sub: Subscription): void;
+    /** The local user (null: anonymous, or not known yet). */
+    readonly user: string | null;
+    /** A page of a channel's members. */
+    members(channel: string, opts?: PageOptions): Promise<MembersPage>;
+    /** Coalesced delivered cursor update. */
+    markDelivered(channel: string, offset: number): Promise<Cursors>;
+    /** Coalesced read cursor update. */
+    markRead(channel: string, offset: number): Promise<Cursors>;
+    /** Sends a waiting cursor update of the channel now. */
+    flushCursors(channel: string): void;
+    /** The server holds at least these cursors of the local user (own receipts). */
+    cursorsKnown(channel: string, c: Cursors): void;
+    /** The E2EE to open envelopes with: `create` makes the client's default one if it has none. */
+    e2eeFor(create: boolean): E2ee | null;
+}
+/** Options of a subscription, as given to `client.subscribe` (see `SubscribeOptions`). */
+export interface SubscriptionOptions {
+    /** Start from the channel's latest snapshot. */
+    snapshot?: boolean;
+    /** Receive payloads as Fossil deltas. */
+    delta?: 'fossil';
+    /** Mark what arrives as delivered, by itself (members channels). */
+    receipts?: boolean;
+    /** Seal `publish` data end to end by default. */
+    encrypt?: boolean;
 }
 /** A subscription to one channel; get one with `client.subscribe()`. */
 export declare class Subscription extends Emitter<SubscriptionEvents> {
@@ -140,19 +185,59 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
     freshLookup: boolean;
     /** The last payload's JSON text, which the next delta applies to. */
     private deltaBase;
+    /** Events waiting for envelopes before them to be opened (delivery stays in order). */
+    private queued;
+    private chain;
+    /** Members' cursors: from receipts, and each publisher's own publications. */
+    private readonly cursors;
+    private summary;
+    private memberList;
+    private membersLoading;
+    /** Publisher of each offset seen (bounded). */
+    private readonly senders;
     /** @internal Use `client.subscribe()`. */
-    constructor(host: SubscriptionHost, channel: string, since: Position | 'start' | undefined, opts?: {
-        snapshot?: boolean;
-        delta?: 'fossil';
-    });
+    constructor(host: SubscriptionHost, channel: string, since: Position | 'start' | undefined, opts?: SubscriptionOptions);
     /** The current state. */
     get state(): SubscriptionState;
     /** The position of the last publication delivered (null before any is known). */
     get position(): Position | null;
-    /** Publishes into this channel; see `client.publish`. */
+    /**
+     * Publishes into this channel; see `client.publish`. With the `encrypt`
+     * option (or `opts.encrypt`) the data is sealed end to end first.
+     */
     publish(data: unknown, opts?: PublishOptions): Promise<PublishResult>;
-    /** Reads this channel's history. */
+    /**
+     * Reads this channel's history; E2EE envelopes come opened (when the
+     * client has E2EE), as publications do.
+     */
     history(opts?: HistoryOptions): Promise<HistoryResult>;
+    /**
+     * Marks the channel read up to `offset` (the local user saw it): sent
+     * coalesced (at most one `cursor` command per ~500 ms), never lower than
+     * what was sent. Resolves with the stored cursors once sent; rejects when
+     * the server refuses (101 beyond the top, 103 not a member). Ignoring the
+     * promise is safe.
+     */
+    markRead(offset: number): Promise<Cursors>;
+    /** Marks the channel delivered up to `offset`; with `receipts: true` the subscription does it by itself. */
+    markDelivered(offset: number): Promise<Cursors>;
+    /**
+     * The channel's members (every page; cached, `refresh` reads them again).
+     * Members namespaces only.
+     */
+    members(refresh?: boolean): Promise<string[]>;
+    /**
+     * Delivery state of the message at `offset`, from the receipts seen so
+     * far: in a 1:1 conversation `'sent'`, `'delivered'` or `'read'` (the
+     * other member's cursors); in a group `{members, delivered, read}`
+     * counting the members other than the publisher. Members are read once
+     * (a `delivery` event follows); until then the answer is `'sent'`.
+     * Cursors are learned from `receipt` pushes (which come as members' cursors move)
+     * and from each member's own publications (what you write, you have read).
+     */
+    deliveryState(offset: number): DeliveryState;
+    /** A member's cursors as learned so far (receipts, own publications). */
+    cursorsOf(user: string): Cursors | undefined;
     /** Reads this channel's presence (every page). */
     presence(): Promise<Record<string, PresenceEntry>>;
     /** Counts this channel's connections and users. */
@@ -160,7 +245,7 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
         clients: number;
         users: number;
     }>;
-    /** Ends the subscription; no event follows. */
+    /** Ends the subscription; no event follows. A cursor update waiting to be sent is sent now. */
     unsubscribe(): void;
     /** @internal Whether it asked to start from the channel's snapshot. */
     get wantsSnapshot(): boolean;
@@ -191,5 +276,19 @@ export declare class Subscription extends Emitter<SubscriptionEvents> {
     private fromText;
     /** `latest`: the channel's pushes may skip values (an offset jump is no loss). */
     private handlePub;
+    /**
+     * Emits a publication: at once, or, when it is an E2EE envelope to open
+     * (or events wait before it), once opened and after those before it.
+     * Opening runs at once; only the emitting waits, so order is kept.
+     */
+    private deliver;
+    /** Runs `fn` now, or after the events waiting for envelopes to be opened. */
+    private ordered;
+    private emitPub;
+    /** Remembers who published `p`: their cursors are at least at its offset. */
+    private notePublication;
+    private noteSender;
+    private raiseCursors;
+    private handleReceipt;
     private setState;
 }

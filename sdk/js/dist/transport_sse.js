@@ -203,7 +203,7 @@ export class SseSession extends HttpSession {
                 d.delayMs = delay;
             return d;
         }
-        if (['pub', 'reset', 'join', 'leave', 'unsub', 'gap'].includes(event)) {
+        if (['pub', 'reset', 'join', 'leave', 'unsub', 'gap', 'receipt', 'inbox'].includes(event)) {
             this.h.onPush({ ...v, push: event });
         }
         return null;

@@ -6,6 +6,11 @@
  */
 import { isObj, parseJson, str, uint, type Obj } from './codec.js';
 import { Backoff } from './backoff.js';
+import {
+  CursorSync, decodeCursors, decodeInboxEvent, decodeInboxPage, decodeKeys, decodeMembersPage,
+  type Cursors, type DeviceKey, type InboxEvent, type InboxPage, type MembersPage, type PageOptions,
+} from './chat.js';
+import { E2ee, type E2eeOptions } from './e2ee.js';
 import { Emitter } from './emitter.js';
 import { ErrorCode, TidingsError } from './errors.js';
 import { httpAction } from './http.js';
@@ -78,6 +83,14 @@ export interface ClientOptions {
   stableAfter?: number;
   /** Uniform random numbers in [0, 1) for backoff jitter; for tests. */
   random?: () => number;
+  /**
+   * End-to-end encryption for chat channels: `true` or options (device id,
+   * key store). Envelopes in every subscription are then opened, and
+   * publishes with `encrypt` are sealed. See {@link E2ee}.
+   */
+  e2ee?: E2eeOptions | boolean;
+  /** Cursor updates (`markRead`, `markDelivered`, receipts) are sent at most once per this many ms per channel (default 500). */
+  cursorInterval?: number;
 }
 
 /** Options of {@link TidingsClient.subscribe}. */
@@ -99,6 +112,18 @@ export interface SubscribeOptions {
    * time); applied here, the app sees whole payloads.
    */
   delta?: 'fossil';
+  /**
+   * Members channels: advance this user's `delivered` cursor by itself as
+   * publications arrive (coalesced), and read the members for
+   * `deliveryState`.
+   */
+  receipts?: boolean;
+  /**
+   * Seal `sub.publish` data end to end by default (see {@link E2ee}); the
+   * client's default E2EE is made if it has none. Envelopes are opened
+   * whenever the client has E2EE.
+   */
+  encrypt?: boolean;
 }
 
 /** Payload of the client's `state` event. */
@@ -151,6 +176,8 @@ export interface ClientEvents {
   publishFailed: { entry: OutboxEntry; error: TidingsError };
   /** Entries stored by a previous run were loaded and will be sent. */
   outboxRestored: OutboxEntry[];
+  /** One of the user's conversations changed, or the user stopped being a member (`removed`). */
+  inbox: InboxEvent;
 }
 
 interface Waiter {
@@ -217,6 +244,13 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   private readonly random: (() => number) | undefined;
   private readonly onOnline = () => this.wake();
   private readonly onOffline = () => this.goneOffline();
+  private readonly cursorSync: CursorSync;
+  /** The app called `disconnect()`: cursor updates wait for the next `connect()`. */
+  private closedByApp = false;
+  private readonly e2eeOptions: E2eeOptions | null;
+  private e2eeInstance: E2ee | null = null;
+  /** Seals per channel, in publish order. */
+  private readonly sealChains = new Map<string, Promise<void>>();
 
   /** The client id of the current WebSocket connection, if any. */
   clientId: string | null = null;
@@ -248,6 +282,36 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     this.tokenStale = !this.token && !!this.getToken;
     this.store = opts.outbox === false ? null : opts.outbox ?? defaultOutboxStore(opts.outboxName ?? 'default');
     this.outboxLoaded = this.loadOutbox();
+    this.cursorSync = new CursorSync({
+      // Once the app disconnected, the last updates go over HTTP: the socket is closing.
+      send: (args) => this.wanted ? this.action('cursor', args)
+        : httpAction(this.fetchFn, this.url, this.token, 'cursor', args, this.commandTimeout),
+      active: () => !this.closedByApp,
+      random: opts.random,
+    }, opts.cursorInterval ?? 500);
+    this.e2eeOptions = opts.e2ee === true ? {} : opts.e2ee ? opts.e2ee : null;
+    if (this.e2eeOptions) this.e2eeFor(true);
+  }
+
+  /**
+   * End-to-end encryption of this client's device: made from the `e2ee`
+   * option (or by the first subscription with `encrypt`); null otherwise.
+   */
+  get e2ee(): E2ee | null {
+    return this.e2eeInstance;
+  }
+
+  /** @internal The E2EE instance; `create` makes the default one when there is none. */
+  e2eeFor(create: boolean): E2ee | null {
+    if (!this.e2eeInstance && create) {
+      this.e2eeInstance = new E2ee({
+        currentUser: async () => this.user ?? jwtSub((await this.currentToken()) ?? '') ?? null,
+        registerDeviceKey: (device, key) => this.registerDeviceKey(device, key),
+        deviceKeys: (q) => this.deviceKeys(q),
+      }, this.e2eeOptions ?? {});
+      if (this._state === 'connected') this.e2eeInstance.ready().catch(() => undefined);
+    }
+    return this.e2eeInstance;
   }
 
   /** The connection state. */
@@ -269,6 +333,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   connect(): void {
     if (this.wanted) return;
     this.wanted = true;
+    this.closedByApp = false;
     const g = globalThis as { addEventListener?: (n: string, f: () => void) => void };
     g.addEventListener?.('online', this.onOnline);
     g.addEventListener?.('offline', this.onOffline);
@@ -280,6 +345,10 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   /** Closes the connection and stops reconnecting. Queued publishes stay queued. */
   disconnect(): void {
     this.wanted = false;
+    // Best effort: the waiting cursor updates leave over HTTP, then wait.
+    this.cursorSync.flushAll();
+    this.closedByApp = true;
+    this.cursorSync.pause();
     const g = globalThis as { removeEventListener?: (n: string, f: () => void) => void };
     g.removeEventListener?.('online', this.onOnline);
     g.removeEventListener?.('offline', this.onOffline);
@@ -307,7 +376,12 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     if (opts.delta !== undefined && opts.delta !== 'fossil') {
       throw new TidingsError(ErrorCode.BadRequest, "subscribe: delta may only be 'fossil'", false);
     }
-    const sub = new Subscription(this, channel, since, { snapshot: opts.snapshot === true, delta: opts.delta });
+    const sub = new Subscription(this, channel, since, {
+      snapshot: opts.snapshot === true,
+      delta: opts.delta,
+      receipts: opts.receipts === true,
+      encrypt: opts.encrypt === true,
+    });
     this.subs.set(channel, sub);
     if (this._state === 'connected' && this.session) this.subscribeNow(sub, this.session);
     return sub;
@@ -327,6 +401,7 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
    * twice (within the server's `idempotency_window`).
    */
   publish(channel: string, data: unknown, opts: PublishOptions = {}): Promise<PublishResult> {
+    if (opts.encrypt) return this.publishSealed(channel, data, opts);
     const entry: OutboxEntry = {
       key: opts.idempotencyKey ?? newKey(),
       channel,
@@ -367,6 +442,25 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     this.store.put(entry).catch((e) => console.warn('tidings: could not store an outbox entry', e));
     this.flush();
     return p;
+  }
+
+  /**
+   * Seals `data` for the channel's members, then publishes the envelope.
+   * Seals of one channel run one after the other, so publishes keep their
+   * order; a seal that fails (the key directory cannot be read) rejects.
+   */
+  private publishSealed(channel: string, data: unknown, opts: PublishOptions): Promise<PublishResult> {
+    const e2ee = this.e2eeFor(true)!;
+    const prev = this.sealChains.get(channel) ?? Promise.resolve();
+    const sealed = prev.then(() => e2ee.seal(channel, data));
+    // Registered first, so it runs before the next seal may start.
+    const result = sealed.then((env) => this.publish(channel, env, { ...opts, encrypt: false }));
+    const tail = sealed.then(() => undefined, () => undefined);
+    this.sealChains.set(channel, tail);
+    void tail.then(() => {
+      if (this.sealChains.get(channel) === tail) this.sealChains.delete(channel);
+    });
+    return result;
   }
 
   /** The publishes waiting for an acknowledgement, in sending order. */
@@ -416,6 +510,89 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     const out: Record<string, number | null> = {};
     if (isObj(ok.users)) for (const [u, t] of Object.entries(ok.users)) out[u] = uint(t) ?? null;
     return out;
+  }
+
+  // ---- chat (members namespaces) --------------------------------------
+
+  /**
+   * Moves this user's cursors in a members channel (at once, not
+   * coalesced; see {@link markRead} for that) and resolves with the stored
+   * cursors. A lower value than stored changes nothing. Errors: 101 (beyond
+   * the top, neither given, not a members namespace), 103 (not a member).
+   */
+  async cursor(channel: string, c: { delivered?: number; read?: number }): Promise<Cursors> {
+    const args: Obj = { channel };
+    if (c.delivered !== undefined) args.delivered = c.delivered;
+    if (c.read !== undefined) args.read = c.read;
+    const cur = decodeCursors(await this.action('cursor', args));
+    this.cursorSync.known(channel, cur);
+    return cur;
+  }
+
+  /**
+   * Marks `channel` read up to `offset`, coalesced: at most one `cursor`
+   * command per channel per `cursorInterval` (500 ms), carrying the highest
+   * offset asked; never a value lower than sent. Resolves with the stored
+   * cursors once sent (rejects when the server refuses); ignoring the
+   * promise is safe.
+   */
+  markRead(channel: string, offset: number): Promise<Cursors> {
+    const p = this.cursorSync.want(channel, { read: offset });
+    p.catch(() => undefined);
+    return p;
+  }
+
+  /** Marks `channel` delivered up to `offset` (this device has it), coalesced like {@link markRead}. */
+  markDelivered(channel: string, offset: number): Promise<Cursors> {
+    const p = this.cursorSync.want(channel, { delivered: offset });
+    p.catch(() => undefined);
+    return p;
+  }
+
+  /** @internal */
+  flushCursors(channel: string): void {
+    this.cursorSync.flush(channel);
+  }
+
+  /** @internal */
+  cursorsKnown(channel: string, c: Cursors): void {
+    this.cursorSync.known(channel, c);
+  }
+
+  /** One page of this user's conversations, newest activity first (see {@link Inbox} for a kept list). */
+  async inbox(opts: PageOptions = {}): Promise<InboxPage> {
+    const args: Obj = {};
+    if (opts.limit !== undefined) args.limit = opts.limit;
+    if (opts.cursor !== undefined) args.cursor = opts.cursor;
+    const page = decodeInboxPage(await this.action('inbox', args));
+    for (const c of page.conversations) this.cursorSync.known(c.channel, { delivered: c.delivered, read: c.read });
+    return page;
+  }
+
+  /** One page of a members channel's members, sorted by user id (members only). */
+  async members(channel: string, opts: PageOptions = {}): Promise<MembersPage> {
+    const args: Obj = { channel };
+    if (opts.limit !== undefined) args.limit = opts.limit;
+    if (opts.cursor !== undefined) args.cursor = opts.cursor;
+    return decodeMembersPage(await this.action('members', args));
+  }
+
+  /**
+   * Registers this user's device public key (`keys` with `device` and
+   * `key`: an ECDH P-256 uncompressed point, base64url). {@link E2ee} does
+   * this by itself. Errors: 101 malformed, 103 anonymous, 104 more than 16
+   * devices.
+   */
+  async registerDeviceKey(device: string, key: string): Promise<void> {
+    await this.action('keys', { device, key });
+  }
+
+  /** Looks device keys up: of `users`, or of the members of `channel`. */
+  async deviceKeys(q: { users?: string[]; channel?: string }): Promise<Record<string, DeviceKey[]>> {
+    const args: Obj = {};
+    if (q.users) args.users = q.users;
+    if (q.channel !== undefined) args.channel = q.channel;
+    return decodeKeys(await this.action('keys', args));
   }
 
   /** @internal */
@@ -536,6 +713,9 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
     const exp = r.expiresIn ?? (this.token ? secondsLeft(this.token) : null);
     if (exp !== null) this.scheduleRefresh(exp);
     this.flush();
+    // Cursor updates that failed while disconnected; this device's key.
+    this.cursorSync.flushAll();
+    this.e2eeInstance?.ready().catch(() => undefined);
   }
 
   private subscribedReply(channel: string, ok: Obj | null, err: TidingsError | null): void {
@@ -592,6 +772,13 @@ export class TidingsClient extends Emitter<ClientEvents> implements Subscription
   }
 
   private onPush(push: Obj): void {
+    if (push.push === 'inbox') {
+      const e = decodeInboxEvent(push);
+      if (!e) return;
+      if (!e.removed) this.cursorSync.known(e.channel, { delivered: e.delivered, read: e.read });
+      this.emit('inbox', e);
+      return;
+    }
     const channel = str(push.channel);
     if (channel === undefined) return;
     this.subs.get(channel)?.handlePush(push);

@@ -21,6 +21,7 @@ export type {
   ResetEvent,
   SubscribedEvent,
   SubscriptionEvents,
+  SubscriptionOptions,
   SubscriptionState,
 } from './subscription.js';
 export { TidingsError, ErrorCode, isTerminalCloseCode } from './errors.js';
@@ -32,6 +33,27 @@ export type { OptimisticEvents, OptimisticOptions, PendingItem, PendingStatus } 
 export { Typing, TypingWatcher } from './typing.js';
 export type { TypingOptions } from './typing.js';
 export { encodePositionVector, fnv1a32 } from './position.js';
+export { Inbox, CursorSync, computeDeliveryState } from './chat.js';
+export type {
+  Conversation,
+  Cursors,
+  DeliveryState,
+  DeviceKey,
+  GroupDeliveryState,
+  InboxEvent,
+  InboxEvents,
+  InboxOptions,
+  InboxPage,
+  MembersPage,
+  PageOptions,
+  ReceiptEvent,
+  ReceiptSummary,
+  UserReceipt,
+} from './chat.js';
+export {
+  E2ee, MemoryKeyStore, LocalStorageKeyStore, IndexedDbKeyStore, defaultKeyStore, isEnvelope, envelopeRecipients,
+} from './e2ee.js';
+export type { DeviceIdentity, E2eeOptions, Envelope, KeyStore } from './e2ee.js';
 export { Emitter } from './emitter.js';
 export type { Listener } from './emitter.js';
 export type {

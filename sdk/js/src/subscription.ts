@@ -4,8 +4,13 @@
  * resumes exactly there: each publication reaches the app once, in offset
  * order, or the app gets a `reset` telling it to reload.
  */
+import {
+  computeDeliveryState, decodeReceipt, type Cursors, type DeliveryState, type MembersPage, type PageOptions, type ReceiptEvent,
+  type ReceiptSummary,
+} from './chat.js';
 import { decodePresenceEntry, decodePresenceMap, decodePublication, decodePublications, parseJson, str, uint, type Obj } from './codec.js';
 import { applyDelta } from './delta.js';
+import { isEnvelope, type E2ee } from './e2ee.js';
 import { Emitter } from './emitter.js';
 import { ErrorCode, TidingsError } from './errors.js';
 import type { SubscribeRequest } from './transport.js';
@@ -66,6 +71,16 @@ export interface SubscriptionEvents {
   error: TidingsError;
   /** The state changed. */
   state: SubscriptionState;
+  /** A `receipt` push: a member's cursors moved (or, in large channels, a summary). */
+  receipt: ReceiptEvent;
+  /** What {@link Subscription.deliveryState} answers may have changed (receipts, members, new publications): re-render ticks. */
+  delivery: { channel: string };
+  /**
+   * An E2EE publication could not be opened (not sealed for this device, no
+   * key for its sender, tampered with). It is delivered as a `publication`
+   * too, with `data: null`, `encrypted: true` and `undecryptable` saying why.
+   */
+  undecryptable: Publication;
 }
 
 /** How urgently a publication reaches subscribers with a backlog. */
@@ -91,6 +106,12 @@ export interface PublishOptions {
    * store it (for signals such as typing that are worthless later).
    */
   queue?: boolean;
+  /**
+   * Seal the data end-to-end for the channel's members' devices before
+   * publishing (see `E2ee`). Default: the subscription's `encrypt` option
+   * (through `sub.publish`), else false.
+   */
+  encrypt?: boolean;
 }
 
 /** Options of history reads. */
@@ -127,7 +148,36 @@ export interface SubscriptionHost {
   resubscribe(sub: Subscription, serverEnded: boolean): void;
   /** Forget the subscription. */
   removeSubscription(sub: Subscription): void;
+  /** The local user (null: anonymous, or not known yet). */
+  readonly user: string | null;
+  /** A page of a channel's members. */
+  members(channel: string, opts?: PageOptions): Promise<MembersPage>;
+  /** Coalesced delivered cursor update. */
+  markDelivered(channel: string, offset: number): Promise<Cursors>;
+  /** Coalesced read cursor update. */
+  markRead(channel: string, offset: number): Promise<Cursors>;
+  /** Sends a waiting cursor update of the channel now. */
+  flushCursors(channel: string): void;
+  /** The server holds at least these cursors of the local user (own receipts). */
+  cursorsKnown(channel: string, c: Cursors): void;
+  /** The E2EE to open envelopes with: `create` makes the client's default one if it has none. */
+  e2eeFor(create: boolean): E2ee | null;
 }
+
+/** Options of a subscription, as given to `client.subscribe` (see `SubscribeOptions`). */
+export interface SubscriptionOptions {
+  /** Start from the channel's latest snapshot. */
+  snapshot?: boolean;
+  /** Receive payloads as Fossil deltas. */
+  delta?: 'fossil';
+  /** Mark what arrives as delivered, by itself (members channels). */
+  receipts?: boolean;
+  /** Seal `publish` data end to end by default. */
+  encrypt?: boolean;
+}
+
+/** Senders remembered per subscription, for delivery state. */
+const MAX_SENDERS = 10_000;
 
 /** A subscription to one channel; get one with `client.subscribe()`. */
 export class Subscription extends Emitter<SubscriptionEvents> {
@@ -146,18 +196,29 @@ export class Subscription extends Emitter<SubscriptionEvents> {
   freshLookup = false;
   /** The last payload's JSON text, which the next delta applies to. */
   private deltaBase: string | null = null;
+  /** Events waiting for envelopes before them to be opened (delivery stays in order). */
+  private queued = 0;
+  private chain: Promise<void> = Promise.resolve();
+  /** Members' cursors: from receipts, and each publisher's own publications. */
+  private readonly cursors = new Map<string, Cursors>();
+  private summary: ReceiptSummary | null = null;
+  private memberList: string[] | null = null;
+  private membersLoading: Promise<string[]> | null = null;
+  /** Publisher of each offset seen (bounded). */
+  private readonly senders = new Map<number, string>();
 
   /** @internal Use `client.subscribe()`. */
   constructor(
     private readonly host: SubscriptionHost,
     channel: string,
     since: Position | 'start' | undefined,
-    private readonly opts: { snapshot?: boolean; delta?: 'fossil' } = {},
+    private readonly opts: SubscriptionOptions = {},
   ) {
     super();
     this.channel = channel;
     this.startPending = since === 'start';
     this.pos = since && since !== 'start' ? { offset: since.offset, epoch: since.epoch } : null;
+    if (opts.encrypt) host.e2eeFor(true);
   }
 
   /** The current state. */
@@ -170,14 +231,101 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     return this.pos ? { ...this.pos } : null;
   }
 
-  /** Publishes into this channel; see `client.publish`. */
-  publish(data: unknown, opts?: PublishOptions): Promise<PublishResult> {
-    return this.host.publish(this.channel, data, opts);
+  /**
+   * Publishes into this channel; see `client.publish`. With the `encrypt`
+   * option (or `opts.encrypt`) the data is sealed end to end first.
+   */
+  publish(data: unknown, opts: PublishOptions = {}): Promise<PublishResult> {
+    const o: PublishOptions = this.opts.encrypt && opts.encrypt === undefined ? { ...opts, encrypt: true } : opts;
+    const p = this.host.publish(this.channel, data, o);
+    const me = this.host.user;
+    if (me !== null) {
+      p.then((r) => {
+        if (r.offset !== undefined) this.noteSender(r.offset, me);
+      }, () => undefined);
+    }
+    return p;
   }
 
-  /** Reads this channel's history. */
-  history(opts?: HistoryOptions): Promise<HistoryResult> {
-    return this.host.history(this.channel, opts);
+  /**
+   * Reads this channel's history; E2EE envelopes come opened (when the
+   * client has E2EE), as publications do.
+   */
+  async history(opts?: HistoryOptions): Promise<HistoryResult> {
+    const r = await this.host.history(this.channel, opts);
+    for (const p of r.publications) this.notePublication(p);
+    const e2ee = this.host.e2eeFor(this.opts.encrypt === true);
+    if (e2ee && r.publications.some((p) => isEnvelope(p.data))) {
+      r.publications = await Promise.all(r.publications.map((p) => e2ee.open(p)));
+    }
+    return r;
+  }
+
+  /**
+   * Marks the channel read up to `offset` (the local user saw it): sent
+   * coalesced (at most one `cursor` command per ~500 ms), never lower than
+   * what was sent. Resolves with the stored cursors once sent; rejects when
+   * the server refuses (101 beyond the top, 103 not a member). Ignoring the
+   * promise is safe.
+   */
+  markRead(offset: number): Promise<Cursors> {
+    return this.host.markRead(this.channel, offset);
+  }
+
+  /** Marks the channel delivered up to `offset`; with `receipts: true` the subscription does it by itself. */
+  markDelivered(offset: number): Promise<Cursors> {
+    return this.host.markDelivered(this.channel, offset);
+  }
+
+  /**
+   * The channel's members (every page; cached, `refresh` reads them again).
+   * Members namespaces only.
+   */
+  members(refresh = false): Promise<string[]> {
+    if (this.memberList && !refresh) return Promise.resolve([...this.memberList]);
+    if (this.membersLoading) return this.membersLoading.then((m) => [...m]);
+    const p = (async () => {
+      const users: string[] = [];
+      let cursor: string | undefined;
+      for (let page = 0; page < 1000; page++) {
+        const ans = await this.host.members(this.channel, cursor ? { limit: 1000, cursor } : { limit: 1000 });
+        users.push(...ans.users);
+        cursor = ans.nextCursor;
+        if (!cursor) break;
+      }
+      this.memberList = users;
+      this.emit('delivery', { channel: this.channel });
+      return users;
+    })();
+    this.membersLoading = p;
+    p.then(() => { this.membersLoading = null; }, () => { this.membersLoading = null; });
+    return p.then((m) => [...m]);
+  }
+
+  /**
+   * Delivery state of the message at `offset`, from the receipts seen so
+   * far: in a 1:1 conversation `'sent'`, `'delivered'` or `'read'` (the
+   * other member's cursors); in a group `{members, delivered, read}`
+   * counting the members other than the publisher. Members are read once
+   * (a `delivery` event follows); until then the answer is `'sent'`.
+   * Cursors are learned from `receipt` pushes (which come as members' cursors move)
+   * and from each member's own publications (what you write, you have read).
+   */
+  deliveryState(offset: number): DeliveryState {
+    if (!this.memberList && !this.membersLoading) this.members().catch(() => undefined);
+    return computeDeliveryState(offset, {
+      me: this.host.user,
+      members: this.memberList,
+      cursors: this.cursors,
+      summary: this.summary,
+      sender: this.senders.get(offset),
+    });
+  }
+
+  /** A member's cursors as learned so far (receipts, own publications). */
+  cursorsOf(user: string): Cursors | undefined {
+    const c = this.cursors.get(user);
+    return c ? { ...c } : undefined;
   }
 
   /** Reads this channel's presence (every page). */
@@ -190,10 +338,11 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     return this.host.presenceStats(this.channel);
   }
 
-  /** Ends the subscription; no event follows. */
+  /** Ends the subscription; no event follows. A cursor update waiting to be sent is sent now. */
   unsubscribe(): void {
     if (this._state === 'unsubscribed') return;
     this.setState('unsubscribed');
+    this.host.flushCursors(this.channel);
     this.host.removeSubscription(this);
   }
 
@@ -249,13 +398,13 @@ export class Subscription extends Emitter<SubscriptionEvents> {
       // snapshot (or, asked with `snapshot`, holds everything from its
       // start): it and everything after it follow, instead of a reset.
       this.pos = { offset: pubs[0].offset - 1, epoch };
-      this.emit('subscribed', ev);
+      this.ordered(() => this.emit('subscribed', ev));
       for (const p of pubs) this.handlePub(p);
       return;
     }
     if (ok.recovered === true && hadPos) {
       ev.recovered = true;
-      this.emit('subscribed', ev);
+      this.ordered(() => this.emit('subscribed', ev));
       for (const p of pubs) this.handlePub(p);
       // Nothing missed: the top is where we are (WebSocket); over SSE/poll
       // the reply stands for `since`, and the stream brings the rest.
@@ -266,10 +415,12 @@ export class Subscription extends Emitter<SubscriptionEvents> {
       return;
     }
     this.pos = offset !== undefined && epoch !== undefined ? { offset, epoch } : null;
-    this.emit('subscribed', ev);
+    this.ordered(() => this.emit('subscribed', ev));
     if (ok.recovered === false && hadPos && this.pos) {
-      this.emit('reset', { offset: this.pos.offset, epoch: this.pos.epoch, reason: 'unrecoverable' });
+      const reset: ResetEvent = { offset: this.pos.offset, epoch: this.pos.epoch, reason: 'unrecoverable' };
+      this.ordered(() => this.emit('reset', reset));
     }
+    if (this.opts.receipts && !this.memberList) this.members().catch(() => undefined);
   }
 
   /**
@@ -300,6 +451,10 @@ export class Subscription extends Emitter<SubscriptionEvents> {
 
   /** @internal A push for this channel. */
   handlePush(push: Obj): void {
+    if (push.push === 'receipt') {
+      if (this._state !== 'unsubscribed') this.handleReceipt(push);
+      return;
+    }
     if (this._state !== 'subscribed') return;
     switch (push.push) {
       case 'pub': {
@@ -325,7 +480,7 @@ export class Subscription extends Emitter<SubscriptionEvents> {
         const epoch = str(push.epoch);
         if (offset === undefined || epoch === undefined) return;
         this.pos = { offset, epoch };
-        this.emit('reset', { offset, epoch, reason: 'unrecoverable' });
+        this.ordered(() => this.emit('reset', { offset, epoch, reason: 'unrecoverable' }));
         return;
       }
       case 'join':
@@ -376,14 +531,15 @@ export class Subscription extends Emitter<SubscriptionEvents> {
     const event = p.snapshot ? 'snapshot' : 'publication';
     if (p.offset === undefined || p.epoch === undefined) {
       // Ephemeral: no position, at most once.
-      this.emit(event, p);
+      this.deliver(event, p);
       return;
     }
     if (this.pos && this.pos.epoch !== p.epoch) {
       // The channel started over while we stayed subscribed: what the app
       // holds no longer matches. Reload, then continue from this one.
       this.pos = { offset: p.offset - 1, epoch: p.epoch };
-      this.emit('reset', { offset: p.offset - 1, epoch: p.epoch, reason: 'epoch' });
+      const reset: ResetEvent = { offset: p.offset - 1, epoch: p.epoch, reason: 'epoch' };
+      this.ordered(() => this.emit('reset', reset));
     }
     if (this.pos) {
       if (p.offset <= this.pos.offset) return; // already delivered
@@ -396,7 +552,86 @@ export class Subscription extends Emitter<SubscriptionEvents> {
       }
     }
     this.pos = { offset: p.offset, epoch: p.epoch };
+    this.deliver(event, p);
+  }
+
+  /**
+   * Emits a publication: at once, or, when it is an E2EE envelope to open
+   * (or events wait before it), once opened and after those before it.
+   * Opening runs at once; only the emitting waits, so order is kept.
+   */
+  private deliver(event: 'publication' | 'snapshot', p: Publication): void {
+    this.notePublication(p);
+    const e2ee = isEnvelope(p.data) ? this.host.e2eeFor(this.opts.encrypt === true) : null;
+    if (!e2ee) {
+      this.ordered(() => this.emitPub(event, p));
+      return;
+    }
+    const opening = e2ee.open(p);
+    this.queued += 1;
+    this.chain = this.chain.then(() => opening).then((q) => {
+      this.queued -= 1;
+      if (this._state !== 'unsubscribed') this.emitPub(event, q);
+    }, () => {
+      this.queued -= 1; // open() never rejects
+    });
+  }
+
+  /** Runs `fn` now, or after the events waiting for envelopes to be opened. */
+  private ordered(fn: () => void): void {
+    if (this.queued === 0) {
+      fn();
+      return;
+    }
+    this.queued += 1;
+    this.chain = this.chain.then(() => {
+      this.queued -= 1;
+      if (this._state !== 'unsubscribed') fn();
+    });
+  }
+
+  private emitPub(event: 'publication' | 'snapshot', p: Publication): void {
     this.emit(event, p);
+    if (p.undecryptable !== undefined) this.emit('undecryptable', p);
+    if (this.opts.receipts && p.offset !== undefined && p.info?.user !== this.host.user) {
+      this.host.markDelivered(this.channel, p.offset).catch(() => undefined);
+    }
+  }
+
+  /** Remembers who published `p`: their cursors are at least at its offset. */
+  private notePublication(p: Publication): void {
+    if (p.offset === undefined || !p.info) return;
+    this.noteSender(p.offset, p.info.user);
+  }
+
+  private noteSender(offset: number, user: string): void {
+    if (!this.senders.has(offset)) {
+      this.senders.set(offset, user);
+      if (this.senders.size > MAX_SENDERS) this.senders.delete(this.senders.keys().next().value as number);
+    }
+    // A user's own publication moves their cursors to its offset.
+    if (this.raiseCursors(user, offset, offset)) this.emit('delivery', { channel: this.channel });
+  }
+
+  private raiseCursors(user: string, delivered: number, read: number): boolean {
+    const c = this.cursors.get(user);
+    const d = Math.max(delivered, read);
+    if (c && c.delivered >= d && c.read >= read) return false;
+    this.cursors.set(user, { delivered: Math.max(c?.delivered ?? 0, d), read: Math.max(c?.read ?? 0, read) });
+    return true;
+  }
+
+  private handleReceipt(push: Obj): void {
+    const r = decodeReceipt(push);
+    if (!r || r.channel !== this.channel) return;
+    if ('user' in r) {
+      this.raiseCursors(r.user, r.delivered, r.read);
+      if (r.user === this.host.user) this.host.cursorsKnown(this.channel, { delivered: r.delivered, read: r.read });
+    } else {
+      this.summary = r;
+    }
+    this.emit('receipt', r);
+    this.emit('delivery', { channel: this.channel });
   }
 
   private setState(s: SubscriptionState): void {

@@ -195,7 +195,7 @@ export class SseSession extends HttpSession {
       if (delay !== undefined) d.delayMs = delay;
       return d;
     }
-    if (['pub', 'reset', 'join', 'leave', 'unsub', 'gap'].includes(event)) {
+    if (['pub', 'reset', 'join', 'leave', 'unsub', 'gap', 'receipt', 'inbox'].includes(event)) {
       this.h.onPush({ ...v, push: event });
     }
     return null;

@@ -41,6 +41,16 @@ export interface Publication<T = unknown> {
   key?: string;
   /** The channel's whole state (published with `snapshot`); delivered as a `snapshot` event. */
   snapshot?: boolean;
+  /**
+   * It came end-to-end encrypted (an E2EE envelope) and was opened: `data`
+   * is the plaintext. With `undecryptable`, it could not be opened.
+   */
+  encrypted?: boolean;
+  /**
+   * Why an E2EE envelope could not be opened (not addressed to this device,
+   * unknown sender key, tampered, ...); `data` is then null.
+   */
+  undecryptable?: string;
 }
 
 /** A presence entry: one subscribed connection. */

@@ -127,16 +127,17 @@ pub async fn advance(
         && let Some(membership) = node.engine.membership(channel, user).await?
     {
         let conversation = conversation(node, ns, &membership).await?;
-        tell_user(node, user, InboxChange::Changed(conversation)).await;
+        tell_user(node, user, InboxChange::Changed(Box::new(conversation))).await;
     }
     Ok(Some(after))
 }
 
 /// Pushes an inbox change to `user`'s connections on every node.
 async fn tell_user(node: &Node, user: &str, change: InboxChange) {
+    let push = tidings_protocol::encode_push(&tidings_protocol::Push::Inbox(change));
     let control = UserControl::Inbox {
         user: user.to_string(),
-        change,
+        push: String::from_utf8_lossy(&push).into_owned(),
     };
     if let Err(e) = node.engine.control(control).await {
         tracing::warn!(user, error = %e, "pushing an inbox change failed");
@@ -287,7 +288,7 @@ pub async fn add_members(node: &Node, channel: &str, users: &[String]) -> Result
     for user in added {
         if let Ok(Some(m)) = node.engine.membership(channel, &user).await {
             match conversation(node, &ns, &m).await {
-                Ok(c) => tell_user(node, &user, InboxChange::Changed(c)).await,
+                Ok(c) => tell_user(node, &user, InboxChange::Changed(Box::new(c))).await,
                 Err(e) => tracing::warn!(channel, error = %e, "reading a new conversation failed"),
             }
         }
@@ -297,11 +298,7 @@ pub async fn add_members(node: &Node, channel: &str, users: &[String]) -> Result
 
 /// Removes `users` from `channel`: their subscriptions end (`unsub` 3502)
 /// and their devices drop the conversation.
-pub async fn remove_members(
-    node: &Node,
-    channel: &str,
-    users: &[String],
-) -> Result<(), ErrorBody> {
+pub async fn remove_members(node: &Node, channel: &str, users: &[String]) -> Result<(), ErrorBody> {
     members_namespace(node, channel)?;
     check_users(users)?;
     let removed = node
@@ -452,9 +449,9 @@ async fn after_publish(
             };
             let last = publication.clone().filter(|_| top == offset);
             let change = match last {
-                Some(last) => InboxChange::Changed(entry(&membership, top, Some(last))),
+                Some(last) => InboxChange::Changed(Box::new(entry(&membership, top, Some(last)))),
                 // Another publication came meanwhile: read the newest.
-                None => InboxChange::Changed(conversation(node, ns, &membership).await?),
+                None => InboxChange::Changed(Box::new(conversation(node, ns, &membership).await?)),
             };
             tell_user(node, user, change).await;
         }

@@ -49,6 +49,32 @@ pub async fn moved(
     node.engine.receipt(channel, receipt).await
 }
 
+/// Each member's receipt, for a new subscriber of a channel of up to
+/// `receipts_max_members` members (members who received nothing left
+/// out); nothing for larger groups.
+pub async fn current(
+    node: &Node,
+    channel: &str,
+    ns: &NamespaceOptions,
+) -> Result<Vec<Receipt>, EngineError> {
+    if node.engine.member_count(channel).await? > ns.receipts_max_members {
+        return Ok(Vec::new());
+    }
+    let cursors = node.engine.member_cursors(channel).await?;
+    Ok(cursors
+        .into_iter()
+        .filter(|(_, c)| *c != Cursors::default())
+        .map(|(user, c)| Receipt {
+            channel: channel.to_string(),
+            user: Some(user),
+            delivered: c.delivered,
+            read: c.read,
+            members: None,
+            counts: None,
+        })
+        .collect())
+}
+
 /// Sends the summaries of large groups whose cursors moved, every
 /// [`SUMMARY_EVERY`], for as long as the node runs.
 pub async fn run(node: Arc<Node>) {
@@ -75,7 +101,11 @@ async fn summary(node: &Node, channel: &str) -> Result<Option<Receipt>, EngineEr
     let Ok((_, ns)) = node.resolve(channel) else {
         return Ok(None);
     };
-    let top = node.engine.position(channel, &node.policy(&ns)).await?.offset;
+    let top = node
+        .engine
+        .position(channel, &node.policy(&ns))
+        .await?
+        .offset;
     let cursors = node.engine.member_cursors(channel).await?;
     Ok(Some(summarize(channel, top, &cursors)))
 }

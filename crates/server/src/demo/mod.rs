@@ -94,7 +94,11 @@ async fn dev_dm(
     let channel = format!("dm:{hex}");
     match crate::chat::add_members(&node, &channel, &users).await {
         Ok(()) => axum::Json(serde_json::json!({ "channel": channel })).into_response(),
-        Err(e) => (StatusCode::BAD_REQUEST, axum::Json(serde_json::json!({ "error": e }))).into_response(),
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({ "error": e })),
+        )
+            .into_response(),
     }
 }
 

@@ -19,9 +19,9 @@ use super::{
     Lifecycle, Membership, NodeInfo, PolicyOf, Presence, PresenceEvent, PublicationSink,
     PublishOutcome, PublishRequest, UserControl, new_epoch, now_ms,
 };
+use crate::config::MemoryConfig;
 use tidings_protocol::Cursors;
 use tidings_protocol::chat::DeviceKey;
-use crate::config::MemoryConfig;
 
 const SHARDS: usize = 64;
 
@@ -1434,6 +1434,7 @@ mod presence_tests {
             self.0.lock().push(match event {
                 PresenceEvent::Join(i) => format!("join {}", i.client),
                 PresenceEvent::Leave(i) => format!("leave {}", i.client),
+                PresenceEvent::Receipt(r) => format!("receipt {:?}", r.user),
             });
         }
         fn lost(&self, _: &str) {}

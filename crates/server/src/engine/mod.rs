@@ -185,8 +185,9 @@ pub enum UserControl {
     Inbox {
         /// The user.
         user: String,
-        /// What changed.
-        change: tidings_protocol::InboxChange,
+        /// The `inbox` push, encoded (its publication's data is raw JSON,
+        /// which a tagged enum cannot carry through serde).
+        push: String,
     },
     /// Renew the presence lease of an SSE stream, on the node that holds it
     /// (a heartbeat that reached another node).

@@ -11,15 +11,15 @@ use async_trait::async_trait;
 use prometheus_client::metrics::histogram::Histogram;
 use tidings_protocol::{ClientInfo, Publication, StreamPosition};
 
+use super::Membership;
 use super::{
     Broker, ChannelPolicy, Chat, Cluster, Engine, EngineError, History, HistoryPage, HistoryQuery,
     Lifecycle, NodeInfo, PolicyOf, Presence, PublicationSink, PublishOutcome, PublishRequest,
     UserControl,
 };
-use super::Membership;
+use crate::metrics::Metrics;
 use tidings_protocol::Cursors;
 use tidings_protocol::chat::DeviceKey;
-use crate::metrics::Metrics;
 
 /// The operations timed, in the order of [`Timed::seconds`].
 const OPS: [&str; 22] = [

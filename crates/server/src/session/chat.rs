@@ -3,7 +3,7 @@
 
 use tidings_protocol::chat::{InboxOk, KeysOk, MembersOk};
 use tidings_protocol::reply::Empty;
-use tidings_protocol::{Cursors, ErrorBody, ErrorCode, KeysArg};
+use tidings_protocol::{Cursors, ErrorBody, ErrorCode, KeysArg, Push, encode_push};
 
 use super::{Session, err};
 use crate::chat;
@@ -32,6 +32,26 @@ impl Session {
             return Ok(());
         }
         chat::check_member(&self.node, channel, self.user().unwrap_or_default()).await
+    }
+
+    /// A new subscription of a small members channel starts with where
+    /// its members are: a receipt per member who received anything (large
+    /// groups: the next summary, within a second of a move).
+    pub(super) async fn send_receipts(&self, channel: &str) {
+        let Ok((_, ns)) = self.node.resolve(channel) else {
+            return;
+        };
+        if !ns.members {
+            return;
+        }
+        match chat::receipts::current(&self.node, channel, &ns).await {
+            Ok(receipts) => {
+                for r in receipts {
+                    self.send(encode_push(&Push::Receipt(r)));
+                }
+            }
+            Err(e) => tracing::warn!(channel, error = %e, "reading members' cursors failed"),
+        }
     }
 
     pub(super) async fn cursor(

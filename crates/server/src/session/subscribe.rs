@@ -522,7 +522,9 @@ impl Session {
                 code: DisconnectCode::INSUFFICIENT_STATE.0,
                 reason: DisconnectCode::INSUFFICIENT_STATE.reason().into(),
             }));
+            return;
         }
+        self.send_receipts(channel).await;
     }
 
     pub(super) async fn drop_subscription(&mut self, channel: &str) -> bool {
