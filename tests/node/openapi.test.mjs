@@ -43,8 +43,8 @@ async function spec() {
 test('the description covers every API method and client action, each with its errors', async () => {
   const doc = await spec();
   assert.equal(doc.openapi, '3.1.0');
-  const api = ['publish', 'broadcast', 'history', 'presence', 'presence_stats', 'last_seen', 'channels', 'info', 'disconnect', 'unsubscribe'];
-  const client = ['publish', 'history', 'presence', 'presence_stats', 'last_seen', 'heartbeat'];
+  const api = ['publish', 'broadcast', 'history', 'presence', 'presence_stats', 'last_seen', 'channels', 'info', 'disconnect', 'unsubscribe', 'members/add', 'members/remove', 'members/list'];
+  const client = ['publish', 'history', 'presence', 'presence_stats', 'last_seen', 'heartbeat', 'cursor', 'inbox', 'members', 'keys'];
   const want = [...api.map((m) => `/v1/api/${m}`), ...client.map((m) => `/v1/client/${m}`)].sort();
   assert.deepEqual(Object.keys(doc.paths).sort(), want);
   const ids = new Set();

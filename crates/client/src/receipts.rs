@@ -70,20 +70,18 @@ impl Receipts {
     /// or from a large group's summary (which counts the sender, so one is
     /// taken off for `sender`'s own message).
     pub fn counts(&self, offset: u64, sender: &str) -> (u64, u64) {
-        if let Some((_, all, counts)) = &self.summary {
+        if let Some((n, all, counts)) = &self.summary {
+            // Those with a newer offset have this one too: the first
+            // counted offset at or above it is a lower bound.
             let (d, r) = counts
                 .iter()
-                .find(|c| c[0] == offset)
-                .map(|c| (c[1], c[2]))
-                .unwrap_or_else(|| {
-                    // Not counted: what every member has is known.
-                    let n = self.summary.as_ref().map_or(0, |s| s.0);
-                    (
-                        if offset <= all.delivered { n } else { 0 },
-                        if offset <= all.read { n } else { 0 },
-                    )
-                });
-            return (d.saturating_sub(1), r.saturating_sub(1));
+                .find(|c| c[0] >= offset)
+                .map_or((0, 0), |c| (c[1], c[2]));
+            let every = |upto: u64, count: u64| if offset <= upto { *n } else { count };
+            return (
+                every(all.delivered, d).saturating_sub(1),
+                every(all.read, r).saturating_sub(1),
+            );
         }
         let others = self.members.iter().filter(|(u, _)| *u != sender);
         others.fold((0, 0), |(d, r), (_, c)| {

@@ -129,7 +129,8 @@ struct SubEntry {
     receipts: bool,
     /// The newest offset delivered and not yet told, since when.
     untold: Option<(u64, Instant)>,
-    /// The newest offset told.
+    /// The newest offset told (reset when subscribing again: a command
+    /// lost with a connection is told again).
     told: u64,
 }
 
@@ -764,6 +765,14 @@ impl Task {
             return;
         };
         let since = entry.tracker.since();
+        // What a lost connection may have lost of the `delivered` cursor is
+        // told again (the server keeps the highest).
+        if entry.receipts
+            && let Some(pos) = since.as_ref().filter(|p| p.offset > 0)
+        {
+            entry.told = 0;
+            entry.untold = Some((pos.offset, Instant::now()));
+        }
         out.push(encode(
             Some(id),
             &Op::Subscribe {

@@ -70,8 +70,8 @@ pub struct Node {
     /// Namespace options in force: the default one and the named ones
     /// (swapped whole on SIGHUP).
     namespaces: RwLock<Arc<Namespaces>>,
-    /// Registered connections by user.
-    users: Mutex<HashMap<String, usize>>,
+    /// Registered connections by user: what counts them and finds them.
+    users: Mutex<HashMap<String, Vec<ConnId>>>,
     /// Calls to the backend's proxy hooks.
     pub proxy: crate::hooks::Proxy,
     /// The webhook senders: Tidings' and each Pusher app's.
@@ -481,7 +481,7 @@ impl Node {
     fn user_count(&self, user: &str) -> (usize, u64) {
         let users = self.users.lock();
         let seq = self.user_seq.fetch_add(1, Ordering::Relaxed);
-        (users.get(user).copied().unwrap_or(0), seq)
+        (users.get(user).map_or(0, Vec::len), seq)
     }
 
     /// Forgets the user of `conn` in this node's counts.
@@ -490,17 +490,17 @@ impl Node {
             Some(h) => std::mem::take(&mut h.user),
             None => return,
         };
-        self.uncount_user(&user);
+        self.uncount_user(&user, conn);
     }
 
-    fn uncount_user(&self, user: &str) {
+    fn uncount_user(&self, user: &str, conn: ConnId) {
         if user.is_empty() {
             return;
         }
         let mut users = self.users.lock();
-        if let Some(n) = users.get_mut(user) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(conns) = users.get_mut(user) {
+            conns.retain(|c| *c != conn);
+            if conns.is_empty() {
                 users.remove(user);
             }
         }
@@ -511,11 +511,11 @@ impl Node {
         let max = self.config.client.max_connections_per_user;
         if !user.is_empty() {
             let mut users = self.users.lock();
-            let n = users.entry(user.to_string()).or_default();
-            if max > 0 && *n >= max {
+            let conns = users.entry(user.to_string()).or_default();
+            if max > 0 && conns.len() >= max {
                 return false;
             }
-            *n += 1;
+            conns.push(conn);
         }
         if let Some(h) = self.conns.lock().get_mut(&conn) {
             h.user = user.to_string();
@@ -551,7 +551,7 @@ impl Node {
         let Some(handle) = self.conns.lock().remove(&conn) else {
             return;
         };
-        self.uncount_user(&handle.user);
+        self.uncount_user(&handle.user, conn);
         if self.config.client.max_connections_per_user > 0
             && !handle.user.is_empty()
             && let Ok(rt) = tokio::runtime::Handle::try_current()
@@ -600,9 +600,12 @@ impl Node {
             .count()
     }
 
-    /// Queues `push` to every connection of `user`.
+    /// Queues `push` to every connection of `user` (found by the user
+    /// index, not by a pass over every connection).
     pub fn push_user(&self, user: &str, push: &Bytes) {
-        for h in self.conns.lock().values().filter(|h| h.user == user) {
+        let ids = self.users.lock().get(user).cloned().unwrap_or_default();
+        let conns = self.conns.lock();
+        for h in ids.iter().filter_map(|id| conns.get(id)) {
             if matches!(h.outbox.push(push.clone()), Pushed::Queued) {
                 self.metrics.messages_out.inc();
             }

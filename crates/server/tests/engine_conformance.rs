@@ -522,23 +522,41 @@ async fn members_cursors_and_keys(kind: Kind) {
 
     let c = |delivered, read| Cursors { delivered, read };
     assert_eq!(
-        e.advance("dm:1", "alice", c(5, 2)).await.unwrap(),
+        e.advance("dm:1", "alice", "e1", c(5, 2)).await.unwrap(),
         Some((c(0, 0), c(5, 2)))
     );
     // Lower values change nothing; read raises delivered.
     assert_eq!(
-        e.advance("dm:1", "alice", c(3, 1)).await.unwrap(),
+        e.advance("dm:1", "alice", "e1", c(3, 1)).await.unwrap(),
         Some((c(5, 2), c(5, 2)))
     );
     assert_eq!(
-        e.advance("dm:1", "alice", c(0, 9)).await.unwrap(),
+        e.advance("dm:1", "alice", "e1", c(0, 9)).await.unwrap(),
         Some((c(5, 2), c(9, 9)))
     );
-    assert_eq!(e.advance("dm:1", "dave", c(1, 1)).await.unwrap(), None);
-    let mut all = e.member_cursors("dm:1").await.unwrap();
+    assert_eq!(
+        e.advance("dm:1", "dave", "e1", c(1, 1)).await.unwrap(),
+        None
+    );
+    let mut all = e.member_cursors("dm:1", "e1").await.unwrap();
     all.sort_by(|a, b| a.0.cmp(&b.0));
     assert_eq!(all[0], ("alice".to_string(), c(9, 9)));
     assert_eq!(all[1], ("bob".to_string(), c(0, 0)));
+    // The channel started over (a new epoch): its offsets begin again.
+    let fresh = e.member_cursors("dm:1", "e2").await.unwrap();
+    assert!(
+        fresh.iter().all(|(_, c)| *c == Cursors::default()),
+        "{fresh:?}"
+    );
+    assert_eq!(
+        e.advance("dm:1", "alice", "e2", c(2, 1)).await.unwrap(),
+        Some((c(0, 0), c(2, 1)))
+    );
+    assert_eq!(
+        e.membership("dm:1", "alice").await.unwrap().unwrap().epoch,
+        "e2"
+    );
+    e.advance("dm:1", "alice", "e1", c(9, 9)).await.unwrap();
     let mut mine: Vec<String> = e
         .conversations("alice")
         .await

@@ -21,6 +21,13 @@ export interface Cursors {
     /** The user saw everything up to this offset (`read` implies `delivered`). */
     read: number;
 }
+/**
+ * A pushed conversation merged into the one held: pushes may arrive out of
+ * order (each is made when its publication or read happens), so cursors and
+ * the top only move forward, `unread` follows them, and `last` comes with
+ * the higher top.
+ */
+export declare function mergeConversation(held: Conversation | undefined, next: Conversation): Conversation;
 /** One of the user's conversations, as the `inbox` command and push give it. */
 export interface Conversation {
     /** The channel. */

@@ -94,6 +94,8 @@ export declare class E2ee {
     private identityP;
     private identityUser;
     private registered;
+    /** Whose key `registered` is (the connection's user may change). */
+    private registeredUser;
     private readonly channelKeys;
     private readonly userKeys;
     private readonly userLookups;

@@ -24,6 +24,27 @@ export interface Cursors {
   read: number;
 }
 
+/**
+ * A pushed conversation merged into the one held: pushes may arrive out of
+ * order (each is made when its publication or read happens), so cursors and
+ * the top only move forward, `unread` follows them, and `last` comes with
+ * the higher top.
+ */
+export function mergeConversation(held: Conversation | undefined, next: Conversation): Conversation {
+  if (!held) return next;
+  const top = Math.max(held.top, next.top);
+  const read = Math.max(held.read, next.read);
+  const newer = next.top >= held.top ? next : held;
+  return {
+    ...newer,
+    top,
+    read,
+    delivered: Math.max(held.delivered, next.delivered, read),
+    unread: Math.max(0, top - read),
+    activeAt: Math.max(held.activeAt, next.activeAt),
+  };
+}
+
 /** One of the user's conversations, as the `inbox` command and push give it. */
 export interface Conversation {
   /** The channel. */
@@ -589,7 +610,8 @@ export class Inbox extends Emitter<InboxEvents> {
     const seen = new Set<string>();
     const list: Conversation[] = [];
     let cursor: string | undefined;
-    for (let page = 0; page < this.maxPages; page++) {
+    let pages = 0;
+    for (; pages < this.maxPages; pages++) {
       const ans = await this.host.inbox(cursor ? { limit: this.pageSize, cursor } : { limit: this.pageSize });
       list.push(...ans.conversations);
       cursor = ans.nextCursor;
@@ -602,7 +624,10 @@ export class Inbox extends Emitter<InboxEvents> {
       this.byChannel.set(c.channel, c);
       this.deliver(c);
     }
-    if (!cursor) {
+    // Pages are sorted by activity when each is read: a conversation that
+    // became active meanwhile can fall between two. Only a one-page answer
+    // says for sure what is no longer there.
+    if (!cursor && pages === 0) {
       for (const ch of [...this.byChannel.keys()]) {
         if (!seen.has(ch) && (this.pushSeq.get(ch) ?? -1) <= started) this.byChannel.delete(ch);
       }
@@ -615,8 +640,9 @@ export class Inbox extends Emitter<InboxEvents> {
     this.pushSeq.set(e.channel, this.seq);
     if (e.removed) this.byChannel.delete(e.channel);
     else {
-      this.byChannel.set(e.channel, e);
-      this.deliver(e);
+      const c = mergeConversation(this.byChannel.get(e.channel), e);
+      this.byChannel.set(e.channel, c);
+      this.deliver(c);
     }
     this.emit('change', this.conversations);
   }

@@ -179,6 +179,8 @@ export class E2ee {
   private identityP: Promise<Identity> | null = null;
   private identityUser: string | null = null;
   private registered: Promise<DeviceIdentity> | null = null;
+  /** Whose key `registered` is (the connection's user may change). */
+  private registeredUser: string | null = null;
   private readonly channelKeys = new Map<string, { at: number; keys: Record<string, DeviceKey[]> }>();
   private readonly userKeys = new Map<string, { at: number; keys: DeviceKey[] }>();
   private readonly userLookups = new Map<string, Promise<DeviceKey[]>>();
@@ -200,8 +202,10 @@ export class E2ee {
    * it yourself to be reachable before your first message. A failed
    * registration is tried again on the next call.
    */
-  ready(): Promise<DeviceIdentity> {
-    if (!this.registered) {
+  async ready(): Promise<DeviceIdentity> {
+    const user = await this.host.currentUser();
+    if (!this.registered || this.registeredUser !== user) {
+      this.registeredUser = user;
       const p = (async () => {
         const id = await this.identity();
         await this.host.registerDeviceKey(id.device, id.publicKey);
@@ -260,6 +264,9 @@ export class E2ee {
     const plain = utf8(JSON.stringify(data === undefined ? null : data));
     const ct = new Uint8Array(await subtle.encrypt({ name: 'AES-GCM', iv, additionalData: utf8(channel) }, aes, plain));
     const to: Envelope['to'] = [];
+    // Each wrapped key is bound to this envelope: it opens this ciphertext
+    // from this sender in this channel, nothing another member made with it.
+    const aad = await wrapAad(channel, me.user, me.device, b64u(iv), b64u(ct));
     for (const r of recipients) {
       let wrap: CryptoKey;
       try {
@@ -268,7 +275,7 @@ export class E2ee {
         continue; // a malformed key in the directory: that device cannot read it
       }
       const kiv = randomBytes(12);
-      const k = new Uint8Array(await subtle.encrypt({ name: 'AES-GCM', iv: kiv }, wrap, contentKey));
+      const k = new Uint8Array(await subtle.encrypt({ name: 'AES-GCM', iv: kiv, additionalData: aad }, wrap, contentKey));
       to.push({ user: r.user, device: r.device, iv: b64u(kiv), k: b64u(k) });
     }
     return { e2ee: 1, from: { user: me.user, device: me.device }, iv: b64u(iv), ct: b64u(ct), to };
@@ -310,7 +317,8 @@ export class E2ee {
       try {
         const wrap = await this.wrapKey(id, key, inf);
         const subtle = cryptoSubtle();
-        const contentKey = await subtle.decrypt({ name: 'AES-GCM', iv: unb64u(mine.iv) }, wrap, unb64u(mine.k));
+        const aad = await wrapAad(channel, fromUser, fromDevice, env.iv, env.ct);
+        const contentKey = await subtle.decrypt({ name: 'AES-GCM', iv: unb64u(mine.iv), additionalData: aad }, wrap, unb64u(mine.k));
         const aes = await subtle.importKey('raw', contentKey, 'AES-GCM', false, ['decrypt']);
         const plain = await subtle.decrypt({ name: 'AES-GCM', iv: unb64u(env.iv), additionalData: utf8(channel) }, aes, unb64u(env.ct));
         return { data: JSON.parse(new TextDecoder().decode(plain)), fetched };
@@ -440,6 +448,12 @@ export class E2ee {
     const privateKey = await subtle.importKey('jwk', privateJwk, { name: 'ECDH', namedCurve: 'P-256' }, false, ['deriveBits']);
     return { user, device, publicKey, privateKey };
   }
+}
+
+/** The additional data of a wrapped content key: SHA-256 of the channel, the sender and the envelope's `iv` and `ct`. */
+async function wrapAad(channel: string, fromUser: string, fromDevice: string, iv: string, ct: string): Promise<Uint8Array<ArrayBuffer>> {
+  const digest = await cryptoSubtle().digest('SHA-256', utf8(`${channel}|${fromUser}/${fromDevice}|${iv}|${ct}`));
+  return new Uint8Array(digest);
 }
 
 function info(fromUser: string, fromDevice: string, toUser: string, toDevice: string, channel: string): string {

@@ -11,7 +11,7 @@ use std::cmp::Reverse;
 use std::sync::Arc;
 
 use tidings_protocol::chat::{InboxOk, KeysOk, MembersOk, valid_device_id, valid_device_key};
-use tidings_protocol::{Conversation, Cursors, ErrorBody, ErrorCode, InboxChange};
+use tidings_protocol::{Conversation, Cursors, ErrorBody, ErrorCode, InboxChange, StreamPosition};
 
 use crate::config::NamespaceOptions;
 use crate::engine::{EngineError, HistoryQuery, Membership, UserControl, now_ms};
@@ -82,42 +82,45 @@ pub async fn cursor(
             "cursor: give `delivered`, `read` or both",
         ));
     }
-    if user.is_empty() {
-        return Err(not_member());
-    }
-    let top = node
+    // Before anything of the channel is read: its top is for members.
+    check_member(node, channel, user).await?;
+    let position = node
         .engine
         .position(channel, &node.policy(&ns))
         .await
-        .map_err(internal)?
-        .offset;
+        .map_err(internal)?;
     let to = Cursors {
         delivered: delivered.unwrap_or(0),
         read: read.unwrap_or(0),
     };
-    if to.delivered.max(to.read) > top {
+    if to.delivered.max(to.read) > position.offset {
         return Err(err(
             ErrorCode::BadRequest,
-            format!("cursor: the channel's top offset is {top}"),
+            format!("cursor: the channel's top offset is {}", position.offset),
         ));
     }
-    advance(node, channel, &ns, user, to)
+    advance(node, channel, &ns, user, &position, to)
         .await
         .map_err(internal)?
         .ok_or_else(not_member)
 }
 
-/// Raises `user`'s cursors and tells whom it concerns: the channel (a
-/// receipt) and, when `read` moved, the user's own connections (their
-/// inbox). None when `user` is not a member.
+/// Raises `user`'s cursors (offsets of `position`'s epoch) and tells whom
+/// it concerns: the channel (a receipt) and, when `read` moved, the user's
+/// own connections (their inbox). None when `user` is not a member.
 pub async fn advance(
     node: &Arc<Node>,
     channel: &str,
     ns: &NamespaceOptions,
     user: &str,
+    position: &StreamPosition,
     to: Cursors,
 ) -> Result<Option<Cursors>, EngineError> {
-    let Some((before, after)) = node.engine.advance(channel, user, to).await? else {
+    let Some((before, after)) = node
+        .engine
+        .advance(channel, user, &position.epoch, to)
+        .await?
+    else {
         return Ok(None);
     };
     if after != before {
@@ -161,18 +164,20 @@ async fn conversation(
         .await?;
     Ok(entry(
         membership,
+        membership.cursors_in(&page.position.epoch),
         page.position.offset,
         page.publications.first().map(|p| (**p).clone()),
     ))
 }
 
-/// An inbox entry from a membership, the channel's top and last publication.
+/// An inbox entry: a membership, its cursors now, the channel's top and
+/// last publication.
 fn entry(
     membership: &Membership,
+    c: Cursors,
     top: u64,
     last: Option<tidings_protocol::Publication>,
 ) -> Conversation {
-    let c = membership.cursors;
     Conversation {
         channel: membership.channel.clone(),
         unread: top.saturating_sub(c.read),
@@ -378,9 +383,15 @@ pub async fn channel_keys(node: &Node, channel: &str, user: &str) -> Result<Keys
     check_member(node, channel, user).await?;
     let users = node
         .engine
-        .members(channel, None, MAX_KEY_MEMBERS)
+        .members(channel, None, MAX_KEY_MEMBERS + 1)
         .await
         .map_err(internal)?;
+    if users.len() > MAX_KEY_MEMBERS {
+        return Err(err(
+            ErrorCode::LimitExceeded,
+            format!("keys: more than {MAX_KEY_MEMBERS} members; look them up by `users`"),
+        ));
+    }
     let keys = node.engine.keys(&users).await.map_err(internal)?;
     Ok(KeysOk { keys })
 }
@@ -393,7 +404,7 @@ pub fn published(
     node: &Arc<Node>,
     channel: &str,
     ns: &NamespaceOptions,
-    position: tidings_protocol::StreamPosition,
+    position: StreamPosition,
     publisher: Option<String>,
 ) {
     let (node, channel, ns) = (node.clone(), channel.to_string(), ns.clone());
@@ -408,16 +419,19 @@ async fn after_publish(
     node: &Arc<Node>,
     channel: &str,
     ns: &NamespaceOptions,
-    position: &tidings_protocol::StreamPosition,
+    position: &StreamPosition,
     publisher: Option<&str>,
 ) -> Result<(), EngineError> {
     let offset = position.offset;
+    // Each step on its own: one failing does not keep the others from members.
     if let Some(user) = publisher.filter(|u| !u.is_empty()) {
         let to = Cursors {
             delivered: offset,
             read: offset,
         };
-        advance(node, channel, ns, user, to).await?;
+        if let Err(e) = advance(node, channel, ns, user, position, to).await {
+            tracing::warn!(channel, error = %e, "moving a publisher's cursors failed");
+        }
     }
     let small = node.engine.member_count(channel).await? <= ns.receipts_max_members;
     let offline = node.wants(crate::config::WebhookEvent::OfflinePublication);
@@ -435,7 +449,7 @@ async fn after_publish(
         .first()
         .filter(|p| p.offset == Some(offset))
         .map(|p| (**p).clone());
-    let members = node.engine.member_cursors(channel).await?;
+    let members = node.engine.member_cursors(channel, &position.epoch).await?;
     if small {
         let top = page.position.offset;
         for (user, cursors) in &members {
@@ -446,14 +460,17 @@ async fn after_publish(
                 channel: channel.to_string(),
                 since_ms: 0,
                 cursors: *cursors,
+                epoch: position.epoch.clone(),
             };
-            let last = publication.clone().filter(|_| top == offset);
-            let change = match last {
-                Some(last) => InboxChange::Changed(Box::new(entry(&membership, top, Some(last)))),
+            let conversation = match publication.clone().filter(|_| top == offset) {
+                Some(last) => Ok(entry(&membership, *cursors, top, Some(last))),
                 // Another publication came meanwhile: read the newest.
-                None => InboxChange::Changed(Box::new(conversation(node, ns, &membership).await?)),
+                None => conversation(node, ns, &membership).await,
             };
-            tell_user(node, user, change).await;
+            match conversation {
+                Ok(c) => tell_user(node, user, InboxChange::Changed(Box::new(c))).await,
+                Err(e) => tracing::warn!(channel, error = %e, "reading a conversation failed"),
+            }
         }
     }
     if offline {

@@ -60,7 +60,8 @@ pub async fn current(
     if node.engine.member_count(channel).await? > ns.receipts_max_members {
         return Ok(Vec::new());
     }
-    let cursors = node.engine.member_cursors(channel).await?;
+    let epoch = node.engine.position(channel, &node.policy(ns)).await?.epoch;
+    let cursors = node.engine.member_cursors(channel, &epoch).await?;
     Ok(cursors
         .into_iter()
         .filter(|(_, c)| *c != Cursors::default())
@@ -101,13 +102,9 @@ async fn summary(node: &Node, channel: &str) -> Result<Option<Receipt>, EngineEr
     let Ok((_, ns)) = node.resolve(channel) else {
         return Ok(None);
     };
-    let top = node
-        .engine
-        .position(channel, &node.policy(&ns))
-        .await?
-        .offset;
-    let cursors = node.engine.member_cursors(channel).await?;
-    Ok(Some(summarize(channel, top, &cursors)))
+    let position = node.engine.position(channel, &node.policy(&ns)).await?;
+    let cursors = node.engine.member_cursors(channel, &position.epoch).await?;
+    Ok(Some(summarize(channel, position.offset, &cursors)))
 }
 
 /// What every member has, and how many have each of the newest offsets.

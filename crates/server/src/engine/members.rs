@@ -11,10 +11,12 @@ use tidings_protocol::chat::DeviceKey;
 use super::Membership;
 
 /// One member of a channel.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Member {
     since_ms: u64,
     cursors: Cursors,
+    /// The channel epoch of the cursors' offsets.
+    epoch: String,
 }
 
 /// Members, conversations and keys.
@@ -29,13 +31,28 @@ pub struct ChatState {
 }
 
 impl ChatState {
-    /// Adds `user` to `channel` unless a member; true when added.
-    pub fn add(&mut self, channel: &str, user: &str, since_ms: u64, cursors: Cursors) -> bool {
+    /// Adds `user` to `channel` unless a member, with `cursors` of
+    /// `epoch`; true when added.
+    pub fn add(
+        &mut self,
+        channel: &str,
+        user: &str,
+        since_ms: u64,
+        (cursors, epoch): (Cursors, &str),
+    ) -> bool {
         let members = self.channels.entry(channel.to_string()).or_default();
         if members.contains_key(user) {
             return false;
         }
-        members.insert(user.to_string(), Member { since_ms, cursors });
+        let epoch = epoch.to_string();
+        members.insert(
+            user.to_string(),
+            Member {
+                since_ms,
+                cursors,
+                epoch,
+            },
+        );
         self.users
             .entry(user.to_string())
             .or_default()
@@ -63,11 +80,6 @@ impl ChatState {
         true
     }
 
-    /// Whether `channel` has members (its offsets must then be kept).
-    pub fn has_members(&self, channel: &str) -> bool {
-        self.channels.contains_key(channel)
-    }
-
     /// Members after `cursor`, at most `limit`.
     pub fn page(&self, channel: &str, cursor: Option<&str>, limit: usize) -> Vec<String> {
         let Some(members) = self.channels.get(channel) else {
@@ -88,13 +100,21 @@ impl ChatState {
             channel: channel.to_string(),
             since_ms: m.since_ms,
             cursors: m.cursors,
+            epoch: m.epoch.clone(),
         })
     }
 
-    /// Every member's cursors.
-    pub fn cursors(&self, channel: &str) -> Vec<(String, Cursors)> {
+    /// Every member's cursors as offsets of `epoch`.
+    pub fn cursors(&self, channel: &str, epoch: &str) -> Vec<(String, Cursors)> {
+        let in_epoch = |m: &Member| {
+            if m.epoch == epoch {
+                m.cursors
+            } else {
+                Cursors::default()
+            }
+        };
         self.channels.get(channel).map_or_else(Vec::new, |m| {
-            m.iter().map(|(u, m)| (u.clone(), m.cursors)).collect()
+            m.iter().map(|(u, m)| (u.clone(), in_epoch(m))).collect()
         })
     }
 
@@ -103,15 +123,21 @@ impl ChatState {
         self.channels.get(channel).map_or(0, BTreeMap::len)
     }
 
-    /// Raises a member's cursors: the cursors before and after. None when
+    /// Raises a member's cursors, offsets of `epoch` (those of another
+    /// epoch start from none): the cursors before and after. None when
     /// not a member.
     pub fn advance(
         &mut self,
         channel: &str,
         user: &str,
+        epoch: &str,
         to: Cursors,
     ) -> Option<(Cursors, Cursors)> {
         let m = self.channels.get_mut(channel)?.get_mut(user)?;
+        if m.epoch != epoch {
+            m.epoch = epoch.to_string();
+            m.cursors = Cursors::default();
+        }
         let before = m.cursors;
         m.cursors = before.advanced(to);
         Some((before, m.cursors))
@@ -165,19 +191,42 @@ mod tests {
     #[test]
     fn members_conversations_and_pages_agree() {
         let mut s = ChatState::default();
+        let none = (Cursors::default(), "");
         for u in ["c", "a", "b"] {
-            assert!(s.add("dm:1", u, 5, Cursors::default()));
+            assert!(s.add("dm:1", u, 5, none));
         }
-        assert!(!s.add("dm:1", "a", 9, Cursors::default()));
-        assert!(s.add("dm:2", "a", 7, Cursors::default()));
+        assert!(!s.add("dm:1", "a", 9, none));
+        assert!(s.add("dm:2", "a", 7, none));
         assert_eq!(s.page("dm:1", None, 2), ["a", "b"]);
         assert_eq!(s.page("dm:1", Some("b"), 2), ["c"]);
         assert_eq!(s.conversations("a").len(), 2);
         assert!(s.remove("dm:2", "a"));
         assert!(!s.remove("dm:2", "a"));
-        assert!(!s.has_members("dm:2"));
+        assert_eq!(s.count("dm:2"), 0);
         assert_eq!(s.conversations("a").len(), 1);
         assert_eq!(s.membership("dm:1", "a").unwrap().since_ms, 5);
+    }
+
+    #[test]
+    fn cursors_of_another_epoch_count_as_none() {
+        let mut s = ChatState::default();
+        s.add("dm:1", "a", 0, (Cursors::default(), ""));
+        let c = |d, r| Cursors {
+            delivered: d,
+            read: r,
+        };
+        assert_eq!(
+            s.advance("dm:1", "a", "e1", c(9, 9)),
+            Some((c(0, 0), c(9, 9)))
+        );
+        assert_eq!(s.cursors("dm:1", "e1"), [("a".to_string(), c(9, 9))]);
+        // The channel started over: its offsets begin again.
+        assert_eq!(s.cursors("dm:1", "e2"), [("a".to_string(), c(0, 0))]);
+        assert_eq!(
+            s.advance("dm:1", "a", "e2", c(2, 0)),
+            Some((c(0, 0), c(2, 0)))
+        );
+        assert_eq!(s.membership("dm:1", "a").unwrap().epoch, "e2");
     }
 
     #[test]

@@ -386,8 +386,8 @@ impl MemoryEngine {
         *engine.last_seen.lock() = loaded.last_seen;
         {
             let mut chat = engine.chat.lock();
-            for (channel, user, since_ms, cursors) in loaded.members {
-                chat.add(&channel, &user, since_ms, cursors);
+            for (channel, user, since_ms, cursors, epoch) in loaded.members {
+                chat.add(&channel, &user, since_ms, (cursors, &epoch));
             }
             for (user, device, key) in loaded.device_keys {
                 chat.put_key(&user, &device, &key, usize::MAX);
@@ -572,11 +572,8 @@ impl MemoryEngine {
                 // A channel with subscribers keeps its epoch and offsets:
                 // starting over under them would hand them offset 1 again.
                 let subscribed = self.sink.get().is_some_and(|s| s.has_subscribers(name));
-                // A members channel keeps its offsets: its unread counts are
-                // differences of them.
                 let keep = in_use
                     || subscribed
-                    || self.chat.lock().has_members(name)
                     || !l.presence.members.is_empty()
                     || !l.retained.is_empty()
                     || l.snapshot.is_some()
@@ -869,7 +866,7 @@ impl Chat for MemoryEngine {
         let mut chat = self.chat.lock();
         let added: Vec<String> = users
             .iter()
-            .filter(|u| chat.add(channel, u, at_ms, Cursors::default()))
+            .filter(|u| chat.add(channel, u, at_ms, (Cursors::default(), "")))
             .cloned()
             .collect();
         for user in &added {
@@ -919,8 +916,12 @@ impl Chat for MemoryEngine {
         Ok(self.chat.lock().membership(channel, user))
     }
 
-    async fn member_cursors(&self, channel: &str) -> Result<Vec<(String, Cursors)>, EngineError> {
-        Ok(self.chat.lock().cursors(channel))
+    async fn member_cursors(
+        &self,
+        channel: &str,
+        epoch: &str,
+    ) -> Result<Vec<(String, Cursors)>, EngineError> {
+        Ok(self.chat.lock().cursors(channel, epoch))
     }
 
     async fn member_count(&self, channel: &str) -> Result<usize, EngineError> {
@@ -931,9 +932,10 @@ impl Chat for MemoryEngine {
         &self,
         channel: &str,
         user: &str,
+        epoch: &str,
         to: Cursors,
     ) -> Result<Option<(Cursors, Cursors)>, EngineError> {
-        let Some((before, after)) = self.chat.lock().advance(channel, user, to) else {
+        let Some((before, after)) = self.chat.lock().advance(channel, user, epoch, to) else {
             return Ok(None);
         };
         if after != before {
@@ -941,6 +943,7 @@ impl Chat for MemoryEngine {
                 channel: channel.to_string(),
                 user: user.to_string(),
                 cursors: after,
+                epoch: epoch.to_string(),
             });
         }
         Ok(Some((before, after)))

@@ -360,6 +360,20 @@ pub struct Membership {
     pub since_ms: u64,
     /// The user's cursors there.
     pub cursors: Cursors,
+    /// The channel epoch the cursors' offsets belong to.
+    pub epoch: String,
+}
+
+impl Membership {
+    /// The cursors as offsets of `epoch`: none yet when they are of
+    /// another one (the channel started over: offsets begin again).
+    pub fn cursors_in(&self, epoch: &str) -> Cursors {
+        if self.epoch == epoch {
+            self.cursors
+        } else {
+            Cursors::default()
+        }
+    }
 }
 
 /// The chat layer's state: who belongs to a channel, how far each member
@@ -395,17 +409,24 @@ pub trait Chat: Send + Sync {
         channel: &str,
         user: &str,
     ) -> Result<Option<Membership>, EngineError>;
-    /// Every member's cursors (receipt summaries, offline notifications).
-    async fn member_cursors(&self, channel: &str) -> Result<Vec<(String, Cursors)>, EngineError>;
+    /// Every member's cursors as offsets of `epoch` (receipt summaries,
+    /// inbox pushes, offline notifications).
+    async fn member_cursors(
+        &self,
+        channel: &str,
+        epoch: &str,
+    ) -> Result<Vec<(String, Cursors)>, EngineError>;
     /// How many members `channel` has, in O(1).
     async fn member_count(&self, channel: &str) -> Result<usize, EngineError>;
     /// Raises a member's cursors to at least `to` (see
-    /// [`Cursors::advanced`]): the cursors before and after. None when
-    /// `user` is not a member.
+    /// [`Cursors::advanced`]), offsets of the channel's `epoch` (cursors
+    /// of another epoch start from none): the cursors before and after.
+    /// None when `user` is not a member.
     async fn advance(
         &self,
         channel: &str,
         user: &str,
+        epoch: &str,
         to: Cursors,
     ) -> Result<Option<(Cursors, Cursors)>, EngineError>;
     /// Every channel `user` is a member of.

@@ -113,8 +113,8 @@ pub struct Loaded {
     pub channels: Vec<LoadedChannel>,
     /// When each user was last seen (ms since the Unix epoch).
     pub last_seen: std::collections::HashMap<String, u64>,
-    /// Members (channel, user, since ms, cursors).
-    pub members: Vec<(String, String, u64, Cursors)>,
+    /// Members (channel, user, since ms, cursors, the cursors' epoch).
+    pub members: Vec<(String, String, u64, Cursors, String)>,
     /// Device keys (user, device, key).
     pub device_keys: Vec<(String, String, String)>,
 }
@@ -146,6 +146,8 @@ pub enum ChatWrite {
         user: String,
         /// The cursors now.
         cursors: Cursors,
+        /// The epoch of their offsets.
+        epoch: String,
     },
     /// A device's key was registered.
     Key {
@@ -272,7 +274,7 @@ impl Store {
              CREATE INDEX IF NOT EXISTS keys_expiry ON keys (expire_at);
              CREATE TABLE IF NOT EXISTS last_seen (user TEXT PRIMARY KEY, at INTEGER NOT NULL) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS snapshots (channel TEXT PRIMARY KEY, epoch TEXT NOT NULL, body BLOB NOT NULL) WITHOUT ROWID;
-             CREATE TABLE IF NOT EXISTS members (channel TEXT NOT NULL, user TEXT NOT NULL, since INTEGER NOT NULL, delivered INTEGER NOT NULL, read INTEGER NOT NULL, PRIMARY KEY (channel, user)) WITHOUT ROWID;
+             CREATE TABLE IF NOT EXISTS members (channel TEXT NOT NULL, user TEXT NOT NULL, since INTEGER NOT NULL, delivered INTEGER NOT NULL, read INTEGER NOT NULL, epoch TEXT NOT NULL, PRIMARY KEY (channel, user)) WITHOUT ROWID;
              CREATE TABLE IF NOT EXISTS device_keys (user TEXT NOT NULL, device TEXT NOT NULL, key TEXT NOT NULL, PRIMARY KEY (user, device)) WITHOUT ROWID;"
         ))
         .map_err(&err)?;
@@ -394,7 +396,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
         })?
         .collect::<Result<_, _>>()?;
     let members = conn
-        .prepare("SELECT channel, user, since, delivered, read FROM members")?
+        .prepare("SELECT channel, user, since, delivered, read, epoch FROM members")?
         .query_map([], |r| {
             Ok((
                 r.get::<_, String>(0)?,
@@ -404,6 +406,7 @@ fn load(conn: &Connection) -> rusqlite::Result<Loaded> {
                     delivered: r.get::<_, i64>(3)? as u64,
                     read: r.get::<_, i64>(4)? as u64,
                 },
+                r.get::<_, String>(5)?,
             ))
         })?
         .collect::<Result<_, _>>()?;
@@ -543,25 +546,32 @@ fn write_chat(tx: &rusqlite::Transaction, write: &ChatWrite) -> rusqlite::Result
             since_ms,
         } => tx
             .prepare_cached(
-                "INSERT OR IGNORE INTO members (channel, user, since, delivered, read) VALUES (?1, ?2, ?3, 0, 0)",
+                "INSERT OR IGNORE INTO members (channel, user, since, delivered, read, epoch) VALUES (?1, ?2, ?3, 0, 0, '')",
             )?
             .execute(params![channel, user, *since_ms as i64]),
         ChatWrite::Unmember { channel, user } => tx
             .prepare_cached("DELETE FROM members WHERE channel = ?1 AND user = ?2")?
             .execute(params![channel, user]),
+        // Within an epoch, writes that land out of order keep the highest.
         ChatWrite::Cursors {
             channel,
             user,
             cursors,
+            epoch,
         } => tx
             .prepare_cached(
-                "UPDATE members SET delivered = max(delivered, ?3), read = max(read, ?4) WHERE channel = ?1 AND user = ?2",
+                "UPDATE members SET
+                   delivered = CASE WHEN epoch = ?5 THEN max(delivered, ?3) ELSE ?3 END,
+                   read = CASE WHEN epoch = ?5 THEN max(read, ?4) ELSE ?4 END,
+                   epoch = ?5
+                 WHERE channel = ?1 AND user = ?2",
             )?
             .execute(params![
                 channel,
                 user,
                 cursors.delivered as i64,
-                cursors.read as i64
+                cursors.read as i64,
+                epoch
             ]),
         ChatWrite::Key { user, device, key } => tx
             .prepare_cached(

@@ -148,8 +148,12 @@ impl Chat for Timed {
             .await
     }
 
-    async fn member_cursors(&self, channel: &str) -> Result<Vec<(String, Cursors)>, EngineError> {
-        self.time("cursors", self.inner.member_cursors(channel))
+    async fn member_cursors(
+        &self,
+        channel: &str,
+        epoch: &str,
+    ) -> Result<Vec<(String, Cursors)>, EngineError> {
+        self.time("cursors", self.inner.member_cursors(channel, epoch))
             .await
     }
 
@@ -161,9 +165,10 @@ impl Chat for Timed {
         &self,
         channel: &str,
         user: &str,
+        epoch: &str,
         to: Cursors,
     ) -> Result<Option<(Cursors, Cursors)>, EngineError> {
-        self.time("cursors", self.inner.advance(channel, user, to))
+        self.time("cursors", self.inner.advance(channel, user, epoch, to))
             .await
     }
 

@@ -21,14 +21,16 @@ impl Session {
         }
     }
 
-    /// In a members namespace, only members use a channel (a subscription
-    /// was checked when made; an operator's observer may watch anything).
+    /// In a members namespace, only members use a channel, checked at
+    /// each use: a removed member's subscription may outlive the removal
+    /// (its `unsub` travels), their publishing must not. An operator's
+    /// observer may watch anything.
     pub(super) async fn check_member(
         &self,
         channel: &str,
         ns: &NamespaceOptions,
     ) -> Result<(), ErrorBody> {
-        if !ns.members || self.observer || self.subs.contains_key(channel) {
+        if !ns.members || self.observer {
             return Ok(());
         }
         chat::check_member(&self.node, channel, self.user().unwrap_or_default()).await

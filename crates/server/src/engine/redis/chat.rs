@@ -1,7 +1,8 @@
 //! The chat layer's state in Redis: a channel's members (with their
-//! cursors) in a hash beside its other keys, each user's conversations and
-//! device keys under the user's own hash tag. Every step touches one key,
-//! so it works on a cluster and on sharded servers alike.
+//! cursors) in a hash beside its other keys, as `since:delivered:read:epoch`;
+//! each user's conversations and device keys under the user's own hash
+//! tag. Every step touches one key, so it works on a cluster and on
+//! sharded servers alike.
 
 use std::collections::BTreeMap;
 use std::sync::LazyLock;
@@ -14,19 +15,21 @@ use tidings_protocol::chat::DeviceKey;
 use super::{RedisEngine, redis_error};
 use crate::engine::{Chat, EngineError, Membership};
 
-/// KEYS members hash; ARGV user, delivered, read. Raises the member's
-/// cursors (never lowers them; read implies delivered). Returns
-/// {delivered, read} before and after, or nil when the user is not a member.
+/// KEYS members hash; ARGV user, delivered, read, epoch. Raises the
+/// member's cursors (never lowers them within an epoch; those of another
+/// epoch start from 0; read implies delivered). Returns {delivered, read}
+/// before and after, or nil when the user is not a member.
 static ADVANCE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
 local v = redis.call('HGET', KEYS[1], ARGV[1])
 if not v then return nil end
-local s, d0, r0 = string.match(v, '^(%d+):(%d+):(%d+)$')
+local s, d0, r0, e = string.match(v, '^(%d+):(%d+):(%d+):?(.*)$')
 d0, r0 = tonumber(d0), tonumber(r0)
+if e ~= ARGV[4] then d0, r0 = 0, 0 end
 local r = math.max(r0, tonumber(ARGV[3]))
 local d = math.max(d0, tonumber(ARGV[2]), r)
-redis.call('HSET', KEYS[1], ARGV[1], s .. ':' .. string.format('%d', d) .. ':' .. string.format('%d', r))
+redis.call('HSET', KEYS[1], ARGV[1], s .. ':' .. string.format('%d', d) .. ':' .. string.format('%d', r) .. ':' .. ARGV[4])
 return {d0, r0, d, r}
 "#,
     )
@@ -46,15 +49,13 @@ return 1
     )
 });
 
-/// A member's `since:delivered:read`.
-fn parse_member(value: &str) -> Option<(u64, Cursors)> {
-    let mut parts = value.split(':').map(str::parse::<u64>);
-    let (Some(Ok(since)), Some(Ok(delivered)), Some(Ok(read))) =
-        (parts.next(), parts.next(), parts.next())
-    else {
-        return None;
-    };
-    Some((since, Cursors { delivered, read }))
+/// A member's `since:delivered:read:epoch` (a new member has no epoch yet).
+fn parse_member(value: &str) -> Option<(u64, Cursors, &str)> {
+    let mut parts = value.splitn(4, ':');
+    let mut number = || parts.next()?.parse::<u64>().ok();
+    let (since, delivered, read) = (number()?, number()?, number()?);
+    let epoch = parts.next().unwrap_or_default();
+    Some((since, Cursors { delivered, read }, epoch))
 }
 
 #[async_trait]
@@ -150,14 +151,19 @@ impl Chat for RedisEngine {
         Ok(value
             .as_deref()
             .and_then(parse_member)
-            .map(|(since_ms, cursors)| Membership {
+            .map(|(since_ms, cursors, epoch)| Membership {
                 channel: channel.to_string(),
                 since_ms,
                 cursors,
+                epoch: epoch.to_string(),
             }))
     }
 
-    async fn member_cursors(&self, channel: &str) -> Result<Vec<(String, Cursors)>, EngineError> {
+    async fn member_cursors(
+        &self,
+        channel: &str,
+        epoch: &str,
+    ) -> Result<Vec<(String, Cursors)>, EngineError> {
         let all: BTreeMap<String, String> = redis::cmd("HGETALL")
             .arg(self.keys.members(channel))
             .query_async(&mut self.conn(channel)?)
@@ -165,7 +171,17 @@ impl Chat for RedisEngine {
             .map_err(redis_error)?;
         Ok(all
             .into_iter()
-            .filter_map(|(u, v)| Some((u, parse_member(&v)?.1)))
+            .filter_map(|(u, v)| {
+                let (_, cursors, e) = parse_member(&v)?;
+                Some((
+                    u,
+                    if e == epoch {
+                        cursors
+                    } else {
+                        Cursors::default()
+                    },
+                ))
+            })
             .collect())
     }
 
@@ -181,6 +197,7 @@ impl Chat for RedisEngine {
         &self,
         channel: &str,
         user: &str,
+        epoch: &str,
         to: Cursors,
     ) -> Result<Option<(Cursors, Cursors)>, EngineError> {
         let stored: Option<(u64, u64, u64, u64)> = ADVANCE
@@ -188,6 +205,7 @@ impl Chat for RedisEngine {
             .arg(user)
             .arg(to.delivered)
             .arg(to.read)
+            .arg(epoch)
             .invoke_async(&mut self.conn(channel)?)
             .await
             .map_err(redis_error)?;
@@ -267,16 +285,12 @@ mod tests {
 
     #[test]
     fn members_values_parse() {
-        assert_eq!(
-            parse_member("5:7:3"),
-            Some((
-                5,
-                Cursors {
-                    delivered: 7,
-                    read: 3
-                }
-            ))
-        );
+        let c = Cursors {
+            delivered: 7,
+            read: 3,
+        };
+        assert_eq!(parse_member("5:7:3:e1"), Some((5, c, "e1")));
+        assert_eq!(parse_member("5:7:3"), Some((5, c, "")));
         assert_eq!(parse_member("5:x:3"), None);
         assert_eq!(parse_member("5:7"), None);
     }
