@@ -16,28 +16,21 @@
 //
 // Loopback only; 10,000 connections stay under the 20,000 open files a
 // process may have here. Needs tests/node's `ws` package.
-import { spawn } from 'node:child_process';
 import { createHmac } from 'node:crypto';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { startServer as startServerWith, cpu } from './bench_server.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(path.join(root, 'tests/node/package.json'));
 const WebSocket = require('ws');
-const BIN = process.env.TIDINGS_BIN ?? path.join(root, 'target/release/tidings');
 const KEY = 'bench-chat-key';
 const SECRET = 'bench-chat-secret';
-const TICKS = 100; // USER_HZ on Linux
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function startServer() {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'tidings-chat-'));
-  const file = path.join(dir, 'tidings.toml');
-  writeFileSync(file, `listen = "127.0.0.1:0"
-[auth]
+function startServer() {
+  return startServerWith(`[auth]
 token_secret = "${SECRET}"
 api_keys = ["${KEY}"]
 [client]
@@ -49,24 +42,6 @@ history_size = 100
 members = true
 history_size = 100
 `);
-  const child = spawn('taskset', ['-c', '0', BIN, '--config', file, '--data-dir', path.join(dir, 'data')], {
-    stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' },
-  });
-  const addr = await new Promise((resolve, reject) => {
-    let buf = '';
-    child.stderr.on('data', (c) => {
-      buf += c;
-      const m = buf.match(/listening on http:\/\/(\S+)\s/);
-      if (m) resolve(m[1]);
-    });
-    child.on('exit', (code) => reject(new Error(`server exited ${code}: ${buf}`)));
-  });
-  return { addr, pid: child.pid, stop: () => new Promise((r) => { child.on('exit', r); child.kill('SIGTERM'); }) };
-}
-
-function cpu(pid) {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(f[11]) + Number(f[12])) / TICKS;
 }
 
 const b64 = (s) => Buffer.from(s).toString('base64url');

@@ -9,26 +9,19 @@
 //   taskset -c 1 node scripts/bench_wire.mjs --idle [connections]
 //
 // Loopback only. Needs tests/node's `ws` package (npm ci in tests/node).
-import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
 import path from 'node:path';
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
+import { startServer as startServerWith, cpu, rss } from './bench_server.mjs';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const require = createRequire(path.join(root, 'tests/node/package.json'));
 const WebSocket = require('ws');
 const { encode, decodeMulti } = await import(path.join(root, 'sdk/js/dist/msgpack.js'));
-const BIN = process.env.TIDINGS_BIN ?? path.join(root, 'target/release/tidings');
 const KEY = 'bench-wire-key';
-const TICKS = 100; // USER_HZ on Linux
 
-async function startServer(threshold, takeover = false) {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'tidings-wire-'));
-  const file = path.join(dir, 'tidings.toml');
-  writeFileSync(file, `listen = "127.0.0.1:0"
-[auth]
+function startServer(threshold, takeover = false) {
+  return startServerWith(`[auth]
 api_keys = ["${KEY}"]
 [client]
 outbox_bytes = 16777216
@@ -38,31 +31,6 @@ anonymous = true
 history_size = 100
 compress_min_size = ${threshold}
 `);
-  const child = spawn('taskset', ['-c', '0', BIN, '--config', file, '--data-dir', path.join(dir, 'data')], {
-    stdio: ['ignore', 'ignore', 'pipe'], env: { ...process.env, RUST_LOG: 'warn' },
-  });
-  const addr = await new Promise((resolve, reject) => {
-    let buf = '';
-    child.stderr.on('data', (c) => {
-      buf += c;
-      const m = buf.match(/listening on http:\/\/(\S+)\s/);
-      if (m) resolve(m[1]);
-    });
-    child.on('exit', (code) => reject(new Error(`server exited ${code}: ${buf}`)));
-  });
-  return { addr, pid: child.pid, stop: () => new Promise((r) => { child.on('exit', r); child.kill('SIGTERM'); }) };
-}
-
-/** The server's CPU seconds so far (user + system). */
-function cpu(pid) {
-  const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1].split(' ');
-  return (Number(f[11]) + Number(f[12])) / TICKS;
-}
-
-/** Resident memory in KiB. */
-function rss(pid) {
-  const m = readFileSync(`/proc/${pid}/status`, 'utf8').match(/VmRSS:\s+(\d+)/);
-  return Number(m[1]);
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
