@@ -666,3 +666,34 @@ describe('the chat demo in Chromium', () => {
     await B.screenshot({ path: path.join(ARTIFACTS, 'chat-encrypted.png') });
   });
 });
+
+// The two SDKs read each other's envelopes: an envelope the Rust SDK sealed
+// (tests/node/fixtures, made by tidings_client::e2ee for a device whose
+// key pair the TypeScript SDK made) opens here. The other way round is the
+// Rust SDK's `opens_what_the_typescript_sdk_sealed`.
+test('the TypeScript SDK opens what the Rust SDK sealed', async () => {
+  const { E2ee } = await import('../../sdk/js/dist/e2ee.js');
+  const here = path.dirname(fileURLToPath(import.meta.url));
+  const fx = JSON.parse(readFileSync(path.join(here, 'fixtures/e2ee_from_rust.json'), 'utf8'));
+  // The recipient device, from its private key and its public point.
+  const point = Buffer.from(fx.recipient.key, 'base64url');
+  const privateJwk = {
+    kty: 'EC', crv: 'P-256', d: fx.recipient.d, ext: true, key_ops: ['deriveBits'],
+    x: point.subarray(1, 33).toString('base64url'), y: point.subarray(33, 65).toString('base64url'),
+  };
+  const store = new MemoryKeyStore();
+  store.set('tidings-e2ee:bob:phone', JSON.stringify({ v: 1, device: 'phone', publicKey: fx.recipient.key, privateJwk }));
+  // The key directory as the server would answer it.
+  const host = {
+    currentUser: async () => 'bob',
+    registerDeviceKey: async () => {},
+    deviceKeys: async () => ({ alice: [{ device: fx.sender.device, key: fx.sender.key }] }),
+  };
+  const bob = new E2ee(host, { device: 'phone', keyStore: store });
+  const opened = await bob.open({ channel: fx.channel, offset: 1, data: fx.envelope, info: { client: 'c', user: 'alice' } });
+  assert.equal(opened.undecryptable, undefined);
+  assert.deepEqual(opened.data, fx.plaintext);
+  // Bound to its channel and sender: elsewhere it does not open.
+  const moved = await bob.open({ channel: 'dm:other', offset: 1, data: fx.envelope, info: { client: 'c', user: 'alice' } });
+  assert.ok(moved.undecryptable);
+});

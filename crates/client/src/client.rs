@@ -399,6 +399,65 @@ impl Client {
         self.call(op, true).await
     }
 
+    /// Registers `device`'s public key in the key directory (the
+    /// connection must be `device`'s user).
+    pub async fn register_device(
+        &self,
+        device: &crate::e2ee::DeviceKeys,
+    ) -> Result<(), ClientError> {
+        self.register_key(device.device(), &device.public_key())
+            .await
+    }
+
+    /// Publishes `data` end-to-end encrypted: sealed by `device` for every
+    /// device of `channel`'s members (its key directory, read now), so the
+    /// server stores and relays only ciphertext. Open with [`Client::open`].
+    pub async fn publish_sealed(
+        &self,
+        channel: &str,
+        data: &serde_json::Value,
+        device: &crate::e2ee::DeviceKeys,
+        opts: PublishOptions,
+    ) -> Result<PublishOk, ClientError> {
+        let data = serde_json::value::to_raw_value(data)
+            .map_err(|e| ClientError::InvalidArgument(format!("data: {e}")))?;
+        let directory = self.channel_keys(channel).await?.keys;
+        let envelope = device.seal(channel, &data, &directory)?;
+        let sealed = serde_json::value::to_raw_value(&envelope)
+            .map_err(|e| ClientError::InvalidArgument(format!("data: {e}")))?;
+        self.publish_data(channel, sealed, opts).await
+    }
+
+    /// `publication` with its envelope opened by `device` (the sender's
+    /// key looked up in the directory); one that is not an envelope is
+    /// returned as it is.
+    pub async fn open(
+        &self,
+        channel: &str,
+        device: &crate::e2ee::DeviceKeys,
+        mut publication: tidings_protocol::Publication,
+    ) -> Result<tidings_protocol::Publication, ClientError> {
+        let Some(envelope) = crate::e2ee::envelope_of(&publication.data) else {
+            return Ok(publication);
+        };
+        let publisher = publication
+            .info
+            .as_ref()
+            .map(|i| i.user.clone())
+            .unwrap_or_default();
+        let sender = &envelope.from;
+        let keys = self.keys(std::slice::from_ref(&sender.user)).await?;
+        let key = keys
+            .keys
+            .get(&sender.user)
+            .and_then(|list| list.iter().find(|k| k.device == sender.device))
+            .ok_or(crate::e2ee::E2eeError::NotForMe(
+                "the sender's device has no key",
+            ))?;
+        publication.data = device.open(channel, &publisher, &envelope, &key.key)?;
+        Ok(publication)
+    }
+
     /// The device keys of members channel `channel`'s members.
     pub async fn channel_keys(&self, channel: &str) -> Result<KeysOk, ClientError> {
         let op = Op::Keys {

@@ -41,6 +41,9 @@ pub enum ClientError {
     /// An argument was refused before anything was sent (bad URL, invalid JSON).
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
+    /// A message could not be sealed or opened (end-to-end encryption).
+    #[error("end-to-end encryption: {0}")]
+    E2ee(#[from] crate::e2ee::E2eeError),
 }
 
 impl ClientError {
@@ -52,9 +55,10 @@ impl ClientError {
                 !code.is_some_and(|c| (3500..4000).contains(&c))
             }
             ClientError::Io(_) | ClientError::Timeout => true,
-            ClientError::Protocol(_) | ClientError::Closed | ClientError::InvalidArgument(_) => {
-                false
-            }
+            ClientError::Protocol(_)
+            | ClientError::Closed
+            | ClientError::InvalidArgument(_)
+            | ClientError::E2ee(_) => false,
         }
     }
 }

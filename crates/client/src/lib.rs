@@ -24,12 +24,20 @@
 //! # Ok(())
 //! # }
 //! ```
+//!
+//! Chat (members channels): [`Client::cursor`], [`Client::mark_read`],
+//! [`Client::inbox`], [`Client::inbox_changes`], `receipts` in
+//! [`SubscribeOptions`] (delivered cursors told by themselves), and
+//! [`Receipts`] for each message's ✓ / ✓✓ / read. End-to-end encryption
+//! with the TypeScript SDK's envelopes: [`e2ee::DeviceKeys`],
+//! [`Client::register_device`], [`Client::publish_sealed`], [`Client::open`].
 
 #![warn(missing_docs)]
 
 mod backoff;
 mod client;
 mod config;
+pub mod e2ee;
 mod error;
 mod receipts;
 mod subscription;

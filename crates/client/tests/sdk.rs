@@ -532,3 +532,71 @@ async fn receipts_by_themselves_and_an_inbox_that_follows_reads() {
     let keys = alice.channel_keys("dm:ab").await.unwrap();
     assert!(keys.keys.is_empty());
 }
+
+/// End-to-end encryption in the Rust SDK, against a real server: every
+/// device of both members opens what one sealed; the server's history
+/// holds only the envelope.
+#[tokio::test]
+async fn sealed_messages_open_on_every_device_and_the_server_sees_ciphertext() {
+    use tidings_client::e2ee::DeviceKeys;
+    let mut c = test_config();
+    c.namespaces.insert(
+        "dm".into(),
+        NamespaceOptions {
+            members: true,
+            history_size: 100,
+            ..Default::default()
+        },
+    );
+    let server = Server::start(c).await.unwrap();
+    api(
+        &server,
+        "members/add",
+        json!({"channel": "dm:ab", "users": ["alice", "bob"]}),
+    )
+    .await;
+    let devices = [
+        DeviceKeys::generate("alice", "laptop"),
+        DeviceKeys::generate("alice", "phone"),
+        DeviceKeys::generate("bob", "laptop"),
+        DeviceKeys::generate("bob", "phone"),
+    ];
+    let mut clients = Vec::new();
+    for d in &devices {
+        let client = Client::connect(config(&server, d.user())).await.unwrap();
+        client.register_device(d).await.unwrap();
+        clients.push(client);
+    }
+    let mut subs = Vec::new();
+    for client in &clients {
+        subs.push(
+            client
+                .subscribe("dm:ab", SubscribeOptions::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let marker = "the-marker-7f3a";
+    clients[0]
+        .publish_sealed(
+            "dm:ab",
+            &json!({"text": marker}),
+            &devices[0],
+            PublishOptions::default(),
+        )
+        .await
+        .unwrap();
+    for ((client, device), sub) in clients.iter().zip(&devices).zip(&mut subs) {
+        let p = loop {
+            if let SubEvent::Publication(p) = next(sub).await {
+                break p;
+            }
+        };
+        assert!(!p.data.get().contains(marker), "ciphertext on the wire");
+        let open = client.open("dm:ab", device, p).await.unwrap();
+        assert_eq!(open.data.get(), format!(r#"{{"text":"{marker}"}}"#));
+    }
+    let history = api(&server, "history", json!({"channel": "dm:ab"})).await;
+    assert!(!history.to_string().contains(marker), "{history}");
+    assert_eq!(history["publications"][0]["data"]["e2ee"], 1);
+}
