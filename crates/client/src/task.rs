@@ -765,14 +765,10 @@ impl Task {
             return;
         };
         let since = entry.tracker.since();
-        // What a lost connection may have lost of the `delivered` cursor is
-        // told again (the server keeps the highest).
-        if entry.receipts
-            && let Some(pos) = since.as_ref().filter(|p| p.offset > 0)
-        {
-            entry.told = 0;
-            entry.untold = Some((pos.offset, Instant::now()));
-        }
+        // A `delivered` cursor lost with a connection is told again with the
+        // next publication (the server keeps the highest); not before the
+        // reply: the channel may have started over.
+        entry.told = 0;
         out.push(encode(
             Some(id),
             &Op::Subscribe {

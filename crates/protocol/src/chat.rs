@@ -66,6 +66,10 @@ pub struct Conversation {
     pub delivered: u64,
     /// The channel's top offset.
     pub top: u64,
+    /// The epoch of `top` and the cursors: a channel that started over
+    /// has another, and its offsets begin again.
+    #[serde(default)]
+    pub epoch: String,
     /// Its last publication, while history holds it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last: Option<Publication>,
@@ -100,6 +104,8 @@ struct InboxWire {
     read: Option<u64>,
     delivered: Option<u64>,
     top: Option<u64>,
+    #[serde(default)]
+    epoch: String,
     last: Option<Publication>,
     active_at: Option<u64>,
 }
@@ -120,6 +126,7 @@ impl<'de> Deserialize<'de> for InboxChange {
             read: need(w.read, "read")?,
             delivered: need(w.delivered, "delivered")?,
             top: need(w.top, "top")?,
+            epoch: w.epoch,
             last: w.last,
             active_at: need(w.active_at, "active_at")?,
         })))

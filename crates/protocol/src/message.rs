@@ -551,6 +551,7 @@ mod tests {
             read: 3,
             delivered: 4,
             top: 5,
+            epoch: "e1".into(),
             last: Some(last),
             active_at: 9,
         };

@@ -44,6 +44,8 @@ export interface Conversation {
     last?: Publication;
     /** ms since the Unix epoch of the last publication, or of when the user became a member. */
     activeAt: number;
+    /** The epoch of `top` and the cursors: a channel that started over has another (its offsets begin again). */
+    epoch?: string;
 }
 /** An `inbox` push: a conversation changed, or the user stopped being a member. */
 export type InboxEvent = (Conversation & {

@@ -21,7 +21,8 @@ import { ErrorCode, TidingsError } from './errors.js';
  * the higher top.
  */
 export function mergeConversation(held, next) {
-    if (!held)
+    // Another epoch: the channel started over, its offsets are not comparable.
+    if (!held || held.epoch !== next.epoch)
         return next;
     const top = Math.max(held.top, next.top);
     const read = Math.max(held.read, next.read);
@@ -53,6 +54,9 @@ export function decodeConversation(v) {
         top,
         activeAt: uint(v.active_at) ?? 0,
     };
+    const epoch = str(v.epoch);
+    if (epoch !== undefined)
+        c.epoch = epoch;
     const last = decodePublication(v.last, channel);
     if (last)
         c.last = last;
@@ -443,6 +447,12 @@ export class Inbox extends Emitter {
             if (!cursor)
                 break;
         }
+        // Pages are sorted by activity when each is read: a conversation that
+        // became active meanwhile moved to the front, before the pages read
+        // later. The first page again has it.
+        if (!cursor && pages > 0) {
+            list.push(...(await this.host.inbox({ limit: this.pageSize })).conversations);
+        }
         for (const c of list) {
             seen.add(c.channel);
             // A push that came after this load began is newer than its answer.
@@ -451,10 +461,7 @@ export class Inbox extends Emitter {
             this.byChannel.set(c.channel, c);
             this.deliver(c);
         }
-        // Pages are sorted by activity when each is read: a conversation that
-        // became active meanwhile can fall between two. Only a one-page answer
-        // says for sure what is no longer there.
-        if (!cursor && pages === 0) {
+        if (!cursor) {
             for (const ch of [...this.byChannel.keys()]) {
                 if (!seen.has(ch) && (this.pushSeq.get(ch) ?? -1) <= started)
                     this.byChannel.delete(ch);

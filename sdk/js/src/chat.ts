@@ -31,7 +31,8 @@ export interface Cursors {
  * the higher top.
  */
 export function mergeConversation(held: Conversation | undefined, next: Conversation): Conversation {
-  if (!held) return next;
+  // Another epoch: the channel started over, its offsets are not comparable.
+  if (!held || held.epoch !== next.epoch) return next;
   const top = Math.max(held.top, next.top);
   const read = Math.max(held.read, next.read);
   const newer = next.top >= held.top ? next : held;
@@ -61,6 +62,8 @@ export interface Conversation {
   last?: Publication;
   /** ms since the Unix epoch of the last publication, or of when the user became a member. */
   activeAt: number;
+  /** The epoch of `top` and the cursors: a channel that started over has another (its offsets begin again). */
+  epoch?: string;
 }
 
 /** An `inbox` push: a conversation changed, or the user stopped being a member. */
@@ -161,6 +164,8 @@ export function decodeConversation(v: unknown): Conversation | null {
     top,
     activeAt: uint(v.active_at) ?? 0,
   };
+  const epoch = str(v.epoch);
+  if (epoch !== undefined) c.epoch = epoch;
   const last = decodePublication(v.last, channel);
   if (last) c.last = last;
   return c;
@@ -617,6 +622,12 @@ export class Inbox extends Emitter<InboxEvents> {
       cursor = ans.nextCursor;
       if (!cursor) break;
     }
+    // Pages are sorted by activity when each is read: a conversation that
+    // became active meanwhile moved to the front, before the pages read
+    // later. The first page again has it.
+    if (!cursor && pages > 0) {
+      list.push(...(await this.host.inbox({ limit: this.pageSize })).conversations);
+    }
     for (const c of list) {
       seen.add(c.channel);
       // A push that came after this load began is newer than its answer.
@@ -624,10 +635,7 @@ export class Inbox extends Emitter<InboxEvents> {
       this.byChannel.set(c.channel, c);
       this.deliver(c);
     }
-    // Pages are sorted by activity when each is read: a conversation that
-    // became active meanwhile can fall between two. Only a one-page answer
-    // says for sure what is no longer there.
-    if (!cursor && pages === 0) {
+    if (!cursor) {
       for (const ch of [...this.byChannel.keys()]) {
         if (!seen.has(ch) && (this.pushSeq.get(ch) ?? -1) <= started) this.byChannel.delete(ch);
       }

@@ -165,25 +165,27 @@ async fn conversation(
     Ok(entry(
         membership,
         membership.cursors_in(&page.position.epoch),
-        page.position.offset,
+        &page.position,
         page.publications.first().map(|p| (**p).clone()),
     ))
 }
 
-/// An inbox entry: a membership, its cursors now, the channel's top and
-/// last publication.
+/// An inbox entry: a membership, its cursors now, the channel's position
+/// and last publication.
 fn entry(
     membership: &Membership,
     c: Cursors,
-    top: u64,
+    position: &StreamPosition,
     last: Option<tidings_protocol::Publication>,
 ) -> Conversation {
+    let top = position.offset;
     Conversation {
         channel: membership.channel.clone(),
         unread: top.saturating_sub(c.read),
         read: c.read,
         delivered: c.delivered,
         top,
+        epoch: position.epoch.clone(),
         active_at: last
             .as_ref()
             .map_or(membership.since_ms, |p| p.time.max(membership.since_ms)),
@@ -221,7 +223,18 @@ pub async fn inbox(
         let Ok(ns) = members_namespace(node, &m.channel) else {
             continue;
         };
-        all.push(conversation(node, &ns, m).await.map_err(internal)?);
+        // One channel the node refuses (its bound) does not hide the others.
+        match conversation(node, &ns, m).await {
+            Ok(c) => all.push(c),
+            Err(EngineError::Limit(why)) => {
+                tracing::warn!(
+                    channel = m.channel,
+                    why,
+                    "a conversation left out of an inbox"
+                );
+            }
+            Err(e) => return Err(internal(e)),
+        }
     }
     all.sort_unstable_by(|a, b| {
         (Reverse(a.active_at), &a.channel).cmp(&(Reverse(b.active_at), &b.channel))
@@ -463,7 +476,7 @@ async fn after_publish(
                 epoch: position.epoch.clone(),
             };
             let conversation = match publication.clone().filter(|_| top == offset) {
-                Some(last) => Ok(entry(&membership, *cursors, top, Some(last))),
+                Some(last) => Ok(entry(&membership, *cursors, &page.position, Some(last))),
                 // Another publication came meanwhile: read the newest.
                 None => conversation(node, ns, &membership).await,
             };
