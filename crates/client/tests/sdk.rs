@@ -448,12 +448,9 @@ async fn snapshot_deltas_and_msgpack() {
     assert_eq!(ack.offset, Some(15));
 }
 
-/// Chat: a subscription with `receipts` tells the server its delivered
-/// cursor by itself (coalesced: fewer commands than publications), the
-/// sender sees it as a receipt, and a read on one client clears the
-/// unread count the user's other client is told of.
-#[tokio::test]
-async fn receipts_by_themselves_and_an_inbox_that_follows_reads() {
+/// A server with the members namespace `dm` and alice and bob members
+/// of `dm:ab`.
+async fn chat_server() -> Server {
     let mut c = test_config();
     c.namespaces.insert(
         "dm".into(),
@@ -470,6 +467,16 @@ async fn receipts_by_themselves_and_an_inbox_that_follows_reads() {
         json!({"channel": "dm:ab", "users": ["alice", "bob"]}),
     )
     .await;
+    server
+}
+
+/// Chat: a subscription with `receipts` tells the server its delivered
+/// cursor by itself (coalesced: fewer commands than publications), the
+/// sender sees it as a receipt, and a read on one client clears the
+/// unread count the user's other client is told of.
+#[tokio::test]
+async fn receipts_by_themselves_and_an_inbox_that_follows_reads() {
+    let server = chat_server().await;
     let alice = Client::connect(config(&server, "alice")).await.unwrap();
     let phone = Client::connect(config(&server, "bob")).await.unwrap();
     let laptop = Client::connect(config(&server, "bob")).await.unwrap();
@@ -539,22 +546,7 @@ async fn receipts_by_themselves_and_an_inbox_that_follows_reads() {
 #[tokio::test]
 async fn sealed_messages_open_on_every_device_and_the_server_sees_ciphertext() {
     use tidings_client::e2ee::DeviceKeys;
-    let mut c = test_config();
-    c.namespaces.insert(
-        "dm".into(),
-        NamespaceOptions {
-            members: true,
-            history_size: 100,
-            ..Default::default()
-        },
-    );
-    let server = Server::start(c).await.unwrap();
-    api(
-        &server,
-        "members/add",
-        json!({"channel": "dm:ab", "users": ["alice", "bob"]}),
-    )
-    .await;
+    let server = chat_server().await;
     let devices = [
         DeviceKeys::generate("alice", "laptop"),
         DeviceKeys::generate("alice", "phone"),
