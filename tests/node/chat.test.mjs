@@ -16,7 +16,7 @@ import WebSocket from 'ws';
 import { ErrorCode, Inbox, MemoryKeyStore, TidingsError, envelopeRecipients, isEnvelope } from '../../sdk/js/dist/index.js';
 import { decodeMulti } from '../../sdk/js/dist/msgpack.js';
 import { API_KEY, launchChromium, mintToken, startTidings, until } from './harness.mjs';
-import { client, connected, next } from './sdk_helpers.mjs';
+import { client, connected, next, rng } from './sdk_helpers.mjs';
 
 const ARTIFACTS = path.join(path.dirname(fileURLToPath(import.meta.url)), 'artifacts');
 const SECRET = 'chat-test-secret';
@@ -97,18 +97,6 @@ function recordingWebSocket(sent) {
 /** The conversation of `channel` in a page, or undefined. */
 const conv = (page, channel) => page.conversations.find((c) => c.channel === channel);
 const counts = (c) => c && { unread: c.unread, top: c.top, read: c.read };
-
-/** A small seeded PRNG, so a failing sequence can be replayed from its seed. */
-function rng(seed) {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let x = s;
-    x = Math.imul(x ^ (x >>> 15), x | 1);
-    x ^= x + Math.imul(x ^ (x >>> 7), x | 61);
-    return ((x ^ (x >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A fresh ECDH P-256 public key as the directory takes it. */
 async function publicKey() {

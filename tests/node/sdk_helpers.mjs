@@ -55,3 +55,15 @@ export const connected = (c, transport, ms = 10_000) =>
   c.state === 'connected' && (transport === undefined || c.transport === transport)
     ? Promise.resolve()
     : next(c, 'state', (s) => s.state === 'connected' && (transport === undefined || s.transport === transport), ms);
+
+/** A small seeded PRNG (mulberry32), so a failing sequence can be replayed from its seed. */
+export function rng(seed) {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}

@@ -9,7 +9,7 @@ import WebSocket from 'ws';
 import { applyDelta } from '../../sdk/js/dist/delta.js';
 import { decodeMulti, encode } from '../../sdk/js/dist/msgpack.js';
 import { apiPublishBody, startTidings, until } from './harness.mjs';
-import { client, collect, connected, next } from './sdk_helpers.mjs';
+import { client, collect, connected, next, rng } from './sdk_helpers.mjs';
 
 const CONFIG = `listen = "127.0.0.1:0"
 cors_origins = ["*"]
@@ -36,18 +36,6 @@ after(async () => {
 
 let seq = 0;
 const fresh = (ns = '') => `${ns ? `${ns}:` : ''}d${process.pid}x${++seq}`;
-
-/** A small seeded PRNG, so a failing sequence can be replayed from its seed. */
-function rng(seed) {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** A random JSON value (non-ASCII strings included). */
 function value(r, depth = 0) {

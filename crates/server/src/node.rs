@@ -585,6 +585,17 @@ impl Node {
         self.conns.lock().len()
     }
 
+    /// Calls `f` with each connection of signed-in `user`, found by the
+    /// user index (not a pass over every connection); how many `f` took.
+    fn each_conn_of(&self, user: &str, mut f: impl FnMut(&ConnHandle) -> bool) -> usize {
+        let ids = self.users.lock().get(user).cloned().unwrap_or_default();
+        let conns = self.conns.lock();
+        ids.iter()
+            .filter_map(|id| conns.get(id))
+            .filter(|h| f(h))
+            .count()
+    }
+
     /// Closes every connection of `user` (or only `client`) with `disconnect`.
     pub fn disconnect_user(
         &self,
@@ -592,34 +603,25 @@ impl Node {
         client: Option<&str>,
         disconnect: &Disconnect,
     ) -> usize {
-        let conns = self.conns.lock();
-        conns
-            .values()
-            .filter(|h| h.user == user && client.is_none_or(|c| c == h.client))
-            .filter(|h| h.outbox.close(disconnect.clone(), true))
-            .count()
+        self.each_conn_of(user, |h| {
+            client.is_none_or(|c| c == h.client) && h.outbox.close(disconnect.clone(), true)
+        })
     }
 
-    /// Queues `push` to every connection of `user` (found by the user
-    /// index, not by a pass over every connection).
+    /// Queues `push` to every connection of `user`.
     pub fn push_user(&self, user: &str, push: &Bytes) {
-        let ids = self.users.lock().get(user).cloned().unwrap_or_default();
-        let conns = self.conns.lock();
-        for h in ids.iter().filter_map(|id| conns.get(id)) {
-            if matches!(h.outbox.push(push.clone()), Pushed::Queued) {
-                self.metrics.messages_out.inc();
-            }
-        }
+        let queued = self.each_conn_of(user, |h| {
+            matches!(h.outbox.push(push.clone()), Pushed::Queued)
+        });
+        self.metrics.messages_out.inc_by(queued as u64);
     }
 
     /// Sends `control` to every connection of `user`.
     pub fn control_user(&self, user: &str, make: impl Fn() -> Control) -> usize {
-        let conns = self.conns.lock();
-        conns
-            .values()
-            .filter(|h| h.user == user)
-            .map(|h| h.control.send(make()))
-            .count()
+        self.each_conn_of(user, |h| {
+            h.control.send(make());
+            true
+        })
     }
 
     /// Closes every connection; `delay` gives each one its `delay_ms`.

@@ -15,14 +15,6 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tidings_server::config::{ClientPublish, Config, NamespaceOptions, WebhookEvent};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 /// The `dm` members namespace (clients publish where subscribed or, over
 /// HTTP, where allowed), with `receipts_max_members`.
 fn members_ns(receipts_max_members: usize) -> NamespaceOptions {

@@ -10,14 +10,6 @@ use proptest::prelude::*;
 use serde_json::{Value, json};
 use tidings_server::config::{ClientPublish, Delivery, NamespaceOptions};
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn with_namespace(name: &str, ns: NamespaceOptions) -> tidings_server::config::Config {
     let mut config = config();
     config.namespaces.insert(name.into(), ns);

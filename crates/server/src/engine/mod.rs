@@ -145,7 +145,8 @@ impl EngineError {
     }
 }
 
-/// A change of who is in a channel, delivered in order with its publications.
+/// What a channel's subscribers are told besides publications: who came
+/// and went (in order with the publications), and members' receipts.
 #[derive(Debug, Clone)]
 pub enum PresenceEvent {
     /// A connection (or, per user, a user's first connection) joined.

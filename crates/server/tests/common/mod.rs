@@ -87,6 +87,15 @@ pub fn data_dir() -> std::path::PathBuf {
         .keep()
 }
 
+/// A runtime for a property test's case (proptest bodies are not async).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
 pub async fn start() -> Server {
     start_with(config()).await
 }
